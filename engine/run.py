@@ -1,0 +1,368 @@
+r"""A :class:`Run`: K optimizers (lanes) x M start points on one problem, as one tensor program.
+
+Each step evaluates every trajectory of every lane in a single batched call
+``problem.loss(X) -> [K*M]`` and differentiates its **sum** (rows are independent runs; a mean
+would rescale each gradient by :math:`1/(KM)`). Each lane then takes one ``optimizer.step()``.
+
+Row independence needs care: an optimizer whose update of a coordinate depends only on that
+coordinate's history (``spec.row_separable``: SGD, Adam, Lion, ...) steps one ``[M, d]`` tensor;
+any other (AdamP, SGD-SaI: tensor-wide norms) gets M separate ``[d]`` tensors in one optimizer.
+
+A trajectory whose loss or gradient becomes NaN/Inf is marked "diverged at step N" and frozen
+where it was; the others continue. Events change a live run between steps and are logged, so
+``Run.replay(problem, config, log)`` reproduces the same records exactly on CPU.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+import torch
+
+import engine.optimizers  # noqa: F401  (registers the built-in optimizers)
+from engine.device import make_generator, resolve_device
+from engine.events import (
+    AddLane,
+    Event,
+    LoggedEvent,
+    Pause,
+    RemoveLane,
+    Reset,
+    Resume,
+    SetHyperparameter,
+    SwitchOptimizer,
+)
+from engine.problem import Problem
+from engine.records import RUNNING, OracleCounts, Record, make_record
+from engine.registry import OptimizerSpec, Oracle, get_spec
+
+POSITION_MAX_DIM = 3
+"""Records carry positions for problems of at most this many dimensions (views draw them)."""
+
+_DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+@dataclass(frozen=True)
+class LaneConfig:
+    optimizer: str
+    hyperparameters: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hyperparameters", MappingProxyType(dict(self.hyperparameters)))
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that, with the problem and the event log, determines a run's records.
+
+    Starts: row 0 is ``start`` (the problem's default start if None); rows 1..M-1 are drawn
+    uniformly from the problem's bounds with the run's seeded generator.
+    """
+
+    lanes: tuple[LaneConfig, ...]
+    start: tuple[float, ...] | None = None
+    n_starts: int = 1
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "float64"
+
+    def __post_init__(self) -> None:
+        lanes = tuple(ln if isinstance(ln, LaneConfig) else LaneConfig(**ln) for ln in self.lanes)
+        object.__setattr__(self, "lanes", lanes)
+        if self.start is not None:
+            object.__setattr__(self, "start", tuple(float(v) for v in self.start))
+        if not isinstance(self.n_starts, int) or self.n_starts < 1:
+            raise ValueError(f"n_starts must be an integer >= 1, got {self.n_starts!r}")
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(_DTYPES)}, got {self.dtype!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}  # asdict can't copy a mappingproxy
+        d["lanes"] = [{"optimizer": ln.optimizer, "hyperparameters": dict(ln.hyperparameters)}
+                      for ln in self.lanes]
+        return d
+
+    @staticmethod
+    def from_dict(d: Mapping[str, Any]) -> RunConfig:
+        d = dict(d)
+        d["lanes"] = tuple(LaneConfig(**ln) for ln in d["lanes"])
+        if d.get("start") is not None:
+            d["start"] = tuple(d["start"])
+        return RunConfig(**d)
+
+
+def _split(flat: torch.Tensor, shapes: Sequence[tuple[int, ...]] | None) -> list[torch.Tensor]:
+    """``[..., P]`` -> one tensor ``[..., *shape]`` per parameter (``[flat]`` when no shapes)."""
+    if shapes is None:
+        return [flat]
+    lead = flat.shape[:-1]
+    sizes = [int(np.prod(s)) for s in shapes]
+    return [t.reshape(*lead, *s) for t, s in zip(flat.split(sizes, dim=-1), shapes, strict=True)]
+
+
+def _flatten(tensors: Sequence[torch.Tensor], n_lead: int) -> torch.Tensor:
+    """Inverse of :func:`_split`: concatenate parameters over their trailing dimensions."""
+    if len(tensors) == 1 and tensors[0].dim() == n_lead + 1:
+        return tensors[0]
+    return torch.cat([t.reshape(*t.shape[:n_lead], -1) for t in tensors], dim=-1)
+
+
+class _Lane:
+    """One optimizer over the M start rows.
+
+    Leaves are laid out for the optimizer, not for the loss: a problem that declares
+    ``param_shapes`` (a network) gets one tensor per layer parameter, so layer-aware optimizers
+    (AdamP) see real layers; a row-separable optimizer holds each of them as ``[M, *shape]``, any
+    other optimizer holds M separate sets. ``points()`` flattens them back to ``[M, P]``.
+    """
+
+    def __init__(self, lane_id: int, spec: OptimizerSpec, hyperparameters: Mapping[str, Any],
+                 starts: torch.Tensor, shapes: Sequence[tuple[int, ...]] | None) -> None:
+        if spec.oracle is not Oracle.GRADIENTS:
+            raise ValueError(f"{spec.name} needs the {spec.oracle.value} oracle; this run drives "
+                             "gradient-based optimizers only")
+        self.id = lane_id
+        self.spec = spec
+        self.shapes = shapes
+        self.values = spec.validate(hyperparameters)
+        self.n_rows = starts.shape[0]
+        self.restart(starts)
+
+    def restart(self, starts: torch.Tensor) -> None:
+        self._place(starts)
+        self.step = 0
+        self.counts = OracleCounts()
+        self.diverged_at = np.full(self.n_rows, -1, dtype=np.int64)
+
+    def _place(self, points: torch.Tensor) -> None:
+        points = points.detach()
+        if self.spec.row_separable:
+            self.rows = [[t.clone().requires_grad_(True) for t in _split(points, self.shapes)]]
+        else:
+            self.rows = [[t.clone().requires_grad_(True) for t in _split(row, self.shapes)] for row in points]
+        self.params = [p for row in self.rows for p in row]
+        self.optimizer = self.spec.build(self.params, self.values)
+
+    def switch(self, spec: OptimizerSpec, hyperparameters: Mapping[str, Any]) -> None:
+        """New optimizer (fresh state) from the current positions."""
+        self.values = spec.validate(hyperparameters)
+        points = self.points()
+        self.spec = spec
+        self._place(points)
+
+    def points(self) -> torch.Tensor:
+        """Current positions ``[M, P]`` (differentiable through the leaves)."""
+        if self.spec.row_separable:
+            return _flatten(self.rows[0], 1)
+        return torch.stack([_flatten(row, 0) for row in self.rows])
+
+    def flat_grads(self, grads: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Gradients of this lane's leaves (in ``self.params`` order) as ``[M, P]``."""
+        if self.spec.row_separable:
+            return _flatten(grads, 1)
+        n = len(self.rows[0])
+        return torch.stack([_flatten(grads[i * n:(i + 1) * n], 0) for i in range(self.n_rows)])
+
+    def status(self) -> tuple[str, ...]:
+        return tuple(RUNNING if s < 0 else f"diverged at step {s}" for s in self.diverged_at)
+
+
+class Run:
+    """K lanes x M starts stepping ``problem`` together; see the module docstring."""
+
+    def __init__(self, problem: Problem, config: RunConfig) -> None:
+        self.problem = problem
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.dtype = _DTYPES[config.dtype]
+        self._generator = make_generator(config.seed)  # CPU: same stream on every device
+        self.starts = self._make_starts()
+        self.lanes: dict[int, _Lane] = {}
+        self._next_lane = 0
+        self.tick = 0
+        self.paused = False
+        self.compute_time = 0.0
+        self._t0 = time.perf_counter()
+        self.log: list[LoggedEvent] = []
+        for lane in config.lanes:
+            self._add_lane(lane.optimizer, lane.hyperparameters)
+
+    # -- construction --------------------------------------------------------------------------
+    def _make_starts(self) -> torch.Tensor:
+        p, c = self.problem, self.config
+        x0 = torch.tensor(c.start, dtype=torch.float64) if c.start is not None else p.x0().double()
+        if x0.shape != (p.dim,):
+            raise ValueError(f"start has {x0.numel()} coordinates but {p.name} has dim {p.dim}")
+        rows = [x0[None]]
+        if c.n_starts > 1:
+            if p.bounds is None:
+                raise ValueError(f"{p.name} has no bounds to draw {c.n_starts - 1} random starts from")
+            rows.append(p.bounds.sample(c.n_starts - 1, self._generator, dtype=torch.float64,
+                                        device=torch.device("cpu")))
+        return torch.cat(rows).to(device=self.device, dtype=self.dtype)
+
+    def _add_lane(self, optimizer: str, hyperparameters: Mapping[str, Any]) -> int:
+        lane = _Lane(self._next_lane, get_spec(optimizer), hyperparameters, self.starts,
+                     getattr(self.problem, "param_shapes", None))
+        self.lanes[lane.id] = lane
+        self._next_lane += 1
+        return lane.id
+
+    def _lane(self, lane_id: int) -> _Lane:
+        try:
+            return self.lanes[lane_id]
+        except KeyError:
+            raise ValueError(f"no lane {lane_id}; lanes: {sorted(self.lanes)}") from None
+
+    # -- events --------------------------------------------------------------------------------
+    def apply(self, event: Event) -> Any:
+        """Apply ``event`` now (between steps) and log it. Invalid events raise and are not logged."""
+        result: Any = None
+        if isinstance(event, SetHyperparameter):
+            lane = self._lane(event.lane)
+            result = lane.spec.apply(lane.optimizer, event.name, event.value)
+            lane.values[event.name] = result
+        elif isinstance(event, SwitchOptimizer):
+            lane = self._lane(event.lane)
+            spec = get_spec(event.optimizer)
+            spec.validate(event.hyperparameters)  # raise before touching the lane
+            if spec.oracle is not Oracle.GRADIENTS:
+                raise ValueError(f"{spec.name} needs the {spec.oracle.value} oracle")
+            lane.switch(spec, event.hyperparameters)
+            if not event.keep_position:
+                lane.restart(self.starts)
+        elif isinstance(event, AddLane):
+            result = self._add_lane(event.optimizer, event.hyperparameters)
+        elif isinstance(event, RemoveLane):
+            self._lane(event.lane)
+            del self.lanes[event.lane]
+        elif isinstance(event, Pause):
+            self.paused = True
+        elif isinstance(event, Resume):
+            self.paused = False
+        elif isinstance(event, Reset):
+            for lane in self.lanes.values():
+                lane.restart(self.starts)
+        else:
+            raise TypeError(f"not an event: {event!r}")
+        self.log.append(LoggedEvent(self.tick, event, time.perf_counter() - self._t0))
+        return result
+
+    # -- stepping ------------------------------------------------------------------------------
+    def step(self, record: bool = True) -> list[Record]:
+        """One step of every lane; one :class:`Record` per lane (none if ``record`` is False)."""
+        t0 = time.perf_counter()
+        lanes = list(self.lanes.values())
+        if not lanes:
+            self.tick += 1
+            return []
+        batch = self.problem.sample_batch(self._generator)
+        points = [lane.points() for lane in lanes]
+        losses = self.problem.loss(torch.cat(points), batch)
+        leaves = [p for lane in lanes for p in lane.params]
+        grads = torch.autograd.grad(losses.sum(), leaves, allow_unused=True)
+        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(leaves, grads, strict=True)]
+        losses = losses.detach()
+
+        out: list[tuple[_Lane, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        row = leaf = 0
+        for lane, x in zip(lanes, points, strict=True):
+            m, n_leaves = lane.n_rows, len(lane.params)
+            f = losses[row:row + m]
+            lane_grads = grads[leaf:leaf + n_leaves]
+            g = lane.flat_grads(lane_grads)
+            row, leaf = row + m, leaf + n_leaves
+            x_old = x.detach().clone()
+            frozen = self._mark_divergence(lane, f, g)
+            self._take_step(lane, lane_grads, frozen, x_old)
+            update = (lane.points().detach() - x_old).norm(dim=-1)
+            out.append((lane, f, g.norm(dim=-1), update, x_old))
+        self.tick += 1
+        self.compute_time += time.perf_counter() - t0
+        if not record:
+            return []
+        return [self._record(*item) for item in out]
+
+    def _mark_divergence(self, lane: _Lane, f: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        bad = (~torch.isfinite(f) | ~torch.isfinite(g).all(dim=-1)).cpu().numpy()
+        newly = bad & (lane.diverged_at < 0)
+        lane.diverged_at[newly] = lane.step
+        return torch.as_tensor(lane.diverged_at >= 0, device=f.device)
+
+    @staticmethod
+    def _take_step(lane: _Lane, grads: Sequence[torch.Tensor], frozen: torch.Tensor,
+                   x_old: torch.Tensor) -> None:
+        any_frozen = bool(frozen.any())
+        if lane.spec.row_separable:
+            for p, g in zip(lane.params, grads, strict=True):
+                mask = frozen.reshape(-1, *([1] * (g.dim() - 1)))
+                p.grad = torch.where(mask, torch.zeros_like(g), g) if any_frozen else g
+            lane.optimizer.step()
+            if any_frozen:  # momentum or weight decay would still move a frozen row: put it back
+                with torch.no_grad():
+                    for p, old in zip(lane.params, _split(x_old, lane.shapes), strict=True):
+                        mask = frozen.reshape(-1, *([1] * (p.dim() - 1)))
+                        p.copy_(torch.where(mask, old, p))
+        else:
+            n = len(lane.rows[0])
+            for i, fz in enumerate(frozen.tolist()):
+                for p, g in zip(lane.rows[i], grads[i * n:(i + 1) * n], strict=True):
+                    p.grad = None if fz else g  # torch optimizers skip parameters without a gradient
+            lane.optimizer.step()
+        lane.step += 1
+        lane.counts = lane.counts + OracleCounts(function_values=1, gradients=1)
+
+    def _record(self, lane: _Lane, f: torch.Tensor, gnorm: torch.Tensor, update: torch.Tensor,
+                x: torch.Tensor) -> Record:
+        return make_record(
+            tick=self.tick - 1,
+            lane=lane.id,
+            optimizer=lane.spec.name,
+            step=lane.step - 1,
+            loss=f.cpu().numpy(),
+            grad_norm=gnorm.cpu().numpy(),
+            update_norm=update.cpu().numpy(),
+            position=x.cpu().numpy() if self.problem.dim <= POSITION_MAX_DIM else None,
+            hyperparameters=lane.spec.read(lane.optimizer),
+            counts=lane.counts,
+            status=lane.status(),
+            wall_time=self.compute_time,
+        )
+
+    def run(self, n_steps: int, record_every: int = 1) -> list[Record]:
+        """Take ``n_steps`` steps, keeping the records of every ``record_every``-th one."""
+        records: list[Record] = []
+        for i in range(n_steps):
+            records.extend(self.step(record=(i + 1) % record_every == 0))
+        return records
+
+    # -- reading -------------------------------------------------------------------------------
+    def positions(self, lane_id: int) -> np.ndarray:
+        return self._lane(lane_id).points().detach().cpu().numpy()
+
+    def event_log(self) -> dict[str, Any]:
+        """Config, events and tick count: all a replay needs (plain JSON-able data)."""
+        return {"problem": self.problem.name, "config": self.config.to_dict(),
+                "events": [e.to_dict() for e in self.log], "ticks": self.tick}
+
+    @classmethod
+    def replay(cls, problem: Problem, config: RunConfig, events: Iterable[LoggedEvent],
+               ticks: int) -> tuple[Run, list[Record]]:
+        """Re-run ``config`` for ``ticks`` steps, applying each logged event at its tick."""
+        run = cls(problem, config)
+        pending: Sequence[LoggedEvent] = sorted(events, key=lambda e: e.tick)
+        records: list[Record] = []
+        i = 0
+        while True:
+            while i < len(pending) and pending[i].tick == run.tick:
+                run.apply(pending[i].event)
+                i += 1
+            if run.tick >= ticks:
+                break
+            records.extend(run.step())
+        return run, records
