@@ -1,0 +1,390 @@
+"""The live explorer: a race of optimizers on a landscape, controlled while it runs.
+
+``Explorer`` is a ``pn.viewable.Viewer``: the served app (``app/main.py``) and the notebooks embed
+the very same object. The UI thread only queues events; a per-explorer
+:class:`~engine.worker.RunWorker` thread computes; a periodic callback (15 Hz) drains the records
+into streaming Bokeh sources. Closing the browser tab stops the worker.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pandas as pd
+import panel as pn
+import param
+
+from app.controls import optimizer_card
+from app.figures import CurveView, LandscapeView
+from app.streams import X_AXES, RaceStreams, lane_color
+from engine.events import AddLane, RemoveLane, SetHyperparameter, SwitchOptimizer
+from engine.problem import Problem
+from engine.registry import HyperparameterError, Oracle, available, get_spec
+from engine.run import LaneConfig, Run, RunConfig
+from engine.worker import RunWorker
+from landscapes import ExpressionError, available_landscapes, get_landscape, parse_expression
+
+log = logging.getLogger(__name__)
+
+CUSTOM = "custom: type f(x, y)"
+MAX_LANES = 8
+PUMP_MS = 66  # ~15 Hz: smooth to the eye, few enough messages for many sessions on one server
+DEFAULT_RACE: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("sgd", {"lr": 1e-3}),  # Rosenbrock's curvature is ~1900 at the start: larger lr diverges
+    ("momentum", {"lr": 1e-3}),
+    ("adam", {"lr": 0.1}),
+)
+"""The race a new page opens with: learning rates a student can watch reach the valley."""
+
+
+def _first_order() -> list[str]:
+    return available(oracle=Oracle.GRADIENTS)
+
+
+class Explorer(pn.viewable.Viewer):
+    """Race up to eight optimizers from one or many starts on a 2-D landscape."""
+
+    landscape = param.Selector(default="rosenbrock", objects=[*available_landscapes(), CUSTOM])
+    expression = param.String(default="sin(x)*y**2 + 0.1*x**2", doc="f(x, y) for the custom landscape")
+    optimizers = param.ListSelector(default=["sgd", "momentum", "adam"], objects=_first_order())
+    start_x = param.Number(default=None, allow_None=True, doc="start x (None: the landscape's default)")
+    start_y = param.Number(default=None, allow_None=True)
+    n_starts = param.Integer(default=1, bounds=(1, 64), doc="start points (1 + random ones in the view)")
+    seed = param.Integer(default=0, bounds=(0, 2**31 - 1))
+    speed = param.Number(default=60.0, bounds=(1.0, 1000.0), doc="steps per second")
+    x_axis = param.Selector(default="step", objects=list(X_AXES))
+    on_switch = param.Selector(default="continue from here", objects=["continue from here", "restart"])
+    running = param.Boolean(default=False, doc="stepping continuously (False: paused)")
+    message = param.String(default="", doc="the last error shown to the user")
+
+    def __init__(self, *, lanes: Any = None, autostart: bool = False, **params: Any) -> None:
+        """``lanes``: ``[(optimizer, hyperparameters), ...]`` to race; default: the ``optimizers``
+        parameter with each one's defaults, or :data:`DEFAULT_RACE` when neither is given."""
+        if lanes is None and "optimizers" not in params:
+            lanes = DEFAULT_RACE
+        if lanes is not None:
+            params["optimizers"] = list(dict.fromkeys(name for name, _ in lanes))
+        super().__init__(**params)
+        self.problem: Problem = get_landscape(self.landscape) if self.landscape != CUSTOM else \
+            parse_expression(self.expression)
+        self.values: dict[int, dict[str, Any]] = {}  # lane -> hyperparameter values
+        self.lane_names: dict[int, str] = {}  # lane -> optimizer name
+        self._next_lane = 0
+        self.worker: RunWorker | None = None
+        self._callback: Any = None
+        self._pumps = 0
+        self._syncing = False
+        self._shown_problem: Problem | None = None
+        self.streams = RaceStreams(f_star=None, view_diagonal=1.0)
+        self.landscape_view = LandscapeView(self.streams, self._on_tap)
+        self.loss_view = CurveView(self.streams, "loss", "loss")
+        self.grad_view = CurveView(self.streams, "grad_norm", "gradient norm")
+        self._build_widgets()
+        for name, values in lanes or [(n, {}) for n in self.optimizers]:
+            self._register_lane(name, get_spec(name).validate(values))
+        self._new_run(keep_running=False)
+        self.running = autostart
+        if autostart:
+            self.worker.resume()
+
+    # -- layout ----------------------------------------------------------------------------------
+    def _build_widgets(self) -> None:
+        self.error = pn.pane.Alert("", alert_type="danger", visible=False, margin=(5, 0),
+                                   sizing_mode="stretch_width")
+        self.cards = pn.Column(sizing_mode="stretch_width")
+        self.counter = pn.pane.Markdown("", css_classes=["step-counter"], margin=(0, 10))
+        self.formula = pn.pane.LaTeX("", sizing_mode="stretch_width", styles={"font-size": "1.1em"})
+        self.description = pn.pane.Markdown("", margin=(0, 10))
+        self.leaderboard = pn.widgets.Tabulator(
+            pd.DataFrame(columns=["optimizer", "loss", "distance", "steps", "status"]),
+            show_index=False, disabled=True, sizing_mode="stretch_width", height=230,
+            titles={"loss": "best loss", "distance": "dist. to nearest min"})
+        w = pn.widgets
+        self.run_button = w.Button(label="▶ Run", color="success", width=70)
+        self.pause_button = w.Button(label="Pause", color="warning", width=70)
+        self.step_button = w.Button(label="Step", color="primary", width=60)
+        self.reset_button = w.Button(label="Reset", color="danger", width=60)
+        self.run_button.on_click(lambda _: self.play())
+        self.pause_button.on_click(lambda _: self.pause())
+        self.step_button.on_click(lambda _: self.step())
+        self.reset_button.on_click(lambda _: self.reset())
+        self.controls = pn.Column(
+            pn.Row(self.run_button, self.pause_button, self.step_button, self.reset_button),
+            self.counter,
+            self.error,
+            pn.widgets.Select.from_param(self.param.landscape, label="Landscape"),
+            pn.widgets.TextInput.from_param(self.param.expression, label="f(x, y) (custom landscape)",
+                                            visible=self.param.landscape.rx() == CUSTOM),
+            pn.widgets.MultiChoice.from_param(self.param.optimizers, label=f"Optimizers (up to {MAX_LANES})",
+                                              max_items=MAX_LANES),
+            pn.Row(pn.widgets.FloatInput.from_param(self.param.start_x, label="start x", width=110),
+                   pn.widgets.FloatInput.from_param(self.param.start_y, label="start y", width=110)),
+            pn.Row(pn.widgets.IntInput.from_param(self.param.n_starts, label="starts M", width=110),
+                   pn.widgets.IntInput.from_param(self.param.seed, label="seed", width=110)),
+            pn.widgets.FloatSlider.from_param(self.param.speed, label="speed (steps/s)", step=1),
+            pn.widgets.RadioButtonGroup.from_param(self.param.on_switch, label="on switch"),
+            self.cards,
+            sizing_mode="stretch_width",
+        )
+        self.views = pn.Column(
+            pn.Row(self.formula, sizing_mode="stretch_width"),
+            self.description,
+            pn.pane.Bokeh(self.landscape_view.figure, sizing_mode="stretch_width"),
+            pn.widgets.RadioButtonGroup.from_param(self.param.x_axis, label="x-axis"),
+            pn.Row(pn.pane.Bokeh(self.loss_view.figure, sizing_mode="stretch_width"),
+                   pn.pane.Bokeh(self.grad_view.figure, sizing_mode="stretch_width"),
+                   sizing_mode="stretch_width"),
+            self.leaderboard,
+            sizing_mode="stretch_width",
+        )
+
+    def __panel__(self) -> pn.viewable.Viewable:
+        self.start_streaming()
+        return pn.Row(pn.Column(self.controls, width=360), self.views, sizing_mode="stretch_width")
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def start_streaming(self) -> None:
+        """Start the periodic pump (idempotent) and stop the worker when the session ends."""
+        if self._callback is not None:
+            return
+        self._callback = pn.state.add_periodic_callback(self.pump, period=PUMP_MS)
+        if pn.state.curdoc is not None and pn.state.curdoc.session_context is not None:
+            pn.state.on_session_destroyed(lambda _ctx: self.close())
+
+    def close(self) -> None:
+        """Stop the worker thread and the pump (called when the browser session ends)."""
+        if self._callback is not None:
+            self._callback.stop()
+            self._callback = None
+        if self.worker is not None:
+            self.worker.stop()
+
+    # -- the run ---------------------------------------------------------------------------------
+    def _start_point(self) -> tuple[float, float] | None:
+        if self.start_x is None or self.start_y is None:
+            return None
+        return (float(self.start_x), float(self.start_y))
+
+    def _config(self) -> RunConfig:
+        lanes = tuple(LaneConfig(self.lane_names[k], self.values[k]) for k in sorted(self.lane_names))
+        return RunConfig(lanes=lanes,
+                         start=self._start_point(), n_starts=self.n_starts, seed=self.seed)
+
+    def _new_run(self, keep_running: bool | None = None) -> None:
+        """Start a fresh run of the current settings (the old worker stops)."""
+        keep_running = self.running if keep_running is None else keep_running
+        if self.worker is not None:
+            self.worker.stop()
+        # lanes are renumbered 0..K-1 in the new run
+        order = sorted(self.lane_names)
+        self.lane_names = {i: self.lane_names[k] for i, k in enumerate(order)}
+        self.values = {i: self.values[k] for i, k in enumerate(order)}
+        self._next_lane = len(order)
+        run = Run(self.problem, self._config())
+        self.worker = RunWorker(run, steps_per_second=self.speed).start()
+        self._reset_views(run)
+        if keep_running:
+            self.worker.resume()
+
+    def _reset_views(self, run: Run) -> None:
+        p = self.problem
+        b = p.bounds
+        if self._shown_problem is not p:  # the grid is recomputed only for a new landscape
+            self.landscape_view.set_problem(p)
+            self._shown_problem = p
+        self.streams.clear()
+        self.streams.f_star = min(m.value for m in p.minima) if p.minima else None
+        self.streams.min_move = 0.002 * ((b.high[0] - b.low[0]) ** 2 + (b.high[1] - b.low[1]) ** 2) ** 0.5
+        known = self.streams.f_star is not None
+        label = "f(x) − f* (median over starts)" if known else "f(x) (median over starts)"
+        self.loss_view.set_y_label(label, log=self.streams.f_star is not None)
+        for view in (self.loss_view, self.grad_view):
+            view.drop_lanes()
+            for lane in self.lane_names:
+                view.ensure_lane(lane, self._label(lane))
+        x0 = run.starts[0].tolist()
+        self.landscape_view.set_start(x0[0], x0[1])
+        self._quietly(start_x=x0[0], start_y=x0[1])  # show the start actually used
+        self._rebuild_cards()
+        self._update_counter()
+
+    def _register_lane(self, name: str, values: dict[str, Any]) -> int:
+        lane = self._next_lane
+        self._next_lane += 1
+        self.lane_names[lane] = name
+        self.values[lane] = dict(values)
+        return lane
+
+    def _label(self, lane: int) -> str:
+        name = self.lane_names[lane]
+        same = [k for k, n in sorted(self.lane_names.items()) if n == name]
+        label = get_spec(name).display_name
+        return label if len(same) == 1 else f"{label} #{same.index(lane) + 1}"
+
+    # -- user actions ----------------------------------------------------------------------------
+    def play(self) -> None:
+        self.running = True
+        self.worker.resume()
+        self._update_counter()
+
+    def pause(self) -> None:
+        self.running = False
+        self.worker.pause()
+        self._update_counter()
+
+    def step(self) -> None:
+        """One step of every lane (pauses a running race first)."""
+        if self.running:
+            self.pause()
+        self.worker.step_once()
+
+    def reset(self) -> None:
+        self._new_run()
+
+    def set_hyperparameter(self, lane: int, name: str, value: Any) -> None:
+        spec = get_spec(self.lane_names[lane])
+        try:
+            value = spec.hyperparameter(name).check(value, spec.name)
+        except HyperparameterError as exc:
+            self.show_error(str(exc))
+            return
+        self.values[lane][name] = value
+        self.worker.submit(SetHyperparameter(lane, name, value))
+        self.streams.mark_event(f"{self._label(lane)}: {name} = {value:g}" if not isinstance(value, bool)
+                                else f"{self._label(lane)}: {name} = {value}")
+
+    def switch_optimizer(self, lane: int, name: str) -> None:
+        """Swap a lane's optimizer; continue from its position or restart (``on_switch``)."""
+        old = self._label(lane)
+        spec = get_spec(name)
+        self.lane_names[lane] = name
+        self.values[lane] = spec.defaults()
+        self.worker.submit(SwitchOptimizer(lane, name, self.values[lane],
+                                           keep_position=self.on_switch == "continue from here"))
+        if self.on_switch == "restart":
+            self.streams.restart(lane)
+        self.streams.mark_event(f"{old} → {spec.display_name}")
+        for view in (self.loss_view, self.grad_view):
+            view.drop_lanes()
+            for k in self.lane_names:
+                view.ensure_lane(k, self._label(k))
+        self._sync_optimizer_selection()
+        self._rebuild_cards()
+
+    def _quietly(self, **values: Any) -> None:
+        """Update parameters to mirror the run without reacting to the change."""
+        self._syncing = True
+        try:
+            self.param.update(**values)
+        finally:
+            self._syncing = False
+
+    def _sync_optimizer_selection(self) -> None:
+        self._quietly(optimizers=list(dict.fromkeys(self.lane_names[k] for k in sorted(self.lane_names))))
+
+    def show_error(self, text: str) -> None:
+        self.message = text
+        self.error.object = text
+        self.error.visible = bool(text)
+
+    def _on_tap(self, x: float, y: float) -> None:
+        self.param.update(start_x=round(x, 4), start_y=round(y, 4))
+
+    # -- reacting to parameters --------------------------------------------------------------------
+    @param.depends("landscape", "expression", watch=True)
+    def _on_landscape(self) -> None:
+        try:
+            problem = get_landscape(self.landscape) if self.landscape != CUSTOM else \
+                parse_expression(self.expression)
+        except (ExpressionError, ValueError) as exc:
+            self.show_error(str(exc))  # the running race is left alone
+            return
+        self.show_error("")
+        self.problem = problem
+        self._quietly(start_x=None, start_y=None)  # the new landscape's own start
+        self._new_run()
+
+    @param.depends("start_x", "start_y", "n_starts", "seed", watch=True)
+    def _on_starts(self) -> None:
+        if self._syncing or (self.start_x is None) != (self.start_y is None):
+            return  # wait for the other coordinate
+        self._new_run()
+
+    @param.depends("optimizers", watch=True)
+    def _on_optimizers(self) -> None:
+        if self._syncing:
+            return
+        wanted = list(self.optimizers)
+        if len(wanted) > MAX_LANES:
+            self.show_error(f"a race holds at most {MAX_LANES} optimizers")
+            self._sync_optimizer_selection()
+            return
+        have = {n: k for k, n in self.lane_names.items()}
+        for lane, name in list(self.lane_names.items()):
+            if name not in wanted:
+                self.worker.submit(RemoveLane(lane))
+                del self.lane_names[lane], self.values[lane]
+                self.streams.forget(lane)
+        for name in wanted:
+            if name not in have:
+                lane = self._register_lane(name, get_spec(name).defaults())
+                self.worker.submit(AddLane(name, self.values[lane]))
+        for view in (self.loss_view, self.grad_view):
+            view.drop_lanes()
+            for k in self.lane_names:
+                view.ensure_lane(k, self._label(k))
+        self._rebuild_cards()
+
+    @param.depends("speed", watch=True)
+    def _on_speed(self) -> None:
+        if self.worker is not None:
+            self.worker.steps_per_second = self.speed
+
+    @param.depends("x_axis", watch=True)
+    def _on_x_axis(self) -> None:
+        self.loss_view.set_x(self.x_axis)
+        self.grad_view.set_x(self.x_axis)
+
+    # -- cards -------------------------------------------------------------------------------------
+    def _rebuild_cards(self) -> None:
+        cards = []
+        for lane in sorted(self.lane_names):
+            spec = get_spec(self.lane_names[lane])
+            card = optimizer_card(spec, self.values[lane], lane_color(lane),
+                                  lambda n, v, lane=lane: self.set_hyperparameter(lane, n, v),
+                                  title=self._label(lane))
+            switch = pn.widgets.Select(label="switch this lane to", options=_first_order(), value=spec.name)
+            switch.param.watch(lambda ev, lane=lane: ev.new != ev.old and self.switch_optimizer(lane, ev.new),
+                               "value")
+            card.append(switch)
+            cards.append(card)
+        self.cards.objects = cards
+        p = self.problem
+        self.formula.object = f"${p.latex}$"
+        self.description.object = getattr(p, "description", "")
+
+    # -- streaming -----------------------------------------------------------------------------------
+    def pump(self) -> int:
+        """Move what the worker produced into the plots; returns the number of records moved."""
+        if self.worker is None:
+            return 0
+        records = self.worker.drain()
+        labels = {k: self._label(k) for k in self.lane_names}
+        records = [r for r in records if r.lane in self.lane_names]
+        self.streams.push(records, labels)
+        errors = self.worker.errors()
+        if errors:
+            self.show_error(errors[-1])
+        self._pumps += 1
+        if records and (self._pumps % 4 == 0 or not self.running):
+            rows = self.streams.leaderboard([m.x for m in self.problem.minima])
+            self.leaderboard.value = pd.DataFrame(rows)
+        if records or self._pumps % 8 == 0:
+            self._update_counter()
+        return len(records)
+
+    def _update_counter(self) -> None:
+        tick = self.worker.tick if self.worker is not None else 0
+        state = "running" if self.running else "paused"
+        self.counter.object = f"**step {tick}** · {state} · {self.streams.points_streamed:,} points drawn"

@@ -1,0 +1,160 @@
+"""Bokeh figures fed by :class:`app.streams.RaceStreams`; built once, updated in place."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from bokeh.events import Tap
+from bokeh.models import (
+    BasicTicker,
+    BasicTickFormatter,
+    ColorBar,
+    ColumnDataSource,
+    HoverTool,
+    LinearColorMapper,
+    LinearScale,
+    LogScale,
+    LogTicker,
+    LogTickFormatter,
+    Range1d,
+)
+from bokeh.palettes import Viridis256
+from bokeh.plotting import figure
+from bokeh.plotting.contour import contour_data
+
+from app.streams import X_AXES, RaceStreams, lane_color
+from engine.problem import Problem
+from engine.views import grid_values
+
+GRID = 200
+N_LEVELS = 14
+
+
+def _color_values(z: np.ndarray, log: bool) -> tuple[np.ndarray, str]:
+    """What the heatmap shows: :math:`\\log_{10}(f - \\min f + \\delta)` when the values span
+    decades (the valley of Rosenbrock is invisible on a linear scale), else :math:`f`."""
+    finite = z[np.isfinite(z)]
+    if log and finite.size:
+        lo = finite.min()
+        delta = max(1e-12, 1e-6 * (finite.max() - lo))
+        return np.log10(np.clip(z - lo, 0, None) + delta), "log10(f - min f)"
+    return z, "f(x, y)"
+
+
+def wants_log(problem: Problem, z: np.ndarray) -> bool:
+    hint = getattr(problem, "log_scale", None)
+    if hint is not None:
+        return bool(hint)
+    finite = z[np.isfinite(z)]
+    spread = finite.max() - finite.min() if finite.size else 0.0
+    return bool(spread > 0 and spread / (np.median(np.abs(finite - finite.min())) + 1e-12) > 1e3)
+
+
+class LandscapeView:
+    """Heatmap + contours of a 2-D problem, known minima, live trajectories; tap sets the start."""
+
+    def __init__(self, streams: RaceStreams, on_tap: Callable[[float, float], None]) -> None:
+        self.image = ColumnDataSource(dict(image=[], x=[], y=[], dw=[], dh=[]))
+        self.minima = ColumnDataSource(dict(x=[], y=[], label=[]))
+        self.start = ColumnDataSource(dict(x=[], y=[]))
+        self.mapper = LinearColorMapper(palette=Viridis256)
+        fig = figure(height=520, sizing_mode="stretch_width", tools="pan,wheel_zoom,reset,save",
+                     active_scroll="wheel_zoom", x_range=Range1d(-1, 1), y_range=Range1d(-1, 1),
+                     title="landscape", toolbar_location="above")
+        fig.image("image", x="x", y="y", dw="dw", dh="dh", source=self.image, color_mapper=self.mapper)
+        self.contours = fig.contour(np.zeros((2, 2)), np.zeros((2, 2)), np.ones((2, 2)), levels=[0.5],
+                                    line_color="white", line_alpha=0.45, line_width=0.8)
+        fig.scatter("x", "y", source=self.minima, marker="star", size=16, fill_color="white",
+                    line_color="black", legend_label="known minima")
+        fig.scatter("x", "y", source=self.start, marker="circle_cross", size=13, fill_alpha=0,
+                    line_color="white", line_width=2, legend_label="start (click to move)")
+        fig.segment("x0", "y0", "x1", "y1", source=streams.segments, line_color="color", line_width=2,
+                    line_alpha=0.9, legend_field="optimizer")
+        heads = fig.scatter("x", "y", source=streams.heads, size=9, fill_color="color", line_color="white",
+                            fill_alpha="alpha", line_alpha="alpha")
+        fig.add_tools(HoverTool(renderers=[heads], tooltips=[("optimizer", "@optimizer"),
+                                                             ("x", "@x{0.0000}"), ("y", "@y{0.0000}")]))
+        fig.add_layout(ColorBar(color_mapper=self.mapper, width=10, title=""), "right")
+        fig.legend.location = "top_left"
+        fig.legend.background_fill_alpha = 0.75
+        fig.legend.click_policy = "hide"
+        fig.on_event(Tap, lambda ev: on_tap(float(ev.x), float(ev.y)))
+        self.figure = fig
+
+    def set_problem(self, problem: Problem) -> None:
+        b = problem.bounds
+        xs, ys, z = grid_values(problem, GRID)
+        shown, label = _color_values(z, wants_log(problem, z))
+        finite = shown[np.isfinite(shown)]
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        self.mapper.update(low=lo, high=hi if hi > lo else lo + 1)
+        self.figure.right[0].title = label
+        self.image.data = dict(image=[shown], x=[b.low[0]], y=[b.low[1]],
+                               dw=[b.high[0] - b.low[0]], dh=[b.high[1] - b.low[1]])
+        xx, yy = np.meshgrid(xs, ys)
+        levels = np.linspace(lo, hi, N_LEVELS + 2)[1:-1] if hi > lo else [lo]
+        self.contours.set_data(contour_data(xx, yy, np.where(np.isfinite(shown), shown, hi), levels=levels,
+                                           want_fill=False))
+        self.minima.data = dict(x=[m.x[0] for m in problem.minima], y=[m.x[1] for m in problem.minima],
+                                label=[f"f* = {m.value:.6g}" for m in problem.minima])
+        self.figure.x_range.update(start=b.low[0], end=b.high[0])
+        self.figure.y_range.update(start=b.low[1], end=b.high[1])
+        self.figure.title.text = getattr(problem, "title", problem.name)
+
+    def set_start(self, x: float, y: float) -> None:
+        self.start.data = dict(x=[x], y=[y])
+
+
+class CurveView:
+    """One y quantity (loss or gradient norm) against a switchable x-axis, a line per lane."""
+
+    def __init__(self, streams: RaceStreams, y: str, title: str, log_y: bool = True) -> None:
+        self.streams = streams
+        self.y = y
+        self.x = "step"
+        self.figure = figure(height=260, sizing_mode="stretch_width", title=title,
+                             y_axis_type="log" if log_y else "linear",
+                             tools="pan,wheel_zoom,box_zoom,reset,save", toolbar_location="above")
+        self.figure.xaxis.axis_label = "step"
+        self.figure.yaxis.axis_label = title
+        self._events = self.figure.vspan(x="step", source=streams.events, line_color="#444",
+                                         line_dash="dashed", line_alpha=0.7)
+        self.figure.add_tools(HoverTool(renderers=[self._events], tooltips=[("event", "@label")]))
+        self._lines: dict[int, object] = {}
+
+    def ensure_lane(self, lane: int, label: str) -> None:
+        if lane in self._lines:
+            return
+        r = self.figure.line(self.x, self.y, source=self.streams.curve(lane), line_color=lane_color(lane),
+                             line_width=2, legend_label=label)
+        self._lines[lane] = r
+        self.figure.legend.location = "top_right"
+        self.figure.legend.click_policy = "hide"
+        self.figure.legend.background_fill_alpha = 0.7
+
+    def drop_lanes(self) -> None:
+        """Remove every line (a new run starts with fresh lanes)."""
+        self.figure.renderers = [r for r in self.figure.renderers if r not in self._lines.values()]
+        if self.figure.legend:
+            self.figure.legend.items = []
+        self._lines.clear()
+
+    def set_x(self, axis_label: str) -> None:
+        self.x = X_AXES[axis_label]
+        for r in self._lines.values():
+            r.glyph.x = self.x
+        self._events.glyph.x = self.x
+        self.figure.xaxis.axis_label = axis_label
+
+    def set_y_label(self, label: str, log: bool) -> None:
+        """Relabel, and switch between log and linear y in place (losses can be negative when
+        no minimum is known, and a log axis would silently drop them)."""
+        fig = self.figure
+        fig.yaxis.axis_label = label
+        fig.title.text = label
+        if log != isinstance(fig.y_scale, LogScale):
+            fig.y_scale = LogScale() if log else LinearScale()
+            axis = fig.yaxis[0]
+            axis.ticker = LogTicker() if log else BasicTicker()
+            axis.formatter = LogTickFormatter() if log else BasicTickFormatter()

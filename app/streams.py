@@ -1,0 +1,187 @@
+"""Records -> Bokeh ``ColumnDataSource.stream`` batches.
+
+Nothing here re-renders a plot: trajectories grow by streamed segments, curves by streamed
+rows, with rollover so a long session stays bounded in the browser. Trajectories are decimated
+by distance: a segment is sent only once a row has moved a visible amount (a fraction of the view
+diagonal) or diverged, so 1,000 tiny Adam steps near a minimum cost the browser nothing.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+from bokeh.models import ColumnDataSource
+
+from engine.records import RUNNING, Record
+
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+"""Category10 without grey and olive (they vanish on the viridis heatmap)."""
+
+TRAJECTORY_ROLLOVER = 150_000
+CURVE_ROLLOVER = 50_000
+FLOOR = 1e-300  # log axes cannot show 0: suboptimality 0 is drawn at the floor
+
+X_AXES = {
+    "step": "step",
+    "gradient evaluations": "gradients",
+    "function evaluations": "function_values",
+    "wall time (s)": "wall_time",
+}
+
+
+def lane_color(lane: int) -> str:
+    return PALETTE[lane % len(PALETTE)]
+
+
+class RaceStreams:
+    """The race's data sources and the bookkeeping that feeds them.
+
+    ``f_star`` is the problem's minimum value when known: curves then show suboptimality
+    :math:`f(x_t) - f^\\star` (on a log axis); otherwise the raw loss.
+    """
+
+    def __init__(self, *, f_star: float | None, view_diagonal: float, min_move: float = 0.002) -> None:
+        self.f_star = f_star
+        self.min_move = min_move * view_diagonal
+        self.segments = ColumnDataSource(dict(x0=[], y0=[], x1=[], y1=[], color=[], optimizer=[]))
+        self.heads = ColumnDataSource(dict(x=[], y=[], color=[], optimizer=[], alpha=[]))
+        self.events = ColumnDataSource(dict(step=[], gradients=[], function_values=[], wall_time=[],
+                                            label=[]))
+        self.curves: dict[int, ColumnDataSource] = {}
+        self.names: dict[int, str] = {}
+        self.latest: dict[int, Record] = {}
+        self._drawn: dict[int, np.ndarray] = {}  # lane -> [M, 2] last position streamed
+        self.points_streamed = 0
+
+    # -- lanes ---------------------------------------------------------------------------------
+    def curve(self, lane: int) -> ColumnDataSource:
+        if lane not in self.curves:
+            self.curves[lane] = ColumnDataSource(dict(step=[], gradients=[], function_values=[],
+                                                      wall_time=[], loss=[], grad_norm=[]))
+        return self.curves[lane]
+
+    def forget(self, lane: int) -> None:
+        self.latest.pop(lane, None)
+        self._drawn.pop(lane, None)
+
+    def restart(self, lane: int) -> None:
+        """The lane went back to its starts: its next segment must not join the old path."""
+        self._drawn.pop(lane, None)
+
+    # -- feeding ---------------------------------------------------------------------------------
+    def push(self, records: Sequence[Record], labels: dict[int, str]) -> None:
+        """Stream a batch of records (any lanes, in tick order)."""
+        if not records:
+            return
+        by_lane: dict[int, list[Record]] = defaultdict(list)
+        for r in records:
+            by_lane[r.lane].append(r)
+        seg: dict[str, list] = defaultdict(list)
+        for lane, recs in by_lane.items():
+            self._stream_curve(lane, recs)
+            if recs[0].position is not None and recs[0].position.shape[1] >= 2:
+                self._collect_segments(lane, recs, labels.get(lane, recs[-1].optimizer), seg)
+            self.latest[lane] = recs[-1]
+            self.names[lane] = labels.get(lane, recs[-1].optimizer)
+        if seg:
+            self.segments.stream(dict(seg), rollover=TRAJECTORY_ROLLOVER)
+            self.points_streamed += len(seg["x0"])
+        self._update_heads()
+
+    def _value(self, loss: np.ndarray) -> float:
+        live = loss[np.isfinite(loss)]
+        if live.size == 0:
+            return float("nan")
+        v = float(np.median(live))
+        return max(v - self.f_star, FLOOR) if self.f_star is not None else v
+
+    def _stream_curve(self, lane: int, recs: Sequence[Record]) -> None:
+        data = dict(
+            step=[r.step for r in recs],
+            gradients=[r.counts.gradients for r in recs],
+            function_values=[r.counts.function_values for r in recs],
+            wall_time=[r.wall_time for r in recs],
+            loss=[self._value(r.loss) for r in recs],
+            grad_norm=[max(float(np.median(r.grad_norm[np.isfinite(r.grad_norm)]))
+                           if np.isfinite(r.grad_norm).any() else float("nan"), FLOOR) for r in recs],
+        )
+        self.curve(lane).stream(data, rollover=CURVE_ROLLOVER)
+
+    def _collect_segments(self, lane: int, recs: Sequence[Record], label: str, seg: dict) -> None:
+        color = lane_color(lane)
+        last = self._drawn.get(lane)
+        for r in recs:
+            pos = r.position[:, :2]
+            if last is None or last.shape != pos.shape or r.step == 0:
+                last = pos.copy()
+                continue
+            ok = np.isfinite(pos).all(axis=1) & np.isfinite(last).all(axis=1)
+            moved = ok & (np.linalg.norm(pos - last, axis=1) >= self.min_move)
+            for i in np.flatnonzero(moved):
+                seg["x0"].append(last[i, 0])
+                seg["y0"].append(last[i, 1])
+                seg["x1"].append(pos[i, 0])
+                seg["y1"].append(pos[i, 1])
+                seg["color"].append(color)
+                seg["optimizer"].append(label)
+                last[i] = pos[i]
+        self._drawn[lane] = last
+
+    def _update_heads(self) -> None:
+        data: dict[str, list] = defaultdict(list)
+        for lane, r in self.latest.items():
+            if r.position is None:
+                continue
+            for i, p in enumerate(r.position):
+                if np.isfinite(p[:2]).all():
+                    data["x"].append(float(p[0]))
+                    data["y"].append(float(p[1]))
+                    data["color"].append(lane_color(lane))
+                    data["optimizer"].append(self.names.get(lane, r.optimizer))
+                    data["alpha"].append(1.0 if r.status[i] == RUNNING else 0.35)
+        self.heads.data = dict(data) if data else dict(x=[], y=[], color=[], optimizer=[], alpha=[])
+
+    def mark_event(self, label: str) -> None:
+        """A vertical marker on the curves at the newest record's position on every x-axis."""
+        if not self.latest:
+            return
+        r = max(self.latest.values(), key=lambda rec: rec.tick)
+        self.events.stream(dict(step=[r.step + 1], gradients=[r.counts.gradients],
+                                function_values=[r.counts.function_values], wall_time=[r.wall_time],
+                                label=[label]))
+
+    def clear(self) -> None:
+        for src in (self.segments, self.heads, self.events, *self.curves.values()):
+            src.data = {k: [] for k in src.data}
+        self.latest.clear()
+        self._drawn.clear()
+        self.points_streamed = 0
+
+    # -- leaderboard -----------------------------------------------------------------------------
+    def leaderboard(self, minima: Iterable[Sequence[float]]) -> list[dict]:
+        """A row per lane: its best start's loss and distance to the nearest known minimum (text,
+        formatted for reading; "—" where a lane has no finite value), steps and status."""
+        mins = np.array([list(m) for m in minima], dtype=float) if minima else None
+        rows = []
+        for lane, r in sorted(self.latest.items()):
+            finite = np.isfinite(r.loss)
+            best = int(np.nanargmin(np.where(finite, r.loss, np.inf))) if finite.any() else 0
+            dist = float("nan")
+            if mins is not None and mins.size and r.position is not None:
+                d = np.linalg.norm(r.position[:, None, :] - mins[None, :, :r.position.shape[1]], axis=2)
+                dist = float(d.min(axis=1)[best])
+            diverged = [s for s in r.status if s != RUNNING]
+            if not diverged:
+                status = "running"
+            elif len(r.status) == 1:
+                status = diverged[0]
+            else:
+                first = min(int(s.rsplit(" ", 1)[1]) for s in diverged)
+                status = f"{len(diverged)}/{len(r.status)} diverged (first at step {first})"
+            rows.append(dict(optimizer=self.names.get(lane, r.optimizer),
+                             loss=f"{r.loss[best]:.6g}" if finite.any() else "—",
+                             distance=f"{dist:.4g}" if finite.any() and np.isfinite(dist) else "—",
+                             steps=r.step + 1, status=status))
+        return rows

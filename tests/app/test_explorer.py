@@ -1,0 +1,164 @@
+"""The explorer without a browser: build it, drive it through ``param`` and its widgets, and check
+what reaches the plot streams, the run's event log and the worker thread."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import param
+import pytest
+
+from app.explorer import CUSTOM, MAX_LANES, Explorer
+from engine.events import SetHyperparameter, SwitchOptimizer
+from tests.engine.test_worker import wait_for
+
+
+@pytest.fixture
+def explorer():
+    ex = Explorer(landscape="quadratic", optimizers=["sgd", "adam"], speed=500)
+    yield ex
+    ex.close()
+
+
+def pump_until(ex: Explorer, cond, timeout: float = 5.0) -> None:
+    def check() -> bool:
+        ex.pump()
+        return cond()
+    wait_for(check, timeout)
+
+
+def curve_len(ex: Explorer, lane: int) -> int:
+    return len(ex.streams.curve(lane).data["step"])
+
+
+def test_records_reach_the_plot_streams(explorer: Explorer) -> None:
+    explorer.play()
+    pump_until(explorer, lambda: curve_len(explorer, 0) > 30 and curve_len(explorer, 1) > 30)
+    assert len(explorer.streams.segments.data["x0"]) > 0
+    assert set(explorer.streams.heads.data["optimizer"]) == {"SGD", "Adam"}
+    table = explorer.leaderboard.value
+    pump_until(explorer, lambda: len(explorer.leaderboard.value) == 2)
+    table = explorer.leaderboard.value
+    assert list(table["optimizer"]) == ["SGD", "Adam"] and (table["status"] == "running").all()
+    # curves show suboptimality f - f* (the bowl has f* = 0), which is the loss itself here
+    rec = explorer.streams.latest[1]
+    assert explorer.streams.curve(1).data["loss"][-1] == pytest.approx(float(np.median(rec.loss)))
+
+
+def test_slider_change_mid_run_acts_at_next_step_and_is_logged(explorer: Explorer) -> None:
+    explorer.step()
+    pump_until(explorer, lambda: curve_len(explorer, 1) == 1)
+    card = explorer.cards.objects[1]  # Adam's card: the first widget is its lr slider (log grid)
+    lr_slider = card.objects[0]
+    assert lr_slider.name == "lr"
+    with param.edit_constant(lr_slider):  # what the browser sends when a drag ends
+        lr_slider.param.update(value=0.1, value_throttled=0.1)
+    explorer.step()
+    pump_until(explorer, lambda: curve_len(explorer, 1) == 2)
+    rec = explorer.streams.latest[1]
+    assert rec.hyperparameters["lr"] == 0.1 and rec.step == 1
+    run = explorer.worker.run
+    assert [(e.tick, e.event) for e in run.log if isinstance(e.event, SetHyperparameter)] == \
+        [(1, SetHyperparameter(1, "lr", 0.1))]
+    assert explorer.streams.events.data["label"] == ["Adam: lr = 0.1"]
+
+
+def test_pause_stops_stepping(explorer: Explorer) -> None:
+    explorer.play()
+    pump_until(explorer, lambda: explorer.worker.tick > 10)
+    explorer.pause()
+    wait_for(lambda: explorer.worker.paused)
+    tick = explorer.worker.tick
+    time.sleep(0.1)
+    assert explorer.worker.tick == tick
+    explorer.pump()
+    assert "paused" in explorer.counter.object and f"step {tick}" in explorer.counter.object
+
+
+def test_close_stops_the_worker_thread(explorer: Explorer) -> None:
+    explorer.play()
+    worker = explorer.worker
+    wait_for(lambda: worker.tick > 2)
+    explorer.close()
+    assert not worker.alive
+
+
+def test_bad_function_shows_an_error_and_the_race_goes_on(explorer: Explorer) -> None:
+    explorer.play()
+    worker = explorer.worker
+    explorer.param.update(expression="sin(x", landscape=CUSTOM)
+    assert explorer.error.visible and "column" in explorer.message
+    assert explorer.worker is worker and worker.alive and explorer.problem.name == "quadratic"
+    explorer.expression = "x**2 + 3*y**2"
+    assert not explorer.error.visible and explorer.worker is not worker and not worker.alive
+    pump_until(explorer, lambda: curve_len(explorer, 0) > 3)
+
+
+def test_changing_the_landscape_resets_the_race(explorer: Explorer) -> None:
+    explorer.play()
+    pump_until(explorer, lambda: explorer.worker.tick > 5)
+    explorer.landscape = "himmelblau"
+    assert explorer.worker.run.problem.name == "himmelblau"
+    pump_until(explorer, lambda: curve_len(explorer, 0) > 0)
+    assert explorer.streams.curve(0).data["step"][0] == 0
+    assert len(explorer.landscape_view.minima.data["x"]) == 4
+
+
+def test_switching_an_optimizer_continues_from_its_position(explorer: Explorer) -> None:
+    for _ in range(5):
+        explorer.step()
+    pump_until(explorer, lambda: curve_len(explorer, 0) == 5)
+    before = explorer.worker.run.positions(0).copy()
+    switch = explorer.cards.objects[0].objects[-1]
+    switch.value = "lion"
+    explorer.step()
+    pump_until(explorer, lambda: explorer.streams.latest[0].optimizer == "lion")
+    rec = explorer.streams.latest[0]
+    np.testing.assert_array_equal(rec.position, before)
+    assert rec.step == 5
+    assert any(isinstance(e.event, SwitchOptimizer) for e in explorer.worker.run.log)
+    assert explorer.optimizers == ["lion", "adam"]
+
+
+def test_adding_and_removing_optimizers_mid_race(explorer: Explorer) -> None:
+    explorer.step()
+    explorer.optimizers = ["adam", "rmsprop"]
+    explorer.step()
+    pump_until(explorer, lambda: 2 in explorer.streams.latest)
+    assert explorer.streams.latest[2].optimizer == "rmsprop" and explorer.streams.latest[2].step == 0
+    assert sorted(explorer.lane_names.values()) == ["adam", "rmsprop"]
+    too_many = ["sgd", "momentum", "nesterov", "adam", "adamw", "amsgrad", "rmsprop", "adagrad", "lion"]
+    assert len(too_many) > MAX_LANES
+    explorer.optimizers = too_many
+    assert "at most 8" in explorer.message and len(explorer.lane_names) == 2
+
+
+def test_clicking_the_landscape_moves_the_start(explorer: Explorer) -> None:
+    explorer._on_tap(0.5, -0.25)
+    assert explorer.worker.run.starts[0].tolist() == [0.5, -0.25]
+    assert explorer.landscape_view.start.data == {"x": [0.5], "y": [-0.25]}
+
+
+def test_two_explorers_are_independent_sessions() -> None:
+    a, b = Explorer(optimizers=["sgd"]), Explorer(optimizers=["adam"])
+    try:
+        a.step()
+        wait_for(lambda: a.worker.tick == 1)
+        time.sleep(0.05)
+        assert b.worker.tick == 0 and a.worker is not b.worker
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_landscape_without_known_minima_plots_raw_loss_on_a_linear_axis(explorer: Explorer) -> None:
+    from bokeh.models import LinearScale, LogScale
+
+    assert isinstance(explorer.loss_view.figure.y_scale, LogScale)
+    explorer.landscape = "saddle"  # x^2 - y^2: losses go negative
+    assert isinstance(explorer.loss_view.figure.y_scale, LinearScale)
+    explorer.step()
+    pump_until(explorer, lambda: curve_len(explorer, 0) == 1)
+    rec = explorer.streams.latest[0]
+    assert explorer.streams.curve(0).data["loss"][-1] == float(rec.loss[0])
