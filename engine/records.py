@@ -63,6 +63,9 @@ class Record:
     counts: OracleCounts
     status: tuple[str, ...]  # per row: "running" or "diverged at step N"
     wall_time: float  # seconds of compute spent by the run up to and including this step
+    metrics: Mapping[str, np.ndarray] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
+    """Problem metrics at :math:`x_t` on the schedule ``RunConfig.metrics_every`` (e.g. full-set
+    train/test loss and accuracy of a network), one entry per row; empty on other steps."""
 
     def same_values(self, other: Record) -> bool:
         """Equal in every field but ``wall_time`` (what a replay must reproduce)."""
@@ -70,6 +73,10 @@ class Record:
             if f.name == "wall_time":
                 continue
             a, b = getattr(self, f.name), getattr(other, f.name)
+            if f.name == "metrics":
+                if set(a) != set(b) or not all(np.array_equal(a[k], b[k], equal_nan=True) for k in a):
+                    return False
+                continue
             if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
                 if a is None or b is None or not np.array_equal(a, b, equal_nan=True):
                     return False
@@ -84,4 +91,5 @@ def make_record(**fields: Any) -> Record:
         fields[name] = frozen_array(fields[name])
     if fields.get("position") is not None:
         fields["position"] = frozen_array(fields["position"])
+    fields["metrics"] = MappingProxyType({k: frozen_array(v) for k, v in fields.get("metrics", {}).items()})
     return Record(**fields)

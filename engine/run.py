@@ -43,6 +43,9 @@ from engine.registry import OptimizerSpec, Oracle, get_spec
 
 POSITION_MAX_DIM = 3
 """Records carry positions for problems of at most this many dimensions (views draw them)."""
+TRAJECTORY_CAP = 400
+"""Snapshots kept per lane for larger problems (for landscape slices); beyond it, every other
+snapshot is dropped, so the kept ones always span the whole run."""
 
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
@@ -61,7 +64,12 @@ class RunConfig:
     """Everything that, with the problem and the event log, determines a run's records.
 
     Starts: row 0 is ``start`` (the problem's default start if None); rows 1..M-1 are drawn
-    uniformly from the problem's bounds with the run's seeded generator.
+    with the run's seeded generator: fresh initializations for a problem with ``random_starts``
+    (networks), else uniformly from the problem's bounds.
+
+    ``metrics_every``: how often (in a lane's steps) the problem's ``metrics`` (full-set train/test
+    loss and accuracy of a network) are computed into the records. ``snapshot_every``: how often
+    row 0's parameters are kept for a problem too big to carry positions in its records.
     """
 
     lanes: tuple[LaneConfig, ...]
@@ -70,6 +78,8 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"
     dtype: str = "float64"
+    metrics_every: int = 10
+    snapshot_every: int = 5
 
     def __post_init__(self) -> None:
         lanes = tuple(ln if isinstance(ln, LaneConfig) else LaneConfig(**ln) for ln in self.lanes)
@@ -78,6 +88,10 @@ class RunConfig:
             object.__setattr__(self, "start", tuple(float(v) for v in self.start))
         if not isinstance(self.n_starts, int) or self.n_starts < 1:
             raise ValueError(f"n_starts must be an integer >= 1, got {self.n_starts!r}")
+        for name in ("metrics_every", "snapshot_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if self.dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(_DTYPES)}, got {self.dtype!r}")
 
@@ -189,6 +203,7 @@ class Run:
         self.compute_time = 0.0
         self._t0 = time.perf_counter()
         self.log: list[LoggedEvent] = []
+        self._snapshots: dict[int, list[tuple[int, np.ndarray]]] = {}
         for lane in config.lanes:
             self._add_lane(lane.optimizer, lane.hyperparameters)
 
@@ -200,10 +215,13 @@ class Run:
             raise ValueError(f"start has {x0.numel()} coordinates but {p.name} has dim {p.dim}")
         rows = [x0[None]]
         if c.n_starts > 1:
-            if p.bounds is None:
+            if hasattr(p, "random_starts"):
+                rows.append(p.random_starts(c.n_starts - 1, self._generator).double())
+            elif p.bounds is None:
                 raise ValueError(f"{p.name} has no bounds to draw {c.n_starts - 1} random starts from")
-            rows.append(p.bounds.sample(c.n_starts - 1, self._generator, dtype=torch.float64,
-                                        device=torch.device("cpu")))
+            else:
+                rows.append(p.bounds.sample(c.n_starts - 1, self._generator, dtype=torch.float64,
+                                            device=torch.device("cpu")))
         return torch.cat(rows).to(device=self.device, dtype=self.dtype)
 
     def _add_lane(self, optimizer: str, hyperparameters: Mapping[str, Any]) -> int:
@@ -236,6 +254,7 @@ class Run:
             lane.switch(spec, event.hyperparameters)
             if not event.keep_position:
                 lane.restart(self.starts)
+                self._snapshots.pop(lane.id, None)
         elif isinstance(event, AddLane):
             result = self._add_lane(event.optimizer, event.hyperparameters)
         elif isinstance(event, RemoveLane):
@@ -248,6 +267,7 @@ class Run:
         elif isinstance(event, Reset):
             for lane in self.lanes.values():
                 lane.restart(self.starts)
+                self._snapshots.pop(lane.id, None)
         else:
             raise TypeError(f"not an event: {event!r}")
         self.log.append(LoggedEvent(self.tick, event, time.perf_counter() - self._t0))
@@ -269,6 +289,7 @@ class Run:
         grads = [torch.zeros_like(p) if g is None else g for p, g in zip(leaves, grads, strict=True)]
         losses = losses.detach()
 
+        metrics = self._metrics(lanes, points) if record else {}
         out: list[tuple[_Lane, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
         row = leaf = 0
         for lane, x in zip(lanes, points, strict=True):
@@ -282,11 +303,46 @@ class Run:
             self._take_step(lane, lane_grads, frozen, x_old)
             update = (lane.points().detach() - x_old).norm(dim=-1)
             out.append((lane, f, g.norm(dim=-1), update, x_old))
+            self._snapshot(lane, x_old)
         self.tick += 1
         self.compute_time += time.perf_counter() - t0
         if not record:
             return []
-        return [self._record(*item) for item in out]
+        return [self._record(*item, metrics.get(item[0].id, {})) for item in out]
+
+    def _metrics(self, lanes: list[_Lane], points: list[torch.Tensor]) -> dict[int, dict[str, np.ndarray]]:
+        """The problem's metrics at the current points of the lanes whose schedule is due (one
+        batched call for all of them)."""
+        fn = getattr(self.problem, "metrics", None)
+        every = self.config.metrics_every
+        due = [i for i, lane in enumerate(lanes) if fn is not None and lane.step % every == 0]
+        if not due:
+            return {}
+        values = fn(torch.cat([points[i].detach() for i in due]))
+        out, row = {}, 0
+        for i in due:
+            m = lanes[i].n_rows
+            out[lanes[i].id] = {k: v[row:row + m].cpu().numpy() for k, v in values.items()}
+            row += m
+        return out
+
+    def _snapshot(self, lane: _Lane, x: torch.Tensor) -> None:
+        t = lane.step - 1  # the step x was taken from
+        if self.problem.dim <= POSITION_MAX_DIM or t % self.config.snapshot_every:
+            return
+        kept = self._snapshots.setdefault(lane.id, [])
+        kept.append((t, x[0].cpu().numpy().copy()))
+        if len(kept) > TRAJECTORY_CAP:
+            kept[:] = kept[::2]
+
+    def trajectory(self, lane_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(steps [T], parameters [T, P])`` of lane ``lane_id``'s first start, as kept so far
+        (every ``snapshot_every`` steps, thinned to at most TRAJECTORY_CAP), plus where it is now."""
+        lane = self._lane(lane_id)
+        kept = list(self._snapshots.get(lane_id, []))
+        now = lane.points().detach()[0].cpu().numpy()
+        steps = np.array([s for s, _ in kept] + [lane.step], dtype=np.int64)
+        return steps, np.stack([x for _, x in kept] + [now])
 
     def _mark_divergence(self, lane: _Lane, f: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         bad = (~torch.isfinite(f) | ~torch.isfinite(g).all(dim=-1)).cpu().numpy()
@@ -318,7 +374,7 @@ class Run:
         lane.counts = lane.counts + OracleCounts(function_values=1, gradients=1)
 
     def _record(self, lane: _Lane, f: torch.Tensor, gnorm: torch.Tensor, update: torch.Tensor,
-                x: torch.Tensor) -> Record:
+                x: torch.Tensor, metrics: Mapping[str, np.ndarray]) -> Record:
         return make_record(
             tick=self.tick - 1,
             lane=lane.id,
@@ -332,6 +388,7 @@ class Run:
             counts=lane.counts,
             status=lane.status(),
             wall_time=self.compute_time,
+            metrics=metrics,
         )
 
     def run(self, n_steps: int, record_every: int = 1) -> list[Record]:

@@ -1,0 +1,398 @@
+r"""Small real networks as :class:`~engine.problem.Problem`\ s.
+
+A :class:`NetworkProblem` keeps a real ``nn.Module`` (layer-aware optimizers such as AdamP need
+its layers: ``param_shapes`` tells the engine how to lay them out) and offers the flat view the
+engine races on: ``loss(theta: [B, P]) -> [B]`` evaluates B parameter vectors at once through
+``torch.func.functional_call`` under ``torch.func.vmap``. Curvature and zeroth-order code use the
+same view (``flat_loss``).
+
+Modes are explicit: ``mode`` ("train" or "eval") is the module mode of every training loss, and
+``metrics`` (train/test loss and accuracy on the full sets) always runs in ``metrics_mode``
+("eval" by default), so a BatchNorm or Dropout user sees which one each figure used.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import functional_call, vmap
+from torch.nn import functional as F
+
+from landscapes import data as datasets
+
+Criterion = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (outputs, targets) -> scalar
+Accuracy = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (outputs, targets) -> fraction
+
+
+def class_accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Fraction of rows whose arg-max output is the target class (one logit: its sign)."""
+    if outputs.shape[-1] == 1:
+        return ((outputs[..., 0] > 0).long() == targets.long()).double().mean()
+    return (outputs.argmax(dim=-1) == targets).double().mean()
+
+
+def cross_entropy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(outputs, targets)
+
+
+def mse_one_hot(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    r""":math:`\tfrac12 \lVert f(x) - e_y\rVert^2` averaged over samples (MSE to one-hot targets)."""
+    return 0.5 * ((outputs - F.one_hot(targets, outputs.shape[-1]).to(outputs.dtype)) ** 2).sum(-1).mean()
+
+
+def binary_cross_entropy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(outputs[..., 0], targets.to(outputs.dtype))
+
+
+def half_mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return 0.5 * ((outputs - targets) ** 2).mean()
+
+
+class NetworkProblem:
+    """A module, a loss and data, seen by the engine as a function of one flat parameter vector.
+
+    ``make_module(seed)`` (optional) builds a freshly initialized module, which gives seeded random
+    starts; ``extra_metrics`` maps a name to ``f(params_dict) -> scalar`` (e.g. a recovery error).
+    """
+
+    bounds = None
+    minima = ()
+
+    def __init__(self, *, name: str, module: nn.Module, X_train: torch.Tensor, y_train: torch.Tensor,
+                 criterion: Criterion, X_test: torch.Tensor | None = None, y_test: torch.Tensor | None = None,
+                 batch_size: int | None = None, accuracy: Accuracy | None = None, mode: str = "train",
+                 metrics_mode: str = "eval", title: str = "", description: str = "", latex: str = "",
+                 make_module: Callable[[int], nn.Module] | None = None,
+                 extra_metrics: Mapping[str, Callable[[dict[str, torch.Tensor]], torch.Tensor]] | None = None,
+                 ) -> None:
+        for label, value in (("mode", mode), ("metrics_mode", metrics_mode)):
+            if value not in ("train", "eval"):
+                raise ValueError(f"{label} must be 'train' or 'eval', got {value!r}")
+        if len(X_train) != len(y_train) or len(X_train) == 0:
+            raise ValueError(f"{name}: X_train and y_train need the same, non-zero number of rows "
+                             f"({len(X_train)} vs {len(y_train)})")
+        if (X_test is None) != (y_test is None):
+            raise ValueError(f"{name}: give both X_test and y_test, or neither")
+        if batch_size is not None and not 1 <= batch_size:
+            raise ValueError(f"{name}: batch_size must be >= 1 or None (full batch), got {batch_size}")
+        self.name = name
+        self.title = title or name
+        self.description = description
+        self.latex = latex
+        self.module = module
+        self.criterion = criterion
+        self.accuracy = accuracy
+        self.mode = mode
+        self.metrics_mode = metrics_mode
+        self.X_train, self.y_train, self.X_test, self.y_test = X_train, y_train, X_test, y_test
+        self.batch_size = None if batch_size is None or batch_size >= len(X_train) else batch_size
+        self.make_module = make_module
+        self.extra_metrics = dict(extra_metrics or {})
+        named = list(module.named_parameters())
+        if not named:
+            raise ValueError(f"{name}: the module has no parameters")
+        self.param_names = tuple(n for n, _ in named)
+        self.param_shapes = tuple(tuple(p.shape) for _, p in named)
+        self.dim = sum(p.numel() for _, p in named)
+        self.buffers = dict(module.named_buffers())
+        self._x0 = self.flatten({n: p.detach() for n, p in named}).to(torch.float64)
+        self._vmap_ok = True
+
+    # -- the flat view -------------------------------------------------------------------------
+    def flatten(self, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return torch.cat([params[n].reshape(-1) for n in self.param_names])
+
+    def unflatten(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
+        sizes = [math.prod(s) for s in self.param_shapes]
+        return {n: t.reshape(s) for n, t, s in
+                zip(self.param_names, theta.split(sizes), self.param_shapes, strict=True)}
+
+    def x0(self) -> torch.Tensor:
+        """The module's own initial parameters, flattened (float64)."""
+        return self._x0.clone()
+
+    def random_starts(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """``n`` fresh initializations ``[n, P]``, seeded from ``generator``."""
+        if self.make_module is None:
+            raise ValueError(f"{self.name}: random starts need make_module (a seeded initializer)")
+        seeds = torch.randint(0, 2**31 - 1, (n,), generator=generator).tolist()
+        return torch.stack([self.flatten(dict(self.make_module(s).named_parameters())).detach().double()
+                            for s in seeds])
+
+    def forward(self, theta: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+        buffers = {k: v.to(theta.dtype) if v.is_floating_point() else v for k, v in self.buffers.items()}
+        return functional_call(self.module, (self.unflatten(theta), buffers), (X.to(theta.dtype),))
+
+    def _batched(self, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """``fn`` over the rows of ``x``: one vmapped call, or a loop for modules vmap can't take."""
+        if x.shape[0] == 1:
+            return fn(x[0])[None]
+        if self._vmap_ok:
+            try:
+                return vmap(fn, randomness="different")(x)
+            except (RuntimeError, ValueError, NotImplementedError):
+                self._vmap_ok = False  # e.g. in-place buffer updates of BatchNorm in train mode
+        return torch.stack([fn(row) for row in x])
+
+    def _with_mode(self, mode: str) -> bool:
+        was = self.module.training
+        self.module.train(mode == "train")
+        return was
+
+    def loss(self, x: torch.Tensor, batch: Any = None) -> torch.Tensor:
+        """Training loss of each parameter row of ``x`` ``[B, P]`` (or ``[P]``) on ``batch``
+        (indices into the training set; ``None`` is the full set), in ``self.mode``."""
+        single = x.dim() == 1
+        x = x[None] if single else x
+        if x.shape[-1] != self.dim:
+            raise ValueError(f"{self.name}: expected parameters of size {self.dim}, got {x.shape[-1]}")
+        X, y = (self.X_train, self.y_train) if batch is None else (self.X_train[batch], self.y_train[batch])
+        was = self._with_mode(self.mode)
+        try:
+            out = self._batched(lambda th: self.criterion(self.forward(th, X), y), x)
+        finally:
+            self.module.train(was)
+        return out[0] if single else out
+
+    def flat_loss(self, theta: torch.Tensor, batch: Any = None) -> torch.Tensor:
+        """Scalar loss at one flat parameter vector (the view curvature code differentiates)."""
+        return self.loss(theta, batch)
+
+    def sample_batch(self, generator: torch.Generator) -> torch.Tensor | None:
+        """Indices of a minibatch drawn without replacement (``None``: full batch, gradient descent)."""
+        if self.batch_size is None:
+            return None
+        return torch.randperm(len(self.X_train), generator=generator)[: self.batch_size]
+
+    @torch.no_grad()
+    def metrics(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Full-set train/test loss (and accuracy) of each row of ``x`` ``[B, P]``, in
+        ``metrics_mode``."""
+        was = self._with_mode(self.metrics_mode)
+        try:
+            out: dict[str, torch.Tensor] = {}
+            sets = [("train", self.X_train, self.y_train)]
+            if self.X_test is not None:
+                sets.append(("test", self.X_test, self.y_test))
+            for split, X, y in sets:
+                outputs = self._batched(lambda th, X=X: self.forward(th, X), x)
+                out[f"{split}_loss"] = torch.stack([self.criterion(o, y) for o in outputs])
+                if self.accuracy is not None:
+                    out[f"{split}_accuracy"] = torch.stack([self.accuracy(o, y) for o in outputs])
+            for name, fn in self.extra_metrics.items():
+                out[name] = torch.stack([fn(self.unflatten(row)) for row in x])
+            return out
+        finally:
+            self.module.train(was)
+
+
+# -- a user's own model ------------------------------------------------------------------------
+
+def problem_from_module(module: nn.Module, criterion: Criterion, X: torch.Tensor, y: torch.Tensor, *,
+                        X_test: torch.Tensor | None = None, y_test: torch.Tensor | None = None,
+                        batch_size: int | None = None, accuracy: Accuracy | None = None,
+                        mode: str = "train", name: str | None = None,
+                        description: str = "") -> NetworkProblem:
+    """Turn any ``nn.Module`` + loss + tensors into a Problem the engine and the app can race on.
+
+    ``criterion(outputs, targets) -> scalar`` is your loss (e.g. ``torch.nn.functional.cross_entropy``);
+    ``accuracy(outputs, targets) -> fraction`` is optional (:func:`class_accuracy` for classifiers).
+    The module's current parameters are the start point, and the module is used as given: it is
+    called through ``torch.func.functional_call``, never trained in place.
+
+    >>> problem = problem_from_module(my_net, F.cross_entropy, X, y, batch_size=32,
+    ...                               accuracy=class_accuracy)                       # doctest: +SKIP
+    """
+    return NetworkProblem(name=name or type(module).__name__, module=module, X_train=X, y_train=y,
+                          X_test=X_test, y_test=y_test, criterion=criterion, batch_size=batch_size,
+                          accuracy=accuracy, mode=mode, description=description)
+
+
+# -- the built-in problems ---------------------------------------------------------------------
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU,
+                                           "sigmoid": nn.Sigmoid, "silu": nn.SiLU}
+
+
+def seeded(build: Callable[[], nn.Module], seed: int) -> nn.Module:
+    """Build a module with torch's default initialization drawn from ``seed``, without touching the
+    caller's global random state (``fork_rng`` restores it)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build().double()
+
+
+def mlp(sizes: Sequence[int], activation: str) -> nn.Sequential:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; choose from {', '.join(ACTIVATIONS)}")
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(ACTIVATIONS[activation]())
+    return nn.Sequential(*layers)
+
+
+def _check_positive(**values: int) -> None:
+    for k, v in values.items():
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{k} must be a positive integer, got {v!r}")
+
+
+def logistic_regression(*, seed: int = 0, batch_size: int | None = None) -> NetworkProblem:
+    data = datasets.breast_cancer(seed=seed)
+
+    def build(s: int) -> nn.Module:
+        return seeded(lambda: nn.Linear(30, 1), s)
+
+    return NetworkProblem(
+        name="logistic_regression", title="Logistic regression (breast cancer)", module=build(seed),
+        X_train=data.X_train, y_train=data.y_train, X_test=data.X_test, y_test=data.y_test,
+        criterion=binary_cross_entropy, accuracy=class_accuracy, batch_size=batch_size, make_module=build,
+        latex=r"L(w, b) = \tfrac1n \sum_i \log\left(1 + e^{-s_i (w^\top x_i + b)}\right),\ s_i = \pm 1",
+        description="Convex: 31 parameters, 30 standardized features of 569 tumours, benign vs malignant.")
+
+
+def digits_mlp(*, width: int = 64, depth: int = 1, activation: str = "tanh", loss: str = "cross_entropy",
+               classes: Sequence[int] | None = None, batch_size: int | None = 64,
+               seed: int = 0) -> NetworkProblem:
+    """An MLP 64 -> width (x depth) -> classes on the 8x8 digits; loss "cross_entropy" or "mse"
+    (half squared error to one-hot targets)."""
+    _check_positive(width=width, depth=depth)
+    criteria = {"cross_entropy": cross_entropy, "mse": mse_one_hot}
+    if loss not in criteria:
+        raise ValueError(f"loss must be one of {', '.join(criteria)}, got {loss!r}")
+    data = datasets.digits(seed=seed, classes=classes)
+    sizes = [64, *([width] * depth), data.n_classes]
+
+    def build(s: int) -> nn.Module:
+        return seeded(lambda: mlp(sizes, activation), s)
+
+    arch = "-".join(map(str, sizes))
+    return NetworkProblem(
+        name="digits_mlp", title=f"MLP {arch} on digits ({activation}, {loss})", module=build(seed),
+        X_train=data.X_train, y_train=data.y_train, X_test=data.X_test, y_test=data.y_test,
+        criterion=criteria[loss], accuracy=class_accuracy, batch_size=batch_size, make_module=build,
+        latex=r"L(\theta) = \tfrac1n \sum_i \ell\big(f_\theta(x_i), y_i\big)",
+        description=f"{sum(a * b + b for a, b in itertools.pairwise(sizes)):,} parameters; "
+                    f"{data.n_train} training and {len(data.X_test)} test images of 8x8 digits.")
+
+
+class DigitsCNN(nn.Module):
+    """conv(1->8, 3x3) - ReLU - maxpool - conv(8->16, 3x3) - ReLU - maxpool - linear(64->10)."""
+
+    def __init__(self, n_classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
+        self.head = nn.Linear(16 * 2 * 2, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.reshape(*x.shape[:-1], 1, 8, 8)
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        return self.head(x.flatten(-3))
+
+
+def digits_cnn(*, batch_size: int | None = 64, seed: int = 0) -> NetworkProblem:
+    data = datasets.digits(seed=seed)
+
+    def build(s: int) -> nn.Module:
+        return seeded(DigitsCNN, s)
+
+    module = build(seed)
+    return NetworkProblem(
+        name="digits_cnn", title="Small CNN on 8x8 digits", module=module,
+        X_train=data.X_train, y_train=data.y_train, X_test=data.X_test, y_test=data.y_test,
+        criterion=cross_entropy, accuracy=class_accuracy, batch_size=batch_size, make_module=build,
+        latex=r"L(\theta) = \tfrac1n \sum_i \mathrm{CE}\big(\mathrm{CNN}_\theta(x_i), y_i\big)",
+        description=f"Two 3x3 conv layers (8 and 16 filters) with max-pooling and a linear head: "
+                    f"{sum(p.numel() for p in module.parameters()):,} parameters.")
+
+
+def moons_mlp(*, width: int = 16, depth: int = 2, activation: str = "tanh", noise: float = 0.2,
+              batch_size: int | None = None, seed: int = 0) -> NetworkProblem:
+    _check_positive(width=width, depth=depth)
+    data = datasets.moons(noise=noise, seed=seed)
+    sizes = [2, *([width] * depth), 2]
+
+    def build(s: int) -> nn.Module:
+        return seeded(lambda: mlp(sizes, activation), s)
+
+    return NetworkProblem(
+        name="moons_mlp", title=f"MLP {'-'.join(map(str, sizes))} on two moons", module=build(seed),
+        X_train=data.X_train, y_train=data.y_train, X_test=data.X_test, y_test=data.y_test,
+        criterion=cross_entropy, accuracy=class_accuracy, batch_size=batch_size, make_module=build,
+        latex=r"L(\theta) = \tfrac1n \sum_i \mathrm{CE}\big(f_\theta(x_i), y_i\big)",
+        description="Two interleaving half-circles: a small non-linear classification problem.")
+
+
+class SymmetricFactor(nn.Module):
+    r"""The factored model :math:`X = W W^\top`, :math:`W \in \mathbb{R}^{n\times k}`; input
+    sensing matrices ``A [b, n, n]``, output :math:`\langle A_i, W W^\top\rangle`."""
+
+    def __init__(self, n: int, k: int, scale: float) -> None:
+        super().__init__()
+        self.W = nn.Parameter(scale * torch.randn(n, k, dtype=torch.float64))
+
+    def forward(self, A: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("...ij,ij->...", A, self.W @ self.W.T)
+
+
+def matrix_sensing(*, n: int = 10, rank: int = 2, factor_rank: int = 5, m: int = 200,
+                   init_scale: float = 1e-2,
+                   batch_size: int | None = None, seed: int = 0) -> NetworkProblem:
+    r"""Symmetric matrix sensing :math:`\min_W \tfrac1{2m}\sum_i (\langle A_i, WW^\top\rangle - y_i)^2`
+    with ground-truth rank ``rank`` and factor rank ``factor_rank`` (> rank: over-parameterized;
+    small ``init_scale`` is what lets gradient descent still find the low-rank truth)."""
+    _check_positive(n=n, rank=rank, factor_rank=factor_rank, m=m)
+    sense = datasets.matrix_sensing(n=n, rank=rank, m=m, seed=seed)
+
+    def build(s: int) -> nn.Module:
+        return seeded(lambda: SymmetricFactor(n, factor_rank, init_scale), s)
+
+    def recovery_error(params: dict[str, torch.Tensor]) -> torch.Tensor:
+        W = params["W"]
+        return torch.linalg.norm(W @ W.T - sense.X_star) / torch.linalg.norm(sense.X_star)
+
+    over = "over-parameterized" if factor_rank > rank else "exactly parameterized"
+    return NetworkProblem(
+        name="matrix_sensing", title=f"Matrix sensing (n={n}, rank {rank}, factor rank {factor_rank})",
+        module=build(seed), X_train=sense.A_train, y_train=sense.y_train, X_test=sense.A_test,
+        y_test=sense.y_test, criterion=half_mse, batch_size=batch_size, make_module=build,
+        extra_metrics={"recovery_error": recovery_error},
+        latex=r"L(W) = \tfrac1{2m}\sum_i \big(\langle A_i, W W^\top\rangle - y_i\big)^2",
+        description=f"{m} Gaussian measurements of a rank-{rank} {n}x{n} matrix; the factor has rank "
+                    f"{factor_rank} ({over}). recovery_error = |WW^T - X*|_F / |X*|_F.")
+
+
+NETWORKS: dict[str, Callable[..., NetworkProblem]] = {
+    "digits_mlp": digits_mlp,
+    "logistic_regression": logistic_regression,
+    "digits_cnn": digits_cnn,
+    "moons_mlp": moons_mlp,
+    "matrix_sensing": matrix_sensing,
+}
+
+
+def available_networks() -> list[str]:
+    return list(NETWORKS)
+
+
+def get_network(name: str, **kwargs: Any) -> NetworkProblem:
+    try:
+        factory = NETWORKS[name]
+    except KeyError:
+        raise ValueError(f"unknown network problem {name!r}; known: {', '.join(NETWORKS)}") from None
+    try:
+        return factory(**kwargs)
+    except TypeError as exc:  # an unknown keyword: say which ones exist
+        import inspect
+
+        known = ", ".join(inspect.signature(factory).parameters)
+        raise ValueError(f"{name}: {exc}; it takes {known}") from None

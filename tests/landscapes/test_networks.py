@@ -1,0 +1,184 @@
+"""Network problems: they learn (stated accuracies within stated budgets, fixed seeds), sampling
+is reproducible, the flat view agrees with the module, modes are explicit, and a user's own module
+becomes a problem in one call."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from engine.run import LaneConfig, Run, RunConfig
+from landscapes.networks import (
+    available_networks,
+    class_accuracy,
+    get_network,
+    problem_from_module,
+)
+
+# (problem kwargs, Adam lr, steps, metric, threshold): measured on seed 0 with margin
+TARGETS = {
+    "digits_mlp": ({}, 1e-3, 300, "test_accuracy", 0.95),  # 0.967 at 300 steps (batch 64)
+    "logistic_regression": ({}, 0.05, 200, "test_accuracy", 0.95),  # 0.972, full batch
+    "digits_cnn": ({}, 3e-3, 400, "test_accuracy", 0.93),  # 0.967
+    "moons_mlp": ({}, 0.02, 400, "test_accuracy", 0.88),  # 0.93 (noise 0.2 caps it)
+    "matrix_sensing": ({}, 0.01, 1000, "recovery_error", 0.01),  # 6e-4 (below: lower is better)
+}
+
+
+def test_targets_cover_every_network() -> None:
+    assert set(TARGETS) == set(available_networks())
+
+
+@pytest.mark.parametrize("name", list(TARGETS))
+def test_adam_learns_each_network_to_a_stated_level(name: str) -> None:
+    kwargs, lr, steps, metric, threshold = TARGETS[name]
+    problem = get_network(name, **kwargs)
+    run = Run(problem, RunConfig(lanes=(LaneConfig("adam", {"lr": lr}),), device="cpu", metrics_every=steps))
+    records = run.run(steps + 1)
+    first, last = records[0].metrics, records[-1].metrics
+    assert last["train_loss"][0] < 0.25 * first["train_loss"][0]
+    if metric == "recovery_error":
+        assert last[metric][0] < threshold
+    else:
+        assert last[metric][0] >= threshold
+
+
+def test_batches_are_reproducible_from_the_seed() -> None:
+    problem = get_network("digits_mlp", batch_size=32)
+    a = problem.sample_batch(torch.Generator().manual_seed(5))
+    b = problem.sample_batch(torch.Generator().manual_seed(5))
+    c = problem.sample_batch(torch.Generator().manual_seed(6))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert len(a) == 32 and len(set(a.tolist())) == 32  # without replacement
+    assert get_network("digits_mlp", batch_size=None).sample_batch(torch.Generator()) is None
+
+
+def test_minibatch_run_replays_exactly() -> None:
+    problem = get_network("digits_mlp", width=16, batch_size=16)
+    cfg = RunConfig(lanes=(LaneConfig("adam", {"lr": 1e-2}), LaneConfig("adamp", {"lr": 1e-2})),
+                    n_starts=2, seed=3, device="cpu", metrics_every=3)
+    run = Run(problem, cfg)
+    records = run.run(7)
+    _, again = Run.replay(problem, cfg, run.log, run.tick)
+    assert all(a.same_values(b) for a, b in zip(records, again, strict=True))
+    lane0 = [r for r in records if r.lane == 0]
+    assert [bool(r.metrics) for r in lane0] == [True, False, False, True, False, False, True]  # every 3
+
+
+def test_flat_view_and_module_parameters_agree() -> None:
+    problem = get_network("digits_cnn")
+    module = problem.module
+    theta = problem.x0()
+    params = problem.unflatten(theta)
+    for name, p in module.named_parameters():
+        assert torch.equal(params[name], p.detach())
+    assert torch.equal(problem.flatten(params), theta)
+    direct = F.cross_entropy(module(problem.X_train), problem.y_train)
+    assert torch.allclose(problem.loss(theta), direct, rtol=1e-12, atol=0)
+    # a batch of parameter vectors is B independent evaluations
+    g = torch.Generator().manual_seed(0)
+    other = theta + 0.01 * torch.randn(theta.shape, generator=g, dtype=theta.dtype)
+    both = problem.loss(torch.stack([theta, other]))
+    assert torch.allclose(both, torch.stack([problem.loss(theta), problem.loss(other)]), rtol=1e-12)
+
+
+def test_run_gives_layer_aware_optimizers_real_layers() -> None:
+    problem = get_network("digits_mlp", width=8)
+    run = Run(problem, RunConfig(lanes=(LaneConfig("adamp"), LaneConfig("adam")), n_starts=2, device="cpu"))
+    adamp, adam = run.lanes[0], run.lanes[1]
+    assert [tuple(p.shape) for p in adamp.rows[0]] == list(problem.param_shapes)  # one set per start
+    assert len(adamp.rows) == 2
+    assert [tuple(p.shape) for p in adam.rows[0]] == [(2, *s) for s in problem.param_shapes]
+    run.run(2)
+    np.testing.assert_allclose(run.trajectory(0)[1][0], problem.x0().numpy())
+
+
+def test_random_starts_are_fresh_seeded_initializations() -> None:
+    problem = get_network("moons_mlp")
+    a = Run(problem, RunConfig(lanes=(LaneConfig("sgd"),), n_starts=3, seed=1, device="cpu")).starts
+    b = Run(problem, RunConfig(lanes=(LaneConfig("sgd"),), n_starts=3, seed=1, device="cpu")).starts
+    assert torch.equal(a, b) and torch.equal(a[0], problem.x0())
+    assert not torch.equal(a[1], a[2]) and not torch.equal(a[1], a[0])
+    # same initialization scale as the module's own (PyTorch's default uniform bounds)
+    assert a[1].abs().max() <= problem.x0().abs().max() * 1.5
+
+
+class Scorer(nn.Module):
+    """A module this project does not define: LayerNorm + GELU + dropout, from torch.nn."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(4, 16), nn.LayerNorm(16), nn.GELU(), nn.Dropout(0.5),
+                                  nn.Linear(16, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def _toy_data(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(120, 4, generator=g, dtype=torch.float64)
+    y = (X[:, 0] > 0).long() + (X[:, 1] > 0.5).long()
+    return X, y
+
+
+def test_a_users_own_module_becomes_a_problem_and_trains() -> None:
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        module = Scorer().double()
+    X, y = _toy_data(0)
+    Xt, yt = _toy_data(1)
+    problem = problem_from_module(module, F.cross_entropy, X, y, X_test=Xt, y_test=yt,
+                                  accuracy=class_accuracy, mode="eval")
+    assert problem.dim == sum(p.numel() for p in module.parameters())
+    module.eval()
+    assert torch.allclose(problem.loss(problem.x0()), F.cross_entropy(module(X), y), rtol=1e-12)
+    run = Run(problem, RunConfig(lanes=(LaneConfig("adam", {"lr": 0.02}),), device="cpu", metrics_every=150))
+    recs = run.run(151)
+    assert recs[-1].metrics["train_loss"][0] < 0.5 * recs[0].metrics["train_loss"][0]
+    assert recs[-1].metrics["test_accuracy"][0] > 0.8
+
+
+def test_modes_are_explicit() -> None:
+    """Dropout makes the train-mode loss random; metrics run in eval mode and are deterministic."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        module = Scorer().double()
+    X, y = _toy_data(0)
+    problem = problem_from_module(module, F.cross_entropy, X, y, mode="train")
+    assert problem.mode == "train" and problem.metrics_mode == "eval"
+    theta = problem.x0()
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        l1, l2 = problem.loss(theta), problem.loss(theta)
+    assert l1 != l2  # dropout active in train mode
+    m1, m2 = problem.metrics(theta[None]), problem.metrics(theta[None])
+    module.eval()
+    assert m1["train_loss"][0] == m2["train_loss"][0] == pytest.approx(
+        float(F.cross_entropy(module(X), y)), rel=1e-12)
+    module.train()
+    assert module.training  # restored
+
+
+def test_bad_arguments_get_clear_messages() -> None:
+    with pytest.raises(ValueError, match="unknown network problem 'resnet'"):
+        get_network("resnet")
+    with pytest.raises(ValueError, match="width must be a positive integer"):
+        get_network("digits_mlp", width=0)
+    with pytest.raises(ValueError, match="unknown activation 'swish'"):
+        get_network("digits_mlp", activation="swish")
+    with pytest.raises(ValueError, match="classes must be >= 2 distinct digits"):
+        get_network("digits_mlp", classes=[3])
+    with pytest.raises(ValueError, match="it takes"):
+        get_network("moons_mlp", widht=3)
+    with pytest.raises(ValueError, match="mode must be 'train' or 'eval'"):
+        problem_from_module(nn.Linear(2, 2), F.mse_loss, torch.zeros(3, 2), torch.zeros(3, 2), mode="test")
+
+
+def test_class_subset_relabels_in_the_given_order() -> None:
+    problem = get_network("digits_mlp", classes=[7, 1])
+    assert problem.param_shapes[-1] == (2,)
+    assert set(problem.y_train.tolist()) == {0, 1}
