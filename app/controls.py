@@ -39,8 +39,9 @@ def hyperparameter_widget(hp: Hyperparameter, value: Any) -> pn.widgets.Widget:
         grid = log_grid(lo, hi, float(value))
         return pn.widgets.DiscreteSlider(label=hp.name, options={f"{v:.3g}": v for v in grid},
                                          value=float(value))
+    # up to 4 decimals: beta2 = 0.999 must not read "1"
     return pn.widgets.FloatSlider(label=hp.name, start=lo, end=hi, value=float(value),
-                                  step=(hi - lo) / 1000)
+                                  step=(hi - lo) / 1000, format="0.[0000]")
 
 
 def log_grid(lo: float, hi: float, value: float) -> list[float]:

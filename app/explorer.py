@@ -9,6 +9,7 @@ into streaming Bokeh sources. Closing the browser tab stops the worker.
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 import pandas as pd
@@ -17,13 +18,21 @@ import param
 
 from app.controls import optimizer_card
 from app.figures import CurveView, LandscapeView
+from app.network_view import NetworkView, SliceJob, compute_slice
 from app.streams import X_AXES, RaceStreams, lane_color
 from engine.events import AddLane, RemoveLane, SetHyperparameter, SwitchOptimizer
 from engine.problem import Problem
 from engine.registry import HyperparameterError, Oracle, available, get_spec
 from engine.run import LaneConfig, Run, RunConfig
 from engine.worker import RunWorker
-from landscapes import ExpressionError, available_landscapes, get_landscape, parse_expression
+from landscapes import (
+    ExpressionError,
+    available_landscapes,
+    available_networks,
+    get_landscape,
+    get_network,
+    parse_expression,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +54,9 @@ def _first_order() -> list[str]:
 class Explorer(pn.viewable.Viewer):
     """Race up to eight optimizers from one or many starts on a 2-D landscape."""
 
-    landscape = param.Selector(default="rosenbrock", objects=[*available_landscapes(), CUSTOM])
+    landscape = param.Selector(default="rosenbrock",
+                               objects=[*available_landscapes(), CUSTOM, *available_networks()],
+                               doc="the problem: a 2-D landscape, a typed f(x, y), or a small network")
     expression = param.String(default="sin(x)*y**2 + 0.1*x**2", doc="f(x, y) for the custom landscape")
     optimizers = param.ListSelector(default=["sgd", "momentum", "adam"], objects=_first_order())
     start_x = param.Number(default=None, allow_None=True, doc="start x (None: the landscape's default)")
@@ -66,8 +77,8 @@ class Explorer(pn.viewable.Viewer):
         if lanes is not None:
             params["optimizers"] = list(dict.fromkeys(name for name, _ in lanes))
         super().__init__(**params)
-        self.problem: Problem = get_landscape(self.landscape) if self.landscape != CUSTOM else \
-            parse_expression(self.expression)
+        self.problem: Problem = self._make_problem()
+        self._slice_job: SliceJob | None = None
         self.values: dict[int, dict[str, Any]] = {}  # lane -> hyperparameter values
         self.lane_names: dict[int, str] = {}  # lane -> optimizer name
         self._next_lane = 0
@@ -80,6 +91,7 @@ class Explorer(pn.viewable.Viewer):
         self.landscape_view = LandscapeView(self.streams, self._on_tap)
         self.loss_view = CurveView(self.streams, "loss", "loss")
         self.grad_view = CurveView(self.streams, "grad_norm", "gradient norm")
+        self.network_view = NetworkView(self.streams, self.request_slice)
         self._build_widgets()
         for name, values in lanes or [(n, {}) for n in self.optimizers]:
             self._register_lane(name, get_spec(name).validate(values))
@@ -109,17 +121,23 @@ class Explorer(pn.viewable.Viewer):
         self.pause_button.on_click(lambda _: self.pause())
         self.step_button.on_click(lambda _: self.step())
         self.reset_button.on_click(lambda _: self.reset())
+        # grouped options: from_param can't take groups, so the select mirrors the parameter both ways
+        self.problem_select = pn.widgets.Select(label="Problem", value=self.landscape, groups={
+            "2-D landscapes": [*available_landscapes(), CUSTOM], "networks": available_networks()})
+        self.problem_select.param.watch(lambda e: setattr(self, "landscape", e.new), "value")
+        self.param.watch(lambda e: setattr(self.problem_select, "value", e.new), "landscape")
         self.controls = pn.Column(
             pn.Row(self.run_button, self.pause_button, self.step_button, self.reset_button),
             self.counter,
             self.error,
-            pn.widgets.Select.from_param(self.param.landscape, label="Landscape"),
+            self.problem_select,
             pn.widgets.TextInput.from_param(self.param.expression, label="f(x, y) (custom landscape)",
                                             visible=self.param.landscape.rx() == CUSTOM),
             pn.widgets.MultiChoice.from_param(self.param.optimizers, label=f"Optimizers (up to {MAX_LANES})",
                                               max_items=MAX_LANES),
             pn.Row(pn.widgets.FloatInput.from_param(self.param.start_x, label="start x", width=110),
-                   pn.widgets.FloatInput.from_param(self.param.start_y, label="start y", width=110)),
+                   pn.widgets.FloatInput.from_param(self.param.start_y, label="start y", width=110),
+                   visible=self.param.landscape.rx().rx.pipe(lambda v: v not in available_networks())),
             pn.Row(pn.widgets.IntInput.from_param(self.param.n_starts, label="starts M", width=110),
                    pn.widgets.IntInput.from_param(self.param.seed, label="seed", width=110)),
             pn.widgets.FloatSlider.from_param(self.param.speed, label="speed (steps/s)", step=1),
@@ -127,14 +145,19 @@ class Explorer(pn.viewable.Viewer):
             self.cards,
             sizing_mode="stretch_width",
         )
+        # visibility is toggled on a Column: toggling it on a Bokeh pane itself makes Panel 1.9.4 copy
+        # the figure's stylesheet objects into a list of strings and raise
+        self.landscape_pane = pn.Column(pn.pane.Bokeh(self.landscape_view.figure, sizing_mode="stretch_width"),
+                                        sizing_mode="stretch_width")
         self.views = pn.Column(
             pn.Row(self.formula, sizing_mode="stretch_width"),
             self.description,
-            pn.pane.Bokeh(self.landscape_view.figure, sizing_mode="stretch_width"),
+            self.landscape_pane,
             pn.widgets.RadioButtonGroup.from_param(self.param.x_axis, label="x-axis"),
             pn.Row(pn.pane.Bokeh(self.loss_view.figure, sizing_mode="stretch_width"),
                    pn.pane.Bokeh(self.grad_view.figure, sizing_mode="stretch_width"),
                    sizing_mode="stretch_width"),
+            self.network_view.panel,
             self.leaderboard,
             sizing_mode="stretch_width",
         )
@@ -187,25 +210,49 @@ class Explorer(pn.viewable.Viewer):
         if keep_running:
             self.worker.resume()
 
+    @property
+    def is_network(self) -> bool:
+        return self.problem.dim > 3 or self.problem.bounds is None
+
+    def _make_problem(self) -> Problem:
+        if self.landscape == CUSTOM:
+            return parse_expression(self.expression)
+        if self.landscape in available_networks():
+            return get_network(self.landscape)
+        return get_landscape(self.landscape)
+
     def _reset_views(self, run: Run) -> None:
         p = self.problem
-        b = p.bounds
-        if self._shown_problem is not p:  # the grid is recomputed only for a new landscape
-            self.landscape_view.set_problem(p)
+        network = self.is_network
+        self.landscape_pane.visible = not network
+        self.network_view.panel.visible = network
+        if self._shown_problem is not p:  # the grid is recomputed only for a new problem
+            if network:
+                self.network_view.set_problem(p)
+            else:
+                self.landscape_view.set_problem(p)
             self._shown_problem = p
         self.streams.clear()
+        self.network_view.drop_lanes()
         self.streams.f_star = min(m.value for m in p.minima) if p.minima else None
-        self.streams.min_move = 0.002 * ((b.high[0] - b.low[0]) ** 2 + (b.high[1] - b.low[1]) ** 2) ** 0.5
+        if not network:
+            b = p.bounds
+            self.streams.min_move = 0.002 * ((b.high[0] - b.low[0]) ** 2 + (b.high[1] - b.low[1]) ** 2) ** 0.5
         known = self.streams.f_star is not None
-        label = "f(x) − f* (median over starts)" if known else "f(x) (median over starts)"
-        self.loss_view.set_y_label(label, log=self.streams.f_star is not None)
+        if network:
+            label, log = "minibatch training loss (median over starts)", True
+        else:
+            label = "f(x) − f* (median over starts)" if known else "f(x) (median over starts)"
+            log = known
+        self.loss_view.set_y_label(label, log=log)
         for view in (self.loss_view, self.grad_view):
             view.drop_lanes()
             for lane in self.lane_names:
                 view.ensure_lane(lane, self._label(lane))
-        x0 = run.starts[0].tolist()
-        self.landscape_view.set_start(x0[0], x0[1])
-        self._quietly(start_x=x0[0], start_y=x0[1])  # show the start actually used
+        if not network:
+            x0 = run.starts[0].tolist()
+            self.landscape_view.set_start(x0[0], x0[1])
+            self._quietly(start_x=x0[0], start_y=x0[1])  # show the start actually used
         self._rebuild_cards()
         self._update_counter()
 
@@ -265,10 +312,7 @@ class Explorer(pn.viewable.Viewer):
         if self.on_switch == "restart":
             self.streams.restart(lane)
         self.streams.mark_event(f"{old} → {spec.display_name}")
-        for view in (self.loss_view, self.grad_view):
-            view.drop_lanes()
-            for k in self.lane_names:
-                view.ensure_lane(k, self._label(k))
+        self._redraw_lanes()
         self._sync_optimizer_selection()
         self._rebuild_cards()
 
@@ -279,6 +323,14 @@ class Explorer(pn.viewable.Viewer):
             self.param.update(**values)
         finally:
             self._syncing = False
+
+    def _redraw_lanes(self) -> None:
+        """Curves for the current lanes (labels change when lanes come, go or switch)."""
+        for view in (self.loss_view, self.grad_view):
+            view.drop_lanes()
+            for k in self.lane_names:
+                view.ensure_lane(k, self._label(k))
+        self.network_view.drop_lanes()
 
     def _sync_optimizer_selection(self) -> None:
         self._quietly(optimizers=list(dict.fromkeys(self.lane_names[k] for k in sorted(self.lane_names))))
@@ -295,8 +347,7 @@ class Explorer(pn.viewable.Viewer):
     @param.depends("landscape", "expression", watch=True)
     def _on_landscape(self) -> None:
         try:
-            problem = get_landscape(self.landscape) if self.landscape != CUSTOM else \
-                parse_expression(self.expression)
+            problem = self._make_problem()
         except (ExpressionError, ValueError) as exc:
             self.show_error(str(exc))  # the running race is left alone
             return
@@ -330,10 +381,7 @@ class Explorer(pn.viewable.Viewer):
             if name not in have:
                 lane = self._register_lane(name, get_spec(name).defaults())
                 self.worker.submit(AddLane(name, self.values[lane]))
-        for view in (self.loss_view, self.grad_view):
-            view.drop_lanes()
-            for k in self.lane_names:
-                view.ensure_lane(k, self._label(k))
+        self._redraw_lanes()
         self._rebuild_cards()
 
     @param.depends("speed", watch=True)
@@ -345,6 +393,35 @@ class Explorer(pn.viewable.Viewer):
     def _on_x_axis(self) -> None:
         self.loss_view.set_x(self.x_axis)
         self.grad_view.set_x(self.x_axis)
+        self.network_view.set_x(self.x_axis)
+
+    # -- slices (networks) -------------------------------------------------------------------------
+    def request_slice(self, plane: str, lane: int | None, n: int) -> SliceJob | None:
+        """Slice the loss around lane ``lane``'s current weights, off the UI thread; the pump draws it."""
+        if not self.is_network or lane is None or lane not in self.lane_names:
+            self.show_error("pick a network problem and a lane to slice")
+            return None
+        if self._slice_job is not None and not self._slice_job.done:
+            self.show_error("a slice is already being computed")
+            return None
+        job = SliceJob(self._label(lane))
+        self._slice_job = job
+        future = self.worker.call(lambda run: run.trajectory(lane))
+        problem, seed = self.problem, self.seed
+
+        def work() -> None:
+            try:
+                steps, traj = future.result(timeout=30)
+            except Exception as exc:
+                job.error, job.done = f"slice failed: {exc}", True
+                return
+            if len(traj) < 3 and plane.startswith("PCA"):
+                job.error, job.done = "take a few steps first: a PCA plane needs a trajectory", True
+                return
+            compute_slice(problem, steps, traj, plane, n, seed, job)
+
+        threading.Thread(target=work, name="optiscope-slice", daemon=True).start()
+        return job
 
     # -- cards -------------------------------------------------------------------------------------
     def _rebuild_cards(self) -> None:
@@ -373,6 +450,17 @@ class Explorer(pn.viewable.Viewer):
         labels = {k: self._label(k) for k in self.lane_names}
         records = [r for r in records if r.lane in self.lane_names]
         self.streams.push(records, labels)
+        if self.is_network:
+            self.network_view.ensure_lanes(labels, [])
+        job = self._slice_job
+        if job is not None:
+            self.network_view.show_progress(job)
+            if job.done:
+                self._slice_job = None
+                if job.error:
+                    self.show_error(job.error)
+                else:
+                    self.network_view.show_slice(job)
         errors = self.worker.errors()
         if errors:
             self.show_error(errors[-1])
@@ -387,4 +475,5 @@ class Explorer(pn.viewable.Viewer):
     def _update_counter(self) -> None:
         tick = self.worker.tick if self.worker is not None else 0
         state = "running" if self.running else "paused"
-        self.counter.object = f"**step {tick}** · {state} · {self.streams.points_streamed:,} points drawn"
+        drawn = "" if self.is_network else f" · {self.streams.points_streamed:,} points drawn"
+        self.counter.object = f"**step {tick}** · {state}{drawn}"

@@ -50,8 +50,10 @@ class RaceStreams:
         self.events = ColumnDataSource(dict(step=[], gradients=[], function_values=[], wall_time=[],
                                             label=[]))
         self.curves: dict[int, ColumnDataSource] = {}
+        self.metric_curves: dict[int, ColumnDataSource] = {}
         self.names: dict[int, str] = {}
         self.latest: dict[int, Record] = {}
+        self.latest_metrics: dict[int, Record] = {}
         self._drawn: dict[int, np.ndarray] = {}  # lane -> [M, 2] last position streamed
         self.points_streamed = 0
 
@@ -62,8 +64,16 @@ class RaceStreams:
                                                       wall_time=[], loss=[], grad_norm=[]))
         return self.curves[lane]
 
+    def metric_curve(self, lane: int, names: Sequence[str] = ()) -> ColumnDataSource:
+        """Per-lane source of the problem's scheduled metrics (median over starts)."""
+        if lane not in self.metric_curves:
+            cols = ["step", "gradients", "function_values", "wall_time", *names]
+            self.metric_curves[lane] = ColumnDataSource({c: [] for c in cols})
+        return self.metric_curves[lane]
+
     def forget(self, lane: int) -> None:
         self.latest.pop(lane, None)
+        self.latest_metrics.pop(lane, None)
         self._drawn.pop(lane, None)
 
     def restart(self, lane: int) -> None:
@@ -81,6 +91,7 @@ class RaceStreams:
         seg: dict[str, list] = defaultdict(list)
         for lane, recs in by_lane.items():
             self._stream_curve(lane, recs)
+            self._stream_metrics(lane, [r for r in recs if r.metrics])
             if recs[0].position is not None and recs[0].position.shape[1] >= 2:
                 self._collect_segments(lane, recs, labels.get(lane, recs[-1].optimizer), seg)
             self.latest[lane] = recs[-1]
@@ -108,6 +119,21 @@ class RaceStreams:
                            if np.isfinite(r.grad_norm).any() else float("nan"), FLOOR) for r in recs],
         )
         self.curve(lane).stream(data, rollover=CURVE_ROLLOVER)
+
+    def _stream_metrics(self, lane: int, recs: Sequence[Record]) -> None:
+        if not recs:
+            return
+        names = list(recs[0].metrics)
+        src = self.metric_curve(lane, names)
+        data = dict(step=[r.step for r in recs], gradients=[r.counts.gradients for r in recs],
+                    function_values=[r.counts.function_values for r in recs],
+                    wall_time=[r.wall_time for r in recs])
+        for name in names:
+            if name in src.data:
+                data[name] = [float(np.nanmedian(r.metrics[name])) if np.isfinite(r.metrics[name]).any()
+                              else float("nan") for r in recs]
+        src.stream({k: v for k, v in data.items() if k in src.data}, rollover=CURVE_ROLLOVER)
+        self.latest_metrics[lane] = recs[-1]
 
     def _collect_segments(self, lane: int, recs: Sequence[Record], label: str, seg: dict) -> None:
         color = lane_color(lane)
@@ -155,7 +181,9 @@ class RaceStreams:
     def clear(self) -> None:
         for src in (self.segments, self.heads, self.events, *self.curves.values()):
             src.data = {k: [] for k in src.data}
+        self.metric_curves.clear()  # their columns depend on the problem
         self.latest.clear()
+        self.latest_metrics.clear()
         self._drawn.clear()
         self.points_streamed = 0
 
@@ -163,6 +191,7 @@ class RaceStreams:
     def leaderboard(self, minima: Iterable[Sequence[float]]) -> list[dict]:
         """A row per lane: its best start's loss and distance to the nearest known minimum (text,
         formatted for reading; "—" where a lane has no finite value), steps and status."""
+        minima = list(minima)
         mins = np.array([list(m) for m in minima], dtype=float) if minima else None
         rows = []
         for lane, r in sorted(self.latest.items()):
@@ -180,8 +209,13 @@ class RaceStreams:
             else:
                 first = min(int(s.rsplit(" ", 1)[1]) for s in diverged)
                 status = f"{len(diverged)}/{len(r.status)} diverged (first at step {first})"
-            rows.append(dict(optimizer=self.names.get(lane, r.optimizer),
-                             loss=f"{r.loss[best]:.6g}" if finite.any() else "—",
-                             distance=f"{dist:.4g}" if finite.any() and np.isfinite(dist) else "—",
-                             steps=r.step + 1, status=status))
+            row = dict(optimizer=self.names.get(lane, r.optimizer),
+                       loss=f"{r.loss[best]:.6g}" if finite.any() else "—")
+            if mins is not None:
+                row["distance"] = f"{dist:.4g}" if finite.any() and np.isfinite(dist) else "—"
+            m = self.latest_metrics.get(lane)
+            for name in ("test_accuracy", "recovery_error"):
+                if m is not None and name in m.metrics:
+                    row[name.replace("_", " ")] = f"{m.metrics[name][best]:.4g} (step {m.step})"
+            rows.append(dict(row, steps=r.step + 1, status=status))
         return rows

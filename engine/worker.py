@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Callable
+from concurrent.futures import Future
 import queue
 import threading
 import time
@@ -24,6 +26,14 @@ from engine.run import Run
 log = logging.getLogger(__name__)
 
 _STEP = object()  # command: take exactly one step even while paused
+
+
+class _Call:
+    """Command: run ``fn(run)`` on the worker thread between two steps, answer through a future."""
+
+    def __init__(self, fn: Callable[[Run], Any]) -> None:
+        self.fn = fn
+        self.future: Future[Any] = Future()
 _counter = itertools.count()
 
 
@@ -59,6 +69,14 @@ class RunWorker:
     def pause(self) -> None:
         self.submit(Pause())
 
+    def call(self, fn: Callable[[Run], Any]) -> Future[Any]:
+        """Run ``fn(run)`` between two steps (so it sees a consistent state, e.g. a trajectory to
+        slice) and return a future with its result; answered even while paused."""
+        command = _Call(fn)
+        self._commands.put(command)
+        self._wake.set()
+        return command.future
+
     def step_once(self) -> None:
         self._commands.put(_STEP)
         self._wake.set()
@@ -81,6 +99,13 @@ class RunWorker:
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stopping.set()
+        while True:  # nobody may wait forever on a call the thread will never answer
+            try:
+                cmd = self._commands.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(cmd, _Call):
+                cmd.future.cancel()
         self._wake.set()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
@@ -106,6 +131,12 @@ class RunWorker:
             if cmd is _STEP:
                 self._step()
                 steps += 1
+                continue
+            if isinstance(cmd, _Call):
+                try:
+                    cmd.future.set_result(cmd.fn(self.run))
+                except Exception as exc:
+                    cmd.future.set_exception(exc)
                 continue
             try:
                 self.run.apply(cmd)

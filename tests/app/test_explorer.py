@@ -162,3 +162,26 @@ def test_a_landscape_without_known_minima_plots_raw_loss_on_a_linear_axis(explor
     pump_until(explorer, lambda: curve_len(explorer, 0) == 1)
     rec = explorer.streams.latest[0]
     assert explorer.streams.curve(0).data["loss"][-1] == float(rec.loss[0])
+
+
+def test_a_network_problem_shows_train_test_curves_and_a_slice() -> None:
+    ex = Explorer(landscape="moons_mlp", lanes=[("adam", {"lr": 0.02}), ("sgd", {"lr": 0.1})], speed=1000)
+    try:
+        assert ex.network_view.panel.visible and not ex.landscape_pane.visible
+        ex.play()
+        pump_until(ex, lambda: ex.worker.tick > 40 and len(ex.streams.metric_curves) == 2)
+        src = ex.streams.metric_curves[0]
+        assert {"train_loss", "test_loss", "test_accuracy"} <= set(src.data)
+        pump_until(ex, lambda: len(ex.leaderboard.value) == 2)
+        assert "test accuracy" in ex.leaderboard.value.columns
+        ex.pause()
+        job = ex.request_slice("PCA of the trajectory", 0, 11)
+        pump_until(ex, lambda: job.done and ex._slice_job is None, timeout=30)
+        assert not job.error, job.error
+        (z,) = ex.network_view.image.data["image"]
+        assert z.shape == (11, 11) and np.isfinite(z).all()
+        assert len(ex.network_view.path.data["x"]) >= 3
+        assert "121 evaluations" in ex.network_view.caption.object
+        assert "PCA plane of Adam" in ex.network_view.caption.object
+    finally:
+        ex.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pytest
 
 from engine.events import SetHyperparameter
 from engine.run import LaneConfig, Run, RunConfig
@@ -79,3 +80,18 @@ def test_stop_ends_the_thread_even_while_running() -> None:
     wait_for(lambda: w.tick > 5)
     w.stop()
     assert not w.alive
+
+
+def test_call_runs_between_steps_and_answers_while_paused() -> None:
+    w = make_worker()
+    try:
+        w.step_once()
+        future = w.call(lambda run: (run.tick, run.positions(0).copy()))
+        tick, pos = future.result(timeout=5)
+        assert tick == 1 and pos.shape == (1, 2)
+        failing = w.call(lambda run: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            failing.result(timeout=5)
+        assert w.alive
+    finally:
+        w.stop()
