@@ -147,8 +147,8 @@ class Explorer(pn.viewable.Viewer):
         )
         # visibility is toggled on a Column: toggling it on a Bokeh pane itself makes Panel 1.9.4 copy
         # the figure's stylesheet objects into a list of strings and raise
-        self.landscape_pane = pn.Column(pn.pane.Bokeh(self.landscape_view.figure, sizing_mode="stretch_width"),
-                                        sizing_mode="stretch_width")
+        landscape = pn.pane.Bokeh(self.landscape_view.figure, sizing_mode="stretch_width")
+        self.landscape_pane = pn.Column(landscape, sizing_mode="stretch_width")
         self.views = pn.Column(
             pn.Row(self.formula, sizing_mode="stretch_width"),
             self.description,

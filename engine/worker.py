@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Callable
-from concurrent.futures import Future
 import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any
 
 from engine.events import Event, Pause, Resume
