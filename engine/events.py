@@ -81,8 +81,29 @@ class Reset(Event):
     kind: ClassVar[str] = "reset"
 
 
+@dataclass(frozen=True)
+class RequestProbe(Event):
+    """Probe the curvature of every lane at the next step (the "on demand" schedule)."""
+
+    kind: ClassVar[str] = "request_probe"
+
+
+@dataclass(frozen=True)
+class SetProbes(Event):
+    """Replace the run's probe configuration (``None``: no probes), as keyword arguments of
+    :class:`engine.instruments.ProbeConfig`."""
+
+    kind: ClassVar[str] = "set_probes"
+    config: Mapping[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.config is not None:
+            object.__setattr__(self, "config", MappingProxyType(dict(self.config)))
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
-    cls.kind: cls for cls in (SetHyperparameter, SwitchOptimizer, AddLane, RemoveLane, Pause, Resume, Reset)
+    cls.kind: cls for cls in (SetHyperparameter, SwitchOptimizer, AddLane, RemoveLane, Pause, Resume, Reset,
+                              RequestProbe, SetProbes)
 }
 
 

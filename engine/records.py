@@ -66,6 +66,8 @@ class Record:
     metrics: Mapping[str, np.ndarray] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
     """Problem metrics at :math:`x_t` on the schedule ``RunConfig.metrics_every`` (e.g. full-set
     train/test loss and accuracy of a network), one entry per row; empty on other steps."""
+    curvature: Any = None
+    """An :class:`engine.instruments.Probe` of the first start when a probe was due, else None."""
 
     def same_values(self, other: Record) -> bool:
         """Equal in every field but ``wall_time`` (what a replay must reproduce)."""
@@ -73,6 +75,10 @@ class Record:
             if f.name == "wall_time":
                 continue
             a, b = getattr(self, f.name), getattr(other, f.name)
+            if f.name == "curvature":
+                if (a is None) != (b is None) or (a is not None and not a.same_values(b)):
+                    return False
+                continue
             if f.name == "metrics":
                 if set(a) != set(b) or not all(np.array_equal(a[k], b[k], equal_nan=True) for k in a):
                     return False

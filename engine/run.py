@@ -32,11 +32,14 @@ from engine.events import (
     LoggedEvent,
     Pause,
     RemoveLane,
+    RequestProbe,
     Reset,
     Resume,
     SetHyperparameter,
+    SetProbes,
     SwitchOptimizer,
 )
+from engine.instruments import PRECONDITIONED, Probe, ProbeConfig, probe, second_moment
 from engine.problem import Problem
 from engine.records import RUNNING, OracleCounts, Record, make_record
 from engine.registry import OptimizerSpec, Oracle, get_spec
@@ -80,8 +83,11 @@ class RunConfig:
     dtype: str = "float64"
     metrics_every: int = 10
     snapshot_every: int = 5
+    probes: ProbeConfig | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.probes, Mapping):
+            object.__setattr__(self, "probes", ProbeConfig(**self.probes))
         lanes = tuple(ln if isinstance(ln, LaneConfig) else LaneConfig(**ln) for ln in self.lanes)
         object.__setattr__(self, "lanes", lanes)
         if self.start is not None:
@@ -99,6 +105,7 @@ class RunConfig:
         d = {f.name: getattr(self, f.name) for f in fields(self)}  # asdict can't copy a mappingproxy
         d["lanes"] = [{"optimizer": ln.optimizer, "hyperparameters": dict(ln.hyperparameters)}
                       for ln in self.lanes]
+        d["probes"] = self.probes.to_dict() if self.probes is not None else None
         return d
 
     @staticmethod
@@ -201,6 +208,11 @@ class Run:
         self.tick = 0
         self.paused = False
         self.compute_time = 0.0
+        self.probe_time = 0.0  # the part of compute_time spent in curvature probes
+        self.probes = config.probes
+        self._probe_now = False
+        self._warm: dict[int, dict[str, torch.Tensor]] = {}  # lane -> last probe's top Ritz vectors
+        self._probe_generator = make_generator(config.probes.seed if config.probes else 0)
         self._t0 = time.perf_counter()
         self.log: list[LoggedEvent] = []
         self._snapshots: dict[int, list[tuple[int, np.ndarray]]] = {}
@@ -264,6 +276,12 @@ class Run:
             self.paused = True
         elif isinstance(event, Resume):
             self.paused = False
+        elif isinstance(event, RequestProbe):
+            self._probe_now = True
+        elif isinstance(event, SetProbes):
+            self.probes = ProbeConfig(**event.config) if event.config is not None else None
+            if self.probes is not None:
+                self._probe_generator = make_generator(self.probes.seed)
         elif isinstance(event, Reset):
             for lane in self.lanes.values():
                 lane.restart(self.starts)
@@ -290,6 +308,8 @@ class Run:
         losses = losses.detach()
 
         metrics = self._metrics(lanes, points) if record else {}
+        probes: dict[int, Probe] = {}
+        probe_now, self._probe_now = self._probe_now, False
         out: list[tuple[_Lane, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
         row = leaf = 0
         for lane, x in zip(lanes, points, strict=True):
@@ -301,14 +321,39 @@ class Run:
             x_old = x.detach().clone()
             frozen = self._mark_divergence(lane, f, g)
             self._take_step(lane, lane_grads, frozen, x_old)
-            update = (lane.points().detach() - x_old).norm(dim=-1)
+            x_new = lane.points().detach()
+            update = (x_new - x_old).norm(dim=-1)
             out.append((lane, f, g.norm(dim=-1), update, x_old))
             self._snapshot(lane, x_old)
+            if self.probes is not None and (probe_now or self.probes.due(lane.step - 1)) \
+                    and lane.diverged_at[0] < 0:
+                probes[lane.id] = self._probe(lane, x_old[0], x_new[0] - x_old[0], batch)
         self.tick += 1
         self.compute_time += time.perf_counter() - t0
         if not record:
             return []
-        return [self._record(*item, metrics.get(item[0].id, {})) for item in out]
+        return [self._record(*item, metrics.get(item[0].id, {}), probes.get(item[0].id)) for item in out]
+
+    def _probe(self, lane: _Lane, x: torch.Tensor, update: torch.Tensor, batch: Any) -> Probe:
+        """Curvature of the lane's first start at ``x`` (where this step's gradient was taken)."""
+        t0 = time.perf_counter()
+        key = PRECONDITIONED.get(lane.spec.name)
+        moment = None
+        if key is not None:
+            moment = second_moment(lane.optimizer, lane.rows[0], key, 0 if lane.spec.row_separable else None)
+        result, self._warm[lane.id] = probe(
+            lambda t: self.problem.loss(t[None], batch)[0], x, update, optimizer=lane.spec.name,
+            hyperparameters=lane.spec.read(lane.optimizer), config=self.probes,
+            generator=self._probe_generator, step=lane.step - 1, dim=self.problem.dim, moment=moment,
+            warm=self._warm.get(lane.id))
+        self.probe_time += time.perf_counter() - t0
+        lane.counts = lane.counts + OracleCounts(hvps=result.hvps)
+        return result
+
+    @property
+    def probe_overhead(self) -> float:
+        """Fraction of the run's compute time spent in curvature probes."""
+        return self.probe_time / self.compute_time if self.compute_time > 0 else 0.0
 
     def _metrics(self, lanes: list[_Lane], points: list[torch.Tensor]) -> dict[int, dict[str, np.ndarray]]:
         """The problem's metrics at the current points of the lanes whose schedule is due (one
@@ -374,7 +419,7 @@ class Run:
         lane.counts = lane.counts + OracleCounts(function_values=1, gradients=1)
 
     def _record(self, lane: _Lane, f: torch.Tensor, gnorm: torch.Tensor, update: torch.Tensor,
-                x: torch.Tensor, metrics: Mapping[str, np.ndarray]) -> Record:
+                x: torch.Tensor, metrics: Mapping[str, np.ndarray], curvature: Probe | None) -> Record:
         return make_record(
             tick=self.tick - 1,
             lane=lane.id,
@@ -389,6 +434,7 @@ class Run:
             status=lane.status(),
             wall_time=self.compute_time,
             metrics=metrics,
+            curvature=curvature,
         )
 
     def run(self, n_steps: int, record_every: int = 1) -> list[Record]:

@@ -1,0 +1,243 @@
+r"""Curvature instruments attached to a run: scheduled probes of the Hessian along the way.
+
+Each probe looks at one lane's first start at the point :math:`x_t` where that step's gradient
+was taken, with that step's minibatch, and reports (Cohen et al. 2021, 2022):
+
+* :math:`\lambda_{\max}` (Lanczos, with its residual) and, optionally, the top-k, the trace
+  (Hutchinson) and the spectral density (stochastic Lanczos quadrature);
+* the directional sharpness :math:`u^\top H u / \lVert u\rVert^2` of the update :math:`u` the
+  optimizer actually took;
+* the stability threshold of the lane's optimizer at its *current* hyperparameters:
+  :math:`2/\eta` for gradient descent, :math:`(2 + 2\mu)/\eta` for heavy-ball / Nesterov
+  momentum, and for Adam-type methods the preconditioned sharpness
+  :math:`\lambda_{\max}(P_t^{-1} H)`, :math:`P_t = (1-\beta_1^t)\,\mathrm{diag}(\sqrt{\hat v_t} + \epsilon)`,
+  against :math:`(2 + 2\beta_1)/((1 - \beta_1)\eta)` (= 38/η at β1 = 0.9);
+* for problems small enough (``EXACT_MAX_DIM``), the exact eigenvalues of the dense Hessian.
+
+Probes draw their random vectors from their own generator, so a run's trajectory is identical
+with or without instruments, and they count their HVPs and time: the run reports the fraction of
+its compute spent in probes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from engine.curvature import HVP, dense_hessian, hutchinson_trace, lanczos, spectral_density
+
+EXACT_MAX_DIM = 64
+"""Probes add the exact Hessian spectrum for problems of at most this many parameters (every
+probe); density probes do so up to ``EXACT_DENSITY_MAX_DIM``."""
+EXACT_DENSITY_MAX_DIM = 600
+SCHEDULES = ("every", "log", "manual")
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """What to measure and when. ``schedule``: "every" ``every`` steps, "log" (steps 0, 1, 2, 3,
+    5, 7, 10, ... spaced by a factor ~1.3), or "manual" (only on request)."""
+
+    schedule: str = "every"
+    every: int = 10
+    top_k: int = 1
+    trace: bool = False
+    trace_probes: int = 10
+    density: bool = False
+    density_probes: int = 5
+    density_steps: int = 30
+    tol: float = 1e-6
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        for name in ("every", "top_k", "trace_probes", "density_probes", "density_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+    def due(self, step: int) -> bool:
+        if self.schedule == "every":
+            return step % self.every == 0
+        if self.schedule == "log":
+            return step in _log_steps(step)
+        return False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _log_steps(upto: int) -> set[int]:
+    steps, s = {0}, 1.0
+    while s <= upto + 1:
+        steps.add(round(s))
+        s = max(s * 1.3, s + 1)
+    return steps
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """The sharpness beyond which the lane's optimizer is unstable on a quadratic."""
+
+    value: float
+    quantity: str  # which sharpness it bounds: "lambda_max" or "preconditioned"
+    formula: str  # LaTeX
+
+
+def stability_threshold(optimizer: str, hp: Mapping[str, Any]) -> Threshold | None:
+    """Threshold of ``optimizer`` at hyperparameters ``hp`` (None where no classical one exists)."""
+    lr = float(hp.get("lr", float("nan")))
+    if optimizer == "sgd":
+        return Threshold(2 / lr, "lambda_max", r"2/\eta")
+    if optimizer in ("momentum", "nesterov"):
+        mu = float(hp.get("momentum", 0.0))
+        return Threshold((2 + 2 * mu) / lr, "lambda_max", r"(2 + 2\mu)/\eta")
+    if optimizer in PRECONDITIONED:
+        b1 = float(hp.get("beta1", 0.9))
+        return Threshold((2 + 2 * b1) / ((1 - b1) * lr), "preconditioned",
+                         r"(2 + 2\beta_1)/((1 - \beta_1)\eta)")
+    return None
+
+
+PRECONDITIONED = {"adam": "exp_avg_sq", "adamw": "exp_avg_sq", "amsgrad": "max_exp_avg_sq",
+                  "adamp": "exp_avg_sq"}
+"""Adam-type optimizers and the state tensor holding their second moment :math:`v_t`."""
+
+
+class Preconditioned:
+    r"""The operator :math:`D H D` with :math:`D = P^{-1/2}` (same spectrum as :math:`P^{-1}H`, but
+    symmetric, so Lanczos applies)."""
+
+    def __init__(self, op: HVP, d: torch.Tensor) -> None:
+        self.op, self.d = op, d.to(device=op.device, dtype=torch.float64)
+        self.dim, self.device, self.dtype = op.dim, op.device, op.dtype
+
+    @property
+    def hvps(self) -> int:
+        return self.op.hvps
+
+    @property
+    def seconds(self) -> float:
+        return self.op.seconds
+
+    def matmat(self, V: torch.Tensor) -> torch.Tensor:
+        d = self.d.to(V.dtype)
+        return d * self.op.matmat(V * d)
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        return self.matmat(v[None])[0]
+
+
+@dataclass(frozen=True, eq=False)
+class Probe:
+    """One curvature probe of one lane (plain floats and numpy arrays)."""
+
+    step: int
+    lambda_max: float
+    lambda_max_residual: float
+    top_k: np.ndarray  # descending
+    directional: float  # u^T H u / |u|^2 of the update u taken from x_t (nan if u = 0)
+    threshold: Threshold | None
+    preconditioned: float | None  # lambda_max(P^-1 H) for Adam-type lanes
+    trace: float | None = None
+    trace_stderr: float | None = None
+    density_nodes: np.ndarray | None = None  # [probes, m]
+    density_weights: np.ndarray | None = None
+    exact: np.ndarray | None = None  # exact eigenvalues (ascending) when the problem is small
+    hvps: int = 0
+    seconds: float = 0.0
+    extras: Mapping[str, Any] = field(default_factory=dict)
+
+    def same_values(self, other: Probe | None) -> bool:
+        """Equal in every measured value (not in ``seconds``): what a replay must reproduce."""
+        if other is None:
+            return False
+        for name in ("step", "lambda_max", "lambda_max_residual", "top_k", "directional", "threshold",
+                     "preconditioned", "trace", "trace_stderr", "density_nodes", "density_weights", "exact",
+                     "hvps"):
+            a, b = getattr(self, name), getattr(other, name)
+            if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+                if a is None or b is None or not np.array_equal(a, b, equal_nan=True):
+                    return False
+            elif a != b and not (isinstance(a, float) and isinstance(b, float)
+                                 and np.isnan(a) and np.isnan(b)):
+                return False
+        return True
+
+    @property
+    def sharpness(self) -> float:
+        """The quantity the threshold bounds (preconditioned for Adam-type lanes)."""
+        if self.threshold is not None and self.threshold.quantity == "preconditioned":
+            return float("nan") if self.preconditioned is None else self.preconditioned
+        return self.lambda_max
+
+
+def second_moment(optimizer: torch.optim.Optimizer, params: list[torch.Tensor], key: str,
+                  row: int | None) -> tuple[torch.Tensor, int] | None:
+    """Flattened :math:`v_t` of one start (``row`` of ``[M, ...]`` leaves, or ``None`` for per-row
+    leaves) and the step count, from an Adam-type optimizer's state."""
+    parts, step = [], 0
+    for p in params:
+        state = optimizer.state.get(p, {})
+        if key not in state:
+            return None
+        v = state[key]
+        parts.append((v[row] if row is not None else v).reshape(-1))
+        step = int(state["step"])
+    return torch.cat(parts).double(), step
+
+
+def probe(f: Any, x: torch.Tensor, update: torch.Tensor, *, optimizer: str,
+          hyperparameters: Mapping[str, Any], config: ProbeConfig, generator: torch.Generator,
+          step: int, dim: int,
+          moment: tuple[torch.Tensor, int] | None = None, warm: Mapping[str, torch.Tensor] | None = None,
+          ) -> tuple[Probe, dict[str, torch.Tensor]]:
+    """Measure the Hessian of the scalar closure ``f`` at ``x [P]`` (see the module docstring).
+
+    ``warm`` holds the previous probe's top Ritz vectors: Lanczos started from them needs a few
+    HVPs instead of dozens when the curvature drifts slowly along a trajectory. The new ones come
+    back with the probe."""
+    t0 = time.perf_counter()
+    warm = warm or {}
+    op = HVP(f, x.detach().double())  # looped products: faster than batched ones on CPU
+    top = lanczos(op, config.top_k, generator=generator, tol=config.tol, ritz_vectors=True,
+                  v0=warm.get("top"))
+    vectors = {"top": top.top_vectors[0]}
+    u = update.detach().double()
+    unorm2 = float(u @ u)
+    directional = float(u @ op(u)) / unorm2 if unorm2 > 0 else float("nan")
+    threshold = stability_threshold(optimizer, hyperparameters)
+    pre = None
+    if threshold is not None and threshold.quantity == "preconditioned" and moment is not None:
+        v, t = moment
+        b1, b2, eps = (float(hyperparameters.get(k, d)) for k, d in (("beta1", 0.9), ("beta2", 0.999),
+                                                                    ("eps", 1e-8)))
+        if t > 0:
+            p_diag = (1 - b1**t) * (torch.sqrt(v / (1 - b2**t)) + eps)
+            res = lanczos(Preconditioned(op, p_diag.rsqrt()), 1, generator=generator, tol=config.tol,
+                          ritz_vectors=True, v0=warm.get("preconditioned"))
+            pre = float(res.top[0])
+            vectors["preconditioned"] = res.top_vectors[0]
+    trace = stderr = None
+    if config.trace:
+        est = hutchinson_trace(op, config.trace_probes, generator)
+        trace, stderr = est.value, est.stderr
+    nodes = weights = None
+    if config.density:
+        dens = spectral_density(op, config.density_probes, min(config.density_steps, dim),
+                                generator=generator)
+        nodes, weights = dens.nodes, dens.weights
+    exact = None
+    if dim <= EXACT_MAX_DIM or (config.density and dim <= EXACT_DENSITY_MAX_DIM):
+        exact = torch.linalg.eigvalsh(dense_hessian(f, x)).cpu().numpy()
+    result = Probe(step=step, lambda_max=float(top.top[0]), lambda_max_residual=float(top.top_residuals[0]),
+                   top_k=np.asarray(top.top), directional=directional, threshold=threshold,
+                   preconditioned=pre, trace=trace, trace_stderr=stderr, density_nodes=nodes,
+                   density_weights=weights, exact=exact, hvps=op.hvps, seconds=time.perf_counter() - t0)
+    return result, vectors

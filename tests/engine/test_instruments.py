@@ -1,0 +1,117 @@
+"""Curvature instruments on runs: exact on problems whose Hessian is known, thresholds follow the
+optimizer and its live hyperparameters, probes never change a trajectory, and replays reproduce them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from engine.curvature import dense_hessian
+from engine.events import LoggedEvent, RequestProbe, SetHyperparameter, SetProbes
+from engine.instruments import ProbeConfig, stability_threshold
+from engine.run import LaneConfig, Run, RunConfig
+from landscapes import get_landscape, get_network
+
+EVERY_STEP = ProbeConfig(every=1)
+
+
+def run_with(problem, *lanes, probes=EVERY_STEP, **kw) -> Run:
+    return Run(problem, RunConfig(lanes=tuple(LaneConfig(n, h) for n, h in lanes), device="cpu",
+                                  probes=probes, **kw))
+
+
+def test_thresholds_are_the_classical_formulas() -> None:
+    assert stability_threshold("sgd", {"lr": 0.1}).value == pytest.approx(20.0)
+    assert stability_threshold("momentum", {"lr": 0.1, "momentum": 0.9}).value == pytest.approx(38.0)
+    t = stability_threshold("adam", {"lr": 0.01, "beta1": 0.9})
+    assert t.quantity == "preconditioned" and t.value == pytest.approx(3800.0)  # 38 / eta
+    assert stability_threshold("lion", {"lr": 0.01}) is None
+
+
+def test_probes_on_a_quadratic_are_exact() -> None:
+    """f = 1/2 x^T diag(lambda) x: lambda_max, the spectrum, and u^T H u / |u|^2 are known."""
+    bowl = get_landscape("quadratic", dim=2, kappa=10.0)
+    run = run_with(bowl, ("sgd", {"lr": 0.05}))
+    recs = run.run(3)
+    for r in recs:
+        p = r.curvature
+        assert p.lambda_max == pytest.approx(10.0, rel=1e-10)
+        np.testing.assert_allclose(p.exact, [1.0, 10.0], rtol=1e-12)
+        u = -0.05 * np.array([1.0, 10.0]) * r.position[0]  # the gradient-descent update
+        assert p.directional == pytest.approx(u @ (np.array([1.0, 10.0]) * u) / (u @ u), rel=1e-10)
+        assert p.threshold.value == pytest.approx(2 / 0.05)
+
+
+def test_adam_preconditioned_sharpness_matches_a_dense_computation() -> None:
+    problem = get_landscape("rosenbrock")
+    run = run_with(problem, ("adam", {"lr": 0.01, "beta1": 0.8}))
+    recs = run.run(4)
+    state = run.lanes[0].optimizer.state[run.lanes[0].params[0]]
+    x = recs[-1].position[0]
+    # P_t with the state *after* step t: the state the probe of step t saw
+    t = int(state["step"])
+    v_hat = state["exp_avg_sq"][0].double() / (1 - 0.999**t)
+    P = (1 - 0.8**t) * (v_hat.sqrt() + 1e-8)
+    H = dense_hessian(lambda z: problem.loss(z[None])[0], torch.tensor(x))
+    expected = torch.linalg.eigvals(torch.diag(1 / P) @ H).real.max().item()
+    assert recs[-1].curvature.preconditioned == pytest.approx(expected, rel=1e-6)
+    assert recs[-1].curvature.threshold.value == pytest.approx((2 + 2 * 0.8) / (0.2 * 0.01))
+
+
+def test_network_lambda_max_matches_the_dense_hessian() -> None:
+    problem = get_network("logistic_regression")  # 31 parameters: exact eigenvalues come along
+    run = run_with(problem, ("sgd", {"lr": 0.5}), probes=ProbeConfig(every=5, top_k=3, tol=1e-10))
+    recs = [r for r in run.run(11) if r.curvature is not None]
+    assert [r.step for r in recs] == [0, 5, 10]
+    for r in recs:
+        exact = r.curvature.exact
+        np.testing.assert_allclose(r.curvature.top_k, exact[::-1][:3], rtol=1e-6)
+
+
+def test_probes_do_not_change_the_trajectory_and_count_their_cost() -> None:
+    problem = get_network("moons_mlp", batch_size=32)
+    lanes = (("adam", {"lr": 0.01}), ("momentum", {"lr": 0.05}))
+    plain = Run(problem, RunConfig(lanes=tuple(LaneConfig(*ln) for ln in lanes), device="cpu")).run(12)
+    probed_run = run_with(problem, *lanes, probes=ProbeConfig(every=4, trace=True, density=True,
+                                                              density_probes=2, density_steps=10))
+    probed = probed_run.run(12)
+    for a, b in zip(plain, probed, strict=True):
+        np.testing.assert_array_equal(a.loss, b.loss)
+        assert a.counts.gradients == b.counts.gradients
+    with_probe = [r for r in probed if r.curvature is not None]
+    assert [r.step for r in with_probe if r.lane == 0] == [0, 4, 8]
+    assert probed[-1].counts.hvps == sum(r.curvature.hvps for r in with_probe if r.lane == probed[-1].lane)
+    assert 0 < probed_run.probe_overhead < 1
+    p = with_probe[-1].curvature
+    assert p.trace is not None and p.density_nodes.shape == (2, 10) and p.exact is not None  # 354 <= 600
+
+
+def test_threshold_follows_a_live_lr_change_and_replay_reproduces_probes() -> None:
+    problem = get_landscape("rosenbrock")
+    run = run_with(problem, ("sgd", {"lr": 1e-3}), probes=ProbeConfig(schedule="manual"))
+    run.run(2)
+    run.apply(SetHyperparameter(0, "lr", 5e-4))
+    run.apply(RequestProbe())
+    (rec,) = run.step()
+    assert rec.curvature.threshold.value == pytest.approx(2 / 5e-4)
+    assert run.step()[0].curvature is None  # manual: only on request
+    run.apply(SetProbes({"schedule": "every", "every": 2}))
+    records = run.run(4)
+    assert [r.curvature is not None for r in records] == [True, False, True, False]
+    log = [LoggedEvent.from_dict(e) for e in run.event_log()["events"]]
+    _, again = Run.replay(problem, run.config, log, run.tick)
+    assert all(a.same_values(b) for a, b in zip([rec, *records], again[2:3] + again[4:], strict=True))
+
+
+def test_log_schedule_is_dense_early_and_sparse_later() -> None:
+    cfg = ProbeConfig(schedule="log")
+    due = [s for s in range(1000) if cfg.due(s)]
+    assert due[:5] == [0, 1, 2, 3, 4] and 20 < len(due) < 40 and due[-1] > 500
+
+
+def test_bad_probe_config_is_rejected() -> None:
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        ProbeConfig(schedule="sometimes")
+    with pytest.raises(ValueError, match="every must be an integer >= 1"):
+        ProbeConfig(every=0)
