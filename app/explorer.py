@@ -17,10 +17,12 @@ import panel as pn
 import param
 
 from app.controls import optimizer_card
+from app.curvature_view import CurvatureView
 from app.figures import CurveView, LandscapeView
 from app.network_view import NetworkView, SliceJob, compute_slice
 from app.streams import X_AXES, RaceStreams, lane_color
-from engine.events import AddLane, RemoveLane, SetHyperparameter, SwitchOptimizer
+from engine.events import AddLane, RemoveLane, RequestProbe, SetHyperparameter, SetProbes, SwitchOptimizer
+from engine.instruments import LANDSCAPE_PROBES, NETWORK_PROBES, SCHEDULES, ProbeConfig
 from engine.problem import Problem
 from engine.registry import HyperparameterError, Oracle, available, get_spec
 from engine.run import LaneConfig, Run, RunConfig
@@ -63,9 +65,18 @@ class Explorer(pn.viewable.Viewer):
     start_y = param.Number(default=None, allow_None=True)
     n_starts = param.Integer(default=1, bounds=(1, 64), doc="start points (1 + random ones in the view)")
     seed = param.Integer(default=0, bounds=(0, 2**31 - 1))
+    batch_size = param.Integer(default=None, allow_None=True, bounds=(0, 100_000),
+                               doc="networks: minibatch size (0: full batch, i.e. gradient descent; "
+                                   "empty: the problem's default)")
     speed = param.Number(default=60.0, bounds=(1.0, 1000.0), doc="steps per second")
     x_axis = param.Selector(default="step", objects=list(X_AXES))
     on_switch = param.Selector(default="continue from here", objects=["continue from here", "restart"])
+    probe_schedule = param.Selector(default="every", objects=list(SCHEDULES),
+                                    doc="curvature probes: every n steps, log-spaced, or on request")
+    probe_every = param.Integer(default=LANDSCAPE_PROBES.every, bounds=(1, 10_000))
+    probe_top_k = param.Integer(default=1, bounds=(1, 10), doc="top eigenvalues per probe")
+    probe_density = param.Boolean(default=False, doc="spectral density (SLQ) at each probe")
+    probe_trace = param.Boolean(default=False, doc="Hutchinson trace at each probe")
     running = param.Boolean(default=False, doc="stepping continuously (False: paused)")
     message = param.String(default="", doc="the last error shown to the user")
 
@@ -76,9 +87,12 @@ class Explorer(pn.viewable.Viewer):
             lanes = DEFAULT_RACE
         if lanes is not None:
             params["optimizers"] = list(dict.fromkeys(name for name, _ in lanes))
+        if params.get("landscape") in available_networks():  # probes cost more on a network
+            params.setdefault("probe_every", NETWORK_PROBES.every)
         super().__init__(**params)
         self.problem: Problem = self._make_problem()
         self._slice_job: SliceJob | None = None
+
         self.values: dict[int, dict[str, Any]] = {}  # lane -> hyperparameter values
         self.lane_names: dict[int, str] = {}  # lane -> optimizer name
         self._next_lane = 0
@@ -92,6 +106,7 @@ class Explorer(pn.viewable.Viewer):
         self.loss_view = CurveView(self.streams, "loss", "loss")
         self.grad_view = CurveView(self.streams, "grad_norm", "gradient norm")
         self.network_view = NetworkView(self.streams, self.request_slice)
+        self.curvature_view = CurvatureView(self.streams)
         self._build_widgets()
         for name, values in lanes or [(n, {}) for n in self.optimizers]:
             self._register_lane(name, get_spec(name).validate(values))
@@ -121,6 +136,8 @@ class Explorer(pn.viewable.Viewer):
         self.pause_button.on_click(lambda _: self.pause())
         self.step_button.on_click(lambda _: self.step())
         self.reset_button.on_click(lambda _: self.reset())
+        self.probe_button = w.Button(label="Probe now", color="primary", width=110)
+        self.probe_button.on_click(lambda _: self.worker.submit(RequestProbe()))
         # grouped options: from_param can't take groups, so the select mirrors the parameter both ways
         self.problem_select = pn.widgets.Select(label="Problem", value=self.landscape, groups={
             "2-D landscapes": [*available_landscapes(), CUSTOM], "networks": available_networks()})
@@ -140,8 +157,19 @@ class Explorer(pn.viewable.Viewer):
                    visible=self.param.landscape.rx().rx.pipe(lambda v: v not in available_networks())),
             pn.Row(pn.widgets.IntInput.from_param(self.param.n_starts, label="starts M", width=110),
                    pn.widgets.IntInput.from_param(self.param.seed, label="seed", width=110)),
+            pn.widgets.IntInput.from_param(self.param.batch_size, label="batch size (0: full batch)",
+                                           visible=self.param.landscape.rx().rx.pipe(
+                                               lambda v: v in available_networks())),
             pn.widgets.FloatSlider.from_param(self.param.speed, label="speed (steps/s)", step=1),
             pn.widgets.RadioButtonGroup.from_param(self.param.on_switch, label="on switch"),
+            pn.Card(
+                pn.widgets.RadioButtonGroup.from_param(self.param.probe_schedule, label="schedule"),
+                pn.widgets.IntInput.from_param(self.param.probe_every, label="every n steps", width=120),
+                pn.widgets.IntSlider.from_param(self.param.probe_top_k, label="top-k eigenvalues"),
+                pn.Row(pn.widgets.Checkbox.from_param(self.param.probe_density, label="density"),
+                       pn.widgets.Checkbox.from_param(self.param.probe_trace, label="trace")),
+                self.probe_button,
+                title="Curvature probes", collapsed=True, sizing_mode="stretch_width", margin=(4, 0)),
             self.cards,
             sizing_mode="stretch_width",
         )
@@ -159,6 +187,8 @@ class Explorer(pn.viewable.Viewer):
                    sizing_mode="stretch_width"),
             self.network_view.panel,
             self.leaderboard,
+            pn.Card(self.curvature_view.panel, title="Curvature: sharpness, top eigenvalues, spectrum",
+                    sizing_mode="stretch_width", collapsed=False),
             sizing_mode="stretch_width",
         )
 
@@ -191,8 +221,18 @@ class Explorer(pn.viewable.Viewer):
 
     def _config(self) -> RunConfig:
         lanes = tuple(LaneConfig(self.lane_names[k], self.values[k]) for k in sorted(self.lane_names))
-        return RunConfig(lanes=lanes,
+        return RunConfig(lanes=lanes, probes=self._probe_config(),
                          start=self._start_point(), n_starts=self.n_starts, seed=self.seed)
+
+    def _probe_config(self) -> ProbeConfig:
+        base = NETWORK_PROBES if self.is_network else LANDSCAPE_PROBES
+        return ProbeConfig(schedule=self.probe_schedule, every=self.probe_every, top_k=self.probe_top_k,
+                           density=self.probe_density, trace=self.probe_trace, tol=base.tol, seed=self.seed)
+
+    @param.depends("probe_schedule", "probe_every", "probe_top_k", "probe_density", "probe_trace", watch=True)
+    def _on_probes(self) -> None:
+        if not self._syncing and self.worker is not None:
+            self.worker.submit(SetProbes(self._probe_config().to_dict()))
 
     def _new_run(self, keep_running: bool | None = None) -> None:
         """Start a fresh run of the current settings (the old worker stops)."""
@@ -218,7 +258,9 @@ class Explorer(pn.viewable.Viewer):
         if self.landscape == CUSTOM:
             return parse_expression(self.expression)
         if self.landscape in available_networks():
-            return get_network(self.landscape)
+            if self.batch_size is None:
+                return get_network(self.landscape)
+            return get_network(self.landscape, batch_size=self.batch_size or None)
         return get_landscape(self.landscape)
 
     def _reset_views(self, run: Run) -> None:
@@ -234,6 +276,7 @@ class Explorer(pn.viewable.Viewer):
             self._shown_problem = p
         self.streams.clear()
         self.network_view.drop_lanes()
+        self.curvature_view.drop_lanes()
         self.streams.f_star = min(m.value for m in p.minima) if p.minima else None
         if not network:
             b = p.bounds
@@ -331,6 +374,7 @@ class Explorer(pn.viewable.Viewer):
             for k in self.lane_names:
                 view.ensure_lane(k, self._label(k))
         self.network_view.drop_lanes()
+        self.curvature_view.drop_lanes()
 
     def _sync_optimizer_selection(self) -> None:
         self._quietly(optimizers=list(dict.fromkeys(self.lane_names[k] for k in sorted(self.lane_names))))
@@ -344,7 +388,7 @@ class Explorer(pn.viewable.Viewer):
         self.param.update(start_x=round(x, 4), start_y=round(y, 4))
 
     # -- reacting to parameters --------------------------------------------------------------------
-    @param.depends("landscape", "expression", watch=True)
+    @param.depends("landscape", "expression", "batch_size", watch=True)
     def _on_landscape(self) -> None:
         try:
             problem = self._make_problem()
@@ -352,8 +396,11 @@ class Explorer(pn.viewable.Viewer):
             self.show_error(str(exc))  # the running race is left alone
             return
         self.show_error("")
+        was_network = self.is_network
         self.problem = problem
         self._quietly(start_x=None, start_y=None)  # the new landscape's own start
+        if self.is_network != was_network:  # each kind has its own affordable probe schedule
+            self._quietly(probe_every=(NETWORK_PROBES if self.is_network else LANDSCAPE_PROBES).every)
         self._new_run()
 
     @param.depends("start_x", "start_y", "n_starts", "seed", watch=True)
@@ -394,6 +441,7 @@ class Explorer(pn.viewable.Viewer):
         self.loss_view.set_x(self.x_axis)
         self.grad_view.set_x(self.x_axis)
         self.network_view.set_x(self.x_axis)
+        self.curvature_view.set_x(self.x_axis)
 
     # -- slices (networks) -------------------------------------------------------------------------
     def request_slice(self, plane: str, lane: int | None, n: int) -> SliceJob | None:
@@ -468,6 +516,9 @@ class Explorer(pn.viewable.Viewer):
         if records and (self._pumps % 4 == 0 or not self.running):
             rows = self.streams.leaderboard([m.x for m in self.problem.minima])
             self.leaderboard.value = pd.DataFrame(rows)
+            if any(r.curvature is not None for r in records) or self._pumps % 16 == 0:
+                hvps = sum(r.counts.hvps for r in self.streams.latest.values())
+                self.curvature_view.update(labels, self.worker.run.probe_overhead, hvps)
         if records or self._pumps % 8 == 0:
             self._update_counter()
         return len(records)

@@ -54,6 +54,8 @@ class RaceStreams:
         self.names: dict[int, str] = {}
         self.latest: dict[int, Record] = {}
         self.latest_metrics: dict[int, Record] = {}
+        self.curvature_curves: dict[int, ColumnDataSource] = {}
+        self.latest_probe: dict[int, Record] = {}
         self._drawn: dict[int, np.ndarray] = {}  # lane -> [M, 2] last position streamed
         self.points_streamed = 0
 
@@ -71,9 +73,19 @@ class RaceStreams:
             self.metric_curves[lane] = ColumnDataSource({c: [] for c in cols})
         return self.metric_curves[lane]
 
+    def curvature_curve(self, lane: int) -> ColumnDataSource:
+        """Per-lane source of probe results: the sharpness its threshold bounds, the threshold,
+        lambda_max and the directional sharpness of the update."""
+        if lane not in self.curvature_curves:
+            self.curvature_curves[lane] = ColumnDataSource(dict(
+                step=[], gradients=[], function_values=[], wall_time=[], sharpness=[], threshold=[],
+                lambda_max=[], directional=[]))
+        return self.curvature_curves[lane]
+
     def forget(self, lane: int) -> None:
         self.latest.pop(lane, None)
         self.latest_metrics.pop(lane, None)
+        self.latest_probe.pop(lane, None)
         self._drawn.pop(lane, None)
 
     def restart(self, lane: int) -> None:
@@ -92,6 +104,7 @@ class RaceStreams:
         for lane, recs in by_lane.items():
             self._stream_curve(lane, recs)
             self._stream_metrics(lane, [r for r in recs if r.metrics])
+            self._stream_probes(lane, [r for r in recs if r.curvature is not None])
             if recs[0].position is not None and recs[0].position.shape[1] >= 2:
                 self._collect_segments(lane, recs, labels.get(lane, recs[-1].optimizer), seg)
             self.latest[lane] = recs[-1]
@@ -134,6 +147,19 @@ class RaceStreams:
                               else float("nan") for r in recs]
         src.stream({k: v for k, v in data.items() if k in src.data}, rollover=CURVE_ROLLOVER)
         self.latest_metrics[lane] = recs[-1]
+
+    def _stream_probes(self, lane: int, recs: Sequence[Record]) -> None:
+        if not recs:
+            return
+        nan = float("nan")
+        self.curvature_curve(lane).stream(dict(
+            step=[r.step for r in recs], gradients=[r.counts.gradients for r in recs],
+            function_values=[r.counts.function_values for r in recs], wall_time=[r.wall_time for r in recs],
+            sharpness=[r.curvature.sharpness for r in recs],
+            threshold=[r.curvature.threshold.value if r.curvature.threshold else nan for r in recs],
+            lambda_max=[r.curvature.lambda_max for r in recs],
+            directional=[r.curvature.directional for r in recs]), rollover=CURVE_ROLLOVER)
+        self.latest_probe[lane] = recs[-1]
 
     def _collect_segments(self, lane: int, recs: Sequence[Record], label: str, seg: dict) -> None:
         color = lane_color(lane)
@@ -182,8 +208,11 @@ class RaceStreams:
         for src in (self.segments, self.heads, self.events, *self.curves.values()):
             src.data = {k: [] for k in src.data}
         self.metric_curves.clear()  # their columns depend on the problem
+        for src in self.curvature_curves.values():
+            src.data = {k: [] for k in src.data}
         self.latest.clear()
         self.latest_metrics.clear()
+        self.latest_probe.clear()
         self._drawn.clear()
         self.points_streamed = 0
 

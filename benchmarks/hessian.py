@@ -13,6 +13,9 @@ follows the model's dtype), CPU, one thread. Truth: the dense Hessian
     ``density(iter=100, n_v=10)`` (patched ``torch.eig``). Both seeded 0: they draw the very same
     Rademacher probes, so their moments must agree.
 
+(c) instrument overhead: a 1,000-step gradient-descent run of the digits MLP with and without the
+    app's default network probes (``engine.instruments.NETWORK_PROBES``), wall-time ratio.
+
 Times are medians over ``--repeats`` interleaved runs and include each side's setup (its
 gradient graph). Last line:
 ``lanczos_speedup_vs_pyhessian=<ratio> slq_speedup_vs_pyhessian=<ratio> top5_relerr=<max>``.
@@ -131,8 +134,32 @@ def main() -> None:
           f"moments {pd.moment(1):.6g}, {pd.moment(2):.6g}")
     print(f"  ratio {slq_speedup:.1f}x")
 
+    overhead = instrument_overhead()
+    print(f"instrument overhead: {overhead:.2f}x the run time (goal <= 1.25x)")
+
     print(f"lanczos_speedup_vs_pyhessian={lanczos_speedup:.2f} slq_speedup_vs_pyhessian={slq_speedup:.2f} "
           f"top5_relerr={max(ours_err):.1e}")
+
+
+def instrument_overhead(steps: int = 1000) -> float:
+    """The same gradient-descent run (digits MLP, full batch, lr 0.1) with and without probes at the
+    app's default network schedule, side by side: wall-time ratio."""
+    from engine.instruments import NETWORK_PROBES
+    from engine.run import LaneConfig, Run, RunConfig
+    from landscapes.networks import get_network
+
+    problem = get_network("digits_mlp", batch_size=None)
+    times = {}
+    for label, probes in (("plain", None), ("probed", NETWORK_PROBES)):
+        run = Run(problem, RunConfig(lanes=(LaneConfig("sgd", {"lr": 0.1}),), device="cpu", probes=probes))
+        t0 = time.perf_counter()
+        records = run.run(steps)
+        times[label] = time.perf_counter() - t0
+        n = sum(r.curvature is not None for r in records)
+    print(f"instruments on a training run: digits MLP, GD lr 0.1, {steps} steps, probes every "
+          f"{NETWORK_PROBES.every} steps ({n} probes, tol {NETWORK_PROBES.tol:g}): "
+          f"plain {times['plain']:.2f} s, probed {times['probed']:.2f} s")
+    return times["probed"] / times["plain"]
 
 
 if __name__ == "__main__":

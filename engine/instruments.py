@@ -73,6 +73,13 @@ class ProbeConfig:
         return asdict(self)
 
 
+NETWORK_PROBES = ProbeConfig(every=50, tol=1e-4)
+"""The app's default for networks: a sharpness point every 50 steps to plot accuracy (1e-4). On
+the digits MLP with full-batch gradient descent it costs ~1.2x the run time (benchmarks/hessian.py)."""
+LANDSCAPE_PROBES = ProbeConfig(every=5)
+"""The app's default for 2-D landscapes, where a probe is a 2x2 eigenproblem."""
+
+
 def _log_steps(upto: int) -> set[int]:
     steps, s = {0}, 1.0
     while s <= upto + 1:

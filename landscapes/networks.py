@@ -371,8 +371,18 @@ def matrix_sensing(*, n: int = 10, rank: int = 2, factor_rank: int = 5, m: int =
                     f"{factor_rank} ({over}). recovery_error = |WW^T - X*|_F / |X*|_F.")
 
 
+def digits_mlp_mse(**kwargs: Any) -> NetworkProblem:
+    """The digits MLP with MSE to one-hot targets and full-batch gradient descent: the setting in
+    which Cohen et al. (2021) saw sharpness rise to 2/eta and hover there (edge of stability)."""
+    problem = digits_mlp(**{"loss": "mse", "batch_size": None, **kwargs})
+    problem.name = "digits_mlp_mse"
+    problem.description += " Full batch, MSE: watch the sharpness climb to 2/eta under gradient descent."
+    return problem
+
+
 NETWORKS: dict[str, Callable[..., NetworkProblem]] = {
     "digits_mlp": digits_mlp,
+    "digits_mlp_mse": digits_mlp_mse,
     "logistic_regression": logistic_regression,
     "digits_cnn": digits_cnn,
     "moons_mlp": moons_mlp,

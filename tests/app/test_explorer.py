@@ -185,3 +185,36 @@ def test_a_network_problem_shows_train_test_curves_and_a_slice() -> None:
         assert "PCA plane of Adam" in ex.network_view.caption.object
     finally:
         ex.close()
+
+
+def test_curvature_panel_shows_sharpness_against_the_threshold_and_follows_lr() -> None:
+    """On the bowl (Hessian diag(1, 10)) the sharpness is exactly 10; GD's threshold is 2/lr."""
+    from engine.events import SetProbes
+
+    ex = Explorer(landscape="quadratic", lanes=[("sgd", {"lr": 0.05})], probe_every=2, speed=500)
+    try:
+        for _ in range(5):
+            ex.step()
+        pump_until(ex, lambda: len(ex.streams.curvature_curve(0).data["step"]) == 3)
+        src = ex.streams.curvature_curve(0).data
+        assert src["step"] == [0, 2, 4]
+        np.testing.assert_allclose(src["sharpness"], 10.0, rtol=1e-8)
+        np.testing.assert_allclose(src["threshold"], 2 / 0.05)
+        ex.set_hyperparameter(0, "lr", 0.1)
+        ex.param.update(probe_density=True)
+        ex.step()
+        ex.step()
+        pump_until(ex, lambda: len(ex.streams.curvature_curve(0).data["step"]) == 4)
+        assert ex.streams.curvature_curve(0).data["threshold"][-1] == pytest.approx(20.0)
+        assert any(isinstance(e.event, SetProbes) for e in ex.worker.run.log)
+        ex.pump()
+        ex.curvature_view.update({0: "SGD"}, ex.worker.run.probe_overhead, 1)
+        assert "| SGD | 6 | 10 | 10, " not in ex.curvature_view.summary.object  # top-1 only
+        assert "| SGD | 6 |" in ex.curvature_view.summary.object and "of the run's compute time" in \
+            ex.curvature_view.summary.object
+        ex.curvature_view.density_lane.value = 0
+        ex.curvature_view._draw_density()
+        assert len(ex.curvature_view.density.data["x"]) == 400
+        np.testing.assert_allclose(sorted(ex.curvature_view.exact.data["x"]), [1.0, 10.0], rtol=1e-10)
+    finally:
+        ex.close()
