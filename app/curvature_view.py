@@ -63,7 +63,9 @@ class CurvatureView:
         self.summary.object = ""
 
     def ensure_lanes(self, labels: dict[int, str]) -> None:
-        self.density_lane.options = {label: lane for lane, label in labels.items()}
+        options = {label: lane for lane, label in labels.items()}
+        if options != self.density_lane.options:  # re-sending options re-renders the select
+            self.density_lane.options = options
         for lane, label in labels.items():
             if lane in self._lines or lane not in self.streams.curvature_curves:
                 continue
@@ -100,12 +102,16 @@ class CurvatureView:
             rows.append(f"| {labels.get(lane, rec.optimizer)} | {p.step} | {top} | {exact} | "
                         f"{p.lambda_max_residual:.1e} | {ratio} |")
         if len(rows) == 2:
-            self.summary.object = "_No curvature probe yet: they run on the schedule set in the sidebar._"
+            text = "_No curvature probe yet: they run on the schedule set in the sidebar._"
+            if self.summary.object != text:
+                self.summary.object = text
             return
-        self.summary.object = "\n".join(rows) + (
+        text = "\n".join(rows) + (
             f"\n\nProbes so far: {hvps:,} Hessian-vector products, {overhead:.1%} of the run's compute time "
             "(measured). Lanczos residuals are ‖Hy − θy‖ of each Ritz pair; thresholds are for the "
             "lane's current hyperparameters.")
+        if text != self.summary.object:
+            self.summary.object = text
         self._draw_density()
 
     def _draw_density(self) -> None:

@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 CUSTOM = "custom: type f(x, y)"
 MAX_LANES = 8
 PUMP_MS = 66  # ~15 Hz: smooth to the eye, few enough messages for many sessions on one server
+COUNTER_EVERY = 3  # pumps between step-counter refreshes (~5 Hz)
+TABLE_EVERY = 8  # leaderboard (~2 Hz)
+PANEL_EVERY = 15  # curvature table and density (~1 Hz)
 DEFAULT_RACE: tuple[tuple[str, dict[str, Any]], ...] = (
     ("sgd", {"lr": 1e-3}),  # Rosenbrock's curvature is ~1900 at the start: larger lr diverges
     ("momentum", {"lr": 1e-3}),
@@ -513,13 +516,15 @@ class Explorer(pn.viewable.Viewer):
         if errors:
             self.show_error(errors[-1])
         self._pumps += 1
-        if records and (self._pumps % 4 == 0 or not self.running):
+        # Text and tables re-render whole DOM nodes: refresh them at a few Hz, not at the pump's 15
+        # (the plots stream incrementally and can keep up)
+        if records and (self._pumps % TABLE_EVERY == 0 or not self.running):
             rows = self.streams.leaderboard([m.x for m in self.problem.minima])
             self.leaderboard.value = pd.DataFrame(rows)
-            if any(r.curvature is not None for r in records) or self._pumps % 16 == 0:
-                hvps = sum(r.counts.hvps for r in self.streams.latest.values())
-                self.curvature_view.update(labels, self.worker.run.probe_overhead, hvps)
-        if records or self._pumps % 8 == 0:
+        if self.streams.latest_probe and (self._pumps % PANEL_EVERY == 0 or not self.running):
+            hvps = sum(r.counts.hvps for r in self.streams.latest.values())
+            self.curvature_view.update(labels, self.worker.run.probe_overhead, hvps)
+        if self._pumps % COUNTER_EVERY == 0 or not self.running:
             self._update_counter()
         return len(records)
 
@@ -527,4 +532,6 @@ class Explorer(pn.viewable.Viewer):
         tick = self.worker.tick if self.worker is not None else 0
         state = "running" if self.running else "paused"
         drawn = "" if self.is_network else f" · {self.streams.points_streamed:,} points drawn"
-        self.counter.object = f"**step {tick}** · {state}{drawn}"
+        text = f"**step {tick}** · {state}{drawn}"
+        if text != self.counter.object:
+            self.counter.object = text

@@ -139,7 +139,9 @@ class NetworkView:
 
     def ensure_lanes(self, labels: dict[int, str], metric_names: list[str]) -> None:
         """Lines for lanes whose metric source exists (it is created by the first metrics record)."""
-        self.lane.options = {label: lane for lane, label in labels.items()}
+        options = {label: lane for lane, label in labels.items()}
+        if options != self.lane.options:  # re-sending options re-renders the select
+            self.lane.options = options
         for lane, label in labels.items():
             if lane in self._lines or lane not in self.streams.metric_curves:
                 continue
