@@ -494,17 +494,9 @@ class Explorer(pn.viewable.Viewer):
 
     # -- streaming -----------------------------------------------------------------------------------
     def pump(self) -> int:
-        """Move what the worker produced into the plots; returns the number of records moved.
-
-        Everything one pump changes (every source stream, the tables, the counter) goes to the
-        browser as one message: a starved browser then falls behind by whole frames, not by a
-        backlog of small messages that it must chew through one by one."""
+        """Move what the worker produced into the plots; returns the number of records moved."""
         if self.worker is None:
             return 0
-        with pn.io.hold():
-            return self._pump()
-
-    def _pump(self) -> int:
         records = self.worker.drain()
         labels = {k: self._label(k) for k in self.lane_names}
         records = [r for r in records if r.lane in self.lane_names]
