@@ -101,9 +101,25 @@ class SetProbes(Event):
             object.__setattr__(self, "config", MappingProxyType(dict(self.config)))
 
 
+@dataclass(frozen=True)
+class SubmitRanking(Event):
+    """A person's ranking of the candidates a lane is waiting on (``order``: indices, best
+    first). Logged like any event, so a human-in-the-loop run replays exactly."""
+
+    kind: ClassVar[str] = "submit_ranking"
+    lane: int
+    order: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "order", tuple(int(i) for i in self.order))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "lane": self.lane, "order": list(self.order)}
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.kind: cls for cls in (SetHyperparameter, SwitchOptimizer, AddLane, RemoveLane, Pause, Resume, Reset,
-                              RequestProbe, SetProbes)
+                              RequestProbe, SetProbes, SubmitRanking)
 }
 
 

@@ -23,7 +23,15 @@ class Oracle(enum.StrEnum):
 
     VALUES = "values"  # zeroth order: function values only
     GRADIENTS = "gradients"  # first order
-    HVPS = "hvps"  # second order: Hessian-vector products
+    HVPS = "hvps"  # second order: gradients and Hessian-vector products
+    JVPS = "jvps"  # forward mode: directional derivatives
+    RANKINGS = "rankings"  # only the order of candidate points (possibly from a person)
+
+    @property
+    def closure_driven(self) -> bool:
+        """Stepped as ``optimizer.step(Oracles(...))`` (see :mod:`engine.oracles`), one optimizer per
+        trajectory, rather than from gradients the run has already put in ``.grad``."""
+        return self is not Oracle.GRADIENTS
 
 
 class HyperparameterError(ValueError):
@@ -128,6 +136,9 @@ class OptimizerSpec:
     with a tensor-wide norm no). Non-separable optimizers get one parameter tensor per row."""
     fixed: Mapping[str, Any] = field(default_factory=dict)
     """Constructor arguments that are part of the algorithm, not tunable (``nesterov=True``)."""
+    seeded: bool = False
+    """The optimizer draws random numbers and takes a ``seed`` constructor argument; a run passes
+    one per trajectory, derived from its own seed, so a run replays exactly."""
 
     @property
     def display_name(self) -> str:
@@ -162,10 +173,14 @@ class OptimizerSpec:
             kwargs[key] = tuple(parts[i] for i in sorted(parts))
         return kwargs
 
-    def build(self, params: Iterable[torch.Tensor], values: Mapping[str, Any] | None = None
-              ) -> torch.optim.Optimizer:
-        """A ready ``torch.optim.Optimizer`` over ``params`` with validated hyperparameters."""
-        return self.factory(list(params), **self._torch_kwargs(self.validate(values)))
+    def build(self, params: Iterable[torch.Tensor], values: Mapping[str, Any] | None = None,
+              seed: int = 0) -> torch.optim.Optimizer:
+        """A ready ``torch.optim.Optimizer`` over ``params`` with validated hyperparameters
+        (and ``seed`` when the optimizer is ``seeded``)."""
+        kwargs = self._torch_kwargs(self.validate(values))
+        if self.seeded:
+            kwargs["seed"] = seed
+        return self.factory(list(params), **kwargs)
 
     def apply(self, optimizer: torch.optim.Optimizer, name: str, value: Any) -> Any:
         """Set one hyperparameter on a live optimizer (takes effect at its next step)."""
@@ -278,6 +293,7 @@ def register_optimizer(
     oracle: Oracle = Oracle.GRADIENTS,
     family: str = "user",
     row_separable: bool = False,
+    seeded: bool = False,
     replace: bool = False,
     **fixed: Any,
 ) -> OptimizerSpec:
@@ -300,5 +316,6 @@ def register_optimizer(
         family=family,
         row_separable=row_separable,
         fixed=dict(fixed),
+        seeded=seeded,
     )
     return register(spec, replace=replace)

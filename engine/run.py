@@ -8,6 +8,13 @@ Row independence needs care: an optimizer whose update of a coordinate depends o
 coordinate's history (``spec.row_separable``: SGD, Adam, Lion, ...) steps one ``[M, d]`` tensor;
 any other (AdamP, SGD-SaI: tensor-wide norms) gets M separate ``[d]`` tensors in one optimizer.
 
+Optimizers that ask for other oracles (function values, rankings, JVPs, HVPs: see
+:mod:`engine.oracles`) get one optimizer per start, stepped as ``optimizer.step(oracles)``; their
+records count the oracle calls they made. The loss and gradient norm in every record are
+measured by the batched pass whatever the optimizer consumed (instrumentation, not counted).
+A lane whose optimizer waits for a person's ranking takes no step and yields no record until a
+:class:`engine.events.SubmitRanking` arrives; ``Run.awaiting`` holds its candidates.
+
 A trajectory whose loss or gradient becomes NaN/Inf is marked "diverged at step N" and frozen
 where it was; the others continue. Events change a live run between steps and are logged, so
 ``Run.replay(problem, config, log)`` reproduces the same records exactly on CPU.
@@ -37,9 +44,11 @@ from engine.events import (
     Resume,
     SetHyperparameter,
     SetProbes,
+    SubmitRanking,
     SwitchOptimizer,
 )
 from engine.instruments import PRECONDITIONED, Probe, ProbeConfig, probe, second_moment
+from engine.oracles import HUMAN, AwaitingRanking, Oracles, Ranker, rank_by_value
 from engine.problem import Problem
 from engine.records import RUNNING, OracleCounts, Record, make_record
 from engine.registry import OptimizerSpec, Oracle, get_spec
@@ -143,13 +152,11 @@ class _Lane:
     """
 
     def __init__(self, lane_id: int, spec: OptimizerSpec, hyperparameters: Mapping[str, Any],
-                 starts: torch.Tensor, shapes: Sequence[tuple[int, ...]] | None) -> None:
-        if spec.oracle is not Oracle.GRADIENTS:
-            raise ValueError(f"{spec.name} needs the {spec.oracle.value} oracle; this run drives "
-                             "gradient-based optimizers only")
+                 starts: torch.Tensor, shapes: Sequence[tuple[int, ...]] | None, seed: int) -> None:
         self.id = lane_id
         self.spec = spec
         self.shapes = shapes
+        self.seed = seed
         self.values = spec.validate(hyperparameters)
         self.n_rows = starts.shape[0]
         self.restart(starts)
@@ -162,12 +169,33 @@ class _Lane:
 
     def _place(self, points: torch.Tensor) -> None:
         points = points.detach()
-        if self.spec.row_separable:
+        self.separable = self.spec.row_separable and not self.spec.oracle.closure_driven
+        """The M rows live in one ``[M, ...]`` tensor per parameter (else one set per row)."""
+        if self.separable:
             self.rows = [[t.clone().requires_grad_(True) for t in _split(points, self.shapes)]]
         else:
             self.rows = [[t.clone().requires_grad_(True) for t in _split(row, self.shapes)] for row in points]
         self.params = [p for row in self.rows for p in row]
-        self.optimizer = self.spec.build(self.params, self.values)
+        if self.spec.oracle.closure_driven:  # one optimizer per trajectory: each gets its own closure
+            self.optimizers = [self.spec.build(row, self.values, seed=self._row_seed(i))
+                               for i, row in enumerate(self.rows)]
+        else:
+            self.optimizers = [self.spec.build(self.params, self.values, seed=self._row_seed(0))]
+
+    def _row_seed(self, row: int) -> int:
+        """A seeded optimizer's seed for one trajectory: fixed by the run's seed, lane and row."""
+        return (self.seed * 1_000_003 + self.id * 10_007 + row) % (2**31)
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The (first) optimizer: what reads of live hyperparameters and state look at."""
+        return self.optimizers[0]
+
+    def set_hyperparameter(self, name: str, value: Any) -> Any:
+        for opt in self.optimizers:
+            value = self.spec.apply(opt, name, value)
+        self.values[name] = value
+        return value
 
     def switch(self, spec: OptimizerSpec, hyperparameters: Mapping[str, Any]) -> None:
         """New optimizer (fresh state) from the current positions."""
@@ -178,13 +206,13 @@ class _Lane:
 
     def points(self) -> torch.Tensor:
         """Current positions ``[M, P]`` (differentiable through the leaves)."""
-        if self.spec.row_separable:
+        if self.separable:
             return _flatten(self.rows[0], 1)
         return torch.stack([_flatten(row, 0) for row in self.rows])
 
     def flat_grads(self, grads: Sequence[torch.Tensor]) -> torch.Tensor:
         """Gradients of this lane's leaves (in ``self.params`` order) as ``[M, P]``."""
-        if self.spec.row_separable:
+        if self.separable:
             return _flatten(grads, 1)
         n = len(self.rows[0])
         return torch.stack([_flatten(grads[i * n:(i + 1) * n], 0) for i in range(self.n_rows)])
@@ -216,6 +244,9 @@ class Run:
         self._t0 = time.perf_counter()
         self.log: list[LoggedEvent] = []
         self._snapshots: dict[int, list[tuple[int, np.ndarray]]] = {}
+        self.awaiting: dict[int, torch.Tensor] = {}
+        """Lanes waiting for a person's ranking -> the candidates ``[m, P]`` to rank."""
+        self._rankings: dict[int, tuple[int, ...]] = {}
         for lane in config.lanes:
             self._add_lane(lane.optimizer, lane.hyperparameters)
 
@@ -238,7 +269,7 @@ class Run:
 
     def _add_lane(self, optimizer: str, hyperparameters: Mapping[str, Any]) -> int:
         lane = _Lane(self._next_lane, get_spec(optimizer), hyperparameters, self.starts,
-                     getattr(self.problem, "param_shapes", None))
+                     getattr(self.problem, "param_shapes", None), self.config.seed)
         self.lanes[lane.id] = lane
         self._next_lane += 1
         return lane.id
@@ -254,24 +285,22 @@ class Run:
         """Apply ``event`` now (between steps) and log it. Invalid events raise and are not logged."""
         result: Any = None
         if isinstance(event, SetHyperparameter):
-            lane = self._lane(event.lane)
-            result = lane.spec.apply(lane.optimizer, event.name, event.value)
-            lane.values[event.name] = result
+            result = self._lane(event.lane).set_hyperparameter(event.name, event.value)
         elif isinstance(event, SwitchOptimizer):
             lane = self._lane(event.lane)
             spec = get_spec(event.optimizer)
             spec.validate(event.hyperparameters)  # raise before touching the lane
-            if spec.oracle is not Oracle.GRADIENTS:
-                raise ValueError(f"{spec.name} needs the {spec.oracle.value} oracle")
             lane.switch(spec, event.hyperparameters)
             if not event.keep_position:
                 lane.restart(self.starts)
                 self._snapshots.pop(lane.id, None)
+            self.awaiting.pop(lane.id, None)
         elif isinstance(event, AddLane):
             result = self._add_lane(event.optimizer, event.hyperparameters)
         elif isinstance(event, RemoveLane):
             self._lane(event.lane)
             del self.lanes[event.lane]
+            self.awaiting.pop(event.lane, None)
         elif isinstance(event, Pause):
             self.paused = True
         elif isinstance(event, Resume):
@@ -282,10 +311,20 @@ class Run:
             self.probes = ProbeConfig(**event.config) if event.config is not None else None
             if self.probes is not None:
                 self._probe_generator = make_generator(self.probes.seed)
+        elif isinstance(event, SubmitRanking):
+            if event.lane not in self.awaiting:
+                raise ValueError(f"lane {event.lane} is not waiting for a ranking")
+            m = self.awaiting[event.lane].shape[0]
+            if sorted(event.order) != list(range(m)):
+                raise ValueError(f"a ranking must list each of the {m} candidates once (best first), "
+                                 f"got {list(event.order)}")
+            self._rankings[event.lane] = event.order
         elif isinstance(event, Reset):
             for lane in self.lanes.values():
                 lane.restart(self.starts)
                 self._snapshots.pop(lane.id, None)
+            self.awaiting.clear()
+            self._rankings.clear()
         else:
             raise TypeError(f"not an event: {event!r}")
         self.log.append(LoggedEvent(self.tick, event, time.perf_counter() - self._t0))
@@ -320,7 +359,11 @@ class Run:
             row, leaf = row + m, leaf + n_leaves
             x_old = x.detach().clone()
             frozen = self._mark_divergence(lane, f, g)
-            self._take_step(lane, lane_grads, frozen, x_old)
+            if lane.spec.oracle.closure_driven:
+                if not self._closure_step(lane, lane_grads, frozen, batch):
+                    continue  # waiting for a ranking: no step, no record
+            else:
+                self._take_step(lane, lane_grads, frozen, x_old)
             x_new = lane.points().detach()
             update = (x_new - x_old).norm(dim=-1)
             out.append((lane, f, g.norm(dim=-1), update, x_old))
@@ -340,7 +383,7 @@ class Run:
         key = PRECONDITIONED.get(lane.spec.name)
         moment = None
         if key is not None:
-            moment = second_moment(lane.optimizer, lane.rows[0], key, 0 if lane.spec.row_separable else None)
+            moment = second_moment(lane.optimizer, lane.rows[0], key, 0 if lane.separable else None)
         result, self._warm[lane.id] = probe(
             lambda t: self.problem.loss(t[None], batch)[0], x, update, optimizer=lane.spec.name,
             hyperparameters=lane.spec.read(lane.optimizer), config=self.probes,
@@ -395,11 +438,50 @@ class Run:
         lane.diverged_at[newly] = lane.step
         return torch.as_tensor(lane.diverged_at >= 0, device=f.device)
 
+    def _closure_step(self, lane: _Lane, grads: Sequence[torch.Tensor], frozen: torch.Tensor,
+                      batch: Any) -> bool:
+        """Step each live trajectory of a closure-driven lane with its own :class:`Oracles`.
+        False (and nothing changed) when the first trajectory waits for a person's ranking."""
+        n = len(lane.rows[0])
+        self.awaiting.pop(lane.id, None)  # set again below if the lane still waits
+        stepped: OracleCounts | None = None
+        for i, (row, opt) in enumerate(zip(lane.rows, lane.optimizers, strict=True)):
+            if bool(frozen[i]):
+                continue
+            for p, g in zip(row, grads[i * n:(i + 1) * n], strict=True):
+                # second-order methods get the gradient the run computed anyway (counted below);
+                # every other oracle kind gets nothing it did not ask for
+                p.grad = g if lane.spec.oracle is Oracle.HVPS else None
+            ranker = self._human_ranker(lane) if i == 0 and lane.values.get(HUMAN) else rank_by_value
+            oracles = Oracles(lambda x: self.problem.loss(x, batch), row, ranker)
+            try:
+                opt.step(oracles)
+            except AwaitingRanking as waiting:
+                self.awaiting[lane.id] = waiting.candidates.detach().clone()
+                return False
+            if stepped is None:
+                stepped = oracles.counts
+        lane.step += 1
+        hvps = lane.spec.oracle is Oracle.HVPS
+        given = OracleCounts(function_values=1, gradients=1) if hvps else OracleCounts()
+        lane.counts = lane.counts + given + (stepped or OracleCounts())
+        return True
+
+    def _human_ranker(self, lane: _Lane) -> Ranker:
+        """Hands out the ranking a :class:`SubmitRanking` event delivered, or makes the lane wait."""
+
+        def ranker(candidates: torch.Tensor, values: torch.Tensor) -> tuple[int, ...]:
+            order = self._rankings.pop(lane.id, None)
+            if order is None:
+                raise AwaitingRanking(candidates)
+            return order
+        return ranker
+
     @staticmethod
     def _take_step(lane: _Lane, grads: Sequence[torch.Tensor], frozen: torch.Tensor,
                    x_old: torch.Tensor) -> None:
         any_frozen = bool(frozen.any())
-        if lane.spec.row_separable:
+        if lane.separable:
             for p, g in zip(lane.params, grads, strict=True):
                 mask = frozen.reshape(-1, *([1] * (g.dim() - 1)))
                 p.grad = torch.where(mask, torch.zeros_like(g), g) if any_frozen else g

@@ -1,0 +1,207 @@
+r"""What an optimizer may ask of the problem inside ``step(closure)``: the closure it is given.
+
+torch's convention is ``optimizer.step(closure)`` with ``closure()`` re-evaluating the loss. An
+optimizer whose spec asks for more than plain gradients (zeroth-order, ranking, second-order)
+is stepped with an :class:`Oracles` object instead of a plain function:
+
+* ``closure()`` -- :math:`f(\theta)` at the parameters' current values, forward only;
+* ``closure.perturbed_value(seed, scale, thresholds)`` --
+  :math:`f(\theta + s\, z(\text{seed}) \odot m)` *without touching* :math:`\theta`, where
+  :math:`z(\text{seed})` is regenerated from its seed (:func:`seeded_normal`) and never stored,
+  and :math:`m = 1[|\theta| \le \tau_l]` is an optional per-tensor magnitude mask;
+* ``closure.values(points)`` -- :math:`f` at several parameter sets (one batched call);
+* ``closure.gradient()`` -- :math:`(f, \nabla f)` on a fresh graph;
+* ``closure.hvp(vectors)`` -- :math:`H v` by double differentiation of a fresh graph
+  (``torch.autograd.grad``; never ``backward(create_graph=True)``, which keeps the graph alive
+  through ``.grad`` and leaks);
+* ``closure.jvp(vectors)`` -- :math:`(f, \nabla f^\top v)` by forward-mode AD (one pass);
+* ``closure.rank(candidates)`` -- candidate indices best first, and nothing else.
+
+Every call is counted per trajectory (:class:`engine.records.OracleCounts`), which is what lets a
+zeroth-order and a first-order method race on the same x-axis.
+
+Perturbing through the oracle rather than in place is what makes MeZO's "restore" exact: the
+paper's in-place :math:`\theta \pm \epsilon z` round trip changes :math:`\theta` by rounding
+(about one ulp per step); here :math:`\theta` is never written during evaluation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch.func import jvp as forward_jvp
+
+from engine.records import OracleCounts
+
+CHUNK = 1 << 16
+"""Elements of a regenerated direction held at once: the extra memory of a seeded perturbation."""
+
+Tensors = Sequence[torch.Tensor]
+
+
+def seeded_normal(seed: int, index: int, like: torch.Tensor, chunk: int = CHUNK
+                  ) -> Iterator[tuple[slice, torch.Tensor]]:
+    r"""The direction :math:`z \sim N(0, I)` for tensor number ``index`` of a perturbation drawn
+    with ``seed``, as ``(flat slice, values)`` chunks of at most ``chunk`` elements.
+
+    The stream depends only on ``(seed, index)`` and the chunking, never on the device: it is
+    drawn on the CPU and moved, so a run replays identically on CPU and CUDA.
+    """
+    g = torch.Generator().manual_seed((int(seed) * 1_000_003 + index) % (2**63))
+    n = like.numel()
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        z = torch.randn(stop - start, generator=g, dtype=torch.float64)
+        yield slice(start, stop), z.to(device=like.device, dtype=like.dtype)
+
+
+def seeded_direction(seed: int, tensors: Tensors) -> list[torch.Tensor]:
+    """All of :func:`seeded_normal`'s chunks gathered into tensors shaped like ``tensors``
+    (for small problems and for tests; the memory-lean paths iterate the chunks)."""
+    out = []
+    for i, t in enumerate(tensors):
+        z = torch.empty(t.numel(), dtype=t.dtype, device=t.device)
+        for sl, chunk in seeded_normal(seed, i, t):
+            z[sl] = chunk
+        out.append(z.reshape(t.shape))
+    return out
+
+
+def magnitude_mask(t: torch.Tensor, threshold: float | None) -> torch.Tensor | None:
+    r"""Sparse MeZO's mask :math:`1[|\theta| \le \tau]` (``None``: no mask)."""
+    return None if threshold is None else (t.abs() <= threshold).to(t.dtype)
+
+
+class AwaitingRanking(Exception):
+    """A ranking oracle with no answer yet (a person is ranking): the lane waits a tick."""
+
+    def __init__(self, candidates: torch.Tensor) -> None:
+        super().__init__("waiting for a ranking of the candidates")
+        self.candidates = candidates
+
+
+HUMAN = "human"
+"""The boolean hyperparameter of a ranking optimizer that hands its first trajectory's rankings
+to a person (a run then waits for a :class:`engine.events.SubmitRanking` event)."""
+
+Ranker = Callable[[torch.Tensor, torch.Tensor], Sequence[int]]
+"""``ranker(candidates [m, P], values [m]) -> indices best first``; may raise AwaitingRanking.
+``values`` are there for a programmatic ranker; a person sees only the candidates."""
+
+
+def rank_by_value(candidates: torch.Tensor, values: torch.Tensor) -> list[int]:
+    """The programmatic ranking oracle: lowest loss first (stable for ties)."""
+    return torch.argsort(values, stable=True).tolist()
+
+
+class Oracles:
+    """The closure a run hands to one trajectory's optimizer: every oracle at the trajectory's
+    parameters ``params`` (the optimizer's own leaves), counted.
+
+    ``loss`` maps points ``[B, P]`` to losses ``[B]`` (the problem with this step's minibatch
+    bound); the parameters are flattened in order into ``P``.
+    """
+
+    def __init__(self, loss: Callable[[torch.Tensor], torch.Tensor], params: Tensors,
+                 ranker: Ranker = rank_by_value) -> None:
+        self._loss = loss
+        self.params = list(params)
+        self.ranker = ranker
+        self.counts = OracleCounts()
+
+    # -- layout --------------------------------------------------------------------------------
+    def flat(self, tensors: Tensors | None = None) -> torch.Tensor:
+        """``tensors`` (default: the parameters) concatenated into one vector ``[P]``."""
+        tensors = self.params if tensors is None else tensors
+        return torch.cat([t.detach().reshape(-1) for t in tensors])
+
+    def unflat(self, v: torch.Tensor) -> list[torch.Tensor]:
+        """Inverse of :meth:`flat`: ``[P]`` -> tensors shaped like the parameters."""
+        sizes = [p.numel() for p in self.params]
+        return [c.reshape(p.shape) for c, p in zip(v.split(sizes), self.params, strict=True)]
+
+    def _count(self, **kinds: int) -> None:
+        self.counts = self.counts + OracleCounts(**kinds)
+
+    # -- zeroth order --------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(self) -> torch.Tensor:
+        """:math:`f(\\theta)`, forward only."""
+        self._count(function_values=1)
+        return self._loss(self.flat()[None])[0]
+
+    @torch.no_grad()
+    def values(self, points: torch.Tensor) -> torch.Tensor:
+        """:math:`f` at each row of ``points [m, P]`` (one batched call; m function values)."""
+        self._count(function_values=points.shape[0])
+        return self._loss(points)
+
+    @torch.no_grad()
+    def perturbed_value(self, seed: int, scale: float,
+                        thresholds: Sequence[float | None] | None = None) -> torch.Tensor:
+        r""":math:`f(\theta + s\, z(\text{seed}) \odot m)`; :math:`\theta` is not written."""
+        x = self.flat()
+        offset = 0
+        for i, p in enumerate(self.params):
+            mask = magnitude_mask(p.detach().reshape(-1), thresholds[i] if thresholds else None)
+            for sl, z in seeded_normal(seed, i, p):
+                step = z if mask is None else z * mask[sl]
+                x[offset + sl.start:offset + sl.stop] += scale * step
+            offset += p.numel()
+        self._count(function_values=1)
+        return self._loss(x[None])[0]
+
+    # -- derivatives (each on a fresh graph) ----------------------------------------------------
+    def _point(self) -> torch.Tensor:
+        return self.flat().requires_grad_(True)
+
+    def gradient(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """:math:`(f(\\theta), \\nabla f(\\theta))`, the gradient shaped like the parameters."""
+        x = self._point()
+        f = self._loss(x[None])[0]
+        (g,) = torch.autograd.grad(f, x)
+        self._count(function_values=1, gradients=1)
+        return f.detach(), self.unflat(g)
+
+    def hvp(self, vectors: Tensors, *, with_gradient: bool = False
+            ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        r""":math:`H v` (shaped like the parameters); with ``with_gradient``, also
+        :math:`f` and :math:`\nabla f` from the same graph: ``(f, g, Hv)``."""
+        x = self._point()
+        f = self._loss(x[None])[0]
+        (g,) = torch.autograd.grad(f, x, create_graph=True)
+        v = self.flat(vectors).to(g.dtype)
+        (hv,) = torch.autograd.grad(g, x, grad_outputs=v)
+        self._count(hvps=1, **({"function_values": 1, "gradients": 1} if with_gradient else {}))
+        if with_gradient:
+            return f.detach(), self.unflat(g.detach()), self.unflat(hv)
+        return self.unflat(hv)
+
+    def jvp(self, vectors: Tensors) -> tuple[torch.Tensor, torch.Tensor]:
+        r""":math:`(f(\theta), \nabla f(\theta)^\top v)` in one forward-mode pass."""
+        x, v = self.flat(), self.flat(vectors).to(self.params[0].dtype)
+        f, d = forward_jvp(lambda t: self._loss(t[None])[0], (x,), (v,))
+        self._count(jvps=1)
+        return f.detach(), d.detach()
+
+    # -- ranking -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def rank(self, candidates: torch.Tensor) -> list[int]:
+        """Indices of ``candidates [m, P]`` best first. Only the order reaches the optimizer; a
+        programmatic ranker reads the values, which are not counted as function values."""
+        values = self._loss(candidates)
+        order = [int(i) for i in self.ranker(candidates, values)]
+        if sorted(order) != list(range(candidates.shape[0])):
+            raise ValueError(f"a ranking must order all {candidates.shape[0]} candidates once, got {order}")
+        self._count(rankings=1)
+        return order
+
+
+def require_oracles(closure: Any, optimizer: str) -> Oracles:
+    """The closure, checked to be an :class:`Oracles` (a clear message for a plain function)."""
+    if closure is None or not hasattr(closure, "perturbed_value"):
+        raise TypeError(f"{optimizer} needs an engine.oracles.Oracles closure: call "
+                        f"step(Oracles(loss, params)), not step() or step(plain_function)")
+    return closure
