@@ -105,10 +105,13 @@ class Oracles:
     """
 
     def __init__(self, loss: Callable[[torch.Tensor], torch.Tensor], params: Tensors,
-                 ranker: Ranker = rank_by_value) -> None:
+                 ranker: Ranker = rank_by_value, ascent: torch.Tensor | None = None) -> None:
         self._loss = loss
         self.params = list(params)
         self.ranker = ranker
+        self.ascent = ascent
+        """Boolean ``[P]`` mask of the coordinates that *maximize* (a min-max game's second
+        player): gradients are returned as the descent field, with those coordinates negated."""
         self.counts = OracleCounts()
 
     # -- layout --------------------------------------------------------------------------------
@@ -157,13 +160,23 @@ class Oracles:
     def _point(self) -> torch.Tensor:
         return self.flat().requires_grad_(True)
 
+    def _field(self, g: torch.Tensor) -> torch.Tensor:
+        return g if self.ascent is None else torch.where(self.ascent, -g, g)
+
     def gradient(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """:math:`(f(\\theta), \\nabla f(\\theta))`, the gradient shaped like the parameters."""
         x = self._point()
         f = self._loss(x[None])[0]
         (g,) = torch.autograd.grad(f, x)
         self._count(function_values=1, gradients=1)
-        return f.detach(), self.unflat(g)
+        return f.detach(), self.unflat(self._field(g))
+
+    def gradient_at(self, points: torch.Tensor) -> torch.Tensor:
+        """Gradients ``[m, P]`` at other points ``[m, P]`` (extragradient, lookahead): m gradients."""
+        x = points.detach().clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(self._loss(x).sum(), x)
+        self._count(function_values=points.shape[0], gradients=points.shape[0])
+        return self._field(g)
 
     def hvp(self, vectors: Tensors, *, with_gradient: bool = False
             ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:

@@ -8,6 +8,10 @@ Row independence needs care: an optimizer whose update of a coordinate depends o
 coordinate's history (``spec.row_separable``: SGD, Adam, Lion, ...) steps one ``[M, d]`` tensor;
 any other (AdamP, SGD-SaI: tensor-wide norms) gets M separate ``[d]`` tensors in one optimizer.
 
+A min-max game declares ``problem.ascent``, a boolean mask of the maximizing coordinates; every
+lane then steps along the descent field :math:`(\nabla_x f, -\nabla_y f)` (so SGD is gradient
+descent-ascent).
+
 Optimizers that ask for other oracles (function values, rankings, JVPs, HVPs: see
 :mod:`engine.oracles`) get one optimizer per start, stepped as ``optimizer.step(oracles)``; their
 records count the oracle calls they made. The loss and gradient norm in every record are
@@ -231,6 +235,11 @@ class Run:
         self.dtype = _DTYPES[config.dtype]
         self._generator = make_generator(config.seed)  # CPU: same stream on every device
         self.starts = self._make_starts()
+        ascent = getattr(problem, "ascent", None)
+        self._ascent = (None if ascent is None
+                        else torch.as_tensor(ascent, dtype=torch.bool, device=self.device))
+        """For a min-max game (a problem with an ``ascent`` mask over its coordinates): the
+        coordinates that maximize. Every lane then follows the field (grad_x f, -grad_y f)."""
         self.lanes: dict[int, _Lane] = {}
         self._next_lane = 0
         self.tick = 0
@@ -355,6 +364,8 @@ class Run:
             m, n_leaves = lane.n_rows, len(lane.params)
             f = losses[row:row + m]
             lane_grads = grads[leaf:leaf + n_leaves]
+            if self._ascent is not None:  # a min-max game: step along the descent field
+                lane_grads = [torch.where(self._ascent, -g, g) for g in lane_grads]
             g = lane.flat_grads(lane_grads)
             row, leaf = row + m, leaf + n_leaves
             x_old = x.detach().clone()
@@ -453,7 +464,7 @@ class Run:
                 # every other oracle kind gets nothing it did not ask for
                 p.grad = g if lane.spec.oracle is Oracle.HVPS else None
             ranker = self._human_ranker(lane) if i == 0 and lane.values.get(HUMAN) else rank_by_value
-            oracles = Oracles(lambda x: self.problem.loss(x, batch), row, ranker)
+            oracles = Oracles(lambda x: self.problem.loss(x, batch), row, ranker, self._ascent)
             try:
                 opt.step(oracles)
             except AwaitingRanking as waiting:
