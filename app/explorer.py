@@ -21,10 +21,18 @@ from app.curvature_view import CurvatureView
 from app.figures import CurveView, LandscapeView
 from app.network_view import NetworkView, SliceJob, compute_slice
 from app.streams import X_AXES, RaceStreams, lane_color
-from engine.events import AddLane, RemoveLane, RequestProbe, SetHyperparameter, SetProbes, SwitchOptimizer
+from engine.events import (
+    AddLane,
+    RemoveLane,
+    RequestProbe,
+    SetHyperparameter,
+    SetProbes,
+    SubmitRanking,
+    SwitchOptimizer,
+)
 from engine.instruments import LANDSCAPE_PROBES, NETWORK_PROBES, SCHEDULES, ProbeConfig
 from engine.problem import Problem
-from engine.registry import HyperparameterError, Oracle, available, get_spec
+from engine.registry import HyperparameterError, available, get_spec
 from engine.run import LaneConfig, Run, RunConfig
 from engine.worker import RunWorker
 from landscapes import (
@@ -52,8 +60,12 @@ DEFAULT_RACE: tuple[tuple[str, dict[str, Any]], ...] = (
 """The race a new page opens with: learning rates a student can watch reach the valley."""
 
 
-def _first_order() -> list[str]:
-    return available(oracle=Oracle.GRADIENTS)
+def _optimizer_groups() -> dict[str, list[str]]:
+    """Every registered optimizer, grouped by family (first-order, zeroth-order, ...)."""
+    groups: dict[str, list[str]] = {}
+    for name in available():
+        groups.setdefault(get_spec(name).family, []).append(name)
+    return groups
 
 
 class Explorer(pn.viewable.Viewer):
@@ -63,7 +75,7 @@ class Explorer(pn.viewable.Viewer):
                                objects=[*available_landscapes(), CUSTOM, *available_networks()],
                                doc="the problem: a 2-D landscape, a typed f(x, y), or a small network")
     expression = param.String(default="sin(x)*y**2 + 0.1*x**2", doc="f(x, y) for the custom landscape")
-    optimizers = param.ListSelector(default=["sgd", "momentum", "adam"], objects=_first_order())
+    optimizers = param.ListSelector(default=["sgd", "momentum", "adam"], objects=available())
     start_x = param.Number(default=None, allow_None=True, doc="start x (None: the landscape's default)")
     start_y = param.Number(default=None, allow_None=True)
     n_starts = param.Integer(default=1, bounds=(1, 64), doc="start points (1 + random ones in the view)")
@@ -90,6 +102,8 @@ class Explorer(pn.viewable.Viewer):
             lanes = DEFAULT_RACE
         if lanes is not None:
             params["optimizers"] = list(dict.fromkeys(name for name, _ in lanes))
+        # the registry may have grown since import (a user's own optimizer): offer all of it
+        type(self).param.optimizers.objects = available()
         if params.get("landscape") in available_networks():  # probes cost more on a network
             params.setdefault("probe_every", NETWORK_PROBES.every)
         super().__init__(**params)
@@ -104,6 +118,9 @@ class Explorer(pn.viewable.Viewer):
         self._pumps = 0
         self._syncing = False
         self._shown_problem: Problem | None = None
+        self._waiting: tuple[int, Any] | None = None  # (lane, candidates tensor) a person is ranking
+        self._answered: Any = None  # the candidates tensor last submitted (until the run moves on)
+        self.ranked: list[int] = []  # candidate indices clicked so far, best first
         self.streams = RaceStreams(f_star=None, view_diagonal=1.0)
         self.landscape_view = LandscapeView(self.streams, self._on_tap)
         self.loss_view = CurveView(self.streams, "loss", "loss")
@@ -126,6 +143,10 @@ class Explorer(pn.viewable.Viewer):
         self.counter = pn.pane.Markdown("", css_classes=["step-counter"], margin=(0, 10))
         self.formula = pn.pane.LaTeX("", sizing_mode="stretch_width", styles={"font-size": "1.1em"})
         self.description = pn.pane.Markdown("", margin=(0, 10))
+        self.ranking_prompt = pn.pane.Alert("", alert_type="warning", visible=False, margin=(5, 0),
+                                            sizing_mode="stretch_width")
+        self.undo_rank_button = pn.widgets.Button(label="undo last rank", width=130, visible=False)
+        self.undo_rank_button.on_click(lambda _: self.undo_rank())
         self.leaderboard = pn.widgets.Tabulator(
             pd.DataFrame(columns=["optimizer", "loss", "distance", "steps", "status"]),
             show_index=False, disabled=True, sizing_mode="stretch_width", height=230,
@@ -183,6 +204,7 @@ class Explorer(pn.viewable.Viewer):
         self.views = pn.Column(
             pn.Row(self.formula, sizing_mode="stretch_width"),
             self.description,
+            pn.Row(self.ranking_prompt, self.undo_rank_button, sizing_mode="stretch_width"),
             self.landscape_pane,
             pn.widgets.RadioButtonGroup.from_param(self.param.x_axis, label="x-axis"),
             pn.Row(pn.pane.Bokeh(self.loss_view.figure, sizing_mode="stretch_width"),
@@ -388,7 +410,67 @@ class Explorer(pn.viewable.Viewer):
         self.error.visible = bool(text)
 
     def _on_tap(self, x: float, y: float) -> None:
+        """A click ranks the nearest candidate while a person is the oracle, else moves the start."""
+        if self._waiting is not None:
+            points = self._waiting[1].cpu().numpy()[:, :2]
+            free = [i for i in range(len(points)) if i not in self.ranked]
+            if free:
+                d = [float((points[i, 0] - x) ** 2 + (points[i, 1] - y) ** 2) for i in free]
+                self.rank_candidate(free[d.index(min(d))])
+            return
         self.param.update(start_x=round(x, 4), start_y=round(y, 4))
+
+    # -- a person as the ranking oracle ----------------------------------------------------------
+    def rank_candidate(self, index: int) -> None:
+        """Give candidate ``index`` the next rank; the last one sends the ranking to the run."""
+        if self._waiting is None:
+            self.show_error("no optimizer is waiting for a ranking")
+            return
+        lane, candidates = self._waiting
+        m = candidates.shape[0]
+        if not 0 <= index < m or index in self.ranked:
+            self.show_error(f"pick one of the {m} candidates not ranked yet")
+            return
+        self.ranked.append(index)
+        if len(self.ranked) == m:
+            self.worker.submit(SubmitRanking(lane, tuple(self.ranked)))
+            self.streams.mark_event(f"{self._label(lane)}: ranked {self.ranked}")
+            self._answered, self._waiting, self.ranked = candidates, None, []
+        self._show_waiting()
+
+    def undo_rank(self) -> None:
+        if self.ranked:
+            self.ranked.pop()
+        self._show_waiting()
+
+    def _poll_waiting(self) -> None:
+        """Pick up a lane that waits for a person (the first, if several do)."""
+        awaiting = dict(self.worker.run.awaiting)  # a snapshot: the worker thread may change it
+        current = self._waiting
+        if current is not None and awaiting.get(current[0]) is current[1]:
+            return
+        fresh = [(k, c) for k, c in sorted(awaiting.items())
+                 if c is not self._answered and k in self.lane_names]
+        if not fresh and current is None:
+            return  # nothing waits, nothing shown: send nothing to the browser
+        self._waiting = fresh[0] if fresh else None
+        self.ranked = []
+        self._show_waiting()
+
+    def _show_waiting(self) -> None:
+        waiting = self._waiting
+        if waiting is None or self.is_network:
+            self.ranking_prompt.visible = self.undo_rank_button.visible = False
+            self.landscape_view.show_candidates(None, [])
+            if waiting is not None:  # a network's candidates can't be drawn
+                self.show_error("a person can rank candidates on 2-D landscapes only: turn 'human' off")
+            return
+        lane, candidates = waiting
+        m = candidates.shape[0]
+        self.landscape_view.show_candidates(candidates.cpu().numpy()[:, :2], self.ranked)
+        self.ranking_prompt.object = (f"**{self._label(lane)} is waiting for you**: click its {m} candidates "
+                                      f"from best (lowest f) to worst. Ranked {len(self.ranked)} of {m}.")
+        self.ranking_prompt.visible = self.undo_rank_button.visible = True
 
     # -- reacting to parameters --------------------------------------------------------------------
     @param.depends("landscape", "expression", "batch_size", watch=True)
@@ -482,7 +564,8 @@ class Explorer(pn.viewable.Viewer):
             card = optimizer_card(spec, self.values[lane], lane_color(lane),
                                   lambda n, v, lane=lane: self.set_hyperparameter(lane, n, v),
                                   title=self._label(lane))
-            switch = pn.widgets.Select(label="switch this lane to", options=_first_order(), value=spec.name)
+            switch = pn.widgets.Select(label="switch this lane to", groups=_optimizer_groups(),
+                                       value=spec.name)
             switch.param.watch(lambda ev, lane=lane: ev.new != ev.old and self.switch_optimizer(lane, ev.new),
                                "value")
             card.append(switch)
@@ -512,6 +595,7 @@ class Explorer(pn.viewable.Viewer):
                     self.show_error(job.error)
                 else:
                     self.network_view.show_slice(job)
+        self._poll_waiting()
         errors = self.worker.errors()
         if errors:
             self.show_error(errors[-1])

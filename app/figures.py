@@ -73,6 +73,12 @@ class LandscapeView:
                     line_alpha=0.9, legend_field="optimizer")
         heads = fig.scatter("x", "y", source=streams.heads, size=9, fill_color="color", line_color="white",
                             fill_alpha="alpha", line_alpha="alpha")
+        # a ranking optimizer waiting for a person: its candidates, numbered as they are ranked
+        self.candidates = ColumnDataSource(dict(x=[], y=[], text=[], fill=[]))
+        fig.scatter("x", "y", source=self.candidates, size=22, fill_color="fill", line_color="black",
+                    line_width=2, legend_label="candidates to rank (click best first)")
+        fig.text("x", "y", text="text", source=self.candidates, text_align="center", text_baseline="middle",
+                 text_font_style="bold", text_color="black")
         fig.add_tools(HoverTool(renderers=[heads], tooltips=[("optimizer", "@optimizer"),
                                                              ("x", "@x{0.0000}"), ("y", "@y{0.0000}")]))
         fig.add_layout(ColorBar(color_mapper=self.mapper, width=10, title=""), "right")
@@ -104,6 +110,17 @@ class LandscapeView:
 
     def set_start(self, x: float, y: float) -> None:
         self.start.data = dict(x=[x], y=[y])
+
+    def show_candidates(self, points: np.ndarray | None, ranked: list[int]) -> None:
+        """Candidate points ``[m, 2]`` (None: none waiting); ranked ones show their rank."""
+        if points is None:
+            self.candidates.data = dict(x=[], y=[], text=[], fill=[])
+            return
+        place = {i: r + 1 for r, i in enumerate(ranked)}
+        self.candidates.data = dict(
+            x=[float(p[0]) for p in points], y=[float(p[1]) for p in points],
+            text=[str(place[i]) if i in place else "?" for i in range(len(points))],
+            fill=["#ffd54f" if i in place else "white" for i in range(len(points))])
 
 
 class CurveView:

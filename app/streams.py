@@ -25,10 +25,27 @@ FLOOR = 1e-300  # log axes cannot show 0: suboptimality 0 is drawn at the floor
 
 X_AXES = {
     "step": "step",
-    "gradient evaluations": "gradients",
-    "function evaluations": "function_values",
+    "gradients": "gradients",
+    "function values": "function_values",
+    "HVPs": "hvps",
+    "JVPs": "jvps",
+    "rankings": "rankings",
+    "oracle calls": "oracle_calls",
     "wall time (s)": "wall_time",
 }
+"""x-axis label -> column. Oracle counts are per trajectory, so a zeroth-order method's two
+function values per step and a first-order method's one gradient race on one scale."""
+AXIS_COLUMNS = tuple(X_AXES.values())
+
+
+def axis_data(recs: Sequence[Record]) -> dict[str, list]:
+    """The x-axis columns of a batch of records (every source that a curve reads carries them)."""
+    counts = [r.counts.as_dict() for r in recs]
+    data: dict[str, list] = {"step": [r.step for r in recs], "wall_time": [r.wall_time for r in recs]}
+    for col in ("gradients", "function_values", "hvps", "jvps", "rankings"):
+        data[col] = [c[col] for c in counts]
+    data["oracle_calls"] = [sum(c.values()) for c in counts]
+    return data
 
 
 def lane_color(lane: int) -> str:
@@ -47,8 +64,7 @@ class RaceStreams:
         self.min_move = min_move * view_diagonal
         self.segments = ColumnDataSource(dict(x0=[], y0=[], x1=[], y1=[], color=[], optimizer=[]))
         self.heads = ColumnDataSource(dict(x=[], y=[], color=[], optimizer=[], alpha=[]))
-        self.events = ColumnDataSource(dict(step=[], gradients=[], function_values=[], wall_time=[],
-                                            label=[]))
+        self.events = ColumnDataSource({c: [] for c in (*AXIS_COLUMNS, "label")})
         self.curves: dict[int, ColumnDataSource] = {}
         self.metric_curves: dict[int, ColumnDataSource] = {}
         self.names: dict[int, str] = {}
@@ -62,24 +78,21 @@ class RaceStreams:
     # -- lanes ---------------------------------------------------------------------------------
     def curve(self, lane: int) -> ColumnDataSource:
         if lane not in self.curves:
-            self.curves[lane] = ColumnDataSource(dict(step=[], gradients=[], function_values=[],
-                                                      wall_time=[], loss=[], grad_norm=[]))
+            self.curves[lane] = ColumnDataSource({c: [] for c in (*AXIS_COLUMNS, "loss", "grad_norm")})
         return self.curves[lane]
 
     def metric_curve(self, lane: int, names: Sequence[str] = ()) -> ColumnDataSource:
         """Per-lane source of the problem's scheduled metrics (median over starts)."""
         if lane not in self.metric_curves:
-            cols = ["step", "gradients", "function_values", "wall_time", *names]
-            self.metric_curves[lane] = ColumnDataSource({c: [] for c in cols})
+            self.metric_curves[lane] = ColumnDataSource({c: [] for c in (*AXIS_COLUMNS, *names)})
         return self.metric_curves[lane]
 
     def curvature_curve(self, lane: int) -> ColumnDataSource:
         """Per-lane source of probe results: the sharpness its threshold bounds, the threshold,
         lambda_max and the directional sharpness of the update."""
         if lane not in self.curvature_curves:
-            self.curvature_curves[lane] = ColumnDataSource(dict(
-                step=[], gradients=[], function_values=[], wall_time=[], sharpness=[], threshold=[],
-                lambda_max=[], directional=[]))
+            self.curvature_curves[lane] = ColumnDataSource({c: [] for c in (
+                *AXIS_COLUMNS, "sharpness", "threshold", "lambda_max", "directional")})
         return self.curvature_curves[lane]
 
     def forget(self, lane: int) -> None:
@@ -123,10 +136,7 @@ class RaceStreams:
 
     def _stream_curve(self, lane: int, recs: Sequence[Record]) -> None:
         data = dict(
-            step=[r.step for r in recs],
-            gradients=[r.counts.gradients for r in recs],
-            function_values=[r.counts.function_values for r in recs],
-            wall_time=[r.wall_time for r in recs],
+            axis_data(recs),
             loss=[self._value(r.loss) for r in recs],
             grad_norm=[max(float(np.median(r.grad_norm[np.isfinite(r.grad_norm)]))
                            if np.isfinite(r.grad_norm).any() else float("nan"), FLOOR) for r in recs],
@@ -138,9 +148,7 @@ class RaceStreams:
             return
         names = list(recs[0].metrics)
         src = self.metric_curve(lane, names)
-        data = dict(step=[r.step for r in recs], gradients=[r.counts.gradients for r in recs],
-                    function_values=[r.counts.function_values for r in recs],
-                    wall_time=[r.wall_time for r in recs])
+        data = axis_data(recs)
         for name in names:
             if name in src.data:
                 data[name] = [float(np.nanmedian(r.metrics[name])) if np.isfinite(r.metrics[name]).any()
@@ -153,8 +161,7 @@ class RaceStreams:
             return
         nan = float("nan")
         self.curvature_curve(lane).stream(dict(
-            step=[r.step for r in recs], gradients=[r.counts.gradients for r in recs],
-            function_values=[r.counts.function_values for r in recs], wall_time=[r.wall_time for r in recs],
+            axis_data(recs),
             sharpness=[r.curvature.sharpness for r in recs],
             threshold=[r.curvature.threshold.value if r.curvature.threshold else nan for r in recs],
             lambda_max=[r.curvature.lambda_max for r in recs],
@@ -200,9 +207,9 @@ class RaceStreams:
         if not self.latest:
             return
         r = max(self.latest.values(), key=lambda rec: rec.tick)
-        self.events.stream(dict(step=[r.step + 1], gradients=[r.counts.gradients],
-                                function_values=[r.counts.function_values], wall_time=[r.wall_time],
-                                label=[label]))
+        data = axis_data([r])
+        data["step"] = [r.step + 1]
+        self.events.stream(dict(data, label=[label]))
 
     def clear(self) -> None:
         for src in (self.segments, self.heads, self.events, *self.curves.values()):

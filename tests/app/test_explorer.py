@@ -11,6 +11,7 @@ import pytest
 
 from app.explorer import CUSTOM, MAX_LANES, Explorer
 from engine.events import SetHyperparameter, SwitchOptimizer
+from tests.engine.test_oracles import closure_specs  # noqa: F401  (fixture)
 from tests.engine.test_worker import wait_for
 
 
@@ -216,5 +217,37 @@ def test_curvature_panel_shows_sharpness_against_the_threshold_and_follows_lr() 
         ex.curvature_view._draw_density()
         assert len(ex.curvature_view.density.data["x"]) == 400
         np.testing.assert_allclose(sorted(ex.curvature_view.exact.data["x"]), [1.0, 10.0], rtol=1e-10)
+    finally:
+        ex.close()
+
+
+@pytest.mark.usefixtures("closure_specs")
+def test_a_person_ranks_candidates_by_clicking_them_and_the_run_takes_the_ranking() -> None:
+    ex = Explorer(landscape="rosenbrock", lanes=[("t_pair", {"human": True}), ("sgd", {})], speed=500)
+    try:
+        ex.step()
+        pump_until(ex, lambda: ex._waiting is not None)
+        cands = ex.landscape_view.candidates.data
+        assert len(cands["x"]) == 2 and cands["text"] == ["?", "?"] and ex.ranking_prompt.visible
+        waiting = ex.worker.run.awaiting[0].numpy()
+        # a click near candidate 1 ranks it first; undo and redo; then candidate 0
+        ex._on_tap(float(waiting[1, 0]) + 1e-3, float(waiting[1, 1]))
+        assert ex.ranked == [1] and ex.landscape_view.candidates.data["text"] == ["?", "1"]
+        ex.undo_rank()
+        assert ex.ranked == []
+        ex.rank_candidate(1)
+        start = ex.start_x
+        ex._on_tap(float(waiting[0, 0]), float(waiting[0, 1]))  # completes the ranking, not a start move
+        assert ex.start_x == start and not ex.ranking_prompt.visible
+        ex.step()
+        pump_until(ex, lambda: 0 in ex.streams.latest)
+        rec = ex.streams.latest[0]
+        assert rec.step == 0 and rec.counts.rankings == 1
+        logged = [e.event for e in ex.worker.run.log if type(e.event).__name__ == "SubmitRanking"]
+        assert [(e.lane, e.order) for e in logged] == [(0, (1, 0))]
+        # the step followed the person's order: theta -= lr (xi_worse - xi_better)
+        xi = (waiting - ex.worker.run.starts[0].numpy()) / 0.1
+        expected = ex.worker.run.starts[0].numpy() - 0.05 * (xi[0] - xi[1])
+        np.testing.assert_allclose(ex.worker.run.positions(0)[0], expected, rtol=1e-12)
     finally:
         ex.close()
