@@ -2,7 +2,7 @@
 
 ``Explorer`` is a ``pn.viewable.Viewer``: the served app (``app/main.py``) and the notebooks embed
 the very same object. The UI thread only queues events; a per-explorer
-:class:`~engine.worker.RunWorker` thread computes; a periodic callback (15 Hz) drains the records
+:class:`~engine.worker.RunWorker` thread computes; a periodic callback (20 Hz) drains the records
 into streaming Bokeh sources. Closing the browser tab stops the worker.
 """
 
@@ -48,10 +48,10 @@ log = logging.getLogger(__name__)
 
 CUSTOM = "custom: type f(x, y)"
 MAX_LANES = 8
-PUMP_MS = 66  # ~15 Hz: smooth to the eye, few enough messages for many sessions on one server
-COUNTER_EVERY = 3  # pumps between step-counter refreshes (~5 Hz)
-TABLE_EVERY = 8  # leaderboard (~2 Hz)
-PANEL_EVERY = 15  # curvature table and density (~1 Hz)
+PUMP_MS = 50  # 20 Hz: smooth to the eye, few enough messages for many sessions on one server
+COUNTER_EVERY = 4  # pumps between step-counter refreshes (5 Hz)
+TABLE_EVERY = 10  # leaderboard (2 Hz)
+PANEL_EVERY = 20  # curvature table and density (1 Hz)
 DEFAULT_RACE: tuple[tuple[str, dict[str, Any]], ...] = (
     ("sgd", {"lr": 1e-3}),  # Rosenbrock's curvature is ~1900 at the start: larger lr diverges
     ("momentum", {"lr": 1e-3}),
@@ -600,7 +600,7 @@ class Explorer(pn.viewable.Viewer):
         if errors:
             self.show_error(errors[-1])
         self._pumps += 1
-        # Text and tables re-render whole DOM nodes: refresh them at a few Hz, not at the pump's 15
+        # Text and tables re-render whole DOM nodes: refresh them at a few Hz, not at the pump's 20
         # (the plots stream incrementally and can keep up)
         if records and (self._pumps % TABLE_EVERY == 0 or not self.running):
             rows = self.streams.leaderboard([m.x for m in self.problem.minima])

@@ -323,7 +323,7 @@ def test_pause_freezes_the_counter_and_run_resumes_it(page: Session) -> None:
 
 def test_a_bad_function_shows_its_error_and_the_race_goes_on(page: Session) -> None:
     page.slow_down()
-    alert = page.page.locator(".alert")
+    alert = page.page.locator(".alert-danger")
     assert not alert.is_visible()
     # the problem select, found by its custom entry (its label and grouping are the app's to change)
     page.page.locator(f"select:has(option[value='{CUSTOM}'])").select_option(CUSTOM)
