@@ -256,6 +256,7 @@ class Run:
         self.awaiting: dict[int, torch.Tensor] = {}
         """Lanes waiting for a person's ranking -> the candidates ``[m, P]`` to rank."""
         self._rankings: dict[int, tuple[int, ...]] = {}
+        self._scheduled: list[LoggedEvent] = []
         for lane in config.lanes:
             self._add_lane(lane.optimizer, lane.hyperparameters)
 
@@ -346,6 +347,7 @@ class Run:
         lanes = list(self.lanes.values())
         if not lanes:
             self.tick += 1
+            self._apply_due()
             return []
         batch = self.problem.sample_batch(self._generator)
         points = [lane.points() for lane in lanes]
@@ -384,9 +386,10 @@ class Run:
                 probes[lane.id] = self._probe(lane, x_old[0], x_new[0] - x_old[0], batch)
         self.tick += 1
         self.compute_time += time.perf_counter() - t0
-        if not record:
-            return []
-        return [self._record(*item, metrics.get(item[0].id, {}), probes.get(item[0].id)) for item in out]
+        records = [self._record(*item, metrics.get(item[0].id, {}), probes.get(item[0].id))
+                   for item in out] if record else []
+        self._apply_due()  # after the records: they describe the step as it was taken
+        return records
 
     def _probe(self, lane: _Lane, x: torch.Tensor, update: torch.Tensor, batch: Any) -> Probe:
         """Curvature of the lane's first start at ``x`` (where this step's gradient was taken)."""
@@ -546,19 +549,19 @@ class Run:
         return {"problem": self.problem.name, "config": self.config.to_dict(),
                 "events": [e.to_dict() for e in self.log], "ticks": self.tick}
 
+    def schedule(self, events: Iterable[LoggedEvent]) -> None:
+        """Apply each logged event when the run reaches its tick: a session replayed live."""
+        self._scheduled = sorted([*self._scheduled, *events], key=lambda e: e.tick)
+        self._apply_due()
+
+    def _apply_due(self) -> None:
+        while self._scheduled and self._scheduled[0].tick <= self.tick:
+            self.apply(self._scheduled.pop(0).event)
+
     @classmethod
     def replay(cls, problem: Problem, config: RunConfig, events: Iterable[LoggedEvent],
                ticks: int) -> tuple[Run, list[Record]]:
         """Re-run ``config`` for ``ticks`` steps, applying each logged event at its tick."""
         run = cls(problem, config)
-        pending: Sequence[LoggedEvent] = sorted(events, key=lambda e: e.tick)
-        records: list[Record] = []
-        i = 0
-        while True:
-            while i < len(pending) and pending[i].tick == run.tick:
-                run.apply(pending[i].event)
-                i += 1
-            if run.tick >= ticks:
-                break
-            records.extend(run.step())
-        return run, records
+        run.schedule(events)
+        return run, run.run(ticks)
