@@ -8,9 +8,12 @@ into streaming Bokeh sources. Closing the browser tab stops the worker.
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import threading
 from typing import Any
+from urllib.parse import urlencode
 
 import pandas as pd
 import panel as pn
@@ -18,11 +21,13 @@ import param
 
 from app.controls import optimizer_card
 from app.curvature_view import CurvatureView
-from app.figures import CurveView, LandscapeView
+from app.figures import CurveView, LandscapeView, scale_fonts
 from app.network_view import NetworkView, SliceJob, compute_slice
+from app.presets import presets
 from app.streams import X_AXES, RaceStreams, lane_color
 from engine.events import (
     AddLane,
+    LoggedEvent,
     RemoveLane,
     RequestProbe,
     SetHyperparameter,
@@ -75,6 +80,7 @@ class Explorer(pn.viewable.Viewer):
                                objects=[*available_landscapes(), CUSTOM, *available_networks()],
                                doc="the problem: a 2-D landscape, a typed f(x, y), or a small network")
     expression = param.String(default="sin(x)*y**2 + 0.1*x**2", doc="f(x, y) for the custom landscape")
+    problem_options = param.Dict(default={}, doc="keywords of the problem (quadratic's kappa, ...)")
     optimizers = param.ListSelector(default=["sgd", "momentum", "adam"], objects=available())
     start_x = param.Number(default=None, allow_None=True, doc="start x (None: the landscape's default)")
     start_y = param.Number(default=None, allow_None=True)
@@ -93,6 +99,8 @@ class Explorer(pn.viewable.Viewer):
     probe_density = param.Boolean(default=False, doc="spectral density (SLQ) at each probe")
     probe_trace = param.Boolean(default=False, doc="Hutchinson trace at each probe")
     running = param.Boolean(default=False, doc="stepping continuously (False: paused)")
+    presenter = param.Boolean(default=False, doc="big type, every update rule, one step per click with "
+                                                 "the update vectors drawn")
     message = param.String(default="", doc="the last error shown to the user")
 
     def __init__(self, *, lanes: Any = None, autostart: bool = False, **params: Any) -> None:
@@ -118,6 +126,7 @@ class Explorer(pn.viewable.Viewer):
         self._pumps = 0
         self._syncing = False
         self._shown_problem: Problem | None = None
+        self._pending_events: list[LoggedEvent] | None = None
         self._waiting: tuple[int, Any] | None = None  # (lane, candidates tensor) a person is ranking
         self._answered: Any = None  # the candidates tensor last submitted (until the run moves on)
         self.ranked: list[int] = []  # candidate indices clicked so far, best first
@@ -143,6 +152,21 @@ class Explorer(pn.viewable.Viewer):
         self.counter = pn.pane.Markdown("", css_classes=["step-counter"], margin=(0, 10))
         self.formula = pn.pane.LaTeX("", sizing_mode="stretch_width", styles={"font-size": "1.1em"})
         self.description = pn.pane.Markdown("", margin=(0, 10))
+        self.preset_note = pn.pane.Alert("", alert_type="info", visible=False, margin=(5, 0),
+                                         sizing_mode="stretch_width")
+        self.rules = pn.Column(sizing_mode="stretch_width", visible=False)  # presenter: every update rule
+        choices = {"choose a preset…": "", **{p.title: n for n, p in presets().items()}}
+        self.preset_select = pn.widgets.Select(name="Classroom presets", options=choices)
+        self.preset_select.param.watch(lambda e: e.new and self.apply_preset(e.new), "value")
+        self.link = pn.widgets.TextInput(name="link to this race", placeholder="press 'share link'",
+                                         sizing_mode="stretch_width")
+        self.share_button = pn.widgets.Button(label="share link", width=100)
+        self.share_button.on_click(lambda _: self.share_link())
+        self.log_download = pn.widgets.FileDownload(
+            callback=self._event_log_file, filename="optiscope-session.json", label="save event log",
+            button_type="light", width=150)
+        self.log_upload = pn.widgets.FileInput(accept=".json", width=220)
+        self.log_upload.param.watch(self._on_upload, "value")
         self.ranking_prompt = pn.pane.Alert("", alert_type="warning", visible=False, margin=(5, 0),
                                             sizing_mode="stretch_width")
         self.undo_rank_button = pn.widgets.Button(label="undo last rank", width=130, visible=False)
@@ -165,12 +189,15 @@ class Explorer(pn.viewable.Viewer):
         # grouped options: from_param can't take groups, so the select mirrors the parameter both ways
         self.problem_select = pn.widgets.Select(label="Problem", value=self.landscape, groups={
             "2-D landscapes": [*available_landscapes(), CUSTOM], "networks": available_networks()})
-        self.problem_select.param.watch(lambda e: setattr(self, "landscape", e.new), "value")
+        self.problem_select.param.watch(
+            lambda e: e.new != self.landscape and self.param.update(landscape=e.new, problem_options={}),
+            "value")
         self.param.watch(lambda e: setattr(self.problem_select, "value", e.new), "landscape")
         self.controls = pn.Column(
             pn.Row(self.run_button, self.pause_button, self.step_button, self.reset_button),
             self.counter,
             self.error,
+            self.preset_select,
             self.problem_select,
             pn.widgets.TextInput.from_param(self.param.expression, label="f(x, y) (custom landscape)",
                                             visible=self.param.landscape.rx() == CUSTOM),
@@ -194,6 +221,12 @@ class Explorer(pn.viewable.Viewer):
                        pn.widgets.Checkbox.from_param(self.param.probe_trace, label="trace")),
                 self.probe_button,
                 title="Curvature probes", collapsed=True, sizing_mode="stretch_width", margin=(4, 0)),
+            pn.Card(
+                pn.Row(self.share_button, self.link, sizing_mode="stretch_width"),
+                pn.Row(self.log_download), pn.pane.Markdown("replay a saved session:", margin=(0, 5)),
+                self.log_upload,
+                pn.widgets.Checkbox.from_param(self.param.presenter, label="presenter view"),
+                title="Share, replay, present", collapsed=True, sizing_mode="stretch_width", margin=(4, 0)),
             self.cards,
             sizing_mode="stretch_width",
         )
@@ -202,8 +235,10 @@ class Explorer(pn.viewable.Viewer):
         landscape = pn.pane.Bokeh(self.landscape_view.figure, sizing_mode="stretch_width")
         self.landscape_pane = pn.Column(landscape, sizing_mode="stretch_width")
         self.views = pn.Column(
+            self.preset_note,
             pn.Row(self.formula, sizing_mode="stretch_width"),
             self.description,
+            self.rules,
             pn.Row(self.ranking_prompt, self.undo_rank_button, sizing_mode="stretch_width"),
             self.landscape_pane,
             pn.widgets.RadioButtonGroup.from_param(self.param.x_axis, label="x-axis"),
@@ -259,8 +294,9 @@ class Explorer(pn.viewable.Viewer):
         if not self._syncing and self.worker is not None:
             self.worker.submit(SetProbes(self._probe_config().to_dict()))
 
-    def _new_run(self, keep_running: bool | None = None) -> None:
-        """Start a fresh run of the current settings (the old worker stops)."""
+    def _new_run(self, keep_running: bool | None = None, events: list[LoggedEvent] | None = None) -> None:
+        """Start a fresh run of the current settings (the old worker stops); ``events`` are
+        applied at their ticks as the run reaches them (a replayed session)."""
         keep_running = self.running if keep_running is None else keep_running
         if self.worker is not None:
             self.worker.stop()
@@ -270,6 +306,9 @@ class Explorer(pn.viewable.Viewer):
         self.values = {i: self.values[k] for i, k in enumerate(order)}
         self._next_lane = len(order)
         run = Run(self.problem, self._config())
+        events = events if events is not None else self._pending_events
+        if events:
+            run.schedule(events)
         self.worker = RunWorker(run, steps_per_second=self.speed).start()
         self._reset_views(run)
         if keep_running:
@@ -282,11 +321,12 @@ class Explorer(pn.viewable.Viewer):
     def _make_problem(self) -> Problem:
         if self.landscape == CUSTOM:
             return parse_expression(self.expression)
+        options = dict(self.problem_options)
         if self.landscape in available_networks():
-            if self.batch_size is None:
-                return get_network(self.landscape)
-            return get_network(self.landscape, batch_size=self.batch_size or None)
-        return get_landscape(self.landscape)
+            if self.batch_size is not None:
+                options["batch_size"] = self.batch_size or None
+            return get_network(self.landscape, **options)
+        return get_landscape(self.landscape, **options)
 
     def _reset_views(self, run: Run) -> None:
         p = self.problem
@@ -473,8 +513,10 @@ class Explorer(pn.viewable.Viewer):
         self.ranking_prompt.visible = self.undo_rank_button.visible = True
 
     # -- reacting to parameters --------------------------------------------------------------------
-    @param.depends("landscape", "expression", "batch_size", watch=True)
+    @param.depends("landscape", "expression", "batch_size", "problem_options", watch=True)
     def _on_landscape(self) -> None:
+        if self._syncing:
+            return
         try:
             problem = self._make_problem()
         except (ExpressionError, ValueError) as exc:
@@ -571,9 +613,166 @@ class Explorer(pn.viewable.Viewer):
             card.append(switch)
             cards.append(card)
         self.cards.objects = cards
+        self._show_rules()
         p = self.problem
         self.formula.object = f"${p.latex}$"
         self.description.object = getattr(p, "description", "")
+
+
+    # -- presenter view -----------------------------------------------------------------------------
+    @param.depends("presenter", watch=True)
+    def _on_presenter(self) -> None:
+        """Big type, every lane's update rule, and one step per click with the update drawn."""
+        big = self.presenter
+        if big and self.running:
+            self.pause()
+        size = {"font-size": "1.35em"} if big else {"font-size": "1em"}
+        self.controls.styles = size
+        self.views.styles = size
+        for fig in (self.landscape_view.figure, self.loss_view.figure, self.grad_view.figure):
+            scale_fonts(fig, big)
+        self.step_button.width = 140 if big else 60
+        self.step_button.label = "Step ▸" if big else "Step"
+        self._show_rules()
+        if not big:
+            self.landscape_view.updates.data = dict(x0=[], y0=[], x1=[], y1=[], color=[])
+
+    def _show_rules(self) -> None:
+        self.rules.visible = self.presenter
+        if not self.presenter:
+            return
+        self.rules.objects = [
+            pn.Row(pn.pane.Markdown(f"**{self._label(k)}**", width=220, styles={"color": lane_color(k)}),
+                   pn.pane.LaTeX(f"${get_spec(self.lane_names[k]).update_rule}$",
+                                 sizing_mode="stretch_width"),
+                   sizing_mode="stretch_width")
+            for k in sorted(self.lane_names)]
+
+    # -- presets, share links, event logs ------------------------------------------------------------
+    def apply_preset(self, name: str) -> None:
+        """Load a classroom preset (``app/presets.toml``): problem, race, starts, speed, x-axis."""
+        try:
+            preset = presets()[name]
+        except KeyError:
+            self.show_error(f"unknown preset {name!r}; presets: {', '.join(presets())}")
+            return
+        self._load(problem=preset.problem, options=preset.options, lanes=preset.lanes,
+                   start=preset.start, n_starts=preset.n_starts, seed=preset.seed, speed=preset.speed,
+                   x_axis=preset.x_axis, batch_size=preset.batch_size)
+        self.preset_note.object = f"**{preset.title}.** {preset.explanation}"
+        self.preset_note.visible = True
+
+    def _load(self, *, problem: str, lanes: Any, options: dict | None = None, start: Any = None,
+              n_starts: int = 1, seed: int = 0, speed: float | None = None, x_axis: str | None = None,
+              batch_size: int | None = None, events: list[LoggedEvent] | None = None) -> bool:
+        """Replace the whole race (one new run, not one per changed setting). False, with the
+        reason shown and nothing changed, if any part is invalid."""
+        try:
+            if len(lanes) > MAX_LANES:
+                raise ValueError(f"a race holds at most {MAX_LANES} optimizers, got {len(lanes)}")
+            checked = [(name, get_spec(name).validate(values)) for name, values in lanes]
+            old = {k: getattr(self, k) for k in ("landscape", "problem_options", "batch_size")}
+            self._quietly(landscape=problem, problem_options=dict(options or {}), batch_size=batch_size)
+            try:
+                built = self._make_problem()
+            except Exception:
+                self._quietly(**old)
+                raise
+        except (ValueError, TypeError, HyperparameterError) as exc:
+            self.show_error(str(exc))
+            return False
+        self.show_error("")
+        self.preset_note.visible = False
+        self.problem = built
+        self.lane_names, self.values, self._next_lane = {}, {}, 0
+        for name, values in checked:
+            self._register_lane(name, values)
+        x, y = (start if start is not None else (None, None))
+        self._quietly(optimizers=list(dict.fromkeys(n for n, _ in checked)), start_x=x, start_y=y,
+                      n_starts=int(n_starts), seed=int(seed), speed=float(speed or self.speed))
+        if x_axis is not None:
+            self.x_axis = x_axis
+        self._new_run(events=events)
+        return True
+
+    def to_query(self) -> dict[str, str]:
+        """The race as URL query parameters: opening the link reproduces it (:meth:`apply_query`)."""
+        lanes = [[self.lane_names[k], self.values[k]] for k in sorted(self.lane_names)]
+        q = {"problem": self.landscape, "lanes": json.dumps(lanes, separators=(",", ":")),
+             "seed": str(self.seed), "starts": str(self.n_starts), "speed": f"{self.speed:g}",
+             "x": self.x_axis}
+        if self.landscape == CUSTOM:
+            q["f"] = self.expression
+        if self.problem_options:
+            q["options"] = json.dumps(self.problem_options, separators=(",", ":"))
+        if self.start_x is not None and self.start_y is not None:
+            q["start"] = f"{self.start_x!r},{self.start_y!r}"
+        if self.batch_size is not None:
+            q["batch"] = str(self.batch_size)
+        return q
+
+    def apply_query(self, query: dict[str, str]) -> bool:
+        """Load a race from :meth:`to_query`'s parameters; a bad link shows why and changes nothing."""
+        if not query.get("problem"):
+            return False
+        try:
+            lanes = [(str(n), dict(v)) for n, v in json.loads(query.get("lanes", "[]"))]
+            options = json.loads(query["options"]) if query.get("options") else {}
+            start = tuple(float(v) for v in query["start"].split(",")) if query.get("start") else None
+            if query.get("f"):
+                self._quietly(expression=query["f"])
+            return self._load(problem=query["problem"], options=options, lanes=lanes, start=start,
+                              n_starts=int(query.get("starts", 1)), seed=int(query.get("seed", 0)),
+                              speed=float(query["speed"]) if query.get("speed") else None,
+                              x_axis=query.get("x"),
+                              batch_size=int(query["batch"]) if query.get("batch") else None)
+        except (ValueError, TypeError, KeyError, json.JSONDecodeError) as exc:
+            self.show_error(f"this link does not describe a race: {exc}")
+            return False
+
+    def share_link(self) -> str:
+        """A link to this race (also written into the page's address bar when served)."""
+        query = self.to_query()
+        loc = pn.state.location
+        if loc is not None:
+            loc.update_query(**query)
+        base = f"{loc.pathname}" if loc is not None and loc.pathname else ""
+        self.link.value = f"{base}?{urlencode(query)}"
+        return self.link.value
+
+    def event_log(self) -> dict[str, Any]:
+        """Everything the user did, with the config and the problem: what :meth:`replay_log` takes."""
+        log = self.worker.call(lambda run: run.event_log()).result(timeout=10)
+        log["race"] = self.to_query()
+        return log
+
+    def _event_log_file(self) -> io.StringIO:
+        return io.StringIO(json.dumps(self.event_log(), indent=1))
+
+    def replay_log(self, log: dict[str, Any]) -> bool:
+        """Replay a saved session live: its race from the start, each event at its tick."""
+        try:
+            race = dict(log["race"])
+            events = [LoggedEvent.from_dict(e) for e in log["events"]]
+            race["lanes"] = json.dumps([[ln["optimizer"], ln["hyperparameters"]]
+                                        for ln in log["config"]["lanes"]])
+        except (KeyError, TypeError, ValueError) as exc:
+            self.show_error(f"not an Optiscope event log: {exc}")
+            return False
+        self._pending_events = events
+        ok = self.apply_query(race)
+        self._pending_events = None
+        if ok:
+            self.streams.mark_event(f"replaying {len(events)} events")
+        return ok
+
+    def _on_upload(self, event: Any) -> None:
+        try:
+            log = json.loads(bytes(event.new).decode())
+        except (ValueError, UnicodeDecodeError) as exc:
+            self.show_error(f"not a JSON event log: {exc}")
+            return
+        self.replay_log(log)
 
     # -- streaming -----------------------------------------------------------------------------------
     def pump(self) -> int:
@@ -596,6 +795,8 @@ class Explorer(pn.viewable.Viewer):
                 else:
                     self.network_view.show_slice(job)
         self._poll_waiting()
+        if self.presenter and records and not self.is_network:
+            self.landscape_view.updates.data = self.streams.last_updates()
         errors = self.worker.errors()
         if errors:
             self.show_error(errors[-1])

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import numpy as np
 from bokeh.events import Tap
 from bokeh.models import (
+    Arrow,
     BasicTicker,
     BasicTickFormatter,
     ColorBar,
@@ -18,6 +19,7 @@ from bokeh.models import (
     LogTicker,
     LogTickFormatter,
     Range1d,
+    VeeHead,
 )
 from bokeh.palettes import Viridis256
 from bokeh.plotting import figure
@@ -29,6 +31,19 @@ from engine.views import grid_values
 
 GRID = 200
 N_LEVELS = 14
+FONTS = {False: ("13px", "11px", "12px"), True: ("24px", "18px", "18px")}
+"""(title, ticks, labels) font sizes: normal and presenter (legible from the back of a room)."""
+
+
+def scale_fonts(fig: figure, big: bool) -> None:
+    """Switch a figure between normal and presenter type sizes."""
+    title, ticks, labels = FONTS[big]
+    fig.title.text_font_size = title
+    for axis in (*fig.xaxis, *fig.yaxis):
+        axis.major_label_text_font_size = ticks
+        axis.axis_label_text_font_size = labels
+    for legend in fig.legend:
+        legend.label_text_font_size = labels
 
 
 def _color_values(z: np.ndarray, log: bool) -> tuple[np.ndarray, str]:
@@ -79,6 +94,11 @@ class LandscapeView:
                     line_width=2, legend_label="candidates to rank (click best first)")
         fig.text("x", "y", text="text", source=self.candidates, text_align="center", text_baseline="middle",
                  text_font_style="bold", text_color="black")
+        # presenter view: each start's last update as an arrow
+        self.updates = ColumnDataSource(dict(x0=[], y0=[], x1=[], y1=[], color=[]))
+        fig.add_layout(Arrow(end=VeeHead(size=14, fill_color="white", line_color="black"),
+                             source=self.updates, x_start="x0", y_start="y0", x_end="x1", y_end="y1",
+                             line_color="color", line_width=4))
         fig.add_tools(HoverTool(renderers=[heads], tooltips=[("optimizer", "@optimizer"),
                                                              ("x", "@x{0.0000}"), ("y", "@y{0.0000}")]))
         fig.add_layout(ColorBar(color_mapper=self.mapper, width=10, title=""), "right")

@@ -69,6 +69,7 @@ class RaceStreams:
         self.metric_curves: dict[int, ColumnDataSource] = {}
         self.names: dict[int, str] = {}
         self.latest: dict[int, Record] = {}
+        self.previous: dict[int, Record] = {}  # the record before ``latest`` (its update's start)
         self.latest_metrics: dict[int, Record] = {}
         self.curvature_curves: dict[int, ColumnDataSource] = {}
         self.latest_probe: dict[int, Record] = {}
@@ -97,6 +98,7 @@ class RaceStreams:
 
     def forget(self, lane: int) -> None:
         self.latest.pop(lane, None)
+        self.previous.pop(lane, None)
         self.latest_metrics.pop(lane, None)
         self.latest_probe.pop(lane, None)
         self._drawn.pop(lane, None)
@@ -120,6 +122,9 @@ class RaceStreams:
             self._stream_probes(lane, [r for r in recs if r.curvature is not None])
             if recs[0].position is not None and recs[0].position.shape[1] >= 2:
                 self._collect_segments(lane, recs, labels.get(lane, recs[-1].optimizer), seg)
+            before = recs[-2] if len(recs) > 1 else self.latest.get(lane)
+            if before is not None:
+                self.previous[lane] = before
             self.latest[lane] = recs[-1]
             self.names[lane] = labels.get(lane, recs[-1].optimizer)
         if seg:
@@ -202,6 +207,20 @@ class RaceStreams:
                     data["alpha"].append(1.0 if r.status[i] == RUNNING else 0.35)
         self.heads.data = dict(data) if data else dict(x=[], y=[], color=[], optimizer=[], alpha=[])
 
+    def last_updates(self) -> dict[str, list]:
+        """Each start's latest step as a segment from x_{t-1} to x_t (what the presenter's arrows show)."""
+        data: dict[str, list] = {"x0": [], "y0": [], "x1": [], "y1": [], "color": []}
+        for lane, r in self.latest.items():
+            prev = self.previous.get(lane)
+            if r.position is None or prev is None or prev.position is None or prev.step >= r.step:
+                continue
+            for a, b in zip(prev.position, r.position, strict=True):
+                if np.isfinite(a[:2]).all() and np.isfinite(b[:2]).all() and not np.array_equal(a[:2], b[:2]):
+                    for key, v in zip(("x0", "y0", "x1", "y1"), (a[0], a[1], b[0], b[1]), strict=True):
+                        data[key].append(float(v))
+                    data["color"].append(lane_color(lane))
+        return data
+
     def mark_event(self, label: str) -> None:
         """A vertical marker on the curves at the newest record's position on every x-axis."""
         if not self.latest:
@@ -218,6 +237,7 @@ class RaceStreams:
         for src in self.curvature_curves.values():
             src.data = {k: [] for k in src.data}
         self.latest.clear()
+        self.previous.clear()
         self.latest_metrics.clear()
         self.latest_probe.clear()
         self._drawn.clear()

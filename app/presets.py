@@ -1,0 +1,50 @@
+"""Classroom presets, read from the table in ``presets.toml`` (data, not code paths)."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+PRESETS_FILE = Path(__file__).with_name("presets.toml")
+_KEYS = {"title", "explanation", "problem", "options", "lanes", "start", "n_starts", "seed", "speed",
+         "x_axis", "batch_size"}
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    title: str
+    explanation: str
+    problem: str
+    lanes: tuple[tuple[str, dict[str, Any]], ...]
+    options: dict[str, Any] = field(default_factory=dict)
+    start: tuple[float, float] | None = None
+    n_starts: int = 1
+    seed: int = 0
+    speed: float = 60.0
+    x_axis: str = "step"
+    batch_size: int | None = None
+
+
+def _preset(name: str, d: dict[str, Any]) -> Preset:
+    unknown = set(d) - _KEYS
+    if unknown:
+        raise ValueError(f"preset {name!r}: unknown keys {sorted(unknown)}; known: {sorted(_KEYS)}")
+    lanes = tuple((str(opt), dict(hps)) for opt, hps in d["lanes"])
+    start = tuple(float(v) for v in d["start"]) if "start" in d else None
+    return Preset(name=name, title=d["title"], explanation=" ".join(d["explanation"].split()),
+                  problem=d["problem"], lanes=lanes, options=dict(d.get("options", {})), start=start,
+                  n_starts=int(d.get("n_starts", 1)), seed=int(d.get("seed", 0)),
+                  speed=float(d.get("speed", 60.0)), x_axis=d.get("x_axis", "step"),
+                  batch_size=d.get("batch_size"))
+
+
+@cache
+def presets() -> dict[str, Preset]:
+    """Every preset, in the file's order."""
+    with PRESETS_FILE.open("rb") as f:
+        table = tomllib.load(f)
+    return {name: _preset(name, d) for name, d in table.items()}
