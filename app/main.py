@@ -9,6 +9,12 @@ torch.set_num_threads(1)  # many sessions share this server: one thread per run 
 pn.extension("katex", "tabulator", notifications=True)
 
 explorer = Explorer(autostart=True)
+# a share link (?problem=...&lanes=...) opens its race; a bad one says why over the default race
+link = {k: v[0].decode() for k, v in (pn.state.session_args or {}).items() if v}
+if link.get("preset"):
+    explorer.apply_preset(link["preset"])
+elif link:
+    explorer.apply_query(link)
 explorer.start_streaming()
 # Bootstrap: its design loads nothing from the network (Fast and Material fetch Google Fonts).
 pn.template.BootstrapTemplate(
