@@ -60,7 +60,8 @@ def _parse(req: str) -> tuple[str, str]:
 
 def test_environment_yml_mirrors_pyproject() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    wanted = [*project["dependencies"], *project["optional-dependencies"]["dev"]]
+    extras = project["optional-dependencies"]
+    wanted = [*project["dependencies"], *extras["dev"], *extras["notebooks"]]
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     conda: dict[str, str] = {}
     pip: dict[str, str] = {}
