@@ -11,7 +11,10 @@ from __future__ import annotations
 import io
 import json
 import logging
+import tempfile
 import threading
+import zipfile
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -24,6 +27,7 @@ from app.curvature_view import CurvatureView
 from app.figures import CurveView, LandscapeView, scale_fonts
 from app.network_view import NetworkView, SliceJob, compute_slice
 from app.presets import presets
+from app.race_image import curves_png, race_gif, race_png
 from app.streams import X_AXES, RaceStreams, lane_color
 from engine.events import (
     AddLane,
@@ -35,6 +39,7 @@ from engine.events import (
     SubmitRanking,
     SwitchOptimizer,
 )
+from engine.export import export_json, export_parquet
 from engine.instruments import LANDSCAPE_PROBES, NETWORK_PROBES, SCHEDULES, ProbeConfig
 from engine.problem import Problem
 from engine.registry import HyperparameterError, available, get_spec
@@ -166,6 +171,9 @@ class Explorer(pn.viewable.Viewer):
             callback=self._event_log_file, filename="optiscope-session.json", label="save event log",
             button_type="light", width=150)
         self.log_upload = pn.widgets.FileInput(accept=".json", width=220)
+        self.export_download = pn.widgets.FileDownload(
+            callback=lambda: io.BytesIO(self.export_bundle()), filename="optiscope-race.zip",
+            label="export records + images", button_type="light", width=200)
         self.log_upload.param.watch(self._on_upload, "value")
         self.ranking_prompt = pn.pane.Alert("", alert_type="warning", visible=False, margin=(5, 0),
                                             sizing_mode="stretch_width")
@@ -223,7 +231,8 @@ class Explorer(pn.viewable.Viewer):
                 title="Curvature probes", collapsed=True, sizing_mode="stretch_width", margin=(4, 0)),
             pn.Card(
                 pn.Row(self.share_button, self.link, sizing_mode="stretch_width"),
-                pn.Row(self.log_download), pn.pane.Markdown("replay a saved session:", margin=(0, 5)),
+                pn.Row(self.log_download, self.export_download),
+                pn.pane.Markdown("replay a saved session:", margin=(0, 5)),
                 self.log_upload,
                 pn.widgets.Checkbox.from_param(self.param.presenter, label="presenter view"),
                 title="Share, replay, present", collapsed=True, sizing_mode="stretch_width", margin=(4, 0)),
@@ -745,6 +754,28 @@ class Explorer(pn.viewable.Viewer):
         log = self.worker.call(lambda run: run.event_log()).result(timeout=10)
         log["race"] = self.to_query()
         return log
+
+    def export_bundle(self) -> bytes:
+        """A zip of this race: every record (replayed exactly from the config and event log, so
+        nothing the plots decimated is lost) as Parquet and JSON with the config, event log,
+        package versions and device; the race as PNG and GIF (2-D problems); the loss curves as PNG."""
+        log = self.worker.call(lambda run: run.event_log()).result(timeout=10)
+        events = [LoggedEvent.from_dict(e) for e in log["events"]]
+        run, records = Run.replay(self.problem, RunConfig.from_dict(log["config"]), events, log["ticks"])
+        buffer = io.BytesIO()
+        with tempfile.TemporaryDirectory() as tmp, zipfile.ZipFile(buffer, "w") as bundle:
+            out = Path(tmp)
+            files = [export_parquet(run, records, out / "records.parquet"),
+                     export_json(run, records, out / "records.json")]
+            if records:
+                files.append(curves_png(records, out / "loss.png", x=self.x_axis,
+                                        f_star=self.streams.f_star))
+                if not self.is_network and self.problem.dim == 2:
+                    files += [race_png(self.problem, records, out / "race.png"),
+                              race_gif(self.problem, records, out / "race.gif")]
+            for f in files:
+                bundle.write(f, f.name)
+        return buffer.getvalue()
 
     def _event_log_file(self) -> io.StringIO:
         return io.StringIO(json.dumps(self.event_log(), indent=1))

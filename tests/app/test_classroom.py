@@ -3,9 +3,12 @@ driven through the Explorer's methods and parameters."""
 
 from __future__ import annotations
 
+import io
 import json
+import zipfile
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from app.explorer import Explorer
@@ -126,3 +129,23 @@ def test_presenter_view_steps_one_at_a_time_and_draws_each_update(ex: Explorer) 
     assert any(isinstance(e.event, SetHyperparameter) for e in ex.worker.call(lambda r: r.log).result())
     ex.presenter = False
     assert not ex.rules.visible and ex.landscape_view.updates.data["x0"] == []
+
+
+def test_the_export_bundle_holds_every_record_with_its_config_and_the_images(ex: Explorer) -> None:
+    steps(ex, 6)
+    ex.set_hyperparameter(1, "lr", 2e-3)
+    steps(ex, 4)
+    with zipfile.ZipFile(io.BytesIO(ex.export_bundle())) as bundle:
+        names = set(bundle.namelist())
+        assert names == {"records.parquet", "records.json", "loss.png", "race.png", "race.gif"}
+        table = pq.read_table(io.BytesIO(bundle.read("records.parquet")))
+    meta = json.loads(table.schema.metadata[b"optiscope"])
+    run = ex.worker.run
+    assert meta["config"] == json.loads(json.dumps(run.config.to_dict()))
+    assert [e["kind"] for e in meta["event_log"]["events"]] == ["set_hyperparameter"]
+    frame = table.to_pandas()
+    assert len(frame) == 10 * len(run.lanes)  # every step of every lane, not the decimated plot data
+    last = frame[frame.step == 9].sort_values("lane")
+    for k in sorted(run.lanes):
+        np.testing.assert_array_equal(last[last.lane == k][["x0", "x1"]].to_numpy()[0],
+                                      ex.streams.latest[k].position[0])
