@@ -1,1 +1,661 @@
-"""Placeholder: filled in by the issue that adds this family."""
+r"""Zeroth-order, forward-gradient and ranking-oracle optimizers (closure-driven).
+
+Every optimizer here is stepped as ``optimizer.step(oracles)`` with an
+:class:`engine.oracles.Oracles` built over exactly its parameters, in order, and asks only for
+what its paper allows: function values (MeZO / ZO-SGD and the ZO-Bench variants, Sparse MeZO,
+DeepZero's coordinate-wise estimate), one forward-mode directional derivative (forward gradient),
+or the *order* of some candidate points (ZO-RankSGD).
+
+Randomness is a documented function of ``(seed, step, query)`` (:func:`step_seed`), never a
+stateful generator, so
+
+* a test (or a reader) can regenerate every direction an optimizer used with
+  :func:`engine.oracles.seeded_direction`;
+* a ranking step that has to wait for a person (``AwaitingRanking``) draws the *same* candidates
+  when it is called again, and nothing is mutated before the ranking arrives;
+* a run replays bit for bit.
+
+The SPSA family never stores :math:`z`: each perturbation is evaluated through
+``oracles.perturbed_value(seed, ±ε)`` (which never writes :math:`\theta`, so parameters stay
+bit-exact during evaluation) and the update regenerates :math:`z` chunk by chunk
+(:func:`engine.oracles.seeded_normal`), so the extra memory of ZO-SGD is one chunk, as in MeZO.
+The honest exceptions: momentum and Adam states are parameter-sized tensors (ZO-SGD-MMT,
+ZO-Adam); the forward gradient needs its tangent :math:`u` in full for the JVP; the coordinate
+estimate and the ranking step build their candidate points explicitly.
+
+On a min-max game (the run's ``ascent`` mask) the estimates of :math:`\nabla f` are negated on
+the maximizing coordinates, so ZO-SGD and its momentum, sign and Adam variants, Sparse MeZO, the
+forward gradient and the coordinate estimate follow the descent field :math:`(\nabla_x f,
+-\nabla_y f)` like first-order lanes. ZO-SGD-Cons and ZO-RankSGD compare values of :math:`f`
+itself (keep the lower, rank by :math:`f`): they have no game analogue and minimize :math:`f`.
+
+Estimate hyperparameters (``eps``, ``q``, ``sparsity``, ``mu``, ``density``, ``m``, ``k``) are
+read from the first param group, because one estimate serves all parameters; update
+hyperparameters (``lr``, ``weight_decay``, ``momentum``, ``betas``) are read per group. All are
+read at every step, so ``OptimizerSpec.apply`` takes effect at the next step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+from engine.optimizers.torch_builtin import ADAM_BETAS, MOMENTUM, lr, weight_decay
+from engine.oracles import HUMAN, Oracles, require_oracles, seeded_direction, seeded_normal
+from engine.registry import Hyperparameter, OptimizerSpec, Oracle, Paper, register
+
+Params = Iterable[torch.Tensor] | Iterable[dict[str, Any]]
+
+SEED_MODULUS = 2**31
+
+
+def step_seed(seed: int, step: int, query: int = 0) -> int:
+    r"""The seed of random draw ``query`` at step ``step`` (0-based count of completed steps) of an
+    optimizer constructed with ``seed``:
+
+    .. math:: s_{t,i} = \big((\text{seed}\cdot 1\,000\,003 + t)\cdot 1\,009 + i\big) \bmod 2^{31}
+
+    ``query`` is the SPSA query index :math:`i < q` or the ZO-RankSGD candidate index
+    :math:`i < m` (both at most 64, below 1,009, so no two (t, i) of one seed collide). The
+    direction is ``seeded_direction(s_{t,i}, params)``; the coordinate estimate draws its subset
+    from ``torch.Generator().manual_seed(s_{t,0})``.
+    """
+    return ((int(seed) * 1_000_003 + int(step)) * 1_009 + int(query)) % SEED_MODULUS
+
+
+def magnitude_thresholds(params: Sequence[torch.Tensor], sparsity: float) -> list[float]:
+    r"""Sparse MeZO's per-tensor thresholds :math:`\tau_l`: the :math:`k`-th smallest
+    :math:`|\theta_l|` with :math:`k = \max(1, \lceil (1-s)\, n_l \rceil)`, so the mask
+    :math:`1[|\theta_l| \le \tau_l]` keeps the fraction :math:`1-s` of each tensor's
+    smallest-magnitude weights (more only on ties). ``sparsity`` :math:`s = 0` keeps everything."""
+    out = []
+    for p in params:
+        a = p.detach().abs().reshape(-1)
+        # - 1e-9: (1 - 0.7) * 10 is 3.0000000000000004, whose ceiling would keep a 4th weight
+        k = max(1, math.ceil((1.0 - sparsity) * a.numel() - 1e-9))
+        out.append(float(a.kthvalue(min(k, a.numel())).values))
+    return out
+
+
+@contextmanager
+def _writable_flat(p: torch.Tensor) -> Iterator[torch.Tensor]:
+    """A flat view of ``p`` to update in place (a copy written back for a non-contiguous ``p``)."""
+    if p.is_contiguous():
+        yield p.detach().view(-1)
+    else:
+        flat = p.detach().reshape(-1).clone()
+        yield flat
+        p.detach().copy_(flat.reshape(p.shape))
+
+
+class _ClosureOptimizer(torch.optim.Optimizer):
+    """Shared plumbing: the flat parameter order the oracles perturb, a step counter kept in the
+    state (``state[p]["step"]``, so it travels with ``state_dict``), and the per-step seeds."""
+
+    label = "zeroth-order optimizer"
+
+    def __init__(self, params: Params, defaults: dict[str, Any], seed: int) -> None:
+        super().__init__(params, defaults)
+        self.seed = int(seed)
+
+    def _params(self) -> list[torch.Tensor]:
+        return [p for group in self.param_groups for p in group["params"]]
+
+    def _indexed(self) -> Iterator[tuple[int, dict[str, Any], torch.Tensor]]:
+        """``(index in the flat order, its group, parameter)``: the index picks z's stream."""
+        j = 0
+        for group in self.param_groups:
+            for p in group["params"]:
+                yield j, group, p
+                j += 1
+
+    @staticmethod
+    def _field(estimate: torch.Tensor, oracles: Oracles, start: int = 0) -> torch.Tensor:
+        r"""A min-max game's descent field from an estimate of :math:`\nabla f` whose flat
+        coordinates start at ``start``: negated on the maximizing player's coordinates (the run's
+        ``ascent`` mask), as the run does for first-order lanes."""
+        ascent = getattr(oracles, "ascent", None)  # absent on a closure that knows no games
+        if ascent is None:
+            return estimate
+        mask = ascent[start:start + estimate.numel()].reshape(estimate.shape)
+        return torch.where(mask, -estimate, estimate)
+
+    @property
+    def steps(self) -> int:
+        """Steps completed so far (the ``t`` of :func:`step_seed`)."""
+        return int(self.state[self._params()[0]].get("step", 0))
+
+    def _advance(self) -> None:
+        for p in self._params():
+            state = self.state[p]
+            state["step"] = int(state.get("step", 0)) + 1
+
+    def _oracles(self, closure: Any) -> Oracles:
+        oracles = require_oracles(closure, self.label)
+        mine = self._params()
+        if len(mine) != len(oracles.params) or any(a is not b for a, b in zip(mine, oracles.params,
+                                                                              strict=False)):
+            raise ValueError(f"{self.label}: the Oracles must be built over this optimizer's "
+                             f"parameters, in the same order")
+        return oracles
+
+
+# ---------------------------------------------------------------------------------- SPSA family
+
+class _SPSA(_ClosureOptimizer):
+    r"""The two-point randomized estimate, :math:`q` queries averaged:
+
+    .. math:: \hat g = \frac1q \sum_{i<q} \frac{f(\theta + \epsilon z_i) - f(\theta - \epsilon z_i)}
+              {2\epsilon}\, z_i, \qquad z_i = z(s_{t,i}) \sim N(0, I)
+
+    (with a magnitude mask :math:`z_i \odot m` for Sparse MeZO), then a subclass's rule, applied
+    chunk by chunk with :math:`z_i` regenerated from its seed. ``weight_decay`` :math:`\lambda`
+    adds :math:`\lambda\theta` to :math:`\hat g` (coupled L2, as MeZO and ``torch.optim.SGD``)."""
+
+    def _thresholds(self, group: dict[str, Any]) -> list[float] | None:
+        return None
+
+    def _estimate(self, oracles: Oracles, t: int, eps: float, q: int,
+                  thresholds: list[float] | None) -> tuple[list[int], list[float], torch.Tensor]:
+        """Seeds, coefficients :math:`\\hat g_{\\mathrm{proj},i}/q` and the mean of the 2q values."""
+        seeds, coeffs, total = [], [], None
+        for i in range(q):
+            s = step_seed(self.seed, t, i)
+            plus = oracles.perturbed_value(s, eps, thresholds)
+            minus = oracles.perturbed_value(s, -eps, thresholds)
+            seeds.append(s)
+            coeffs.append(float(plus - minus) / (2 * eps) / q)
+            total = plus + minus if total is None else total + plus + minus
+        assert total is not None
+        return seeds, coeffs, total / (2 * q)
+
+    @staticmethod
+    def _chunks(seeds: Sequence[int], coeffs: Sequence[float], index: int, p: torch.Tensor
+                ) -> Iterator[tuple[slice, torch.Tensor]]:
+        r""":math:`\sum_i c_i z_i` restricted to parameter ``index``, one chunk at a time."""
+        streams = [seeded_normal(s, index, p) for s in seeds]
+        for parts in zip(*streams, strict=True):
+            sl = parts[0][0]
+            acc = parts[0][1] * coeffs[0]
+            for (_, z), c in zip(parts[1:], coeffs[1:], strict=True):
+                acc.add_(z * c)
+            yield sl, acc
+
+    def _rule(self, group: dict[str, Any], state: dict[str, Any], p: torch.Tensor, sl: slice,
+              theta: torch.Tensor, g: torch.Tensor, t: int) -> None:
+        """Update the chunk ``theta`` (a view of ``p``) in place from the estimate chunk ``g``."""
+        theta.sub_(group["lr"] * g)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> torch.Tensor:
+        oracles = self._oracles(closure)
+        t = self.steps
+        first = self.param_groups[0]
+        thresholds = self._thresholds(first)
+        seeds, coeffs, loss = self._estimate(oracles, t, float(first["eps"]), int(first["q"]), thresholds)
+        offset = 0
+        for j, group, p in self._indexed():
+            state = self.state[p]
+            tau = thresholds[j] if thresholds is not None else None
+            wd = float(group.get("weight_decay", 0.0))
+            with _writable_flat(p) as flat:
+                for sl, g in self._chunks(seeds, coeffs, j, p):
+                    theta = flat[sl]  # a view: the rule writes through it
+                    g = self._field(g, oracles, offset + sl.start)
+                    if wd:
+                        g = g + wd * theta
+                    if tau is not None:  # mask fixed by theta before this step's write
+                        g = g * (theta.abs() <= tau).to(theta.dtype)
+                    self._rule(group, state, p, sl, theta, g, t + 1)
+            offset += p.numel()
+        self._advance()
+        return loss
+
+
+class ZOSGD(_SPSA):
+    r"""MeZO / ZO-SGD (Malladi et al. 2023):
+    :math:`\theta \leftarrow \theta - \eta\,(\hat g_{\mathrm{proj}}\, z + \lambda\theta)`, the
+    SPSA estimate of :class:`_SPSA` (:math:`q` queries averaged, ``z`` regenerated, never stored)."""
+
+    label = "zo_sgd"
+
+    def __init__(self, params: Params, lr: float = 1e-2, eps: float = 1e-3, q: int = 1,
+                 weight_decay: float = 0.0, seed: int = 0) -> None:
+        super().__init__(params, dict(lr=lr, eps=eps, q=q, weight_decay=weight_decay), seed)
+
+
+class SparseMeZO(_SPSA):
+    r"""Sparse MeZO (Liu et al. 2024): MeZO restricted to each tensor's small-magnitude weights,
+
+    .. math:: m_l = 1[|\theta_l| \le \tau_l],\quad
+              \hat g = \tfrac1q\textstyle\sum_i \hat g_{\mathrm{proj},i}\,(z_i \odot m),\quad
+              \theta \leftarrow \theta - \eta\,(\hat g + \lambda\theta) \odot m
+
+    with :math:`\tau_l` from :func:`magnitude_thresholds` at ``sparsity`` (the fraction masked
+    out), recomputed from :math:`\theta` at every step (no mask is stored). Masked-out weights
+    never move, weight decay included."""
+
+    label = "sparse_mezo"
+
+    def __init__(self, params: Params, lr: float = 1e-2, eps: float = 1e-3, q: int = 1,
+                 sparsity: float = 0.75, weight_decay: float = 0.0, seed: int = 0) -> None:
+        super().__init__(params, dict(lr=lr, eps=eps, q=q, sparsity=sparsity,
+                                      weight_decay=weight_decay), seed)
+
+    def _thresholds(self, group: dict[str, Any]) -> list[float] | None:
+        return magnitude_thresholds(self._params(), float(group["sparsity"]))
+
+
+class ZOSGDMomentum(_SPSA):
+    r"""ZO-SGD-MMT (ZO-Bench, Zhang et al. 2024): heavy-ball momentum on the ZO estimate, in
+    ``torch.optim.SGD``'s convention (the benchmark's code steps ``torch.optim.SGD(momentum=μ)``
+    with :math:`\hat g` in ``.grad``): :math:`b_1 = \hat g_1`,
+    :math:`b_t = \mu b_{t-1} + \hat g_t`, :math:`\theta \leftarrow \theta - \eta b_t`.
+    The buffer is a parameter-sized tensor: the memory ZO-SGD saves, spent again."""
+
+    label = "zo_sgd_mmt"
+
+    def __init__(self, params: Params, lr: float = 1e-2, eps: float = 1e-3, q: int = 1,
+                 momentum: float = 0.9, weight_decay: float = 0.0, seed: int = 0) -> None:
+        super().__init__(params, dict(lr=lr, eps=eps, q=q, momentum=momentum,
+                                      weight_decay=weight_decay), seed)
+
+    def _rule(self, group: dict[str, Any], state: dict[str, Any], p: torch.Tensor, sl: slice,
+              theta: torch.Tensor, g: torch.Tensor, t: int) -> None:
+        if "momentum_buffer" not in state:
+            state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
+        b = state["momentum_buffer"].view(-1)[sl]
+        if t == 1:
+            b.copy_(g)
+        else:
+            b.mul_(group["momentum"]).add_(g)
+        theta.sub_(group["lr"] * b)
+
+
+class ZOSGDSign(_SPSA):
+    r"""ZO-SGD-Sign (ZO-Bench, Zhang et al. 2024; ZO-signSGD, Liu et al. 2019):
+    :math:`\theta \leftarrow \theta - \eta\, \mathrm{sign}(\hat g)`, elementwise. (The benchmark's
+    code steps with :math:`\mathrm{sign}(\hat g_{\mathrm{proj}})\, z` instead; its elementwise
+    form, which the paper states, is the one kept here.)"""
+
+    label = "zo_sgd_sign"
+
+    def __init__(self, params: Params, lr: float = 1e-2, eps: float = 1e-3, q: int = 1,
+                 weight_decay: float = 0.0, seed: int = 0) -> None:
+        super().__init__(params, dict(lr=lr, eps=eps, q=q, weight_decay=weight_decay), seed)
+
+    def _rule(self, group: dict[str, Any], state: dict[str, Any], p: torch.Tensor, sl: slice,
+              theta: torch.Tensor, g: torch.Tensor, t: int) -> None:
+        theta.sub_(group["lr"] * torch.sign(g))
+
+
+class ZOAdam(_SPSA):
+    r"""ZO-Adam (ZO-Bench, Zhang et al. 2024): Adam's moments on the ZO estimate, in
+    ``torch.optim.Adam``'s form (the benchmark's code steps ``torch.optim.Adam`` with
+    :math:`\hat g` in ``.grad``):
+
+    .. math:: m_t = \beta_1 m_{t-1} + (1-\beta_1)\hat g_t,\;
+              v_t = \beta_2 v_{t-1} + (1-\beta_2)\hat g_t^2,\;
+              \theta \leftarrow \theta - \frac{\eta}{1-\beta_1^t}\,
+              \frac{m_t}{\sqrt{v_t/(1-\beta_2^t)} + \delta}
+
+    ``eps`` is the perturbation :math:`\epsilon` (as everywhere in this family); Adam's
+    denominator constant is ``adam_eps`` (:math:`\delta`). Two parameter-sized moment tensors."""
+
+    label = "zo_adam"
+
+    def __init__(self, params: Params, lr: float = 1e-2, eps: float = 1e-3, q: int = 1,
+                 betas: tuple[float, float] = (0.9, 0.999), adam_eps: float = 1e-8,
+                 weight_decay: float = 0.0, seed: int = 0) -> None:
+        super().__init__(params, dict(lr=lr, eps=eps, q=q, betas=betas, adam_eps=adam_eps,
+                                      weight_decay=weight_decay), seed)
+
+    def _rule(self, group: dict[str, Any], state: dict[str, Any], p: torch.Tensor, sl: slice,
+              theta: torch.Tensor, g: torch.Tensor, t: int) -> None:
+        if "exp_avg" not in state:
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
+        beta1, beta2 = group["betas"]
+        m = state["exp_avg"].view(-1)[sl]
+        v = state["exp_avg_sq"].view(-1)[sl]
+        m.mul_(beta1).add_(g * (1 - beta1))
+        v.mul_(beta2).add_(g * g * (1 - beta2))
+        denom = v.sqrt() / math.sqrt(1 - beta2**t) + group["adam_eps"]
+        theta.sub_(group["lr"] / (1 - beta1**t) * m / denom)
+
+
+class ZOSGDConservative(_ClosureOptimizer):
+    r"""ZO-SGD-Cons (ZO-Bench, Zhang et al. 2024): one SPSA query, then the best of three points,
+    after the benchmark's code (``zo_conserv_step``), its tie-breaking included:
+
+    .. math:: f_0 = f(\theta),\; f_- = f(\theta - \eta\hat g),\; f_+ = f(\theta + \eta\hat g);\quad
+              \theta \leftarrow \begin{cases}
+              \theta & f_- > f_0,\ f_0 < f_+\\
+              \theta + \eta\hat g & f_- > f_0,\ f_0 \ge f_+ \ \text{ or }\ f_- \le f_0,\ f_- \ge f_+\\
+              \theta - \eta\hat g & f_- \le f_0,\ f_- < f_+ \end{cases}
+
+    Five function values per step. :math:`\theta \pm \eta\hat g = \theta \pm \eta\hat
+    g_{\mathrm{proj}} z` are evaluated through ``perturbed_value`` with the same seed, so the
+    point that wins the comparison is exactly the point taken."""
+
+    label = "zo_sgd_cons"
+
+    def __init__(self, params: Params, lr: float = 1e-2, eps: float = 1e-3, seed: int = 0) -> None:
+        super().__init__(params, dict(lr=lr, eps=eps), seed)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> torch.Tensor:
+        oracles = self._oracles(closure)
+        first = self.param_groups[0]
+        eps, eta = float(first["eps"]), float(first["lr"])
+        s = step_seed(self.seed, self.steps, 0)
+        f0 = oracles()
+        proj = float(oracles.perturbed_value(s, eps) - oracles.perturbed_value(s, -eps)) / (2 * eps)
+        c = -eta * proj  # theta - eta g_hat = theta + c z
+        f_desc, f_asc = oracles.perturbed_value(s, c), oracles.perturbed_value(s, -c)
+        if f_desc > f0:
+            move, loss = (0.0, f0) if f0 < f_asc else (-c, f_asc)
+        else:
+            move, loss = (c, f_desc) if f_desc < f_asc else (-c, f_asc)
+        if move != 0.0:
+            for j, _, p in self._indexed():
+                with _writable_flat(p) as flat:
+                    for sl, z in seeded_normal(s, j, p):
+                        flat[sl] += move * z  # the arithmetic perturbed_value used
+        self._advance()
+        return loss
+
+
+# ------------------------------------------------------------------------------ forward gradient
+
+class ForwardGradient(_ClosureOptimizer):
+    r"""Forward gradient (Baydin et al. 2022): one forward-mode JVP per step,
+
+    .. math:: u \sim N(0, I),\quad \hat g = (\nabla f^\top u)\, u,\quad
+              \theta \leftarrow \theta - \eta\,(\hat g + \lambda\theta)
+
+    unbiased (:math:`E[uu^\top] = I`) with the exact directional derivative, no finite-difference
+    bias. :math:`u = ` ``seeded_direction(s_{t,0}, params)`` is held in full: the JVP needs it."""
+
+    label = "forward_grad"
+
+    def __init__(self, params: Params, lr: float = 1e-2, weight_decay: float = 0.0, seed: int = 0) -> None:
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay), seed)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> torch.Tensor:
+        oracles = self._oracles(closure)
+        params = self._params()
+        u = seeded_direction(step_seed(self.seed, self.steps, 0), params)
+        with torch.enable_grad():
+            f, d = oracles.jvp(u)
+        dd = float(d)
+        offset = 0
+        for (_, group, p), uj in zip(self._indexed(), u, strict=True):
+            g = self._field(dd * uj, oracles, offset)
+            offset += p.numel()
+            if group["weight_decay"]:
+                g = g + group["weight_decay"] * p.detach()
+            p.sub_(group["lr"] * g)
+        self._advance()
+        return f
+
+
+# ------------------------------------------------------------------- coordinate-wise (DeepZero)
+
+CGE_BATCH_ELEMENTS = 1 << 22
+"""Most elements of candidate points handed to one ``oracles.values`` call (small problems: one
+call for f(θ) and all |S| perturbed points; large ones: several, counted the same)."""
+
+
+class CoordinateGradientEstimate(_ClosureOptimizer):
+    r"""ZO-SGD with DeepZero's coordinate-wise estimate (Chen et al. 2024), forward differences on
+    a random coordinate subset :math:`S_t`, :math:`|S_t| = \lceil \rho P \rceil`, redrawn each step:
+
+    .. math:: \hat g_i = \frac{f(\theta + \mu e_i) - f(\theta)}{\mu}\ (i \in S_t),\quad
+              \hat g_i = 0\ (i \notin S_t),\quad \theta \leftarrow \theta - \eta\,\hat g
+
+    :math:`|S_t| + 1` function values per step, evaluated in one batched ``oracles.values`` call
+    (DeepZero's "forward parallelization"). :math:`S_t` is ``randperm(P)[:|S_t|]`` from a CPU
+    generator seeded with :math:`s_{t,0}`. DeepZero picks its sparse coordinates with ZO-GraSP
+    pruning scores and keeps them for several epochs; here they are uniform and fresh each step."""
+
+    label = "zo_cge"
+
+    def __init__(self, params: Params, lr: float = 5e-2, mu: float = 5e-3, density: float = 0.1,
+                 seed: int = 0) -> None:
+        super().__init__(params, dict(lr=lr, mu=mu, density=density), seed)
+
+    def coordinates(self, step: int, n_params: int) -> torch.Tensor:
+        """The sorted flat coordinate indices :math:`S_t` drawn at ``step``."""
+        n = max(1, min(n_params, math.ceil(float(self.param_groups[0]["density"]) * n_params - 1e-9)))
+        g = torch.Generator().manual_seed(step_seed(self.seed, step, 0))
+        return torch.randperm(n_params, generator=g)[:n].sort().values
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> torch.Tensor:
+        oracles = self._oracles(closure)
+        mu = float(self.param_groups[0]["mu"])
+        x = oracles.flat()
+        subset = self.coordinates(self.steps, x.numel()).to(x.device)
+        per_call = max(1, CGE_BATCH_ELEMENTS // x.numel())
+        values = []
+        for start in range(0, subset.numel(), per_call):
+            idx = subset[start:start + per_call]
+            points = x.expand(idx.numel(), -1).clone()
+            points[torch.arange(idx.numel(), device=x.device), idx] += mu
+            if start == 0:
+                points = torch.cat([x[None], points])
+            values.append(oracles.values(points))
+        f = torch.cat(values)
+        g = torch.zeros_like(x)
+        g[subset] = (f[1:] - f[0]) / mu
+        g = self._field(g, oracles)
+        for (_, group, p), gj in zip(self._indexed(), oracles.unflat(g), strict=True):
+            p.sub_(group["lr"] * gj)
+        self._advance()
+        return f[0]
+
+
+# ----------------------------------------------------------------------------------- ZO-RankSGD
+
+def rank_coefficients(order: Sequence[int], k: int) -> tuple[torch.Tensor, int]:
+    r"""ZO-RankSGD's estimator as weights on the directions: for an :math:`(m, k)` ranking
+    (``order`` best first, only its first :math:`k` trusted) the DAG has an edge
+    :math:`(i, j)` for each ranked :math:`i` and every :math:`j` below it, and
+
+    .. math:: \hat g = \frac1{|E|}\sum_{(i,j)\in E} (\xi_j - \xi_i) = \frac1{|E|}\sum_j c_j \xi_j,
+              \quad c_j = \#\mathrm{in}(j) - \#\mathrm{out}(j).
+
+    Returns ``(c [m], |E|)``; the item at position :math:`r` has
+    :math:`\min(r, k)` in-edges and :math:`m-1-r` out-edges if :math:`r < k`."""
+    m = len(order)
+    c = torch.zeros(m, dtype=torch.float64)
+    for r, item in enumerate(order):
+        c[item] = min(r, k) - ((m - 1 - r) if r < k else 0)
+    edges = sum(m - 1 - r for r in range(min(k, m)))
+    return c, edges
+
+
+class ZORankSGD(_ClosureOptimizer):
+    r"""ZO-RankSGD (Tang, Rybin & Chang 2024), Algorithm 1: only the *order* of candidates is seen,
+
+    .. math:: \xi_i \sim N(0, I)\ (i < m),\quad
+              \text{order} = \mathcal O^{(m,k)}\big(\{\theta + \mu\xi_i\}\big),\quad
+              \hat g = \frac1{|E|}\sum_{(i,j)\in E}(\xi_j - \xi_i),\quad
+              \theta \leftarrow \theta - \eta\,\hat g
+
+    with :math:`E` the comparisons the ranking implies (:func:`rank_coefficients`). A monotone
+    transform of :math:`f` leaves every step unchanged. :math:`\xi_i = ` ``seeded_direction(
+    s_{t,i}, params)``, a function of the step counter only: when the ranking has to wait for a
+    person (``AwaitingRanking`` from ``oracles.rank``), nothing has been mutated and the repeated
+    call draws the same candidates. ``human`` is read by the run (it routes row 0's rankings to a
+    person); the optimizer only stores it. The paper's line-search variant is not implemented."""
+
+    label = "zo_ranksgd"
+
+    def __init__(self, params: Params, lr: float = 2e-2, mu: float = 1e-2, m: int = 5, k: int = 5,
+                 human: bool = False, seed: int = 0) -> None:
+        super().__init__(params, {"lr": lr, "mu": mu, "m": m, "k": k, HUMAN: human}, seed)
+
+    def directions(self, step: int) -> torch.Tensor:
+        r"""The :math:`m` directions :math:`\xi_i` of ``step``, flattened: ``[m, P]``."""
+        params = self._params()
+        m = int(self.param_groups[0]["m"])
+        return torch.stack([torch.cat([z.reshape(-1) for z in
+                                       seeded_direction(step_seed(self.seed, step, i), params)])
+                            for i in range(m)])
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> None:
+        oracles = self._oracles(closure)
+        first = self.param_groups[0]
+        xi = self.directions(self.steps)
+        order = oracles.rank(oracles.flat() + float(first["mu"]) * xi)  # may raise: nothing mutated yet
+        c, edges = rank_coefficients(order, int(first["k"]))
+        g = (c.to(xi.dtype) @ xi) / edges
+        for (_, group, p), gj in zip(self._indexed(), oracles.unflat(g), strict=True):
+            p.sub_(group["lr"] * gj)
+        self._advance()
+        return None
+
+
+# ------------------------------------------------------------------------------------- registry
+
+_MEZO = Paper("Fine-Tuning Language Models with Just Forward Passes",
+              "S. Malladi, T. Gao, E. Nichani, A. Damian, J. D. Lee, D. Chen, S. Arora", 2023,
+              "https://arxiv.org/abs/2305.17333")
+_ZO_BENCH = Paper("Revisiting Zeroth-Order Optimization for Memory-Efficient LLM Fine-Tuning: A Benchmark",
+                  "Y. Zhang, P. Li, J. Hong, J. Li, Y. Zhang, W. Zheng, P.-Y. Chen, J. D. Lee, W. Yin, "
+                  "M. Hong, Z. Wang, S. Liu, T. Chen", 2024, "https://arxiv.org/abs/2402.11592")
+_FORWARD_GRAD = Paper("Gradients without Backpropagation",
+                      "A. G. Baydin, B. A. Pearlmutter, D. Syme, F. Wood, P. Torr", 2022,
+                      "https://arxiv.org/abs/2202.08587")
+_SPARSE_MEZO = Paper("Sparse MeZO: Less Parameters for Better Performance in Zeroth-Order LLM Fine-Tuning",
+                     "Y. Liu, Z. Zhu, C. Gong, M. Cheng, C.-J. Hsieh, Y. You", 2024,
+                     "https://arxiv.org/abs/2402.15751")
+_DEEPZERO = Paper("DeepZero: Scaling up Zeroth-Order Optimization for Deep Model Training",
+                  "A. Chen, Y. Zhang, J. Jia, J. Diffenderfer, J. Liu, K. Parasyris, Y. Zhang, Z. Zhang, "
+                  "B. Kailkhura, S. Liu", 2024, "https://arxiv.org/abs/2310.02025")
+_RANKSGD = Paper("Zeroth-Order Optimization Meets Human Feedback: Provable Learning via Ranking Oracles",
+                 "Z. Tang, D. Rybin, T.-H. Chang", 2024, "https://arxiv.org/abs/2303.03751")
+
+EPS = Hyperparameter("eps", 1e-3, 1e-8, 1.0, log=True, doc="perturbation scale \\epsilon")
+Q = Hyperparameter("q", 1, 1, 64, kind="int", doc="SPSA queries averaged per step (2q function values)")
+
+_SPSA_ESTIMATE = (r"\hat g = \frac1q\sum_{i<q}\frac{f(\theta+\epsilon z_i)-f(\theta-\epsilon z_i)}{2\epsilon}"
+                  r"\,z_i + \lambda\theta,\ z_i \sim N(0, I);\;")
+
+SPECS = [
+    # lr defaults: every method converges on the 2-D bowl quadratic(kappa=10) from (-4, 2) (see
+    # tests/engine/test_zeroth_order.py; Sparse MeZO only where the large weight is already at its
+    # optimum, as it never moves it). MeZO's paper uses lr 1e-6..1e-7 for full fine-tuning of OPT
+    # (1e9-1e10 parameters): ZO-SGD's stable step shrinks like 1/(P + 2), so on a network lower it.
+    OptimizerSpec(
+        name="zo_sgd", label="MeZO / ZO-SGD", factory=ZOSGD,
+        hyperparameters=(lr(1e-2), EPS, Q, weight_decay()),
+        update_rule=_SPSA_ESTIMATE + r"\theta_{t+1} = \theta_t - \eta\,\hat g",
+        paper=_MEZO, oracle=Oracle.VALUES, family="zeroth-order", seeded=True,
+    ),
+    OptimizerSpec(
+        name="zo_sgd_mmt", label="ZO-SGD-MMT", factory=ZOSGDMomentum,
+        hyperparameters=(lr(2e-3), EPS, Q, MOMENTUM, weight_decay()),
+        update_rule=_SPSA_ESTIMATE + r"b_t = \mu b_{t-1} + \hat g_t,\ \theta_{t+1} = \theta_t - \eta\, b_t",
+        paper=_ZO_BENCH, oracle=Oracle.VALUES, family="zeroth-order", seeded=True,
+    ),
+    OptimizerSpec(
+        name="zo_sgd_cons", label="ZO-SGD-Cons", factory=ZOSGDConservative,
+        hyperparameters=(lr(1e-2), EPS),
+        update_rule=(r"\hat g = \frac{f(\theta+\epsilon z)-f(\theta-\epsilon z)}{2\epsilon} z;\;"
+                     r"\theta_{t+1} = \arg\min_{\theta' \in \{\theta_t,\ \theta_t - \eta\hat g,\ "
+                     r"\theta_t + \eta\hat g\}} f(\theta')"),
+        paper=_ZO_BENCH, oracle=Oracle.VALUES, family="zeroth-order", seeded=True,
+    ),
+    OptimizerSpec(
+        name="zo_sgd_sign", label="ZO-SGD-Sign", factory=ZOSGDSign,
+        hyperparameters=(lr(1e-2), EPS, Q, weight_decay()),
+        update_rule=_SPSA_ESTIMATE + r"\theta_{t+1} = \theta_t - \eta\,\mathrm{sign}(\hat g)",
+        paper=_ZO_BENCH, oracle=Oracle.VALUES, family="zeroth-order", seeded=True,
+    ),
+    OptimizerSpec(
+        name="zo_adam", label="ZO-Adam", factory=ZOAdam,
+        hyperparameters=(lr(5e-2), EPS, Q, *ADAM_BETAS,
+                         Hyperparameter("adam_eps", 1e-8, 1e-16, 1.0, log=True,
+                                        doc="Adam's denominator constant \\delta"),
+                         weight_decay()),
+        update_rule=(_SPSA_ESTIMATE + r"m_t = \beta_1 m_{t-1} + (1-\beta_1)\hat g_t,\;"
+                     r"v_t = \beta_2 v_{t-1} + (1-\beta_2)\hat g_t^2,\;"
+                     r"\theta_{t+1} = \theta_t - \eta\,\frac{\hat m_t}{\sqrt{\hat v_t} + \delta}"),
+        paper=_ZO_BENCH, oracle=Oracle.VALUES, family="zeroth-order", seeded=True,
+    ),
+    OptimizerSpec(
+        name="forward_grad", label="Forward gradient", factory=ForwardGradient,
+        hyperparameters=(lr(1e-2), weight_decay()),
+        update_rule=(r"u \sim N(0, I),\ \hat g = (\nabla f(\theta_t)^\top u)\,u\ \text{(one JVP)};\;"
+                     r"\theta_{t+1} = \theta_t - \eta\,(\hat g + \lambda\theta_t)"),
+        paper=_FORWARD_GRAD, oracle=Oracle.JVPS, family="zeroth-order", seeded=True,
+    ),
+    # sparsity 0.75: the paper masks out most weights (the 0.7-0.8 range); 0.75 keeps the
+    # smallest quarter of each tensor.
+    OptimizerSpec(
+        name="sparse_mezo", label="Sparse MeZO", factory=SparseMeZO,
+        hyperparameters=(lr(1e-2), EPS, Q,
+                         Hyperparameter("sparsity", 0.75, 0.0, 1.0, include_high=False,
+                                        doc="fraction of each tensor's weights (the largest) masked out"),
+                         weight_decay()),
+        update_rule=(r"m = 1[|\theta_l| \le \tau_l],\ "
+                     r"\hat g = \frac1q\sum_{i<q}\frac{f(\theta+\epsilon z_i\odot m)-f(\theta-\epsilon z_i"
+                     r"\odot m)}{2\epsilon}\,z_i;\;"
+                     r"\theta_{t+1} = \theta_t - \eta\,(\hat g + \lambda\theta_t)\odot m"),
+        paper=_SPARSE_MEZO, oracle=Oracle.VALUES, family="zeroth-order", seeded=True,
+    ),
+    # mu 5e-3: DeepZero's --zoo-step-size default (OPTML-Group/DeepZero, tools/misc.py); density
+    # 0.1: its ResNet-20 runs use 90% gradient sparsity.
+    OptimizerSpec(
+        name="zo_cge", label="DeepZero CGE", factory=CoordinateGradientEstimate,
+        hyperparameters=(lr(5e-2), Hyperparameter("mu", 5e-3, 1e-8, 1.0, log=True,
+                                                  doc="finite-difference step \\mu"),
+                         Hyperparameter("density", 0.1, 1e-4, 1.0, log=True,
+                                        doc="fraction of coordinates estimated per step")),
+        update_rule=(r"\hat g_i = \frac{f(\theta_t+\mu e_i)-f(\theta_t)}{\mu}\ (i \in S_t),\ "
+                     r"0\ \text{otherwise};\;\theta_{t+1} = \theta_t - \eta\,\hat g"),
+        paper=_DEEPZERO, oracle=Oracle.VALUES, family="zeroth-order", seeded=True,
+    ),
+    OptimizerSpec(
+        name="zo_ranksgd", label="ZO-RankSGD", factory=ZORankSGD,
+        hyperparameters=(lr(2e-2), Hyperparameter("mu", 1e-2, 1e-8, 10.0, log=True,
+                                                  doc="candidate spread \\mu"),
+                         Hyperparameter("m", 5, 2, 64, kind="int", doc="candidates ranked per step"),
+                         Hyperparameter("k", 5, 1, 64, kind="int",
+                                        doc="positions of the ranking used ((m, k) oracle; k >= m - 1: all)"),
+                         Hyperparameter(HUMAN, False, kind="bool",
+                                        doc="a person ranks the first trajectory's candidates")),
+        update_rule=(r"\xi_i \sim N(0, I),\ E = \{(i,j): \theta_t+\mu\xi_i \text{ ranked above } "
+                     r"\theta_t+\mu\xi_j\};\;"
+                     r"\theta_{t+1} = \theta_t - \frac{\eta}{|E|}\sum_{(i,j)\in E}(\xi_j - \xi_i)"),
+        paper=_RANKSGD, oracle=Oracle.RANKINGS, family="zeroth-order", seeded=True,
+    ),
+]
+
+for _spec in SPECS:
+    register(_spec)
+
+__all__ = [
+    "SPECS",
+    "ZOSGD",
+    "CoordinateGradientEstimate",
+    "ForwardGradient",
+    "SparseMeZO",
+    "ZOAdam",
+    "ZORankSGD",
+    "ZOSGDConservative",
+    "ZOSGDMomentum",
+    "ZOSGDSign",
+    "magnitude_thresholds",
+    "rank_coefficients",
+    "step_seed",
+]
