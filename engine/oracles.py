@@ -90,6 +90,11 @@ Ranker = Callable[[torch.Tensor, torch.Tensor], Sequence[int]]
 """``ranker(candidates [m, P], values [m]) -> indices best first``; may raise AwaitingRanking.
 ``values`` are there for a programmatic ranker; a person sees only the candidates."""
 
+SampledLosses = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+"""``sampled_losses(theta [P], generator) -> [B]``: per-sample losses at one flat parameter vector,
+with targets drawn (with ``generator``, without gradient) from the model's own predictive
+distribution at ``theta`` (see :meth:`landscapes.networks.NetworkProblem.sampled_losses`)."""
+
 
 def rank_by_value(candidates: torch.Tensor, values: torch.Tensor) -> list[int]:
     """The programmatic ranking oracle: lowest loss first (stable for ties)."""
@@ -105,8 +110,10 @@ class Oracles:
     """
 
     def __init__(self, loss: Callable[[torch.Tensor], torch.Tensor], params: Tensors,
-                 ranker: Ranker = rank_by_value, ascent: torch.Tensor | None = None) -> None:
+                 ranker: Ranker = rank_by_value, ascent: torch.Tensor | None = None,
+                 sampled_losses: SampledLosses | None = None) -> None:
         self._loss = loss
+        self._sampled_losses = sampled_losses
         self.params = list(params)
         self.ranker = ranker
         self.ascent = ascent
@@ -210,6 +217,25 @@ class Oracles:
             raise ValueError(f"a ranking must order all {candidates.shape[0]} candidates once, got {order}")
         self._count(rankings=1)
         return order
+
+    # -- sampled-label gradient (Sophia-G's Gauss-Newton-Bartlett estimator) --------------------
+    def gnb_gradient(self, generator: torch.Generator) -> tuple[int, list[torch.Tensor]]:
+        r"""``(B, \nabla \hat L)`` at the parameters, on a fresh graph, where
+        :math:`\hat L(\theta) = \tfrac1B \sum_b \ell(f(\theta, x_b), \hat y_b)` and the labels
+        :math:`\hat y_b \sim p_\theta(\cdot \mid x_b)` are drawn from the model itself (Liu et al.
+        2023, Algorithm 2; :math:`B\,\nabla\hat L \odot \nabla\hat L` estimates the Gauss-Newton
+        diagonal). One gradient. Needs the ``sampled_losses`` hook, which only problems with a
+        likelihood (networks) provide."""
+        if self._sampled_losses is None:
+            raise NotImplementedError(
+                "this problem cannot sample labels from its model (no sampled_losses hook): Sophia-G's "
+                "Gauss-Newton-Bartlett estimator needs a network with a likelihood (cross-entropy, "
+                "binary cross-entropy or squared error); use sophia_h on analytic landscapes")
+        x = self._point()
+        losses = self._sampled_losses(x, generator)
+        (g,) = torch.autograd.grad(losses.mean(), x)
+        self._count(function_values=1, gradients=1)
+        return int(losses.shape[0]), self.unflat(g)
 
 
 def require_oracles(closure: Any, optimizer: str) -> Oracles:

@@ -136,6 +136,13 @@ class OptimizerSpec:
     with a tensor-wide norm no). Non-separable optimizers get one parameter tensor per row."""
     fixed: Mapping[str, Any] = field(default_factory=dict)
     """Constructor arguments that are part of the algorithm, not tunable (``nesterov=True``)."""
+    requires: Mapping[str, str] = field(default_factory=dict)
+    """Problem attributes the optimizer needs, each with what it means (Sophia-G: a
+    ``sampled_losses`` hook, i.e. a network with a likelihood); a run refuses it elsewhere."""
+    per_trajectory: bool = False
+    """The optimizer's state couples all the tensors it holds (M-FAC's Fisher window, L-BFGS's
+    history), so a race gives each start its own optimizer (closure-driven optimizers always get
+    one) rather than one optimizer over every start's tensors."""
     seeded: bool = False
     """The optimizer draws random numbers and takes a ``seed`` constructor argument; a run passes
     one per trajectory, derived from its own seed, so a run replays exactly."""
@@ -150,6 +157,13 @@ class OptimizerSpec:
                 return hp
         known = ", ".join(hp.name for hp in self.hyperparameters) or "none"
         raise HyperparameterError(f"{self.name} has no hyperparameter {name!r} (known: {known})")
+
+    def check_problem(self, problem: Any) -> None:
+        """Raise a clear ValueError if ``problem`` lacks something this optimizer needs."""
+        for attr, meaning in self.requires.items():
+            if not hasattr(problem, attr):
+                raise ValueError(f"{self.display_name} cannot run on {getattr(problem, 'name', problem)}: "
+                                 f"it needs {meaning}")
 
     def defaults(self) -> dict[str, Any]:
         return {hp.name: hp.default for hp in self.hyperparameters}
@@ -293,6 +307,7 @@ def register_optimizer(
     oracle: Oracle = Oracle.GRADIENTS,
     family: str = "user",
     row_separable: bool = False,
+    per_trajectory: bool = False,
     seeded: bool = False,
     replace: bool = False,
     **fixed: Any,
@@ -317,5 +332,6 @@ def register_optimizer(
         row_separable=row_separable,
         fixed=dict(fixed),
         seeded=seeded,
+        per_trajectory=per_trajectory,
     )
     return register(spec, replace=replace)

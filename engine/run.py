@@ -180,7 +180,7 @@ class _Lane:
         else:
             self.rows = [[t.clone().requires_grad_(True) for t in _split(row, self.shapes)] for row in points]
         self.params = [p for row in self.rows for p in row]
-        if self.spec.oracle.closure_driven:  # one optimizer per trajectory: each gets its own closure
+        if self.spec.oracle.closure_driven or self.spec.per_trajectory:  # one optimizer per start
             self.optimizers = [self.spec.build(row, self.values, seed=self._row_seed(i))
                                for i, row in enumerate(self.rows)]
         else:
@@ -278,6 +278,7 @@ class Run:
         return torch.cat(rows).to(device=self.device, dtype=self.dtype)
 
     def _add_lane(self, optimizer: str, hyperparameters: Mapping[str, Any]) -> int:
+        get_spec(optimizer).check_problem(self.problem)
         lane = _Lane(self._next_lane, get_spec(optimizer), hyperparameters, self.starts,
                      getattr(self.problem, "param_shapes", None), self.config.seed)
         self.lanes[lane.id] = lane
@@ -300,6 +301,7 @@ class Run:
             lane = self._lane(event.lane)
             spec = get_spec(event.optimizer)
             spec.validate(event.hyperparameters)  # raise before touching the lane
+            spec.check_problem(self.problem)
             lane.switch(spec, event.hyperparameters)
             if not event.keep_position:
                 lane.restart(self.starts)
@@ -467,7 +469,8 @@ class Run:
                 # every other oracle kind gets nothing it did not ask for
                 p.grad = g if lane.spec.oracle is Oracle.HVPS else None
             ranker = self._human_ranker(lane) if i == 0 and lane.values.get(HUMAN) else rank_by_value
-            oracles = Oracles(lambda x: self.problem.loss(x, batch), row, ranker, self._ascent)
+            oracles = Oracles(lambda x: self.problem.loss(x, batch), row, ranker, self._ascent,
+                              sampled_losses=self._sampled_losses(batch))
             try:
                 opt.step(oracles)
             except AwaitingRanking as waiting:
@@ -480,6 +483,11 @@ class Run:
         given = OracleCounts(function_values=1, gradients=1) if hvps else OracleCounts()
         lane.counts = lane.counts + given + (stepped or OracleCounts())
         return True
+
+    def _sampled_losses(self, batch: Any) -> Any:
+        """Per-sample losses with labels drawn from the model (Sophia-G), for problems with a likelihood."""
+        sampled = getattr(self.problem, "sampled_losses", None)
+        return None if sampled is None else (lambda theta, gen: sampled(theta, batch, gen))
 
     def _human_ranker(self, lane: _Lane) -> Ranker:
         """Hands out the ranking a :class:`SubmitRanking` event delivered, or makes the lane wait."""
@@ -510,7 +518,12 @@ class Run:
             for i, fz in enumerate(frozen.tolist()):
                 for p, g in zip(lane.rows[i], grads[i * n:(i + 1) * n], strict=True):
                     p.grad = None if fz else g  # torch optimizers skip parameters without a gradient
-            lane.optimizer.step()
+            if len(lane.optimizers) == 1:
+                lane.optimizer.step()
+            else:  # one optimizer per start: a frozen start's is not stepped at all
+                for opt, fz in zip(lane.optimizers, frozen.tolist(), strict=True):
+                    if not fz:
+                        opt.step()
         lane.step += 1
         lane.counts = lane.counts + OracleCounts(function_values=1, gradients=1)
 

@@ -190,6 +190,58 @@ class NetworkProblem:
         finally:
             self.module.train(was)
 
+    def sampled_losses(self, theta: torch.Tensor, batch: Any, generator: torch.Generator) -> torch.Tensor:
+        r"""Per-sample losses ``[B]`` at one flat parameter vector ``theta [P]`` on ``batch``, with the
+        targets drawn from the model's own predictive distribution at ``theta`` (no gradient
+        through the draw): what Sophia-G's Gauss-Newton-Bartlett estimator differentiates
+        (:meth:`engine.oracles.Oracles.gnb_gradient`; :math:`\mathbb{E}[B\,\nabla\hat L\nabla\hat
+        L^\top]` is the Gauss-Newton matrix of the criterion's likelihood).
+
+        The criterion names the likelihood; random numbers come from ``generator`` on the CPU, in
+        float64, then move to ``theta``'s device:
+
+        * cross-entropy: :math:`\hat y_b \sim \mathrm{softmax}(f_b)` by inverse CDF,
+          :math:`\hat y_b = \#\{c : F_{b,c} < u_b\}`, ``u = torch.rand(B)``;
+        * binary cross-entropy: :math:`\hat y_b = 1[u_b < \sigma(f_b)]`, ``u = torch.rand(B)``;
+        * MSE to one-hot targets (:math:`\tfrac12\lVert f - y\rVert^2`): :math:`\hat y_b = f_b + \xi_b`,
+          ``xi = torch.randn(B, K)`` (the likelihood :math:`N(f_b, I)`);
+        * half MSE (:math:`\tfrac12` mean over the K outputs of a sample): :math:`\hat y_b = f_b +
+          \sqrt K\, \xi_b` (the likelihood :math:`N(f_b, K I)`).
+
+        Any other criterion raises: there is no likelihood to sample from.
+        """
+        likelihoods = {cross_entropy: "categorical", F.cross_entropy: "categorical",
+                       binary_cross_entropy: "bernoulli", mse_one_hot: "gaussian", half_mse: "gaussian_mean"}
+        kind = likelihoods.get(self.criterion)
+        if kind is None:
+            raise ValueError(f"{self.name}: Sophia-G samples labels from the model's likelihood, which is "
+                             f"known for cross-entropy, binary cross-entropy and squared-error criteria, "
+                             f"not for {getattr(self.criterion, '__name__', self.criterion)!r}")
+        X = self.X_train if batch is None else self.X_train[batch]
+        was = self._with_mode(self.mode)
+        try:
+            out = self.forward(theta, X)
+        finally:
+            self.module.train(was)
+        n = out.shape[0]
+        f = out.detach()
+        if kind == "categorical":
+            u = torch.rand(n, generator=generator, dtype=torch.float64).to(f.device)
+            cdf = torch.softmax(f.to(torch.float64), dim=-1).cumsum(-1)
+            y = (cdf < u[:, None]).sum(-1).clamp_(max=f.shape[-1] - 1)
+            return F.cross_entropy(out, y, reduction="none")
+        if kind == "bernoulli":
+            u = torch.rand(n, generator=generator, dtype=torch.float64).to(f.device)
+            y = (u < torch.sigmoid(f[..., 0].to(torch.float64))).to(out.dtype)
+            return F.binary_cross_entropy_with_logits(out[..., 0], y, reduction="none")
+        per_sample = f[0].numel()
+        xi = torch.randn(n, per_sample, generator=generator, dtype=torch.float64).to(f.device, f.dtype)
+        if kind == "gaussian":
+            y = f + xi.reshape(f.shape)
+            return 0.5 * ((out - y) ** 2).reshape(n, -1).sum(-1)
+        y = f + math.sqrt(per_sample) * xi.reshape(f.shape)
+        return 0.5 * ((out - y) ** 2).reshape(n, -1).mean(-1)
+
 
 # -- a user's own model ------------------------------------------------------------------------
 

@@ -110,7 +110,8 @@ def steps_to_converge(name: str, landscape: str, target: Target) -> tuple[int | 
 
 
 def test_table_covers_every_builtin_first_order_optimizer() -> None:
-    builtin = {n for n in available(oracle=Oracle.GRADIENTS) if get_spec(n).family != "user"}
+    # the first-order families; the others state their convergence budgets in their own test files
+    builtin = {n for n in available(oracle=Oracle.GRADIENTS) if get_spec(n).family == "first-order"}
     assert builtin == set(TARGETS)
 
 

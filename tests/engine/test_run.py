@@ -23,6 +23,7 @@ from engine.events import (
 from engine.problem import Bounds, Problem
 from engine.registry import HyperparameterError, available, get_spec, register_optimizer, unregister
 from engine.run import LaneConfig, Run, RunConfig, _Lane
+from landscapes import get_network
 
 
 class Valley:
@@ -69,6 +70,16 @@ def test_race_rows_equal_independent_runs(name: str, monkeypatch: pytest.MonkeyP
     """Rows of one lane are exactly the runs one would get one start at a time (a seeded optimizer
     gets the same seed in every row here, so that its random draws are the same too)."""
     monkeypatch.setattr(_Lane, "_row_seed", lambda self, row: 123)
+    if get_spec(name).requires:  # Sophia-G samples labels: it needs a network
+        problem = get_network("logistic_regression")
+        race = Run(problem, config((name, {}), n_starts=3, seed=3))
+        batched = race.run(4)
+        for i, start in enumerate(race.starts):
+            single = Run(problem, config((name, {}), start=tuple(start.tolist())))
+            for rb, rs in zip(batched, single.run(4), strict=True):
+                np.testing.assert_allclose(rb.loss[i], rs.loss[0], rtol=1e-12, atol=1e-14)
+            np.testing.assert_allclose(race.positions(0)[i], single.positions(0)[0], rtol=1e-12, atol=1e-14)
+        return
     problem = Valley()
     race = Run(problem, config((name, {}), n_starts=4, seed=3))
     batched = race.run(6)
@@ -262,3 +273,12 @@ def test_device_is_resolved_once_and_honestly() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             resolve_device("cuda")
+
+
+def test_an_optimizer_refuses_a_problem_without_what_it_needs() -> None:
+    with pytest.raises(ValueError, match="Sophia-G cannot run on valley: it needs a network with a"):
+        Run(Valley(), config(("sophia_g", {})))
+    run = Run(Valley(), config(("sgd", {})))
+    with pytest.raises(ValueError, match="needs a network"):
+        run.apply(SwitchOptimizer(0, "sophia_g"))
+    assert run.lanes[0].spec.name == "sgd" and run.log == []
