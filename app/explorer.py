@@ -25,6 +25,7 @@ import param
 from app.controls import optimizer_card
 from app.curvature_view import CurvatureView
 from app.figures import CurveView, LandscapeView, scale_fonts
+from app.memory_view import MemoryView
 from app.network_view import NetworkView, SliceJob, compute_slice
 from app.presets import presets
 from app.race_image import curves_png, race_gif, race_png
@@ -141,6 +142,8 @@ class Explorer(pn.viewable.Viewer):
         self.grad_view = CurveView(self.streams, "grad_norm", "gradient norm")
         self.network_view = NetworkView(self.streams, self.request_slice)
         self.curvature_view = CurvatureView(self.streams)
+        self.memory_view = MemoryView()
+        self.memory_view.measure_button.on_click(lambda _: self.measure_memory())
         self._build_widgets()
         for name, values in lanes or [(n, {}) for n in self.optimizers]:
             self._register_lane(name, get_spec(name).validate(values))
@@ -258,6 +261,8 @@ class Explorer(pn.viewable.Viewer):
             self.leaderboard,
             pn.Card(self.curvature_view.panel, title="Curvature: sharpness, top eigenvalues, spectrum",
                     sizing_mode="stretch_width", collapsed=False),
+            pn.Card(self.memory_view.panel, title="Memory per optimizer: accounted and measured",
+                    sizing_mode="stretch_width", collapsed=False),
             sizing_mode="stretch_width",
         )
 
@@ -371,7 +376,28 @@ class Explorer(pn.viewable.Viewer):
             self.landscape_view.set_start(x0[0], x0[1])
             self._quietly(start_x=x0[0], start_y=x0[1])  # show the start actually used
         self._rebuild_cards()
+        self._refresh_memory()
         self._update_counter()
+
+    def _lane_specs(self) -> dict[str, tuple[str, dict[str, Any]]]:
+        return {self._label(k): (self.lane_names[k], dict(self.values[k])) for k in sorted(self.lane_names)}
+
+    def _refresh_memory(self) -> None:
+        """Account one step of every lane again (lanes or hyperparameters changed), off the UI thread."""
+        self.memory_view.account_lanes(self.problem, self._lane_specs(), self.worker.run.dtype)
+
+    def measure_memory(self, wait: bool = False) -> None:
+        """Measure each lane's peak memory in an isolated subprocess (the allocator's on CUDA)."""
+        if self.landscape == CUSTOM:
+            self.show_error("peaks are measured for catalogue problems; a typed f(x, y) has 16 bytes of "
+                            "parameters anyway")
+            return
+        options = dict(self.problem_options)
+        if self.is_network and self.batch_size is not None:
+            options["batch_size"] = self.batch_size or None
+        run = self.worker.run
+        self.memory_view.measure_lanes(self.landscape, options, self._lane_specs(), run.config.dtype,
+                                       cuda=run.device.type == "cuda", wait=wait)
 
     def _register_lane(self, name: str, values: dict[str, Any]) -> int:
         lane = self._next_lane
@@ -415,6 +441,7 @@ class Explorer(pn.viewable.Viewer):
             return
         self.values[lane][name] = value
         self.worker.submit(SetHyperparameter(lane, name, value))
+        self._refresh_memory()
         self.streams.mark_event(f"{self._label(lane)}: {name} = {value:g}" if not isinstance(value, bool)
                                 else f"{self._label(lane)}: {name} = {value}")
 
@@ -449,6 +476,7 @@ class Explorer(pn.viewable.Viewer):
                 view.ensure_lane(k, self._label(k))
         self.network_view.drop_lanes()
         self.curvature_view.drop_lanes()
+        self._refresh_memory()
 
     def _sync_optimizer_selection(self) -> None:
         self._quietly(optimizers=list(dict.fromkeys(self.lane_names[k] for k in sorted(self.lane_names))))
@@ -842,6 +870,9 @@ class Explorer(pn.viewable.Viewer):
             self.curvature_view.update(labels, self.worker.run.probe_overhead, hvps)
         if self._pumps % COUNTER_EVERY == 0 or not self.running:
             self._update_counter()
+            memory_error = self.memory_view.update()
+            if memory_error:
+                self.show_error(memory_error)
         return len(records)
 
     def _update_counter(self) -> None:
