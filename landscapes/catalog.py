@@ -24,6 +24,8 @@ import torch
 
 from engine.problem import Bounds, Minimum
 from landscapes.analytic import AnalyticFunction
+from landscapes.games import bilinear_game
+from landscapes.simplex import simplex_linear, simplex_quadratic
 
 __all__ = [
     "LANDSCAPES",
@@ -528,6 +530,9 @@ LANDSCAPES: Mapping[str, Callable[..., AnalyticFunction]] = MappingProxyType({
     "levi13": levi13,
     "saddle": saddle,
     "monkey_saddle": monkey_saddle,
+    "simplex_linear": simplex_linear,
+    "simplex_quadratic": simplex_quadratic,
+    "bilinear_game": bilinear_game,
 })
 """Name -> factory, in display order. Factories take keyword arguments only (``dim``, ``kappa``)."""
 
