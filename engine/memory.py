@@ -300,7 +300,7 @@ def account(spec: OptimizerSpec | str, target: Any, *, hyperparameters: Mapping[
             _, grads = probe.gradient()
             for p, g in zip(params, grads, strict=True):
                 p.grad = g
-        if spec.oracle.closure_driven:
+        if spec.closure_driven:
             optimizer.step(probe)
         else:
             optimizer.step()

@@ -173,15 +173,17 @@ class Oracles:
     def gradient(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """:math:`(f(\\theta), \\nabla f(\\theta))`, the gradient shaped like the parameters."""
         x = self._point()
-        f = self._loss(x[None])[0]
-        (g,) = torch.autograd.grad(f, x)
+        with torch.enable_grad():  # optimizers step under no_grad
+            f = self._loss(x[None])[0]
+            (g,) = torch.autograd.grad(f, x)
         self._count(function_values=1, gradients=1)
         return f.detach(), self.unflat(self._field(g))
 
     def gradient_at(self, points: torch.Tensor) -> torch.Tensor:
         """Gradients ``[m, P]`` at other points ``[m, P]`` (extragradient, lookahead): m gradients."""
         x = points.detach().clone().requires_grad_(True)
-        (g,) = torch.autograd.grad(self._loss(x).sum(), x)
+        with torch.enable_grad():
+            (g,) = torch.autograd.grad(self._loss(x).sum(), x)
         self._count(function_values=points.shape[0], gradients=points.shape[0])
         return self._field(g)
 
@@ -190,10 +192,11 @@ class Oracles:
         r""":math:`H v` (shaped like the parameters); with ``with_gradient``, also
         :math:`f` and :math:`\nabla f` from the same graph: ``(f, g, Hv)``."""
         x = self._point()
-        f = self._loss(x[None])[0]
-        (g,) = torch.autograd.grad(f, x, create_graph=True)
-        v = self.flat(vectors).to(g.dtype)
-        (hv,) = torch.autograd.grad(g, x, grad_outputs=v)
+        with torch.enable_grad():
+            f = self._loss(x[None])[0]
+            (g,) = torch.autograd.grad(f, x, create_graph=True)
+            v = self.flat(vectors).to(g.dtype)
+            (hv,) = torch.autograd.grad(g, x, grad_outputs=v)
         self._count(hvps=1, **({"function_values": 1, "gradients": 1} if with_gradient else {}))
         if with_gradient:
             return f.detach(), self.unflat(g.detach()), self.unflat(hv)

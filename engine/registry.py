@@ -27,11 +27,6 @@ class Oracle(enum.StrEnum):
     JVPS = "jvps"  # forward mode: directional derivatives
     RANKINGS = "rankings"  # only the order of candidate points (possibly from a person)
 
-    @property
-    def closure_driven(self) -> bool:
-        """Stepped as ``optimizer.step(Oracles(...))`` (see :mod:`engine.oracles`), one optimizer per
-        trajectory, rather than from gradients the run has already put in ``.grad``."""
-        return self is not Oracle.GRADIENTS
 
 
 class HyperparameterError(ValueError):
@@ -139,6 +134,10 @@ class OptimizerSpec:
     requires: Mapping[str, str] = field(default_factory=dict)
     """Problem attributes the optimizer needs, each with what it means (Sophia-G: a
     ``sampled_losses`` hook, i.e. a network with a likelihood); a run refuses it elsewhere."""
+    lookahead: bool = False
+    """A first-order method that also evaluates gradients at other points (extragradient / mirror
+    prox): it gets this step's gradient in ``.grad`` and an :class:`engine.oracles.Oracles` closure
+    for ``gradient_at``."""
     per_trajectory: bool = False
     """The optimizer's state couples all the tensors it holds (M-FAC's Fisher window, L-BFGS's
     history), so a race gives each start its own optimizer (closure-driven optimizers always get
@@ -146,6 +145,12 @@ class OptimizerSpec:
     seeded: bool = False
     """The optimizer draws random numbers and takes a ``seed`` constructor argument; a run passes
     one per trajectory, derived from its own seed, so a run replays exactly."""
+
+    @property
+    def closure_driven(self) -> bool:
+        """Stepped as ``optimizer.step(Oracles(...))`` (see :mod:`engine.oracles`), one optimizer per
+        trajectory, rather than only from the gradient the run put in ``.grad``."""
+        return self.oracle is not Oracle.GRADIENTS or self.lookahead
 
     @property
     def display_name(self) -> str:

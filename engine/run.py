@@ -173,14 +173,14 @@ class _Lane:
 
     def _place(self, points: torch.Tensor) -> None:
         points = points.detach()
-        self.separable = self.spec.row_separable and not self.spec.oracle.closure_driven
+        self.separable = self.spec.row_separable and not self.spec.closure_driven
         """The M rows live in one ``[M, ...]`` tensor per parameter (else one set per row)."""
         if self.separable:
             self.rows = [[t.clone().requires_grad_(True) for t in _split(points, self.shapes)]]
         else:
             self.rows = [[t.clone().requires_grad_(True) for t in _split(row, self.shapes)] for row in points]
         self.params = [p for row in self.rows for p in row]
-        if self.spec.oracle.closure_driven or self.spec.per_trajectory:  # one optimizer per start
+        if self.spec.closure_driven or self.spec.per_trajectory:  # one optimizer per start
             self.optimizers = [self.spec.build(row, self.values, seed=self._row_seed(i))
                                for i, row in enumerate(self.rows)]
         else:
@@ -374,7 +374,7 @@ class Run:
             row, leaf = row + m, leaf + n_leaves
             x_old = x.detach().clone()
             frozen = self._mark_divergence(lane, f, g)
-            if lane.spec.oracle.closure_driven:
+            if lane.spec.closure_driven:
                 if not self._closure_step(lane, lane_grads, frozen, batch):
                     continue  # waiting for a ranking: no step, no record
             else:
@@ -459,15 +459,17 @@ class Run:
         """Step each live trajectory of a closure-driven lane with its own :class:`Oracles`.
         False (and nothing changed) when the first trajectory waits for a person's ranking."""
         n = len(lane.rows[0])
+        gets_gradient = lane.spec.oracle in (Oracle.HVPS, Oracle.GRADIENTS)
         self.awaiting.pop(lane.id, None)  # set again below if the lane still waits
         stepped: OracleCounts | None = None
         for i, (row, opt) in enumerate(zip(lane.rows, lane.optimizers, strict=True)):
             if bool(frozen[i]):
                 continue
             for p, g in zip(row, grads[i * n:(i + 1) * n], strict=True):
-                # second-order methods get the gradient the run computed anyway (counted below);
+                # second-order and lookahead methods get the gradient the run computed anyway
+                # (counted below);
                 # every other oracle kind gets nothing it did not ask for
-                p.grad = g if lane.spec.oracle is Oracle.HVPS else None
+                p.grad = g if gets_gradient else None
             ranker = self._human_ranker(lane) if i == 0 and lane.values.get(HUMAN) else rank_by_value
             oracles = Oracles(lambda x: self.problem.loss(x, batch), row, ranker, self._ascent,
                               sampled_losses=self._sampled_losses(batch))
@@ -479,8 +481,7 @@ class Run:
             if stepped is None:
                 stepped = oracles.counts
         lane.step += 1
-        hvps = lane.spec.oracle is Oracle.HVPS
-        given = OracleCounts(function_values=1, gradients=1) if hvps else OracleCounts()
+        given = OracleCounts(function_values=1, gradients=1) if gets_gradient else OracleCounts()
         lane.counts = lane.counts + given + (stepped or OracleCounts())
         return True
 

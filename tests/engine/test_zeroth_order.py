@@ -232,7 +232,7 @@ def test_registry_entries_and_the_papers_constants() -> None:
     oracles = {"forward_grad": Oracle.JVPS, "zo_ranksgd": Oracle.RANKINGS}
     for name in NAMES:
         spec = get_spec(name)
-        assert spec.oracle == oracles.get(name, Oracle.VALUES) and spec.oracle.closure_driven
+        assert spec.oracle == oracles.get(name, Oracle.VALUES) and spec.closure_driven
         assert spec.seeded and spec.paper is not None and spec.update_rule and spec.label
         assert spec.hyperparameter("lr").log
     d = {name: get_spec(name).defaults() for name in NAMES}
