@@ -45,6 +45,7 @@ from engine.instruments import LANDSCAPE_PROBES, NETWORK_PROBES, SCHEDULES, Prob
 from engine.problem import Problem
 from engine.registry import HyperparameterError, available, get_spec
 from engine.run import LaneConfig, Run, RunConfig
+from engine.views import to_plane
 from engine.worker import RunWorker
 from landscapes import (
     ExpressionError,
@@ -289,7 +290,7 @@ class Explorer(pn.viewable.Viewer):
 
     # -- the run ---------------------------------------------------------------------------------
     def _start_point(self) -> tuple[float, float] | None:
-        if self.start_x is None or self.start_y is None:
+        if self.start_x is None or self.start_y is None or self.problem.dim != 2:
             return None
         return (float(self.start_x), float(self.start_y))
 
@@ -358,7 +359,8 @@ class Explorer(pn.viewable.Viewer):
         self.curvature_view.drop_lanes()
         self.streams.f_star = min(m.value for m in p.minima) if p.minima else None
         if not network:
-            b = p.bounds
+            self.streams.project = to_plane(p)
+            b = self.landscape_view.plane_bounds
             self.streams.min_move = 0.002 * ((b.high[0] - b.low[0]) ** 2 + (b.high[1] - b.low[1]) ** 2) ** 0.5
         known = self.streams.f_star is not None
         if network:
@@ -372,9 +374,11 @@ class Explorer(pn.viewable.Viewer):
             for lane in self.lane_names:
                 view.ensure_lane(lane, self._label(lane))
         if not network:
-            x0 = run.starts[0].tolist()
-            self.landscape_view.set_start(x0[0], x0[1])
-            self._quietly(start_x=x0[0], start_y=x0[1])  # show the start actually used
+            x0 = run.starts[0].cpu().numpy()
+            drawn = self.streams.project(x0)
+            self.landscape_view.set_start(float(drawn[0]), float(drawn[1]))
+            if p.dim == 2:
+                self._quietly(start_x=float(x0[0]), start_y=float(x0[1]))  # show the start actually used
         self._rebuild_cards()
         self._refresh_memory()
         self._update_counter()
@@ -489,13 +493,30 @@ class Explorer(pn.viewable.Viewer):
     def _on_tap(self, x: float, y: float) -> None:
         """A click ranks the nearest candidate while a person is the oracle, else moves the start."""
         if self._waiting is not None:
-            points = self._waiting[1].cpu().numpy()[:, :2]
+            points = self.streams.project(self._waiting[1].cpu().numpy())
             free = [i for i in range(len(points)) if i not in self.ranked]
             if free:
                 d = [float((points[i, 0] - x) ** 2 + (points[i, 1] - y) ** 2) for i in free]
                 self.rank_candidate(free[d.index(min(d))])
             return
+        if self.problem.dim != 2:
+            self.show_error(f"{self.problem.name} starts from its own start point (set random starts with M)")
+            return
         self.param.update(start_x=round(x, 4), start_y=round(y, 4))
+
+    def _show_particles(self) -> None:
+        """The first start's particle cloud of every population lane (CBO), or nothing."""
+        data: dict[str, list] = {"x": [], "y": [], "color": []}
+        for k, lane in list(self.worker.run.lanes.items()):
+            particles = getattr(lane.optimizers[0], "particles", None)
+            if particles is None or k not in self.lane_names:
+                continue
+            drawn = self.streams.project(particles().cpu().numpy())
+            data["x"] += drawn[:, 0].tolist()
+            data["y"] += drawn[:, 1].tolist()
+            data["color"] += [lane_color(k)] * len(drawn)
+        if data["x"] or self.landscape_view.cloud.data["x"]:
+            self.landscape_view.cloud.data = data
 
     # -- a person as the ranking oracle ----------------------------------------------------------
     def rank_candidate(self, index: int) -> None:
@@ -544,7 +565,7 @@ class Explorer(pn.viewable.Viewer):
             return
         lane, candidates = waiting
         m = candidates.shape[0]
-        self.landscape_view.show_candidates(candidates.cpu().numpy()[:, :2], self.ranked)
+        self.landscape_view.show_candidates(self.streams.project(candidates.cpu().numpy()), self.ranked)
         self.ranking_prompt.object = (f"**{self._label(lane)} is waiting for you**: click its {m} candidates "
                                       f"from best (lowest f) to worst. Ranked {len(self.ranked)} of {m}.")
         self.ranking_prompt.visible = self.undo_rank_button.visible = True
@@ -856,6 +877,8 @@ class Explorer(pn.viewable.Viewer):
         self._poll_waiting()
         if self.presenter and records and not self.is_network:
             self.landscape_view.updates.data = self.streams.last_updates()
+        if records and not self.is_network:
+            self._show_particles()
         errors = self.worker.errors()
         if errors:
             self.show_error(errors[-1])

@@ -27,7 +27,7 @@ from bokeh.plotting.contour import contour_data
 
 from app.streams import X_AXES, RaceStreams, lane_color
 from engine.problem import Problem
-from engine.views import grid_values
+from engine.views import plane_grid, to_plane
 
 GRID = 200
 N_LEVELS = 14
@@ -73,7 +73,7 @@ class LandscapeView:
         self.image = ColumnDataSource(dict(image=[], x=[], y=[], dw=[], dh=[]))
         self.minima = ColumnDataSource(dict(x=[], y=[], label=[]))
         self.start = ColumnDataSource(dict(x=[], y=[]))
-        self.mapper = LinearColorMapper(palette=Viridis256)
+        self.mapper = LinearColorMapper(palette=Viridis256, nan_color="#f4f4f4")  # outside a simplex
         fig = figure(height=520, sizing_mode="stretch_width", tools="pan,wheel_zoom,reset,save",
                      active_scroll="wheel_zoom", x_range=Range1d(-1, 1), y_range=Range1d(-1, 1),
                      title="landscape", toolbar_location="above")
@@ -88,6 +88,10 @@ class LandscapeView:
                     line_alpha=0.9, legend_field="optimizer")
         heads = fig.scatter("x", "y", source=streams.heads, size=9, fill_color="color", line_color="white",
                             fill_alpha="alpha", line_alpha="alpha")
+        # a population method's particles (CBO), drawn as a cloud around its consensus point
+        self.cloud = ColumnDataSource(dict(x=[], y=[], color=[]))
+        fig.scatter("x", "y", source=self.cloud, size=5, fill_color="color", line_color="black",
+                    line_alpha=0.4, fill_alpha=0.55, legend_label="particles (population methods)")
         # a ranking optimizer waiting for a person: its candidates, numbered as they are ranked
         self.candidates = ColumnDataSource(dict(x=[], y=[], text=[], fill=[]))
         fig.scatter("x", "y", source=self.candidates, size=22, fill_color="fill", line_color="black",
@@ -109,8 +113,8 @@ class LandscapeView:
         self.figure = fig
 
     def set_problem(self, problem: Problem) -> None:
-        b = problem.bounds
-        xs, ys, z = grid_values(problem, GRID)
+        xs, ys, z, b = plane_grid(problem, GRID)
+        self.plane_bounds = b
         shown, label = _color_values(z, wants_log(problem, z))
         finite = shown[np.isfinite(shown)]
         lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
@@ -122,7 +126,8 @@ class LandscapeView:
         levels = np.linspace(lo, hi, N_LEVELS + 2)[1:-1] if hi > lo else [lo]
         self.contours.set_data(contour_data(xx, yy, np.where(np.isfinite(shown), shown, hi), levels=levels,
                                            want_fill=False))
-        self.minima.data = dict(x=[m.x[0] for m in problem.minima], y=[m.x[1] for m in problem.minima],
+        at = to_plane(problem)(np.array([m.x for m in problem.minima]).reshape(-1, problem.dim))
+        self.minima.data = dict(x=at[:, 0].tolist(), y=at[:, 1].tolist(),
                                 label=[f"f* = {m.value:.6g}" for m in problem.minima])
         self.figure.x_range.update(start=b.low[0], end=b.high[0])
         self.figure.y_range.update(start=b.low[1], end=b.high[1])

@@ -74,6 +74,8 @@ class RaceStreams:
         self.curvature_curves: dict[int, ColumnDataSource] = {}
         self.latest_probe: dict[int, Record] = {}
         self._drawn: dict[int, np.ndarray] = {}  # lane -> [M, 2] last position streamed
+        self.project = lambda p: p[..., :2]
+        """Positions ``[..., d]`` -> drawing plane ``[..., 2]`` (a simplex problem's barycentric map)."""
         self.points_streamed = 0
 
     # -- lanes ---------------------------------------------------------------------------------
@@ -177,7 +179,7 @@ class RaceStreams:
         color = lane_color(lane)
         last = self._drawn.get(lane)
         for r in recs:
-            pos = r.position[:, :2]
+            pos = self.project(r.position)
             if last is None or last.shape != pos.shape or r.step == 0:
                 last = pos.copy()
                 continue
@@ -198,7 +200,7 @@ class RaceStreams:
         for lane, r in self.latest.items():
             if r.position is None:
                 continue
-            for i, p in enumerate(r.position):
+            for i, p in enumerate(self.project(r.position)):
                 if np.isfinite(p[:2]).all():
                     data["x"].append(float(p[0]))
                     data["y"].append(float(p[1]))
@@ -214,7 +216,7 @@ class RaceStreams:
             prev = self.previous.get(lane)
             if r.position is None or prev is None or prev.position is None or prev.step >= r.step:
                 continue
-            for a, b in zip(prev.position, r.position, strict=True):
+            for a, b in zip(self.project(prev.position), self.project(r.position), strict=True):
                 if np.isfinite(a[:2]).all() and np.isfinite(b[:2]).all() and not np.array_equal(a[:2], b[:2]):
                     for key, v in zip(("x0", "y0", "x1", "y1"), (a[0], a[1], b[0], b[1]), strict=True):
                         data[key].append(float(v))

@@ -10,6 +10,7 @@ import param
 import pytest
 
 from app.explorer import CUSTOM, MAX_LANES, Explorer
+from app.streams import lane_color
 from engine.events import SetHyperparameter, SwitchOptimizer
 from tests.engine.test_oracles import closure_specs  # noqa: F401  (fixture)
 from tests.engine.test_worker import wait_for
@@ -249,5 +250,37 @@ def test_a_person_ranks_candidates_by_clicking_them_and_the_run_takes_the_rankin
         xi = (waiting - ex.worker.run.starts[0].numpy()) / 0.1
         expected = ex.worker.run.starts[0].numpy() - 0.05 * (xi[0] - xi[1])
         np.testing.assert_allclose(ex.worker.run.positions(0)[0], expected, rtol=1e-12)
+    finally:
+        ex.close()
+
+
+def test_a_population_method_draws_its_particle_cloud() -> None:
+    ex = Explorer(landscape="rastrigin", lanes=[("cbo", {}), ("sgd", {})], speed=500)
+    try:
+        ex.step()
+        pump_until(ex, lambda: len(ex.landscape_view.cloud.data["x"]) > 0)
+        particles = ex.worker.run.lanes[0].optimizers[0].particles().numpy()
+        cloud = ex.landscape_view.cloud.data
+        assert len(cloud["x"]) == len(particles) and set(cloud["color"]) == {lane_color(0)}
+        np.testing.assert_allclose(sorted(cloud["x"]), sorted(particles[:, 0]))
+    finally:
+        ex.close()
+
+
+def test_a_simplex_problem_is_drawn_on_its_triangle() -> None:
+    ex = Explorer(landscape="simplex_quadratic", lanes=[("exp_gradient", {}), ("sgd", {})], speed=500)
+    try:
+        for _ in range(3):
+            ex.step()
+        pump_until(ex, lambda: all(ex.streams.latest.get(k) is not None and ex.streams.latest[k].step >= 2
+                                   for k in (0, 1)))
+        p = ex.streams.latest[0].position[0]
+        heads = ex.streams.heads.data
+        x, y = p[1] + 0.5 * p[2], np.sqrt(3) / 2 * p[2]  # barycentric, written out
+        assert (heads["x"][0], heads["y"][0]) == pytest.approx((x, y), abs=1e-12)
+        image = ex.landscape_view.image.data["image"][0]
+        assert np.isnan(image).any() and np.isfinite(image).any()  # the triangle, blank outside
+        star = ex.landscape_view.minima.data
+        assert (star["x"][0], star["y"][0]) == pytest.approx((0.25 + 0.125, np.sqrt(3) / 8), abs=1e-12)
     finally:
         ex.close()
