@@ -368,3 +368,54 @@ def test_two_pages_are_independent_and_closing_one_ends_its_worker(
     page.click("▶ Run")
     wait_until(lambda: page.step() > second, REACT, "the first page to run again")
     assert page.unexpected_errors() == []
+
+
+_CANDIDATES_JS = """() => {
+  // the candidates a ranking optimizer waits on, and where each is drawn on the page
+  const doc = Bokeh.documents[0];
+  let src = null, plot = null;
+  for (const m of doc._all_models.values())
+    if (m.data !== undefined && "text" in m.data && "fill" in m.data && "x" in m.data) src = m;
+  if (src === null || src.get_length() === 0) return null;
+  for (const m of doc._all_models.values())
+    if (m.renderers !== undefined && m.renderers.some(r => r.data_source === src)) plot = m;
+  const view = Bokeh.index.find_one(plot);
+  const rect = view.canvas_view.el.getBoundingClientRect();
+  const xs = Array.from(src.data.x), ys = Array.from(src.data.y);
+  return {text: Array.from(src.data.text),
+          at: xs.map((x, i) => [rect.left + view.frame.x_scale.compute(x),
+                                rect.top + view.frame.y_scale.compute(ys[i])])};
+}"""
+
+
+def test_a_person_ranks_the_candidates_by_clicking_them(browser: object, server: Server) -> None:
+    """The "be the ranking oracle" preset: ZO-RankSGD waits with candidates drawn on the landscape;
+    clicking them best first sends the ranking, which the run takes (an event marker says so) and
+    the next candidates appear."""
+    s = Session(browser, server.url + "?preset=ranking_oracle")
+    try:
+        state: dict = {}
+
+        def shown() -> bool:
+            state["c"] = s.page.evaluate(_CANDIDATES_JS)
+            return state["c"] is not None and all(t == "?" for t in state["c"]["text"])
+
+        wait_until(shown, REACT, "candidates to rank")
+        first = state["c"]
+        assert len(first["at"]) == 5 and "waiting for you" in s.page.locator(".alert-warning").inner_text()
+        s.screenshot("04-candidates")
+        order = [2, 0, 4, 1, 3]
+        for k, i in enumerate(order[:-1]):
+            x, y = first["at"][i]
+            s.page.mouse.click(x, y)
+            wait_until(lambda k=k, i=i: (c := s.page.evaluate(_CANDIDATES_JS)) is not None
+                       and c["text"][i] == str(k + 1), REACT, f"candidate {i} to show rank {k + 1}")
+        x, y = first["at"][order[-1]]
+        s.page.mouse.click(x, y)
+        wait_until(lambda: any(f"ranked {order}" in e for e in s.sources()["events"]), REACT,
+                   "the ranking to reach the run")
+        wait_until(lambda: shown() and state["c"]["at"] != first["at"], REACT, "the next candidates")
+        s.screenshot("05-ranked")
+        assert s.unexpected_errors() == []
+    finally:
+        s.close()
