@@ -64,7 +64,7 @@ def optimizer_card(spec: OptimizerSpec, values: dict[str, Any], color: str,
 
         w.param.watch(changed, "value_throttled" if "value_throttled" in w.param else "value")
         widgets.append(w)
-    rule = pn.pane.LaTeX(f"${spec.update_rule}$", styles={"font-size": "0.85em"},
+    rule = pn.pane.LaTeX(f"${spec.update_rule}$", styles={"font-size": "0.85em", "overflow-x": "auto"},
                          sizing_mode="stretch_width") if spec.update_rule else None
     cite = pn.pane.Markdown(f"<small>{spec.paper.cite()}</small>" if spec.paper else "",
                             margin=(0, 10))

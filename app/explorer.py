@@ -72,6 +72,11 @@ DEFAULT_RACE: tuple[tuple[str, dict[str, Any]], ...] = (
 """The race a new page opens with: learning rates a student can watch reach the valley."""
 
 
+def _same(a: Any, b: Any) -> bool:
+    """Two candidate tensors with the same values (None matches nothing)."""
+    return a is not None and b is not None and a.shape == b.shape and bool((a == b).all())
+
+
 def _optimizer_groups() -> dict[str, list[str]]:
     """Every registered optimizer, grouped by family (first-order, zeroth-order, ...)."""
     groups: dict[str, list[str]] = {}
@@ -130,6 +135,7 @@ class Explorer(pn.viewable.Viewer):
         self._next_lane = 0
         self.worker: RunWorker | None = None
         self._callback: Any = None
+        self._doc: Any = None  # the session's document, once streaming
         self._pumps = 0
         self._syncing = False
         self._shown_problem: Problem | None = None
@@ -138,7 +144,7 @@ class Explorer(pn.viewable.Viewer):
         self._answered: Any = None  # the candidates tensor last submitted (until the run moves on)
         self.ranked: list[int] = []  # candidate indices clicked so far, best first
         self.streams = RaceStreams(f_star=None, view_diagonal=1.0)
-        self.landscape_view = LandscapeView(self.streams, self._on_tap)
+        self.landscape_view = LandscapeView(self.streams, self._on_tap_event)
         self.loss_view = CurveView(self.streams, "loss", "loss")
         self.grad_view = CurveView(self.streams, "grad_norm", "gradient norm")
         self.network_view = NetworkView(self.streams, self.request_slice)
@@ -276,6 +282,7 @@ class Explorer(pn.viewable.Viewer):
         """Start the periodic pump (idempotent) and stop the worker when the session ends."""
         if self._callback is not None:
             return
+        self._doc = pn.state.curdoc
         self._callback = pn.state.add_periodic_callback(self.pump, period=PUMP_MS)
         if pn.state.curdoc is not None and pn.state.curdoc.session_context is not None:
             pn.state.on_session_destroyed(lambda _ctx: self.close())
@@ -490,6 +497,24 @@ class Explorer(pn.viewable.Viewer):
         self.error.object = text
         self.error.visible = bool(text)
 
+    def _on_tap_event(self, x: float, y: float) -> None:
+        """A click on the landscape, from Bokeh. Panel 1.9 runs a Bokeh event callback inside
+        ``doc.hold("combine")`` and then calls ``doc.hold(None)``, which Bokeh ignores ("hold already
+        active"): the document stays held and nothing more reaches the browser. So the click is
+        handled on the next tick, after releasing that hold."""
+        doc = self._doc
+        if doc is None or doc.session_context is None:
+            self._on_tap(x, y)
+            return
+
+
+        def handle() -> None:
+            if doc.callbacks.hold_value is not None:
+                doc.unhold()  # sends what was held, and streams flow again
+            self._on_tap(x, y)
+
+        doc.add_next_tick_callback(handle)
+
     def _on_tap(self, x: float, y: float) -> None:
         """A click ranks the nearest candidate while a person is the oracle, else moves the start."""
         if self._waiting is not None:
@@ -545,10 +570,11 @@ class Explorer(pn.viewable.Viewer):
         """Pick up a lane that waits for a person (the first, if several do)."""
         awaiting = dict(self.worker.run.awaiting)  # a snapshot: the worker thread may change it
         current = self._waiting
-        if current is not None and awaiting.get(current[0]) is current[1]:
+        # the run re-raises its wait every tick with an equal copy of the candidates: compare values
+        if current is not None and _same(awaiting.get(current[0]), current[1]):
             return
         fresh = [(k, c) for k, c in sorted(awaiting.items())
-                 if c is not self._answered and k in self.lane_names]
+                 if not _same(c, self._answered) and k in self.lane_names]
         if not fresh and current is None:
             return  # nothing waits, nothing shown: send nothing to the browser
         self._waiting = fresh[0] if fresh else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from bokeh.events import Tap
+from bokeh.events import DoubleTap, Tap
 from bokeh.models import (
     Arrow,
     BasicTicker,
@@ -91,11 +91,11 @@ class LandscapeView:
         # a population method's particles (CBO), drawn as a cloud around its consensus point
         self.cloud = ColumnDataSource(dict(x=[], y=[], color=[]))
         fig.scatter("x", "y", source=self.cloud, size=5, fill_color="color", line_color="black",
-                    line_alpha=0.4, fill_alpha=0.55, legend_label="particles (population methods)")
+                    line_alpha=0.4, fill_alpha=0.55)
         # a ranking optimizer waiting for a person: its candidates, numbered as they are ranked
         self.candidates = ColumnDataSource(dict(x=[], y=[], text=[], fill=[]))
         fig.scatter("x", "y", source=self.candidates, size=22, fill_color="fill", line_color="black",
-                    line_width=2, legend_label="candidates to rank (click best first)")
+                    line_width=2)
         fig.text("x", "y", text="text", source=self.candidates, text_align="center", text_baseline="middle",
                  text_font_style="bold", text_color="black")
         # presenter view: each start's last update as an arrow
@@ -109,7 +109,9 @@ class LandscapeView:
         fig.legend.location = "top_left"
         fig.legend.background_fill_alpha = 0.75
         fig.legend.click_policy = "hide"
-        fig.on_event(Tap, lambda ev: on_tap(float(ev.x), float(ev.y)))
+        # two quick clicks are a DoubleTap, not two Taps: both are clicks here (ranking candidates)
+        for event in (Tap, DoubleTap):
+            fig.on_event(event, lambda ev: on_tap(float(ev.x), float(ev.y)))
         self.figure = fig
 
     def set_problem(self, problem: Problem) -> None:
