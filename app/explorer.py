@@ -155,6 +155,8 @@ class Explorer(pn.viewable.Viewer):
         for name, values in lanes or [(n, {}) for n in self.optimizers]:
             self._register_lane(name, get_spec(name).validate(values))
         self._new_run(keep_running=False)
+        if self.x_axis != "step":  # the watcher reacts to changes only
+            self._on_x_axis()
         self.running = autostart
         if autostart:
             self.worker.resume()

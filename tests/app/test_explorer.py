@@ -284,3 +284,12 @@ def test_a_simplex_problem_is_drawn_on_its_triangle() -> None:
         assert (star["x"][0], star["y"][0]) == pytest.approx((0.25 + 0.125, np.sqrt(3) / 8), abs=1e-12)
     finally:
         ex.close()
+
+
+def test_an_x_axis_given_at_construction_is_applied() -> None:
+    ex = Explorer(landscape="quadratic", optimizers=["sgd"], x_axis="function values")
+    try:
+        assert ex.loss_view.x == "function_values"
+        assert ex.grad_view.figure.xaxis[0].axis_label == "function values"
+    finally:
+        ex.close()
