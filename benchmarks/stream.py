@@ -15,7 +15,7 @@
 
 Last line: ``stream_hz=<(a)'s updates per second> latency_ms=<(b)'s median>``.
 
-    python benchmarks/stream.py [--pump-ms 66] [--seconds 5] [--speed 60] [--updates 100]
+    python benchmarks/stream.py [--pump-ms 50] [--seconds 5] [--speed 60] [--updates 100]
 
 Needs /usr/bin/chromium (Debian's) for (b); ``--no-browser`` runs (a) only.
 """
@@ -49,7 +49,7 @@ _LISTEN_JS = """() => {
   const doc = Bokeh.documents[0];
   let src = null;
   for (const m of doc._all_models.values()) {
-    if (m.data !== undefined && "loss" in m.data && "grad_norm" in m.data) { src = m; break; }
+    if (m.data != null && typeof m.get_length === "function" && "loss" in m.data && "grad_norm" in m.data) { src = m; break; }
   }
   if (src === null) return false;
   window.__arrivals = [];
@@ -175,7 +175,7 @@ def in_browser(pump_ms: float, speed: float, updates: int, timeout: float) -> di
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--pump-ms", type=float, default=explorer_module.PUMP_MS,
+    ap.add_argument("--pump-ms", type=int, default=explorer_module.PUMP_MS,
                     help=f"pump period (the app's: {explorer_module.PUMP_MS} ms)")
     ap.add_argument("--seconds", type=float, default=5.0, help="(a): how long to pump")
     ap.add_argument("--fast", type=float, default=1000.0, help="(a): worker steps/s (the speed slider's max)")
