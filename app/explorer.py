@@ -367,7 +367,10 @@ class Explorer(pn.viewable.Viewer):
         self.streams.clear()
         self.network_view.drop_lanes()
         self.curvature_view.drop_lanes()
-        self.streams.f_star = min(m.value for m in p.minima) if p.minima else None
+        # f - f* on a log axis only where f* bounds f from below: not for a game (its equilibrium is a
+        # saddle of f) nor a constrained problem (an unconstrained method goes below f* off the simplex)
+        unbounded = getattr(p, "ascent", None) is not None or getattr(p, "geometry", None) is not None
+        self.streams.f_star = min(m.value for m in p.minima) if p.minima and not unbounded else None
         if not network:
             self.streams.project = to_plane(p)
             b = self.landscape_view.plane_bounds

@@ -49,7 +49,9 @@ _LISTEN_JS = """() => {
   const doc = Bokeh.documents[0];
   let src = null;
   for (const m of doc._all_models.values()) {
-    if (m.data != null && typeof m.get_length === "function" && "loss" in m.data && "grad_norm" in m.data) { src = m; break; }
+    if (m.data != null && typeof m.get_length === "function" && "loss" in m.data && "grad_norm" in m.data) {
+      src = m; break;
+    }
   }
   if (src === null) return false;
   window.__arrivals = [];

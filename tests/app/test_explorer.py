@@ -293,3 +293,14 @@ def test_an_x_axis_given_at_construction_is_applied() -> None:
         assert ex.grad_view.figure.xaxis[0].axis_label == "function values"
     finally:
         ex.close()
+
+
+@pytest.mark.parametrize("problem", ["bilinear_game", "simplex_quadratic"])
+def test_games_and_constrained_problems_plot_raw_f_on_a_linear_axis(problem: str) -> None:
+    ex = Explorer(landscape=problem, optimizers=["sgd"])
+    try:
+        assert ex.streams.f_star is None  # f - f* can be negative here: a log axis would hide it
+        assert ex.loss_view.figure.yaxis[0].axis_label == "f(x) (median over starts)"
+        assert type(ex.loss_view.figure.y_scale).__name__ == "LinearScale"
+    finally:
+        ex.close()
