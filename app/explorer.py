@@ -504,10 +504,9 @@ class Explorer(pn.viewable.Viewer):
         self.error.visible = bool(text)
 
     def _on_tap_event(self, x: float, y: float) -> None:
-        """A click on the landscape, from Bokeh. Panel 1.9 runs a Bokeh event callback inside
-        ``doc.hold("combine")`` and then calls ``doc.hold(None)``, which Bokeh ignores ("hold already
-        active"): the document stays held and nothing more reaches the browser. So the click is
-        handled on the next tick, after releasing that hold."""
+        """A click on the landscape, from Bokeh. Handled on the next tick: what the Bokeh event
+        callback changed itself did not reach the page under Panel 1.9 (the browser test saw the start
+        field keep its value); a hold left on the document is released first."""
         doc = self._doc
         if doc is None or doc.session_context is None:
             self._on_tap(x, y)
