@@ -21,7 +21,10 @@ PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
 
 TRAJECTORY_ROLLOVER = 150_000
 CURVE_ROLLOVER = 50_000
-FLOOR = 1e-300  # log axes cannot show 0: suboptimality 0 is drawn at the floor
+FLOOR = 1e-16
+"""Log axes cannot show 0: a suboptimality or gradient norm below this (a method that reached the
+minimum, or Newton exactly on a stationary point) is drawn at it, so one exact zero does not
+stretch the axis over 300 decades."""
 
 X_AXES = {
     "step": "step",
