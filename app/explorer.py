@@ -505,19 +505,12 @@ class Explorer(pn.viewable.Viewer):
     def _on_tap_event(self, x: float, y: float) -> None:
         """A click on the landscape, from Bokeh. Handled on the next tick: what the Bokeh event
         callback changed itself did not reach the page under Panel 1.9 (the browser test saw the start
-        field keep its value); a hold left on the document is released first."""
+        field keep its value)."""
         doc = self._doc
         if doc is None or doc.session_context is None:
             self._on_tap(x, y)
-            return
-
-
-        def handle() -> None:
-            if doc.callbacks.hold_value is not None:
-                doc.unhold()  # sends what was held, and streams flow again
-            self._on_tap(x, y)
-
-        doc.add_next_tick_callback(handle)
+        else:
+            doc.add_next_tick_callback(lambda: self._on_tap(x, y))
 
     def _on_tap(self, x: float, y: float) -> None:
         """A click ranks the nearest candidate while a person is the oracle, else moves the start."""

@@ -32,15 +32,18 @@ def _unit(largest: float) -> tuple[int, str]:
     return UNITS[-1]
 
 
-def _setup_source(problem: str, options: Mapping[str, Any], optimizer: str, values: Mapping[str, Any],
-                  dtype: str) -> str:
-    """What the measuring subprocess runs first: the problem, and one warm-up step on it (the first
-    optimizer step of a process imports ~800 modules, which must not count as the step's peak)."""
-    return (f"import torch\nfrom engine.memory import account\n"
-            f"from landscapes import get_landscape, get_network, available_networks\n"
-            f"name, options = {problem!r}, {dict(options)!r}\n"
-            f"problem = (get_network if name in available_networks() else get_landscape)(name, **options)\n"
-            f"account({optimizer!r}, problem, hyperparameters={dict(values)!r}, dtype=torch.{dtype})\n")
+# Fixed source run by the measuring subprocess; the user's choices arrive as data in ``params``.
+SETUP = """
+import torch
+from engine.memory import account
+from landscapes import available_networks, get_landscape, get_network
+make = get_network if params["problem"] in available_networks() else get_landscape
+problem = make(params["problem"], **params["options"])
+dtype = getattr(torch, params["dtype"])
+# warm-up: the first optimizer step of a process imports ~800 modules, not part of the step's peak
+account(params["optimizer"], problem, hyperparameters=params["values"], dtype=dtype)
+"""
+STEP = 'account(params["optimizer"], problem, hyperparameters=params["values"], dtype=dtype)\n'
 
 
 class MemoryView:
@@ -112,11 +115,10 @@ class MemoryView:
         def work() -> None:
             try:
                 for label, (name, values) in lanes.items():
-                    setup = _setup_source(problem, options, name, values, dtype)
-                    step = (f"account({name!r}, problem, hyperparameters={dict(values)!r}, "
-                            f"dtype=torch.{dtype})\n")
+                    params = {"problem": problem, "options": dict(options), "optimizer": name,
+                              "values": dict(values), "dtype": dtype}
                     try:
-                        peak = measure_peak_subprocess(setup, step, cuda=cuda, timeout=120)
+                        peak = measure_peak_subprocess(SETUP, STEP, params=params, cuda=cuda, timeout=120)
                     except (RuntimeError, OSError) as exc:
                         with self._lock:
                             self.error = f"{label}: measurement failed: {str(exc)[-300:]}"

@@ -356,7 +356,7 @@ def _status(key):
     raise RuntimeError(key + " is not in /proc/self/status")
 
 _setup, _step, _cuda = sys.argv[1], sys.argv[2], sys.argv[3] == "cuda"
-_ns = {"__name__": "__optiscope_memory_child__"}
+_ns = {"__name__": "__optiscope_memory_child__", "params": json.loads(sys.argv[4])}
 exec(compile(_setup, "<setup>", "exec"), _ns)
 gc.collect()
 if _cuda:
@@ -377,7 +377,8 @@ print("OPTISCOPE_PEAK " + json.dumps(_out), flush=True)
 """
 
 
-def measure_peak_subprocess(setup: str, step: str, *, cuda: bool = False, timeout: float = 600.0,
+def measure_peak_subprocess(setup: str, step: str, *, params: Mapping[str, Any] | None = None,
+                            cuda: bool = False, timeout: float = 600.0,
                             env: Mapping[str, str] | None = None) -> PeakMeasurement:
     """Peak memory of ``step`` (Python source) in a fresh interpreter, above the baseline after
     ``setup`` (imports, model, data, warm-up: same namespace).
@@ -388,6 +389,10 @@ def measure_peak_subprocess(setup: str, step: str, *, cuda: bool = False, timeou
     1 MB per new shape otherwise): RSS then follows live memory. One thread (``OMP_NUM_THREADS=1``)
     unless ``env`` says otherwise. ``cuda=True``: :func:`measure_peak_cuda` in the child instead.
 
+    ``setup`` and ``step`` are the caller's own fixed source, never built from user input: values
+    a user chose (problem name, hyperparameters) travel as ``params`` (JSON), which the child
+    reads as data into the name ``params``.
+
     Warm up in ``setup``: run the step once on something tiny. The first optimizer a process
     builds imports ~800 modules (~70 MB of RSS: ``torch.optim`` pulls in ``torch._dynamo``) and
     first calls page in kernels; without a warm-up the "peak" of a cold step is mostly that.
@@ -396,7 +401,8 @@ def measure_peak_subprocess(setup: str, step: str, *, cuda: bool = False, timeou
                  "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
                  "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     child_env.update(env or {})
-    proc = subprocess.run([sys.executable, "-c", _CHILD, setup, step, "cuda" if cuda else "cpu"],
+    proc = subprocess.run([sys.executable, "-c", _CHILD, setup, step, "cuda" if cuda else "cpu",
+                           json.dumps(dict(params or {}))],
                           capture_output=True, text=True, env=child_env, cwd=ROOT, timeout=timeout)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("OPTISCOPE_PEAK ")]
     if proc.returncode != 0 or not lines:

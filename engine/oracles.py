@@ -241,9 +241,14 @@ class Oracles:
         return int(losses.shape[0]), self.unflat(g)
 
 
-def require_oracles(closure: Any, optimizer: str) -> Oracles:
-    """The closure, checked to be an :class:`Oracles` (a clear message for a plain function)."""
+def require_oracles(closure: Any, optimizer: str, params: Sequence[torch.Tensor] | None = None) -> Oracles:
+    """The closure, checked to be an :class:`Oracles` (a clear message for a plain function) and,
+    given ``params``, to be built over exactly those parameters in that order."""
     if closure is None or not hasattr(closure, "perturbed_value"):
         raise TypeError(f"{optimizer} needs an engine.oracles.Oracles closure: call "
                         f"step(Oracles(loss, params)), not step() or step(plain_function)")
+    if params is not None and (len(params) != len(closure.params)
+                               or any(a is not b for a, b in zip(params, closure.params, strict=False))):
+        raise ValueError(f"{optimizer}: the Oracles must be built over this optimizer's parameters, "
+                         f"in the same order")
     return closure

@@ -48,22 +48,14 @@ the next step).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from engine.optimizers.adaptive import Params, _closure_loss
 from engine.optimizers.torch_builtin import ADAM_BETAS, MOMENTUM, eps, lr, weight_decay
 from engine.registry import Hyperparameter, OptimizerSpec, Oracle, Paper, register
-
-Params = Iterable[torch.Tensor] | Iterable[dict[str, Any]]
-
-
-def _closure_loss(closure: Callable[[], Any] | None) -> Any:
-    if closure is None:
-        return None
-    with torch.enable_grad():
-        return closure()
 
 
 def column_normalize(m: torch.Tensor, floor: float = 1e-8) -> torch.Tensor:

@@ -78,13 +78,7 @@ class _ClosureOptimizer(torch.optim.Optimizer):
         return [group for group in self.param_groups for _ in group["params"]]
 
     def _oracles(self, closure: Any) -> Oracles:
-        oracles = require_oracles(closure, self.label)
-        mine = self._params()
-        if len(mine) != len(oracles.params) or any(a is not b for a, b in zip(mine, oracles.params,
-                                                                              strict=False)):
-            raise ValueError(f"{self.label}: the Oracles must be built over this optimizer's "
-                             f"parameters, in the same order")
-        return oracles
+        return require_oracles(closure, self.label, self._params())
 
     def _gradient(self, oracles: Oracles) -> list[torch.Tensor]:
         """:math:`g_t`: the run's ``p.grad`` when every parameter has one, else one closure gradient."""

@@ -135,13 +135,7 @@ class _ClosureOptimizer(torch.optim.Optimizer):
             state["step"] = int(state.get("step", 0)) + 1
 
     def _oracles(self, closure: Any) -> Oracles:
-        oracles = require_oracles(closure, self.label)
-        mine = self._params()
-        if len(mine) != len(oracles.params) or any(a is not b for a, b in zip(mine, oracles.params,
-                                                                              strict=False)):
-            raise ValueError(f"{self.label}: the Oracles must be built over this optimizer's "
-                             f"parameters, in the same order")
-        return oracles
+        return require_oracles(closure, self.label, self._params())
 
 
 # ---------------------------------------------------------------------------------- SPSA family
