@@ -28,6 +28,12 @@ def _span(hp: Hyperparameter) -> tuple[float, float]:
     return lo, hi
 
 
+def inline_math(tex: str) -> str:
+    r"""``tex`` as inline math for a LaTeX pane. ``<`` and ``>`` become ``\lt`` / ``\gt``: the pane's
+    text passes through HTML, where ``_{i<q}`` opens a ``<q>`` tag and KaTeX gets half a formula."""
+    return "$" + tex.replace("<", r"\lt ").replace(">", r"\gt ") + "$"
+
+
 def hyperparameter_widget(hp: Hyperparameter, value: Any) -> pn.widgets.Widget:
     """A widget for ``hp`` showing ``value``; its ``value`` is the hyperparameter's value."""
     if hp.kind == "bool":
@@ -64,7 +70,7 @@ def optimizer_card(spec: OptimizerSpec, values: dict[str, Any], color: str,
 
         w.param.watch(changed, "value_throttled" if "value_throttled" in w.param else "value")
         widgets.append(w)
-    rule = pn.pane.LaTeX(f"${spec.update_rule}$", styles={"font-size": "0.85em", "overflow-x": "auto"},
+    rule = pn.pane.LaTeX(inline_math(spec.update_rule), styles={"font-size": "0.85em", "overflow-x": "auto"},
                          sizing_mode="stretch_width") if spec.update_rule else None
     cite = pn.pane.Markdown(f"<small>{spec.paper.cite()}</small>" if spec.paper else "",
                             margin=(0, 10))

@@ -22,7 +22,7 @@ import pandas as pd
 import panel as pn
 import param
 
-from app.controls import optimizer_card
+from app.controls import inline_math, optimizer_card
 from app.curvature_view import CurvatureView
 from app.figures import CurveView, LandscapeView, scale_fonts
 from app.memory_view import MemoryView
@@ -696,7 +696,7 @@ class Explorer(pn.viewable.Viewer):
         self.cards.objects = cards
         self._show_rules()
         p = self.problem
-        self.formula.object = f"${p.latex}$"
+        self.formula.object = inline_math(p.latex)
         self.description.object = getattr(p, "description", "")
 
 
@@ -724,7 +724,7 @@ class Explorer(pn.viewable.Viewer):
             return
         self.rules.objects = [
             pn.Row(pn.pane.Markdown(f"**{self._label(k)}**", width=220, styles={"color": lane_color(k)}),
-                   pn.pane.LaTeX(f"${get_spec(self.lane_names[k]).update_rule}$",
+                   pn.pane.LaTeX(inline_math(get_spec(self.lane_names[k]).update_rule),
                                  sizing_mode="stretch_width"),
                    sizing_mode="stretch_width")
             for k in sorted(self.lane_names)]

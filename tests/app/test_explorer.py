@@ -171,10 +171,11 @@ def test_a_network_problem_shows_train_test_curves_and_a_slice() -> None:
     try:
         assert ex.network_view.panel.visible and not ex.landscape_pane.visible
         ex.play()
-        pump_until(ex, lambda: ex.worker.tick > 40 and len(ex.streams.metric_curves) == 2)
+        # generous bounds: a loaded 2-core CI machine (the memory bars account each lane meanwhile)
+        pump_until(ex, lambda: ex.worker.tick > 40 and len(ex.streams.metric_curves) == 2, timeout=30)
         src = ex.streams.metric_curves[0]
         assert {"train_loss", "test_loss", "test_accuracy"} <= set(src.data)
-        pump_until(ex, lambda: len(ex.leaderboard.value) == 2)
+        pump_until(ex, lambda: len(ex.leaderboard.value) == 2, timeout=30)
         assert "test accuracy" in ex.leaderboard.value.columns
         ex.pause()
         job = ex.request_slice("PCA of the trajectory", 0, 11)
@@ -302,5 +303,17 @@ def test_games_and_constrained_problems_plot_raw_f_on_a_linear_axis(problem: str
         assert ex.streams.f_star is None  # f - f* can be negative here: a log axis would hide it
         assert ex.loss_view.figure.yaxis[0].axis_label == "f(x) (median over starts)"
         assert type(ex.loss_view.figure.y_scale).__name__ == "LinearScale"
+    finally:
+        ex.close()
+
+
+def test_update_rules_with_inequalities_survive_the_html_of_the_latex_pane() -> None:
+    from app.controls import inline_math
+
+    assert inline_math(r"\sum_{i<q} x > 0") == r"$\sum_{i\lt q} x \gt  0$"
+    ex = Explorer(landscape="quadratic", lanes=[("zo_sgd", {})])
+    try:
+        rule = next(o for o in ex.cards.objects[0].objects if type(o).__name__ == "LaTeX")
+        assert "<" not in rule.object and r"\lt" in rule.object
     finally:
         ex.close()
