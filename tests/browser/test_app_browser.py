@@ -410,11 +410,13 @@ def test_a_person_ranks_the_candidates_by_clicking_them(browser: object, server:
         s.screenshot("04-candidates")
         order = [2, 0, 3, 1]
         for k, i in enumerate(order[:-1]):
-            x, y = first["at"][i]
+            # positions read just before each click: the page's layout may have moved since
+            # (a full-page screenshot, a table or card filling in above the plot)
+            x, y = s.page.evaluate(_CANDIDATES_JS)["at"][i]
             s.page.mouse.click(x, y)
             wait_until(lambda k=k, i=i: (c := s.page.evaluate(_CANDIDATES_JS)) is not None
                        and c["text"][i] == str(k + 1), REACT, f"candidate {i} to show rank {k + 1}")
-        x, y = first["at"][order[-1]]
+        x, y = s.page.evaluate(_CANDIDATES_JS)["at"][order[-1]]
         s.page.mouse.click(x, y)
         wait_until(lambda: any(f"ranked {order}" in e for e in s.sources()["events"]), REACT,
                    "the ranking to reach the run")
