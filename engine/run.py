@@ -460,7 +460,9 @@ class Run:
         False (and nothing changed) when the first trajectory waits for a person's ranking."""
         n = len(lane.rows[0])
         gets_gradient = lane.spec.oracle in (Oracle.HVPS, Oracle.GRADIENTS)
-        self.awaiting.pop(lane.id, None)  # set again below if the lane still waits
+        # ``awaiting`` is read by other threads (the UI polls it): a lane that still waits keeps its
+        # entry (replaced below, never popped and set again, which would look like an answer), and
+        # loses it only once it has stepped.
         stepped: OracleCounts | None = None
         for i, (row, opt) in enumerate(zip(lane.rows, lane.optimizers, strict=True)):
             if bool(frozen[i]):
@@ -480,6 +482,7 @@ class Run:
                 return False
             if stepped is None:
                 stepped = oracles.counts
+        self.awaiting.pop(lane.id, None)
         lane.step += 1
         given = OracleCounts(function_values=1, gradients=1) if gets_gradient else OracleCounts()
         lane.counts = lane.counts + given + (stepped or OracleCounts())

@@ -4,6 +4,8 @@ run's handling of such optimizers (counts, per-row seeds, a person's ranking, re
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -141,6 +143,33 @@ def test_a_zeroth_order_lane_counts_function_values_and_gets_a_seed_per_row(clos
     # the same config replays the same records
     _, again = Run.replay(problem, run.config, run.log, run.tick)
     assert all(a.same_values(b) for a, b in zip(records, again, strict=True))
+
+
+def test_a_waiting_lane_never_looks_answered_to_another_thread(closure_specs) -> None:
+    """The app polls ``run.awaiting`` from the UI thread while the worker steps. A lane that waits
+    must be in every snapshot: seen missing for an instant, the app took the wait as over and
+    dropped the person's clicks so far (the browser test saw a ranked candidate lose its rank)."""
+    run = Run(get_landscape("rosenbrock"),
+              RunConfig(lanes=({"optimizer": "t_pair", "hyperparameters": {HUMAN: True}},), seed=1))
+    run.step()
+    assert set(run.awaiting) == {0}
+    seen: list[bool] = []
+    done = threading.Event()
+
+    def poll() -> None:
+        while not done.is_set():
+            seen.append(0 in dict(run.awaiting))
+            time.sleep(1e-5)  # a spinning reader would starve the stepping thread of the GIL
+
+    reader = threading.Thread(target=poll)
+    reader.start()
+    try:
+        for _ in range(300):  # each step re-raises the wait with the same candidates
+            run.step()
+    finally:
+        done.set()
+        reader.join()
+    assert len(seen) > 100 and all(seen), f"{seen.count(False)} of {len(seen)} snapshots lost the wait"
 
 
 def test_a_person_ranks_the_run_waits_and_the_log_replays(closure_specs) -> None:
