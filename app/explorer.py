@@ -8,12 +8,14 @@ into streaming Bokeh sources. Closing the browser tab stops the worker.
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import logging
 import tempfile
 import threading
 import zipfile
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -400,7 +402,16 @@ class Explorer(pn.viewable.Viewer):
 
     def _refresh_memory(self) -> None:
         """Account one step of every lane again (lanes or hyperparameters changed), off the UI thread."""
-        self.memory_view.account_lanes(self.problem, self._lane_specs(), self.worker.run.dtype)
+        copied = self._private_problem()
+        self.memory_view.account_lanes(lambda: copied.result(timeout=30), self._lane_specs(),
+                                       self.worker.run.dtype)
+
+    def _private_problem(self) -> Future[Problem]:
+        """A copy of the run's problem for another thread, taken by the worker between two steps:
+        a step of a network problem swaps its module's parameters (``functional_call``, ``vmap``),
+        and a module shared or copied mid-step breaks both sides (CI saw deepcopy fail on a
+        BatchedTensor)."""
+        return self.worker.call(lambda run: copy.deepcopy(run.problem))
 
     def measure_memory(self, wait: bool = False) -> None:
         """Measure each lane's peak memory in an isolated subprocess (the allocator's on CUDA)."""
@@ -663,11 +674,13 @@ class Explorer(pn.viewable.Viewer):
         job = SliceJob(self._label(lane))
         self._slice_job = job
         future = self.worker.call(lambda run: run.trajectory(lane))
-        problem, seed = self.problem, self.seed
+        copied = self._private_problem()
+        seed = self.seed
 
         def work() -> None:
             try:
                 steps, traj = future.result(timeout=30)
+                problem = copied.result(timeout=30)
             except Exception as exc:
                 job.error, job.done = f"slice failed: {exc}", True
                 return
@@ -832,8 +845,9 @@ class Explorer(pn.viewable.Viewer):
         nothing the plots decimated is lost) as Parquet and JSON with the config, event log,
         package versions and device; the race as PNG and GIF (2-D problems); the loss curves as PNG."""
         log = self.worker.call(lambda run: run.event_log()).result(timeout=10)
+        problem = self._private_problem().result(timeout=30)  # the race may be running meanwhile
         events = [LoggedEvent.from_dict(e) for e in log["events"]]
-        run, records = Run.replay(self.problem, RunConfig.from_dict(log["config"]), events, log["ticks"])
+        run, records = Run.replay(problem, RunConfig.from_dict(log["config"]), events, log["ticks"])
         buffer = io.BytesIO()
         with tempfile.TemporaryDirectory() as tmp, zipfile.ZipFile(buffer, "w") as bundle:
             out = Path(tmp)

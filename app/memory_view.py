@@ -10,7 +10,7 @@ thread; :meth:`MemoryView.update` draws what has arrived.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import panel as pn
@@ -78,9 +78,12 @@ class MemoryView:
         self._generation = 0
 
     # -- computing (off the UI thread) -----------------------------------------------------------------
-    def account_lanes(self, problem: Any, lanes: Mapping[str, tuple[str, Mapping[str, Any]]],
-                      dtype: Any, wait: bool = False) -> None:
-        """Account one step of each lane (``label -> (optimizer, hyperparameters)``) in a thread."""
+    def account_lanes(self, private_problem: Callable[[], Any],
+                      lanes: Mapping[str, tuple[str, Mapping[str, Any]]], dtype: Any,
+                      wait: bool = False) -> None:
+        """Account one step of each lane (``label -> (optimizer, hyperparameters)``) in a thread, on
+        the problem ``private_problem()`` returns there: a copy no other thread uses, since a step
+        of a network problem swaps its module's parameters while it runs."""
         with self._lock:
             self._generation += 1
             generation = self._generation
@@ -89,6 +92,13 @@ class MemoryView:
         def work() -> None:
             out: dict[str, MemoryReport] = {}
             errors = []
+            try:
+                problem = private_problem()
+            except Exception as exc:  # shown in the page, never lost in a thread
+                with self._lock:
+                    if generation == self._generation:
+                        self.error = f"memory accounting failed: {exc}"
+                return
             for label, (name, values) in lanes.items():
                 try:
                     out[label] = account(name, problem, hyperparameters=values, dtype=dtype)

@@ -1,14 +1,14 @@
 """Views for network problems: train/test curves per lane, and a loss-landscape slice panel.
 
-The slice is computed off the UI thread: the run's worker hands over the lane's trajectory between
-two steps (``RunWorker.call``), a helper thread evaluates the grid on a private copy of the problem
-(``functional_call`` swaps a module's parameters while it runs, so two threads must never share
-one), and the explorer's periodic pump draws the result on the UI thread.
+The slice is computed off the UI thread: the run's worker hands over the lane's trajectory and a
+private copy of the problem between two steps (``RunWorker.call``; ``functional_call`` swaps a
+module's parameters while a step runs, so two threads must never share one, nor copy one mid-step),
+a helper thread evaluates the grid on the copy, and the explorer's periodic pump draws the result
+on the UI thread.
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -45,11 +45,11 @@ class SliceJob:
     done: bool = False
 
 
-def compute_slice(problem: object, steps: np.ndarray, trajectory: np.ndarray, plane_kind: str, n: int,
+def compute_slice(private: object, steps: np.ndarray, trajectory: np.ndarray, plane_kind: str, n: int,
                   seed: int, job: SliceJob) -> None:
-    """Plane, projection and grid for one lane (runs on a helper thread)."""
+    """Plane, projection and grid for one lane (runs on a helper thread, on a private copy of the
+    problem that no other thread touches)."""
     try:
-        private = copy.deepcopy(problem)  # never share a module across threads
         center = trajectory[-1]
         if plane_kind == PLANES[0]:
             plane: Plane = pca_plane(trajectory, center)

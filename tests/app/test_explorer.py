@@ -12,6 +12,7 @@ import pytest
 from app.explorer import CUSTOM, MAX_LANES, Explorer
 from app.streams import lane_color
 from engine.events import SetHyperparameter, SwitchOptimizer
+from landscapes.networks import NetworkProblem
 from tests.engine.test_oracles import closure_specs  # noqa: F401  (fixture)
 from tests.engine.test_worker import wait_for
 
@@ -166,7 +167,29 @@ def test_a_landscape_without_known_minima_plots_raw_loss_on_a_linear_axis(explor
     assert explorer.streams.curve(0).data["loss"][-1] == float(rec.loss[0])
 
 
-def test_a_network_problem_shows_train_test_curves_and_a_slice() -> None:
+def test_a_network_problem_shows_train_test_curves_and_a_slice(monkeypatch: pytest.MonkeyPatch) -> None:
+    import copy
+    import threading
+
+    copied_on: list[str] = []  # a module copied mid-step can hold functional_call's non-leaf tensors
+    deepcopy = copy.deepcopy
+
+    def spy(obj, memo=None):
+        if isinstance(obj, NetworkProblem):
+            copied_on.append(threading.current_thread().name)
+        return deepcopy(obj, memo)
+
+    monkeypatch.setattr(copy, "deepcopy", spy)
+    import app.memory_view
+
+    accounted_on = []  # the memory instrument steps each lane once, in its own thread
+    account = app.memory_view.account
+
+    def account_spy(name, problem, **kw):
+        accounted_on.append(problem)
+        return account(name, problem, **kw)
+
+    monkeypatch.setattr(app.memory_view, "account", account_spy)
     ex = Explorer(landscape="moons_mlp", lanes=[("adam", {"lr": 0.02}), ("sgd", {"lr": 0.1})], speed=1000)
     try:
         assert ex.network_view.panel.visible and not ex.landscape_pane.visible
@@ -177,10 +200,12 @@ def test_a_network_problem_shows_train_test_curves_and_a_slice() -> None:
         assert {"train_loss", "test_loss", "test_accuracy"} <= set(src.data)
         pump_until(ex, lambda: len(ex.leaderboard.value) == 2, timeout=30)
         assert "test accuracy" in ex.leaderboard.value.columns
-        ex.pause()
-        job = ex.request_slice("PCA of the trajectory", 0, 11)
+        copied_on.clear()
+        job = ex.request_slice("PCA of the trajectory", 0, 11)  # while the race runs
         pump_until(ex, lambda: job.done and ex._slice_job is None, timeout=30)
         assert not job.error, job.error
+        assert copied_on and all(name.startswith("optiscope-run-") for name in copied_on), set(copied_on)
+        assert accounted_on and all(p is not ex.worker.run.problem for p in accounted_on)
         (z,) = ex.network_view.image.data["image"]
         assert z.shape == (11, 11) and np.isfinite(z).all()
         assert len(ex.network_view.path.data["x"]) >= 3
