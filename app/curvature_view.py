@@ -13,6 +13,7 @@ import panel as pn
 from bokeh.models import ColumnDataSource, HoverTool
 from bokeh.plotting import figure
 
+from app.figures import lane_legend, lane_legend_box
 from app.streams import X_AXES, RaceStreams, lane_color
 from engine.curvature import density_on_grid
 
@@ -30,6 +31,7 @@ class CurvatureView:
         self._events = self.sharpness_fig.vspan(x="step", source=streams.events, line_color="#444",
                                                 line_dash="dashed", line_alpha=0.7)
         self.sharpness_fig.add_tools(HoverTool(renderers=[self._events], tooltips=[("event", "@label")]))
+        lane_legend_box(self.sharpness_fig, "bottom_right")
         self.density = ColumnDataSource(dict(x=[], y=[]))
         self.exact = ColumnDataSource(dict(x=[], top=[], bottom=[]))
         self.density_fig = figure(height=300, sizing_mode="stretch_width", tools=tools,
@@ -45,6 +47,7 @@ class CurvatureView:
         self.density_lane.param.watch(lambda _: self._draw_density(), "value")
         self.summary = pn.pane.Markdown("", sizing_mode="stretch_width")
         self._lines: dict[int, list] = {}
+        self._legend: dict[int, object] = {}  # a stand-in per lane (app.figures.lane_legend)
         self.panel = pn.Column(
             pn.Row(pn.pane.Bokeh(self.sharpness_fig, sizing_mode="stretch_width"),
                    pn.Column(pn.pane.Bokeh(self.density_fig, sizing_mode="stretch_width"),
@@ -53,11 +56,12 @@ class CurvatureView:
             self.summary, sizing_mode="stretch_width")
 
     def drop_lanes(self) -> None:
-        ids = {id(r) for rs in self._lines.values() for r in rs}
+        ids = {id(r) for rs in self._lines.values() for r in rs} | set(map(id, self._legend.values()))
         self.sharpness_fig.renderers = [r for r in self.sharpness_fig.renderers if id(r) not in ids]
         if self.sharpness_fig.legend:
             self.sharpness_fig.legend.items = []
         self._lines.clear()
+        self._legend.clear()
         self.density.data = dict(x=[], y=[])
         self.exact.data = dict(x=[], top=[], bottom=[])
         self.summary.object = ""
@@ -72,14 +76,13 @@ class CurvatureView:
             src = self.streams.curvature_curve(lane)
             c = lane_color(lane)
             fig = self.sharpness_fig
-            self._lines[lane] = [
-                fig.line(self.x, "sharpness", source=src, line_color=c, line_width=2, legend_label=label),
+            lines = [
+                fig.line(self.x, "sharpness", source=src, line_color=c, line_width=2),
                 fig.line(self.x, "threshold", source=src, line_color=c, line_width=1.5, line_dash="dashed"),
                 fig.line(self.x, "directional", source=src, line_color=c, line_width=1, line_dash="dotted"),
             ]
-            fig.legend.location = "bottom_right"
-            fig.legend.click_policy = "hide"
-            fig.legend.background_fill_alpha = 0.7
+            self._lines[lane] = lines
+            self._legend[lane] = lane_legend(fig, label, c, lines, line_width=2)
 
     def set_x(self, axis_label: str) -> None:
         self.x = X_AXES[axis_label]

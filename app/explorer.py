@@ -138,6 +138,10 @@ class Explorer(pn.viewable.Viewer):
         self.worker: RunWorker | None = None
         self._callback: Any = None
         self._doc: Any = None  # the session's document, once streaming
+        # a served page that has not drawn yet gets no steps (see start_streaming)
+        doc = pn.state.curdoc
+        self._page_ready = doc is None or doc.session_context is None or pn.state.loaded
+        self._closed = False
         self._pumps = 0
         self._syncing = False
         self._shown_problem: Problem | None = None
@@ -161,7 +165,7 @@ class Explorer(pn.viewable.Viewer):
             self._on_x_axis()
         self.running = autostart
         if autostart:
-            self.worker.resume()
+            self._resume()
 
     # -- layout ----------------------------------------------------------------------------------
     def _build_widgets(self) -> None:
@@ -283,16 +287,39 @@ class Explorer(pn.viewable.Viewer):
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start_streaming(self) -> None:
-        """Start the periodic pump (idempotent) and stop the worker when the session ends."""
-        if self._callback is not None:
+        """Start the periodic pump once the page has loaded (idempotent), and stop the worker when
+        the session ends.
+
+        Why wait for the page: a race that streams while the browser is still building the page
+        (8 lanes, 8 KaTeX rules, the table: several seconds on a small machine) piles its updates
+        up in the websocket, and the page then shows the race ~8 s late and takes tens of seconds
+        to catch up. So an autostarted race holds its first step until the page is there; in a
+        notebook, or with no session at all, ``onload`` runs at once.
+        """
+        if self._doc is not None or self._callback is not None:
             return
         self._doc = pn.state.curdoc
-        self._callback = pn.state.add_periodic_callback(self.pump, period=PUMP_MS)
-        if pn.state.curdoc is not None and pn.state.curdoc.session_context is not None:
+        if self._doc is not None and self._doc.session_context is not None:
             pn.state.on_session_destroyed(lambda _ctx: self.close())
+        pn.state.onload(self._begin_streaming)
+
+    def _begin_streaming(self) -> None:
+        if self._callback is not None or self._closed:
+            return
+        self._callback = pn.state.add_periodic_callback(self.pump, period=PUMP_MS)
+        self._page_ready = True
+        if self.running:
+            self._resume()
+
+    def _resume(self) -> None:
+        """Let the worker step, unless the page it streams to has not loaded yet (see
+        :meth:`start_streaming`; the race then starts when it has)."""
+        if self._page_ready:
+            self.worker.resume()
 
     def close(self) -> None:
         """Stop the worker thread and the pump (called when the browser session ends)."""
+        self._closed = True
         if self._callback is not None:
             self._callback.stop()
             self._callback = None
@@ -336,9 +363,10 @@ class Explorer(pn.viewable.Viewer):
         if events:
             run.schedule(events)
         self.worker = RunWorker(run, steps_per_second=self.speed).start()
-        self._reset_views(run)
+        with self._one_message():
+            self._reset_views(run)
         if keep_running:
-            self.worker.resume()
+            self._resume()
 
     @property
     def is_network(self) -> bool:
@@ -383,7 +411,7 @@ class Explorer(pn.viewable.Viewer):
             label = "f(x) − f* (median over starts)" if known else "f(x) (median over starts)"
             log = known
         self.loss_view.set_y_label(label, log=log)
-        for view in (self.loss_view, self.grad_view):
+        for view in (self.landscape_view, self.loss_view, self.grad_view):
             view.drop_lanes()
             for lane in self.lane_names:
                 view.ensure_lane(lane, self._label(lane))
@@ -442,7 +470,7 @@ class Explorer(pn.viewable.Viewer):
     # -- user actions ----------------------------------------------------------------------------
     def play(self) -> None:
         self.running = True
-        self.worker.resume()
+        self._resume()
         self._update_counter()
 
     def pause(self) -> None:
@@ -495,9 +523,22 @@ class Explorer(pn.viewable.Viewer):
         finally:
             self._syncing = False
 
+    def _one_message(self, freeze: bool = True) -> Any:
+        """Hold the document's changes and send them as one message, the same property's
+        changes combined (no-op without a session). Why: BokehJS lays the whole page out again on
+        every change of a figure's renderers (0.1-0.3 s each on a small machine), and drawing 8
+        lanes makes ~50 of them, one ``fig.line`` at a time: unheld, a new race froze the page for
+        seconds. ``freeze`` defers Bokeh's walk over the document's models to the end (worth it
+        when models are added; the pump adds none)."""
+        return pn.io.hold(self._doc, freeze=freeze)
+
     def _redraw_lanes(self) -> None:
         """Curves for the current lanes (labels change when lanes come, go or switch)."""
-        for view in (self.loss_view, self.grad_view):
+        with self._one_message():
+            self._draw_lanes()
+
+    def _draw_lanes(self) -> None:
+        for view in (self.landscape_view, self.loss_view, self.grad_view):
             view.drop_lanes()
             for k in self.lane_names:
                 view.ensure_lane(k, self._label(k))
@@ -516,12 +557,20 @@ class Explorer(pn.viewable.Viewer):
     def _on_tap_event(self, x: float, y: float) -> None:
         """A click on the landscape, from Bokeh. Handled on the next tick: what the Bokeh event
         callback changed itself did not reach the page under Panel 1.9 (the browser test saw the start
-        field keep its value)."""
+        field keep its value). Held like Panel's own callbacks and the pump, so that its changes go
+        to the page by the same route as theirs, in order: sent by Bokeh's route instead, a click's
+        new candidate labels could be overtaken by a pump's older ones (the browser test saw a
+        ranked candidate keep its "?")."""
         doc = self._doc
         if doc is None or doc.session_context is None:
             self._on_tap(x, y)
-        else:
-            doc.add_next_tick_callback(lambda: self._on_tap(x, y))
+            return
+
+        def on_tap() -> None:
+            with self._one_message(freeze=False):
+                self._on_tap(x, y)
+
+        doc.add_next_tick_callback(on_tap)
 
     def _on_tap(self, x: float, y: float) -> None:
         """A click ranks the nearest candidate while a person is the oracle, else moves the start."""
@@ -893,22 +942,27 @@ class Explorer(pn.viewable.Viewer):
 
     # -- streaming -----------------------------------------------------------------------------------
     def pump(self) -> int:
-        """Move what the worker produced into the plots; returns the number of records moved."""
+        """Move what the worker produced into the plots, as one message to the page; returns the
+        number of records moved. One message: the page paints each plot once per pump rather
+        than once per lane's stream (8 lanes: 17 updates/s reach Chromium instead of 11, and
+        step-to-page latency drops from ~160 to ~105 ms, ``benchmarks/stream.py``)."""
         if self.worker is None:
             return 0
+        with self._one_message(freeze=False):
+            return self._pump()
+
+    def _pump(self) -> int:
         records = self.worker.drain()
         labels = {k: self._label(k) for k in self.lane_names}
         records = [r for r in records if r.lane in self.lane_names]
-        # Not under pn.io.hold: with it, rows went missing from the curves in the browser (a
-        # screenshot showed a lane's curve jump from step 7 to 21), and it did not make Chromium
-        # take in updates faster here (3.9 vs 3.4 per second with 8 lanes).
         self.streams.push(records, labels)
         if self.presenter and records and not self.is_network:
             self.landscape_view.updates.data = self.streams.last_updates()
         if records and not self.is_network:
             self._show_particles()
-        if self.is_network:
-            self.network_view.ensure_lanes(labels, [])
+        if self.is_network and self.network_view.missing_lanes(labels):
+            with self._one_message():
+                self.network_view.ensure_lanes(labels)
         job = self._slice_job
         if job is not None:
             self.network_view.show_progress(job)
@@ -930,7 +984,8 @@ class Explorer(pn.viewable.Viewer):
             self.leaderboard.value = pd.DataFrame(rows)
         if self.streams.latest_probe and (self._pumps % PANEL_EVERY == 0 or not self.running):
             hvps = sum(r.counts.hvps for r in self.streams.latest.values())
-            self.curvature_view.update(labels, self.worker.run.probe_overhead, hvps)
+            with self._one_message():
+                self.curvature_view.update(labels, self.worker.run.probe_overhead, hvps)
         if self._pumps % COUNTER_EVERY == 0 or not self.running:
             self._update_counter()
             memory_error = self.memory_view.update()

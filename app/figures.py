@@ -12,7 +12,9 @@ from bokeh.models import (
     BasicTickFormatter,
     ColorBar,
     ColumnDataSource,
+    GlyphRenderer,
     HoverTool,
+    Legend,
     LinearColorMapper,
     LinearScale,
     LogScale,
@@ -44,6 +46,37 @@ def scale_fonts(fig: figure, big: bool) -> None:
         axis.axis_label_text_font_size = labels
     for legend in fig.legend:
         legend.label_text_font_size = labels
+
+
+def lane_legend(fig: figure, label: str, color: str, follow: list[GlyphRenderer] | tuple = (),
+                **line: object) -> GlyphRenderer:
+    """A legend entry for streamed renderers, drawn by a stand-in line that holds no data.
+
+    Why not ``legend_label`` on the streamed renderer itself: BokehJS's Legend listens, recursively,
+    to every model its items reference, their data sources included, and rebuilds all its entries
+    (a canvas each) on every change. With 8 lanes streaming at 20 Hz the loss and gradient legends
+    were rebuilt ~300 times a second, which kept Chromium 10 s behind the race. The stand-in's
+    source never changes. Hiding it (``click_policy="hide"``) hides ``follow`` on the server, which
+    works under ``panel serve`` and in a notebook alike.
+    """
+    # one NaN point: it draws nothing, but BokehJS draws no legend sample for an empty source
+    stand_in = fig.line([np.nan], [np.nan], line_color=color, legend_label=label, **line)
+
+    def hide_with_it(attr: str, old: bool, new: bool) -> None:
+        for renderer in follow:
+            renderer.visible = new
+
+    stand_in.on_change("visible", hide_with_it)
+    return stand_in
+
+
+def lane_legend_box(fig: figure, location: str) -> None:
+    """Give ``fig`` its (empty, hence hidden) legend now, for :func:`lane_legend` to fill later.
+
+    Why now: a Legend added to a plot inside a held batch of changes (lanes are drawn in one
+    message, see ``Explorer._one_message``) made BokehJS throw "cannot find a view for Legend".
+    """
+    fig.add_layout(Legend(location=location, click_policy="hide", background_fill_alpha=0.7))
 
 
 def _color_values(z: np.ndarray, log: bool) -> tuple[np.ndarray, str]:
@@ -85,7 +118,8 @@ class LandscapeView:
         fig.scatter("x", "y", source=self.start, marker="circle_cross", size=13, fill_alpha=0,
                     line_color="white", line_width=2, legend_label="start (click to move)")
         fig.segment("x0", "y0", "x1", "y1", source=streams.segments, line_color="color", line_width=2,
-                    line_alpha=0.9, legend_field="optimizer")
+                    line_alpha=0.9)  # one source for every lane: its legend entries are stand-ins
+        self._legend: dict[int, GlyphRenderer] = {}
         heads = fig.scatter("x", "y", source=streams.heads, size=9, fill_color="color", line_color="white",
                             fill_alpha="alpha", line_alpha="alpha")
         # a population method's particles (CBO), drawn as a cloud around its consensus point
@@ -108,7 +142,6 @@ class LandscapeView:
         fig.add_layout(ColorBar(color_mapper=self.mapper, width=10, title=""), "right")
         fig.legend.location = "top_left"
         fig.legend.background_fill_alpha = 0.75
-        fig.legend.click_policy = "hide"
         # two quick clicks are a DoubleTap, not two Taps: both are clicks here (ranking candidates)
         for event in (Tap, DoubleTap):
             fig.on_event(event, lambda ev: on_tap(float(ev.x), float(ev.y)))
@@ -134,6 +167,17 @@ class LandscapeView:
         self.figure.x_range.update(start=b.low[0], end=b.high[0])
         self.figure.y_range.update(start=b.low[1], end=b.high[1])
         self.figure.title.text = getattr(problem, "title", problem.name)
+
+    def ensure_lane(self, lane: int, label: str) -> None:
+        if lane not in self._legend:
+            self._legend[lane] = lane_legend(self.figure, label, lane_color(lane), line_width=2)
+
+    def drop_lanes(self) -> None:
+        stand_ins = set(map(id, self._legend.values()))
+        self.figure.renderers = [r for r in self.figure.renderers if id(r) not in stand_ins]
+        legend = self.figure.legend[0]
+        legend.items = [item for item in legend.items if not stand_ins & set(map(id, item.renderers))]
+        self._legend.clear()
 
     def set_start(self, x: float, y: float) -> None:
         self.start.data = dict(x=[x], y=[y])
@@ -165,24 +209,26 @@ class CurveView:
         self._events = self.figure.vspan(x="step", source=streams.events, line_color="#444",
                                          line_dash="dashed", line_alpha=0.7)
         self.figure.add_tools(HoverTool(renderers=[self._events], tooltips=[("event", "@label")]))
-        self._lines: dict[int, object] = {}
+        self._lines: dict[int, GlyphRenderer] = {}
+        self._legend: dict[int, GlyphRenderer] = {}
+        lane_legend_box(self.figure, "top_right")
 
     def ensure_lane(self, lane: int, label: str) -> None:
         if lane in self._lines:
             return
-        r = self.figure.line(self.x, self.y, source=self.streams.curve(lane), line_color=lane_color(lane),
-                             line_width=2, legend_label=label)
+        color = lane_color(lane)
+        r = self.figure.line(self.x, self.y, source=self.streams.curve(lane), line_color=color, line_width=2)
         self._lines[lane] = r
-        self.figure.legend.location = "top_right"
-        self.figure.legend.click_policy = "hide"
-        self.figure.legend.background_fill_alpha = 0.7
+        self._legend[lane] = lane_legend(self.figure, label, color, [r], line_width=2)
 
     def drop_lanes(self) -> None:
         """Remove every line (a new run starts with fresh lanes)."""
-        self.figure.renderers = [r for r in self.figure.renderers if r not in self._lines.values()]
+        gone = set(map(id, [*self._lines.values(), *self._legend.values()]))
+        self.figure.renderers = [r for r in self.figure.renderers if id(r) not in gone]
         if self.figure.legend:
             self.figure.legend.items = []
         self._lines.clear()
+        self._legend.clear()
 
     def set_x(self, axis_label: str) -> None:
         self.x = X_AXES[axis_label]

@@ -19,6 +19,7 @@ from bokeh.models import ColorBar, ColumnDataSource, HoverTool, LinearColorMappe
 from bokeh.palettes import Viridis256
 from bokeh.plotting import figure
 
+from app.figures import lane_legend, lane_legend_box
 from app.streams import X_AXES, RaceStreams, lane_color
 from engine.slices import (
     Plane,
@@ -83,9 +84,11 @@ class NetworkView:
                                title="full-set loss: train (solid), test (dashed), eval mode")
         self.acc_fig = figure(height=280, sizing_mode="stretch_width", tools=tools,
                               title="accuracy: test (solid), train (dashed), eval mode")
-        for fig in (self.loss_fig, self.acc_fig):
+        for fig, corner in ((self.loss_fig, "top_right"), (self.acc_fig, "bottom_right")):
             fig.xaxis.axis_label = "step"
+            lane_legend_box(fig, corner)
         self._lines: dict[int, list] = {}
+        self._legend: dict[int, list] = {}  # stand-ins per lane (app.figures.lane_legend)
         self.image = ColumnDataSource(dict(image=[], x=[], y=[], dw=[], dh=[]))
         self.path = ColumnDataSource(dict(x=[], y=[], step=[], off=[]))
         self.mapper = LinearColorMapper(palette=Viridis256)
@@ -130,14 +133,20 @@ class NetworkView:
         self.slice_fig.title.text = "loss-landscape slice (compute one below)"
 
     def drop_lanes(self) -> None:
-        renderers = {id(r) for rs in self._lines.values() for r in rs}
+        renderers = {id(r) for rs in (*self._lines.values(), *self._legend.values()) for r in rs}
         for fig in (self.loss_fig, self.acc_fig):
             fig.renderers = [r for r in fig.renderers if id(r) not in renderers]
             if fig.legend:
                 fig.legend.items = []
         self._lines.clear()
+        self._legend.clear()
 
-    def ensure_lanes(self, labels: dict[int, str], metric_names: list[str]) -> None:
+    def missing_lanes(self, labels: dict[int, str]) -> bool:
+        """Whether :meth:`ensure_lanes` has something to draw (it is polled at every pump)."""
+        return ({label: lane for lane, label in labels.items()} != self.lane.options
+                or any(lane not in self._lines and lane in self.streams.metric_curves for lane in labels))
+
+    def ensure_lanes(self, labels: dict[int, str]) -> None:
         """Lines for lanes whose metric source exists (it is created by the first metrics record)."""
         options = {label: lane for lane, label in labels.items()}
         if options != self.lane.options:  # re-sending options re-renders the select
@@ -152,17 +161,16 @@ class NetworkView:
                                        (self.acc_fig, "test_accuracy", "train_accuracy")):
                 if solid not in src.data and fig is self.acc_fig and "recovery_error" in src.data:
                     solid, dashed = "recovery_error", None
+                drawn = []
                 if solid in src.data:
-                    lines.append(fig.line(self.x, solid, source=src, line_color=color, line_width=2,
-                                          legend_label=label))
+                    drawn.append(fig.line(self.x, solid, source=src, line_color=color, line_width=2))
                 if dashed and dashed in src.data:
-                    lines.append(fig.line(self.x, dashed, source=src, line_color=color, line_width=1.5,
+                    drawn.append(fig.line(self.x, dashed, source=src, line_color=color, line_width=1.5,
                                           line_dash="dashed"))
-            for fig in (self.loss_fig, self.acc_fig):
-                if fig.legend:
-                    fig.legend.location = "top_right" if fig is self.loss_fig else "bottom_right"
-                    fig.legend.click_policy = "hide"
-                    fig.legend.background_fill_alpha = 0.7
+                if drawn:
+                    lines += drawn
+                    entry = lane_legend(fig, label, color, drawn, line_width=2)
+                    self._legend.setdefault(lane, []).append(entry)
             self._lines[lane] = lines
 
     def set_x(self, axis_label: str) -> None:

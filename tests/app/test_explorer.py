@@ -4,10 +4,14 @@ what reaches the plot streams, the run's event log and the worker thread."""
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 
 import numpy as np
+import panel as pn
 import param
 import pytest
+from bokeh.document import Document
+from panel.io.state import set_curdoc
 
 from app.explorer import CUSTOM, MAX_LANES, Explorer
 from app.streams import lane_color
@@ -77,6 +81,26 @@ def test_pause_stops_stepping(explorer: Explorer) -> None:
     assert explorer.worker.tick == tick
     explorer.pump()
     assert "paused" in explorer.counter.object and f"step {tick}" in explorer.counter.object
+
+
+def test_a_served_race_starts_when_its_page_has_loaded() -> None:
+    """Under ``panel serve`` an autostarted race takes no step before the page reports it has
+    loaded (Bokeh's document_ready, which Panel turns into its onload callbacks): updates sent
+    while the browser is still building the page pile up, and the page then runs seconds late."""
+    doc = Document()  # with what a served session's document has: a session context and its request
+    session = SimpleNamespace(id="test", request=SimpleNamespace(arguments={}, cookies={}, headers={}))
+    doc._session_context = lambda: session
+    with set_curdoc(doc):
+        ex = Explorer(landscape="quadratic", optimizers=["sgd"], speed=500, autostart=True)
+        try:
+            ex.start_streaming()
+            time.sleep(0.3)
+            assert ex.running and ex.worker.tick == 0 and ex._callback is None
+            pn.state._on_load(doc)  # what Panel runs when the page says it is ready
+            wait_for(lambda: ex.worker.tick > 10)
+            assert ex._callback is not None
+        finally:
+            ex.close()
 
 
 def test_close_stops_the_worker_thread(explorer: Explorer) -> None:
@@ -167,6 +191,54 @@ def test_a_landscape_without_known_minima_plots_raw_loss_on_a_linear_axis(explor
     assert explorer.streams.curve(0).data["loss"][-1] == float(rec.loss[0])
 
 
+def streamed_sources(ex: Explorer) -> set[int]:
+    s = ex.streams
+    return set(map(id, (s.segments, *s.curves.values(), *s.metric_curves.values(),
+                        *s.curvature_curves.values())))
+
+
+def legend_entries(fig) -> dict[str, list]:
+    """Label -> the renderers its legend item draws from."""
+    return {item.label.value: list(item.renderers) for legend in fig.legend for item in legend.items}
+
+
+def test_legends_draw_from_stand_ins_and_hiding_one_hides_its_lines() -> None:
+    """A Bokeh legend listens to every source its items' renderers hold and rebuilds itself on
+    each change: no legend may hold a streamed source (app.figures.lane_legend)."""
+    ex = Explorer(landscape="quadratic", lanes=[("sgd", {"lr": 0.05}), ("adam", {})], probe_every=2,
+                  speed=500)
+    try:
+        for _ in range(5):
+            ex.step()
+        pump_until(ex, lambda: len(ex.streams.curvature_curves) == 2
+                   and all(len(ex.streams.curve(k).data["step"]) == 5 for k in (0, 1)))
+        ex.curvature_view.update({0: "SGD", 1: "Adam"}, 0.0, 1)
+        streamed = streamed_sources(ex)
+        figures = (ex.landscape_view.figure, ex.loss_view.figure, ex.grad_view.figure,
+                   ex.curvature_view.sharpness_fig)
+        for fig in figures:
+            entries = legend_entries(fig)
+            assert {"SGD", "Adam"} <= set(entries), (fig.title.text, entries)
+            held = [r for rs in entries.values() for r in rs if id(r.data_source) in streamed]
+            assert held == [], fig.title.text
+        # a lane's entry hides that lane's lines (the click's effect: click_policy "hide")
+        lines = {r for r in ex.curvature_view.sharpness_fig.renderers
+                 if id(getattr(r, "data_source", None)) == id(ex.streams.curvature_curve(0))}
+        assert len(lines) == 3  # sharpness, threshold, along the update
+        (stand_in,) = legend_entries(ex.curvature_view.sharpness_fig)["SGD"]
+        stand_in.visible = False
+        assert not any(r.visible for r in lines)
+        assert all(r.visible for r in ex.curvature_view.sharpness_fig.renderers
+                   if id(getattr(r, "data_source", None)) == id(ex.streams.curvature_curve(1)))
+        stand_in.visible = True
+        assert all(r.visible for r in lines)
+        (loss_stand_in,) = legend_entries(ex.loss_view.figure)["Adam"]
+        loss_stand_in.visible = False
+        assert not ex.loss_view._lines[1].visible and ex.loss_view._lines[0].visible
+    finally:
+        ex.close()
+
+
 def test_a_network_problem_shows_train_test_curves_and_a_slice(monkeypatch: pytest.MonkeyPatch) -> None:
     import copy
     import threading
@@ -198,6 +270,10 @@ def test_a_network_problem_shows_train_test_curves_and_a_slice(monkeypatch: pyte
         pump_until(ex, lambda: ex.worker.tick > 40 and len(ex.streams.metric_curves) == 2, timeout=30)
         src = ex.streams.metric_curves[0]
         assert {"train_loss", "test_loss", "test_accuracy"} <= set(src.data)
+        for fig in (ex.network_view.loss_fig, ex.network_view.acc_fig):  # legends hold no streamed source
+            entries = legend_entries(fig)
+            assert set(entries) == {"Adam", "SGD"}
+            assert not {id(r.data_source) for rs in entries.values() for r in rs} & streamed_sources(ex)
         pump_until(ex, lambda: len(ex.leaderboard.value) == 2, timeout=30)
         assert "test accuracy" in ex.leaderboard.value.columns
         copied_on.clear()

@@ -6,12 +6,13 @@ every check reads the page: the step counter (``.step-counter``) and the Bokeh d
 ``ColumnDataSource`` objects through ``window.Bokeh``. Screenshots of key moments go to
 ``$OPTISCOPE_ARTIFACTS`` (default ``artifacts/``).
 
-Load: at the app's default 60 steps/s one page keeps headless Chromium's renderer main thread
-busy (software canvas, Bokeh repaints per streamed message) and the server ~0.9 core; on a 2-core
-machine clicks then take tens of seconds to land. After the first test has watched the default
-race, the tests therefore slow each page's race to ``TEST_SPEED`` steps/s (the speed slider's
-model, set from the page), run one race at a time, restart races rather than let a page
-accumulate minutes of points, and give the server ``REACT`` seconds to react to an action.
+Load: at the app's default 60 steps/s a page keeps up (one message per pump, ~110 ms from step
+to page: ``benchmarks/stream.py``), but its software-canvas repaints still take much of a core,
+and on a 2-core CI machine shared with the server, its workers and other tests a click can take
+seconds to land. After the first test has watched the default race, the tests therefore slow
+each page's race to ``TEST_SPEED`` steps/s (the speed slider's model, set from the page), run one
+race at a time, restart races rather than let a page accumulate minutes of points, and give the
+server ``REACT`` seconds to react to an action.
 """
 
 from __future__ import annotations
@@ -415,11 +416,13 @@ def test_a_person_ranks_the_candidates_by_clicking_them(browser: object, server:
             x, y = s.page.evaluate(_CANDIDATES_JS)["at"][i]
             s.page.mouse.click(x, y)
             wait_until(lambda k=k, i=i: (c := s.page.evaluate(_CANDIDATES_JS)) is not None
-                       and c["text"][i] == str(k + 1), REACT, f"candidate {i} to show rank {k + 1}")
+                       and c["text"][i] == str(k + 1), REACT, f"candidate {i} to show rank {k + 1}",
+                       lambda x=x, y=y: (time.time(), (x, y), s.page.evaluate(_CANDIDATES_JS)))
         x, y = s.page.evaluate(_CANDIDATES_JS)["at"][order[-1]]
         s.page.mouse.click(x, y)
         wait_until(lambda: any(f"ranked {order}" in e for e in s.sources()["events"]), REACT,
-                   "the ranking to reach the run")
+                   "the ranking to reach the run",
+                   lambda: (s.sources()["events"], s.page.evaluate(_CANDIDATES_JS), s.counter()))
         wait_until(lambda: shown() and state["c"]["at"] != first["at"], REACT, "the next candidates")
         s.screenshot("05-ranked")
         assert s.unexpected_errors() == []
