@@ -51,6 +51,7 @@ from engine.views import to_plane
 from engine.worker import RunWorker
 from landscapes import (
     ExpressionError,
+    NetworkProblem,
     available_landscapes,
     available_networks,
     get_landscape,
@@ -370,7 +371,14 @@ class Explorer(pn.viewable.Viewer):
 
     @property
     def is_network(self) -> bool:
-        return self.problem.dim > 3 or self.problem.bounds is None
+        """A network: train/test metrics, slices, minibatches, costlier probes."""
+        return isinstance(self.problem, NetworkProblem)
+
+    @property
+    def is_drawn(self) -> bool:
+        """Drawn as a picture: a bounded problem of up to 3 dimensions (an N-D quadratic is neither
+        drawn nor a network: it gets the curves, the table and the instruments)."""
+        return self.problem.dim <= 3 and self.problem.bounds is not None
 
     def _make_problem(self) -> Problem:
         if self.landscape == CUSTOM:
@@ -384,13 +392,13 @@ class Explorer(pn.viewable.Viewer):
 
     def _reset_views(self, run: Run) -> None:
         p = self.problem
-        network = self.is_network
-        self.landscape_pane.visible = not network
+        network, drawn = self.is_network, self.is_drawn
+        self.landscape_pane.visible = drawn
         self.network_view.panel.visible = network
         if self._shown_problem is not p:  # the grid is recomputed only for a new problem
             if network:
                 self.network_view.set_problem(p)
-            else:
+            if drawn:
                 self.landscape_view.set_problem(p)
             self._shown_problem = p
         self.streams.clear()
@@ -400,7 +408,7 @@ class Explorer(pn.viewable.Viewer):
         # saddle of f) nor a constrained problem (an unconstrained method goes below f* off the simplex)
         unbounded = getattr(p, "ascent", None) is not None or getattr(p, "geometry", None) is not None
         self.streams.f_star = min(m.value for m in p.minima) if p.minima and not unbounded else None
-        if not network:
+        if drawn:
             self.streams.project = to_plane(p)
             b = self.landscape_view.plane_bounds
             self.streams.min_move = 0.002 * ((b.high[0] - b.low[0]) ** 2 + (b.high[1] - b.low[1]) ** 2) ** 0.5
@@ -415,7 +423,7 @@ class Explorer(pn.viewable.Viewer):
             view.drop_lanes()
             for lane in self.lane_names:
                 view.ensure_lane(lane, self._label(lane))
-        if not network:
+        if drawn:
             x0 = run.starts[0].cpu().numpy()
             drawn = self.streams.project(x0)
             self.landscape_view.set_start(float(drawn[0]), float(drawn[1]))
@@ -640,10 +648,10 @@ class Explorer(pn.viewable.Viewer):
 
     def _show_waiting(self) -> None:
         waiting = self._waiting
-        if waiting is None or self.is_network:
+        if waiting is None or not self.is_drawn:
             self.ranking_prompt.visible = self.undo_rank_button.visible = False
             self.landscape_view.show_candidates(None, [])
-            if waiting is not None:  # a network's candidates can't be drawn
+            if waiting is not None:  # candidates in N dimensions can't be drawn
                 self.show_error("a person can rank candidates on 2-D landscapes only: turn 'human' off")
             return
         lane, candidates = waiting
@@ -905,7 +913,7 @@ class Explorer(pn.viewable.Viewer):
             if records:
                 files.append(curves_png(records, out / "loss.png", x=self.x_axis,
                                         f_star=self.streams.f_star))
-                if not self.is_network and self.problem.dim == 2:
+                if self.is_drawn and self.problem.dim == 2:
                     files += [race_png(self.problem, records, out / "race.png"),
                               race_gif(self.problem, records, out / "race.gif")]
             for f in files:
@@ -956,9 +964,9 @@ class Explorer(pn.viewable.Viewer):
         labels = {k: self._label(k) for k in self.lane_names}
         records = [r for r in records if r.lane in self.lane_names]
         self.streams.push(records, labels)
-        if self.presenter and records and not self.is_network:
+        if self.presenter and records and self.is_drawn:
             self.landscape_view.updates.data = self.streams.last_updates()
-        if records and not self.is_network:
+        if records and self.is_drawn:
             self._show_particles()
         if self.is_network and self.network_view.missing_lanes(labels):
             with self._one_message():
@@ -996,7 +1004,7 @@ class Explorer(pn.viewable.Viewer):
     def _update_counter(self) -> None:
         tick = self.worker.tick if self.worker is not None else 0
         state = "running" if self.running else "paused"
-        drawn = "" if self.is_network else f" · {self.streams.points_streamed:,} points drawn"
+        drawn = f" · {self.streams.points_streamed:,} points drawn" if self.is_drawn else ""
         text = f"**step {tick}** · {state}{drawn}"
         if text != self.counter.object:
             self.counter.object = text

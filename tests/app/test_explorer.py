@@ -291,6 +291,23 @@ def test_a_network_problem_shows_train_test_curves_and_a_slice(monkeypatch: pyte
         ex.close()
 
 
+def test_an_n_d_problem_is_neither_drawn_nor_treated_as_a_network() -> None:
+    """Block coordinate descent's 20-D quadratic: curves, table and instruments, but no landscape
+    picture and none of a network's panels (train/test curves, slices, a minibatch loss label)."""
+    ex = Explorer(landscape="quadratic", problem_options={"dim": 20, "kappa": 100.0},
+                  lanes=[("bcd_cyclic", {}), ("bcd_gauss_southwell", {})], speed=500)
+    try:
+        assert not ex.landscape_pane.visible and not ex.network_view.panel.visible
+        assert ex.loss_view.figure.yaxis.axis_label == "f(x) − f* (median over starts)"
+        ex.play()
+        pump_until(ex, lambda: curve_len(ex, 0) > 20 and curve_len(ex, 1) > 20, timeout=30)
+        assert len(ex.streams.segments.data["x0"]) == 0  # nothing to draw a path on
+        assert "points drawn" not in ex.counter.object
+        assert ex.request_slice("PCA of the trajectory", 0, 11) is None  # slices are for networks
+    finally:
+        ex.close()
+
+
 def test_curvature_panel_shows_sharpness_against_the_threshold_and_follows_lr() -> None:
     """On the bowl (Hessian diag(1, 10)) the sharpness is exactly 10; GD's threshold is 2/lr."""
     from engine.events import SetProbes
