@@ -188,11 +188,11 @@ class Explorer(pn.viewable.Viewer):
         self.share_button.on_click(lambda _: self.share_link())
         self.log_download = pn.widgets.FileDownload(
             callback=self._event_log_file, filename="optiscope-session.json", label="save event log",
-            button_type="light", width=150)
+            color="light", width=150)
         self.log_upload = pn.widgets.FileInput(accept=".json", width=220)
         self.export_download = pn.widgets.FileDownload(
             callback=lambda: io.BytesIO(self.export_bundle()), filename="optiscope-race.zip",
-            label="export records + images", button_type="light", width=200)
+            label="export records + images", color="light", width=200)
         self.log_upload.param.watch(self._on_upload, "value")
         self.ranking_prompt = pn.pane.Alert("", alert_type="warning", visible=False, margin=(5, 0),
                                             sizing_mode="stretch_width")
