@@ -46,8 +46,12 @@ def test_bars_show_each_optimizers_accounted_memory(ex: Explorer) -> None:
 
 
 def test_measured_peaks_are_labelled_measured(ex: Explorer) -> None:
+    # wide enough that Adam's step must map new memory (gradients and state: ~1.8 MB in float64);
+    # at the default width its ~0.1 MB could fit in pages the process already had (seen: 0 bytes)
+    ex.problem_options = {"width": 1024}
     ex.optimizers = ["adam"]
-    wait_for(lambda: list(ex.memory_view.reports) == ["Adam"], 30)
+    wait_for(lambda: list(ex.memory_view.reports) == ["Adam"]
+             and ex.memory_view.reports["Adam"].parameter_bytes == 8 * ex.problem.dim > 600_000, 30)
     ex.measure_memory(wait=True)
     pump_until(ex, lambda: len(ex.memory_view.peaks.data["lane"]) == 1, 10)
     assert ex.memory_view.peaks.data["kind"] == ["measured (peak RSS of an isolated subprocess)"]
