@@ -13,7 +13,7 @@ import panel as pn
 from bokeh.models import ColumnDataSource, HoverTool
 from bokeh.plotting import figure
 
-from app.figures import lane_legend, lane_legend_box
+from app.figures import drop_renderers, lane_legend, lane_legend_box
 from app.streams import X_AXES, RaceStreams, lane_color
 from engine.curvature import density_on_grid
 
@@ -56,10 +56,8 @@ class CurvatureView:
             self.summary, sizing_mode="stretch_width")
 
     def drop_lanes(self) -> None:
-        ids = {id(r) for rs in self._lines.values() for r in rs} | set(map(id, self._legend.values()))
-        self.sharpness_fig.renderers = [r for r in self.sharpness_fig.renderers if id(r) not in ids]
-        if self.sharpness_fig.legend:
-            self.sharpness_fig.legend.items = []
+        drop_renderers(self.sharpness_fig, [*(r for rs in self._lines.values() for r in rs),
+                                            *self._legend.values()])
         self._lines.clear()
         self._legend.clear()
         self.density.data = dict(x=[], y=[])

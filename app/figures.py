@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 from bokeh.events import DoubleTap, Tap
@@ -68,6 +68,14 @@ def lane_legend(fig: figure, label: str, color: str, follow: list[GlyphRenderer]
 
     stand_in.on_change("visible", hide_with_it)
     return stand_in
+
+
+def drop_renderers(fig: figure, renderers: Iterable[GlyphRenderer]) -> None:
+    """Take ``renderers`` off ``fig``, with the legend entries that point at them (others stay)."""
+    gone = set(map(id, renderers))
+    fig.renderers = [r for r in fig.renderers if id(r) not in gone]
+    for legend in fig.legend:
+        legend.items = [item for item in legend.items if not gone & set(map(id, item.renderers))]
 
 
 def lane_legend_box(fig: figure, location: str) -> None:
@@ -173,10 +181,7 @@ class LandscapeView:
             self._legend[lane] = lane_legend(self.figure, label, lane_color(lane), line_width=2)
 
     def drop_lanes(self) -> None:
-        stand_ins = set(map(id, self._legend.values()))
-        self.figure.renderers = [r for r in self.figure.renderers if id(r) not in stand_ins]
-        legend = self.figure.legend[0]
-        legend.items = [item for item in legend.items if not stand_ins & set(map(id, item.renderers))]
+        drop_renderers(self.figure, self._legend.values())
         self._legend.clear()
 
     def set_start(self, x: float, y: float) -> None:
@@ -223,10 +228,7 @@ class CurveView:
 
     def drop_lanes(self) -> None:
         """Remove every line (a new run starts with fresh lanes)."""
-        gone = set(map(id, [*self._lines.values(), *self._legend.values()]))
-        self.figure.renderers = [r for r in self.figure.renderers if id(r) not in gone]
-        if self.figure.legend:
-            self.figure.legend.items = []
+        drop_renderers(self.figure, [*self._lines.values(), *self._legend.values()])
         self._lines.clear()
         self._legend.clear()
 

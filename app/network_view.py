@@ -19,7 +19,7 @@ from bokeh.models import ColorBar, ColumnDataSource, HoverTool, LinearColorMappe
 from bokeh.palettes import Viridis256
 from bokeh.plotting import figure
 
-from app.figures import lane_legend, lane_legend_box
+from app.figures import drop_renderers, lane_legend, lane_legend_box
 from app.streams import X_AXES, RaceStreams, lane_color
 from engine.slices import (
     Plane,
@@ -133,11 +133,9 @@ class NetworkView:
         self.slice_fig.title.text = "loss-landscape slice (compute one below)"
 
     def drop_lanes(self) -> None:
-        renderers = {id(r) for rs in (*self._lines.values(), *self._legend.values()) for r in rs}
+        renderers = [r for rs in (*self._lines.values(), *self._legend.values()) for r in rs]
         for fig in (self.loss_fig, self.acc_fig):
-            fig.renderers = [r for r in fig.renderers if id(r) not in renderers]
-            if fig.legend:
-                fig.legend.items = []
+            drop_renderers(fig, renderers)
         self._lines.clear()
         self._legend.clear()
 
