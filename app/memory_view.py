@@ -14,10 +14,12 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import panel as pn
+import torch
 from bokeh.models import ColumnDataSource, FactorRange, HoverTool
 from bokeh.plotting import figure
 
 from engine.memory import MemoryReport, PeakMeasurement, account, measure_peak_subprocess
+from landscapes import available_networks, get_landscape, get_network
 
 PARTS = ("parameters", "gradients", "optimizer state", "saved activations")
 COLUMNS = ("parameters", "gradients", "state", "activations")
@@ -32,18 +34,18 @@ def _unit(largest: float) -> tuple[int, str]:
     return UNITS[-1]
 
 
-# Fixed source run by the measuring subprocess; the user's choices arrive as data in ``params``.
-SETUP = """
-import torch
-from engine.memory import account
-from landscapes import available_networks, get_landscape, get_network
-make = get_network if params["problem"] in available_networks() else get_landscape
-problem = make(params["problem"], **params["options"])
-dtype = getattr(torch, params["dtype"])
-# warm-up: the first optimizer step of a process imports ~800 modules, not part of the step's peak
-account(params["optimizer"], problem, hyperparameters=params["values"], dtype=dtype)
-"""
-STEP = 'account(params["optimizer"], problem, hyperparameters=params["values"], dtype=dtype)\n'
+def account_step(problem: str, options: dict[str, Any], optimizer: str, values: dict[str, Any],
+                 dtype: str) -> Callable[[], MemoryReport]:
+    """One accounted step of a lane, for :func:`engine.memory.measure_peak_subprocess` (its
+    target, called in the child with the user's choices as JSON data); warmed up once."""
+    make = get_network if problem in available_networks() else get_landscape
+    built = make(problem, **options)
+
+    def step() -> MemoryReport:
+        return account(optimizer, built, hyperparameters=values, dtype=getattr(torch, dtype))
+
+    step()  # the first optimizer step of a process imports ~800 modules: not the step's peak
+    return step
 
 
 class MemoryView:
@@ -128,7 +130,8 @@ class MemoryView:
                     params = {"problem": problem, "options": dict(options), "optimizer": name,
                               "values": dict(values), "dtype": dtype}
                     try:
-                        peak = measure_peak_subprocess(SETUP, STEP, params=params, cuda=cuda, timeout=120)
+                        peak = measure_peak_subprocess("app.memory_view:account_step", params=params,
+                                                       cuda=cuda, timeout=120)
                     except (RuntimeError, OSError) as exc:
                         with self._lock:
                             self.error = f"{label}: measurement failed: {str(exc)[-300:]}"

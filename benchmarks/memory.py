@@ -29,92 +29,41 @@ import itertools
 from dataclasses import replace
 
 import torch
-from torch import nn
 
 from engine.memory import (
     MemoryReport,
     PeakMeasurement,
     account,
     measure_peak_subprocess,
+    mlp,
     saved_activation_bytes,
 )
 from engine.module_oracles import ModuleOracles
 from engine.oracles import CHUNK
 from engine.registry import get_spec
 
-SETUP = """
-import torch
-from torch import nn
-from engine.module_oracles import ModuleOracles
-from engine.registry import get_spec
-torch.set_num_threads(1)
-DEVICE = {device!r}
-
-def build(sizes, n):
-    torch.manual_seed(0)
-    layers = []
-    for a, b in zip(sizes, sizes[1:]):
-        layers += [nn.Linear(a, b), nn.ReLU()]
-    model = nn.Sequential(*layers[:-1]).to(DEVICE)
-    batch = (torch.randn(n, sizes[0], device=DEVICE), torch.randint(0, sizes[-1], (n,), device=DEVICE))
-    loss = lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1])
-    return model, batch, loss, ModuleOracles(model, loss, batch)
-
-model, batch, loss, oracles = build((8, 4, 2), 4)
-{step}
-model, batch, loss, oracles = build({sizes}, {batch})
-"""
-
-FIRST_ORDER = """
-opt = get_spec({name!r}).build(model.parameters())
-for _ in range(2):
-    opt.zero_grad(set_to_none=True)
-    loss(model, batch).backward()
-    opt.step()
-del opt
-"""
-
-STEPS = {
-    "inference": "with torch.no_grad():\n    for _ in range(2):\n        loss(model, batch)\n",
-    "zo_sgd": "opt = get_spec('zo_sgd').build(oracles.params, seed=0)\nfor _ in range(2):\n"
-              "    opt.step(oracles)\ndel opt\n",
-    "sgd": FIRST_ORDER.format(name="sgd"),
-    "adam": FIRST_ORDER.format(name="adam"),
-}
-
-
-def mlp(sizes: tuple[int, ...]) -> nn.Sequential:
-    torch.manual_seed(0)
-    layers: list[nn.Module] = []
-    for a, b in itertools.pairwise(sizes):
-        layers += [nn.Linear(a, b), nn.ReLU()]
-    return nn.Sequential(*layers[:-1])
-
-
-def cross_entropy(module: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    return nn.functional.cross_entropy(module(batch[0]), batch[1])
+MODES = ("inference", "zo_sgd", "sgd", "adam")  # each: engine.memory.mlp_step
 
 
 def accounted(sizes: tuple[int, ...], n: int) -> dict[str, MemoryReport]:
     """Exact counts of one step per mode, on CPU (they do not depend on the device)."""
-    model = mlp(sizes)
-    batch = (torch.randn(n, sizes[0]), torch.randint(0, sizes[-1], (n,)))
+    model, batch, loss = mlp(sizes, n)
     params = list(model.parameters())
     with torch.no_grad():
-        _, saved = saved_activation_bytes(lambda: cross_entropy(model, batch))
+        _, saved = saved_activation_bytes(lambda: loss(model, batch))
     out = {"inference": MemoryReport(sum(p.numel() * p.element_size() for p in params), 0, 0, saved,
                                      optimizer="inference", oracle="none")}
     for name in ("zo_sgd", "sgd", "adam"):
-        out[name] = account(name, ModuleOracles(copy.deepcopy(model), cross_entropy, batch), steps=2)
+        out[name] = account(name, ModuleOracles(copy.deepcopy(model), loss, batch), steps=2)
     return out
 
 
 def measured(sizes: tuple[int, ...], n: int, device: str, repeats: int) -> dict[str, PeakMeasurement]:
     out = {}
-    for name, step in STEPS.items():
-        setup = SETUP.format(device=device, step=step, sizes=sizes, batch=n)
-        runs = sorted((measure_peak_subprocess(setup, step, cuda=device == "cuda") for _ in range(repeats)),
-                      key=lambda m: m.increase)
+    for name in MODES:
+        params = {"mode": name, "sizes": list(sizes), "batch": n, "device": device}
+        runs = sorted((measure_peak_subprocess("engine.memory:mlp_step", params=params, cuda=device == "cuda")
+                       for _ in range(repeats)), key=lambda m: m.increase)
         out[name] = replace(runs[(repeats - 1) // 2], hwm_reset=all(m.hwm_reset for m in runs))  # median
         spread = max(m.increase for m in runs) - min(m.increase for m in runs)
         print(f"  {name:<10} runs: {', '.join(f'{m.increase / 1e6:.2f}' for m in runs)} MB "

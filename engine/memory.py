@@ -36,6 +36,7 @@ dense Hessian) is in the measured peak only.
 from __future__ import annotations
 
 import gc
+import itertools
 import json
 import os
 import subprocess
@@ -47,6 +48,7 @@ from typing import Any
 
 import torch
 
+from engine.module_oracles import ModuleOracles
 from engine.oracles import Oracles
 from engine.registry import OptimizerSpec, Oracle, get_spec
 
@@ -346,7 +348,7 @@ def measure_peak_cuda(step: Callable[[], Any], device: torch.device | str | None
 
 
 _CHILD = r"""
-import gc, json, sys
+import gc, importlib, json, sys
 
 def _status(key):
     with open("/proc/self/status") as f:
@@ -355,13 +357,12 @@ def _status(key):
                 return int(line.split()[1]) * 1024
     raise RuntimeError(key + " is not in /proc/self/status")
 
-_setup, _step, _cuda = sys.argv[1], sys.argv[2], sys.argv[3] == "cuda"
-_ns = {"__name__": "__optiscope_memory_child__", "params": json.loads(sys.argv[4])}
-exec(compile(_setup, "<setup>", "exec"), _ns)
+_module, _name = sys.argv[1].split(":")
+_step = getattr(importlib.import_module(_module), _name)(**json.loads(sys.argv[3]))
 gc.collect()
-if _cuda:
+if sys.argv[2] == "cuda":
     from engine.memory import measure_peak_cuda
-    _m = measure_peak_cuda(lambda: exec(compile(_step, "<step>", "exec"), _ns))
+    _m = measure_peak_cuda(_step)
     _out = {"baseline": _m.baseline, "peak": _m.peak, "reset": True}
 else:
     try:  # "5" resets VmHWM to the current RSS (Linux >= 4.0)
@@ -371,17 +372,21 @@ else:
     except OSError:
         _reset = False
     _baseline = _status("VmHWM")
-    exec(compile(_step, "<step>", "exec"), _ns)
+    _step()
     _out = {"baseline": _baseline, "peak": _status("VmHWM"), "reset": _reset}
 print("OPTISCOPE_PEAK " + json.dumps(_out), flush=True)
 """
 
 
-def measure_peak_subprocess(setup: str, step: str, *, params: Mapping[str, Any] | None = None,
+def measure_peak_subprocess(target: str, *, params: Mapping[str, Any] | None = None,
                             cuda: bool = False, timeout: float = 600.0,
                             env: Mapping[str, str] | None = None) -> PeakMeasurement:
-    """Peak memory of ``step`` (Python source) in a fresh interpreter, above the baseline after
-    ``setup`` (imports, model, data, warm-up: same namespace).
+    """Peak memory of one step in a fresh interpreter, above the baseline after its setup.
+
+    ``target`` names an importable function, ``"package.module:function"``; the child calls it
+    with ``params`` (JSON: problem names, sizes, hyperparameters travel as data, no source code
+    is ever executed) and it returns the step, a callable of no arguments. Everything the function
+    does before returning (imports, model, data, warm-up) is the baseline.
 
     CPU: ``VmHWM`` from ``/proc/self/status``, reset to the current RSS after the setup (write "5"
     to ``/proc/self/clear_refs``), with ``MALLOC_MMAP_THRESHOLD_=65536`` so glibc returns freed
@@ -389,19 +394,18 @@ def measure_peak_subprocess(setup: str, step: str, *, params: Mapping[str, Any] 
     1 MB per new shape otherwise): RSS then follows live memory. One thread (``OMP_NUM_THREADS=1``)
     unless ``env`` says otherwise. ``cuda=True``: :func:`measure_peak_cuda` in the child instead.
 
-    ``setup`` and ``step`` are the caller's own fixed source, never built from user input: values
-    a user chose (problem name, hyperparameters) travel as ``params`` (JSON), which the child
-    reads as data into the name ``params``.
-
-    Warm up in ``setup``: run the step once on something tiny. The first optimizer a process
+    Warm up in the setup: run the step once on something tiny. The first optimizer a process
     builds imports ~800 modules (~70 MB of RSS: ``torch.optim`` pulls in ``torch._dynamo``) and
-    first calls page in kernels; without a warm-up the "peak" of a cold step is mostly that.
+    first calls page in kernels; without a warm-up the "peak" of a cold step is mostly that
+    (:func:`mlp_step` does it).
     """
     child_env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MKL_DISABLE_FAST_MM": "1",
                  "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
                  "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     child_env.update(env or {})
-    proc = subprocess.run([sys.executable, "-c", _CHILD, setup, step, "cuda" if cuda else "cpu",
+    if target.count(":") != 1:
+        raise ValueError(f"target must be 'package.module:function', got {target!r}")
+    proc = subprocess.run([sys.executable, "-c", _CHILD, target, "cuda" if cuda else "cpu",
                            json.dumps(dict(params or {}))],
                           capture_output=True, text=True, env=child_env, cwd=ROOT, timeout=timeout)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("OPTISCOPE_PEAK ")]
@@ -410,3 +414,53 @@ def measure_peak_subprocess(setup: str, step: str, *, params: Mapping[str, Any] 
     out = json.loads(lines[-1].split(" ", 1)[1])
     return PeakMeasurement(increase=out["peak"] - out["baseline"], baseline=out["baseline"], peak=out["peak"],
                            kind=MEASURED_CUDA if cuda else MEASURED_RSS, hwm_reset=out["reset"])
+
+
+def mlp(sizes: Sequence[int], batch: int, device: str = "cpu") -> tuple[
+        torch.nn.Module, tuple[torch.Tensor, torch.Tensor], Callable[..., torch.Tensor]]:
+    """A seeded ReLU MLP of widths ``sizes`` (input first), a random classification batch and its
+    cross-entropy ``loss(module, batch)``: the model the memory measurements step."""
+    torch.manual_seed(0)
+    layers: list[torch.nn.Module] = []
+    for a, b in itertools.pairwise(sizes):
+        layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
+    model = torch.nn.Sequential(*layers[:-1]).to(device)
+    data = (torch.randn(batch, sizes[0], device=device), torch.randint(0, sizes[-1], (batch,), device=device))
+    return model, data, lambda m, b: torch.nn.functional.cross_entropy(m(b[0]), b[1])
+
+
+def mlp_step(mode: str, sizes: Sequence[int], batch: int, device: str = "cpu",
+             steps: int = 2) -> Callable[[], None]:
+    """``steps`` steps of ``mode`` on :func:`mlp` (a :func:`measure_peak_subprocess` target):
+    ``"inference"`` (forwards under ``no_grad``), a closure-driven optimizer of the registry
+    (zeroth order through :class:`engine.module_oracles.ModuleOracles`: perturbed forwards, never
+    a copy of the parameters), or a first-order one (forward, backward, step). The same step runs
+    once on a tiny MLP first: the warm-up (imports, kernels) belongs to the baseline."""
+    def build(widths: Sequence[int], n: int) -> Callable[[], None]:
+        model, data, loss = mlp(widths, n, device)
+        if mode == "inference":
+            def step() -> None:
+                with torch.no_grad():
+                    for _ in range(steps):
+                        loss(model, data)
+            return step
+        spec = get_spec(mode)
+        if spec.closure_driven:
+            oracles = ModuleOracles(model, loss, data)
+
+            def step() -> None:
+                opt = spec.build(oracles.params, seed=0)
+                for _ in range(steps):
+                    opt.step(oracles)
+            return step
+
+        def step() -> None:
+            opt = spec.build(model.parameters())
+            for _ in range(steps):
+                opt.zero_grad(set_to_none=True)
+                loss(model, data).backward()
+                opt.step()
+        return step
+
+    build((8, 4, 2), 4)()
+    return build(tuple(sizes), batch)
