@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from engine.curvature import HVP, dense_hessian, hutchinson_trace, lanczos, spectral_density
+from engine.stability import PRECONDITIONED, StabilityRule, Threshold
 
 EXACT_MAX_DIM = 64
 """Probes add the exact Hessian spectrum for problems of at most this many parameters (every
@@ -86,35 +87,6 @@ def _log_steps(upto: int) -> set[int]:
         steps.add(round(s))
         s = max(s * 1.3, s + 1)
     return steps
-
-
-@dataclass(frozen=True)
-class Threshold:
-    """The sharpness beyond which the lane's optimizer is unstable on a quadratic."""
-
-    value: float
-    quantity: str  # which sharpness it bounds: "lambda_max" or "preconditioned"
-    formula: str  # LaTeX
-
-
-def stability_threshold(optimizer: str, hp: Mapping[str, Any]) -> Threshold | None:
-    """Threshold of ``optimizer`` at hyperparameters ``hp`` (None where no classical one exists)."""
-    lr = float(hp.get("lr", float("nan")))
-    if optimizer == "sgd":
-        return Threshold(2 / lr, "lambda_max", r"2/\eta")
-    if optimizer in ("momentum", "nesterov"):
-        mu = float(hp.get("momentum", 0.0))
-        return Threshold((2 + 2 * mu) / lr, "lambda_max", r"(2 + 2\mu)/\eta")
-    if optimizer in PRECONDITIONED:
-        b1 = float(hp.get("beta1", 0.9))
-        return Threshold((2 + 2 * b1) / ((1 - b1) * lr), "preconditioned",
-                         r"(2 + 2\beta_1)/((1 - \beta_1)\eta)")
-    return None
-
-
-PRECONDITIONED = {"adam": "exp_avg_sq", "adamw": "exp_avg_sq", "amsgrad": "max_exp_avg_sq",
-                  "adamp": "exp_avg_sq"}
-"""Adam-type optimizers and the state tensor holding their second moment :math:`v_t`."""
 
 
 class Preconditioned:
@@ -180,7 +152,7 @@ class Probe:
     @property
     def sharpness(self) -> float:
         """The quantity the threshold bounds (preconditioned for Adam-type lanes)."""
-        if self.threshold is not None and self.threshold.quantity == "preconditioned":
+        if self.threshold is not None and self.threshold.quantity == PRECONDITIONED:
             return float("nan") if self.preconditioned is None else self.preconditioned
         return self.lambda_max
 
@@ -200,7 +172,7 @@ def second_moment(optimizer: torch.optim.Optimizer, params: list[torch.Tensor], 
     return torch.cat(parts).double(), step
 
 
-def probe(f: Any, x: torch.Tensor, update: torch.Tensor, *, optimizer: str,
+def probe(f: Any, x: torch.Tensor, update: torch.Tensor, *, stability: StabilityRule | None,
           hyperparameters: Mapping[str, Any], config: ProbeConfig, generator: torch.Generator,
           step: int, dim: int,
           moment: tuple[torch.Tensor, int] | None = None, warm: Mapping[str, torch.Tensor] | None = None,
@@ -219,9 +191,9 @@ def probe(f: Any, x: torch.Tensor, update: torch.Tensor, *, optimizer: str,
     u = update.detach().double()
     unorm2 = float(u @ u)
     directional = float(u @ op(u)) / unorm2 if unorm2 > 0 else float("nan")
-    threshold = stability_threshold(optimizer, hyperparameters)
+    threshold = stability(hyperparameters) if stability is not None else None
     pre = None
-    if threshold is not None and threshold.quantity == "preconditioned" and moment is not None:
+    if threshold is not None and threshold.quantity == PRECONDITIONED and moment is not None:
         v, t = moment
         b1, b2, eps = (float(hyperparameters.get(k, d)) for k, d in (("beta1", 0.9), ("beta2", 0.999),
                                                                     ("eps", 1e-8)))

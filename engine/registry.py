@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from engine.stability import StabilityRule
+
 
 class Oracle(enum.StrEnum):
     """What an optimizer asks of the problem at each step."""
@@ -145,6 +147,17 @@ class OptimizerSpec:
     seeded: bool = False
     """The optimizer draws random numbers and takes a ``seed`` constructor argument; a run passes
     one per trajectory, derived from its own seed, so a run replays exactly."""
+    stability: StabilityRule | None = None
+    """Its stability threshold at live hyperparameters (:mod:`engine.stability`), if a classical
+    one exists; curvature probes plot the sharpness against it."""
+    second_moment_key: str | None = None
+    """The state entry holding an Adam-type method's second moment :math:`v_t` (its
+    preconditioner), for the preconditioned sharpness; None for other methods."""
+    diagnostics: Mapping[str, str] = field(default_factory=dict)
+    """What the optimizer reports about its own last step, name -> meaning (Sophia's clipped
+    fraction, AdamP's projected fraction, FRUGAL's state density, ...). The optimizer object
+    implements ``diagnostics() -> Mapping[str, float]`` with these keys; runs put the values in
+    their records (:meth:`read_diagnostics`)."""
 
     @property
     def closure_driven(self) -> bool:
@@ -213,6 +226,13 @@ class OptimizerSpec:
                 parts[hp.index] = value
                 group[hp.key] = tuple(parts)
         return value
+
+    def read_diagnostics(self, optimizer: torch.optim.Optimizer) -> dict[str, float]:
+        """The declared diagnostics of ``optimizer``'s last step (empty before its first step)."""
+        if not self.diagnostics:
+            return {}
+        values = optimizer.diagnostics()  # type: ignore[attr-defined]
+        return {k: float(values[k]) for k in self.diagnostics if k in values}
 
     def read(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         """The hyperparameters a live optimizer is using now."""

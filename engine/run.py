@@ -51,7 +51,7 @@ from engine.events import (
     SubmitRanking,
     SwitchOptimizer,
 )
-from engine.instruments import PRECONDITIONED, Probe, ProbeConfig, probe, second_moment
+from engine.instruments import Probe, ProbeConfig, probe, second_moment
 from engine.oracles import HUMAN, AwaitingRanking, Oracles, Ranker, rank_by_value
 from engine.problem import Problem
 from engine.records import RUNNING, OracleCounts, Record, make_record
@@ -396,12 +396,12 @@ class Run:
     def _probe(self, lane: _Lane, x: torch.Tensor, update: torch.Tensor, batch: Any) -> Probe:
         """Curvature of the lane's first start at ``x`` (where this step's gradient was taken)."""
         t0 = time.perf_counter()
-        key = PRECONDITIONED.get(lane.spec.name)
+        key = lane.spec.second_moment_key
         moment = None
         if key is not None:
             moment = second_moment(lane.optimizer, lane.rows[0], key, 0 if lane.separable else None)
         result, self._warm[lane.id] = probe(
-            lambda t: self.problem.loss(t[None], batch)[0], x, update, optimizer=lane.spec.name,
+            lambda t: self.problem.loss(t[None], batch)[0], x, update, stability=lane.spec.stability,
             hyperparameters=lane.spec.read(lane.optimizer), config=self.probes,
             generator=self._probe_generator, step=lane.step - 1, dim=self.problem.dim, moment=moment,
             warm=self._warm.get(lane.id))

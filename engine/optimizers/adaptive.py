@@ -32,6 +32,7 @@ from torch.nn.functional import cosine_similarity
 
 from engine.optimizers.torch_builtin import ADAM_BETAS, MOMENTUM, eps, lr, weight_decay
 from engine.registry import Hyperparameter, OptimizerSpec, Oracle, Paper, register
+from engine.stability import adam_preconditioned
 
 Params = Iterable[torch.Tensor] | Iterable[dict[str, Any]]
 
@@ -271,6 +272,7 @@ SPECS = [
                      r"\max|\cos(w, g_t)| < \delta/\sqrt{\dim w},\;"
                      r"\theta_{t+1} = \theta_t(1 - \eta\lambda r) - \eta\,u_t"),
         paper=_ADAMP, oracle=Oracle.GRADIENTS, row_separable=False, fixed={"nesterov": False},
+        stability=adam_preconditioned, second_moment_key="exp_avg_sq",
     ),
     # Hand-written SGD-SaI above (pytorch_optimizer.SGDSaI differs from the official code in the
     # first momentum step and in which tensors get a standard deviation). Not row-separable: the

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from engine.registry import Hyperparameter, OptimizerSpec, Oracle, Paper, register
+from engine.stability import adam_preconditioned, gradient_descent, heavy_ball
 
 _HEAVY_BALL = Paper("Some methods of speeding up the convergence of iteration methods",
                     "B. T. Polyak", 1964, "https://doi.org/10.1016/0041-5553(64)90137-5")
@@ -52,13 +53,13 @@ SPECS = [
         update_rule=r"\theta_{t+1} = \theta_t - \eta\, g_t",
         paper=Paper("A Stochastic Approximation Method", "H. Robbins, S. Monro", 1951,
                     "https://doi.org/10.1214/aoms/1177729586"),
-        row_separable=True,
+        row_separable=True, stability=gradient_descent,
     ),
     OptimizerSpec(
         name="momentum", label="Heavy-ball momentum", factory=torch.optim.SGD,
         hyperparameters=(lr(1e-3), MOMENTUM, weight_decay()),
         update_rule=r"b_t = \mu b_{t-1} + g_t,\quad \theta_{t+1} = \theta_t - \eta\, b_t",
-        paper=_HEAVY_BALL, row_separable=True,
+        paper=_HEAVY_BALL, row_separable=True, stability=heavy_ball,
     ),
     OptimizerSpec(
         name="nesterov", label="Nesterov momentum", factory=torch.optim.SGD,
@@ -66,7 +67,7 @@ SPECS = [
                                                    doc="momentum \\mu (> 0 for Nesterov)"),
                          weight_decay()),
         update_rule=r"b_t = \mu b_{t-1} + g_t,\quad \theta_{t+1} = \theta_t - \eta\,(g_t + \mu b_t)",
-        paper=_NESTEROV, row_separable=True, fixed={"nesterov": True},
+        paper=_NESTEROV, row_separable=True, fixed={"nesterov": True}, stability=heavy_ball,
     ),
     OptimizerSpec(
         name="adam", label="Adam", factory=torch.optim.Adam,
@@ -74,7 +75,7 @@ SPECS = [
         update_rule=(r"m_t = \beta_1 m_{t-1} + (1-\beta_1) g_t,\;"
                      r"v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2,\;"
                      r"\theta_{t+1} = \theta_t - \eta\,\frac{\hat m_t}{\sqrt{\hat v_t} + \epsilon}"),
-        paper=_ADAM, row_separable=True,
+        paper=_ADAM, row_separable=True, stability=adam_preconditioned, second_moment_key="exp_avg_sq",
     ),
     OptimizerSpec(
         name="adamw", label="AdamW", factory=torch.optim.AdamW,
@@ -83,7 +84,7 @@ SPECS = [
                      r"\theta_{t+1} = \theta_t - \eta\,\frac{\hat m_t}{\sqrt{\hat v_t} + \epsilon}"),
         paper=Paper("Decoupled Weight Decay Regularization", "I. Loshchilov, F. Hutter", 2019,
                     "https://arxiv.org/abs/1711.05101"),
-        row_separable=True,
+        row_separable=True, stability=adam_preconditioned, second_moment_key="exp_avg_sq",
     ),
     OptimizerSpec(
         name="amsgrad", label="AMSGrad", factory=torch.optim.Adam,
@@ -93,7 +94,8 @@ SPECS = [
                      r" - \eta\,\frac{\hat m_t}{\sqrt{v^{\max}_t/(1-\beta_2^t)} + \epsilon}"),
         paper=Paper("On the Convergence of Adam and Beyond", "S. J. Reddi, S. Kale, S. Kumar", 2018,
                     "https://openreview.net/forum?id=ryQu7f-RZ"),
-        row_separable=True, fixed={"amsgrad": True},
+        row_separable=True, fixed={"amsgrad": True}, stability=adam_preconditioned,
+        second_moment_key="max_exp_avg_sq",
     ),
     OptimizerSpec(
         name="rmsprop", label="RMSprop", factory=torch.optim.RMSprop,

@@ -9,7 +9,8 @@ import torch
 
 from engine.curvature import dense_hessian
 from engine.events import LoggedEvent, RequestProbe, SetHyperparameter, SetProbes
-from engine.instruments import ProbeConfig, stability_threshold
+from engine.instruments import ProbeConfig
+from engine.registry import get_spec
 from engine.run import LaneConfig, Run, RunConfig
 from landscapes import get_landscape, get_network
 
@@ -22,11 +23,11 @@ def run_with(problem, *lanes, probes=EVERY_STEP, **kw) -> Run:
 
 
 def test_thresholds_are_the_classical_formulas() -> None:
-    assert stability_threshold("sgd", {"lr": 0.1}).value == pytest.approx(20.0)
-    assert stability_threshold("momentum", {"lr": 0.1, "momentum": 0.9}).value == pytest.approx(38.0)
-    t = stability_threshold("adam", {"lr": 0.01, "beta1": 0.9})
+    assert get_spec("sgd").stability({"lr": 0.1}).value == pytest.approx(20.0)
+    assert get_spec("momentum").stability({"lr": 0.1, "momentum": 0.9}).value == pytest.approx(38.0)
+    t = get_spec("adam").stability({"lr": 0.01, "beta1": 0.9})
     assert t.quantity == "preconditioned" and t.value == pytest.approx(3800.0)  # 38 / eta
-    assert stability_threshold("lion", {"lr": 0.01}) is None
+    assert get_spec("lion").stability is None
 
 
 def test_probes_on_a_quadratic_are_exact() -> None:
