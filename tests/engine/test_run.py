@@ -21,6 +21,7 @@ from engine.events import (
     SwitchOptimizer,
 )
 from engine.problem import Bounds, Problem
+from engine.records import status_step
 from engine.registry import HyperparameterError, available, get_spec, register_optimizer, unregister
 from engine.run import LaneConfig, Run, RunConfig, _Lane
 from landscapes import get_network
@@ -101,34 +102,53 @@ def test_lanes_are_independent_of_each_other() -> None:
             np.testing.assert_allclose(a.position, b.position, rtol=1e-13)
 
 
-def expected_divergence_step(lr: float, start: tuple[float, float]) -> int:
-    """Gradient descent on Valley written out in numpy: the first step whose loss is not finite."""
+def expected_divergence_step(lr: float, start: tuple[float, float], factor: float | None = 1e6) -> int:
+    """Gradient descent on Valley written out in numpy: the first step whose loss is not finite or,
+    with a ``factor``, exceeds ``factor`` x max(|f(x_0)|, 1) (the run's divergence rule)."""
     x, y = start
+    f0 = None
     with np.errstate(over="ignore", invalid="ignore"):
         for t in range(10_000):
             f = 0.5 * (x**2 + 10 * y**2) + 0.25 * x**4
+            f0 = f if f0 is None else f0
             gx, gy = x + x**3, 10 * y
             if not (np.isfinite(f) and np.isfinite(gx) and np.isfinite(gy)):
+                return t
+            if factor is not None and abs(f) > factor * max(abs(f0), 1.0):
                 return t
             x, y = x - lr * gx, y - lr * gy
     raise AssertionError("did not diverge")
 
 
-def test_diverging_rows_are_frozen_and_others_continue() -> None:
+@pytest.mark.parametrize("factor", [1e6, 1e3, None])
+def test_diverging_rows_are_frozen_and_others_continue(factor: float | None) -> None:
     lr, start = 0.25, (1.5, -1.0)  # |1 - 10 lr| = 1.5 > 1: the y coordinate blows up
-    t_div = expected_divergence_step(lr, start)
-    run = Run(Valley(), config(("sgd", {"lr": lr}), ("adam", {"lr": 0.05}), start=start))
+    t_div = expected_divergence_step(lr, start, factor)
+    run = Run(Valley(), config(("sgd", {"lr": lr}), ("adam", {"lr": 0.05}), start=start,
+                               divergence_factor=factor))
     records = run.run(t_div + 20)
     sgd = [r for r in records if r.lane == 0]
     adam = [r for r in records if r.lane == 1]
     assert sgd[t_div - 1].status == ("running",)
-    assert sgd[t_div].status == (f"diverged at step {t_div}",)
-    assert not np.isfinite(sgd[t_div].loss[0])
+    reason = "loss not finite" if factor is None else f"|loss| {sgd[t_div].loss[0]:.3g} > {factor:g} x start"
+    assert sgd[t_div].status == (f"diverged at step {t_div}: {reason}",)
+    assert np.isfinite(sgd[t_div].loss[0]) == (factor is not None)
     frozen = sgd[t_div].position
     np.testing.assert_array_equal(sgd[-1].position, frozen)
     assert sgd[-1].update_norm[0] == 0.0
     assert adam[-1].status == ("running",) and np.isfinite(adam[-1].loss[0])
     assert adam[-1].loss[0] < adam[0].loss[0]
+
+
+def test_default_divergence_rule_catches_a_huge_finite_loss() -> None:
+    """The issue's case: SGD at a loss of ~1e230 is diverged, not "running" (old rule: only NaN/Inf)."""
+    t_div = expected_divergence_step(0.25, (1.5, -1.0))
+    run = Run(Valley(), config(("sgd", {"lr": 0.25}), start=(1.5, -1.0)))
+    assert RunConfig.from_dict(run.config.to_dict()).divergence_factor == 1e6
+    records = run.run(t_div + 1)
+    assert records[-1].status[0].startswith(f"diverged at step {t_div}: |loss|")
+    assert 1e6 * 7.390625 < records[-1].loss[0] < 1e300  # f(x_0) = 6.125 + 1.265625 (> 1), finite
+    assert status_step(records[-1].status[0]) == t_div
 
 
 def test_divergence_in_a_non_separable_lane_freezes_only_that_row() -> None:
@@ -139,10 +159,10 @@ def test_divergence_in_a_non_separable_lane_freezes_only_that_row() -> None:
         run = Run(Valley(), config(("sgd-per-row", {"lr": lr}), start=(1.5, 0.0), n_starts=3, seed=4))
         starts = run.starts.tolist()
         expected = [expected_divergence_step(lr, tuple(s)) if s[1] != 0 else None for s in starts]
-        last = run.run(max(e for e in expected if e is not None) + 5)[-1]
+        last = run.run(max(e for e in expected if e is not None) + 100)[-1]
         assert last.status[0] == "running" and last.loss[0] < 1e-12  # y = 0 keeps it stable
         for i in (1, 2):
-            assert last.status[i] == f"diverged at step {expected[i]}"
+            assert last.status[i].startswith(f"diverged at step {expected[i]}: |loss|")
     finally:
         unregister("sgd-per-row")
 
