@@ -883,13 +883,16 @@ class Run:
         """Rows whose loss or (measured) gradient is not finite, or whose loss left
         ``divergence_factor`` x its start, are marked at this step; returns the frozen rows."""
         c = self.config.divergence_factor
-        bad = ~torch.isfinite(f)
-        if g is not None:
-            bad |= ~torch.isfinite(g).all(dim=-1)
-        if c is not None:
+        if c is None:
+            ok = torch.isfinite(f)
+        else:
             if lane.limit is None:  # the lane's step 0 (or its first step after a restart)
-                lane.limit = c * f.abs().clamp(min=1.0)
-            bad |= f.abs() > lane.limit
+                start = f.abs().clamp(min=1.0)
+                lane.limit = torch.where(torch.isfinite(start), c * start, 0.0)  # a non-finite start: at once
+            ok = f.abs() <= lane.limit  # False for NaN and +-inf too
+        if g is not None:
+            ok = ok & torch.isfinite(g).all(dim=-1)
+        bad = ~ok
         newly = bad.cpu().numpy() & (lane.diverged_at < 0)
         if newly.any():
             for i in np.flatnonzero(newly):

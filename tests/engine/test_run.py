@@ -145,6 +145,11 @@ def test_diverging_rows_are_frozen_and_others_continue(factor: float | None) -> 
     assert adam[-1].loss[0] < adam[0].loss[0]
 
 
+def test_a_start_with_a_non_finite_loss_diverges_at_step_0() -> None:
+    run = Run(Valley(), config(("sgd", {}), ("adam", {}), start=(1e100, 0.0)))  # x^4 / 4 overflows
+    assert [r.status for r in run.run(2)][-2:] == [("diverged at step 0: loss not finite",)] * 2
+
+
 def test_default_divergence_rule_catches_a_huge_finite_loss() -> None:
     """The issue's case: SGD at a loss of ~1e230 is diverged, not "running" (old rule: only NaN/Inf)."""
     t_div = expected_divergence_step(0.25, (1.5, -1.0))
@@ -405,6 +410,11 @@ def test_a_closure_driven_lane_is_clipped_by_its_optimizer_or_refused() -> None:
         np.testing.assert_array_equal(rec.diagnostics["clipped_fraction"], [1.0, 1.0])
         run.apply(SetClip(0, None))
         assert run.lanes[0].optimizers[0].clip is None and "clipped_fraction" not in run.step()[0].diagnostics
+        clipped = LaneConfig("sgd", clip=Clip("value", 1.0))
+        clipped_sgd = Run(Valley(), RunConfig(lanes=(clipped,), device="cpu"))
+        with pytest.raises(ValueError, match="value-probe cannot be clipped"):  # the lane keeps its clip
+            clipped_sgd.apply(SwitchOptimizer(0, "value-probe"))
+        assert clipped_sgd.lanes[0].spec.name == "sgd" and clipped_sgd.log == []
     finally:
         unregister("value-probe")
         unregister("clipped-probe")
