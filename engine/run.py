@@ -848,7 +848,8 @@ class Run:
         batched call for all of them); every computed metric reaches a record."""
         fn = getattr(self.problem, "metrics", None)
         every = self.config.metrics_every
-        due = [lane for lane in lanes if fn is not None and lane.step % every == 0]
+        waiting = {i for i in self.awaiting if i not in self._rankings}  # they take no step this tick
+        due = [lane for lane in lanes if fn is not None and lane.step % every == 0 and lane.id not in waiting]
         if not due:
             return {}
         t = time.perf_counter()
