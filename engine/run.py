@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 import engine.optimizers  # noqa: F401  (registers the built-in optimizers)
+from engine.cancel import checkpoint
 from engine.device import make_generator, resolve_device
 from engine.events import (
     AddLane,
@@ -365,6 +366,7 @@ class Run:
         out: list[tuple[_Lane, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
         row = leaf = 0
         for lane, x in zip(lanes, points, strict=True):
+            checkpoint()  # a stopped worker leaves between lanes (engine/cancel.py)
             m, n_leaves = lane.n_rows, len(lane.params)
             f = losses[row:row + m]
             lane_grads = grads[leaf:leaf + n_leaves]

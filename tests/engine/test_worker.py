@@ -79,7 +79,7 @@ def test_stop_ends_the_thread_even_while_running() -> None:
     w.resume()
     wait_for(lambda: w.tick > 5)
     w.stop()
-    assert not w.alive
+    assert w.join(5.0) and not w.alive
 
 
 def test_call_runs_between_steps_and_answers_while_paused() -> None:
