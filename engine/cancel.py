@@ -43,7 +43,7 @@ EXIT_JOIN_SECONDS = 5.0
 """How long interpreter exit waits, in all, for cancelled threads to reach a checkpoint."""
 
 
-class Cancelled(BaseException):  # noqa: N818 (named like asyncio.CancelledError's role, not an error)
+class Cancelled(BaseException):
     """The work was cancelled by its owner (a closed page, a stopped worker): not a failure."""
 
 
@@ -72,7 +72,8 @@ class CancelToken:
         return self._event.wait(timeout)
 
 
-_current: contextvars.ContextVar[CancelToken | None] = contextvars.ContextVar("optiscope_cancel", default=None)
+_current: contextvars.ContextVar[CancelToken | None] = contextvars.ContextVar("optiscope_cancel",
+                                                                              default=None)
 
 
 def current_token() -> CancelToken | None:

@@ -41,8 +41,8 @@ fields), then the estimated memory (``memory_bytes``), operations of the costlie
   ``2 n m P b``, a dense Hessian ``3 P^2 b`` for small P, the HVP graph ``3 A``);
 * operations of a step: ``R (3 F + 20 P) +`` the optimizers' own evaluations (``E(P) F`` per row)
   ``+`` a metrics pass ``+ K * lane_step_ops`` (the fixed Python cost of a lane's step, counted as
-  operations so that tiny races are not free); a probe: ``4 F`` per HVP (cached graph ~1.1
-  gradients) over ``L + 1`` Lanczos products (+ 70 preconditioned for Adam-type lanes), trace and
+  operations so that tiny races are not free); a probe: ``8 F`` per HVP (measured on the
+  digits MLP) over ``L + 1`` Lanczos products (+ 70 preconditioned for Adam-type lanes), trace and
   SLQ products, the reorthogonalization ``4 L^2 P``, and every lane probing in the same step.
 
 Optimizer state ``S(P)`` and evaluations ``E(P)`` are *measured* once per optimizer (and integer /
@@ -58,7 +58,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
@@ -95,6 +95,9 @@ copying the old ones, norms of gradients and updates, the divergence test)."""
 ROW_STEP_OPS = 1e6
 """The fixed cost of stepping one row's own optimizer (closure-driven and per-trajectory lanes
 step each start separately, in Python: ~0.1 ms)."""
+HVP_FORWARDS = 8.0
+"""A probe's Hessian-vector product, in forward passes: measured ~12-16 ms per product against ~1.5
+ms per forward on the full-batch digits MLP (double backward through tanh and cross-entropy)."""
 HVP_OVERHEAD_OPS = 1e6
 PROBE_OVERHEAD_OPS = 5e7
 """The fixed cost of one probe (setting up the operator and the eigensolvers: ~5 ms)."""
@@ -124,8 +127,10 @@ class Limits:
     fits both (``benchmarks/limits.py`` measures the ratio for the built-in problems)."""
     step_ops: float = 5e9
     """The costliest ordinary step (a metrics step included): ~0.5 s."""
-    probe_ops: float = 3e10
-    """One lane's curvature probe without a warm start (the worst case): ~3 s. Probes stop between
+    probe_ops: float = 1e11
+    """One lane's curvature probe without a warm start (the worst case): ~10 s. The app's widest
+    probe settings (top 10, trace, density) on the full-batch digits MLP cost ~7e10 (measured
+    2.7 s cold with Lanczos converging, ~6.5 s when it runs to its cap). Probes stop between
     Hessian-vector products when cancelled and run every ``every`` steps; warm-started ones take
     a few products, not the ``50 + 20 k`` counted here. Lanes probe one after another, each
     within this budget (a step of 8 probing lanes may take 8 of them, at most once per probe)."""
@@ -403,7 +408,8 @@ def _unit_cost(oracle: Oracle) -> float:
 
 # ----------------------------------------------------------------------------------------- probes
 
-_PROBE_CAPS = {"top_k": "max_top_k", "trace_probes": "max_trace_probes", "density_probes": "max_density_probes",
+_PROBE_CAPS = {"top_k": "max_top_k", "trace_probes": "max_trace_probes",
+               "density_probes": "max_density_probes",
                "density_steps": "max_density_steps", "every": "max_probe_every"}
 
 
@@ -481,7 +487,7 @@ def _probe_cost(probes: ProbeConfig, size: ProblemSize, preconditioned: bool, ba
         products += P
         reorth += 10.0 * P**3
         memory.append(3.0 * P * P * BYTES + 3.0 * A)
-    ops = PROBE_OVERHEAD_OPS + 3.0 * F + (4.0 * F + HVP_OVERHEAD_OPS) * products + reorth
+    ops = PROBE_OVERHEAD_OPS + 3.0 * F + (HVP_FORWARDS * F + HVP_OVERHEAD_OPS) * products + reorth
     return _ProbeCost(ops=ops, transient_bytes=max(memory), hvps=products)
 
 
@@ -517,34 +523,48 @@ def _timeline(config: Any, events: Sequence[LoggedEvent], limits: Limits) -> lis
     created = len(lanes)
     probes = config.probes
     moments = [_Moment(dict(lanes), probes, created)]
-    for i, logged in enumerate(sorted(events, key=lambda e: e.tick)):
+    for i, logged in sorted(enumerate(events), key=lambda item: item[1].tick):  # i: its place in the log
         event = logged.event
         where = f"event {i} ({event.kind} at tick {logged.tick})"
-        lane_id = getattr(event, "lane", None)
-        if lane_id is not None and lane_id not in lanes:
-            alive = ", ".join(map(str, sorted(lanes))) or "none"
-            raise ValueError(f"{where} is for lane {lane_id}, but the race then has lanes {alive}")
-        if isinstance(event, AddLane):
-            lanes[created] = _Lane(event.optimizer, dict(event.hyperparameters))
-            created += 1
-            if len(lanes) > limits.max_lanes:
-                raise LimitError(f"{where} makes {len(lanes)} lanes; a race holds at most {limits.max_lanes}")
-        elif isinstance(event, RemoveLane):
-            del lanes[event.lane]
-        elif isinstance(event, SwitchOptimizer):
-            lanes[event.lane] = _Lane(event.optimizer, dict(event.hyperparameters), lanes[event.lane].batch_size)
-        elif isinstance(event, SetHyperparameter):
-            if event.name in _RATE_NAMES:
-                continue
-            lane = lanes[event.lane]
-            lanes[event.lane] = _Lane(lane.optimizer, {**lane.hyperparameters, event.name: event.value},
-                                      lane.batch_size)
-        elif isinstance(event, SetProbes):
-            probes = check_probes(event.config, limits, where=f"{where}: probes")
-        else:
-            continue
-        moments.append(_Moment(dict(lanes), probes, created))
+        try:
+            changed, probes, created = _apply(event, lanes, probes, created, limits)
+        except ValueError as exc:  # LimitError stays a LimitError
+            raise type(exc)(f"{where}: {exc}") from None
+        if changed:
+            moments.append(_Moment(dict(lanes), probes, created))
     return moments
+
+
+def _apply(event: Any, lanes: dict[int, _Lane], probes: ProbeConfig | None, created: int,
+           limits: Limits) -> tuple[bool, ProbeConfig | None, int]:
+    """One event on the simulated run (validated as :meth:`engine.run.Run.apply` would)."""
+    lane_id = getattr(event, "lane", None)
+    if lane_id is not None and lane_id not in lanes:
+        alive = ", ".join(map(str, sorted(lanes))) or "none"
+        raise ValueError(f"there is no lane {lane_id} (the race then has lanes {alive})")
+    if isinstance(event, AddLane):
+        get_spec(event.optimizer).validate(event.hyperparameters)
+        lanes[created] = _Lane(event.optimizer, dict(event.hyperparameters))
+        if len(lanes) > limits.max_lanes:
+            raise LimitError(f"it makes {len(lanes)} lanes; a race holds at most {limits.max_lanes}")
+        return True, probes, created + 1
+    if isinstance(event, RemoveLane):
+        del lanes[event.lane]
+    elif isinstance(event, SwitchOptimizer):
+        get_spec(event.optimizer).validate(event.hyperparameters)
+        lanes[event.lane] = _Lane(event.optimizer, dict(event.hyperparameters), lanes[event.lane].batch_size)
+    elif isinstance(event, SetHyperparameter):
+        lane = lanes[event.lane]
+        get_spec(lane.optimizer).hyperparameter(event.name).check(event.value, lane.optimizer)
+        if event.name in _RATE_NAMES:
+            return False, probes, created
+        lanes[event.lane] = _Lane(lane.optimizer, {**lane.hyperparameters, event.name: event.value},
+                                  lane.batch_size)
+    elif isinstance(event, SetProbes):
+        probes = check_probes(event.config, limits, where="probes")
+    else:
+        return False, probes, created
+    return True, probes, created
 
 
 # --------------------------------------------------------------------------------------- estimate
@@ -608,6 +628,11 @@ def estimate_run(problem: str | ProblemSize, options: Mapping[str, Any] | None, 
         size = sizer.size(sizer.validate(dict(options or {})))
     _check_counts(config, events, ticks, limits)
     check_probes(config.probes, limits)
+    for i, lane in enumerate(config.lanes):
+        try:
+            get_spec(lane.optimizer).validate(lane.hyperparameters)
+        except ValueError as exc:
+            raise type(exc)(f"lane {i}: {exc}") from None
     moments = _timeline(config, events, limits)
     P, M = size.params, config.n_starts
     worst_memory: dict[str, float] = {}
@@ -627,7 +652,8 @@ def estimate_run(problem: str | ProblemSize, options: Mapping[str, Any] | None, 
     lanes_probing = max((len(m.lanes) for m in moments if m.probes is not None), default=0)
     replay = None
     if ticks is not None:
-        every = min((m.probes.every for m in moments if m.probes is not None and m.probes.schedule == "every"),
+        every = min((m.probes.every for m in moments
+                     if m.probes is not None and m.probes.schedule == "every"),
                     default=None)
         replay = ticks * (mean_step + (probe_ops * lanes_probing / every if every else 0.0))
     lanes = max(len(m.lanes) for m in moments)
@@ -719,7 +745,8 @@ def check_run(problem: str | ProblemSize, options: Mapping[str, Any] | None, con
                ("replaying", est.replay_ops or 0.0, limits.replay_ops, f"{_count(ticks or 0)} steps"))
     for doing, ops, limit, detail in budgets:
         if ops > limit:
-            raise LimitError(f"{doing} {what} needs ~{_ops(ops)} operations, ~{_seconds(limits.seconds(ops))} "
+            raise LimitError(f"{doing} {what} needs ~{_ops(ops)} operations, "
+                             f"~{_seconds(limits.seconds(ops))} "
                              f"on this server (limit ~{_seconds(limits.seconds(limit))}): {est.label}"
                              + (f"; most of it: {detail}" if detail else ""))
     if not isinstance(problem, ProblemSize):

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
-from engine.cancel import Cancelled, CancellableThread
+from engine.cancel import CancellableThread, Cancelled
 from engine.events import Event, Pause, Resume
 from engine.records import Record
 from engine.run import Run

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import itertools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -64,7 +65,8 @@ class Option:
         if self.kind == "free" or (value is None and self.none_ok):
             return value
         if self.kind == "int":
-            if isinstance(value, bool) or not isinstance(value, int) or (self.low is not None and value < self.low):
+            too_low = isinstance(value, int) and self.low is not None and value < self.low
+            if isinstance(value, bool) or not isinstance(value, int) or too_low:
                 low = "" if self.low is None else format_option(int(self.low))
                 raise ValueError(f"{problem}: {name} must be {self.wording.format(low=low)}, got {value!r}")
             return value
@@ -290,6 +292,8 @@ def _network(label: str, *, params: int, n_train: int, n_test: int, options: Map
     n_train = _rows(options, n_train)
     bs = options.get("batch_size")
     batch = n_train if bs is None or bs >= n_train else bs
+    if batch < n_train:  # a minibatch is a copy of its inputs, saved for backward by the first layer
+        saved_per_sample += features
     n_all = n_train + n_test
     data = (n_all * (features + 1)) * BYTES if data_bytes is None else data_bytes
     return ProblemSize(
@@ -303,11 +307,11 @@ def _network(label: str, *, params: int, n_train: int, n_test: int, options: Map
 
 
 def _mlp(label: str, sizes: list[int], n_train: int, n_test: int, o: Mapping[str, Any]) -> ProblemSize:
-    pairs = list(zip(sizes[:-1], sizes[1:], strict=True))
+    pairs = list(itertools.pairwise(sizes))
     params = sum((a + 1) * b for a, b in pairs)
     hidden = sum(sizes[1:-1])
     flops = sum(2.0 * a * b for a, b in pairs) + ELEMENTWISE * (3.0 * hidden + 5.0 * sizes[-1] + sizes[0])
-    saved = sizes[0] + 2.0 * hidden + 3.0 * sizes[-1]
+    saved = 2.0 * hidden + 3.0 * sizes[-1]
     return _network(label, params=params, n_train=n_train, n_test=n_test, options=o, flops_per_sample=flops,
                     saved_per_sample=saved, widest=max(sizes), features=sizes[0])
 
@@ -320,7 +324,7 @@ def _matrix_sensing(label: str, o: Mapping[str, Any]) -> ProblemSize:
     transient = 2.0 * max(m, m_test) * n2 * BYTES
     size = _network(label, params=n * k, n_train=m, n_test=m_test, options=o,
                     flops_per_sample=ELEMENTWISE * n2,  # <A_i, WW^T>: reads n^2 floats per sample
-                    saved_per_sample=1.0, widest=1, features=0, flops_per_row=2.0 * n2 * k + 4 * n2,
+                    saved_per_sample=1.0, widest=1, features=int(n2), flops_per_row=2.0 * n2 * k + 4 * n2,
                     saved_per_row=2.0 * n2, data_bytes=data + transient,
                     setup_flops=30.0 * (m + m_test) * n2)
     return size

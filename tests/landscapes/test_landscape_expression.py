@@ -128,7 +128,8 @@ def test_overflow_tricks_are_harmless_and_fast() -> None:
     cases = [("9**9**9**9", r"'9\*\*9\*\*9' at column 4 evaluates to inf; numbers must stay finite"),
              ("9**9**9", r"'9\*\*9\*\*9' at column 1 evaluates to inf"),
              ("10**1000", r"'10\*\*1000' at column 1 evaluates to inf"),
-             ("exp(exp(exp(x)))", r"f\(x, y\) is not finite at the start point \(3, 2\): it evaluates to inf"),
+             ("exp(exp(exp(x)))",
+              r"f\(x, y\) is not finite at the start point \(3, 2\): it evaluates to inf"),
              ("(x*1e308)*1e308", r"not finite at the start point \(3, 2\): it evaluates to inf")]
     for src, message in cases:
         with pytest.raises(ExpressionError, match=message):
@@ -161,7 +162,8 @@ def test_partly_non_finite_functions_are_accepted_with_a_note() -> None:
     assert "not finite at 45 of 81 grid points of the box (e.g. at (-5, -5))" in f.description
     g = parse_expression("arccos(x/3)")  # the default start sits on the domain's edge
     assert "Its gradient is not finite at the start point (3, 2) (-inf, 0)" in g.description
-    assert parse_expression("e**(-x**2 - y**2)").description == "A user-defined landscape, f(x, y) = e**(-x**2 - y**2)."
+    gauss = parse_expression("e**(-x**2 - y**2)")
+    assert gauss.description == "A user-defined landscape, f(x, y) = e**(-x**2 - y**2)."
     assert parse_expression("x**2**2**2").loss(torch.tensor([[1.5, 0.0]])).item() == pytest.approx(1.5**16)
 
 
