@@ -81,6 +81,8 @@ class RunWorker:
         command = _Call(fn)
         self._commands.put(command)
         self._wake.set()
+        if self.stopped:  # nobody will answer it: cancelled now rather than pending forever
+            self._cancel_calls()
         return command.future
 
     def step_once(self) -> None:
