@@ -793,6 +793,8 @@ def _items(items: Sequence[tuple[str, float]], fmt: Any, n: int = 2) -> str:
 
 def format_option(value: Any) -> str:
     """An option value for a message: ``1e9`` rather than ``1000000000``."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 100_000:
         return _ops(float(value))
     return repr(value) if isinstance(value, str) else str(value)
