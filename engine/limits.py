@@ -108,9 +108,9 @@ HVP_FORWARDS = 8.0
 """A probe's Hessian-vector product, in forward passes: measured ~12-16 ms per product against ~1.5
 ms per forward on the full-batch digits MLP (double backward through tanh and cross-entropy)."""
 HVP_OVERHEAD_OPS = 1e6
+"""The fixed cost of one Hessian-vector product (dispatch, graph traversal: ~0.1 ms)."""
 PROBE_OVERHEAD_OPS = 5e7
 """The fixed cost of one probe (setting up the operator and the eigensolvers: ~5 ms)."""
-"""The fixed cost of one Hessian-vector product (dispatch, graph traversal: ~0.1 ms)."""
 SNAPSHOTS_KEPT = 401  # engine.run.TRAJECTORY_CAP + 1 (the list is halved when it passes the cap)
 
 
