@@ -59,6 +59,7 @@ import torch
 
 import engine.optimizers  # noqa: F401  (registers the built-in optimizers)
 from engine.batching import BatchSize, norm_test_size
+from engine.cancel import checkpoint
 from engine.clipping import Clip, clip_
 from engine.device import make_generator, resolve_device
 from engine.events import (
@@ -615,6 +616,8 @@ class Run:
             self._lane(event.lane)
             del self.lanes[event.lane]
             self.awaiting.pop(event.lane, None)
+            self._snapshots.pop(event.lane, None)  # a removed lane keeps nothing alive
+            self._warm.pop(event.lane, None)
         elif isinstance(event, Pause):
             self.paused = True
         elif isinstance(event, Resume):
@@ -660,6 +663,7 @@ class Run:
         probe_now, self._probe_now = self._probe_now, False
         out: list[tuple[Any, ...]] = []
         for lane in lanes:
+            checkpoint()  # a stopped worker leaves between lanes (engine/cancel.py)
             ev = evals[lane.id]
             grads = ev.grads
             if grads is not None and self._ascent_parts is not None:  # a min-max game

@@ -24,6 +24,7 @@ from torch.func import functional_call, grad, vmap
 from torch.nn import functional as F
 
 from landscapes import data as datasets
+from landscapes.sizes import check_options
 
 Criterion = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (outputs, targets) -> scalar
 Accuracy = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (outputs, targets) -> fraction
@@ -586,14 +587,14 @@ def available_networks() -> list[str]:
 
 
 def get_network(name: str, **kwargs: Any) -> NetworkProblem:
+    """Build the network problem ``name`` (``get_network("digits_mlp", width=32)``).
+
+    Raises ``ValueError`` for an unknown name or keyword and for a bad value, and
+    :class:`engine.limits.LimitError` (a ``ValueError``) for a value above its declared range
+    (:data:`landscapes.sizes.OPTIONS`), before anything is built."""
     try:
         factory = NETWORKS[name]
     except KeyError:
         raise ValueError(f"unknown network problem {name!r}; known: {', '.join(NETWORKS)}") from None
-    try:
-        return factory(**kwargs)
-    except TypeError as exc:  # an unknown keyword: say which ones exist
-        import inspect
-
-        known = ", ".join(inspect.signature(factory).parameters)
-        raise ValueError(f"{name}: {exc}; it takes {known}") from None
+    check_options(name, kwargs)
+    return factory(**kwargs)

@@ -672,3 +672,15 @@ def test_the_readme_engine_example_runs() -> None:
     assert len(adam) == 300 and all("clipped_fraction" in r.diagnostics for r in adam)
     lrs = [r.hyperparameters["lr"] for r in adam]
     assert lrs[0] == 0.0 and lrs[20] == 0.05 and lrs[-1] < 1e-5  # warm-up, then cosine decay
+
+
+def test_a_removed_lane_keeps_no_trajectory_or_probe_state() -> None:
+    """Adding and removing lanes for a whole class session must not grow the run's memory."""
+    problem = get_network("moons_mlp", width=4, depth=1)
+    run = Run(problem, RunConfig(lanes=(LaneConfig("sgd", {"lr": 0.1}),), device="cpu",
+                                 snapshot_every=1, probes=ProbeConfig(every=1, tol=1e-3)))
+    for _ in range(5):
+        lane = run.apply(AddLane("adam", {"lr": 0.01}))
+        run.run(2)
+        run.apply(RemoveLane(lane))
+    assert set(run._snapshots) == {0} and set(run._warm) == {0}
