@@ -133,6 +133,9 @@ def _place_legend(ax: Axes, handles: list, labels: list[str], fontsize: float) -
         legend.remove()
         legend = fig.legend(handles, labels, loc="outside lower center", fontsize=fontsize,
                             ncols=min(len(labels), 2), frameon=False)
+        fig.draw_without_rendering()
+    # the layout is done: keep it (each later draw, a GIF frame or the PNG, would redo it)
+    fig.set_layout_engine("none")
     return legend
 
 
