@@ -176,11 +176,9 @@ class _Race:
         frame = _table(records)
         if not {"x0", "x1"} <= set(frame.columns):
             raise ValueError("these records carry no positions to draw")
-        self.frame = frame
         self.figure = fig = _figure(size)
         self.ax = ax = fig.add_subplot()
         font = _font(size)
-        self.font = font
         low, high = problem.bounds.low, problem.bounds.high
         ax.set_xlim(low[0], high[0])
         ax.set_ylim(low[1], high[1])
@@ -248,7 +246,7 @@ class _Race:
                      f"start{'s' if n_starts > 1 else ''}, {ticks.size} steps", fontsize=1.15 * font)
         self.clock: Text = ax.set_title("", loc="right", fontsize=0.9 * font)
         self.show(None)
-        self.legend = _place_legend(ax, handles, labels, 0.8 * font)
+        _place_legend(ax, handles, labels, 0.8 * font)
 
     def _landscape(self, problem: Problem, font: float) -> None:
         xs, ys, z = grid_values(problem, GRID)
@@ -313,7 +311,8 @@ def race_png(problem: Problem, records: Records, path: str | Path, size: tuple[i
 def frame_ticks(ticks: np.ndarray, times: np.ndarray, frames: int) -> tuple[np.ndarray, np.ndarray]:
     """Frames at equal intervals of the race's time: frame k shows the race at
     :math:`t_k = t_0 + k (t_{end} - t_0) / (frames - 1)`, that is every tick recorded by then.
-    ``times[i]`` is when tick ``ticks[i]`` was recorded. Returns ``(t_k, last tick shown by frame k)``."""
+    ``times[i]`` is when tick ``ticks[i]`` was recorded (the ticks themselves stand in when no time
+    passed). Returns ``(t_k, last tick shown by frame k)``."""
     if frames < 1:
         raise ValueError(f"frames must be >= 1, got {frames}")
     order = np.argsort(ticks, kind="stable")
@@ -321,6 +320,8 @@ def frame_ticks(ticks: np.ndarray, times: np.ndarray, frames: int) -> tuple[np.n
     times = np.maximum.accumulate(np.asarray(times, dtype=float)[order])  # time never runs back
     if ticks.size == 0:
         return np.zeros(frames), np.zeros(frames, dtype=np.int64)
+    if not times[-1] > times[0]:  # no time recorded (records made by hand): pace by ticks
+        times = ticks.astype(float)
     at = np.linspace(times[0], times[-1], frames) if frames > 1 else times[-1:]
     return at, ticks[np.searchsorted(times, at, side="right") - 1]
 

@@ -182,6 +182,9 @@ def test_frames_are_equal_intervals_of_time_not_of_steps() -> None:
     # ticks given out of order, one frame: the end
     at, shown = frame_ticks(ticks[::-1], times[::-1], 1)
     assert list(at) == [8.0] and list(shown) == [99]
+    # no time passed (hand-made records): paced by ticks
+    at, shown = frame_ticks(ticks, np.zeros(100), 4)
+    assert list(shown) == [0, 33, 66, 99]
 
 
 def test_race_gif_has_its_frames_size_and_timing(tmp_path: Path, big_race: list[Record]) -> None:
