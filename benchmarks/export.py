@@ -59,7 +59,7 @@ def main() -> None:
             run, records = timed("Run.replay", lambda: Run.replay(problem, config, [], args.steps))
             reports.clear()
             _, chunked = timed("replay_log (chunks)", lambda: replay_log(
-                problem, log, progress=lambda f, m: reports.append(f), should_stop=lambda: False))
+                problem, log, progress=lambda f, m: reports.append(f)))
             assert all(a.same_values(b) for a, b in zip(records, chunked, strict=True))
             timed("write Parquet", lambda r=run, rs=records: export_parquet(r, rs, out / "r.parquet"))
             timed("write JSON", lambda r=run, rs=records: export_json(r, rs, out / "r.json"))

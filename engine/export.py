@@ -7,8 +7,9 @@ problem and its parameters, the :class:`engine.run.RunConfig`, the event log
 (:meth:`engine.run.Run.event_log`), package versions, device, dtype and a timestamp. Since a run is
 a deterministic function of (problem, config, event log), :func:`replay_log` re-runs it and gets
 the same records (on the same device; CPU is exact); :func:`export_log` does that and writes the
-files, reporting progress (``progress(fraction, message)``) and stopping when ``should_stop()``
-says so, between pieces of work, leaving no file behind (:class:`ExportCancelled`).
+files, reporting progress (``progress(fraction, message)``) and stopping between pieces of work when
+its thread's work is cancelled (:func:`engine.cancel.checkpoint` raises :class:`engine.cancel.Cancelled`),
+leaving no file behind.
 
 Files (:func:`export_run`):
 
@@ -46,6 +47,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from engine.cancel import checkpoint
 from engine.events import LoggedEvent
 from engine.problem import Problem
 from engine.records import OracleCounts, Record
@@ -99,8 +101,11 @@ def records_frame(records: Sequence[Record]) -> pd.DataFrame:
     """One row per (record, start): ``tick, lane, optimizer, step, start, loss, grad_norm,
     update_norm``, the position ``x0..x{d-1}`` (when records carry positions), the oracle counts
     per trajectory (``function_values, gradients, hvps, jvps, rankings``), ``status``,
-    ``wall_time``, the hyperparameters as ``hp_<name>`` (missing where a lane's optimizer lacks
-    one), the problem metrics as ``metric_<name>`` (NaN off their schedule) and, when any record
+    ``wall_time`` (the run's compute seconds), ``compute_time`` (the lane's own, instruments
+    excluded), ``batch_size`` (networks with a controlled batch size; -1 where the problem's own),
+    the live (scheduled) hyperparameters as ``hp_<name>`` (missing where a lane's optimizer lacks
+    one), the problem metrics as ``metric_<name>`` (NaN off their schedule), the optimizer's and
+    the run's diagnostics as ``diag_<name>`` (e.g. ``diag_clipped_fraction``) and, when any record
     has a curvature probe, its fields (on start 0's row: see ``PROBE_SCALARS``) with ``top_k`` and
     ``exact`` eigenvalues as lists."""
     records = list(records)
@@ -133,6 +138,10 @@ def records_frame(records: Sequence[Record]) -> pd.DataFrame:
         cols[name] = per_record([getattr(r.counts, name) for r in records], np.int64)
     cols["status"] = per_row([np.array(r.status, dtype=object) for r in records], object)
     cols["wall_time"] = per_record([r.wall_time for r in records], np.float64)
+    cols["compute_time"] = per_record([r.compute_time for r in records], np.float64)
+    if any(r.batch_size is not None for r in records):
+        cols["batch_size"] = per_record([-1 if r.batch_size is None else r.batch_size for r in records],
+                                        np.int64)
 
     hp_names = list(dict.fromkeys(k for r in records for k in r.hyperparameters))
     for name in hp_names:
@@ -142,6 +151,11 @@ def records_frame(records: Sequence[Record]) -> pd.DataFrame:
     for name in metric_names:
         cols[f"metric_{name}"] = per_row([np.asarray(r.metrics[name], dtype=np.float64) if name in r.metrics
                                           else np.full(k, np.nan) for r, k in zip(records, m, strict=True)])
+    diagnostic_names = list(dict.fromkeys(k for r in records for k in r.diagnostics))
+    for name in diagnostic_names:
+        cols[f"diag_{name}"] = per_row([np.asarray(r.diagnostics[name], dtype=np.float64)
+                                        if name in r.diagnostics else np.full(k, np.nan)
+                                        for r, k in zip(records, m, strict=True)])
     if any(r.curvature is not None for r in records):
         cols.update(_probe_columns(records, m))
     return pd.DataFrame(cols)
@@ -276,24 +290,18 @@ def _dumps(obj: Any) -> str:
 
 Progress = Callable[[float, str], None]
 """Told ``(fraction done in [0, 1], what is happening)`` as an export proceeds; never goes back."""
-StopCheck = Callable[[], bool]
-"""Asked between pieces of work; True cancels the export (:class:`ExportCancelled`)."""
 REPLAY_CHUNK = 64
 """Ticks replayed between two progress reports and cancellation checks (a few ms to ~0.2 s)."""
 JSON_CHUNK = 2000
 """Table rows written to JSON between two reports and checks."""
 
 
-class ExportCancelled(RuntimeError):
-    """An export stopped because it was asked to; it left no file behind."""
-
-
 @dataclass(frozen=True)
 class _Report:
-    """Progress of one piece of an export, mapped into ``[lo, hi]`` of the whole, and the stop check."""
+    """Progress of one piece of an export, mapped into ``[lo, hi]`` of the whole, and the
+    cancellation check between pieces."""
 
     progress: Progress | None = None
-    should_stop: StopCheck | None = None
     lo: float = 0.0
     hi: float = 1.0
 
@@ -301,9 +309,9 @@ class _Report:
         if self.progress is not None:
             self.progress(self.lo + (self.hi - self.lo) * min(max(fraction, 0.0), 1.0), message)
 
-    def check(self) -> None:
-        if self.should_stop is not None and self.should_stop():
-            raise ExportCancelled("the export was cancelled")
+    @staticmethod
+    def check() -> None:
+        checkpoint()
 
     def part(self, a: float, b: float) -> _Report:
         """The sub-range ``[a, b]`` of this piece."""
@@ -314,11 +322,11 @@ class _Report:
 # -- replay -------------------------------------------------------------------------------------------
 
 def replay_log(problem: Problem, log: Mapping[str, Any], *, device: str | None = None,
-               progress: Progress | None = None, should_stop: StopCheck | None = None,
+               progress: Progress | None = None,
                chunk: int = REPLAY_CHUNK) -> tuple[Run, list[Record]]:
     """:meth:`engine.run.Run.replay` of an event log (``{"problem", "config", "events", "ticks"}``,
     as :meth:`engine.run.Run.event_log` gives), taken ``chunk`` ticks at a time: progress is reported
-    and ``should_stop`` asked between chunks (:class:`ExportCancelled` when it says stop). The same
+    and cancellation checked between chunks (:func:`engine.cancel.checkpoint`). The same
     steps in the same order as ``Run.replay``, so the same records (exactly, on CPU). ``device``
     overrides the config's."""
     if log["problem"] != problem.name:
@@ -330,7 +338,7 @@ def replay_log(problem: Problem, log: Mapping[str, Any], *, device: str | None =
         config = dataclasses.replace(config, device=device)
     events = [LoggedEvent.from_dict(e) for e in log["events"]]
     ticks = int(log["ticks"])
-    report = _Report(progress, should_stop)
+    report = _Report(progress)
     report.check()
     run = Run(problem, config)
     run.schedule(events)
@@ -362,11 +370,11 @@ def _frame(records: Sequence[Record] | pd.DataFrame) -> pd.DataFrame:
 
 
 def export_parquet(run: Run, records: Sequence[Record] | pd.DataFrame, path: str | Path, *,
-                   progress: Progress | None = None, should_stop: StopCheck | None = None) -> Path:
+                   progress: Progress | None = None) -> Path:
     """Write the records of ``run`` (or their :func:`records_frame`) to ``path`` as Parquet
     (zstd-compressed columns), with :func:`run_metadata` as JSON under the schema metadata key
     ``b"optiscope"``."""
-    path, report = Path(path), _Report(progress, should_stop)
+    path, report = Path(path), _Report(progress)
     report.check()
     frame = _frame(records)
     report(0.5, "writing Parquet")
@@ -394,11 +402,11 @@ def _json_column(col: pd.Series) -> list[Any]:
 
 
 def export_json(run: Run, records: Sequence[Record] | pd.DataFrame, path: str | Path, *,
-                progress: Progress | None = None, should_stop: StopCheck | None = None) -> Path:
+                progress: Progress | None = None) -> Path:
     """Write ``{"metadata", "columns", "records"}`` (see the module docstring) to ``path``, one
     object per table row: every value of every record, for tools that read no Parquet (about ten
     times the size of the Parquet file)."""
-    path, report = Path(path), _Report(progress, should_stop)
+    path, report = Path(path), _Report(progress)
     report.check()
     frame = _frame(records)
     names = [str(c) for c in frame.columns]
@@ -420,31 +428,30 @@ def export_json(run: Run, records: Sequence[Record] | pd.DataFrame, path: str | 
 
 
 def export_run(run: Run, records: Sequence[Record], directory: str | Path, stem: str | None = None, *,
-               json: bool = False, progress: Progress | None = None, should_stop: StopCheck | None = None
+               json: bool = False, progress: Progress | None = None
                ) -> dict[str, Path]:
     """The records as ``<stem>.parquet`` with the run's metadata (config, event log, versions,
     device) in it and beside it as ``<stem>.meta.json``; with ``json=True`` also every record as
     ``<stem>.json``. In ``directory`` (created if needed); the stem defaults to
-    ``<problem>-<UTC time>``. Cancelled (``should_stop``) or failed, it removes what it wrote."""
+    ``<problem>-<UTC time>``. Cancelled or failed, it removes what it wrote."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     stem = stem or f"{run.problem.name}-{datetime.datetime.now(datetime.UTC):%Y%m%d-%H%M%S}"
-    report = _Report(progress, should_stop)
+    report = _Report(progress)
     written: dict[str, Path] = {}
     try:
         report.check()
         frame = records_frame(records)
         report(0.1, "records as a table")
         written["parquet"] = export_parquet(run, frame, directory / f"{stem}.parquet",
-                                            progress=report.part(0.1, 0.3 if json else 0.95),
-                                            should_stop=should_stop)
+                                            progress=report.part(0.1, 0.3 if json else 0.95))
         report.check()
         with _atomic(directory / f"{stem}.meta.json") as part:
             part.write_text(_dumps(run_metadata(run)))
         written["metadata"] = directory / f"{stem}.meta.json"
         if json:
             written["json"] = export_json(run, frame, directory / f"{stem}.json",
-                                          progress=report.part(0.3, 0.99), should_stop=should_stop)
+                                          progress=report.part(0.3, 0.99))
     except BaseException:
         for path in written.values():
             path.unlink(missing_ok=True)
@@ -463,17 +470,15 @@ class Exported:
 
 
 def export_log(problem: Problem, log: Mapping[str, Any], directory: str | Path, stem: str | None = None, *,
-               json: bool = False, device: str | None = None, progress: Progress | None = None,
-               should_stop: StopCheck | None = None) -> Exported:
+               json: bool = False, device: str | None = None, progress: Progress | None = None
+               ) -> Exported:
     """Replay an event log (:func:`replay_log`) and export every record (:func:`export_run`), with
     progress over both (the replay is most of the time) and cancellation between pieces: what an
-    app does when a user asks for a download. Cancelled, it raises :class:`ExportCancelled` and
-    leaves no file."""
-    report = _Report(progress, should_stop)
-    run, records = replay_log(problem, log, device=device, progress=report.part(0.0, 0.9),
-                              should_stop=should_stop)
-    files = export_run(run, records, directory, stem, json=json, progress=report.part(0.9, 1.0),
-                       should_stop=should_stop)
+    app does when a user asks for a download. Cancelled, it raises :class:`engine.cancel.Cancelled`
+    and leaves no file."""
+    report = _Report(progress)
+    run, records = replay_log(problem, log, device=device, progress=report.part(0.0, 0.9))
+    files = export_run(run, records, directory, stem, json=json, progress=report.part(0.9, 1.0))
     return Exported(files, run, records)
 
 
@@ -518,7 +523,7 @@ def _restore_cell(v: Any) -> Any:
 
 
 def replay_export(source: str | Path | Mapping[str, Any], problem: Problem, *, device: str | None = None,
-                  progress: Progress | None = None, should_stop: StopCheck | None = None) -> list[Record]:
+                  progress: Progress | None = None) -> list[Record]:
     """The records of an exported run, recomputed (:func:`replay_log` of the exported config and
     event log) on ``problem``, which must be the exported problem: same name and parameters.
     ``device`` overrides the config's (``"cpu"`` for an exact replay of a CPU run exported from a
@@ -532,4 +537,4 @@ def replay_export(source: str | Path | Mapping[str, Any], problem: Problem, *, d
     if exported != given:
         raise ValueError(f"{problem.name}: the export has parameters {exported}, "
                          f"the problem given has {given}")
-    return replay_log(problem, log, device=device, progress=progress, should_stop=should_stop)[1]
+    return replay_log(problem, log, device=device, progress=progress)[1]

@@ -17,10 +17,11 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from engine.cancel import Cancelled, CancelToken, cancellable
+from engine.clipping import Clip
 from engine.events import SetHyperparameter
 from engine.export import (
     PARQUET_KEY,
-    ExportCancelled,
     export_json,
     export_log,
     export_parquet,
@@ -32,7 +33,8 @@ from engine.export import (
 )
 from engine.instruments import ProbeConfig
 from engine.records import OracleCounts, Record, make_record
-from engine.run import Run, RunConfig
+from engine.run import LaneConfig, Run, RunConfig
+from engine.schedules import Schedule
 from landscapes.catalog import get_landscape
 
 STEPS, EVENT_AT = 30, 15
@@ -257,21 +259,22 @@ def test_a_4000_step_race_exports_under_a_megabyte_with_monotone_progress(tmp_pa
 
 @pytest.mark.parametrize("when", ["at once", "during the replay", "once the Parquet file is written"])
 def test_a_cancelled_export_raises_and_leaves_no_file(tmp_path: Path, when: str) -> None:
-    asked: list[int] = []
+    token, reports = CancelToken(), []
+    if when == "at once":
+        token.cancel()
 
-    def should_stop() -> bool:
-        asked.append(1)
-        if when == "at once":
-            return True
-        if when == "during the replay":
-            return len(asked) > 3  # 300 steps are 5 chunks of 64
-        return (tmp_path / "race.parquet").exists()
+    def progress(fraction: float, message: str) -> None:
+        reports.append(fraction)
+        if when == "during the replay" and len(reports) == 3:  # 300 steps are 5 chunks of 64
+            token.cancel()
+        if when != "during the replay" and (tmp_path / "race.parquet").exists():
+            token.cancel()
 
-    with pytest.raises(ExportCancelled):
+    with pytest.raises(Cancelled), cancellable(token):
         export_log(get_landscape("rosenbrock"), _race_log(300), tmp_path, stem="race", json=True,
-                   should_stop=should_stop)
+                   progress=progress)
     assert list(tmp_path.iterdir()) == []
-    assert len(asked) == {"at once": 1, "during the replay": 4}.get(when, len(asked))
+    assert len(reports) == {"at once": 0, "during the replay": 3}.get(when, len(reports))
 
 
 def test_a_failed_write_removes_what_the_export_wrote(tmp_path: Path, race: tuple[Run, list[Record]],
@@ -286,3 +289,15 @@ def test_a_failed_write_removes_what_the_export_wrote(tmp_path: Path, race: tupl
     with pytest.raises(OSError, match="disk full"):
         export_run(run, records, tmp_path, stem="r", json=True)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_table_carries_scheduled_values_diagnostics_and_lane_time(tmp_path: Path) -> None:
+    lane = LaneConfig("sgd", {"lr": 1e-3}, schedules={"lr": Schedule("linear", steps=10)},
+                      clip=Clip("norm", threshold=1.0))
+    run = Run(get_landscape("rosenbrock"), RunConfig(lanes=(lane,), device="cpu"))
+    records = run.run(10)
+    _, frame = read_export(export_run(run, records, tmp_path, stem="r")["parquet"])
+    np.testing.assert_allclose(frame["hp_lr"], [1e-3 * (1 - t / 10) for t in range(10)], rtol=1e-12)
+    np.testing.assert_array_equal(frame["diag_clipped_fraction"],
+                                  [float(r.grad_norm[0] > 1.0) for r in records])
+    assert (frame["compute_time"] > 0).all() and (frame["compute_time"] <= frame["wall_time"]).all()
