@@ -35,7 +35,6 @@ from typing import Any
 import numpy as np
 import torch
 
-import engine.optimizers  # noqa: F401  (registers the built-in optimizers)
 from engine.device import make_generator, resolve_device
 from engine.events import (
     AddLane,
