@@ -42,14 +42,16 @@ CHUNK = 1 << 16
 Tensors = Sequence[torch.Tensor]
 
 
-def seeded_normal(seed: int, index: int, like: torch.Tensor, chunk: int = CHUNK
+def seeded_normal(seed: int, index: int, like: torch.Tensor, chunk: int | None = None
                   ) -> Iterator[tuple[slice, torch.Tensor]]:
     r"""The direction :math:`z \sim N(0, I)` for tensor number ``index`` of a perturbation drawn
     with ``seed``, as ``(flat slice, values)`` chunks of at most ``chunk`` elements.
 
     The stream depends only on ``(seed, index)`` and the chunking, never on the device: it is
-    drawn on the CPU and moved, so a run replays identically on CPU and CUDA.
+    drawn on the CPU and moved, so a run replays identically on CPU and CUDA. ``chunk`` defaults to
+    :data:`CHUNK` as it is when called.
     """
+    chunk = CHUNK if chunk is None else chunk
     g = torch.Generator().manual_seed(derive_seed(seed, index, modulus=2**63))
     n = like.numel()
     for start in range(0, n, chunk):

@@ -328,6 +328,8 @@ class MFAC(ClosureOptimizer):
     the Sherman-Morrison recursion of the official ``HInvSlow``). The Gram matrix :math:`GG^\top` is
     kept and updated one row per step (O(md)); the solve is O(m³), the same order as the dynamic
     algorithm's update. Reads ``p.grad`` only (no HVP). Changing the window size resets the window.
+    No velocity is kept while :math:`\mu = 0` (no memory spent on it): when :math:`\mu` becomes
+    positive mid-run, :math:`v` starts from 0.
     """
 
     label = "mfac"
