@@ -42,6 +42,7 @@ from landscapes.games import bilinear_game
 from tests.engine.optimizer_cases import (
     CASES,
     THETA7,
+    Target,
     analytic,
     rule_cge,
     rule_cons,
@@ -390,6 +391,21 @@ def steps_to_hold(run: Run, target: np.ndarray, tol: float, budget: int) -> int 
         if held == HOLD:
             return t + 1
     return None
+
+
+ZO_ON_THE_BOWL = [n for n, c in CASES.items()
+                  if get_spec(n).family == "zeroth-order" and isinstance(c.bowl, Target)]
+
+
+@pytest.mark.parametrize("name", ZO_ON_THE_BOWL)
+def test_converges_on_the_bowl_in_a_run(name: str, device: str) -> None:
+    """The case table's bowl budget (test_convergence steps the optimizer as a run does) met by a
+    Run itself: the catalog's bowl from (-1.5, 2), run seed 0 (the first trajectory's optimizer
+    seed is then 0, as in test_convergence)."""
+    target = CASES[name].bowl
+    config = RunConfig(lanes=({"optimizer": name},), start=(-1.5, 2.0), seed=0, device=device)
+    run = Run(get_landscape("quadratic"), config)
+    assert steps_to_hold(run, np.zeros(2), target.tol, target.budget) is not None, name
 
 
 def test_zo_sgd_solves_a_regularised_bilinear_game_in_a_run(device: str) -> None:
