@@ -81,6 +81,14 @@ def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.
     return x, max_iter
 
 
+def _moments(state: dict[str, Any], p: torch.Tensor, curvature: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gradient EMA ``exp_avg`` and the curvature EMA ``state[curvature]`` of ``p``, from zero."""
+    if "exp_avg" not in state:
+        state["exp_avg"] = torch.zeros_like(p)
+        state[curvature] = torch.zeros_like(p)
+    return state["exp_avg"], state[curvature]
+
+
 # -------------------------------------------------------------------------------------- Sophia
 
 class Sophia(ClosureOptimizer):
@@ -144,11 +152,7 @@ class Sophia(ClosureOptimizer):
         clipped, total = 0, 0
         for i, (group, p, g) in enumerate(zip(self._groups(), self._params(), grads, strict=True)):
             beta1, beta2 = group["betas"]
-            state = self.state[p]
-            if "exp_avg" not in state:
-                state["exp_avg"] = torch.zeros_like(p)
-                state["hessian"] = torch.zeros_like(p)
-            m, h = state["exp_avg"], state["hessian"]
+            m, h = _moments(self.state[p], p, "hessian")
             m.mul_(beta1).add_(g.to(p.dtype), alpha=1 - beta1)
             if estimate is not None:
                 h.mul_(beta2).add_(estimate[i].to(p.dtype), alpha=1 - beta2)
@@ -230,11 +234,7 @@ class AdaHessian(ClosureOptimizer):
                 _, grads, hz = oracles.hvp(z, with_gradient=True)
         for group, p, g, hzi in zip(self._groups(), params, grads, hz, strict=True):
             beta1, beta2 = group["betas"]
-            state = self.state[p]
-            if "exp_avg" not in state:
-                state["exp_avg"] = torch.zeros_like(p)
-                state["exp_hessian_diag_sq"] = torch.zeros_like(p)
-            m, v = state["exp_avg"], state["exp_hessian_diag_sq"]
+            m, v = _moments(self.state[p], p, "exp_hessian_diag_sq")
             d = spatial_average(hzi.to(p.dtype).abs(), int(group["block_size"]))
             m.mul_(beta1).add_(g.to(p.dtype), alpha=1 - beta1)
             v.mul_(beta2).addcmul_(d, d, value=1 - beta2)
