@@ -1,218 +1,90 @@
-r"""A race as still images and an animated GIF (numpy + Pillow; no browser, no matplotlib).
+r"""A race as pictures, drawn by matplotlib (Agg, object-oriented API: nothing here touches pyplot's
+global state, so sessions of one server can draw at the same time).
 
-:func:`race_png` draws a 2-D problem's landscape (the heatmap the app shows: :math:`\log_{10}(f -
-\min f + \delta)` when values span decades, see :func:`app.figures._color_values`, with contour
-lines and a colour bar), every lane's trajectories from all its starts in the lane's colour, the
-known minima as stars, the starts as rings, where each trajectory is now (a dot; hollow once it
-diverged), a legend and a title. :func:`race_gif` shows the same picture growing over time, and
-:func:`curves_png` plots loss (or any recorded quantity) against steps, oracle calls or time.
+* :func:`race_figure` / :func:`race_png`: a 2-D problem's landscape (the colour on a log scale,
+  :class:`~matplotlib.colors.LogNorm` of :math:`f - \min f + \delta`, when its values span decades),
+  every lane's trajectories from all its starts in the lane's colour, the starts (rings), where
+  each trajectory is at the end (a dot, a cross once it diverged), the known minima (a star for
+  the global minimum, a diamond for a local one), a legend where it covers no path, the title and,
+  on a line of its own, the step and time.
+* :func:`race_gif`: the same picture growing as the race went, one frame per equal interval of the
+  race's time (not of its steps), bounded in frames and bytes.
+* :func:`curves_figure` / :func:`curves_png`: a recorded quantity (loss, gradient norm, a metric)
+  against steps, oracle calls or time; a thick line per lane (the median over its starts) over a
+  thin line per start; the y-range fits the trajectories that did not diverge, and says so when
+  a diverged one leaves it.
 
-Everything is drawn at ``SUPERSAMPLE`` times the size and reduced by averaging pixel blocks,
-which anti-aliases lines and text while the inside of a thick line keeps its exact colour. Lines
-are thick and text is large (about 1/40 of the image) so the pictures read on a projector.
+Every function takes records (:class:`engine.records.Record`) or the table
+:func:`engine.export.records_frame` makes of them (what an export holds).
 """
 
 from __future__ import annotations
 
-import itertools
-import math
-from collections import defaultdict
-from collections.abc import Iterator, Sequence
+import io
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import matplotlib as mpl
 import numpy as np
-from bokeh.palettes import Viridis256
-from PIL import Image, ImageColor, ImageDraw, ImageFont
+import pandas as pd
+from matplotlib import patheffects
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import LogNorm, Normalize
+from matplotlib.figure import Figure
+from matplotlib.legend import Legend
+from matplotlib.lines import Line2D
+from matplotlib.text import Text
+from matplotlib.ticker import NullFormatter
+from PIL import Image
 
-from app.figures import _color_values, wants_log
+from app.figures import wants_log
 from app.streams import X_AXES, lane_color
 from engine.export import COUNT_COLUMNS, records_frame
-from engine.problem import Bounds, Problem
+from engine.problem import Problem
 from engine.records import RUNNING, Record
 from engine.registry import HyperparameterError, get_spec
 from engine.views import grid_values
 
-SUPERSAMPLE = 2
-N_LEVELS = 14
-"""Contour lines drawn over the heatmap (as in the app's landscape view)."""
-GRID_MAX = 500
-"""Largest grid the landscape is evaluated on (one value per output pixel up to this size)."""
-VIRIDIS = np.array([ImageColor.getrgb(c) for c in Viridis256], dtype=np.uint8)
-NAN_COLOR = (64, 64, 64)
-INK = (30, 30, 30)
-GRID_INK = (225, 225, 225)
-DIVERGED_CAP = 1e6
-"""A log-scale curve plot shows at most this factor above the largest first value."""
+DPI = 100
+"""Figures are ``size / DPI`` inches at this resolution, so a picture has exactly ``size`` pixels."""
+GRID = 300
+"""Landscape grid per side (the image is interpolated between grid points)."""
+LEVELS = 14
+"""Contour lines over the landscape."""
+MAX_FRAMES = 200
+GIF_MAX_BYTES = 4_000_000
 FINAL_FRAME_MS = 2000
 """How long the last frame of a GIF stays up before it loops (the finish is the point)."""
+CMAP = mpl.colormaps["viridis"].with_extremes(bad="#404040")  # grey where f is not finite
 
-RGB = tuple[int, int, int]
-Box = tuple[float, float, float, float]
-
-
-def _rgb(color: str) -> RGB:
-    r, g, b = ImageColor.getrgb(color)[:3]
-    return r, g, b
+Records = Sequence[Record] | pd.DataFrame
 
 
-def _font(px: float) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    return ImageFont.load_default(size=max(6, round(px)))
-
-
-def _lighter(color: RGB, amount: float) -> RGB:
-    r, g, b = (round(c + (255 - c) * amount) for c in color)
-    return r, g, b
-
-
-# -- layout and coordinates -------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Layout:
-    """Where things go in an image of ``size`` (final pixels): ``plot`` is the data rectangle
-    ``(left, top, right, bottom)``; ``font`` the body text size in pixels."""
-
-    size: tuple[int, int]
-    plot: tuple[int, int, int, int]
-    font: int
-
-    @property
-    def plot_size(self) -> tuple[int, int]:
-        left, top, right, bottom = self.plot
-        return right - left, bottom - top
-
-    def to_pixels(self, points: np.ndarray, bounds: Bounds) -> np.ndarray:
-        """Data points ``[N, 2]`` -> image coordinates ``[N, 2]`` (x right, y down; pixel ``(i, j)``
-        covers ``[i, i+1) x [j, j+1)``). The bounds' corners map to the plot's corners."""
-        left, top, right, bottom = self.plot
-        p = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-        u = (p[:, 0] - bounds.low[0]) / (bounds.high[0] - bounds.low[0])
-        v = (p[:, 1] - bounds.low[1]) / (bounds.high[1] - bounds.low[1])
-        return np.stack([left + u * (right - left), bottom - v * (bottom - top)], axis=1)
-
-
-def race_layout(size: tuple[int, int]) -> Layout:
-    """The layout :func:`race_png` and :func:`race_gif` use for an image of ``size``: a title
-    line on top, tick labels left and below, a colour bar on the right."""
+def _figure(size: tuple[int, int]) -> Figure:
     w, h = size
-    f = max(12, round(min(w, h) / 40))
-    return Layout(size, (round(4.2 * f), round(2.6 * f), w - round(6.8 * f), h - round(3.2 * f)), f)
+    if w < 120 or h < 120:
+        raise ValueError(f"a picture needs at least 120 x 120 pixels, got {w} x {h}")
+    fig = Figure(figsize=(w / DPI, h / DPI), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
 
 
-def curves_layout(size: tuple[int, int]) -> Layout:
-    w, h = size
-    f = max(12, round(min(w, h) / 32))
-    return Layout(size, (round(5.0 * f), round(2.6 * f), w - round(1.2 * f), h - round(3.4 * f)), f)
+def _font(size: tuple[int, int]) -> float:
+    """Body text in points: 1/40 of the picture's smaller side, so it reads on a projector."""
+    return min(size) / 40 * 72 / DPI
 
 
-# -- ticks ------------------------------------------------------------------------------------------
-
-def nice_ticks(lo: float, hi: float, n: int = 5) -> tuple[np.ndarray, float]:
-    """About ``n`` round tick values (steps of 1, 2 or 5 x 10^k) within ``[lo, hi]``, and the step."""
-    if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
-        return np.array([lo]), 1.0
-    raw = (hi - lo) / n
-    mag = 10 ** math.floor(math.log10(raw))
-    step = next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw)
-    first = math.ceil(lo / step - 1e-9)
-    last = math.floor(hi / step + 1e-9)
-    return (float(first) + np.arange(last - first + 1)) * step, step
+def _png(fig: Figure, path: str | Path) -> Path:
+    path = Path(path)
+    fig.savefig(path, format="png", dpi=DPI)
+    return path
 
 
-def tick_label(value: float, step: float) -> str:
-    if value == 0:
-        return "0"
-    if abs(value) >= 1e5 or step < 1e-4:
-        return f"{value:.3g}"
-    decimals = max(0, -math.floor(math.log10(step) + 1e-9))
-    return f"{value:.{decimals}f}"
-
-
-def log_ticks(lo: float, hi: float, n: int = 7) -> tuple[np.ndarray, float, float]:
-    """Powers of ten covering ``[lo, hi]`` (``lo > 0``), at most about ``n`` of them; returns the
-    ticks and the axis range (whole decades)."""
-    e_lo, e_hi = math.floor(math.log10(lo)), math.ceil(math.log10(hi))
-    if e_hi == e_lo:
-        e_hi += 1
-    stride = max(1, math.ceil((e_hi - e_lo) / n))
-    e_lo -= e_lo % stride  # ticks on multiples of the stride: 1e-6, 1e-3, 1, ...
-    e_hi += (-e_hi) % stride
-    exps = np.arange(e_lo, e_hi + 1, stride)
-    return 10.0 ** exps, 10.0 ** e_lo, 10.0 ** e_hi
-
-
-def log_label(value: float) -> str:
-    e = round(math.log10(value))
-    return f"{value:g}" if -2 <= e <= 3 else f"1e{e}"
-
-
-# -- drawing helpers --------------------------------------------------------------------------------
-
-def _clip_segment(p: np.ndarray, q: np.ndarray, box: Box) -> tuple[np.ndarray, np.ndarray] | None:
-    """Liang-Barsky: the part of segment pq inside ``box`` (None if it misses), so a trajectory that
-    jumps far outside the view is drawn in its true direction up to the edge."""
-    x0, y0, x1, y1 = box
-    d = q - p
-    t0, t1 = 0.0, 1.0
-    for den, num in ((-d[0], p[0] - x0), (d[0], x1 - p[0]), (-d[1], p[1] - y0), (d[1], y1 - p[1])):
-        if den == 0:
-            if num < 0:
-                return None
-            continue
-        t = num / den
-        if den < 0:
-            t0 = max(t0, t)
-        else:
-            t1 = min(t1, t)
-        if t0 > t1:
-            return None
-    return p + t0 * d, p + t1 * d
-
-
-def _runs(points: np.ndarray, box: Box) -> Iterator[list[tuple[float, float]]]:
-    """Polylines to draw for ``points`` ``[T, 2]``: runs of consecutive points inside ``box``, and
-    each segment that leaves it clipped to it."""
-    inside = ((points[:, 0] >= box[0]) & (points[:, 0] <= box[2])
-              & (points[:, 1] >= box[1]) & (points[:, 1] <= box[3]))
-    run: list[tuple[float, float]] = []
-    for i in range(len(points)):
-        if inside[i]:
-            run.append((float(points[i, 0]), float(points[i, 1])))
-            if i + 1 < len(points) and inside[i + 1]:
-                continue
-        if len(run) > 1:
-            yield run
-        run = []
-        if i + 1 < len(points) and not (inside[i] and inside[i + 1]):
-            clipped = _clip_segment(points[i], points[i + 1], box)
-            if clipped is not None:
-                yield [tuple(map(float, clipped[0])), tuple(map(float, clipped[1]))]
-
-
-def _polyline(draw: ImageDraw.ImageDraw, pts: list[tuple[float, float]], color: RGB, width: int) -> None:
-    draw.line(pts, fill=color, width=width, joint="curve")
-    r = width / 2  # round caps, so consecutive pieces of one trajectory join seamlessly
-    for x, y in (pts[0], pts[-1]):
-        draw.ellipse((x - r, y - r, x + r, y + r), fill=color)
-
-
-def _star(draw: ImageDraw.ImageDraw, x: float, y: float, r: float, fill: RGB, outline: RGB,
-          width: int) -> None:
-    angles = -math.pi / 2 + np.arange(10) * math.pi / 5
-    radii = np.where(np.arange(10) % 2 == 0, r, 0.45 * r)
-    draw.polygon([(x + rr * math.cos(a), y + rr * math.sin(a)) for a, rr in zip(angles, radii, strict=True)],
-                 fill=fill, outline=outline, width=width)
-
-
-def _rotated_text(canvas: Image.Image, xy: tuple[float, float], text: str, font: ImageFont.ImageFont,
-                  fill: RGB) -> None:
-    """Text turned 90 degrees counter-clockwise, centred at ``xy``."""
-    x0, y0, x1, y1 = font.getbbox(text)
-    tile = Image.new("L", (x1 - x0 + 4, y1 - y0 + 4), 0)
-    ImageDraw.Draw(tile).text((2 - x0, 2 - y0), text, font=font, fill=255)
-    tile = tile.rotate(90, expand=True)
-    canvas.paste(Image.new("RGB", tile.size, fill), (round(xy[0] - tile.width / 2),
-                                                     round(xy[1] - tile.height / 2)), tile)
+def _table(records: Records) -> pd.DataFrame:
+    frame = records if isinstance(records, pd.DataFrame) else records_frame(records)
+    return frame.sort_values(["lane", "start", "tick"], kind="stable").reset_index(drop=True)
 
 
 def _display_name(optimizer: str) -> str:
@@ -222,452 +94,402 @@ def _display_name(optimizer: str) -> str:
         return optimizer
 
 
-def _lane_label(recs: Sequence[Record]) -> str:
-    """Optimizer name(s), learning rate (and where it went), and how many starts diverged."""
-    names = list(dict.fromkeys(_display_name(r.optimizer) for r in recs))
-    label = " -> ".join(names)
-    lrs = [r.hyperparameters.get("lr") for r in recs if "lr" in r.hyperparameters]
-    if lrs:
-        first, last = float(lrs[0]), float(lrs[-1])
-        label += f"  lr {first:g}" + (f" -> {last:g}" if last != first else "")
-    status = recs[-1].status
-    bad = sum(s != RUNNING for s in status)
-    if bad:
-        label += f"  ({bad}/{len(status)} diverged)"
-    return label
+def _lane_labels(frame: pd.DataFrame) -> dict[int, str]:
+    """Per lane: its optimizer(s), learning rate (and where it went) and how many starts diverged."""
+    labels: dict[int, str] = {}
+    for lane, sub in frame.groupby("lane", sort=True):
+        sub = sub.sort_values("tick", kind="stable")
+        label = " -> ".join(dict.fromkeys(map(_display_name, sub["optimizer"])))
+        lrs = sub["hp_lr"].dropna().to_numpy(float) if "hp_lr" in sub else np.zeros(0)
+        if lrs.size:
+            label += f"  lr {lrs[0]:g}" + (f" -> {lrs[-1]:g}" if lrs[-1] != lrs[0] else "")
+        last = sub[sub["tick"] == sub["tick"].max()]
+        bad = int((last["status"] != RUNNING).sum())
+        if bad:
+            label += f"  ({bad}/{len(last)} diverged)"
+        labels[int(lane)] = label
+    return labels
 
 
-# -- the race -------------------------------------------------------------------------------------------
+def _segments(steps: np.ndarray) -> np.ndarray:
+    """Segment number of each row of one trajectory: a restart (Reset, or a switch back to the
+    starts: the lane's step goes back) begins a new one."""
+    return np.concatenate([[0], np.cumsum(np.diff(steps) <= 0)]) if steps.size else steps
+
+
+def _broken(values: np.ndarray, segment: np.ndarray) -> np.ndarray:
+    """``values`` ``[T, ...]`` with a NaN row between segments, so one line shows separate pieces."""
+    cuts = np.flatnonzero(np.diff(segment)) + 1
+    return np.insert(values.astype(float), cuts, np.nan, axis=0)
+
+
+def _place_legend(ax: Axes, handles: list, labels: list[str], fontsize: float) -> Legend:
+    """``loc="best"`` in the axes, which matplotlib puts where the fewest line vertices and crossings
+    are; when every place inside covers a path, the legend goes below the axes instead."""
+    legend = ax.legend(handles, labels, loc="best", fontsize=fontsize, framealpha=0.85)
+    fig = ax.get_figure()
+    fig.draw_without_rendering()  # lays out the figure and chooses the legend's place
+    if legend_overlaps(ax, legend):
+        legend.remove()
+        legend = fig.legend(handles, labels, loc="outside lower center", fontsize=fontsize,
+                            ncols=min(len(labels), 2), frameon=False)
+        fig.draw_without_rendering()
+    # the layout is done: keep it (each later draw, a GIF frame or the PNG, would redo it)
+    fig.set_layout_engine("none")
+    return legend
+
+
+def legend_overlaps(ax: Axes, legend: Legend) -> int:
+    """How many vertices of the axes' data lines lie under ``legend``, or segments cross it."""
+    box = legend.get_window_extent()
+    count = 0
+    for line in ax.get_lines():
+        if line.get_gid() is None:  # only the data (paths, curves) has a gid
+            continue
+        path = line.get_transform().transform_path(line.get_path())
+        count += box.count_contains(path.vertices) + int(path.intersects_bbox(box, filled=False))
+    return count
+
+
+# -- the race on its landscape -----------------------------------------------------------------------
 
 @dataclass
 class _Path:
-    """One unbroken piece of one trajectory, in plot-layer coordinates."""
+    """One trajectory (a lane's start) as drawn: every recorded position in tick order, a NaN row
+    between restarts; ``ticks`` and ``status`` per vertex."""
 
     lane: int
-    row: int
-    ticks: np.ndarray  # [T]
-    points: np.ndarray  # [T, 2]
-    drawn: int = 0  # points already drawn on the layer
+    start: int
+    line: Line2D
+    xy: np.ndarray
+    ticks: np.ndarray
+    status: np.ndarray
 
 
-class RaceImage:
-    """Renders a race on a 2-D problem; :meth:`frame` shows it up to a tick. Trajectories are drawn
-    onto a persistent layer as time advances, so a GIF costs one pass over the records."""
+class _Race:
+    """The race figure and the artists a GIF frame moves (:meth:`show`)."""
 
-    def __init__(self, problem: Problem, records: Sequence[Record], size: tuple[int, int] = (800, 800),
-                 title: str | None = None) -> None:
+    def __init__(self, problem: Problem, records: Records, size: tuple[int, int], title: str | None) -> None:
         if problem.dim != 2 or problem.bounds is None:
-            raise ValueError(f"{problem.name}: a race image needs a 2-D problem with bounds "
+            raise ValueError(f"{problem.name}: a race picture needs a 2-D problem with bounds "
                              f"(dim={problem.dim})")
-        self.problem, self.records = problem, sorted(records, key=lambda r: (r.tick, r.lane))
-        if any(r.position is None for r in self.records):
+        frame = _table(records)
+        if not {"x0", "x1"} <= set(frame.columns):
             raise ValueError("these records carry no positions to draw")
-        self.layout = race_layout(size)
-        self.s = SUPERSAMPLE
-        self.bounds = problem.bounds
-        f = self.layout.font * self.s
-        self.fonts = {"body": _font(f), "small": _font(0.85 * f), "title": _font(1.2 * f)}
-        self.line_width = max(3, round(0.22 * f))
-        self.by_lane: dict[int, list[Record]] = defaultdict(list)
-        for r in self.records:
-            self.by_lane[r.lane].append(r)
-        self.paths = self._make_paths()
-        self.ticks = np.unique([r.tick for r in self.records])
-        self.heatmap, (lo, hi), self.color_label = self._heatmap()
-        self.layer = self.heatmap.copy()  # heatmap + the trajectories drawn so far (supersampled)
-        self.background = self._background(lo, hi, title)
-        self.legend_box = self._place_legend()
-        """Where the legend sits, in final image pixels ``(left, top, right, bottom)``."""
-        self.legend = self._legend_tile()
+        self.figure = fig = _figure(size)
+        self.ax = ax = fig.add_subplot()
+        font = _font(size)
+        low, high = problem.bounds.low, problem.bounds.high
+        ax.set_xlim(low[0], high[0])
+        ax.set_ylim(low[1], high[1])
+        ax.set_xlabel("x", fontsize=font)
+        ax.set_ylabel("y", fontsize=font)
+        ax.tick_params(labelsize=0.85 * font)
+        self._landscape(problem, font)
 
-    # -- geometry ------------------------------------------------------------------------------
-    def to_layer(self, points: np.ndarray) -> np.ndarray:
-        """Data points -> supersampled plot-layer coordinates."""
-        left, top, _, _ = self.layout.plot
-        return (self.layout.to_pixels(points, self.bounds) - (left, top)) * self.s
+        # the trajectories: one line per lane and start, in the lane's colour (thinner when many)
+        lw = font / 5 * float(np.clip(2 / np.sqrt(frame["start"].nunique()), 0.35, 1.0))
+        self.paths: list[_Path] = []
+        firsts: set[tuple[float, float]] = set()  # every segment's first point: the starts
+        for (lane, start), sub in frame.groupby(["lane", "start"], sort=True):
+            segment = _segments(sub["step"].to_numpy())
+            cuts = np.flatnonzero(np.diff(segment)) + 1
+            points = sub[["x0", "x1"]].to_numpy(float)
+            firsts |= {(a, b) for a, b in points[np.r_[0, cuts]] if np.isfinite(a) and np.isfinite(b)}
+            xy = _broken(points, segment)
+            xy[~np.isfinite(xy).all(axis=1)] = np.nan  # a non-finite position breaks the line
+            ticks = np.insert(sub["tick"].to_numpy(float), cuts, sub["tick"].to_numpy(float)[cuts])
+            status = np.insert(sub["status"].to_numpy(object), cuts, RUNNING)
+            (line,) = ax.plot(xy[:, 0], xy[:, 1], color=lane_color(int(lane)), lw=lw, solid_capstyle="round",
+                              solid_joinstyle="round", zorder=3, gid=f"path lane={lane} start={start}")
+            self.paths.append(_Path(int(lane), int(start), line, xy, ticks, status))
 
-    def _make_paths(self) -> list[_Path]:
-        paths: list[_Path] = []
-        for lane, recs in self.by_lane.items():
-            steps = np.array([r.step for r in recs])
-            ticks = np.array([r.tick for r in recs])
-            pos = np.stack([r.position[:, :2] for r in recs])  # [T, M, 2]
-            # a restart (Reset, or a switch that goes back to the starts) begins a new path
-            cuts = [0, *np.flatnonzero(np.diff(steps) <= 0) + 1, len(recs)]
-            for a, b in itertools.pairwise(cuts):
-                for row in range(pos.shape[1]):
-                    pts = pos[a:b, row]
-                    ok = np.isfinite(pts).all(axis=1)
-                    # an unbroken run of finite points is one path (a non-finite position breaks it)
-                    edges = np.flatnonzero(np.diff(np.concatenate([[0], ok.astype(int), [0]])))
-                    for s, e in zip(edges[::2], edges[1::2], strict=True):
-                        paths.append(_Path(lane, row, ticks[a:b][s:e], self.to_layer(pts[s:e])))
-        return paths
+        starts = np.array(sorted(firsts)).reshape(-1, 2)  # lanes share starts: each is drawn once
+        outline = [patheffects.Stroke(linewidth=font / 7 + 1.5, foreground="black"), patheffects.Normal()]
+        ring = dict(marker="o", ms=0.9 * font, mfc="none", mec="white", mew=font / 7, ls="none", zorder=4,
+                    path_effects=outline)
+        ax.plot(starts[:, 0], starts[:, 1], **ring)
 
-    # -- static parts --------------------------------------------------------------------------
-    def _heatmap(self) -> tuple[Image.Image, tuple[float, float], str]:
-        pw, ph = self.layout.plot_size
-        n = min(max(pw, ph), GRID_MAX)
-        _, _, z = grid_values(self.problem, n)
-        shown, label = _color_values(z, wants_log(self.problem, z))
-        finite = shown[np.isfinite(shown)]
+        # known minima inside the view: a star for the global one, a diamond for a local one
+        star = dict(marker="*", ms=1.7 * font, mfc="white", mec="black", mew=1.0, ls="none", zorder=5)
+        diamond = dict(marker="D", ms=0.75 * font, mfc="none", mec="white", mew=font / 8, ls="none", zorder=5,
+                       path_effects=outline)
+        handles: list = []
+        labels: list[str] = []
+        for lane, text in _lane_labels(frame).items():
+            handles.append(Line2D([], [], color=lane_color(lane), lw=1.5 * lw))
+            labels.append(text)
+        for is_global, style, text in ((True, star, "global minimum"), (False, diamond, "local minimum")):
+            pts = np.array([m.x[:2] for m in problem.minima if m.is_global == is_global
+                            and low[0] <= m.x[0] <= high[0] and low[1] <= m.x[1] <= high[1]]).reshape(-1, 2)
+            if pts.size:
+                ax.plot(pts[:, 0], pts[:, 1], **style)
+                handles.append(Line2D([], [], **{**style, "ms": 0.7 * style["ms"]}))
+                labels.append(text)
+
+        # where each trajectory is (moved by show): a dot while it runs, a cross once it diverged
+        area = (0.8 * font) ** 2
+        self.now = ax.scatter([], [], s=area, marker="o", edgecolors="white", linewidths=1.2, zorder=6)
+        self.gone = ax.scatter([], [], s=1.4 * area, marker="X", edgecolors="white", linewidths=1.0, zorder=6)
+        handles += [Line2D([], [], **{**ring, "ms": 0.7 * font}),
+                    Line2D([], [], marker="o", ms=0.7 * font, mfc="0.4", mec="white", ls="none")]
+        labels += ["start", "end"]
+        if (frame["status"] != RUNNING).any():
+            handles.append(Line2D([], [], marker="X", ms=0.8 * font, mfc="0.4", mec="white", ls="none"))
+            labels.append("diverged")
+
+        n_lanes, n_starts = frame["lane"].nunique(), frame["start"].nunique()
+        ticks = np.unique(frame["tick"].to_numpy())
+        self.ticks = ticks
+        self.times = frame.groupby("tick")["wall_time"].max().reindex(ticks).to_numpy(float)
+        fig.suptitle(title or f"{getattr(problem, 'title', problem.name)}: {n_lanes} optimizers x {n_starts} "
+                     f"start{'s' if n_starts > 1 else ''}, {ticks.size} steps", fontsize=1.15 * font)
+        self.clock: Text = ax.set_title("", loc="right", fontsize=0.9 * font)
+        self.show(None)
+        _place_legend(ax, handles, labels, 0.8 * font)
+
+    def _landscape(self, problem: Problem, font: float) -> None:
+        xs, ys, z = grid_values(problem, GRID)
+        finite = z[np.isfinite(z)]
         lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-        hi = hi if hi > lo else lo + 1.0
-        t = np.clip((shown - lo) / (hi - lo), 0.0, 1.0)
-        rgb = VIRIDIS[np.where(np.isfinite(t), np.round(t * 255), 0).astype(np.int64)].astype(np.float64)
-        rgb[~np.isfinite(shown)] = NAN_COLOR
-        # contour lines: where the level band changes between neighbouring grid cells
-        band = np.where(np.isfinite(t), np.floor(t * (N_LEVELS + 1)), -1)
-        edge = np.zeros(band.shape, dtype=bool)
-        edge[:, 1:] |= band[:, 1:] != band[:, :-1]
-        edge[1:, :] |= band[1:, :] != band[:-1, :]
-        rgb[edge] = 0.55 * rgb[edge] + 0.45 * 255
-        img = Image.fromarray(np.flipud(rgb).round().astype(np.uint8), "RGB")  # row 0 = top = high y
-        return img.resize((pw * self.s, ph * self.s), Image.Resampling.BILINEAR), (lo, hi), label
+        if wants_log(problem, z) and hi > lo:
+            delta = max(1e-12, 1e-6 * (hi - lo))  # the minimum itself is delta above min f, not log 0
+            shown = np.where(np.isfinite(z), np.clip(z - lo, 0, None) + delta, np.nan)
+            norm: Normalize = LogNorm(vmin=delta, vmax=hi - lo + delta)
+            levels = np.geomspace(delta, hi - lo + delta, LEVELS + 2)[1:-1]
+            label = "f - min f (log scale)"
+        else:
+            shown = np.where(np.isfinite(z), z, np.nan)
+            norm = Normalize(vmin=lo, vmax=hi if hi > lo else lo + 1)
+            levels = np.linspace(lo, hi, LEVELS + 2)[1:-1] if hi > lo else None
+            label = "f(x, y)"
+        b = problem.bounds
+        image = self.ax.imshow(np.ma.masked_invalid(shown), extent=(b.low[0], b.high[0], b.low[1], b.high[1]),
+                               origin="lower", cmap=CMAP, norm=norm, aspect="auto", interpolation="bilinear",
+                               zorder=0)
+        if levels is not None:
+            self.ax.contour(xs, ys, shown, levels=levels, colors="white", linewidths=0.7, alpha=0.45,
+                            zorder=1)
+        bar = self.figure.colorbar(image, ax=self.ax, pad=0.02, fraction=0.05)
+        bar.set_label(label, fontsize=0.85 * font)
+        bar.ax.tick_params(labelsize=0.75 * font)
 
-    def _background(self, lo: float, hi: float, title: str | None) -> Image.Image:
-        """Title, axes, ticks and the colour bar at final size (the plot is pasted in per frame)."""
-        s, L = self.s, self.layout
-        w, h = L.size
-        canvas = Image.new("RGB", (w * s, h * s), "white")
-        draw = ImageDraw.Draw(canvas)
-        left, top, right, bottom = (v * s for v in L.plot)
-        f = L.font * s
-        if title is None:
-            m = len(self.records[0].loss) if self.records else 0
-            steps = int(self.ticks.max()) + 1 if self.ticks.size else 0
-            title = f"{getattr(self.problem, 'title', self.problem.name)}:  {len(self.by_lane)} optimizers" \
-                    f" x {m} starts, {steps} steps"
-        draw.text((left, 0.5 * f), title, font=self.fonts["title"], fill=INK)
-        # axes ticks
-        for axis in (0, 1):
-            lo_b, hi_b = self.bounds.low[axis], self.bounds.high[axis]
-            values, step = nice_ticks(lo_b, hi_b)
-            for v in values:
-                pt = np.array([[v, self.bounds.low[1]]] if axis == 0 else [[self.bounds.low[0], v]])
-                px = self.layout.to_pixels(pt, self.bounds)[0] * s
-                text = tick_label(float(v), step)
-                if axis == 0:
-                    draw.line((px[0], bottom, px[0], bottom + 0.35 * f), fill=INK, width=s * 2)
-                    draw.text((px[0], bottom + 0.45 * f), text, font=self.fonts["small"], fill=INK,
-                              anchor="mt")
-                else:
-                    draw.line((left - 0.35 * f, px[1], left, px[1]), fill=INK, width=s * 2)
-                    draw.text((left - 0.5 * f, px[1]), text, font=self.fonts["small"], fill=INK, anchor="rm")
-        draw.text(((left + right) / 2, bottom + 1.7 * f), "x", font=self.fonts["body"], fill=INK, anchor="mt")
-        _rotated_text(canvas, (left - 3.4 * f, (top + bottom) / 2), "y", self.fonts["body"], INK)
-        # colour bar
-        x0, x1 = right + 0.6 * f, right + 1.5 * f
-        ramp = VIRIDIS[np.linspace(255, 0, max(2, round(bottom - top))).astype(np.int64)]
-        bar = Image.fromarray(np.repeat(ramp[:, None, :], max(1, round(x1 - x0)), axis=1), "RGB")
-        canvas.paste(bar, (round(x0), round(top)))
-        draw.rectangle((round(x0), round(top), round(x0) + bar.width, round(top) + bar.height), outline=INK,
-                       width=s)
-        values, step = nice_ticks(lo, hi, 6)
-        for v in values:
-            y = bottom - (v - lo) / (hi - lo) * (bottom - top)
-            draw.line((x1, y, x1 + 0.3 * f, y), fill=INK, width=s * 2)
-            draw.text((x1 + 0.4 * f, y), tick_label(float(v), step), font=self.fonts["small"], fill=INK,
-                      anchor="lm")
-        _rotated_text(canvas, (L.size[0] * s - 0.9 * f, (top + bottom) / 2), self.color_label,
-                      self.fonts["small"], INK)
-        return canvas.reduce(s)
-
-    # -- legend ------------------------------------------------------------------------------------
-    def _legend_entries(self) -> list[tuple[str, str]]:
-        entries = [(lane_color(lane), _lane_label(recs)) for lane, recs in self.by_lane.items()]
-        if self.problem.minima:
-            entries.append(("star", "known minima"))
-        if self.paths:
-            entries.append(("ring", "starts"))
-        return entries
-
-    def _place_legend(self) -> Box:
-        """The plot corner whose legend box would hide the fewest trajectory points."""
-        f, pad = self.layout.font, 0.5 * self.layout.font
-        entries = self._legend_entries()
-        width = max((self.fonts["body"].getlength(t) / self.s for _, t in entries), default=0) + 3.2 * f
-        height = len(entries) * 1.45 * f + 2 * pad
-        left, top, right, bottom = self.layout.plot
-        m = 0.6 * f
-        corners = [(left + m, top + m), (right - m - width, top + m),
-                   (left + m, bottom - m - height), (right - m - width, bottom - m - height)]
-        pts = np.concatenate([p.points for p in self.paths]) / self.s + (left, top) if self.paths \
-            else np.zeros((0, 2))
-        px, py = pts[:, 0], pts[:, 1]
-        hidden = [int(((px >= x) & (px <= x + width) & (py >= y) & (py <= y + height)).sum())
-                  for x, y in corners]
-        x, y = corners[int(np.argmin(hidden))]
-        return x, y, x + width, y + height
-
-    def _legend_tile(self) -> tuple[Image.Image, tuple[int, int]]:
-        """The legend drawn once (supersampled RGBA, translucent box) and where it goes on the plot layer."""
-        s, f = self.s, self.layout.font * self.s
-        left, top = self.layout.plot[:2]
-        x0, y0, x1, y1 = ((v - o) * s for v, o in zip(self.legend_box, (left, top, left, top), strict=True))
-        ox, oy = int(x0), int(y0)
-        tile = Image.new("RGBA", (int(x1) - ox + 1, int(y1) - oy + 1), (0, 0, 0, 0))
-        draw = ImageDraw.Draw(tile)
-        draw.rounded_rectangle((x0 - ox, y0 - oy, x1 - ox, y1 - oy), radius=0.3 * f,
-                               fill=(255, 255, 255, 215), outline=(80, 80, 80, 255), width=s)
-        for i, (kind, text) in enumerate(self._legend_entries()):
-            y = y0 - oy + 0.5 * f + (i + 0.5) * 1.45 * f
-            x = x0 - ox
-            cx = x + 1.5 * f
-            if kind == "star":
-                _star(draw, cx, y, 0.5 * f, (255, 255, 255), (0, 0, 0), s)
-            elif kind == "ring":
-                r = 0.3 * f
-                draw.ellipse((cx - r - s, y - r - s, cx + r + s, y + r + s), fill=(120, 120, 120, 255))
-                draw.ellipse((cx - r, y - r, cx + r, y + r), outline=(255, 255, 255), width=round(0.14 * f))
-            else:
-                draw.line((x + 0.5 * f, y, x + 2.5 * f, y), fill=_rgb(kind), width=self.line_width * 2)
-            draw.text((x + 2.9 * f, y), text, font=self.fonts["body"], fill=INK, anchor="lm")
-        return tile, (ox, oy)
-
-    def _draw_legend(self, img: Image.Image) -> None:
-        tile, (ox, oy) = self.legend
-        under = img.crop((ox, oy, ox + tile.width, oy + tile.height)).convert("RGBA")
-        img.paste(Image.alpha_composite(under, tile).convert("RGB"), (ox, oy))
-
-    # -- frames --------------------------------------------------------------------------------
-    def _advance(self, upto: float) -> None:
-        """Draw every path's points with tick <= ``upto`` that are not drawn yet onto the layer."""
-        draw = ImageDraw.Draw(self.layer)
-        w, h = self.layer.size
-        margin = 4 * self.line_width
-        box = (-margin, -margin, w + margin, h + margin)
+    def show(self, upto: float | None, time: float | None = None) -> None:
+        """Show the race up to tick ``upto`` (all of it when None); ``time`` for the clock line."""
+        upto = float(self.ticks[-1]) if upto is None and self.ticks.size else float(upto or 0)
+        now: dict[bool, tuple[list[np.ndarray], list[str]]] = {False: ([], []), True: ([], [])}
         for p in self.paths:
-            end = int(np.searchsorted(p.ticks, upto, side="right"))
-            if end <= p.drawn:
-                continue
-            begin = max(p.drawn - 1, 0)  # overlap one point: the new piece continues the old
-            for run in _runs(p.points[begin:end], box):
-                _polyline(draw, run, _rgb(lane_color(p.lane)), self.line_width)
-            p.drawn = end
-
-    def frame(self, upto: float | None = None) -> Image.Image:
-        """The image with every record of tick <= ``upto`` (all of them when None). Calls must not go
-        back in time (the trajectory layer only grows)."""
-        upto = float(self.ticks.max()) if upto is None and self.ticks.size else (upto or 0.0)
-        self._advance(upto)
-        img = self.layer.copy()
-        draw = ImageDraw.Draw(img)
-        s, f = self.s, self.layout.font * self.s
-        # starts: white rings
-        r = 0.32 * f
-        for x, y in {(round(p.points[0, 0], 1), round(p.points[0, 1], 1)) for p in self.paths
-                     if p.ticks[0] <= upto}:
-            draw.ellipse((x - r, y - r, x + r, y + r), outline=(255, 255, 255), width=round(0.14 * f))
-        # known minima: stars
-        for mn in self.problem.minima:
-            (x, y), = self.to_layer(np.array([mn.x[:2]]))
-            if 0 <= x <= img.width and 0 <= y <= img.height:
-                _star(draw, x, y, (0.55 if mn.is_global else 0.4) * f, (255, 255, 255), (0, 0, 0), s)
-        # where each trajectory is now (its lane's latest path shown so far): a dot, hollow once diverged
-        latest: dict[tuple[int, int], np.ndarray] = {}
-        for p in self.paths:
-            if p.ticks[0] <= upto:
-                k = int(np.searchsorted(p.ticks, upto, side="right")) - 1
-                latest[(p.lane, p.row)] = p.points[k]
-        for (lane, row), (x, y) in latest.items():
-            rec = next(r for r in reversed(self.by_lane[lane]) if r.tick <= upto)
-            r = 0.42 * f
-            if not (-r <= x <= img.width + r and -r <= y <= img.height + r):
-                continue
-            color = _rgb(lane_color(lane))
-            running = rec.status[row] == RUNNING
-            draw.ellipse((x - r, y - r, x + r, y + r), fill=color if running else None,
-                         outline=(255, 255, 255) if running else color, width=round(0.12 * f))
-        self._draw_legend(img)
-        out = self.background.copy()
-        out.paste(img.reduce(s), self.layout.plot[:2])
-        ImageDraw.Draw(out).rectangle(self.layout.plot, outline=INK, width=2)
-        step_text = f"step {int(upto)}"
-        ImageDraw.Draw(out).text((self.layout.plot[2], round(0.5 * self.layout.font)), step_text,
-                                 font=_font(self.layout.font), fill=INK, anchor="ra")
-        return out
+            k = int(np.searchsorted(p.ticks, upto, side="right"))
+            p.line.set_data(p.xy[:k, 0], p.xy[:k, 1])
+            ok = np.flatnonzero(np.isfinite(p.xy[:k]).all(axis=1))
+            if ok.size:
+                points, colors = now[bool(p.status[k - 1] != RUNNING)]
+                points.append(p.xy[ok[-1]])
+                colors.append(lane_color(p.lane))
+        for markers, (points, colors) in ((self.now, now[False]), (self.gone, now[True])):
+            markers.set_offsets(np.array(points).reshape(-1, 2))
+            markers.set_facecolors(colors)
+        if self.ticks.size:
+            i = max(int(np.searchsorted(self.ticks, upto, side="right")) - 1, 0)
+            t = self.times[i] if time is None else time
+            self.clock.set_text(f"step {int(self.ticks[i]):,}   t = {t:.{2 if t < 10 else 1}f} s")
 
 
-def race_png(problem: Problem, records: Sequence[Record], path: str | Path,
-             size: tuple[int, int] = (800, 800), title: str | None = None) -> Path:
+def race_figure(problem: Problem, records: Records, size: tuple[int, int] = (800, 800),
+                title: str | None = None) -> Figure:
+    """The whole race on ``problem``'s landscape (not rendered yet: its artists can be read back).
+    Path lines carry the gid ``"path lane=<k> start=<j>"``."""
+    return _Race(problem, records, size, title).figure
+
+
+def race_png(problem: Problem, records: Records, path: str | Path, size: tuple[int, int] = (800, 800),
+             title: str | None = None) -> Path:
     """The whole race on ``problem``'s landscape, as a PNG of ``size`` pixels."""
-    path = Path(path)
-    RaceImage(problem, records, size, title).frame().save(path, format="PNG")
-    return path
+    return _png(race_figure(problem, records, size, title), path)
 
 
-def gif_ticks(ticks: np.ndarray, frames: int) -> np.ndarray:
-    """The last tick each of ``frames`` frames shows: quantiles ``k / (frames - 1)`` of the run's
-    ticks (the first frame shows the starts, the last the whole race)."""
+def frame_ticks(ticks: np.ndarray, times: np.ndarray, frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """Frames at equal intervals of the race's time: frame k shows the race at
+    :math:`t_k = t_0 + k (t_{end} - t_0) / (frames - 1)`, that is every tick recorded by then.
+    ``times[i]`` is when tick ``ticks[i]`` was recorded (the ticks themselves stand in when no time
+    passed). Returns ``(t_k, last tick shown by frame k)``."""
+    if frames < 1:
+        raise ValueError(f"frames must be >= 1, got {frames}")
+    order = np.argsort(ticks, kind="stable")
+    ticks = np.asarray(ticks)[order]
+    times = np.maximum.accumulate(np.asarray(times, dtype=float)[order])  # time never runs back
     if ticks.size == 0:
-        return np.zeros(frames)
-    q = np.linspace(0.0, 1.0, frames) if frames > 1 else np.ones(1)
-    return np.quantile(np.sort(ticks), q, method="lower")
+        return np.zeros(frames), np.zeros(frames, dtype=np.int64)
+    if not times[-1] > times[0]:  # no time recorded (records made by hand): pace by ticks
+        times = ticks.astype(float)
+    at = np.linspace(times[0], times[-1], frames) if frames > 1 else times[-1:]
+    return at, ticks[np.searchsorted(times, at, side="right") - 1]
 
 
-def _gif_palette(last: Image.Image) -> Image.Image:
-    """One 256-colour palette for every frame (no flicker between frames): the lane colours and
-    greys exactly, 150 steps of viridis (a median cut would drop the dark end, which only the colour
-    bar shows), and the 80 colours a median cut finds in the last frame (contours, anti-aliasing)."""
-    colors = [_rgb(c) for c in dict.fromkeys(lane_color(i) for i in range(64))]
-    colors += [(v, v, v) for v in np.linspace(0, 255, 16).round().astype(int)] + [INK, NAN_COLOR]
-    colors += [tuple(c) for c in VIRIDIS[np.linspace(0, 255, 150).round().astype(int)]]
-    found = last.quantize(colors=80, method=Image.Quantize.MEDIANCUT).getpalette()[:240]
-    colors += [tuple(found[i:i + 3]) for i in range(0, len(found), 3)]
-    flat = [int(v) for c in colors[:256] for v in c]
+def _gif_frames(race: _Race, frames: int, tick_times: Mapping[int, float] | None) -> list[Image.Image]:
+    """Every frame as an RGB image: the figure without its moving artists is drawn once, and each
+    frame puts only those (paths, markers, clock) over a copy of it."""
+    times = race.times if tick_times is None else np.array([tick_times[int(t)] for t in race.ticks], float)
+    at, upto = frame_ticks(race.ticks, times, frames)
+    moving = [p.line for p in race.paths] + [race.now, race.gone, race.clock]
+    for artist in moving:
+        artist.set_animated(True)
+    canvas = race.figure.canvas
+    canvas.draw()
+    background = canvas.copy_from_bbox(race.figure.bbox)
+    images = []
+    for t, tick in zip(at, upto, strict=True):
+        race.show(float(tick), float(t))
+        canvas.restore_region(background)
+        for artist in moving:
+            race.figure.draw_artist(artist)
+        rgba = Image.frombuffer("RGBA", canvas.get_width_height(), canvas.buffer_rgba())
+        images.append(rgba.convert("RGB"))
+    return images
+
+
+def _gif_palette(last: Image.Image, lanes: Sequence[int]) -> Image.Image:
+    """One palette for every frame, so frames differ only where the race moved (GIF then stores
+    just those rectangles) and nothing flickers: the lane colours and greys exactly, 64 steps of the
+    colour map (a median cut gives its dark end, seen only on the colour bar, two or three colours),
+    and the 160 colours a median cut finds in the last frame (which shows every path)."""
+    exact = [mpl.colors.to_hex(lane_color(k)) for k in dict.fromkeys(lanes)]
+    exact += [mpl.colors.to_hex(str(v)) for v in np.linspace(0, 1, 9)] + [mpl.colors.to_hex(CMAP.get_bad())]
+    colors = [tuple(round(255 * c) for c in mpl.colors.to_rgb(h)) for h in exact]
+    colors += [tuple(round(255 * c) for c in CMAP(v)[:3]) for v in np.linspace(0, 1, 64)]
+    found = last.quantize(colors=256 - len(colors), method=Image.Quantize.MEDIANCUT).getpalette()
+    colors += [tuple(found[i:i + 3]) for i in range(0, 3 * (256 - len(colors)), 3)]
     palette = Image.new("P", (1, 1))
-    palette.putpalette(flat + flat[-3:] * (256 - len(flat) // 3))
+    palette.putpalette([v for c in colors for v in c])
     return palette
 
 
-def race_gif(problem: Problem, records: Sequence[Record], path: str | Path, frames: int = 60, fps: float = 15,
-             size: tuple[int, int] = (800, 800), title: str | None = None) -> Path:
-    """The race growing over time: frame k shows the records up to the k-th of ``frames`` quantiles
-    of the run's steps; the last frame is held for ``FINAL_FRAME_MS``. A progress bar along the top
-    edge keeps every frame distinct (GIF writers merge identical frames)."""
-    if frames < 1:
-        raise ValueError(f"frames must be >= 1, got {frames}")
+def _gif_bytes(images: list[Image.Image], palette: Image.Image, fps: float) -> bytes:
+    """The frames as a looping GIF with ``palette``, ``fps`` a second, the last one held."""
+    frames = [im.quantize(palette=palette, dither=Image.Dither.NONE) for im in images]
+    step = round(1000 / fps)
+    out = io.BytesIO()
+    frames[0].save(out, format="GIF", save_all=True, append_images=frames[1:], loop=0,
+                   duration=[step] * (len(frames) - 1) + [max(step, FINAL_FRAME_MS)])
+    return out.getvalue()
+
+
+def race_gif(problem: Problem, records: Records, path: str | Path, frames: int = 60, fps: float = 10,
+             size: tuple[int, int] = (640, 640), title: str | None = None, max_bytes: int = GIF_MAX_BYTES,
+             tick_times: Mapping[int, float] | None = None) -> Path:
+    """The race growing over its time: ``frames`` frames at equal intervals of the race's time
+    (:func:`frame_ticks`: the records' ``wall_time``, or ``tick_times`` — tick -> seconds — when
+    given, e.g. when the race was shown live), ``fps`` frames a second, the last held for
+    ``FINAL_FRAME_MS``. Over ``max_bytes``, it is drawn again with half the frames (down to 2)."""
+    if not 1 <= frames <= MAX_FRAMES:
+        raise ValueError(f"frames must be between 1 and {MAX_FRAMES}, got {frames}")
+    if not 0 < fps <= 50:
+        raise ValueError(f"fps must be in (0, 50], got {fps}")
+    race = _Race(problem, records, size, title)
+    while True:
+        images = _gif_frames(race, frames, tick_times)
+        data = _gif_bytes(images, _gif_palette(images[-1], [p.lane for p in race.paths]), fps)
+        if len(data) <= max_bytes:
+            break
+        if frames <= 2:
+            raise ValueError(f"a {size[0]} x {size[1]} GIF of this race needs more than {max_bytes:,} "
+                             "bytes even with 2 frames: ask for a smaller size")
+        frames = max(2, frames // 2)
     path = Path(path)
-    race = RaceImage(problem, records, size, title)
-    images = []
-    for k, upto in enumerate(gif_ticks(race.ticks, frames)):
-        img = race.frame(float(upto))
-        ImageDraw.Draw(img).rectangle((0, 0, round(img.width * (k + 1) / frames) - 1, 3), fill=(90, 90, 90))
-        images.append(img)
-    palette = _gif_palette(images[-1])
-    frames_p = [im.quantize(palette=palette, dither=Image.Dither.NONE) for im in images]
-    durations = [round(1000 / fps)] * (len(frames_p) - 1) + [max(round(1000 / fps), FINAL_FRAME_MS)]
-    frames_p[0].save(path, format="GIF", save_all=True, append_images=frames_p[1:], duration=durations,
-                     loop=0)
+    path.write_bytes(data)
     return path
 
 
-# -- curves -----------------------------------------------------------------------------------------
+# -- curves -------------------------------------------------------------------------------------------
 
-def curves_png(records: Sequence[Record], path: str | Path, y: str = "loss", x: str = "step",
-               log_y: bool = True, size: tuple[int, int] = (900, 560), f_star: float | None = None,
-               title: str | None = None) -> Path:
+def _y_range(values: list[np.ndarray], log: bool) -> tuple[float, float]:
+    finite = np.concatenate([v[np.isfinite(v)] for v in values]) if values else np.zeros(0)
+    if not finite.size:
+        return (0.1, 10.0) if log else (0.0, 1.0)
+    lo, hi = float(finite.min()), float(finite.max())
+    if log:
+        lo, hi = np.log10(lo), np.log10(hi)
+        if hi - lo < 1:  # at least a decade, so the axis has labelled powers of ten
+            mid = (hi + lo) / 2
+            lo, hi = mid - 0.5, mid + 0.5
+        pad = 0.04 * (hi - lo)
+        return 10 ** (lo - pad), 10 ** (hi + pad)
+    if hi <= lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    pad = 0.04 * (hi - lo)
+    return lo - pad, hi + pad
+
+
+def curves_figure(records: Records, y: str = "loss", x: str = "step", log_y: bool = True,
+                  size: tuple[int, int] = (900, 560), f_star: float | None = None,
+                  title: str | None = None) -> Figure:
     """``y`` (a record column: loss, grad_norm, update_norm, a metric, a probe field) against ``x``
-    (step, tick, wall_time, an oracle count, oracle_calls, or an app x-axis label), a thick line per
-    lane (the median over its live starts, as in the app) over thin lines for each start.
-    ``f_star`` subtracts the known minimum (suboptimality). On a log axis, values <= 0 are gaps."""
-    path = Path(path)
-    frame = records_frame(records)
+    (step, tick, wall_time, an oracle count, oracle_calls, or an app x-axis label): a thick line per
+    lane (the median over its starts) over a thin line per start when there are several.
+    ``f_star`` subtracts the known minimum (suboptimality); on a log axis, values <= 0 are gaps.
+    The y-range fits the trajectories that did not diverge: a diverged one leaves the plot (and a
+    note says so) rather than flattening every other curve. Curve lines carry the gid
+    ``"curve lane=<k> start=<j>"`` (``start=median`` for the thick line)."""
+    frame = _table(records)
     xcol = X_AXES.get(x, x)
-    if xcol == "oracle_calls":
+    if xcol == "oracle_calls" and xcol not in frame.columns:
         frame["oracle_calls"] = frame[list(COUNT_COLUMNS)].sum(axis=1)
     ycol = y if y in frame.columns else f"metric_{y}"
     for col, what in ((xcol, "x"), (ycol, "y")):
         if col not in frame.columns:
             raise ValueError(f"no column {col!r} for {what}; columns: {', '.join(frame.columns)}")
-    frame["_y"] = frame[ycol].astype(float) - (f_star or 0.0)
-    if log_y:
-        frame.loc[~(frame["_y"] > 0), "_y"] = np.nan
-    frame.loc[~np.isfinite(frame["_y"]), "_y"] = np.nan
+    values = frame[ycol].to_numpy(float) - (f_star or 0.0)
+    values[~np.isfinite(values) | ((values <= 0) if log_y else False)] = np.nan
+    frame = frame.assign(_y=values)
 
-    # per lane: thin lines per start, a thick median line; breaks where x goes back (a restart)
-    series: list[tuple[int, bool, np.ndarray, np.ndarray]] = []
-    diverged: list[bool] = []
-    by_lane: dict[int, list[Record]] = defaultdict(list)
-    for r in records:
-        by_lane[r.lane].append(r)
-    labels = {lane: _lane_label(recs) for lane, recs in sorted(by_lane.items())}
+    fig = _figure(size)
+    ax = fig.add_subplot()
+    font = _font(size) * 1.2  # a curve plot is wider than tall: its text may be a little larger
+    lw = font / 5
+    labels = _lane_labels(frame)
+    live: list[np.ndarray] = []  # values of the trajectory segments that did not diverge
+    gone: list[np.ndarray] = []  # and of those that did
+    handles = []
     for lane, sub in frame.groupby("lane", sort=True):
-        for _, one in sub.groupby("start"):
-            series.append((int(lane), False, one[xcol].to_numpy(float), one["_y"].to_numpy(float)))
-            diverged.append(one["status"].iloc[-1] != RUNNING)
-        med = sub.groupby("tick").agg(x=(xcol, "first"), y=("_y", "median"))
-        series.append((int(lane), True, med["x"].to_numpy(float), med["y"].to_numpy(float)))
-        diverged.append(bool((sub.groupby("tick")["status"].last() != RUNNING).any()))
-    xs = np.concatenate([s[2] for s in series]) if series else np.zeros(0)
-    # the y range fits the trajectories that did not diverge (if any): a diverging one would squash
-    # the others into a line at the bottom; it leaves through the top instead
-    kept = [s for s, bad in zip(series, diverged, strict=True) if not bad] or series
-    ys = np.concatenate([s[3] for s in kept]) if kept else np.zeros(0)
-    ys = ys[np.isfinite(ys)]
-    x_lo, x_hi = (float(xs.min()), float(xs.max())) if xs.size else (0.0, 1.0)
-    if x_hi <= x_lo:
-        x_hi = x_lo + 1.0
+        color = lane_color(int(lane))
+        starts = sub["start"].nunique()
+        for start, one in sub.groupby("start", sort=True):
+            segment = _segments(one["step"].to_numpy())
+            yv = one["_y"].to_numpy(float)
+            for s in np.unique(segment):
+                part = segment == s
+                (live if one["status"].to_numpy()[part][-1] == RUNNING else gone).append(yv[part])
+            if starts > 1:
+                ax.plot(_broken(one[xcol].to_numpy(float), segment), _broken(yv, segment), color=color,
+                        lw=lw / 3, alpha=0.45, zorder=2, gid=f"curve lane={lane} start={start}")
+        med = sub.groupby("tick").agg(x=(xcol, "first"), y=("_y", "median"), step=("step", "first"))
+        segment = _segments(med["step"].to_numpy())
+        (line,) = ax.plot(_broken(med["x"].to_numpy(float), segment),
+                          _broken(med["y"].to_numpy(float), segment), color=color, lw=lw, zorder=3,
+                          gid=f"curve lane={lane} start=median")
+        handles.append(line)
+    lo, hi = _y_range(live or gone, log_y)
     if log_y:
-        y_lo, y_hi = (float(ys.min()), float(ys.max())) if ys.size else (0.1, 10.0)
-        # and a curve that grows a millionfold above the largest first value is diverging too
-        firsts = [v[np.isfinite(v)][0] for _, _, _, v in series if np.isfinite(v).any()]
-        y_hi = min(y_hi, max(max(firsts) * DIVERGED_CAP, y_lo * 10)) if firsts else y_hi
-        yticks, y_lo, y_hi = log_ticks(y_lo, y_hi)
-        ylabels = [log_label(v) for v in yticks]
-    else:
-        y_lo, y_hi = (float(ys.min()), float(ys.max())) if ys.size else (0.0, 1.0)
-        if y_hi <= y_lo:
-            y_lo, y_hi = y_lo - 0.5, y_hi + 0.5
-        pad = 0.04 * (y_hi - y_lo)
-        y_lo, y_hi = y_lo - pad, y_hi + pad
-        yticks, ystep = nice_ticks(y_lo, y_hi)
-        ylabels = [tick_label(float(v), ystep) for v in yticks]
-    xticks, xstep = nice_ticks(x_lo, x_hi, 6)
-
-    L, s = curves_layout(size), SUPERSAMPLE
-    f = L.font * s
-    left, top, right, bottom = (v * s for v in L.plot)
-    canvas = Image.new("RGB", (size[0] * s, size[1] * s), "white")
-    draw = ImageDraw.Draw(canvas)
-    body, small = _font(f), _font(0.85 * f)
-
-    def px(xv: np.ndarray, yv: np.ndarray) -> np.ndarray:
-        u = (xv - x_lo) / (x_hi - x_lo)
-        v = (np.log10(yv) - math.log10(y_lo)) / (math.log10(y_hi) - math.log10(y_lo)) if log_y \
-            else (yv - y_lo) / (y_hi - y_lo)
-        return np.stack([left + u * (right - left), bottom - v * (bottom - top)], axis=1)
-
-    for v, text in zip(yticks, ylabels, strict=True):
-        yy = px(np.array([x_lo]), np.array([v]))[0, 1]
-        draw.line((left, yy, right, yy), fill=GRID_INK, width=s)
-        draw.line((left - 0.35 * f, yy, left, yy), fill=INK, width=2 * s)
-        draw.text((left - 0.5 * f, yy), text, font=small, fill=INK, anchor="rm")
-    for v in xticks:
-        xx = px(np.array([v]), np.array([y_hi]))[0, 0]
-        draw.line((xx, top, xx, bottom), fill=GRID_INK, width=s)
-        draw.line((xx, bottom, xx, bottom + 0.35 * f), fill=INK, width=2 * s)
-        draw.text((xx, bottom + 0.45 * f), tick_label(float(v), xstep), font=small, fill=INK, anchor="mt")
+        ax.set_yscale("log")
+        ax.yaxis.set_minor_formatter(NullFormatter())  # labels on powers of ten only: never crowded
+    ax.set_ylim(lo, hi)
+    if live and gone:
+        ax.set_title("y fits the trajectories that did not diverge; diverged ones leave the plot",
+                     loc="left", fontsize=0.75 * font, color="0.35")
     x_name = next((k for k, v in X_AXES.items() if v == xcol), xcol)
     y_name = f"{y} - f*" if f_star is not None else y
-    draw.text(((left + right) / 2, bottom + 1.8 * f), x_name, font=body, fill=INK, anchor="mt")
-    _rotated_text(canvas, (0.9 * f, (top + bottom) / 2), y_name + (" (log)" if log_y else ""), body, INK)
-    draw.text((left, 0.5 * f), title or f"{y_name} vs {x_name}", font=_font(1.2 * f), fill=INK)
+    ax.set_xlabel(x_name, fontsize=font)
+    ax.set_ylabel(y_name + (" (log)" if log_y else ""), fontsize=font)
+    ax.tick_params(labelsize=0.85 * font)
+    ax.grid(True, which="major", color="0.9", lw=0.8)
+    ax.margins(x=0)
+    fig.suptitle(title or f"{y_name} vs {x_name}", fontsize=1.1 * font)
+    _place_legend(ax, handles, list(labels.values()), 0.8 * font)
+    return fig
 
-    plot = Image.new("RGB", (right - left, bottom - top), "white")
-    plot.paste(canvas.crop((left, top, right, bottom)))
-    pdraw = ImageDraw.Draw(plot)
-    width = max(3, round(0.2 * f))
-    box = (-4 * width, -4 * width, plot.width + 4 * width, plot.height + 4 * width)
-    for thick in (False, True):  # every start's thin line first, the medians on top
-        for lane, is_median, xv, yv in series:
-            if is_median != thick:
-                continue
-            color = _rgb(lane_color(lane)) if thick else _lighter(_rgb(lane_color(lane)), 0.6)
-            pts = px(xv, yv) - (left, top)
-            ok = np.isfinite(pts).all(axis=1)
-            back = np.concatenate([[False], np.diff(xv) < 0])  # x went back: the lane restarted
-            piece = np.cumsum(~ok | back)
-            for key in np.unique(piece[ok]):
-                run = pts[ok & (piece == key)]
-                for seg in _runs(run, box):
-                    _polyline(pdraw, seg, color, width if thick else max(2, width // 2))
-    canvas.paste(plot, (left, top))
-    draw.rectangle((left, top, right, bottom), outline=INK, width=2 * s)
-    # legend, top right
-    entries = [(lane_color(lane), text) for lane, text in labels.items()]
-    if entries:
-        w_text = max(body.getlength(t) for _, t in entries)
-        x1 = right - 0.6 * f
-        x0 = x1 - w_text - 3.4 * f
-        y0 = top + 0.6 * f
-        y1 = y0 + len(entries) * 1.45 * f + 0.8 * f
-        draw.rounded_rectangle((x0, y0, x1, y1), radius=0.3 * f, fill=(255, 255, 255),
-                               outline=(120, 120, 120), width=s)
-        for i, (color, text) in enumerate(entries):
-            yy = y0 + 0.4 * f + (i + 0.5) * 1.45 * f
-            draw.line((x0 + 0.5 * f, yy, x0 + 2.5 * f, yy), fill=_rgb(color), width=width)
-            draw.text((x0 + 2.9 * f, yy), text, font=body, fill=INK, anchor="lm")
-    canvas.reduce(s).save(path, format="PNG")
-    return path
+
+def curves_png(records: Records, path: str | Path, y: str = "loss", x: str = "step", log_y: bool = True,
+               size: tuple[int, int] = (900, 560), f_star: float | None = None,
+               title: str | None = None) -> Path:
+    """:func:`curves_figure` as a PNG of ``size`` pixels."""
+    return _png(curves_figure(records, y, x, log_y, size, f_star, title), path)

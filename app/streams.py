@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from bokeh.models import ColumnDataSource
 
-from engine.records import RUNNING, Record
+from engine.records import RUNNING, Record, status_step
 
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 """Category10 without grey and olive (they vanish on the viridis heatmap)."""
@@ -268,7 +268,7 @@ class RaceStreams:
             elif len(r.status) == 1:
                 status = diverged[0]
             else:
-                first = min(int(s.rsplit(" ", 1)[1]) for s in diverged)
+                first = min(status_step(s) for s in diverged)
                 status = f"{len(diverged)}/{len(r.status)} diverged (first at step {first})"
             row = dict(optimizer=self.names.get(lane, r.optimizer),
                        loss=f"{r.loss[best]:.6g}" if finite.any() else "—")

@@ -39,6 +39,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from engine.cancel import checkpoint
+
 Closure = Callable[[torch.Tensor], torch.Tensor]
 Which = Literal["top", "bottom", "both"]
 
@@ -140,6 +142,7 @@ class HVP:
         """``H V^T`` row by row for a block ``V [k, P]``: returns ``[k, P]`` in ``V``'s dtype/device."""
         if V.dim() != 2 or V.shape[1] != self.dim:
             raise ValueError(f"V must have shape (k, {self.dim}), got {tuple(V.shape)}")
+        checkpoint()  # a cancelled probe stops between products (engine/cancel.py)
         t0 = time.perf_counter()
         Vin = V.detach().to(device=self.device, dtype=self.dtype)
         with torch.enable_grad():
@@ -161,6 +164,7 @@ class HVP:
         return torch.stack([self._one(v) for v in V])
 
     def _one(self, v: torch.Tensor) -> torch.Tensor:
+        checkpoint()
         if self.route == "forward":
             return self._jvp(v).detach()
         (hv,) = torch.autograd.grad(self._graph, self._leaf, v, retain_graph=True, materialize_grads=True)

@@ -1,32 +1,41 @@
-r"""Export a run: its records as a table, with everything needed to reproduce them, to Parquet and JSON.
+r"""Export a run: its records as a table, with everything needed to reproduce them, to Parquet (and
+JSON on request).
 
 A record (one lane at one step, :class:`engine.records.Record`) becomes M rows, one per start, in
 :func:`records_frame`. :func:`run_metadata` gathers what the records alone cannot say: the
 problem and its parameters, the :class:`engine.run.RunConfig`, the event log
 (:meth:`engine.run.Run.event_log`), package versions, device, dtype and a timestamp. Since a run is
-a deterministic function of (problem, config, event log), :func:`replay_export` re-runs an export
-with :meth:`engine.run.Run.replay` and gets the same records (on the same device; CPU is exact).
+a deterministic function of (problem, config, event log), :func:`replay_log` re-runs it and gets
+the same records (on the same device; CPU is exact); :func:`export_log` does that and writes the
+files, reporting progress (``progress(fraction, message)``) and stopping when ``should_stop()``
+says so, between pieces of work, leaving no file behind (:class:`ExportCancelled`).
 
-Files:
+Files (:func:`export_run`):
 
-* Parquet: the table, with the metadata as one JSON string under the key ``b"optiscope"`` of the
+* ``<stem>.parquet``: the table (zstd-compressed columns: ~1 MB for 4,400 steps of 3 lanes with
+  curvature probes), with the metadata as one JSON string under the key ``b"optiscope"`` of the
   Parquet schema metadata (``pyarrow.parquet.read_table(path).schema.metadata[b"optiscope"]``).
-* JSON: one document ``{"metadata": ..., "columns": {name: pandas dtype}, "records": [row, ...]}``,
-  one object per table row. JSON has no NaN or infinity, so non-finite floats are written as the
-  strings ``"NaN"``, ``"Infinity"`` and ``"-Infinity"`` (the spellings of JavaScript's
-  ``Number()``) and the file is strict JSON; :func:`read_export` turns them back into floats
-  (``"columns"`` says which columns are numeric). ``None`` (a value that does not exist, e.g. a
-  hyperparameter another lane's optimizer lacks) is ``null``.
+* ``<stem>.meta.json``: the same metadata, for a reader without Parquet.
+* ``<stem>.json``, only on request (about ten times the Parquet size): one document
+  ``{"metadata": ..., "columns": {name: pandas dtype}, "records": [row, ...]}``, one object per
+  table row. JSON has no NaN or infinity, so non-finite floats are written as the strings
+  ``"NaN"``, ``"Infinity"`` and ``"-Infinity"`` (the spellings of JavaScript's ``Number()``) and
+  the file is strict JSON; :func:`read_export` turns them back into floats (``"columns"`` says
+  which columns are numeric). ``None`` (a value that does not exist, e.g. a hyperparameter another
+  lane's optimizer lacks) is ``null``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
 import math
+import os
 import platform
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
@@ -263,39 +272,209 @@ def _dumps(obj: Any) -> str:
     return json.dumps(_plain(obj), allow_nan=False)  # strict JSON: a NaN that slipped through raises
 
 
+# -- progress and cancellation ----------------------------------------------------------------------
+
+Progress = Callable[[float, str], None]
+"""Told ``(fraction done in [0, 1], what is happening)`` as an export proceeds; never goes back."""
+StopCheck = Callable[[], bool]
+"""Asked between pieces of work; True cancels the export (:class:`ExportCancelled`)."""
+REPLAY_CHUNK = 64
+"""Ticks replayed between two progress reports and cancellation checks (a few ms to ~0.2 s)."""
+JSON_CHUNK = 2000
+"""Table rows written to JSON between two reports and checks."""
+
+
+class ExportCancelled(RuntimeError):
+    """An export stopped because it was asked to; it left no file behind."""
+
+
+@dataclass(frozen=True)
+class _Report:
+    """Progress of one piece of an export, mapped into ``[lo, hi]`` of the whole, and the stop check."""
+
+    progress: Progress | None = None
+    should_stop: StopCheck | None = None
+    lo: float = 0.0
+    hi: float = 1.0
+
+    def __call__(self, fraction: float, message: str) -> None:
+        if self.progress is not None:
+            self.progress(self.lo + (self.hi - self.lo) * min(max(fraction, 0.0), 1.0), message)
+
+    def check(self) -> None:
+        if self.should_stop is not None and self.should_stop():
+            raise ExportCancelled("the export was cancelled")
+
+    def part(self, a: float, b: float) -> _Report:
+        """The sub-range ``[a, b]`` of this piece."""
+        span = self.hi - self.lo
+        return dataclasses.replace(self, lo=self.lo + span * a, hi=self.lo + span * b)
+
+
+# -- replay -------------------------------------------------------------------------------------------
+
+def replay_log(problem: Problem, log: Mapping[str, Any], *, device: str | None = None,
+               progress: Progress | None = None, should_stop: StopCheck | None = None,
+               chunk: int = REPLAY_CHUNK) -> tuple[Run, list[Record]]:
+    """:meth:`engine.run.Run.replay` of an event log (``{"problem", "config", "events", "ticks"}``,
+    as :meth:`engine.run.Run.event_log` gives), taken ``chunk`` ticks at a time: progress is reported
+    and ``should_stop`` asked between chunks (:class:`ExportCancelled` when it says stop). The same
+    steps in the same order as ``Run.replay``, so the same records (exactly, on CPU). ``device``
+    overrides the config's."""
+    if log["problem"] != problem.name:
+        raise ValueError(f"the export is of problem {log['problem']!r}, not {problem.name!r}")
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    config = RunConfig.from_dict(log["config"])
+    if device is not None:
+        config = dataclasses.replace(config, device=device)
+    events = [LoggedEvent.from_dict(e) for e in log["events"]]
+    ticks = int(log["ticks"])
+    report = _Report(progress, should_stop)
+    report.check()
+    run = Run(problem, config)
+    run.schedule(events)
+    records: list[Record] = []
+    while run.tick < ticks:
+        records += run.run(min(chunk, ticks - run.tick))
+        report(run.tick / ticks, f"replayed {run.tick:,} of {ticks:,} steps")
+        report.check()
+    report(1.0, f"replayed {ticks:,} steps")
+    return run, records
+
+
 # -- writers and readers ----------------------------------------------------------------------------
 
-def export_parquet(run: Run, records: Sequence[Record], path: str | Path) -> Path:
-    """Write the records of ``run`` to ``path`` as Parquet, with :func:`run_metadata` as JSON
-    under the schema metadata key ``b"optiscope"``."""
-    path = Path(path)
-    table = pa.Table.from_pandas(records_frame(records), preserve_index=False)
+@contextlib.contextmanager
+def _atomic(path: Path) -> Iterator[Path]:
+    """A temporary name beside ``path`` to write to; renamed to ``path`` only when the writing
+    finished, removed otherwise (a cancelled or failed export leaves no partial file)."""
+    part = path.with_name(f".{path.name}.part")
+    try:
+        yield part
+        os.replace(part, path)
+    finally:
+        part.unlink(missing_ok=True)
+
+
+def _frame(records: Sequence[Record] | pd.DataFrame) -> pd.DataFrame:
+    return records if isinstance(records, pd.DataFrame) else records_frame(records)
+
+
+def export_parquet(run: Run, records: Sequence[Record] | pd.DataFrame, path: str | Path, *,
+                   progress: Progress | None = None, should_stop: StopCheck | None = None) -> Path:
+    """Write the records of ``run`` (or their :func:`records_frame`) to ``path`` as Parquet
+    (zstd-compressed columns), with :func:`run_metadata` as JSON under the schema metadata key
+    ``b"optiscope"``."""
+    path, report = Path(path), _Report(progress, should_stop)
+    report.check()
+    frame = _frame(records)
+    report(0.5, "writing Parquet")
+    report.check()
+    table = pa.Table.from_pandas(frame, preserve_index=False)
     table = table.replace_schema_metadata({**(table.schema.metadata or {}),
                                            PARQUET_KEY: _dumps(run_metadata(run)).encode()})
-    pq.write_table(table, path)
+    with _atomic(path) as part:
+        pq.write_table(table, part, compression="zstd")
+    report(1.0, f"wrote {path.name}")
     return path
 
 
-def export_json(run: Run, records: Sequence[Record], path: str | Path) -> Path:
-    """Write ``{"metadata", "columns", "records"}`` (see the module docstring) to ``path``."""
-    path = Path(path)
-    frame = records_frame(records)
-    rows = [dict(zip(frame.columns, row, strict=True)) for row in frame.itertuples(index=False, name=None)]
-    doc = {"metadata": run_metadata(run), "columns": {c: str(t) for c, t in frame.dtypes.items()},
-           "records": rows}
-    path.write_text(_dumps(doc))
+def _json_column(col: pd.Series) -> list[Any]:
+    """A column as strict-JSON values (see :func:`_plain`), converted a column at a time."""
+    values = col.to_numpy()
+    if values.dtype.kind == "f":
+        out = values.tolist()
+        for i in np.flatnonzero(~np.isfinite(values)):
+            out[i] = _plain(out[i])
+        return out
+    if values.dtype.kind in "iub":
+        return values.tolist()
+    return [_plain(v) for v in values]
+
+
+def export_json(run: Run, records: Sequence[Record] | pd.DataFrame, path: str | Path, *,
+                progress: Progress | None = None, should_stop: StopCheck | None = None) -> Path:
+    """Write ``{"metadata", "columns", "records"}`` (see the module docstring) to ``path``, one
+    object per table row: every value of every record, for tools that read no Parquet (about ten
+    times the size of the Parquet file)."""
+    path, report = Path(path), _Report(progress, should_stop)
+    report.check()
+    frame = _frame(records)
+    names = [str(c) for c in frame.columns]
+    columns = [_json_column(frame[c]) for c in frame.columns]
+    head = {"metadata": run_metadata(run), "columns": {c: str(t) for c, t in frame.dtypes.items()}}
+    n = len(frame)
+    with _atomic(path) as part, part.open("w") as f:
+        f.write(_dumps(head)[:-1] + ', "records": [')
+        for begin in range(0, n, JSON_CHUNK):
+            report.check()
+            rows = [dict(zip(names, row, strict=True))
+                    for row in zip(*(c[begin:begin + JSON_CHUNK] for c in columns), strict=True)]
+            f.write((", " if begin else "") + json.dumps(rows, allow_nan=False)[1:-1])
+            done = min(begin + JSON_CHUNK, n)
+            report(done / n, f"wrote {done:,} of {n:,} rows as JSON")
+        f.write("]}")
+    report(1.0, f"wrote {path.name}")
     return path
 
 
-def export_run(run: Run, records: Sequence[Record], directory: str | Path, stem: str | None = None
+def export_run(run: Run, records: Sequence[Record], directory: str | Path, stem: str | None = None, *,
+               json: bool = False, progress: Progress | None = None, should_stop: StopCheck | None = None
                ) -> dict[str, Path]:
-    """Both files, ``<stem>.parquet`` and ``<stem>.json`` in ``directory`` (created if needed);
-    the stem defaults to ``<problem>-<UTC time>``."""
+    """The records as ``<stem>.parquet`` with the run's metadata (config, event log, versions,
+    device) in it and beside it as ``<stem>.meta.json``; with ``json=True`` also every record as
+    ``<stem>.json``. In ``directory`` (created if needed); the stem defaults to
+    ``<problem>-<UTC time>``. Cancelled (``should_stop``) or failed, it removes what it wrote."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     stem = stem or f"{run.problem.name}-{datetime.datetime.now(datetime.UTC):%Y%m%d-%H%M%S}"
-    return {"parquet": export_parquet(run, records, directory / f"{stem}.parquet"),
-            "json": export_json(run, records, directory / f"{stem}.json")}
+    report = _Report(progress, should_stop)
+    written: dict[str, Path] = {}
+    try:
+        report.check()
+        frame = records_frame(records)
+        report(0.1, "records as a table")
+        written["parquet"] = export_parquet(run, frame, directory / f"{stem}.parquet",
+                                            progress=report.part(0.1, 0.3 if json else 0.95),
+                                            should_stop=should_stop)
+        report.check()
+        with _atomic(directory / f"{stem}.meta.json") as part:
+            part.write_text(_dumps(run_metadata(run)))
+        written["metadata"] = directory / f"{stem}.meta.json"
+        if json:
+            written["json"] = export_json(run, frame, directory / f"{stem}.json",
+                                          progress=report.part(0.3, 0.99), should_stop=should_stop)
+    except BaseException:
+        for path in written.values():
+            path.unlink(missing_ok=True)
+        raise
+    report(1.0, f"exported {len(frame):,} rows")
+    return written
+
+
+@dataclass(frozen=True)
+class Exported:
+    """What :func:`export_log` made: the files, and the replayed run and its records (for pictures)."""
+
+    files: dict[str, Path]
+    run: Run
+    records: list[Record]
+
+
+def export_log(problem: Problem, log: Mapping[str, Any], directory: str | Path, stem: str | None = None, *,
+               json: bool = False, device: str | None = None, progress: Progress | None = None,
+               should_stop: StopCheck | None = None) -> Exported:
+    """Replay an event log (:func:`replay_log`) and export every record (:func:`export_run`), with
+    progress over both (the replay is most of the time) and cancellation between pieces: what an
+    app does when a user asks for a download. Cancelled, it raises :class:`ExportCancelled` and
+    leaves no file."""
+    report = _Report(progress, should_stop)
+    run, records = replay_log(problem, log, device=device, progress=report.part(0.0, 0.9),
+                              should_stop=should_stop)
+    files = export_run(run, records, directory, stem, json=json, progress=report.part(0.9, 1.0),
+                       should_stop=should_stop)
+    return Exported(files, run, records)
 
 
 def _is_parquet(path: Path) -> bool:
@@ -338,12 +517,12 @@ def _restore_cell(v: Any) -> Any:
     return v
 
 
-def replay_export(source: str | Path | Mapping[str, Any], problem: Problem, *, device: str | None = None
-                  ) -> list[Record]:
-    """The records of an exported run, recomputed: :meth:`engine.run.Run.replay` of the exported
-    config and event log on ``problem`` (which must be the exported problem: same name and
-    parameters). ``device`` overrides the config's (``"cpu"`` for an exact replay of a CPU run
-    exported from a machine with a GPU and device ``"auto"``)."""
+def replay_export(source: str | Path | Mapping[str, Any], problem: Problem, *, device: str | None = None,
+                  progress: Progress | None = None, should_stop: StopCheck | None = None) -> list[Record]:
+    """The records of an exported run, recomputed (:func:`replay_log` of the exported config and
+    event log) on ``problem``, which must be the exported problem: same name and parameters.
+    ``device`` overrides the config's (``"cpu"`` for an exact replay of a CPU run exported from a
+    machine with a GPU and device ``"auto"``)."""
     meta = dict(source) if isinstance(source, Mapping) else read_export(source)[0]
     log = meta["event_log"]
     if log["problem"] != problem.name:
@@ -353,8 +532,4 @@ def replay_export(source: str | Path | Mapping[str, Any], problem: Problem, *, d
     if exported != given:
         raise ValueError(f"{problem.name}: the export has parameters {exported}, "
                          f"the problem given has {given}")
-    config = RunConfig.from_dict(log["config"])
-    if device is not None:
-        config = dataclasses.replace(config, device=device)
-    events = [LoggedEvent.from_dict(e) for e in log["events"]]
-    return Run.replay(problem, config, events, int(log["ticks"]))[1]
+    return replay_log(problem, log, device=device, progress=progress, should_stop=should_stop)[1]

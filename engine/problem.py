@@ -51,7 +51,11 @@ class Problem(Protocol):
     """What the engine needs from anything it optimizes.
 
     ``loss`` takes points ``x`` of shape ``[B, dim]`` (and the minibatch from ``sample_batch``,
-    ``None`` for deterministic problems) and returns ``[B]`` losses.
+    ``None`` for deterministic problems) and returns ``[B]`` losses; a run checks this when it starts.
+
+    A problem with a training set (a network) may also offer ``n_train`` (its size),
+    ``sample_batch(generator, batch_size)`` (a minibatch of another size: lanes with their own batch
+    size) and ``per_sample_grads(theta, batch) -> [b, P]`` (the adaptive batch-size test).
     """
 
     name: str

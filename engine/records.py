@@ -40,6 +40,24 @@ def frozen_array(values: Any, dtype: Any = np.float64) -> np.ndarray:
 
 
 RUNNING = "running"
+"""A row's status while it steps. Otherwise a status says what ended it and when:
+``"diverged at step N: <reason>"`` (:data:`DIVERGED`; the rule is
+:attr:`engine.run.RunConfig.divergence_factor`) or ``"stopped at step N: <message>"``
+(:data:`STOPPED`: the lane's optimizer raised; the other lanes go on)."""
+DIVERGED = "diverged"
+STOPPED = "stopped"
+
+
+def status_text(kind: str, step: int, reason: str) -> str:
+    return f"{kind} at step {step}: {reason}"
+
+
+def status_step(status: str) -> int | None:
+    """The step at which a row stopped moving (None while it runs)."""
+    if status == RUNNING:
+        return None
+    head = status.split(":", 1)[0]  # "<kind> at step N"
+    return int(head.rsplit(" ", 1)[1])
 
 
 @dataclass(frozen=True)
@@ -68,18 +86,35 @@ class Record:
     train/test loss and accuracy of a network), one entry per row; empty on other steps."""
     curvature: Any = None
     """An :class:`engine.instruments.Probe` of the first start when a probe was due, else None."""
+    batch_size: int | None = None
+    """Training samples this step's gradient saw (the full training set's size for full batch);
+    None for problems without a data set (landscapes)."""
+    diagnostics: Mapping[str, np.ndarray] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
+    """What the lane's optimizer reported about this step (``OptimizerSpec.diagnostics``: Sophia's
+    clipped fraction, a trust ratio, ...) and the run's own ``"clipped_fraction"`` when the lane
+    clips, one entry per row. A lane whose single optimizer holds every row (a row-separable lane,
+    or one optimizer over M tensor sets) reports one value for the whole lane, repeated in every
+    row; a lane with one optimizer per start (closure-driven, per-trajectory) reports each row's own.
+    NaN where a row has none (it did not step)."""
+    compute_time: float = 0.0
+    """Seconds this lane's own method has spent up to and including this step: its share of the
+    batched gradient pass (split over lanes by rows), clipping, batch-size tests and its optimizer
+    steps; never the instruments (probes, metrics, the gradient norm measured for a lane that does
+    not use gradients, the loss recorded for one that does not compute it). ``wall_time`` is the
+    whole run's."""
 
     def same_values(self, other: Record) -> bool:
-        """Equal in every field but ``wall_time`` (what a replay must reproduce)."""
+        """Equal in every field but ``wall_time`` and ``compute_time`` (what a replay must
+        reproduce)."""
         for f in dataclasses.fields(self):
-            if f.name == "wall_time":
+            if f.name in ("wall_time", "compute_time"):
                 continue
             a, b = getattr(self, f.name), getattr(other, f.name)
             if f.name == "curvature":
                 if (a is None) != (b is None) or (a is not None and not a.same_values(b)):
                     return False
                 continue
-            if f.name == "metrics":
+            if f.name in ("metrics", "diagnostics"):
                 if set(a) != set(b) or not all(np.array_equal(a[k], b[k], equal_nan=True) for k in a):
                     return False
                 continue
@@ -97,5 +132,6 @@ def make_record(**fields: Any) -> Record:
         fields[name] = frozen_array(fields[name])
     if fields.get("position") is not None:
         fields["position"] = frozen_array(fields["position"])
-    fields["metrics"] = MappingProxyType({k: frozen_array(v) for k, v in fields.get("metrics", {}).items()})
+    for name in ("metrics", "diagnostics"):
+        fields[name] = MappingProxyType({k: frozen_array(v) for k, v in fields.get(name, {}).items()})
     return Record(**fields)

@@ -10,22 +10,44 @@ any other (AdamP, SGD-SaI: tensor-wide norms) gets M separate ``[d]`` tensors in
 
 A min-max game declares ``problem.ascent``, a boolean mask of the maximizing coordinates; every
 lane then steps along the descent field :math:`(\nabla_x f, -\nabla_y f)` (so SGD is gradient
-descent-ascent).
+descent-ascent). The mask is split like the parameters.
+
+A lane is an optimizer plus what wraps it (:class:`LaneConfig`): **schedules** multiply the base
+value of any hyperparameter by a factor of the lane's step (:mod:`engine.schedules`); the live
+value is what the optimizer uses and what records carry, and it may go below a range's low end
+down to 0 (the base is what is checked). **Clipping** (:mod:`engine.clipping`) acts on the gradient
+each row's optimizer sees: the run clips ``.grad`` per row before ``optimizer.step()`` for
+gradient-driven lanes, and hands the clip to a closure-driven optimizer (``optimizer.clip``),
+which clips its own estimate. A **batch size** (:mod:`engine.batching`, networks only) says how
+many samples the lane's gradient sees; lanes with the same batch size at the same tick see the
+same minibatch (lanes on the problem's own size draw it from the run's generator, as always).
 
 Optimizers that ask for other oracles (function values, rankings, JVPs, HVPs: see
 :mod:`engine.oracles`) get one optimizer per start, stepped as ``optimizer.step(oracles)``; their
-records count the oracle calls they made. The loss and gradient norm in every record are
-measured by the batched pass whatever the optimizer consumed (instrumentation, not counted).
-A lane whose optimizer waits for a person's ranking takes no step and yields no record until a
-:class:`engine.events.SubmitRanking` arrives; ``Run.awaiting`` holds its candidates.
+records count the oracle calls they made. A lane whose optimizer waits for a person's ranking
+takes no step and yields no record until a :class:`engine.events.SubmitRanking` arrives;
+``Run.awaiting`` holds its candidates.
 
-A trajectory whose loss or gradient becomes NaN/Inf is marked "diverged at step N" and frozen
-where it was; the others continue. Events change a live run between steps and are logged, so
-``Run.replay(problem, config, log)`` reproduces the same records exactly on CPU.
+**Instruments and timing.** Records carry the loss :math:`f(x_t)` of every row, measured by the
+batched pass. Lanes whose optimizer uses gradients get their gradient from that pass; for lanes
+that do not (function values, rankings, JVPs), the true gradient norm is instrumentation, measured
+every ``RunConfig.grad_norm_every`` lane steps (NaN in the records between), and their recorded
+loss comes from a forward pass without a graph. ``Record.compute_time`` is the lane's own method
+only; the run's ``instrument_time`` holds the rest (probes, metrics, those measurements).
+
+**Divergence.** A row diverges when its loss or gradient is not finite, or when its loss exceeds
+``RunConfig.divergence_factor`` times its start (:math:`|f(x_t)| > c \max(|f(x_0)|, 1)`); it is
+marked "diverged at step N: <reason>" and frozen where it was; the others continue. A lane whose
+optimizer raises is **stopped** ("stopped at step N: <message>", also in ``Run.stopped``) at the
+position it had; the other lanes go on.
+
+Events change a live run between steps and are logged, so ``Run.replay(problem, config, log)``
+reproduces the same records exactly on CPU.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -35,6 +57,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from engine.batching import BatchSize, norm_test_size
+from engine.cancel import checkpoint
+from engine.clipping import Clip, clip_
 from engine.device import make_generator, resolve_device
 from engine.events import (
     AddLane,
@@ -45,16 +70,20 @@ from engine.events import (
     RequestProbe,
     Reset,
     Resume,
+    SetBatchSize,
+    SetClip,
     SetHyperparameter,
     SetProbes,
+    SetSchedule,
     SubmitRanking,
     SwitchOptimizer,
 )
 from engine.instruments import Probe, ProbeConfig, probe, second_moment
 from engine.oracles import HUMAN, AwaitingRanking, Oracles, Ranker, rank_by_value
 from engine.problem import Problem
-from engine.records import RUNNING, OracleCounts, Record, make_record
+from engine.records import DIVERGED, RUNNING, STOPPED, OracleCounts, Record, make_record, status_text
 from engine.registry import OptimizerSpec, Oracle, get_spec
+from engine.schedules import Schedule, schedules_from
 
 POSITION_MAX_DIM = 3
 """Records carry positions for problems of at most this many dimensions (views draw them)."""
@@ -67,11 +96,42 @@ _DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 @dataclass(frozen=True)
 class LaneConfig:
+    """One lane: an optimizer with its base hyperparameters, and what wraps it.
+
+    ``schedules``: hyperparameter name -> :class:`~engine.schedules.Schedule` (a multiplier on the
+    base value; constant ones are dropped); ``clip``: a :class:`~engine.clipping.Clip` of the
+    gradient (or of a zeroth-order estimate) before each step; ``batch_size``: a
+    :class:`~engine.batching.BatchSize` for problems with a training set (``None``: the problem's
+    own). Each also accepts its plain-data form (``to_dict``)."""
+
     optimizer: str
     hyperparameters: Mapping[str, Any] = field(default_factory=dict)
+    schedules: Mapping[str, Schedule] = field(default_factory=dict)
+    clip: Clip | None = None
+    batch_size: BatchSize | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hyperparameters", MappingProxyType(dict(self.hyperparameters)))
+        object.__setattr__(self, "schedules", MappingProxyType(schedules_from(self.schedules)))
+        if self.clip is not None and not isinstance(self.clip, Clip):
+            object.__setattr__(self, "clip", Clip.from_dict(self.clip))
+        if self.batch_size is not None:
+            object.__setattr__(self, "batch_size", BatchSize.from_dict(self.batch_size))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data; the wrappers only when set (short links and logs)."""
+        d: dict[str, Any] = {"optimizer": self.optimizer, "hyperparameters": dict(self.hyperparameters)}
+        if self.schedules:
+            d["schedules"] = {k: s.to_dict() for k, s in self.schedules.items()}
+        if self.clip is not None:
+            d["clip"] = self.clip.to_dict()
+        if self.batch_size is not None:
+            d["batch_size"] = self.batch_size.to_dict()
+        return d
+
+    @staticmethod
+    def from_dict(d: Mapping[str, Any]) -> LaneConfig:
+        return LaneConfig(**dict(d))
 
 
 @dataclass(frozen=True)
@@ -85,6 +145,15 @@ class RunConfig:
     ``metrics_every``: how often (in a lane's steps) the problem's ``metrics`` (full-set train/test
     loss and accuracy of a network) are computed into the records. ``snapshot_every``: how often
     row 0's parameters are kept for a problem too big to carry positions in its records.
+
+    ``divergence_factor`` :math:`c`: a row diverges when its loss or gradient is not finite or
+    when :math:`|f(x_t)| > c\\,\\max(|f(x_0)|, 1)` (``None``: only when not finite). 10^6 sits far
+    above any loss a converging or oscillating run reaches on the built-in landscapes and networks,
+    and far below where float64 overflows.
+
+    ``grad_norm_every``: for lanes whose optimizer does not use gradients (zeroth-order, ranking,
+    forward-gradient), the true gradient norm is an instrument, measured every this many lane
+    steps (NaN in the records between; ``None``: never).
     """
 
     lanes: tuple[LaneConfig, ...]
@@ -96,6 +165,8 @@ class RunConfig:
     metrics_every: int = 10
     snapshot_every: int = 5
     probes: ProbeConfig | None = None
+    divergence_factor: float | None = 1e6
+    grad_norm_every: int | None = 10
 
     def __post_init__(self) -> None:
         if isinstance(self.probes, Mapping):
@@ -110,20 +181,27 @@ class RunConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.grad_norm_every is not None and (not isinstance(self.grad_norm_every, int)
+                                                 or isinstance(self.grad_norm_every, bool)
+                                                 or self.grad_norm_every < 1):
+            raise ValueError(f"grad_norm_every must be an integer >= 1 or None, got {self.grad_norm_every!r}")
+        c = self.divergence_factor
+        if c is not None and (isinstance(c, bool) or not isinstance(c, (int, float))
+                              or not math.isfinite(c) or c <= 1):
+            raise ValueError(f"divergence_factor must be a finite number > 1 or None, got {c!r}")
         if self.dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(_DTYPES)}, got {self.dtype!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}  # asdict can't copy a mappingproxy
-        d["lanes"] = [{"optimizer": ln.optimizer, "hyperparameters": dict(ln.hyperparameters)}
-                      for ln in self.lanes]
+        d["lanes"] = [ln.to_dict() for ln in self.lanes]
         d["probes"] = self.probes.to_dict() if self.probes is not None else None
         return d
 
     @staticmethod
     def from_dict(d: Mapping[str, Any]) -> RunConfig:
         d = dict(d)
-        d["lanes"] = tuple(LaneConfig(**ln) for ln in d["lanes"])
+        d["lanes"] = tuple(LaneConfig.from_dict(ln) for ln in d["lanes"])
         if d.get("start") is not None:
             d["start"] = tuple(d["start"])
         return RunConfig(**d)
@@ -145,6 +223,41 @@ def _flatten(tensors: Sequence[torch.Tensor], n_lead: int) -> torch.Tensor:
     return torch.cat([t.reshape(*t.shape[:n_lead], -1) for t in tensors], dim=-1)
 
 
+def _uses_gradient(spec: OptimizerSpec) -> bool:
+    """Whether the lane's method consumes the gradient the batched pass computes (first-order,
+    look-ahead and HVP-driven lanes), as opposed to function values, rankings or JVPs."""
+    return not spec.closure_driven or spec.oracle in (Oracle.HVPS, Oracle.GRADIENTS)
+
+
+def _write_live(spec: OptimizerSpec, optimizer: torch.optim.Optimizer, name: str, value: float) -> None:
+    """Set a scheduled value on a live optimizer. Unlike ``spec.apply`` it is not range-checked:
+    the base was, and a schedule may take it below the range's low end, down to 0."""
+    hp = spec.hyperparameter(name)
+    for group in optimizer.param_groups:
+        if hp.index is None:
+            group[hp.key] = value
+        else:
+            parts = list(group[hp.key])
+            parts[hp.index] = value
+            group[hp.key] = tuple(parts)
+
+
+def _check_schedules(spec: OptimizerSpec, schedules: Mapping[str, Schedule]) -> None:
+    for name in schedules:
+        hp = spec.hyperparameter(name)  # unknown names raise with the known ones
+        if hp.kind != "float":
+            raise ValueError(f"{spec.name}: only real-valued hyperparameters can be scheduled; "
+                             f"{name} is {'an integer' if hp.kind == 'int' else 'True or False'}")
+
+
+def _mix(*parts: int) -> int:
+    """A seed from integers (seed, tick, size): distinct inputs give unrelated streams."""
+    h = 0
+    for p in parts:
+        h = (h * 1_000_003 + int(p) + 0x9E3779B9) % (2**63 - 1)
+    return h
+
+
 class _Lane:
     """One optimizer over the M start rows.
 
@@ -154,36 +267,82 @@ class _Lane:
     other optimizer holds M separate sets. ``points()`` flattens them back to ``[M, P]``.
     """
 
-    def __init__(self, lane_id: int, spec: OptimizerSpec, hyperparameters: Mapping[str, Any],
+    def __init__(self, lane_id: int, spec: OptimizerSpec, config: LaneConfig,
                  starts: torch.Tensor, shapes: Sequence[tuple[int, ...]] | None, seed: int) -> None:
         self.id = lane_id
         self.spec = spec
         self.shapes = shapes
         self.seed = seed
-        self.values = spec.validate(hyperparameters)
+        self.values = spec.validate(config.hyperparameters)
+        """Base values (what a person set); scheduled ones are multiplied before each step."""
+        _check_schedules(spec, config.schedules)
+        self.schedules: dict[str, Schedule] = dict(config.schedules)
+        self.clip = config.clip
+        self.batch = config.batch_size
         self.n_rows = starts.shape[0]
         self.restart(starts)
 
     def restart(self, starts: torch.Tensor) -> None:
-        self._place(starts)
+        """Fresh optimizer state at ``starts``: step 0, counts, statuses and schedules restart."""
+        self._install(*self._build(self.spec, starts, self.values))
         self.step = 0
         self.counts = OracleCounts()
         self.diverged_at = np.full(self.n_rows, -1, dtype=np.int64)
+        self.reasons: list[str] = [""] * self.n_rows
+        self.limit: torch.Tensor | None = None  # divergence threshold per row, set at step 0
+        self.error: str | None = None
+        self.error_step = -1
+        self.own_time = 0.0
+        self.clipped: np.ndarray | None = None
+        self.batch_now: int | None = None  # a norm-test lane's current size (set on first use)
+        self.apply_schedules()
 
-    def _place(self, points: torch.Tensor) -> None:
+    def _build(self, spec: OptimizerSpec, points: torch.Tensor, values: Mapping[str, Any]
+               ) -> tuple[bool, list[list[torch.Tensor]], list[torch.optim.Optimizer]]:
+        """Leaves and optimizers for ``spec`` at ``points``, checked, without touching the lane."""
         points = points.detach()
-        self.separable = self.spec.row_separable and not self.spec.closure_driven
+        separable = spec.row_separable and not spec.closure_driven
         """The M rows live in one ``[M, ...]`` tensor per parameter (else one set per row)."""
-        if self.separable:
-            self.rows = [[t.clone().requires_grad_(True) for t in _split(points, self.shapes)]]
+        if separable:
+            rows = [[t.clone().requires_grad_(True) for t in _split(points, self.shapes)]]
         else:
-            self.rows = [[t.clone().requires_grad_(True) for t in _split(row, self.shapes)] for row in points]
-        self.params = [p for row in self.rows for p in row]
-        if self.spec.closure_driven or self.spec.per_trajectory:  # one optimizer per start
-            self.optimizers = [self.spec.build(row, self.values, seed=self._row_seed(i))
-                               for i, row in enumerate(self.rows)]
+            rows = [[t.clone().requires_grad_(True) for t in _split(row, self.shapes)] for row in points]
+        params = [p for row in rows for p in row]
+        if spec.closure_driven or spec.per_trajectory:  # one optimizer per start
+            optimizers = [spec.build(row, values, seed=self._row_seed(i)) for i, row in enumerate(rows)]
         else:
-            self.optimizers = [self.spec.build(self.params, self.values, seed=self._row_seed(0))]
+            optimizers = [spec.build(params, values, seed=self._row_seed(0))]
+        self._check_clip(spec, optimizers, self.clip)
+        return separable, rows, optimizers
+
+    def _install(self, separable: bool, rows: list[list[torch.Tensor]],
+                 optimizers: list[torch.optim.Optimizer]) -> None:
+        self.separable, self.rows, self.optimizers = separable, rows, optimizers
+        self.params = [p for row in rows for p in row]
+        self.uses_gradient = _uses_gradient(self.spec)
+        self._hand_clip()
+
+    @staticmethod
+    def _check_clip(spec: OptimizerSpec, optimizers: Sequence[torch.optim.Optimizer],
+                    clip: Clip | None) -> None:
+        if clip is None or not spec.closure_driven:
+            return
+        if not all(hasattr(opt, "clip") for opt in optimizers):
+            raise ValueError(f"{spec.display_name} cannot be clipped: it builds its own step from "
+                             f"{spec.oracle.value} and does not take a clip")
+
+    def _hand_clip(self) -> None:
+        """A closure-driven optimizer clips its own estimate: it holds the lane's clip."""
+        if self.spec.closure_driven:
+            for opt in self.optimizers:
+                if hasattr(opt, "clip"):
+                    opt.clip = self.clip
+
+    def set_clip(self, clip: Clip | None) -> None:
+        self._check_clip(self.spec, self.optimizers, clip)
+        self.clip = clip
+        self.clipped = None
+        self._hand_clip()
 
     def _row_seed(self, row: int) -> int:
         """A seeded optimizer's seed for one trajectory: fixed by the run's seed, lane and row."""
@@ -195,23 +354,76 @@ class _Lane:
         return self.optimizers[0]
 
     def set_hyperparameter(self, name: str, value: Any) -> Any:
+        """Set a base value; on a scheduled hyperparameter the live value is base x factor."""
+        if name in self.schedules:
+            value = self.spec.hyperparameter(name).check(value, self.spec.name)
+            self.values[name] = value
+            self.apply_schedules()
+            return value
         for opt in self.optimizers:
             value = self.spec.apply(opt, name, value)
         self.values[name] = value
         return value
 
-    def switch(self, spec: OptimizerSpec, hyperparameters: Mapping[str, Any]) -> None:
-        """New optimizer (fresh state) from the current positions."""
-        self.values = spec.validate(hyperparameters)
-        points = self.points()
-        self.spec = spec
-        self._place(points)
+    def set_schedule(self, name: str, schedule: Schedule | None) -> None:
+        new = dict(self.schedules)
+        if schedule is None or schedule.constant:
+            new.pop(name, None)
+        else:
+            new[name] = schedule
+        _check_schedules(self.spec, new)
+        self.schedules = new
+        if name not in new:  # back to the base value
+            for opt in self.optimizers:
+                self.spec.apply(opt, name, self.values[name])
+        self.apply_schedules()
+
+    def apply_schedules(self) -> None:
+        """Write each scheduled value for the lane's next step into its optimizers."""
+        for name, sched in self.schedules.items():
+            value = sched.value(self.step, self.values[name])
+            for opt in self.optimizers:
+                _write_live(self.spec, opt, name, value)
+
+    def switch(self, spec: OptimizerSpec, config: LaneConfig, keep: tuple[bool, bool]) -> None:
+        """New optimizer (fresh state) from the current positions; ``keep`` says whether the
+        lane's clip and batch size stay (else they come from ``config``). Nothing changes if the
+        new configuration is refused."""
+        values = spec.validate(config.hyperparameters)
+        _check_schedules(spec, config.schedules)
+        clip = self.clip if keep[0] else config.clip
+        old_clip, self.clip = self.clip, clip
+        try:
+            built = self._build(spec, self.points(), values)
+        finally:
+            self.clip = old_clip
+        self.spec, self.values, self.schedules, self.clip = spec, values, dict(config.schedules), clip
+        if not keep[1]:
+            self.set_batch(config.batch_size)
+        self._install(*built)
+        self.clipped = None
+        self.apply_schedules()
+
+    def set_batch(self, batch: BatchSize | None) -> None:
+        self.batch = batch
+        self.batch_now = None
 
     def points(self) -> torch.Tensor:
         """Current positions ``[M, P]`` (differentiable through the leaves)."""
         if self.separable:
             return _flatten(self.rows[0], 1)
         return torch.stack([_flatten(row, 0) for row in self.rows])
+
+    @torch.no_grad()
+    def set_points(self, points: torch.Tensor) -> None:
+        """Put the leaves at ``points [M, P]`` (a stopped lane goes back where its step began)."""
+        if self.separable:
+            for p, v in zip(self.rows[0], _split(points, self.shapes), strict=True):
+                p.copy_(v)
+        else:
+            for row, x in zip(self.rows, points, strict=True):
+                for p, v in zip(row, _split(x, self.shapes), strict=True):
+                    p.copy_(v)
 
     def flat_grads(self, grads: Sequence[torch.Tensor]) -> torch.Tensor:
         """Gradients of this lane's leaves (in ``self.params`` order) as ``[M, P]``."""
@@ -221,7 +433,25 @@ class _Lane:
         return torch.stack([_flatten(grads[i * n:(i + 1) * n], 0) for i in range(self.n_rows)])
 
     def status(self) -> tuple[str, ...]:
-        return tuple(RUNNING if s < 0 else f"diverged at step {s}" for s in self.diverged_at)
+        out = []
+        for s, why in zip(self.diverged_at.tolist(), self.reasons, strict=True):
+            if s >= 0:
+                out.append(status_text(DIVERGED, s, why))
+            elif self.error is not None:
+                out.append(status_text(STOPPED, self.error_step, self.error))
+            else:
+                out.append(RUNNING)
+        return tuple(out)
+
+
+class _Eval:
+    """One lane's share of this tick's batched pass."""
+
+    __slots__ = ("batch", "f", "grads", "size", "x")
+
+    def __init__(self, x: torch.Tensor, f: torch.Tensor, grads: list[torch.Tensor] | None, batch: Any,
+                 size: int | None) -> None:
+        self.x, self.f, self.grads, self.batch, self.size = x, f, grads, batch, size
 
 
 class Run:
@@ -234,17 +464,27 @@ class Run:
         self.dtype = _DTYPES[config.dtype]
         self._generator = make_generator(config.seed)  # CPU: same stream on every device
         self.starts = self._make_starts()
+        self._check_problem()
+        shapes = getattr(problem, "param_shapes", None)
         ascent = getattr(problem, "ascent", None)
         self._ascent = (None if ascent is None
                         else torch.as_tensor(ascent, dtype=torch.bool, device=self.device))
         """For a min-max game (a problem with an ``ascent`` mask over its coordinates): the
         coordinates that maximize. Every lane then follows the field (grad_x f, -grad_y f)."""
+        if self._ascent is not None and tuple(self._ascent.shape) != (problem.dim,):
+            raise ValueError(f"{problem.name}: ascent must mark each of the {problem.dim} coordinates, "
+                             f"got a mask of shape {list(self._ascent.shape)}")
+        self._ascent_parts = None if self._ascent is None else _split(self._ascent, shapes)
+        """The mask split like the parameters (one piece per parameter tensor)."""
+        self.n_train: int | None = getattr(problem, "n_train", None)
+        """Training samples of a problem with a data set (networks); None for landscapes."""
         self.lanes: dict[int, _Lane] = {}
         self._next_lane = 0
         self.tick = 0
         self.paused = False
         self.compute_time = 0.0
         self.probe_time = 0.0  # the part of compute_time spent in curvature probes
+        self._instrument_seconds = 0.0  # metrics and gradient-norm measurements (probes: probe_time)
         self.probes = config.probes
         self._probe_now = False
         self._warm: dict[int, dict[str, torch.Tensor]] = {}  # lane -> last probe's top Ritz vectors
@@ -257,29 +497,78 @@ class Run:
         self._rankings: dict[int, tuple[int, ...]] = {}
         self._scheduled: list[LoggedEvent] = []
         for lane in config.lanes:
-            self._add_lane(lane.optimizer, lane.hyperparameters)
+            self._add_lane(lane)
 
     # -- construction --------------------------------------------------------------------------
     def _make_starts(self) -> torch.Tensor:
         p, c = self.problem, self.config
-        x0 = torch.tensor(c.start, dtype=torch.float64) if c.start is not None else p.x0().double()
-        if x0.shape != (p.dim,):
-            raise ValueError(f"start has {x0.numel()} coordinates but {p.name} has dim {p.dim}")
+        name = getattr(p, "name", type(p).__name__)
+        dim = getattr(p, "dim", None)
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"{name}: dim must be a positive integer, got {dim!r}")
+        if c.start is not None:
+            x0 = torch.tensor(c.start, dtype=torch.float64)
+            if x0.shape != (p.dim,):
+                raise ValueError(f"start has {x0.numel()} coordinates but {name} has dim {p.dim}")
+        else:
+            x0 = p.x0()
+            if not isinstance(x0, torch.Tensor) or tuple(x0.shape) != (p.dim,):
+                shape = list(x0.shape) if isinstance(x0, torch.Tensor) else type(x0).__name__
+                raise ValueError(f"{name}: x0() must return a tensor of shape [dim] = [{p.dim}], got {shape}")
+            if not x0.is_floating_point():
+                raise ValueError(f"{name}: x0() must return floating-point values, got {x0.dtype}")
+            x0 = x0.double()
         rows = [x0[None]]
         if c.n_starts > 1:
             if hasattr(p, "random_starts"):
                 rows.append(p.random_starts(c.n_starts - 1, self._generator).double())
             elif p.bounds is None:
-                raise ValueError(f"{p.name} has no bounds to draw {c.n_starts - 1} random starts from")
+                raise ValueError(f"{name} has no bounds to draw {c.n_starts - 1} random starts from")
             else:
                 rows.append(p.bounds.sample(c.n_starts - 1, self._generator, dtype=torch.float64,
                                             device=torch.device("cpu")))
         return torch.cat(rows).to(device=self.device, dtype=self.dtype)
 
-    def _add_lane(self, optimizer: str, hyperparameters: Mapping[str, Any]) -> int:
-        get_spec(optimizer).check_problem(self.problem)
-        lane = _Lane(self._next_lane, get_spec(optimizer), hyperparameters, self.starts,
-                     getattr(self.problem, "param_shapes", None), self.config.seed)
+    def _check_problem(self) -> None:
+        """The problem's contract, checked once before any work: ``loss`` maps points ``[B, dim]``
+        to floating-point losses ``[B]`` (evaluated at two copies of the first start, on a
+        minibatch drawn with a throwaway generator, so the run's own stream is untouched)."""
+        p = self.problem
+        name = getattr(p, "name", type(p).__name__)
+        x = torch.cat([self.starts[:1], self.starts[:1]])
+        try:
+            sample = getattr(p, "sample_batch", None)
+            batch = sample(make_generator(0)) if sample is not None else None
+            with torch.no_grad():
+                out = p.loss(x, batch)
+        except Exception as exc:
+            raise ValueError(f"{name}: loss(x) failed on points x of shape [2, {p.dim}]: "
+                             f"{exc or type(exc).__name__}") from exc
+        if not isinstance(out, torch.Tensor):
+            raise ValueError(f"{name}: loss(x) must return a tensor of shape [B] (one loss per row of x "
+                             f"[B, {p.dim}]); it returned {type(out).__name__}")
+        if tuple(out.shape) != (2,):
+            raise ValueError(f"{name}: loss(x) must return one loss per row, shape [B] for x of shape "
+                             f"[B, {p.dim}]; for x of shape [2, {p.dim}] it returned shape {list(out.shape)}")
+        if not out.is_floating_point():
+            raise ValueError(f"{name}: loss(x) must return floating-point values, got {out.dtype}")
+
+    def _check_batch(self, batch: BatchSize | None) -> None:
+        if batch is None:
+            return
+        name = self.problem.name
+        if self.n_train is None:
+            raise ValueError(f"{name} has no training set: a batch size applies to problems with data "
+                             f"(networks)")
+        if batch.kind == "norm_test" and not hasattr(self.problem, "per_sample_grads"):
+            raise ValueError(f"{name} offers no per-sample gradients, which the norm test needs")
+
+    def _add_lane(self, config: LaneConfig) -> int:
+        spec = get_spec(config.optimizer)
+        spec.check_problem(self.problem)
+        self._check_batch(config.batch_size)
+        lane = _Lane(self._next_lane, spec, config, self.starts, getattr(self.problem, "param_shapes", None),
+                     self.config.seed)
         self.lanes[lane.id] = lane
         self._next_lane += 1
         return lane.id
@@ -299,19 +588,35 @@ class Run:
         elif isinstance(event, SwitchOptimizer):
             lane = self._lane(event.lane)
             spec = get_spec(event.optimizer)
-            spec.validate(event.hyperparameters)  # raise before touching the lane
             spec.check_problem(self.problem)
-            lane.switch(spec, event.hyperparameters)
+            config = LaneConfig(event.optimizer, event.hyperparameters, event.schedules, event.clip,
+                                event.batch_size)
+            self._check_batch(config.batch_size)
+            lane.switch(spec, config, keep=(event.clip is None, event.batch_size is None))  # raises first
+            lane.error = None  # a fresh optimizer: a stopped lane goes on
             if not event.keep_position:
                 lane.restart(self.starts)
                 self._snapshots.pop(lane.id, None)
             self.awaiting.pop(lane.id, None)
         elif isinstance(event, AddLane):
-            result = self._add_lane(event.optimizer, event.hyperparameters)
+            result = self._add_lane(LaneConfig(event.optimizer, event.hyperparameters, event.schedules,
+                                               event.clip, event.batch_size))
+        elif isinstance(event, SetSchedule):
+            self._lane(event.lane).set_schedule(
+                event.name, None if event.schedule is None else Schedule.from_dict(event.schedule))
+        elif isinstance(event, SetClip):
+            self._lane(event.lane).set_clip(None if event.clip is None else Clip.from_dict(event.clip))
+        elif isinstance(event, SetBatchSize):
+            lane = self._lane(event.lane)
+            batch = None if event.batch_size is None else BatchSize.from_dict(event.batch_size)
+            self._check_batch(batch)
+            lane.set_batch(batch)
         elif isinstance(event, RemoveLane):
             self._lane(event.lane)
             del self.lanes[event.lane]
             self.awaiting.pop(event.lane, None)
+            self._snapshots.pop(event.lane, None)  # a removed lane keeps nothing alive
+            self._warm.pop(event.lane, None)
         elif isinstance(event, Pause):
             self.paused = True
         elif isinstance(event, Resume):
@@ -343,54 +648,171 @@ class Run:
 
     # -- stepping ------------------------------------------------------------------------------
     def step(self, record: bool = True) -> list[Record]:
-        """One step of every lane; one :class:`Record` per lane (none if ``record`` is False)."""
+        """One step of every lane; one :class:`Record` per lane. With ``record`` False, only the
+        lanes that computed something this step (a probe, metrics, a stop) yield one."""
         t0 = time.perf_counter()
-        lanes = list(self.lanes.values())
+        lanes = [lane for lane in self.lanes.values() if lane.error is None]
         if not lanes:
             self.tick += 1
             self._apply_due()
             return []
-        batch = self.problem.sample_batch(self._generator)
-        points = [lane.points() for lane in lanes]
-        losses = self.problem.loss(torch.cat(points), batch)
-        leaves = [p for lane in lanes for p in lane.params]
-        grads = torch.autograd.grad(losses.sum(), leaves, allow_unused=True)
-        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(leaves, grads, strict=True)]
-        losses = losses.detach()
-
-        metrics = self._metrics(lanes, points) if record else {}
+        evals = self._evaluate(lanes)
+        metrics = self._metrics(lanes, evals)
         probes: dict[int, Probe] = {}
         probe_now, self._probe_now = self._probe_now, False
-        out: list[tuple[_Lane, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
-        row = leaf = 0
-        for lane, x in zip(lanes, points, strict=True):
-            m, n_leaves = lane.n_rows, len(lane.params)
-            f = losses[row:row + m]
-            lane_grads = grads[leaf:leaf + n_leaves]
-            if self._ascent is not None:  # a min-max game: step along the descent field
-                lane_grads = [torch.where(self._ascent, -g, g) for g in lane_grads]
-            g = lane.flat_grads(lane_grads)
-            row, leaf = row + m, leaf + n_leaves
-            x_old = x.detach().clone()
-            frozen = self._mark_divergence(lane, f, g)
-            if lane.spec.closure_driven:
-                if not self._closure_step(lane, lane_grads, frozen, batch):
-                    continue  # waiting for a ranking: no step, no record
-            else:
-                self._take_step(lane, lane_grads, frozen, x_old)
+        out: list[tuple[Any, ...]] = []
+        for lane in lanes:
+            checkpoint()  # a stopped worker leaves between lanes (engine/cancel.py)
+            ev = evals[lane.id]
+            grads = ev.grads
+            if grads is not None and self._ascent_parts is not None:  # a min-max game
+                grads = self._descent_field(lane, grads)
+            g = lane.flat_grads(grads) if grads is not None else None
+            gnorm = g.norm(dim=-1) if g is not None else torch.full_like(ev.f, math.nan)
+            x_old = ev.x.detach().clone()
+            frozen = self._mark_divergence(lane, ev.f, g)
+            step_t = lane.step
+            t = time.perf_counter()
+            if lane.schedules:
+                lane.apply_schedules()  # the values of step t, which its record reads back
+            try:
+                if lane.batch is not None and lane.batch.kind == "norm_test":
+                    self._norm_test(lane, ev, frozen)
+                if lane.spec.closure_driven:
+                    if not self._closure_step(lane, grads, frozen, ev.batch):
+                        continue  # waiting for a ranking: no step, no record
+                else:
+                    self._take_step(lane, grads, frozen, x_old)
+            except Exception as exc:  # this lane stops; the others go on
+                self._stop(lane, step_t, exc, x_old)
+                out.append((lane, step_t, ev, gnorm, torch.zeros_like(gnorm), x_old, frozen))
+                continue
+            finally:
+                lane.own_time += time.perf_counter() - t
             x_new = lane.points().detach()
             update = (x_new - x_old).norm(dim=-1)
-            out.append((lane, f, g.norm(dim=-1), update, x_old))
+            out.append((lane, step_t, ev, gnorm, update, x_old, frozen))
             self._snapshot(lane, x_old)
             if self.probes is not None and (probe_now or self.probes.due(lane.step - 1)) \
                     and lane.diverged_at[0] < 0:
-                probes[lane.id] = self._probe(lane, x_old[0], x_new[0] - x_old[0], batch)
+                probes[lane.id] = self._probe(lane, x_old[0], x_new[0] - x_old[0], ev.batch)
         self.tick += 1
         self.compute_time += time.perf_counter() - t0
         records = [self._record(*item, metrics.get(item[0].id, {}), probes.get(item[0].id))
-                   for item in out] if record else []
+                   for item in out
+                   if record or item[0].id in metrics or item[0].id in probes or item[0].error is not None]
         self._apply_due()  # after the records: they describe the step as it was taken
         return records
+
+    def _evaluate(self, lanes: list[_Lane]) -> dict[int, _Eval]:
+        """This tick's losses (and gradients) of every lane, one batched call per group of lanes
+        that share a minibatch and a need: lanes whose method uses the gradient (timed as theirs,
+        split by rows), lanes that don't but whose gradient norm is due, and lanes that need only
+        the recorded loss (both instrumentation). Usually that is one call, as it always was."""
+        batches = self._batches(lanes)
+        every = self.config.grad_norm_every
+        groups: dict[tuple[Any, int], list[_Lane]] = {}
+        for lane in lanes:
+            need = 0 if lane.uses_gradient else (1 if every is not None and lane.step % every == 0 else 2)
+            groups.setdefault((batches[lane.id][2], need), []).append(lane)
+        out: dict[int, _Eval] = {}
+        for (_, need), group in groups.items():
+            t = time.perf_counter()
+            batch, size, _ = batches[group[0].id]
+            points = [lane.points() for lane in group]
+            grads: list[torch.Tensor] | None = None
+            if need == 2:
+                with torch.no_grad():
+                    losses = self.problem.loss(torch.cat(points), batch)
+            else:
+                losses = self.problem.loss(torch.cat(points), batch)
+                leaves = [p for lane in group for p in lane.params]
+                grads = list(torch.autograd.grad(losses.sum(), leaves, allow_unused=True))
+                grads = [torch.zeros_like(p) if g is None else g for p, g in zip(leaves, grads, strict=True)]
+                losses = losses.detach()
+            seconds = time.perf_counter() - t
+            n_rows = sum(lane.n_rows for lane in group)
+            row = leaf = 0
+            for lane, x in zip(group, points, strict=True):
+                m, n = lane.n_rows, len(lane.params)
+                out[lane.id] = _Eval(x, losses[row:row + m], None if grads is None else grads[leaf:leaf + n],
+                                     batch, size)
+                if need == 0:
+                    lane.own_time += seconds * m / n_rows
+                row, leaf = row + m, leaf + n
+            if need != 0:
+                self._instrument_seconds += seconds
+        return out
+
+    def _default_size(self) -> int | None:
+        if self.n_train is None:
+            return None
+        size = getattr(self.problem, "batch_size", None)
+        return self.n_train if size is None else min(int(size), self.n_train)
+
+    def _lane_size(self, lane: _Lane) -> int | None:
+        """The lane's batch size this step (None: the problem's own)."""
+        batch = lane.batch
+        if batch is None or self.n_train is None:
+            return None
+        if batch.kind == "norm_test":
+            if lane.batch_now is None:
+                lane.batch_now = batch.initial(self.n_train)
+            return lane.batch_now
+        return batch.scheduled(lane.step, self.n_train)
+
+    def _batches(self, lanes: list[_Lane]) -> dict[int, tuple[Any, int | None, int | None]]:
+        """lane id -> (minibatch, its size for the records, group key). The problem's own size is
+        drawn from the run's generator once per tick (as always); any other size from a generator
+        seeded by (seed, tick, size), so lanes with the same size see the same samples."""
+        default = self.problem.sample_batch(self._generator)
+        default_size = self._default_size()
+        drawn: dict[int, Any] = {}
+        out = {}
+        for lane in lanes:
+            size = self._lane_size(lane)
+            if size is None or size == default_size:
+                out[lane.id] = (default, default_size, None)
+                continue
+            if size not in drawn:
+                gen = make_generator(_mix(self.config.seed, self.tick, size))
+                drawn[size] = self.problem.sample_batch(gen, batch_size=size)
+            out[lane.id] = (drawn[size], size, size)
+        return out
+
+    def _norm_test(self, lane: _Lane, ev: _Eval, frozen: torch.Tensor) -> None:
+        """AdAdaGrad's norm test at :math:`x_t` on this step's minibatch (see
+        :mod:`engine.batching`): the next size is the largest any live row asks for."""
+        batch, n_train = lane.batch, self.n_train
+        assert batch is not None and n_train is not None
+        if lane.step % batch.every or ev.size is None or ev.size >= n_train or ev.batch is None:
+            return
+        need = ev.size
+        for x, fz in zip(ev.x.detach(), frozen.tolist(), strict=True):
+            if not fz:
+                need = max(need, norm_test_size(self.problem.per_sample_grads(x, ev.batch), batch.theta))
+        lane.batch_now = min(need, batch.cap(n_train))
+
+    def _descent_field(self, lane: _Lane, grads: list[torch.Tensor]) -> list[torch.Tensor]:
+        """(grad_x f, -grad_y f): each parameter's gradient negated where its piece of the mask is set."""
+        parts = self._ascent_parts
+        assert parts is not None
+        n = len(parts)
+        return [torch.where(parts[j % n], -g, g) for j, g in enumerate(grads)]
+
+    def _stop(self, lane: _Lane, step: int, exc: Exception, x_old: torch.Tensor) -> None:
+        """The lane's optimizer raised: back to where the step began, stopped with its message."""
+        what = str(exc) or type(exc).__name__
+        lane.error = f"{lane.spec.display_name} failed: {what}"
+        lane.error_step = step
+        lane.set_points(x_old)
+        self.awaiting.pop(lane.id, None)
+
+    @property
+    def stopped(self) -> dict[int, str]:
+        """Stopped lanes -> their status text ("stopped at step N: <message>")."""
+        return {i: status_text(STOPPED, lane.error_step, lane.error)
+                for i, lane in self.lanes.items() if lane.error is not None}
 
     def _probe(self, lane: _Lane, x: torch.Tensor, update: torch.Tensor, batch: Any) -> Probe:
         """Curvature of the lane's first start at ``x`` (where this step's gradient was taken)."""
@@ -413,20 +835,34 @@ class Run:
         """Fraction of the run's compute time spent in curvature probes."""
         return self.probe_time / self.compute_time if self.compute_time > 0 else 0.0
 
-    def _metrics(self, lanes: list[_Lane], points: list[torch.Tensor]) -> dict[int, dict[str, np.ndarray]]:
+    @property
+    def instrument_time(self) -> float:
+        """Seconds of the run's compute spent on instruments: curvature probes, metrics, and for
+        lanes that do not use gradients, their recorded loss and their gradient-norm measurements."""
+        return self.probe_time + self._instrument_seconds
+
+    @property
+    def instrument_overhead(self) -> float:
+        """Fraction of the run's compute time spent on instruments (:attr:`instrument_time`)."""
+        return self.instrument_time / self.compute_time if self.compute_time > 0 else 0.0
+
+    def _metrics(self, lanes: list[_Lane], evals: Mapping[int, _Eval]) -> dict[int, dict[str, np.ndarray]]:
         """The problem's metrics at the current points of the lanes whose schedule is due (one
-        batched call for all of them)."""
+        batched call for all of them); every computed metric reaches a record."""
         fn = getattr(self.problem, "metrics", None)
         every = self.config.metrics_every
-        due = [i for i, lane in enumerate(lanes) if fn is not None and lane.step % every == 0]
+        waiting = {i for i in self.awaiting if i not in self._rankings}  # they take no step this tick
+        due = [lane for lane in lanes if fn is not None and lane.step % every == 0 and lane.id not in waiting]
         if not due:
             return {}
-        values = fn(torch.cat([points[i].detach() for i in due]))
+        t = time.perf_counter()
+        values = fn(torch.cat([evals[lane.id].x.detach() for lane in due]))
         out, row = {}, 0
-        for i in due:
-            m = lanes[i].n_rows
-            out[lanes[i].id] = {k: v[row:row + m].cpu().numpy() for k, v in values.items()}
+        for lane in due:
+            m = lane.n_rows
+            out[lane.id] = {k: v[row:row + m].cpu().numpy() for k, v in values.items()}
             row += m
+        self._instrument_seconds += time.perf_counter() - t
         return out
 
     def _snapshot(self, lane: _Lane, x: torch.Tensor) -> None:
@@ -447,13 +883,34 @@ class Run:
         steps = np.array([s for s, _ in kept] + [lane.step], dtype=np.int64)
         return steps, np.stack([x for _, x in kept] + [now])
 
-    def _mark_divergence(self, lane: _Lane, f: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        bad = (~torch.isfinite(f) | ~torch.isfinite(g).all(dim=-1)).cpu().numpy()
-        newly = bad & (lane.diverged_at < 0)
-        lane.diverged_at[newly] = lane.step
+    def _mark_divergence(self, lane: _Lane, f: torch.Tensor, g: torch.Tensor | None) -> torch.Tensor:
+        """Rows whose loss or (measured) gradient is not finite, or whose loss left
+        ``divergence_factor`` x its start, are marked at this step; returns the frozen rows."""
+        c = self.config.divergence_factor
+        if c is None:
+            ok = torch.isfinite(f)
+        else:
+            if lane.limit is None:  # the lane's step 0 (or its first step after a restart)
+                start = f.abs().clamp(min=1.0)
+                lane.limit = torch.where(torch.isfinite(start), c * start, 0.0)  # a non-finite start: at once
+            ok = f.abs() <= lane.limit  # False for NaN and +-inf too
+        if g is not None:
+            ok = ok & torch.isfinite(g).all(dim=-1)
+        bad = ~ok
+        newly = bad.cpu().numpy() & (lane.diverged_at < 0)
+        if newly.any():
+            for i in np.flatnonzero(newly):
+                lane.diverged_at[i] = lane.step
+                fi = float(f[i])
+                if not math.isfinite(fi):
+                    lane.reasons[i] = "loss not finite"
+                elif g is not None and not bool(torch.isfinite(g[i]).all()):
+                    lane.reasons[i] = "gradient not finite"
+                else:
+                    lane.reasons[i] = f"|loss| {abs(fi):.3g} > {c:g} x start"
         return torch.as_tensor(lane.diverged_at >= 0, device=f.device)
 
-    def _closure_step(self, lane: _Lane, grads: Sequence[torch.Tensor], frozen: torch.Tensor,
+    def _closure_step(self, lane: _Lane, grads: Sequence[torch.Tensor] | None, frozen: torch.Tensor,
                       batch: Any) -> bool:
         """Step each live trajectory of a closure-driven lane with its own :class:`Oracles`.
         False (and nothing changed) when the first trajectory waits for a person's ranking."""
@@ -466,11 +923,10 @@ class Run:
         for i, (row, opt) in enumerate(zip(lane.rows, lane.optimizers, strict=True)):
             if bool(frozen[i]):
                 continue
-            for p, g in zip(row, grads[i * n:(i + 1) * n], strict=True):
+            for j, p in enumerate(row):
                 # second-order and lookahead methods get the gradient the run computed anyway
-                # (counted below);
-                # every other oracle kind gets nothing it did not ask for
-                p.grad = g if gets_gradient else None
+                # (counted below); every other oracle kind gets nothing it did not ask for
+                p.grad = grads[i * n + j] if gets_gradient and grads is not None else None
             ranker = self._human_ranker(lane) if i == 0 and lane.values.get(HUMAN) else rank_by_value
             oracles = Oracles(lambda x: self.problem.loss(x, batch), row, ranker, self._ascent,
                               sampled_losses=self._sampled_losses(batch))
@@ -510,6 +966,9 @@ class Run:
             for p, g in zip(lane.params, grads, strict=True):
                 mask = frozen.reshape(-1, *([1] * (g.dim() - 1)))
                 p.grad = torch.where(mask, torch.zeros_like(g), g) if any_frozen else g
+            if lane.clip is not None:  # rows are independent runs: clipped one by one
+                fraction = clip_([p.grad for p in lane.params], lane.clip, batch_dims=1)
+                lane.clipped = torch.where(frozen, math.nan, fraction).cpu().numpy()
             lane.optimizer.step()
             if any_frozen:  # momentum or weight decay would still move a frozen row: put it back
                 with torch.no_grad():
@@ -518,26 +977,55 @@ class Run:
                         p.copy_(torch.where(mask, old, p))
         else:
             n = len(lane.rows[0])
-            for i, fz in enumerate(frozen.tolist()):
+            live = [not fz for fz in frozen.tolist()]
+            for i, ok in enumerate(live):
                 for p, g in zip(lane.rows[i], grads[i * n:(i + 1) * n], strict=True):
-                    p.grad = None if fz else g  # torch optimizers skip parameters without a gradient
+                    p.grad = g if ok else None  # torch optimizers skip parameters without a gradient
+            if lane.clip is not None:
+                lane.clipped = np.array([float(clip_([p.grad for p in row], lane.clip)) if ok else math.nan
+                                         for row, ok in zip(lane.rows, live, strict=True)])
             if len(lane.optimizers) == 1:
                 lane.optimizer.step()
             else:  # one optimizer per start: a frozen start's is not stepped at all
-                for opt, fz in zip(lane.optimizers, frozen.tolist(), strict=True):
-                    if not fz:
+                for opt, ok in zip(lane.optimizers, live, strict=True):
+                    if ok:
                         opt.step()
         lane.step += 1
         lane.counts = lane.counts + OracleCounts(function_values=1, gradients=1)
 
-    def _record(self, lane: _Lane, f: torch.Tensor, gnorm: torch.Tensor, update: torch.Tensor,
-                x: torch.Tensor, metrics: Mapping[str, np.ndarray], curvature: Probe | None) -> Record:
+    def _diagnostics(self, lane: _Lane, frozen: torch.Tensor) -> dict[str, np.ndarray]:
+        """The lane's optimizer diagnostics (``spec.read_diagnostics``) and its clipped fraction, per
+        row (see :attr:`engine.records.Record.diagnostics`); NaN for rows that did not step."""
+        out: dict[str, np.ndarray] = {}
+        spec, m = lane.spec, lane.n_rows
+        if not spec.diagnostics and lane.clip is None:
+            return out
+        still = frozen.cpu().numpy()
+        if spec.diagnostics:
+            reads = [spec.read_diagnostics(opt) if hasattr(opt, "diagnostics") else {}
+                     for opt in lane.optimizers]
+            for name in dict.fromkeys(k for r in reads for k in r):
+                values = (np.full(m, reads[0][name]) if len(reads) == 1
+                          else np.array([r.get(name, math.nan) for r in reads], dtype=np.float64))
+                out[name] = np.where(still, math.nan, values)
+        if lane.clip is not None and "clipped_fraction" not in out:
+            if spec.closure_driven:
+                values = np.array([float(opt.diagnostics().get("clipped_fraction", math.nan))
+                                   if hasattr(opt, "diagnostics") else math.nan for opt in lane.optimizers])
+                out["clipped_fraction"] = np.where(still, math.nan, values)
+            elif lane.clipped is not None:
+                out["clipped_fraction"] = lane.clipped
+        return out
+
+    def _record(self, lane: _Lane, step: int, ev: _Eval, gnorm: torch.Tensor, update: torch.Tensor,
+                x: torch.Tensor, frozen: torch.Tensor, metrics: Mapping[str, np.ndarray],
+                curvature: Probe | None) -> Record:
         return make_record(
             tick=self.tick - 1,
             lane=lane.id,
             optimizer=lane.spec.name,
-            step=lane.step - 1,
-            loss=f.cpu().numpy(),
+            step=step,
+            loss=ev.f.cpu().numpy(),
             grad_norm=gnorm.cpu().numpy(),
             update_norm=update.cpu().numpy(),
             position=x.cpu().numpy() if self.problem.dim <= POSITION_MAX_DIM else None,
@@ -547,13 +1035,20 @@ class Run:
             wall_time=self.compute_time,
             metrics=metrics,
             curvature=curvature,
+            batch_size=ev.size,
+            diagnostics=self._diagnostics(lane, frozen),
+            compute_time=lane.own_time,
         )
 
     def run(self, n_steps: int, record_every: int = 1) -> list[Record]:
-        """Take ``n_steps`` steps, keeping the records of every ``record_every``-th one."""
+        """Take ``n_steps`` steps, keeping the records of ticks 0, k, 2k, ... (``k = record_every``),
+        the schedule metrics and probes follow, and of any other step where a probe or metrics
+        were computed: nothing computed is thrown away."""
+        if isinstance(record_every, bool) or not isinstance(record_every, int) or record_every < 1:
+            raise ValueError(f"record_every must be an integer >= 1, got {record_every!r}")
         records: list[Record] = []
-        for i in range(n_steps):
-            records.extend(self.step(record=(i + 1) % record_every == 0))
+        for _ in range(n_steps):
+            records.extend(self.step(record=self.tick % record_every == 0))
         return records
 
     # -- reading -------------------------------------------------------------------------------

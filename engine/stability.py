@@ -46,13 +46,19 @@ def _lr(hp: Mapping[str, Any]) -> float:
     return float(hp.get("lr", float("nan")))
 
 
+def _over_lr(numerator: float, hp: Mapping[str, Any]) -> float:
+    """``numerator / lr``; a schedule may anneal lr to exactly 0, where no sharpness is unstable."""
+    lr = _lr(hp)
+    return float("inf") if lr == 0 else numerator / lr
+
+
 def gradient_descent(hp: Mapping[str, Any]) -> Threshold:
-    return Threshold(2 / _lr(hp), LAMBDA_MAX, r"2/\eta")
+    return Threshold(_over_lr(2, hp), LAMBDA_MAX, r"2/\eta")
 
 
 def heavy_ball(hp: Mapping[str, Any]) -> Threshold:
     mu = float(hp.get("momentum", 0.0))
-    return Threshold((2 + 2 * mu) / _lr(hp), LAMBDA_MAX, r"(2 + 2\mu)/\eta")
+    return Threshold(_over_lr(2 + 2 * mu, hp), LAMBDA_MAX, r"(2 + 2\mu)/\eta")
 
 
 def nesterov(hp: Mapping[str, Any]) -> Threshold:
@@ -70,5 +76,5 @@ def extragradient(hp: Mapping[str, Any]) -> Threshold:
 
 def adam_preconditioned(hp: Mapping[str, Any]) -> Threshold:
     b1 = float(hp.get("beta1", 0.9))
-    return Threshold((2 + 2 * b1) / ((1 - b1) * _lr(hp)), PRECONDITIONED,
+    return Threshold(_over_lr((2 + 2 * b1) / (1 - b1), hp), PRECONDITIONED,
                      r"(2 + 2\beta_1)/((1 - \beta_1)\eta)")

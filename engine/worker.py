@@ -5,6 +5,12 @@ event (applied between steps, in order), :meth:`step_once` asks for one step, :m
 takes the records produced so far, :meth:`stop` ends the thread. Pause takes effect before the
 next step: the worker re-reads its queue between every two steps and sleeps on an event that a
 new command wakes.
+
+Stopping never blocks the caller: :meth:`stop` cancels the worker's token and returns. The thread
+computes under that token (:mod:`engine.cancel`), so a step ends at its next checkpoint -- between
+lanes, between the Hessian-vector products of a probe -- and the thread is gone within a fraction
+of a second even mid-way through a long probe; :meth:`join` waits for it where a caller must
+know (tests). A stopped step is abandoned, not finished: its run is not used again.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
+from engine.cancel import CancellableThread, Cancelled
 from engine.events import Event, Pause, Resume
 from engine.records import Record
 from engine.run import Run
@@ -47,9 +54,8 @@ class RunWorker:
         self._records: deque[Record] = deque(maxlen=max_records)
         self._errors: deque[str] = deque(maxlen=50)
         self._wake = threading.Event()
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=f"optiscope-run-{next(_counter)}",
-                                        daemon=True)
+        self._thread = CancellableThread(self._loop, name=f"optiscope-run-{next(_counter)}",
+                                         on_cancel=self._wake.set)
         self.tick = run.tick  # last tick published (read by other threads)
         self.paused = True
         run.paused = True
@@ -75,6 +81,8 @@ class RunWorker:
         command = _Call(fn)
         self._commands.put(command)
         self._wake.set()
+        if self.stopped:  # nobody will answer it: cancelled now rather than pending forever
+            self._cancel_calls()
         return command.future
 
     def step_once(self) -> None:
@@ -97,8 +105,23 @@ class RunWorker:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stopping.set()
+    @property
+    def stopped(self) -> bool:
+        """:meth:`stop` was called (the thread may still be on its way to a checkpoint)."""
+        return self._thread.cancelled
+
+    def stop(self) -> None:
+        """Cancel the run's work and return at once: the thread ends at its next checkpoint."""
+        self._thread.cancel()  # also wakes a sleeping loop
+        self._cancel_calls()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait up to ``timeout`` seconds for the thread to end; True if it has."""
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _cancel_calls(self) -> None:
         while True:  # nobody may wait forever on a call the thread will never answer
             try:
                 cmd = self._commands.get_nowait()
@@ -106,9 +129,6 @@ class RunWorker:
                 break
             if isinstance(cmd, _Call):
                 cmd.future.cancel()
-        self._wake.set()
-        if self._thread.is_alive() and threading.current_thread() is not self._thread:
-            self._thread.join(timeout)
 
     # -- worker thread ---------------------------------------------------------------------------
     def _step(self) -> None:
@@ -133,10 +153,15 @@ class RunWorker:
                 steps += 1
                 continue
             if isinstance(cmd, _Call):
+                if not cmd.future.set_running_or_notify_cancel():
+                    continue
                 try:
                     cmd.future.set_result(cmd.fn(self.run))
                 except Exception as exc:
                     cmd.future.set_exception(exc)
+                except Cancelled:
+                    cmd.future.set_exception(RuntimeError("the run was stopped"))
+                    raise
                 continue
             try:
                 self.run.apply(cmd)
@@ -145,8 +170,16 @@ class RunWorker:
             self.paused = self.run.paused
 
     def _loop(self) -> None:
+        try:
+            self._pace()
+        except Cancelled:
+            pass
+        finally:
+            self._cancel_calls()  # commands that came after stop()
+
+    def _pace(self) -> None:
         deadline = time.perf_counter()
-        while not self._stopping.is_set():
+        while not self._thread.cancelled:
             self._apply_commands()
             if self.run.paused:
                 self._wake.wait(0.5)

@@ -7,6 +7,7 @@ from landscapes.analytic import AnalyticFunction
 from landscapes.catalog import LANDSCAPES, available_landscapes, get_landscape, landscape_parameters
 from landscapes.expression import ExpressionError, parse_expression
 from landscapes.networks import NetworkProblem, available_networks, get_network, problem_from_module
+from landscapes.sizes import problem_size  # also declares every problem's size to engine.limits
 
 __all__ = [
     "LANDSCAPES",
@@ -20,4 +21,5 @@ __all__ = [
     "landscape_parameters",
     "parse_expression",
     "problem_from_module",
+    "problem_size",
 ]

@@ -26,6 +26,7 @@ from engine.problem import Bounds, Minimum
 from landscapes.analytic import AnalyticFunction
 from landscapes.games import bilinear_game
 from landscapes.simplex import simplex_linear, simplex_quadratic
+from landscapes.sizes import check_options
 
 __all__ = [
     "LANDSCAPES",
@@ -557,13 +558,10 @@ def get_landscape(name: str, **kwargs: object) -> AnalyticFunction:
     """Build the landscape ``name`` (``get_landscape("rosenbrock", dim=5)``).
 
     Raises ``ValueError`` for an unknown name (listing the known ones), for a keyword the landscape
-    does not take, and for an out-of-range value (``dim < 1``, ``kappa < 1``).
+    does not take, and for an out-of-range value (``dim < 1``, ``kappa < 1``);
+    :class:`engine.limits.LimitError` (a ``ValueError``) for a value above its declared range
+    (:data:`landscapes.sizes.OPTIONS`), before anything is allocated.
     """
     factory = _factory(name)
-    accepted = landscape_parameters(name)
-    unknown = [k for k in kwargs if k not in accepted]
-    if unknown:
-        takes = ", ".join(accepted) if accepted else "no parameters"
-        bad = ", ".join(map(repr, unknown))
-        raise ValueError(f"landscape {name!r} does not take {bad}; it takes: {takes}")
+    check_options(name, kwargs)
     return factory(**kwargs)

@@ -28,6 +28,29 @@ class Dataset:
     def n_train(self) -> int:
         return int(self.X_train.shape[0])
 
+    def subset(self, n_train: int | None, seed: int) -> Dataset:
+        """The same set trained on ``n_train`` of its training samples (a seeded choice; the test
+        part is unchanged). ``None`` keeps them all."""
+        if n_train is None:
+            return self
+        X, y = train_subset(self.name, self.X_train, self.y_train, n_train, seed)
+        return Dataset(self.name, X, y, self.X_test, self.y_test, self.n_classes)
+
+
+def train_subset(name: str, X: torch.Tensor, y: torch.Tensor, n_train: int | None,
+                 seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n_train`` rows of ``(X, y)`` chosen by a permutation seeded from ``seed`` (its own stream,
+    apart from the split's), in their original order; ``None`` keeps every row."""
+    if n_train is None:
+        return X, y
+    n = len(X)
+    if isinstance(n_train, bool) or not isinstance(n_train, int) or not 1 <= n_train <= n:
+        raise ValueError(f"n_train must be an integer in 1..{n} (the training samples of {name}), "
+                         f"got {n_train!r}")
+    keep = np.sort(np.random.default_rng([seed, 1]).permutation(n)[:n_train])
+    index = torch.as_tensor(keep)
+    return X[index], y[index]
+
 
 def split_standardize(name: str, X: np.ndarray, y: np.ndarray, *, seed: int, test_fraction: float = 0.25,
                       n_classes: int, standardize: bool = True) -> Dataset:
@@ -79,6 +102,19 @@ def moons(*, n: int = 400, noise: float = 0.2, seed: int = 0, test_fraction: flo
 
     X, y = make_moons(n_samples=n, noise=noise, random_state=seed)
     return split_standardize("moons", X, y, seed=seed, test_fraction=test_fraction, n_classes=2)
+
+
+def diabetes(*, seed: int = 0, test_fraction: float = 0.25) -> Dataset:
+    """scikit-learn's diabetes regression set (442 patients, 10 features, a disease-progression
+    score a year later). Features and target are standardized with the training part's mean and
+    standard deviation; targets have shape ``[n, 1]`` (one output per sample)."""
+    from sklearn.datasets import load_diabetes
+
+    X, y = load_diabetes(return_X_y=True)
+    data = split_standardize("diabetes", X, y, seed=seed, test_fraction=test_fraction, n_classes=0)
+    mean, std = data.y_train.mean(), data.y_train.std(unbiased=False)
+    return Dataset("diabetes", data.X_train, ((data.y_train - mean) / std)[:, None], data.X_test,
+                   ((data.y_test - mean) / std)[:, None], 0)
 
 
 @dataclass(frozen=True)

@@ -9,13 +9,21 @@ the offending token and its 1-based column. The accepted tree is compiled into a
 closures over torch ops, so the result is batched, differentiable, dtype- and device-agnostic.
 Nothing is ever handed to the Python interpreter to run.
 
-Limits: at most :data:`MAX_LENGTH` characters, expression depth :data:`MAX_DEPTH`, and
-:data:`MAX_NODES` sub-expressions.
+Limits (from :data:`engine.limits.DEFAULT_LIMITS`, the one home of every size limit): at most
+:data:`MAX_LENGTH` characters, expression depth :data:`MAX_DEPTH`, :data:`MAX_NODES`
+sub-expressions and :data:`MAX_POWER_TOWER` chained ``**``.
+
+Numbers must stay finite: a constant part that overflows (``9**9**9``, ``10**1000``) or divides
+by zero (``x/0``) is refused where it is written, and the function is evaluated at its start point
+and on a 9 x 9 grid over its box before it is accepted. Not finite at the start, or nowhere finite
+on the grid: refused, saying so; not finite on part of the grid (``log(x)`` on a box reaching
+x < 0), or an infinite gradient at the start: accepted, and the description says where.
 """
 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import difflib
 import math
 import warnings
@@ -26,6 +34,7 @@ from types import MappingProxyType
 import torch
 
 from engine.device import DEFAULT_DTYPE
+from engine.limits import DEFAULT_LIMITS
 from engine.problem import Bounds
 from landscapes.analytic import AnalyticFunction
 
@@ -35,14 +44,18 @@ __all__ = [
     "MAX_DEPTH",
     "MAX_LENGTH",
     "MAX_NODES",
+    "MAX_POWER_TOWER",
     "VARIABLES",
     "ExpressionError",
     "parse_expression",
 ]
 
-MAX_LENGTH = 500
-MAX_DEPTH = 40
-MAX_NODES = 200
+MAX_LENGTH = DEFAULT_LIMITS.expression_length
+MAX_DEPTH = DEFAULT_LIMITS.expression_depth
+MAX_NODES = DEFAULT_LIMITS.expression_nodes
+MAX_POWER_TOWER = DEFAULT_LIMITS.expression_power_tower
+GRID = 9
+"""Points per axis of the grid on which a typed function must be finite somewhere."""
 
 VARIABLES: tuple[str, ...] = ("x", "y")
 CONSTANTS: dict[str, tuple[float, str]] = {"pi": (math.pi, r"\pi"), "e": (math.e, "e")}
@@ -429,6 +442,64 @@ def _check_depth(compiler: _Compiler, node: ast.AST, depth: int = 1) -> None:
         _check_depth(compiler, child, depth + 1 if isinstance(child, ast.expr) else depth)
 
 
+def _tower(node: ast.AST) -> int:
+    """How many ``**`` are chained in the exponent tower rooted at ``node`` (through signs)."""
+    while isinstance(node, ast.UnaryOp):
+        node = node.operand
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow):
+        return 1 + _tower(node.right)
+    return 0
+
+
+def _check_towers(compiler: _Compiler, root: ast.AST) -> None:
+    for node in ast.walk(root):
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow) and _tower(node) > MAX_POWER_TOWER:
+            raise compiler.error(f"exponent tower {{tok}}{{at}} is too tall (more than {MAX_POWER_TOWER} "
+                                 f"'**' chained)", node)
+
+
+_FOLD_BINOPS: dict[type[ast.operator], Callable[[Tensor, Tensor], Tensor]] = {
+    ast.Add: torch.add, ast.Sub: torch.sub, ast.Mult: torch.mul, ast.Div: torch.div, ast.Pow: torch.pow}
+
+
+def _fold(compiler: _Compiler, node: ast.AST) -> Tensor | None:
+    """The value of a constant sub-expression (a 0-d float64 tensor, computed as the function will
+    compute it), ``None`` if it depends on x or y. Refuses the first constant part that is not
+    finite, and any division by a constant zero, naming it."""
+    if isinstance(node, ast.Constant):
+        return torch.tensor(float(node.value), dtype=torch.float64)
+    if isinstance(node, ast.Name):
+        return torch.tensor(CONSTANTS[node.id][0], dtype=torch.float64) if node.id in CONSTANTS else None
+    if isinstance(node, ast.UnaryOp):
+        value = _fold(compiler, node.operand)
+        return None if value is None else (-value if isinstance(node.op, ast.USub) else value)
+    if isinstance(node, ast.BinOp):
+        left, right = _fold(compiler, node.left), _fold(compiler, node.right)
+        if isinstance(node.op, ast.Div) and right is not None and float(right) == 0.0:
+            raise compiler.error("division by zero: {tok}{at}", node)
+        if left is None or right is None:
+            return None
+        value = _FOLD_BINOPS[type(node.op)](left, right)
+    elif isinstance(node, ast.Call):
+        args = [_fold(compiler, a) for a in node.args]
+        if any(a is None for a in args):
+            return None
+        value = FUNCTIONS[node.func.id].op(*args)  # type: ignore[attr-defined]
+    else:
+        return None
+    if not bool(torch.isfinite(value)):
+        raise compiler.error(f"{{tok}}{{at}} evaluates to {float(value)}; numbers must stay finite",
+                             node)
+    return value
+
+
+def count_nodes(src: str) -> int:
+    """Sub-expressions of ``src`` (its evaluation cost: one elementwise op each), after the length
+    check; raises :class:`ExpressionError` for what cannot be parsed."""
+    tree, _, _ = _parse(src)
+    return sum(isinstance(n, ast.expr) for n in ast.walk(tree))
+
+
 def _parse(src: str) -> tuple[ast.Expression, _Compiler, str]:
     """Length check and :func:`ast.parse`; returns the tree, a compiler for it and the one-line text."""
     if not isinstance(src, str):
@@ -475,6 +546,8 @@ def parse_expression(src: str, *, name: str | None = None,
     if n_nodes > MAX_NODES:
         raise ExpressionError(f"expression is too large ({n_nodes} > {MAX_NODES} sub-expressions)")
     body, latex, _ = compiler.build(tree.body)
+    _check_towers(compiler, tree.body)
+    _fold(compiler, tree.body)
 
     try:
         (xlo, xhi), (ylo, yhi) = bounds
@@ -498,9 +571,45 @@ def parse_expression(src: str, *, name: str | None = None,
             out = torch.where(torch.ones_like(x, dtype=torch.bool), out.expand(x.shape), x)
         return out
 
-    return AnalyticFunction(
+    function = AnalyticFunction(
         name=name if name else "expression", title=f"f(x, y) = {text}", dim=2,
         latex=f"f(x, y) = {latex}", fn=fn, bounds=box, minima=(), start=tuple(start),
         log_scale=log_scale, params=(("expression", text),),
         description=f"A user-defined landscape, f(x, y) = {text}.",
     )
+    note = _check_finite(function)
+    return dataclasses.replace(function, description=f"{function.description} {note}") if note else function
+
+
+def _point(p: Tensor) -> str:
+    return f"({float(p[0]):g}, {float(p[1]):g})"
+
+
+def _check_finite(f: AnalyticFunction) -> str:
+    """Refuse a function whose value is not finite at its start point or anywhere on a grid over
+    its box; return a note where its gradient at the start, or its value on part of the grid, is
+    not finite."""
+    start = torch.tensor(f.start, dtype=DEFAULT_DTYPE, requires_grad=True)
+    with torch.enable_grad():
+        value = f.fn(start[None])[0]
+        (grad,) = torch.autograd.grad(value, start)
+    value = value.detach()
+    at = f"at the start point {_point(start.detach())}"
+    if not bool(torch.isfinite(value)):
+        raise ExpressionError(f"f(x, y) is not finite {at}: it evaluates to {float(value)}")
+    notes = []
+    if not bool(torch.isfinite(grad).all()):  # e.g. arccos(x/3) at x = 3: a run there diverges at once
+        g = ", ".join(f"{float(v):g}" for v in grad)
+        notes.append(f"Its gradient is not finite {at} ({g}).")
+    axes = [torch.linspace(lo, hi, GRID, dtype=DEFAULT_DTYPE) for lo, hi in zip(f.bounds.low, f.bounds.high,
+                                                                               strict=True)]
+    grid = torch.cartesian_prod(*axes)
+    with torch.no_grad():
+        bad = ~torch.isfinite(f.fn(grid))
+    if bool(bad.all()):
+        raise ExpressionError("f(x, y) is not finite anywhere on a grid over its box")
+    if bool(bad.any()):
+        first = grid[bad.nonzero()[0, 0]]
+        notes.append(f"It is not finite at {int(bad.sum())} of {bad.numel()} grid points of the box "
+                     f"(e.g. at {_point(first)}).")
+    return " ".join(notes)

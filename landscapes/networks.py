@@ -20,44 +20,77 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.func import functional_call, vmap
+from torch.func import functional_call, grad, vmap
 from torch.nn import functional as F
 
 from landscapes import data as datasets
+from landscapes.sizes import check_options
 
 Criterion = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (outputs, targets) -> scalar
 Accuracy = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (outputs, targets) -> fraction
 
 
+def _shape_error(name: str, want: str, outputs: torch.Tensor, targets: torch.Tensor) -> ValueError:
+    return ValueError(f"{name}: expected {want}; got outputs of shape {list(outputs.shape)} and targets of "
+                      f"shape {list(targets.shape)} (a mismatch would broadcast silently to the wrong loss)")
+
+
+def _per_class(name: str, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+    if outputs.dim() != 2 or tuple(targets.shape) != tuple(outputs.shape[:1]):
+        raise _shape_error(name, "outputs [n, classes] and class-index targets [n]", outputs, targets)
+
+
+def _one_logit(name: str, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+    if outputs.dim() != 2 or outputs.shape[1] != 1 or tuple(targets.shape) != tuple(outputs.shape[:1]):
+        raise _shape_error(name, "outputs [n, 1] (one logit) and targets [n]", outputs, targets)
+
+
 def class_accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Fraction of rows whose arg-max output is the target class (one logit: its sign)."""
-    if outputs.shape[-1] == 1:
+    if outputs.dim() == 2 and outputs.shape[-1] == 1:
+        _one_logit("class_accuracy", outputs, targets)
         return ((outputs[..., 0] > 0).long() == targets.long()).double().mean()
+    _per_class("class_accuracy", outputs, targets)
     return (outputs.argmax(dim=-1) == targets).double().mean()
 
 
 def cross_entropy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    r""":math:`\tfrac1n\sum_i -\log \mathrm{softmax}(f_i)_{y_i}`; outputs ``[n, classes]``, targets
+    ``[n]``."""
+    _per_class("cross_entropy", outputs, targets)
     return F.cross_entropy(outputs, targets)
 
 
 def mse_one_hot(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    r""":math:`\tfrac12 \lVert f(x) - e_y\rVert^2` averaged over samples (MSE to one-hot targets)."""
+    r""":math:`\tfrac12 \lVert f(x) - e_y\rVert^2` averaged over samples (MSE to one-hot targets);
+    outputs ``[n, classes]``, targets ``[n]``."""
+    _per_class("mse_one_hot", outputs, targets)
     return 0.5 * ((outputs - F.one_hot(targets, outputs.shape[-1]).to(outputs.dtype)) ** 2).sum(-1).mean()
 
 
 def binary_cross_entropy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Logistic loss of one logit per sample; outputs ``[n, 1]``, targets ``[n]`` in {0, 1}."""
+    _one_logit("binary_cross_entropy", outputs, targets)
     return F.binary_cross_entropy_with_logits(outputs[..., 0], targets.to(outputs.dtype))
 
 
 def half_mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    r""":math:`\tfrac12` the mean of :math:`(f - y)^2` over every entry; outputs and targets must have
+    the same shape (``[n]`` or ``[n, k]``): ``[n, 1]`` against ``[n]`` is refused, not broadcast."""
+    if outputs.shape != targets.shape:
+        raise _shape_error("half_mse", "outputs and targets of the same shape", outputs, targets)
     return 0.5 * ((outputs - targets) ** 2).mean()
 
 
 class NetworkProblem:
-    """A module, a loss and data, seen by the engine as a function of one flat parameter vector.
+    r"""A module, a loss and data, seen by the engine as a function of one flat parameter vector.
 
     ``make_module(seed)`` (optional) builds a freshly initialized module, which gives seeded random
     starts; ``extra_metrics`` maps a name to ``f(params_dict) -> scalar`` (e.g. a recovery error).
+
+    ``l2`` :math:`\lambda` adds the penalty :math:`\tfrac\lambda2\lVert\theta\rVert^2` on every
+    parameter (weights and biases) to the training loss, its per-sample losses and its minibatch
+    losses; ``metrics`` report the data loss without it, so train and test compare.
     """
 
     bounds = None
@@ -69,7 +102,7 @@ class NetworkProblem:
                  metrics_mode: str = "eval", title: str = "", description: str = "", latex: str = "",
                  make_module: Callable[[int], nn.Module] | None = None,
                  extra_metrics: Mapping[str, Callable[[dict[str, torch.Tensor]], torch.Tensor]] | None = None,
-                 ) -> None:
+                 l2: float = 0.0) -> None:
         for label, value in (("mode", mode), ("metrics_mode", metrics_mode)):
             if value not in ("train", "eval"):
                 raise ValueError(f"{label} must be 'train' or 'eval', got {value!r}")
@@ -80,10 +113,14 @@ class NetworkProblem:
             raise ValueError(f"{name}: give both X_test and y_test, or neither")
         if batch_size is not None and not 1 <= batch_size:
             raise ValueError(f"{name}: batch_size must be >= 1 or None (full batch), got {batch_size}")
+        if isinstance(l2, bool) or not isinstance(l2, (int, float)) or not math.isfinite(l2) or l2 < 0:
+            raise ValueError(f"{name}: l2 must be a finite number >= 0, got {l2!r}")
+        self.l2 = float(l2)
         self.name = name
         self.title = title or name
         self.description = description
-        self.latex = latex
+        penalty = rf" + \tfrac{{{self.l2:g}}}{{2}}\lVert\theta\rVert^2" if self.l2 and latex else ""
+        self.latex = latex + penalty
         self.module = module
         self.criterion = criterion
         self.accuracy = accuracy
@@ -144,6 +181,20 @@ class NetworkProblem:
         self.module.train(mode == "train")
         return was
 
+    @property
+    def n_train(self) -> int:
+        """Training samples (after any ``n_train`` subset): the largest batch."""
+        return len(self.X_train)
+
+    def penalty(self, theta: torch.Tensor) -> torch.Tensor:
+        r""":math:`\tfrac\lambda2\lVert\theta\rVert^2` at one flat parameter vector (0 without ``l2``)."""
+        if not self.l2:
+            return theta.new_zeros(())
+        return (0.5 * self.l2) * (theta * theta).sum()
+
+    def _data(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        return (self.X_train, self.y_train) if batch is None else (self.X_train[batch], self.y_train[batch])
+
     def loss(self, x: torch.Tensor, batch: Any = None) -> torch.Tensor:
         """Training loss of each parameter row of ``x`` ``[B, P]`` (or ``[P]``) on ``batch``
         (indices into the training set; ``None`` is the full set), in ``self.mode``."""
@@ -151,23 +202,63 @@ class NetworkProblem:
         x = x[None] if single else x
         if x.shape[-1] != self.dim:
             raise ValueError(f"{self.name}: expected parameters of size {self.dim}, got {x.shape[-1]}")
-        X, y = (self.X_train, self.y_train) if batch is None else (self.X_train[batch], self.y_train[batch])
+        X, y = self._data(batch)
         was = self._with_mode(self.mode)
         try:
-            out = self._batched(lambda th: self.criterion(self.forward(th, X), y), x)
+            if self.l2:
+                out = self._batched(lambda th: self.criterion(self.forward(th, X), y) + self.penalty(th), x)
+            else:
+                out = self._batched(lambda th: self.criterion(self.forward(th, X), y), x)
         finally:
             self.module.train(was)
         return out[0] if single else out
+
+    def _sample_loss(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """One sample's loss (the criterion on a batch of one) plus the penalty."""
+        return self.criterion(self.forward(theta, x[None]), y[None]) + self.penalty(theta)
+
+    def per_sample_losses(self, theta: torch.Tensor, batch: Any = None) -> torch.Tensor:
+        """Loss of each sample of ``batch`` ``[b]`` at one flat parameter vector ``theta [P]`` (each
+        with the penalty, so their mean is :meth:`loss`), in ``self.mode``."""
+        X, y = self._data(batch)
+        was = self._with_mode(self.mode)
+        try:
+            try:
+                return vmap(lambda xi, yi: self._sample_loss(theta, xi, yi), randomness="different")(X, y)
+            except (RuntimeError, ValueError, NotImplementedError):  # modules vmap can't take
+                return torch.stack([self._sample_loss(theta, xi, yi) for xi, yi in zip(X, y, strict=True)])
+        finally:
+            self.module.train(was)
+
+    def per_sample_grads(self, theta: torch.Tensor, batch: Any = None) -> torch.Tensor:
+        r"""Gradients :math:`\nabla_\theta \ell_i` of each sample's loss (:meth:`per_sample_losses`),
+        ``[b, P]``, by ``torch.func.vmap(torch.func.grad(...))`` (a loop where vmap can't go); what
+        the norm test of :mod:`engine.batching` needs."""
+        X, y = self._data(batch)
+        theta = theta.detach()
+        was = self._with_mode(self.mode)
+        per_sample = grad(self._sample_loss)
+        try:
+            try:
+                return vmap(per_sample, in_dims=(None, 0, 0), randomness="different")(theta, X, y)
+            except (RuntimeError, ValueError, NotImplementedError):
+                return torch.stack([per_sample(theta, xi, yi) for xi, yi in zip(X, y, strict=True)])
+        finally:
+            self.module.train(was)
 
     def flat_loss(self, theta: torch.Tensor, batch: Any = None) -> torch.Tensor:
         """Scalar loss at one flat parameter vector (the view curvature code differentiates)."""
         return self.loss(theta, batch)
 
-    def sample_batch(self, generator: torch.Generator) -> torch.Tensor | None:
-        """Indices of a minibatch drawn without replacement (``None``: full batch, gradient descent)."""
-        if self.batch_size is None:
+    def sample_batch(self, generator: torch.Generator, batch_size: int | None = None) -> torch.Tensor | None:
+        """Indices of a minibatch of ``batch_size`` samples (the problem's own size if None) drawn
+        without replacement (``None``: the full batch, gradient descent)."""
+        size = self.batch_size if batch_size is None else int(batch_size)
+        if size is None or size >= len(self.X_train):
             return None
-        return torch.randperm(len(self.X_train), generator=generator)[: self.batch_size]
+        if size < 1:
+            raise ValueError(f"{self.name}: batch_size must be >= 1, got {batch_size}")
+        return torch.randperm(len(self.X_train), generator=generator)[:size]
 
     @torch.no_grad()
     def metrics(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -296,8 +387,13 @@ def _check_positive(**values: int) -> None:
             raise ValueError(f"{k} must be a positive integer, got {v!r}")
 
 
-def logistic_regression(*, seed: int = 0, batch_size: int | None = None) -> NetworkProblem:
-    data = datasets.breast_cancer(seed=seed)
+def _subset_note(data: datasets.Dataset, n_train: int | None) -> str:
+    return f" Trained on a seeded subset of {data.n_train} samples." if n_train is not None else ""
+
+
+def logistic_regression(*, seed: int = 0, batch_size: int | None = None, n_train: int | None = None,
+                        l2: float = 0.0) -> NetworkProblem:
+    data = datasets.breast_cancer(seed=seed).subset(n_train, seed)
 
     def build(s: int) -> nn.Module:
         return seeded(lambda: nn.Linear(30, 1), s)
@@ -306,20 +402,22 @@ def logistic_regression(*, seed: int = 0, batch_size: int | None = None) -> Netw
         name="logistic_regression", title="Logistic regression (breast cancer)", module=build(seed),
         X_train=data.X_train, y_train=data.y_train, X_test=data.X_test, y_test=data.y_test,
         criterion=binary_cross_entropy, accuracy=class_accuracy, batch_size=batch_size, make_module=build,
+        l2=l2,
         latex=r"L(w, b) = \tfrac1n \sum_i \log\left(1 + e^{-s_i (w^\top x_i + b)}\right),\ s_i = \pm 1",
-        description="Convex: 31 parameters, 30 standardized features of 569 tumours, benign vs malignant.")
+        description="Convex: 31 parameters, 30 standardized features of 569 tumours, benign vs malignant."
+                    + _subset_note(data, n_train))
 
 
 def digits_mlp(*, width: int = 64, depth: int = 1, activation: str = "tanh", loss: str = "cross_entropy",
                classes: Sequence[int] | None = None, batch_size: int | None = 64,
-               seed: int = 0) -> NetworkProblem:
+               n_train: int | None = None, l2: float = 0.0, seed: int = 0) -> NetworkProblem:
     """An MLP 64 -> width (x depth) -> classes on the 8x8 digits; loss "cross_entropy" or "mse"
     (half squared error to one-hot targets)."""
     _check_positive(width=width, depth=depth)
     criteria = {"cross_entropy": cross_entropy, "mse": mse_one_hot}
     if loss not in criteria:
         raise ValueError(f"loss must be one of {', '.join(criteria)}, got {loss!r}")
-    data = datasets.digits(seed=seed, classes=classes)
+    data = datasets.digits(seed=seed, classes=classes).subset(n_train, seed)
     sizes = [64, *([width] * depth), data.n_classes]
 
     def build(s: int) -> nn.Module:
@@ -329,10 +427,11 @@ def digits_mlp(*, width: int = 64, depth: int = 1, activation: str = "tanh", los
     return NetworkProblem(
         name="digits_mlp", title=f"MLP {arch} on digits ({activation}, {loss})", module=build(seed),
         X_train=data.X_train, y_train=data.y_train, X_test=data.X_test, y_test=data.y_test,
-        criterion=criteria[loss], accuracy=class_accuracy, batch_size=batch_size, make_module=build,
+        criterion=criteria[loss], accuracy=class_accuracy, batch_size=batch_size, make_module=build, l2=l2,
         latex=r"L(\theta) = \tfrac1n \sum_i \ell\big(f_\theta(x_i), y_i\big)",
         description=f"{sum(a * b + b for a, b in itertools.pairwise(sizes)):,} parameters; "
-                    f"{data.n_train} training and {len(data.X_test)} test images of 8x8 digits.")
+                    f"{data.n_train} training and {len(data.X_test)} test images of 8x8 digits."
+                    + _subset_note(data, n_train))
 
 
 class DigitsCNN(nn.Module):
@@ -351,8 +450,9 @@ class DigitsCNN(nn.Module):
         return self.head(x.flatten(-3))
 
 
-def digits_cnn(*, batch_size: int | None = 64, seed: int = 0) -> NetworkProblem:
-    data = datasets.digits(seed=seed)
+def digits_cnn(*, batch_size: int | None = 64, n_train: int | None = None, l2: float = 0.0,
+               seed: int = 0) -> NetworkProblem:
+    data = datasets.digits(seed=seed).subset(n_train, seed)
 
     def build(s: int) -> nn.Module:
         return seeded(DigitsCNN, s)
@@ -361,16 +461,18 @@ def digits_cnn(*, batch_size: int | None = 64, seed: int = 0) -> NetworkProblem:
     return NetworkProblem(
         name="digits_cnn", title="Small CNN on 8x8 digits", module=module,
         X_train=data.X_train, y_train=data.y_train, X_test=data.X_test, y_test=data.y_test,
-        criterion=cross_entropy, accuracy=class_accuracy, batch_size=batch_size, make_module=build,
+        criterion=cross_entropy, accuracy=class_accuracy, batch_size=batch_size, make_module=build, l2=l2,
         latex=r"L(\theta) = \tfrac1n \sum_i \mathrm{CE}\big(\mathrm{CNN}_\theta(x_i), y_i\big)",
         description=f"Two 3x3 conv layers (8 and 16 filters) with max-pooling and a linear head: "
-                    f"{sum(p.numel() for p in module.parameters()):,} parameters.")
+                    f"{sum(p.numel() for p in module.parameters()):,} parameters."
+                    + _subset_note(data, n_train))
 
 
 def moons_mlp(*, width: int = 16, depth: int = 2, activation: str = "tanh", noise: float = 0.2,
-              batch_size: int | None = None, seed: int = 0) -> NetworkProblem:
+              batch_size: int | None = None, n_train: int | None = None, l2: float = 0.0,
+              seed: int = 0) -> NetworkProblem:
     _check_positive(width=width, depth=depth)
-    data = datasets.moons(noise=noise, seed=seed)
+    data = datasets.moons(noise=noise, seed=seed).subset(n_train, seed)
     sizes = [2, *([width] * depth), 2]
 
     def build(s: int) -> nn.Module:
@@ -379,9 +481,10 @@ def moons_mlp(*, width: int = 16, depth: int = 2, activation: str = "tanh", nois
     return NetworkProblem(
         name="moons_mlp", title=f"MLP {'-'.join(map(str, sizes))} on two moons", module=build(seed),
         X_train=data.X_train, y_train=data.y_train, X_test=data.X_test, y_test=data.y_test,
-        criterion=cross_entropy, accuracy=class_accuracy, batch_size=batch_size, make_module=build,
+        criterion=cross_entropy, accuracy=class_accuracy, batch_size=batch_size, make_module=build, l2=l2,
         latex=r"L(\theta) = \tfrac1n \sum_i \mathrm{CE}\big(f_\theta(x_i), y_i\big)",
-        description="Two interleaving half-circles: a small non-linear classification problem.")
+        description="Two interleaving half-circles: a small non-linear classification problem."
+                    + _subset_note(data, n_train))
 
 
 class SymmetricFactor(nn.Module):
@@ -397,13 +500,14 @@ class SymmetricFactor(nn.Module):
 
 
 def matrix_sensing(*, n: int = 10, rank: int = 2, factor_rank: int = 5, m: int = 200,
-                   init_scale: float = 1e-2,
-                   batch_size: int | None = None, seed: int = 0) -> NetworkProblem:
+                   init_scale: float = 1e-2, batch_size: int | None = None, n_train: int | None = None,
+                   l2: float = 0.0, seed: int = 0) -> NetworkProblem:
     r"""Symmetric matrix sensing :math:`\min_W \tfrac1{2m}\sum_i (\langle A_i, WW^\top\rangle - y_i)^2`
     with ground-truth rank ``rank`` and factor rank ``factor_rank`` (> rank: over-parameterized;
     small ``init_scale`` is what lets gradient descent still find the low-rank truth)."""
     _check_positive(n=n, rank=rank, factor_rank=factor_rank, m=m)
     sense = datasets.matrix_sensing(n=n, rank=rank, m=m, seed=seed)
+    A_train, y_train = datasets.train_subset("matrix_sensing", sense.A_train, sense.y_train, n_train, seed)
 
     def build(s: int) -> nn.Module:
         return seeded(lambda: SymmetricFactor(n, factor_rank, init_scale), s)
@@ -415,12 +519,47 @@ def matrix_sensing(*, n: int = 10, rank: int = 2, factor_rank: int = 5, m: int =
     over = "over-parameterized" if factor_rank > rank else "exactly parameterized"
     return NetworkProblem(
         name="matrix_sensing", title=f"Matrix sensing (n={n}, rank {rank}, factor rank {factor_rank})",
-        module=build(seed), X_train=sense.A_train, y_train=sense.y_train, X_test=sense.A_test,
-        y_test=sense.y_test, criterion=half_mse, batch_size=batch_size, make_module=build,
+        module=build(seed), X_train=A_train, y_train=y_train, X_test=sense.A_test,
+        y_test=sense.y_test, criterion=half_mse, batch_size=batch_size, make_module=build, l2=l2,
         extra_metrics={"recovery_error": recovery_error},
         latex=r"L(W) = \tfrac1{2m}\sum_i \big(\langle A_i, W W^\top\rangle - y_i\big)^2",
-        description=f"{m} Gaussian measurements of a rank-{rank} {n}x{n} matrix; the factor has rank "
-                    f"{factor_rank} ({over}). recovery_error = |WW^T - X*|_F / |X*|_F.")
+        description=f"{len(A_train)} Gaussian measurements of a rank-{rank} {n}x{n} matrix; the factor has "
+                    f"rank {factor_rank} ({over}). recovery_error = |WW^T - X*|_F / |X*|_F.")
+
+
+def diabetes_regression(*, depth: int = 0, width: int = 16, activation: str = "tanh",
+                        batch_size: int | None = None, n_train: int | None = None, l2: float = 0.0,
+                        seed: int = 0) -> NetworkProblem:
+    r"""Regression on scikit-learn's diabetes set (10 standardized features, standardized target) with
+    half MSE: linear least squares at ``depth`` 0 (a convex quadratic, 11 parameters), else an MLP
+    10 -> width (x depth) -> 1. ``test_r2`` is the coefficient of determination on the test part."""
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
+        raise ValueError(f"depth must be an integer >= 0, got {depth!r}")
+    if depth:
+        _check_positive(width=width)
+    data = datasets.diabetes(seed=seed).subset(n_train, seed)
+    sizes = [10, *([width] * depth), 1]
+
+    def build(s: int) -> nn.Module:
+        return seeded(lambda: mlp(sizes, activation), s)
+
+    module = build(seed)
+    X_test, y_test = data.X_test, data.y_test
+
+    def test_r2(params: dict[str, torch.Tensor]) -> torch.Tensor:
+        pred = functional_call(module, params, (X_test.to(params[next(iter(params))].dtype),))
+        return 1 - ((pred - y_test) ** 2).sum() / ((y_test - y_test.mean()) ** 2).sum()
+
+    kind = "Linear regression" if depth == 0 else f"MLP {'-'.join(map(str, sizes))}"
+    return NetworkProblem(
+        name="diabetes_regression", title=f"{kind} on diabetes", module=module,
+        X_train=data.X_train, y_train=data.y_train, X_test=X_test, y_test=y_test, criterion=half_mse,
+        batch_size=batch_size, make_module=build, l2=l2, extra_metrics={"test_r2": test_r2},
+        latex=r"L(\theta) = \tfrac1{2n} \sum_i \big(f_\theta(x_i) - y_i\big)^2",
+        description=f"Disease progression of {data.n_train} training and {len(X_test)} test patients from 10 "
+                    f"standardized features (target standardized too); "
+                    f"{sum(a * b + b for a, b in itertools.pairwise(sizes)):,} parameters."
+                    + _subset_note(data, n_train))
 
 
 def digits_mlp_mse(**kwargs: Any) -> NetworkProblem:
@@ -439,6 +578,7 @@ NETWORKS: dict[str, Callable[..., NetworkProblem]] = {
     "digits_cnn": digits_cnn,
     "moons_mlp": moons_mlp,
     "matrix_sensing": matrix_sensing,
+    "diabetes_regression": diabetes_regression,
 }
 
 
@@ -447,14 +587,14 @@ def available_networks() -> list[str]:
 
 
 def get_network(name: str, **kwargs: Any) -> NetworkProblem:
+    """Build the network problem ``name`` (``get_network("digits_mlp", width=32)``).
+
+    Raises ``ValueError`` for an unknown name or keyword and for a bad value, and
+    :class:`engine.limits.LimitError` (a ``ValueError``) for a value above its declared range
+    (:data:`landscapes.sizes.OPTIONS`), before anything is built."""
     try:
         factory = NETWORKS[name]
     except KeyError:
         raise ValueError(f"unknown network problem {name!r}; known: {', '.join(NETWORKS)}") from None
-    try:
-        return factory(**kwargs)
-    except TypeError as exc:  # an unknown keyword: say which ones exist
-        import inspect
-
-        known = ", ".join(inspect.signature(factory).parameters)
-        raise ValueError(f"{name}: {exc}; it takes {known}") from None
+    check_options(name, kwargs)
+    return factory(**kwargs)

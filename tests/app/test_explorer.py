@@ -108,7 +108,7 @@ def test_close_stops_the_worker_thread(explorer: Explorer) -> None:
     worker = explorer.worker
     wait_for(lambda: worker.tick > 2)
     explorer.close()
-    assert not worker.alive
+    assert worker.join(2.0)
 
 
 def test_bad_function_shows_an_error_and_the_race_goes_on(explorer: Explorer) -> None:
@@ -118,7 +118,7 @@ def test_bad_function_shows_an_error_and_the_race_goes_on(explorer: Explorer) ->
     assert explorer.error.visible and "column" in explorer.message
     assert explorer.worker is worker and worker.alive and explorer.problem.name == "quadratic"
     explorer.expression = "x**2 + 3*y**2"
-    assert not explorer.error.visible and explorer.worker is not worker and not worker.alive
+    assert not explorer.error.visible and explorer.worker is not worker and worker.join(2.0)
     pump_until(explorer, lambda: curve_len(explorer, 0) > 3)
 
 

@@ -1,27 +1,33 @@
-"""Race images: PNG and GIF files of the requested size and frame count, and trajectories really
-drawn: a pixel on a lane's path has the lane's colour, where the bare landscape does not."""
+"""Race pictures, checked on the figures they are drawn from (before rendering) and on the files:
+PNG and GIF of the requested size; every path goes through its trajectory's recorded positions;
+global and local minima marked apart; the legend off the paths; the title and step line apart;
+GIF frames at equal intervals of the race's time, within a byte budget; a diverged lane leaves
+the loss plot's y-range to the lanes that did not diverge."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageColor
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
+from PIL import Image
 
 from app.race_image import (
-    RaceImage,
+    FINAL_FRAME_MS,
+    curves_figure,
     curves_png,
-    gif_ticks,
-    log_ticks,
-    nice_ticks,
+    frame_ticks,
+    legend_overlaps,
+    race_figure,
     race_gif,
     race_png,
-    tick_label,
 )
-from app.streams import lane_color
-from engine.events import SetHyperparameter
-from engine.records import Record
+from engine.events import Reset, SetHyperparameter
+from engine.export import records_frame
+from engine.records import RUNNING, Record
 from engine.run import Run, RunConfig
 from landscapes.catalog import get_landscape
 
@@ -30,8 +36,7 @@ PROBLEM = get_landscape("rosenbrock")
 
 @pytest.fixture(scope="module")
 def race() -> list[Record]:
-    """SGD (lane 0, one start, from Rosenbrock's default start (-1.2, 1)) alone: its first steps
-    are ~0.2 long, dozens of pixels, so a pixel on them is surely on the line."""
+    """SGD alone, one start, from Rosenbrock's default start (-1.2, 1): it runs down the valley."""
     run = Run(PROBLEM, RunConfig(lanes=({"optimizer": "sgd", "hyperparameters": {"lr": 1e-3}},),
                                  n_starts=1, seed=0, device="cpu"))
     return run.run(40)
@@ -39,95 +44,221 @@ def race() -> list[Record]:
 
 @pytest.fixture(scope="module")
 def big_race() -> list[Record]:
+    """Three lanes x three starts: SGD, Adam (its lr changed at tick 20) and an SGD that diverges
+    (lr 0.05: inf loss within a few steps), then a Reset at tick 40 and 10 more steps."""
     run = Run(PROBLEM, RunConfig(lanes=({"optimizer": "sgd", "hyperparameters": {"lr": 1e-3}},
                                         {"optimizer": "adam", "hyperparameters": {"lr": 0.05}},
                                         {"optimizer": "sgd", "hyperparameters": {"lr": 0.05}}),
                                  n_starts=3, seed=1, device="cpu"))
     records = run.run(20)
     run.apply(SetHyperparameter(lane=1, name="lr", value=0.01))
-    return records + run.run(20)
+    records += run.run(20)
+    run.apply(Reset())
+    return records + run.run(10)
 
 
-def _on_path(image: RaceImage, records: list[Record]) -> tuple[int, int]:
-    """The pixel at the middle of lane 0's longest segment (in pixels), checked to be clear of the
-    legend and of the start and end markers."""
-    pts = image.layout.to_pixels(np.array([r.position[0] for r in records if r.lane == 0]), PROBLEM.bounds)
-    lengths = np.linalg.norm(np.diff(pts, axis=0), axis=1)
-    k = int(np.argmax(lengths))
-    assert lengths[k] > 15
-    x, y = (pts[k] + pts[k + 1]) / 2
-    left, top, right, bottom = image.legend_box
-    assert not (left <= x <= right and top <= y <= bottom)
-    assert min(np.linalg.norm(pts[[0, -1]] - (x, y), axis=1)) > 0.6 * image.layout.font  # marker radii
-    return int(x), int(y)
+def _paths(fig: Figure, kind: str = "path") -> dict[tuple[int, str], np.ndarray]:
+    """The data of the lines with gid ``"<kind> lane=<k> start=<j>"``: (lane, start) -> [T, 2]."""
+    out = {}
+    for line in fig.axes[0].get_lines():
+        gid = line.get_gid() or ""
+        if gid.startswith(kind + " "):
+            lane, start = (part.split("=")[1] for part in gid.split()[1:])
+            out[(int(lane), start)] = np.asarray(line.get_xydata(), dtype=float)
+    return out
 
 
-def _close(pixel: tuple[int, ...], color: str, tol: int = 3) -> bool:
-    return max(abs(a - b) for a, b in zip(pixel[:3], ImageColor.getrgb(color), strict=True)) <= tol
+def _trajectory(records: list[Record], lane: int, start: int) -> list[np.ndarray]:
+    """Recorded positions of one trajectory, split where the lane restarted (its step went back)."""
+    pieces: list[list[np.ndarray]] = []
+    last_step = None
+    for r in sorted((r for r in records if r.lane == lane), key=lambda r: r.tick):
+        if last_step is None or r.step <= last_step:
+            pieces.append([])
+        pieces[-1].append(r.position[start])
+        last_step = r.step
+    return [np.array(p) for p in pieces]
 
 
-@pytest.mark.parametrize("size", [(800, 800), (640, 480)])
-def test_race_png_has_the_size_and_draws_the_trajectory(tmp_path: Path, race: list[Record],
-                                                        size: tuple[int, int]) -> None:
+@pytest.mark.parametrize("size", [(800, 800), (640, 480), (333, 217)])
+def test_race_png_has_the_requested_size(tmp_path: Path, race: list[Record], size: tuple[int, int]) -> None:
     path = race_png(PROBLEM, race, tmp_path / "race.png", size=size)
     with Image.open(path) as im:
         assert im.format == "PNG" and im.size == size
-        png = im.convert("RGB")
-    xy = _on_path(RaceImage(PROBLEM, race, size), race)
-    assert _close(png.getpixel(xy), lane_color(0))
-    # the same picture before any step: the landscape there is not the lane's colour
-    bare = RaceImage(PROBLEM, race[:1], size).frame()
-    assert not _close(bare.getpixel(xy), lane_color(0), tol=40)
 
 
-def test_race_gif_has_the_frames_and_grows(tmp_path: Path, race: list[Record]) -> None:
-    path = race_gif(PROBLEM, race, tmp_path / "race.gif", frames=12, fps=10, size=(500, 500))
-    xy = _on_path(RaceImage(PROBLEM, race, (500, 500)), race)
+def test_every_path_goes_through_its_recorded_positions(big_race: list[Record]) -> None:
+    """Each (lane, start) line holds exactly the recorded positions in tick order, a NaN break at
+    the Reset, and non-finite positions (the diverged lane) as breaks: nothing resampled or lost."""
+    paths = _paths(race_figure(PROBLEM, big_race))
+    assert set(paths) == {(lane, str(s)) for lane in range(3) for s in range(3)}
+    for (lane, start), xy in paths.items():
+        pieces = _trajectory(big_race, lane, int(start))
+        assert len(pieces) == 2  # before and after the Reset
+        expected = np.concatenate([pieces[0], [[np.nan, np.nan]], pieces[1]])
+        expected[~np.isfinite(expected).all(axis=1)] = np.nan
+        np.testing.assert_array_equal(xy, expected)
+    assert np.isnan(paths[(2, "0")]).any()  # the diverged lane's positions went non-finite
+
+
+def test_the_landscape_is_log_scaled_where_the_values_span_decades() -> None:
+    run = Run(get_landscape("rastrigin"), RunConfig(lanes=({"optimizer": "sgd", "hyperparameters": {}},),
+                                                     device="cpu"))
+    rastrigin = race_figure(get_landscape("rastrigin"), run.run(3))
+    sgd = Run(PROBLEM, RunConfig(lanes=({"optimizer": "sgd"},), device="cpu"))
+    rosenbrock = race_figure(PROBLEM, sgd.run(3))
+    assert not isinstance(rastrigin.axes[0].images[0].norm, LogNorm)
+    norm = rosenbrock.axes[0].images[0].norm
+    assert isinstance(norm, LogNorm)
+    # f - min f on [-2, 2] x [-1, 3]: 0 at (1, 1) up to f(-2, -1) = 9 + 100 * 25 = 2509
+    assert norm.vmax == pytest.approx(2509, rel=1e-3) and norm.vmin < 1e-2
+
+
+def test_global_and_local_minima_are_marked_differently() -> None:
+    problem = get_landscape("rastrigin")
+    run = Run(problem, RunConfig(lanes=({"optimizer": "sgd", "hyperparameters": {}},), device="cpu"))
+    ax = race_figure(problem, run.run(2)).axes[0]
+    by_marker = {line.get_marker(): np.asarray(line.get_xydata()) for line in ax.get_lines()
+                 if line.get_marker() in ("*", "D")}
+    global_x = [m.x for m in problem.minima if m.is_global]
+    local_x = [m.x for m in problem.minima if not m.is_global]
+    assert local_x, "rastrigin declares a local minimum"
+    np.testing.assert_array_equal(by_marker["*"], global_x)
+    np.testing.assert_array_equal(by_marker["D"], local_x)
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "global minimum" in labels and "local minimum" in labels
+
+
+def _legend_box_in_data(fig: Figure):
+    ax = fig.axes[0]
+    legend = ax.get_legend()
+    assert legend is not None, "the legend went outside although there was room"
+    return legend.get_window_extent().transformed(ax.transData.inverted())
+
+
+def test_the_legend_sits_where_no_recorded_position_is(race: list[Record], big_race: list[Record]) -> None:
+    """``loc="best"``, checked in data space: no recorded position lies under the legend box."""
+    for records in (race, big_race):
+        fig = race_figure(PROBLEM, records)
+        box = _legend_box_in_data(fig)
+        points = np.concatenate([r.position for r in records])
+        points = points[np.isfinite(points).all(axis=1)]
+        assert not box.count_contains(points)
+        assert legend_overlaps(fig.axes[0], fig.axes[0].get_legend()) == 0
+
+
+def test_a_legend_with_no_room_inside_goes_below_the_plot() -> None:
+    """64 random starts over the whole view leave no free corner: the legend moves out of the axes."""
+    run = Run(PROBLEM, RunConfig(lanes=({"optimizer": "sgd", "hyperparameters": {"lr": 1e-4}},),
+                                 n_starts=64, seed=0, device="cpu"))
+    fig = race_figure(PROBLEM, run.run(30))
+    assert fig.axes[0].get_legend() is None and len(fig.legends) == 1
+    fig.draw_without_rendering()
+    assert fig.legends[0].get_window_extent().y1 <= fig.axes[0].get_window_extent().y0
+
+
+@pytest.mark.parametrize("title", [None, "a very long title that runs across the whole width of the picture"])
+def test_the_title_and_the_step_line_never_overlap(race: list[Record], title: str | None) -> None:
+    fig = race_figure(PROBLEM, race, size=(500, 500), title=title)
+    fig.draw_without_rendering()
+    ax = fig.axes[0]
+    assert ax.get_title(loc="right").startswith("step 39") and fig.get_suptitle()
+    # matplotlib has no public getter of these two Text artists, only of their strings
+    a, b = fig._suptitle.get_window_extent(), ax._right_title.get_window_extent()
+    assert not a.overlaps(b)
+
+
+def test_frames_are_equal_intervals_of_time_not_of_steps() -> None:
+    """100 ticks whose times grow as t^2 (late steps slow): frame k is at time k/4 of the race and
+    shows every tick recorded by then."""
+    ticks = np.arange(100)
+    times = (ticks / 99.0) ** 2 * 8.0
+    at, shown = frame_ticks(ticks, times, 5)
+    np.testing.assert_allclose(at, [0, 2, 4, 6, 8])
+    np.testing.assert_allclose(np.diff(at), 2.0)
+    # the last tick with time <= t: 99 * sqrt(t / 8)
+    np.testing.assert_array_equal(shown, np.floor(99 * np.sqrt(at / 8) + 1e-9).astype(int))
+    assert list(shown) == [0, 49, 70, 85, 99]  # evenly spaced in steps would be 0, 25, 50, 74, 99
+    # ticks given out of order, one frame: the end
+    at, shown = frame_ticks(ticks[::-1], times[::-1], 1)
+    assert list(at) == [8.0] and list(shown) == [99]
+    # no time passed (hand-made records): paced by ticks
+    at, shown = frame_ticks(ticks, np.zeros(100), 4)
+    assert list(shown) == [0, 33, 66, 99]
+
+
+def test_race_gif_has_its_frames_size_and_timing(tmp_path: Path, big_race: list[Record]) -> None:
+    """Records whose wall times say the first 10 ticks took 90% of the race: the GIF still has one
+    frame per equal interval (12), each 1/fps long but the held last one."""
+    late = [dataclasses.replace(r, wall_time=0.9 * min(r.tick, 10) / 10 + 0.1 * max(r.tick - 10, 0) / 40)
+            for r in big_race]
+    path = race_gif(PROBLEM, late, tmp_path / "race.gif", frames=12, fps=10, size=(400, 400))
     with Image.open(path) as im:
-        assert im.format == "GIF" and im.size == (500, 500) and im.n_frames == 12
-        assert im.info["duration"] == 100
-        first = im.convert("RGB").getpixel(xy)
-        im.seek(11)
-        last = im.convert("RGB").getpixel(xy)
-    assert not _close(first, lane_color(0), tol=40)  # frame 0 shows the start only
-    assert _close(last, lane_color(0))
+        assert im.format == "GIF" and im.size == (400, 400) and im.n_frames == 12
+        durations = []
+        for k in range(im.n_frames):
+            im.seek(k)
+            durations.append(im.info["duration"])
+    assert durations == [100] * 11 + [FINAL_FRAME_MS]
 
 
-def test_gif_frames_are_quantiles_of_the_ticks() -> None:
-    np.testing.assert_array_equal(gif_ticks(np.arange(10), 4), [0, 3, 6, 9])
-    np.testing.assert_array_equal(gif_ticks(np.arange(3), 5), [0, 0, 1, 1, 2])
+def test_race_gif_fits_its_byte_budget_with_fewer_frames(tmp_path: Path, big_race: list[Record]) -> None:
+    full = race_gif(PROBLEM, big_race, tmp_path / "full.gif", frames=16, size=(300, 300))
+    budget = full.stat().st_size * 2 // 3
+    small = race_gif(PROBLEM, big_race, tmp_path / "small.gif", frames=16, size=(300, 300), max_bytes=budget)
+    assert small.stat().st_size <= budget
+    with Image.open(full) as a, Image.open(small) as b:
+        assert b.n_frames < a.n_frames
+    with pytest.raises(ValueError, match="smaller size"):
+        race_gif(PROBLEM, big_race, tmp_path / "none.gif", size=(300, 300), max_bytes=1000)
+    assert not (tmp_path / "none.gif").exists()
 
 
-def test_a_full_race_renders(tmp_path: Path, big_race: list[Record]) -> None:
-    """Three lanes x three starts, one diverging far outside the view, a learning-rate change."""
-    path = race_png(PROBLEM, big_race, tmp_path / "big.png")
-    with Image.open(path) as im:
-        colors = {c for _, c in im.convert("RGB").getcolors(maxcolors=1 << 20)}
-    for lane in range(3):
-        assert ImageColor.getrgb(lane_color(lane)) in colors
-
-
-@pytest.mark.parametrize("log_y", [True, False])
-def test_curves_png_draws_a_line_per_lane(tmp_path: Path, big_race: list[Record], log_y: bool) -> None:
-    path = curves_png(big_race, tmp_path / "curves.png", y="loss", x="gradients", log_y=log_y,
-                      size=(900, 560))
+def test_pictures_draw_from_the_exported_table_too(tmp_path: Path, big_race: list[Record]) -> None:
+    table = records_frame(big_race)
+    np.testing.assert_array_equal(np.concatenate(list(_paths(race_figure(PROBLEM, table)).values())),
+                                  np.concatenate(list(_paths(race_figure(PROBLEM, big_race)).values())))
+    path = curves_png(table, tmp_path / "curves.png", size=(900, 560))
     with Image.open(path) as im:
         assert im.size == (900, 560)
-        counts = {c: n for n, c in im.convert("RGB").getcolors(maxcolors=1 << 20)}
-    # the converging lanes' median lines span the plot: far more pixels than their legend sample
+
+
+def test_a_diverged_lane_does_not_set_the_loss_axis(big_race: list[Record]) -> None:
+    """Lane 2 (SGD, lr 0.05) blows up to ~1e100 before it turns inf: the y-range fits lanes 0 and 1
+    (and the diverged lane's later run after the Reset, which diverges too), and a note says so."""
+    fig = curves_figure(big_race, y="loss", log_y=True)
+    ax = fig.axes[0]
+    lo, hi = ax.get_ylim()
+    frame = records_frame(big_race)
+    gone = frame[frame.lane == 2]["loss"].to_numpy()
+    assert np.nanmax(gone[np.isfinite(gone)]) > 1e6 * hi  # would have stretched the axis
+    live = frame[frame.lane < 2]["loss"].to_numpy()
+    assert lo <= live.min() and live.max() <= hi
+    assert "diverged" in ax.get_title(loc="left")
+    # without the diverged lane, no note and the same range
+    fig = curves_figure([r for r in big_race if r.lane < 2], y="loss", log_y=True)
+    assert fig.axes[0].get_ylim() == pytest.approx((lo, hi)) and fig.axes[0].get_title(loc="left") == ""
+
+
+def test_the_thick_curve_is_the_median_over_starts_and_the_legend_is_off_the_curves(
+        big_race: list[Record]) -> None:
+    recs = [r for r in big_race if r.lane < 2]
+    fig = curves_figure(recs, y="loss", x="gradients", log_y=True, f_star=0.0)
+    curves = _paths(fig, "curve")
+    assert set(curves) == {(lane, s) for lane in (0, 1) for s in ("0", "1", "2", "median")}
     for lane in (0, 1):
-        assert counts.get(ImageColor.getrgb(lane_color(lane)), 0) > 1000
+        mine = sorted((r for r in recs if r.lane == lane), key=lambda r: r.tick)
+        med = curves[(lane, "median")]
+        expected_y = [np.median(r.loss) for r in mine]
+        expected_x = [r.counts.gradients for r in mine]
+        ok = ~np.isnan(med[:, 1])
+        assert ok.sum() == len(mine)  # one NaN break at the Reset
+        np.testing.assert_allclose(med[ok, 1], expected_y)
+        np.testing.assert_array_equal(med[ok, 0], expected_x)
+        assert all(r.status == (RUNNING,) * 3 for r in mine)
+    assert legend_overlaps(fig.axes[0], fig.axes[0].get_legend()) == 0
 
 
-def test_ticks() -> None:
-    values, step = nice_ticks(-2.0, 3.0)
-    np.testing.assert_allclose(values, [-2, -1, 0, 1, 2, 3])
-    assert step == 1
-    values, step = nice_ticks(0.0, 1.0)
-    np.testing.assert_allclose(values, [0, 0.2, 0.4, 0.6, 0.8, 1.0])
-    assert [tick_label(v, step) for v in values] == ["0", "0.2", "0.4", "0.6", "0.8", "1.0"]
-    ticks, lo, hi = log_ticks(0.003, 40.0)
-    np.testing.assert_allclose(ticks, [1e-3, 1e-2, 1e-1, 1, 10, 100])
-    assert (lo, hi) == (1e-3, 100)
-    ticks, lo, hi = log_ticks(1e-12, 1e3, n=5)
-    np.testing.assert_allclose(ticks, [1e-12, 1e-9, 1e-6, 1e-3, 1, 1e3])  # 15 decades, every 3rd
+def test_curves_refuse_an_unknown_column(race: list[Record]) -> None:
+    with pytest.raises(ValueError, match="no column 'metric_nope' for y"):
+        curves_figure(race, y="nope")

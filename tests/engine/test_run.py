@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from engine.clipping import Clip, clip_
 from engine.device import resolve_device
 from engine.events import (
     AddLane,
@@ -17,13 +18,18 @@ from engine.events import (
     RemoveLane,
     Reset,
     Resume,
+    SetClip,
     SetHyperparameter,
+    SetSchedule,
     SwitchOptimizer,
 )
+from engine.instruments import ProbeConfig
 from engine.problem import Bounds, Problem
+from engine.records import status_step
 from engine.registry import HyperparameterError, available, get_spec, register_optimizer, unregister
 from engine.run import LaneConfig, Run, RunConfig, _Lane
-from landscapes import get_network
+from engine.schedules import Schedule
+from landscapes import get_landscape, get_network
 
 
 class Valley:
@@ -101,34 +107,58 @@ def test_lanes_are_independent_of_each_other() -> None:
             np.testing.assert_allclose(a.position, b.position, rtol=1e-13)
 
 
-def expected_divergence_step(lr: float, start: tuple[float, float]) -> int:
-    """Gradient descent on Valley written out in numpy: the first step whose loss is not finite."""
+def expected_divergence_step(lr: float, start: tuple[float, float], factor: float | None = 1e6) -> int:
+    """Gradient descent on Valley written out in numpy: the first step whose loss is not finite or,
+    with a ``factor``, exceeds ``factor`` x max(|f(x_0)|, 1) (the run's divergence rule)."""
     x, y = start
+    f0 = None
     with np.errstate(over="ignore", invalid="ignore"):
         for t in range(10_000):
             f = 0.5 * (x**2 + 10 * y**2) + 0.25 * x**4
+            f0 = f if f0 is None else f0
             gx, gy = x + x**3, 10 * y
             if not (np.isfinite(f) and np.isfinite(gx) and np.isfinite(gy)):
+                return t
+            if factor is not None and abs(f) > factor * max(abs(f0), 1.0):
                 return t
             x, y = x - lr * gx, y - lr * gy
     raise AssertionError("did not diverge")
 
 
-def test_diverging_rows_are_frozen_and_others_continue() -> None:
+@pytest.mark.parametrize("factor", [1e6, 1e3, None])
+def test_diverging_rows_are_frozen_and_others_continue(factor: float | None) -> None:
     lr, start = 0.25, (1.5, -1.0)  # |1 - 10 lr| = 1.5 > 1: the y coordinate blows up
-    t_div = expected_divergence_step(lr, start)
-    run = Run(Valley(), config(("sgd", {"lr": lr}), ("adam", {"lr": 0.05}), start=start))
+    t_div = expected_divergence_step(lr, start, factor)
+    run = Run(Valley(), config(("sgd", {"lr": lr}), ("adam", {"lr": 0.05}), start=start,
+                               divergence_factor=factor))
     records = run.run(t_div + 20)
     sgd = [r for r in records if r.lane == 0]
     adam = [r for r in records if r.lane == 1]
     assert sgd[t_div - 1].status == ("running",)
-    assert sgd[t_div].status == (f"diverged at step {t_div}",)
-    assert not np.isfinite(sgd[t_div].loss[0])
+    reason = "loss not finite" if factor is None else f"|loss| {sgd[t_div].loss[0]:.3g} > {factor:g} x start"
+    assert sgd[t_div].status == (f"diverged at step {t_div}: {reason}",)
+    assert np.isfinite(sgd[t_div].loss[0]) == (factor is not None)
     frozen = sgd[t_div].position
     np.testing.assert_array_equal(sgd[-1].position, frozen)
     assert sgd[-1].update_norm[0] == 0.0
     assert adam[-1].status == ("running",) and np.isfinite(adam[-1].loss[0])
     assert adam[-1].loss[0] < adam[0].loss[0]
+
+
+def test_a_start_with_a_non_finite_loss_diverges_at_step_0() -> None:
+    run = Run(Valley(), config(("sgd", {}), ("adam", {}), start=(1e100, 0.0)))  # x^4 / 4 overflows
+    assert [r.status for r in run.run(2)][-2:] == [("diverged at step 0: loss not finite",)] * 2
+
+
+def test_default_divergence_rule_catches_a_huge_finite_loss() -> None:
+    """The issue's case: SGD at a loss of ~1e230 is diverged, not "running" (old rule: only NaN/Inf)."""
+    t_div = expected_divergence_step(0.25, (1.5, -1.0))
+    run = Run(Valley(), config(("sgd", {"lr": 0.25}), start=(1.5, -1.0)))
+    assert RunConfig.from_dict(run.config.to_dict()).divergence_factor == 1e6
+    records = run.run(t_div + 1)
+    assert records[-1].status[0].startswith(f"diverged at step {t_div}: |loss|")
+    assert 1e6 * 7.390625 < records[-1].loss[0] < 1e300  # f(x_0) = 6.125 + 1.265625 (> 1), finite
+    assert status_step(records[-1].status[0]) == t_div
 
 
 def test_divergence_in_a_non_separable_lane_freezes_only_that_row() -> None:
@@ -139,10 +169,10 @@ def test_divergence_in_a_non_separable_lane_freezes_only_that_row() -> None:
         run = Run(Valley(), config(("sgd-per-row", {"lr": lr}), start=(1.5, 0.0), n_starts=3, seed=4))
         starts = run.starts.tolist()
         expected = [expected_divergence_step(lr, tuple(s)) if s[1] != 0 else None for s in starts]
-        last = run.run(max(e for e in expected if e is not None) + 5)[-1]
+        last = run.run(max(e for e in expected if e is not None) + 100)[-1]
         assert last.status[0] == "running" and last.loss[0] < 1e-12  # y = 0 keeps it stable
         for i in (1, 2):
-            assert last.status[i] == f"diverged at step {expected[i]}"
+            assert last.status[i].startswith(f"diverged at step {expected[i]}: |loss|")
     finally:
         unregister("sgd-per-row")
 
@@ -244,7 +274,9 @@ def test_replay_from_config_and_json_event_log_is_exact(problem: Valley) -> None
     run.apply(Resume())
     run.apply(SwitchOptimizer(0, "nesterov", {"momentum": 0.8}))
     records += run.run(4)
-    run.apply(AddLane("rmsprop"))
+    run.apply(AddLane("rmsprop", schedules={"lr": {"kind": "linear", "steps": 4}}, clip={"threshold": 0.5}))
+    run.apply(SetClip(1, {"kind": "value", "threshold": 0.3}))
+    run.apply(SetSchedule(0, "momentum", {"kind": "exponential", "gamma": 0.9}))
     records += run.run(3)
     run.apply(Reset())
     run.apply(RemoveLane(2))
@@ -282,3 +314,373 @@ def test_an_optimizer_refuses_a_problem_without_what_it_needs() -> None:
     with pytest.raises(ValueError, match="needs a network"):
         run.apply(SwitchOptimizer(0, "sophia_g"))
     assert run.lanes[0].spec.name == "sgd" and run.log == []
+
+
+# -- what wraps an optimizer: clipping, diagnostics --------------------------------------------------
+
+def valley_gradient(x: np.ndarray) -> np.ndarray:
+    return np.stack([x[..., 0] + x[..., 0] ** 3, 10 * x[..., 1]], axis=-1)
+
+
+def test_norm_clipping_acts_per_row_before_the_step() -> None:
+    """SGD with |g| clipped at 5: each row moves by lr * g * min(1, 5/|g|), by hand, and records the
+    clipped fraction per row (1 where its gradient was rescaled; |g| at the starts: 11.1, 13.1, 13.1,
+    15.6, 8.3, 0.38)."""
+    run = Run(Valley(), RunConfig(lanes=(LaneConfig("sgd", {"lr": 0.01}, clip=Clip("norm", 5.0)),),
+                                  n_starts=6, seed=1, device="cpu"))
+    x = run.starts.numpy().copy()
+    for rec in run.run(3):
+        g = valley_gradient(x)
+        norm = np.linalg.norm(g, axis=1)
+        np.testing.assert_allclose(rec.position, x, rtol=1e-13)
+        np.testing.assert_array_equal(rec.diagnostics["clipped_fraction"], (norm > 5.0).astype(float))
+        np.testing.assert_allclose(rec.grad_norm, norm, rtol=1e-13)  # the true gradient, before clipping
+        x = x - 0.01 * g * np.minimum(1.0, 5.0 / norm)[:, None]
+    assert rec.diagnostics["clipped_fraction"].tolist() == [1, 1, 1, 1, 1, 0]  # rows are clipped alone
+
+
+def test_value_clipping_on_a_per_row_lane() -> None:
+    register_optimizer(torch.optim.SGD, name="sgd-per-row", row_separable=False)
+    try:
+        lane = LaneConfig("sgd-per-row", {"lr": 0.01}, clip={"kind": "value", "threshold": 2.0})
+        run = Run(Valley(), RunConfig(lanes=(lane,), n_starts=3, seed=2, device="cpu"))
+        x = run.starts.numpy().copy()
+        for rec in run.run(3):
+            g = valley_gradient(x)
+            np.testing.assert_allclose(rec.position, x, rtol=1e-13)
+            np.testing.assert_array_equal(rec.diagnostics["clipped_fraction"], (np.abs(g) > 2.0).mean(1))
+            x = x - 0.01 * np.clip(g, -2.0, 2.0)
+    finally:
+        unregister("sgd-per-row")
+
+
+class ValueProbe(torch.optim.Optimizer):
+    """A closure-driven toy: it moves each coordinate by -lr * 3 (a stand-in for an estimate of the
+    gradient, built from one function value) and takes no clip."""
+
+    def __init__(self, params, lr: float = 0.1) -> None:
+        super().__init__(params, dict(lr=lr))
+
+    def estimate(self, oracles) -> list[torch.Tensor]:
+        oracles()  # one function value
+        return [torch.full_like(p, 3.0) for p in oracles.params]
+
+    @torch.no_grad()
+    def step(self, closure=None) -> None:
+        for p, e in zip(closure.params, self.estimate(closure), strict=True):
+            p.sub_(self.param_groups[0]["lr"] * e)
+
+
+class ClippedValueProbe(ValueProbe):
+    """The same toy that honours the run's clip on its estimate and reports the clipped fraction."""
+
+    clip: Clip | None = None
+
+    @torch.no_grad()
+    def step(self, closure=None) -> None:
+        est = self.estimate(closure)
+        self.fraction = float(clip_(est, self.clip)) if self.clip is not None else 0.0
+        for p, e in zip(closure.params, est, strict=True):
+            p.sub_(self.param_groups[0]["lr"] * e)
+
+    def diagnostics(self) -> dict[str, float]:
+        return {"clipped_fraction": self.fraction}
+
+
+def test_a_closure_driven_lane_is_clipped_by_its_optimizer_or_refused() -> None:
+    from engine.registry import Oracle
+
+    register_optimizer(ValueProbe, name="value-probe", oracle=Oracle.VALUES)
+    register_optimizer(ClippedValueProbe, name="clipped-probe", oracle=Oracle.VALUES)
+    try:
+        with pytest.raises(ValueError, match="value-probe cannot be clipped: it builds its own step from "
+                                             "values and does not take a clip"):
+            Run(Valley(), RunConfig(lanes=(LaneConfig("value-probe", clip=Clip("norm", 1.0)),), device="cpu"))
+        run = Run(Valley(), RunConfig(lanes=(LaneConfig("value-probe"),), device="cpu"))
+        with pytest.raises(ValueError, match="cannot be clipped"):
+            run.apply(SetClip(0, Clip("norm", 1.0).to_dict()))
+        assert run.log == []
+        lane = LaneConfig("clipped-probe", {"lr": 0.1}, clip=Clip("norm", 1.5))
+        run = Run(Valley(), RunConfig(lanes=(lane,), n_starts=2, device="cpu"))
+        assert all(opt.clip == Clip("norm", 1.5) for opt in run.lanes[0].optimizers)
+        start = run.starts.numpy().copy()
+        rec, _ = run.run(2)
+        # the estimate (3, 3) has norm 4.24 > 1.5: rescaled to norm 1.5 in each row
+        np.testing.assert_allclose(run.positions(0), start - 2 * 0.1 * 1.5 / np.sqrt(2), rtol=1e-13)
+        np.testing.assert_array_equal(rec.diagnostics["clipped_fraction"], [1.0, 1.0])
+        run.apply(SetClip(0, None))
+        assert run.lanes[0].optimizers[0].clip is None and "clipped_fraction" not in run.step()[0].diagnostics
+        clipped = LaneConfig("sgd", clip=Clip("value", 1.0))
+        clipped_sgd = Run(Valley(), RunConfig(lanes=(clipped,), device="cpu"))
+        with pytest.raises(ValueError, match="value-probe cannot be clipped"):  # the lane keeps its clip
+            clipped_sgd.apply(SwitchOptimizer(0, "value-probe"))
+        assert clipped_sgd.lanes[0].spec.name == "sgd" and clipped_sgd.log == []
+    finally:
+        unregister("value-probe")
+        unregister("clipped-probe")
+
+
+class Reporting(torch.optim.SGD):
+    """SGD that reports the mean |grad| it saw (a stand-in for Sophia's clipped fraction)."""
+
+    def step(self, closure=None):
+        self.seen = float(torch.stack([p.grad.abs().mean() for p in self.param_groups[0]["params"]]).mean())
+        return super().step(closure)
+
+    def diagnostics(self) -> dict[str, float]:
+        return {"mean_abs_grad": self.seen} if hasattr(self, "seen") else {}
+
+
+@pytest.mark.parametrize("per_trajectory", [False, True])
+def test_declared_diagnostics_reach_the_records(per_trajectory: bool) -> None:
+    """One optimizer over every row reports one value for the lane (repeated per row); one optimizer
+    per start reports each row's own."""
+    from engine.registry import Hyperparameter, OptimizerSpec, register
+
+    register(OptimizerSpec(name="reporting", factory=Reporting, row_separable=not per_trajectory,
+                           per_trajectory=per_trajectory, diagnostics={"mean_abs_grad": "mean |g_i|"},
+                           hyperparameters=(Hyperparameter("lr", 0.01, 1e-6, 1.0, log=True),)))
+    try:
+        run = Run(Valley(), RunConfig(lanes=(LaneConfig("reporting"),), n_starts=3, seed=5, device="cpu"))
+        x = run.starts.numpy()
+        (rec,) = run.step()
+        per_row = np.abs(valley_gradient(x)).mean(1)
+        want = per_row if per_trajectory else np.full(3, per_row.mean())
+        np.testing.assert_allclose(rec.diagnostics["mean_abs_grad"], want, rtol=1e-13)
+    finally:
+        unregister("reporting")
+
+
+# -- issue 12's "wrong today" ---------------------------------------------------------------------
+
+def test_every_computed_probe_and_metric_reaches_a_record() -> None:
+    """ProbeConfig(every=10) and run(100, record_every=10): records at steps 0, 10, ..., 90, each
+    with its probe and metrics, and the counted HVPs equal the recorded ones (old code: records at
+    9, 19, ... with no probe, while 21 HVP-costing probes ran)."""
+    problem = get_network("logistic_regression")
+    run = Run(problem, RunConfig(lanes=(LaneConfig("sgd", {"lr": 0.5}),), device="cpu", metrics_every=10,
+                                 probes=ProbeConfig(every=10, tol=1e-8)))
+    records = run.run(100, record_every=10)
+    assert [r.step for r in records] == list(range(0, 100, 10))
+    assert all(r.curvature is not None and r.curvature.step == r.step and r.metrics for r in records)
+    assert records[-1].counts.hvps == sum(r.curvature.hvps for r in records) > 0
+    # a schedule that does not line up with record_every still loses nothing
+    run = Run(problem, RunConfig(lanes=(LaneConfig("sgd", {"lr": 0.5}),), device="cpu", metrics_every=7,
+                                 probes=ProbeConfig(every=6)))
+    records = run.run(30, record_every=10)
+    assert [r.step for r in records if r.curvature is not None] == [0, 6, 12, 18, 24]
+    assert [r.step for r in records if r.metrics] == [0, 7, 14, 21, 28]
+    assert {0, 10, 20} <= {r.step for r in records}
+    assert records[-1].counts.hvps == sum(r.curvature.hvps for r in records if r.curvature is not None)
+
+
+class SplitGame:
+    """The bilinear game x^T y, x, y in R^3, declared as two parameter tensors (like a network's layers)."""
+
+    name = "split-game"
+    dim = 6
+    latex = ""
+    bounds = Bounds((-2.0,) * 6, (2.0,) * 6)
+    minima = ()
+    param_shapes = ((3,), (3,))
+    ascent = (False,) * 3 + (True,) * 3
+
+    def x0(self) -> torch.Tensor:
+        return torch.tensor([1.5, -0.5, 1.0, 1.0, 0.5, -1.0], dtype=torch.float64)
+
+    def loss(self, x: torch.Tensor, batch: object = None) -> torch.Tensor:
+        return (x[:, :3] * x[:, 3:]).sum(-1)
+
+    def sample_batch(self, generator: torch.Generator) -> None:
+        return None
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamp", "optimistic_md"])
+def test_a_game_with_several_parameter_tensors_splits_its_ascent_mask(optimizer: str) -> None:
+    """Old code: 'The size of tensor a (6) must match the size of tensor b (3)'. The split game must
+    step exactly as the same game declared flat (GDA for sgd: z <- z - lr (y, -x))."""
+    flat = SplitGame()
+    flat_problem = type("FlatGame", (SplitGame,), {"param_shapes": None, "name": "flat-game"})()
+    cfg = RunConfig(lanes=(LaneConfig(optimizer, {"lr": 0.1}),), n_starts=2, seed=1, device="cpu")
+    split_records = Run(flat, cfg).run(5)
+    flat_records = Run(flat_problem, cfg).run(5)
+    for a, b in zip(split_records, flat_records, strict=True):
+        np.testing.assert_allclose(a.loss, b.loss, rtol=1e-14)
+        np.testing.assert_allclose(a.update_norm, b.update_norm, rtol=1e-14)
+    if optimizer == "sgd":  # gradient descent-ascent by hand: z <- z - lr (y, -x)
+        z = flat.x0().numpy()
+        for _ in range(5):
+            z = z - 0.1 * np.concatenate([z[3:], -z[:3]])
+        run = Run(flat, cfg)
+        run.run(5)
+        np.testing.assert_allclose(run.positions(0)[0], z, rtol=1e-13)
+
+
+class ScalarLoss(Valley):
+    name = "scalar-loss"
+
+    def loss(self, x: torch.Tensor, batch: object = None) -> torch.Tensor:
+        return super().loss(x).sum()  # the bug: one number for the whole batch
+
+
+class ShortStart(Valley):
+    name = "short-start"
+
+    def x0(self) -> torch.Tensor:
+        return torch.tensor([1.0], dtype=torch.float64)
+
+
+class IntegerLoss(Valley):
+    name = "integer-loss"
+
+    def loss(self, x: torch.Tensor, batch: object = None) -> torch.Tensor:
+        return super().loss(x).round().long()
+
+
+class BrokenLoss(Valley):
+    name = "broken-loss"
+
+    def loss(self, x: torch.Tensor, batch: object = None) -> torch.Tensor:
+        return x[:, 5]
+
+
+def test_the_problem_contract_is_checked_when_the_run_starts() -> None:
+    """Old code: 'slice() cannot be applied to a 0-dim tensor' deep in run.py, at the first step."""
+    cases = [(ScalarLoss(), r"scalar-loss: loss\(x\) must return one loss per row, shape \[B\] for x of "
+                            r"shape \[B, 2\]; for x of shape \[2, 2\] it returned shape \[\]"),
+             (ShortStart(), r"short-start: x0\(\) must return a tensor of shape \[dim\] = \[2\], got \[1\]"),
+             (IntegerLoss(), r"integer-loss: loss\(x\) must return floating-point values, got torch.int64"),
+             (BrokenLoss(), r"broken-loss: loss\(x\) failed on points x of shape \[2, 2\]: index 5 is out")]
+    for problem, match in cases:
+        with pytest.raises(ValueError, match=match):
+            Run(problem, config(("sgd", {})))
+
+
+class Flaky(torch.optim.SGD):
+    """SGD that raises at its fourth step (step 3)."""
+
+    def step(self, closure=None):
+        self.calls = getattr(self, "calls", 0) + 1
+        if self.calls == 4:
+            raise RuntimeError("the preconditioner is singular")
+        return super().step(closure)
+
+
+def test_a_raising_lane_stops_alone_with_its_message() -> None:
+    register_optimizer(Flaky, name="flaky", row_separable=True)
+    try:
+        cfg = config(("flaky", {"lr": 0.01}), ("adam", {"lr": 0.05}), n_starts=2)
+        run = Run(Valley(), cfg)
+        records = run.run(6)
+        flaky = [r for r in records if r.lane == 0]
+        adam = [r for r in records if r.lane == 1]
+        message = "stopped at step 3: flaky failed: the preconditioner is singular"
+        assert [r.step for r in flaky] == [0, 1, 2, 3] and flaky[-1].status == (message, message)
+        assert flaky[-1].update_norm.tolist() == [0.0, 0.0]
+        np.testing.assert_array_equal(run.positions(0), flaky[-1].position)  # where step 3 began
+        assert [r.step for r in adam] == list(range(6)) and adam[-1].status == ("running", "running")
+        assert run.stopped == {0: message} and not run.paused
+        log = json.loads(json.dumps(run.event_log()))
+        _, again = Run.replay(Valley(), RunConfig.from_dict(log["config"]), [], log["ticks"])
+        assert all(a.same_values(b) for a, b in zip(records, again, strict=True))
+        run.apply(Reset())  # a fresh optimizer: the lane goes on
+        assert run.stopped == {} and [r.status[0] for r in run.step()] == ["running", "running"]
+    finally:
+        unregister("flaky")
+
+
+def test_a_lane_that_does_not_use_gradients_measures_them_on_a_schedule(monkeypatch) -> None:
+    """ZO-SGD's gradient norm is an instrument: measured every grad_norm_every lane steps (NaN between),
+    equal to the true norm there; no backward pass on other steps (old code: one every step)."""
+    problem = get_landscape("rosenbrock")
+    real_grad = torch.autograd.grad
+    calls = []
+    monkeypatch.setattr(torch.autograd, "grad", lambda *a, **k: calls.append(1) or real_grad(*a, **k))
+    run = Run(problem, RunConfig(lanes=(LaneConfig("zo_sgd", {"lr": 1e-3}),), n_starts=2, seed=0,
+                                 device="cpu", grad_norm_every=5))
+    records = run.run(12)
+    assert len(calls) == 3  # steps 0, 5, 10
+    for r in records:
+        measured = np.isfinite(r.grad_norm)
+        assert measured.all() == (r.step % 5 == 0) and measured.any() == measured.all()
+        if r.step % 5 == 0:
+            x = torch.tensor(r.position, requires_grad=True)
+            (g,) = real_grad(problem.loss(x).sum(), x)
+            np.testing.assert_allclose(r.grad_norm, g.norm(dim=1).numpy(), rtol=1e-13)
+    assert 0 < records[-1].compute_time < records[-1].wall_time and run.instrument_time > 0
+    assert RunConfig.from_dict(run.config.to_dict()).grad_norm_every == 5
+    none = Run(problem, RunConfig(lanes=(LaneConfig("zo_sgd"),), device="cpu", grad_norm_every=None)).run(3)
+    assert all(np.isnan(r.grad_norm).all() for r in none)
+
+
+def test_mixed_lanes_step_as_they_would_alone() -> None:
+    """Splitting the batched pass by need (gradient lanes, zeroth-order lanes) changes no trajectory."""
+    problem = get_network("moons_mlp", batch_size=32)
+    lanes = (LaneConfig("zo_sgd", {"lr": 1e-2}), LaneConfig("adam", {"lr": 1e-2}))
+    both = Run(problem, RunConfig(lanes=lanes, device="cpu", seed=3)).run(6)
+    for k, lane in enumerate(lanes):
+        alone = Run(problem, RunConfig(lanes=(lane,), device="cpu", seed=3)).run(6)
+        for a, b in zip([r for r in both if r.lane == k], alone, strict=True):
+            np.testing.assert_allclose(a.loss, b.loss, rtol=1e-12)
+
+
+def test_clips_and_schedules_replay_exactly_from_events() -> None:
+    problem = NoisyValley()
+    first = LaneConfig("sgd", {"lr": 0.02}, schedules={"lr": Schedule("linear", steps=8)},
+                       clip=Clip("norm", 2.0))
+    run = Run(problem, RunConfig(lanes=(first, LaneConfig("adam", {"lr": 0.05})), n_starts=3, seed=5,
+                                 device="cpu"))
+    records = run.run(3)
+    run.apply(SetClip(1, {"kind": "coordinate", "fraction": 0.5}))
+    run.apply(AddLane("momentum", {"lr": 0.01}, schedules={"lr": {"kind": "exponential", "gamma": 0.8}},
+                      clip={"kind": "value", "threshold": 1.0}))
+    run.apply(SwitchOptimizer(0, "nesterov", {"lr": 0.01}, schedules={"lr": {"kind": "cosine", "steps": 5}}))
+    records += run.run(4)
+    run.apply(SetSchedule(2, "momentum", {"kind": "linear", "steps": 3}))
+    records += run.run(3)
+    log = json.loads(json.dumps(run.event_log()))
+    _, again = Run.replay(problem, RunConfig.from_dict(log["config"]),
+                          [LoggedEvent.from_dict(e) for e in log["events"]], log["ticks"])
+    assert len(again) == len(records) and all(a.same_values(b) for a, b in zip(records, again, strict=True))
+    last = {r.lane: r for r in records}
+    assert set(last[1].diagnostics) == {"clipped_fraction"}
+    assert last[0].diagnostics  # the switch kept the lane's clip
+    assert last[2].hyperparameters["momentum"] == 0.0
+
+
+def test_events_refuse_unknown_fields_in_plain_words() -> None:
+    with pytest.raises(ValueError, match=r"a 'pause' event has no field 'lane'; it takes no fields"):
+        LoggedEvent.from_dict({"tick": 0, "kind": "pause", "lane": 3})
+    with pytest.raises(ValueError, match=r"a 'set_hyperparameter' event needs 'value'"):
+        LoggedEvent.from_dict({"tick": 0, "kind": "set_hyperparameter", "lane": 0, "name": "lr"})
+    with pytest.raises(ValueError, match="schedule kind must be one of"):
+        LoggedEvent.from_dict({"tick": 0, "kind": "set_schedule", "lane": 0, "name": "lr",
+                               "schedule": {"kind": "zigzag"}})
+
+
+def test_the_readme_engine_example_runs() -> None:
+    """The README's engine example, executed as written (its output checked loosely: it is a demo)."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("### The engine in a few lines", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    adam = [r for r in scope["records"] if r.lane == 0]
+    assert len(adam) == 300 and all("clipped_fraction" in r.diagnostics for r in adam)
+    lrs = [r.hyperparameters["lr"] for r in adam]
+    assert lrs[0] == 0.0 and lrs[20] == 0.05 and lrs[-1] < 1e-5  # warm-up, then cosine decay
+
+
+def test_a_removed_lane_keeps_no_trajectory_or_probe_state() -> None:
+    """Adding and removing lanes for a whole class session must not grow the run's memory."""
+    problem = get_network("moons_mlp", width=4, depth=1)
+    run = Run(problem, RunConfig(lanes=(LaneConfig("sgd", {"lr": 0.1}),), device="cpu",
+                                 snapshot_every=1, probes=ProbeConfig(every=1, tol=1e-3)))
+    for _ in range(5):
+        lane = run.apply(AddLane("adam", {"lr": 0.01}))
+        run.run(2)
+        run.apply(RemoveLane(lane))
+    assert set(run._snapshots) == {0} and set(run._warm) == {0}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -290,3 +291,81 @@ def test_params_record_kwargs() -> None:
     f = get_landscape("quadratic", dim=3, kappa=100)
     assert dict(f.params) == {"dim": 3, "kappa": 100.0}
     assert math.isclose(get_landscape("quadratic", dim=1, kappa=1).loss(torch.ones(1)).item(), 0.5)
+
+
+# --------------------------------------------------------------------------- declared option ranges
+
+
+def test_every_factory_keyword_has_a_declared_range() -> None:
+    from landscapes.networks import NETWORKS
+    from landscapes.sizes import OPTIONS, accepted
+
+    assert set(OPTIONS) == {*LANDSCAPES, *NETWORKS, "expression"}
+    for name in [*LANDSCAPES, *NETWORKS]:
+        undeclared = set(accepted(name)) - set(OPTIONS[name])
+        assert not undeclared, f"{name}: declare {undeclared} in landscapes/sizes.py OPTIONS"
+
+
+SIZED = [(n, {}) for n in [*NAMES, *CONSTRAINED]] + [(n, {"dim": d}) for n in ND for d in (3, 17)]
+SIZED += [("bilinear_game", {"n": 7})]
+
+
+@pytest.mark.parametrize(("name", "kwargs"), SIZED, ids=[_id(c) for c in SIZED])
+def test_sizes_are_estimated_without_building(name: str, kwargs: dict) -> None:
+    from landscapes.sizes import problem_size
+
+    size = problem_size(name, kwargs)
+    assert size.params == get_landscape(name, **kwargs).dim
+    assert size.label == " ".join([name, *(f"{k}={v}" for k, v in kwargs.items())])
+
+
+@pytest.fixture
+def factories_fail(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every factory raises if called: a refusal must come before anything is built."""
+    import functools
+
+    from landscapes import catalog, networks
+
+    def failing(fn: Any) -> Any:
+        @functools.wraps(fn)
+        def build(*args: Any, **kwargs: Any) -> Any:
+            raise AssertionError(f"{fn.__name__} was called")
+        return build
+
+    real = catalog._factory
+    monkeypatch.setattr(catalog, "_factory", lambda name: failing(real(name)))
+    for name, fn in list(networks.NETWORKS.items()):
+        monkeypatch.setitem(networks.NETWORKS, name, failing(fn))
+
+
+@pytest.mark.parametrize(("name", "kwargs", "error", "message"), [
+    ("quadratic", {"dim": 2 * 10**6}, "LimitError", r"^quadratic: dim=2e6 is over its limit of 1e6$"),
+    ("quadratic", {"dim": 10**9}, "LimitError", r"^quadratic: dim=1e9 is over its limit of 1e6$"),
+    ("rosenbrock", {"dim": 10**8}, "LimitError", r"^rosenbrock: dim=1e8 is over its limit of 1e6$"),
+    ("bilinear_game", {"n": 10**6}, "LimitError", r"^bilinear_game: n=1e6 is over its limit of 5e5$"),
+    ("bilinear_game", {"coupling": "x"}, "ValueError",
+     r"^bilinear_game: coupling must be a finite number, got"),
+    ("digits_mlp", {"width": 20_000, "depth": 3}, "LimitError",
+     r"^digits_mlp: width=20000 is over its limit of 8192$"),
+    ("digits_mlp", {"depth": 100}, "LimitError", r"^digits_mlp: depth=100 is over its limit of 16$"),
+    ("digits_mlp", {"batch_size": 10**9}, "LimitError",
+     r"^digits_mlp: batch_size=1e9 is over its limit of 1e6$"),
+    ("digits_mlp", {"seed": "a"}, "ValueError", r"^digits_mlp: seed must be an integer >= 0, got 'a'$"),
+    ("digits_mlp", {"classes": 5}, "ValueError",
+     r"^digits_mlp: classes must be a list of integers, got 5$"),
+    ("moons_mlp", {"noise": "x"}, "ValueError",
+     r"^moons_mlp: noise must be a finite number >= 0, got 'x'$"),
+    ("matrix_sensing", {"n": 3000}, "LimitError", r"^matrix_sensing: n=3000 is over its limit of 2000$"),
+    ("matrix_sensing", {"m": 10**7}, "LimitError", r"^matrix_sensing: m=1e7 is over its limit of 1e6$"),
+    ("digits_cnn", {"width": 3}, "ValueError",
+     r"network problem 'digits_cnn' does not take 'width'; it takes"),
+])
+def test_out_of_range_options_are_refused_before_building(factories_fail: None, name: str, kwargs: dict,
+                                                          error: str, message: str) -> None:
+    from landscapes import get_network
+    from landscapes.networks import NETWORKS
+
+    build = get_network if name in NETWORKS else get_landscape
+    with pytest.raises(ValueError, match=message) as info:
+        build(name, **kwargs)
+    assert type(info.value).__name__ == error

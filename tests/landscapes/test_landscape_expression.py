@@ -120,11 +120,49 @@ def test_float32_and_meta_device() -> None:
 
 
 def test_overflow_tricks_are_harmless_and_fast() -> None:
+    """Overflowing constants are refused where they are written, functions that overflow at their
+    start point say so, and nothing is evaluated with Python integers (fast)."""
     t0 = time.perf_counter()
-    for src in ["9**9**9**9", "10**1000", "exp(exp(exp(x)))", "(x*1e308)*1e308"]:
-        out = parse_expression(src).loss(_points(n=4))
-        assert out.shape == (4,)
+    cases = [("9**9**9**9", r"'9\*\*9\*\*9' at column 4 evaluates to inf; numbers must stay finite"),
+             ("9**9**9", r"'9\*\*9\*\*9' at column 1 evaluates to inf"),
+             ("10**1000", r"'10\*\*1000' at column 1 evaluates to inf"),
+             ("exp(exp(exp(x)))",
+              r"f\(x, y\) is not finite at the start point \(3, 2\): it evaluates to inf"),
+             ("(x*1e308)*1e308", r"not finite at the start point \(3, 2\): it evaluates to inf")]
+    for src, message in cases:
+        with pytest.raises(ExpressionError, match=message):
+            parse_expression(src)
     assert time.perf_counter() - t0 < 1.0  # nothing is evaluated with Python integers
+
+
+@pytest.mark.parametrize(("src", "message"), [
+    ("x/0", r"division by zero: 'x/0' at column 1"),
+    ("y + x/(1 - 1)", r"division by zero: 'x/\(1 - 1\)' at column 5"),
+    ("log(0) + x", r"'log\(0\)' at column 1 evaluates to -inf"),
+    ("sqrt(-1)*x", r"'sqrt\(-1\)' at column 1 evaluates to nan"),
+    ("1/(x - x)", r"not finite at the start point \(3, 2\): it evaluates to inf"),
+    ("sqrt(x - 4) + y", r"not finite at the start point \(3, 2\): it evaluates to nan"),
+    ("x**2**2**2**2", r"exponent tower 'x\*\*2\*\*2\*\*2\*\*2' at column 1 is too tall \(more than 3"),
+])
+def test_non_finite_functions_are_refused_saying_so(src: str, message: str) -> None:
+    with pytest.raises(ExpressionError, match=message):
+        parse_expression(src)
+
+
+def test_a_function_finite_nowhere_on_its_box_is_refused() -> None:
+    with pytest.raises(ExpressionError, match="not finite anywhere on a grid over its box"):
+        # real only for |x - 0.05| < 0.032: at the start, never on the grid (spacing 0.25)
+        parse_expression("sqrt(1e-3 - (x - 0.05)**2) + y", start=(0.05, 0.0), bounds=((-1, 1), (-1, 1)))
+
+
+def test_partly_non_finite_functions_are_accepted_with_a_note() -> None:
+    f = parse_expression("log(x)")  # the box reaches x < 0; the start (3, 2) is fine
+    assert "not finite at 45 of 81 grid points of the box (e.g. at (-5, -5))" in f.description
+    g = parse_expression("arccos(x/3)")  # the default start sits on the domain's edge
+    assert "Its gradient is not finite at the start point (3, 2) (-inf, 0)" in g.description
+    gauss = parse_expression("e**(-x**2 - y**2)")
+    assert gauss.description == "A user-defined landscape, f(x, y) = e**(-x**2 - y**2)."
+    assert parse_expression("x**2**2**2").loss(torch.tensor([[1.5, 0.0]])).item() == pytest.approx(1.5**16)
 
 
 @pytest.mark.parametrize(
