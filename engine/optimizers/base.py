@@ -3,9 +3,10 @@ r"""Plumbing the optimizer families share, written once.
 * :data:`Params`, :func:`closure_loss` and :func:`gradients`: what a ``torch.optim``-style
   optimizer (stepped from ``p.grad``) needs around its rule;
 * :class:`ClosureOptimizer`: the base of every optimizer stepped as ``step(oracles)`` with an
-  :class:`engine.oracles.Oracles` closure (zeroth order, second order, lookahead): the flat
-  parameter order the oracles use, a step counter kept in the state, the seed, the gradient the
-  run handed over, a min-max game's descent field, and the clipping of its own gradient estimate;
+  :class:`engine.oracles.Oracles` closure (zeroth order, second order, look-ahead, population): the
+  flat parameter order the oracles use, a step counter kept in the state, the seed, a min-max
+  game's descent field; :class:`GradientEstimator` adds the gradient the run handed over and the
+  clipping of the gradient (estimate) it steps from (all of them but the population method);
 * :func:`writable_flat`: a flat view of a parameter to update chunk by chunk.
 
 Seeds come from :mod:`engine.seeds` and the flat layout from :func:`engine.oracles.flatten` /
@@ -70,22 +71,17 @@ class ClosureOptimizer(torch.optim.Optimizer):
       the oracles perturb and differentiate in, checked against the closure (:meth:`_oracles`);
     * :attr:`steps`, a step counter kept as ``state[p]["step"]`` (so it travels with
       ``state_dict``), and :attr:`seed`: random draws are :func:`engine.seeds.step_seed` of both;
-    * :meth:`_gradient`: the gradient the run put in ``p.grad``, else one from the closure;
-    * a min-max game (the closure's ``ascent`` mask): :meth:`_signs` and :meth:`_field`;
-    * :attr:`clip`: set by the run on a lane that clips; an optimizer that estimates its gradient
-      itself (zeroth order) applies it to the estimate with :meth:`_clip` before its update and
-      reports ``"clipped_fraction"`` through :meth:`diagnostics`. A gradient taken from ``p.grad``
-      is the run's, which clips it before the step.
+    * a min-max game (the closure's ``ascent`` mask): :meth:`_signs` and :meth:`_field`.
+
+    An optimizer that uses a gradient, or an estimate of one, derives from :class:`GradientEstimator`
+    instead, which takes the run's clip.
     """
 
     label = "optimizer"
-    clip: Clip | None = None
-    """How to clip the optimizer's own gradient estimate (None: not clipped)."""
 
     def __init__(self, params: Params, defaults: dict[str, Any], seed: int = 0) -> None:
         super().__init__(params, defaults)
         self.seed = int(seed)
-        self._clipped = 0.0  # fraction clipped at the last step (engine.clipping.clip_'s meaning)
 
     # -- layout ------------------------------------------------------------------------------
     def _params(self) -> list[torch.Tensor]:
@@ -117,15 +113,7 @@ class ClosureOptimizer(torch.optim.Optimizer):
     def _seed(self, step: int, query: int = 0) -> int:
         return step_seed(self.seed, step, query)
 
-    # -- gradients -----------------------------------------------------------------------------
-    def _gradient(self, oracles: Oracles) -> list[torch.Tensor]:
-        """:math:`g_t`: the run's ``p.grad`` when every parameter has one, else one closure gradient."""
-        params = self._params()
-        if all(p.grad is not None for p in params):
-            return [p.grad.detach() for p in params]
-        _, grads = oracles.gradient()
-        return grads
-
+    # -- min-max games -------------------------------------------------------------------------
     @staticmethod
     def _signs(oracles: Oracles, like: Tensors) -> list[torch.Tensor] | None:
         """:math:`S = \\mathrm{diag}(\\pm 1)` of a min-max game shaped like ``like`` (None: no game)."""
@@ -146,13 +134,50 @@ class ClosureOptimizer(torch.optim.Optimizer):
         mask = ascent[start:start + estimate.numel()].reshape(estimate.shape)
         return torch.where(mask, -estimate, estimate)
 
-    # -- clipping the estimate -----------------------------------------------------------------
+
+class GradientEstimator(ClosureOptimizer):
+    """A closure-driven optimizer that steps from a gradient or an estimate of one (zeroth order,
+    second order, look-ahead), and clips it with the run's :attr:`clip`.
+
+    The run clips ``p.grad`` itself for the lanes it steps with ``optimizer.step()``; a closure-driven
+    lane gets the clip handed over instead (``optimizer.clip``), because only the optimizer sees what
+    it steps from: its estimate, the gradient at a look-ahead point, or the run's ``p.grad`` (copied
+    before clipping: the run records the true gradient's norm). :meth:`_gradient` and
+    :meth:`_clipped_copy` apply it; an estimate that is never materialised is clipped by its optimizer
+    (:class:`engine.optimizers.zeroth_order._SPSA`). :meth:`diagnostics` then reports
+    ``"clipped_fraction"`` (:func:`engine.clipping.clip_`'s meaning) of the last step.
+    """
+
+    clip: Clip | None = None
+    """How to clip the gradient (estimate) before the update; None: not clipped."""
+
+    def __init__(self, params: Params, defaults: dict[str, Any], seed: int = 0) -> None:
+        super().__init__(params, defaults, seed)
+        self._clipped = 0.0
+
     def _clip(self, tensors: Tensors) -> None:
-        """Clip a materialised gradient estimate in place with :attr:`clip` (if set) and keep the
+        """Clip a materialised gradient (estimate) in place with :attr:`clip`, if set, and keep the
         clipped fraction for :meth:`diagnostics`."""
         if self.clip is not None:
             self._clipped = float(clip_(tensors, self.clip))
 
+    def _clipped_copy(self, grads: Tensors) -> list[torch.Tensor]:
+        """``grads`` clipped with :attr:`clip` (copies: the originals are the run's), or as they are."""
+        if self.clip is None:
+            return list(grads)
+        out = [g.clone() for g in grads]
+        self._clip(out)
+        return out
+
+    def _gradient(self, oracles: Oracles) -> list[torch.Tensor]:
+        """:math:`g_t`, clipped: the run's ``p.grad`` when every parameter has one, else one closure
+        gradient."""
+        params = self._params()
+        if all(p.grad is not None for p in params):
+            return self._clipped_copy([p.grad.detach() for p in params])
+        _, grads = oracles.gradient()
+        return self._clipped_copy(grads)
+
     def diagnostics(self) -> Mapping[str, float]:
-        """``{"clipped_fraction": ...}`` of the last step when the estimate is clipped."""
+        """``{"clipped_fraction": ...}`` of the last step when the lane clips."""
         return {CLIPPED_FRACTION: self._clipped} if self.clip is not None else {}

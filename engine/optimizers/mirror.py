@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
-from engine.optimizers.base import ClosureOptimizer, Params, closure_loss, gradients
-from engine.specs import OptimizerSpec, Oracle, Paper, lr
+from engine.optimizers.base import GradientEstimator, Params, closure_loss, gradients
+from engine.specs import CLIPPED_FRACTION, OptimizerSpec, Oracle, Paper, lr
 from engine.stability import extragradient, optimistic_gradient
 
 SIMPLEX_MIX = 1e-2
@@ -113,7 +113,7 @@ class OptimisticGradient(torch.optim.Optimizer):
         return loss
 
 
-class MirrorProx(ClosureOptimizer):
+class MirrorProx(GradientEstimator):
     r"""Mirror prox with the Euclidean prox (Nemirovski 2004, Sec. 2), i.e. extragradient
     (Korpelevich 1976)::
 
@@ -124,7 +124,9 @@ class MirrorProx(ClosureOptimizer):
     (``oracle=GRADIENTS, lookahead=True``), so the run puts :math:`F(z_t)` in ``p.grad`` (as for
     any first-order lane) and steps it with an :class:`engine.oracles.Oracles` closure, whose
     ``gradient_at`` gives :math:`F(z_{t+1/2})` at the look-ahead point. No Hessian-vector product is
-    taken. Stepped alone (``p.grad`` unset) it asks the closure for :math:`F(z_t)` too.
+    taken. Stepped alone (``p.grad`` unset) it asks the closure for :math:`F(z_t)` too. A lane's clip
+    (:class:`engine.optimizers.base.GradientEstimator`) applies to both field evaluations; the
+    clipped fraction reported is that of :math:`F(z_t)`.
     """
 
     label = "mirror_prox"
@@ -138,8 +140,11 @@ class MirrorProx(ClosureOptimizer):
         eta = self.param_groups[0]["lr"]
         with torch.enable_grad():  # the oracles differentiate a fresh graph; step() runs under no_grad
             field = oracles.flat(self._gradient(oracles))
+            fraction = self._clipped
             z = oracles.flat()
             field_half = oracles.gradient_at((z - eta * field)[None])[0].detach()
+            self._clip([field_half])
+            self._clipped = fraction
         for p, new in zip(self._params(), oracles.unflat(z - eta * field_half), strict=True):
             p.copy_(new)
 
@@ -191,6 +196,8 @@ SPECS = [
         update_rule=(r"z_{t+\frac12} = z_t - \eta\, F(z_t),\quad z_{t+1} = z_t - \eta\, F(z_{t+\frac12})"),
         paper=_NEMIROVSKI, oracle=Oracle.GRADIENTS, lookahead=True, family="mirror & games",
         row_separable=False, stability=extragradient,
+        diagnostics={CLIPPED_FRACTION: "share of F(z_t) clipped at the last step (norm clipping: 1 where it "
+                                       "was rescaled); reported when the lane clips"},
     ),
 ]
 

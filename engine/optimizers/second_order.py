@@ -43,9 +43,19 @@ from typing import Any
 
 import torch
 
-from engine.optimizers.base import ClosureOptimizer, Params
+from engine.optimizers.base import GradientEstimator, Params
 from engine.oracles import Oracles, flatten, seeded_direction
-from engine.specs import Hyperparameter, OptimizerSpec, Oracle, Paper, beta, eps, lr, weight_decay
+from engine.specs import (
+    CLIPPED_FRACTION,
+    Hyperparameter,
+    OptimizerSpec,
+    Oracle,
+    Paper,
+    beta,
+    eps,
+    lr,
+    weight_decay,
+)
 from engine.stability import adam_preconditioned
 
 
@@ -91,7 +101,7 @@ def _moments(state: dict[str, Any], p: torch.Tensor, curvature: str) -> tuple[to
 
 # -------------------------------------------------------------------------------------- Sophia
 
-class Sophia(ClosureOptimizer):
+class Sophia(GradientEstimator):
     r"""Sophia (Liu et al. 2023), the paper's Algorithm 3 (arXiv 2305.14342, latest version)::
 
         m_t = β1 m_{t-1} + (1-β1) g_t
@@ -168,7 +178,7 @@ class Sophia(ClosureOptimizer):
     def diagnostics(self) -> Mapping[str, float]:
         if self._clipped_coordinates is None:
             return {}
-        return {"clipped_coordinates": self._clipped_coordinates}
+        return {**super().diagnostics(), "clipped_coordinates": self._clipped_coordinates}
 
 
 # ---------------------------------------------------------------------------------- AdaHessian
@@ -198,7 +208,7 @@ def spatial_average(d: torch.Tensor, block: int) -> torch.Tensor:
     return (sums / counts)[ids].reshape(d.shape)
 
 
-class AdaHessian(ClosureOptimizer):
+class AdaHessian(GradientEstimator):
     r"""AdaHessian (Yao et al. 2021), after the official code (amirgholami/adahessian,
     ``image_classification/optim_adahessian.py``, ``instruction/adahessian.py`` and the
     transformer code)::
@@ -232,6 +242,7 @@ class AdaHessian(ClosureOptimizer):
                 hz = oracles.hvp(z)
             else:
                 _, grads, hz = oracles.hvp(z, with_gradient=True)
+        grads = self._clipped_copy(grads)
         for group, p, g, hzi in zip(self._groups(), params, grads, hz, strict=True):
             beta1, beta2 = group["betas"]
             m, v = _moments(self.state[p], p, "exp_hessian_diag_sq")
@@ -249,7 +260,7 @@ class AdaHessian(ClosureOptimizer):
 
 # ------------------------------------------------------------------------- Newton-CG and GRN
 
-class NewtonCG(ClosureOptimizer):
+class NewtonCG(GradientEstimator):
     r"""Damped Newton with conjugate gradients on HVPs::
 
         d_t ≈ (H_t + λ_t I)^{-1} g_t   (CG from 0, ‖(H_t + λ_t I) d - g_t‖ ≤ tol ‖g_t‖, ≤ cg_max_iter HVPs)
@@ -309,12 +320,13 @@ class NewtonCG(ClosureOptimizer):
     def diagnostics(self) -> Mapping[str, float]:
         if not self._stepped:
             return {}
-        return {"cg_iterations": float(self.cg_iterations), "damping": self.damping_used}
+        return {**super().diagnostics(), "cg_iterations": float(self.cg_iterations),
+                "damping": self.damping_used}
 
 
 # ---------------------------------------------------------------------------------------- M-FAC
 
-class MFAC(ClosureOptimizer):
+class MFAC(GradientEstimator):
     r"""M-FAC (Frantar, Kurtic, Alistarh 2021), the optimizer of the official ``optim.py``::
 
         g_t ← g_t + λ_wd θ_t                    (coupled weight decay, as the official code)
@@ -419,10 +431,12 @@ _CG = (Hyperparameter("cg_tol", 1e-10, 1e-14, 1.0, log=True,
        Hyperparameter("cg_max_iter", 50, 1, 10_000, kind="int", doc="at most this many HVPs per step"))
 
 
+_CLIPS = {CLIPPED_FRACTION: "share of the gradient clipped at the last step (norm clipping: 1 where it was "
+                             "rescaled); reported when the lane clips"}
 _SOPHIA_DIAGNOSTICS = {"clipped_coordinates": "share of coordinates whose step was clipped at the last step, "
-                                              "|m_t| > max(gamma h_t, eps)"}
+                                              "|m_t| > max(gamma h_t, eps)", **_CLIPS}
 _NEWTON_DIAGNOSTICS = {"cg_iterations": "conjugate-gradient iterations (HVPs) of the last step's solve",
-                       "damping": "the damping lambda_t of the last step (GRN: sqrt(H ||g_t||))"}
+                       "damping": "the damping lambda_t of the last step (GRN: sqrt(H ||g_t||))", **_CLIPS}
 
 
 def _sophia_hps(lr_default: float) -> tuple[Hyperparameter, ...]:
@@ -490,7 +504,7 @@ SPECS = [
         # Adam's form with v_t the EMA of D_t^2: the instrument's P_t = (1 - beta1^t)(sqrt(v_hat) + eps)
         # is AdaHessian's own at hessian_power k = 1 (the default); at k < 1 its denominator is
         # (sqrt(v_hat))^k + eps and the preconditioned sharpness shown is that of k = 1.
-        stability=adam_preconditioned, second_moment_key="exp_hessian_diag_sq",
+        stability=adam_preconditioned, second_moment_key="exp_hessian_diag_sq", diagnostics=_CLIPS,
     ),
     # Damped Newton-CG. lr 1 and damping 0: the pure Newton step (one step to a quadratic's minimum;
     # attracted by saddles and maxima alike). CG tolerance and cap are the truncation of the solve.

@@ -35,7 +35,7 @@ hyperparameters (``lr``, ``weight_decay``, ``momentum``, ``betas``) are read per
 read at every step, so ``OptimizerSpec.apply`` takes effect at the next step.
 
 Every optimizer here clips its own estimate :math:`\hat g` when the run sets its ``clip``
-(:class:`engine.optimizers.base.ClosureOptimizer`; ZO-RankSGD's paper clips ZO-SGD's estimate) and
+(:class:`engine.optimizers.base.GradientEstimator`; ZO-RankSGD's paper clips ZO-SGD's estimate) and
 reports the clipped fraction. Where :math:`\hat g` is materialised anyway (forward gradient,
 coordinate estimate, ZO-RankSGD) :func:`engine.clipping.clip_` acts on it; the SPSA family clips
 without storing it where the rule allows (see :class:`_SPSA` and :class:`ZOSGDConservative`).
@@ -49,7 +49,7 @@ from typing import Any
 
 import torch
 
-from engine.optimizers.base import ClosureOptimizer, Params, writable_flat
+from engine.optimizers.base import GradientEstimator, Params, writable_flat
 from engine.oracles import HUMAN, Oracles, flatten, seeded_direction, seeded_normal
 from engine.seeds import step_seed
 from engine.specs import (
@@ -79,7 +79,7 @@ def magnitude_thresholds(params: Sequence[torch.Tensor], sparsity: float) -> lis
     return out
 
 
-class _ZerothOrder(ClosureOptimizer):
+class _ZerothOrder(GradientEstimator):
     """The closure-driven base with this family's label."""
 
     label = "zeroth-order optimizer"

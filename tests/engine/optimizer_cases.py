@@ -20,6 +20,7 @@ functions here are plain helpers (this is not a test module and holds no fixture
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from engine.clipping import Clip
 from engine.oracles import Oracles, seeded_direction
 from engine.registry import Oracle, get_spec
 from engine.seeds import step_seed
@@ -50,6 +52,19 @@ dtype (``torch.optim.optimizer._get_scalar_dtype``): 4 bytes unless the default 
 
 
 # =============================================================================== problems
+
+def clip_np(g: Array, clip: Clip) -> tuple[Array, float]:
+    """Clipping by hand: the clipped vector and the clipped fraction (engine.clipping's meaning)."""
+    if clip.kind == "norm":
+        norm = np.linalg.norm(g)
+        return (g * clip.threshold / norm, 1.0) if norm > clip.threshold else (g, 0.0)
+    if clip.kind == "value":
+        bound = clip.threshold
+    else:
+        k = math.floor(clip.fraction * g.size)
+        bound = np.sort(np.abs(g))[::-1][k]  # the largest magnitude left alone
+    return np.clip(g, -bound, bound), float(np.mean(np.abs(g) > bound))
+
 
 @dataclass(frozen=True)
 class RuleProblem:
@@ -111,6 +126,12 @@ class RuleProblem:
 
 SCALES = (1.0, 0.3, 2.0, 0.05, 1.5, 0.7, 1.2, 0.4, 2.5, 0.1, 0.9, 1.7)
 """Gradient magnitudes change from step to step (so AMSGrad's max and diffGrad's xi both matter)."""
+
+
+def clipped(problem: RuleProblem, clip: Clip) -> RuleProblem:
+    """The same problem, its gradient (every evaluation of it) clipped by hand."""
+    return dataclasses.replace(problem, name=f"{problem.name}_clipped",
+                               gradient=lambda t, th: clip_np(problem.gradient(t, th), clip)[0])
 
 
 def given(name: str, shapes: Sequence[tuple[int, ...]], seed: int = 0) -> RuleProblem:
@@ -1094,16 +1115,19 @@ def schedule(name: str, overrides: Sequence[Values]) -> list[dict[str, Any]]:
 def run_case(name: str, values: Sequence[Values], problem: RuleProblem, seed: int,
              dtype: torch.dtype = torch.float64, device: str = "cpu",
              on_step: Callable[[torch.optim.Optimizer, list[torch.Tensor]], None] | None = None,
-             closures: list[Oracles] | None = None) -> list[Array]:
+             closures: list[Oracles] | None = None, clip: Clip | None = None) -> list[Array]:
     """Step the registry's optimizer as a run does and return its flat iterates: built with
     ``values[0]`` and ``seed``, a changed value applied live (``spec.apply``) before its step, the
     problem's gradient at step t in ``p.grad`` when the spec consumes gradients, and
     ``step(Oracles)`` when it is closure-driven (plain ``step()`` otherwise; each closure is
-    appended to ``closures``, for its counts). ``on_step(optimizer, params)`` runs after each step."""
+    appended to ``closures``, for its counts). ``on_step(optimizer, params)`` runs after each step;
+    ``clip`` is handed to the optimizer as a run hands a lane's clip to a closure-driven one."""
     spec = get_spec(name)
     params = [torch.tensor(a, dtype=dtype, device=device).requires_grad_(True)
               for a in problem.split(problem.x0)]
     opt = spec.build(params, values[0], seed=seed)
+    if clip is not None:
+        opt.clip = clip
     out, current = [], dict(values[0])
     for t, v in enumerate(values):
         for k, val in v.items():

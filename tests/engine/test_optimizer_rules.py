@@ -23,7 +23,7 @@ import torch
 
 from engine.clipping import Clip
 from engine.memory import state_bytes
-from engine.registry import HyperparameterError, available, get_spec, register_optimizer, unregister
+from engine.registry import HyperparameterError, Oracle, available, get_spec, register_optimizer, unregister
 from engine.specs import CLIPPED_FRACTION
 from engine.stability import LAMBDA_MAX
 from tests.engine.optimizer_cases import (
@@ -32,6 +32,8 @@ from tests.engine.optimizer_cases import (
     RuleProblem,
     analytic,
     build_on,
+    clip_np,
+    clipped,
     given,
     per_tensor,
     ref_adam,
@@ -176,6 +178,39 @@ def test_the_second_moment_key_names_a_state_entry_with_a_step_count(name: str) 
 
     run_case(name, schedule(name, [{}] * 2), rp, case.seed, on_step=check)
     assert seen and all(seen)
+
+
+CLIPPING_GRADIENT_TAKERS = [n for n in BUILTIN_NAMES if get_spec(n).clips_estimate
+                            and get_spec(n).oracle in (Oracle.GRADIENTS, Oracle.HVPS)]
+
+
+@pytest.mark.parametrize("kind", ["norm", "value"])
+@pytest.mark.parametrize("name", CLIPPING_GRADIENT_TAKERS)
+def test_a_closure_driven_lane_steps_from_the_clipped_gradient(name: str, kind: str) -> None:
+    """Second-order and look-ahead lanes get the run's gradient in p.grad and the lane's clip: they
+    follow their rule on the problem whose gradient is clipped by hand (every evaluation: mirror
+    prox's look-ahead too), leave the run's p.grad as it was, and report the clipped fraction of
+    the step's gradient. (Zeroth-order estimates: test_zeroth_order.)"""
+    case = CASES[name]
+    rp = PROBLEMS[case.problems[0]]
+    clip = Clip("norm", 0.5) if kind == "norm" else Clip("value", 0.3)
+    values = schedule(name, [case.settings] * case.steps)
+    fractions, handed = [], []
+
+    def check(opt: torch.optim.Optimizer, params: list[torch.Tensor]) -> None:
+        fractions.append(get_spec(name).read_diagnostics(opt)["clipped_fraction"])
+        handed.append(rp.join([p.grad.numpy() for p in params]))
+
+    got = run_case(name, values, rp, case.seed, clip=clip, on_step=check)
+    want = case.rule(values, clipped(rp, clip), case.seed)
+    rtol, atol = case.tolerance(values[0])
+    np.testing.assert_allclose(np.stack(got), np.stack(want), rtol=rtol, atol=atol)
+    unclipped = case.rule(values, rp, case.seed)
+    assert not np.allclose(got[-1], unclipped[-1]), "the clip made no difference"
+    starts = [rp.x0, *got[:-1]]
+    assert fractions == [clip_np(rp.gradient(t, th), clip)[1] for t, th in enumerate(starts)]
+    for t, (g, th) in enumerate(zip(handed, starts, strict=True)):  # the run's p.grad: not clipped
+        np.testing.assert_array_equal(g, rp.gradient(t, th))
 
 
 DIAGNOSED = [n for n in BUILTIN_NAMES if get_spec(n).diagnostics]

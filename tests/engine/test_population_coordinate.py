@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 import torch
 
+from engine.clipping import Clip
 from engine.events import SetHyperparameter
 from engine.oracles import Oracles
 from engine.registry import get_spec
-from engine.run import Run, RunConfig
+from engine.run import LaneConfig, Run, RunConfig
 from landscapes.catalog import get_landscape
 from tests.engine.optimizer_cases import CASES, PROBLEMS, cbo_steps, run_case, schedule
 
@@ -198,3 +199,11 @@ def test_bcd_converges_on_the_ill_conditioned_quadratic(name: str, budget: int) 
             break
     assert float(p.detach().norm()) < 1e-6, f"{name} after {budget} steps: {float(p.detach().norm()):.3g}"
 
+
+
+def test_cbo_has_no_gradient_to_clip_and_a_clipped_lane_is_refused() -> None:
+    """CBO steps from function values alone: it declares no clipped fraction and takes no clip, so a
+    run refuses a clipped CBO lane before it starts."""
+    assert not get_spec("cbo").clips_estimate
+    with pytest.raises(ValueError, match="Consensus-based optimization cannot be clipped"):
+        Run(get_landscape("ackley"), RunConfig(lanes=(LaneConfig("cbo", clip=Clip("norm", 1.0)),)))

@@ -44,6 +44,7 @@ from tests.engine.optimizer_cases import (
     THETA7,
     Target,
     analytic,
+    clip_np,
     rule_cge,
     rule_cons,
     rule_forward_grad,
@@ -166,19 +167,6 @@ def test_the_two_point_estimate_is_unbiased_for_a_quadratic() -> None:
 
 
 # ----------------------------------------------------------------------------------- clipping
-
-def clip_np(g: np.ndarray, clip: Clip) -> tuple[np.ndarray, float]:
-    """Clipping by hand: the clipped vector and the clipped fraction (engine.clipping's meaning)."""
-    if clip.kind == "norm":
-        norm = np.linalg.norm(g)
-        return (g * clip.threshold / norm, 1.0) if norm > clip.threshold else (g, 0.0)
-    if clip.kind == "value":
-        bound = clip.threshold
-    else:
-        k = math.floor(clip.fraction * g.size)
-        bound = np.sort(np.abs(g))[::-1][k]  # the largest magnitude left alone
-    return np.clip(g, -bound, bound), float(np.mean(np.abs(g) > bound))
-
 
 CLIPS = {"norm": Clip("norm", threshold=0.5), "value": Clip("value", threshold=0.3),
          "coordinate": Clip("coordinate", fraction=0.3)}
