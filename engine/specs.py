@@ -24,9 +24,9 @@ from engine.stability import StabilityRule
 
 CLIPPED_FRACTION = "clipped_fraction"
 """The diagnostic of a lane whose gradient (or gradient estimate) is clipped (:mod:`engine.clipping`).
-A closure-driven spec that declares it clips its own estimate when the run sets the optimizer's
-``clip`` attribute (:class:`engine.optimizers.base.ClosureOptimizer`); the run clips ``p.grad``
-itself for every other lane."""
+A closure-driven spec that declares it clips what it steps from when the run hands it the lane's clip
+(``optimizer.clip``, :class:`engine.optimizers.base.GradientEstimator`); the run clips ``p.grad``
+itself for the lanes it steps with ``optimizer.step()``."""
 
 
 class Oracle(enum.StrEnum):
@@ -170,8 +170,8 @@ class OptimizerSpec:
 
     @property
     def clips_estimate(self) -> bool:
-        """The optimizer clips its own gradient estimate when the run sets its ``clip`` attribute
-        (zeroth-order methods); other lanes get their ``p.grad`` clipped by the run."""
+        """A closure-driven optimizer that clips what it steps from (its estimate, or a copy of the
+        run's gradient) when the run sets its ``clip``: every one but the population method."""
         return self.closure_driven and CLIPPED_FRACTION in self.diagnostics
 
     @property

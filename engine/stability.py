@@ -63,15 +63,15 @@ def heavy_ball(hp: Mapping[str, Any]) -> Threshold:
 
 def nesterov(hp: Mapping[str, Any]) -> Threshold:
     mu = float(hp.get("momentum", 0.0))
-    return Threshold((2 + 2 * mu) / ((1 + 2 * mu) * _lr(hp)), LAMBDA_MAX, r"(2 + 2\mu)/((1 + 2\mu)\eta)")
+    return Threshold(_over_lr((2 + 2 * mu) / (1 + 2 * mu), hp), LAMBDA_MAX, r"(2 + 2\mu)/((1 + 2\mu)\eta)")
 
 
 def optimistic_gradient(hp: Mapping[str, Any]) -> Threshold:
-    return Threshold(2 / (3 * _lr(hp)), LAMBDA_MAX, r"2/(3\eta)")
+    return Threshold(_over_lr(2 / 3, hp), LAMBDA_MAX, r"2/(3\eta)")
 
 
 def extragradient(hp: Mapping[str, Any]) -> Threshold:
-    return Threshold(1 / _lr(hp), LAMBDA_MAX, r"1/\eta")
+    return Threshold(_over_lr(1, hp), LAMBDA_MAX, r"1/\eta")
 
 
 def adam_preconditioned(hp: Mapping[str, Any]) -> Threshold:

@@ -164,6 +164,14 @@ def test_the_stability_threshold_is_the_boundary_of_the_optimizers_own_recursion
     assert ends["below"] < 1e-3 and not ends["above"] < 1e3, (threshold, ends)  # nan: overflowed
 
 
+def test_every_threshold_is_infinite_at_a_learning_rate_annealed_to_zero() -> None:
+    """A schedule may take lr to exactly 0, where no sharpness is unstable (and nothing divides by 0)."""
+    for name in BUILTIN_NAMES:
+        rule = get_spec(name).stability
+        if rule is not None:
+            assert rule({**get_spec(name).defaults(), "lr": 0.0}).value == math.inf, name
+
+
 @pytest.mark.parametrize("name", [n for n in BUILTIN_NAMES if get_spec(n).second_moment_key])
 def test_the_second_moment_key_names_a_state_entry_with_a_step_count(name: str) -> None:
     """What :func:`engine.instruments.second_moment` reads: ``state[p][key]`` shaped like ``p`` and
