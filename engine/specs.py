@@ -230,9 +230,15 @@ class OptimizerSpec:
         return self.factory(list(params), **kwargs)
 
     def apply(self, optimizer: torch.optim.Optimizer, name: str, value: Any) -> Any:
-        """Set one hyperparameter on a live optimizer (takes effect at its next step)."""
+        """Set one hyperparameter on a live optimizer (takes effect at its next step), range-checked."""
+        value = self.hyperparameter(name).check(value, self.name)
+        self.write(optimizer, name, value)
+        return value
+
+    def write(self, optimizer: torch.optim.Optimizer, name: str, value: Any) -> None:
+        """Set one hyperparameter on a live optimizer as given, without the range check (a schedule
+        may take a checked base below its range, down to 0)."""
         hp = self.hyperparameter(name)
-        value = hp.check(value, self.name)
         for group in optimizer.param_groups:
             if hp.index is None:
                 group[hp.key] = value
@@ -240,7 +246,6 @@ class OptimizerSpec:
                 parts = list(group[hp.key])
                 parts[hp.index] = value
                 group[hp.key] = tuple(parts)
-        return value
 
     def read_diagnostics(self, optimizer: torch.optim.Optimizer) -> dict[str, float]:
         """The declared diagnostics of ``optimizer``'s last step (empty before its first step)."""

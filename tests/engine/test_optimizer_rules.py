@@ -293,6 +293,17 @@ def test_apply_beta1_reaches_the_live_optimizer_and_a_bad_value_changes_nothing(
     assert opt.param_groups[0]["betas"] == (0.5, beta2)
 
 
+def test_write_sets_a_value_below_the_range_that_apply_refuses() -> None:
+    """What a schedule annealing lr to 0 needs: ``write`` skips the range check ``apply`` makes."""
+    spec = get_spec("adam")
+    opt, _ = build_on("adam", PROBLEMS["given_2"])
+    with pytest.raises(HyperparameterError, match=r"lr=0\.0 is outside"):
+        spec.apply(opt, "lr", 0.0)
+    spec.write(opt, "lr", 0.0)
+    spec.write(opt, "beta2", 0.5)
+    assert spec.read(opt)["lr"] == 0.0 and opt.param_groups[0]["betas"] == (0.9, 0.5)
+
+
 class HalvingMomentum(torch.optim.Optimizer):
     """A user's own optimizer: b = beta1 b + g; theta -= lr * b / (1 + shrink * t)."""
 
