@@ -41,13 +41,11 @@ from torch import nn
 from torch.func import functional_call
 from torch.func import jvp as forward_jvp
 
-from engine.oracles import Ranker, rank_by_value, seeded_normal
+from engine.oracles import OracleBase, Ranker, Tensors, rank_by_value, seeded_normal
 from engine.records import OracleCounts
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
 """``loss_fn(module, batch) -> scalar``: how to call the module on a batch and score it."""
-
-Tensors = Sequence[torch.Tensor]
 
 
 class _Call(nn.Module):
@@ -88,7 +86,7 @@ def _uses_linear_forward(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear) and type(module).forward is nn.Linear.forward
 
 
-class ModuleOracles:
+class ModuleOracles(OracleBase):
     """The closure for ``optimizer.step(closure)`` on a module: :math:`f(\\theta)`,
     :math:`f(\\theta + s z \\odot m)`, :math:`\\nabla f`, :math:`H v` and :math:`\\nabla f^\\top v`
     with :math:`f(\\theta) =` ``loss_fn(module, batch)``; every call counted (``counts``).
@@ -114,19 +112,6 @@ class ModuleOracles:
         along ``seeded_normal(seed, i, p)``."""
         self._index = {id(p): i for i, p in enumerate(self.params)}
         self.counts = OracleCounts()
-
-    # -- layout (compatibility with engine.oracles.Oracles) -------------------------------------
-    def flat(self, tensors: Tensors | None = None) -> torch.Tensor:
-        """``tensors`` (default: the parameters) as one vector ``[P]`` (a copy: not memory-lean)."""
-        tensors = self.params if tensors is None else tensors
-        return torch.cat([t.detach().reshape(-1) for t in tensors])
-
-    def unflat(self, v: torch.Tensor) -> list[torch.Tensor]:
-        sizes = [p.numel() for p in self.params]
-        return [c.reshape(p.shape) for c, p in zip(v.split(sizes), self.params, strict=True)]
-
-    def _count(self, **kinds: int) -> None:
-        self.counts = self.counts + OracleCounts(**kinds)
 
     # -- zeroth order ----------------------------------------------------------------------------
     @torch.no_grad()
@@ -285,9 +270,4 @@ class ModuleOracles:
     @torch.no_grad()
     def rank(self, candidates: torch.Tensor) -> list[int]:
         """Indices of ``candidates [m, P]`` best first (the values reach only the ranker)."""
-        values = torch.stack([self._at(row) for row in candidates])
-        order = [int(i) for i in self.ranker(candidates, values)]
-        if sorted(order) != list(range(candidates.shape[0])):
-            raise ValueError(f"a ranking must order all {candidates.shape[0]} candidates once, got {order}")
-        self._count(rankings=1)
-        return order
+        return self._ranked(candidates, torch.stack([self._at(row) for row in candidates]))

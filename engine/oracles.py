@@ -34,6 +34,7 @@ import torch
 from torch.func import jvp as forward_jvp
 
 from engine.records import OracleCounts
+from engine.seeds import derive_seed
 
 CHUNK = 1 << 16
 """Elements of a regenerated direction held at once: the extra memory of a seeded perturbation."""
@@ -41,15 +42,17 @@ CHUNK = 1 << 16
 Tensors = Sequence[torch.Tensor]
 
 
-def seeded_normal(seed: int, index: int, like: torch.Tensor, chunk: int = CHUNK
+def seeded_normal(seed: int, index: int, like: torch.Tensor, chunk: int | None = None
                   ) -> Iterator[tuple[slice, torch.Tensor]]:
     r"""The direction :math:`z \sim N(0, I)` for tensor number ``index`` of a perturbation drawn
     with ``seed``, as ``(flat slice, values)`` chunks of at most ``chunk`` elements.
 
     The stream depends only on ``(seed, index)`` and the chunking, never on the device: it is
-    drawn on the CPU and moved, so a run replays identically on CPU and CUDA.
+    drawn on the CPU and moved, so a run replays identically on CPU and CUDA. ``chunk`` defaults to
+    :data:`CHUNK` as it is when called.
     """
-    g = torch.Generator().manual_seed((int(seed) * 1_000_003 + index) % (2**63))
+    chunk = CHUNK if chunk is None else chunk
+    g = torch.Generator().manual_seed(derive_seed(seed, index, modulus=2**63))
     n = like.numel()
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
@@ -67,6 +70,21 @@ def seeded_direction(seed: int, tensors: Tensors) -> list[torch.Tensor]:
             z[sl] = chunk
         out.append(z.reshape(t.shape))
     return out
+
+
+def flatten(tensors: Tensors) -> torch.Tensor:
+    """``tensors`` detached and concatenated into one vector ``[P]`` (a copy), in order.
+
+    ``torch.nn.utils.parameters_to_vector`` does the same with ``view(-1)``, which refuses a
+    non-contiguous tensor (a transposed weight of a user's module), so ``reshape`` is used here."""
+    return torch.cat([t.detach().reshape(-1) for t in tensors])
+
+
+def unflatten(v: torch.Tensor, like: Tensors) -> list[torch.Tensor]:
+    """Inverse of :func:`flatten`: views of ``v [P]`` shaped like ``like``, in order. (Unlike
+    ``torch.nn.utils.vector_to_parameters``, nothing is assigned: callers copy where they write.)"""
+    sizes = [t.numel() for t in like]
+    return [c.reshape(t.shape) for c, t in zip(v.split(sizes), like, strict=True)]
 
 
 def magnitude_mask(t: torch.Tensor, threshold: float | None) -> torch.Tensor | None:
@@ -101,7 +119,36 @@ def rank_by_value(candidates: torch.Tensor, values: torch.Tensor) -> list[int]:
     return torch.argsort(values, stable=True).tolist()
 
 
-class Oracles:
+class OracleBase:
+    """What every oracle closure shares (:class:`Oracles` here, :class:`engine.module_oracles.
+    ModuleOracles` for a module): its parameters in order and their flat layout, the counts of
+    every call, and the check that a ranking orders every candidate once."""
+
+    params: list[torch.Tensor]
+    ranker: Ranker
+    counts: OracleCounts
+
+    def flat(self, tensors: Tensors | None = None) -> torch.Tensor:
+        """``tensors`` (default: the parameters) concatenated into one vector ``[P]`` (a copy)."""
+        return flatten(self.params if tensors is None else tensors)
+
+    def unflat(self, v: torch.Tensor) -> list[torch.Tensor]:
+        """Inverse of :meth:`flat`: ``[P]`` -> views shaped like the parameters."""
+        return unflatten(v, self.params)
+
+    def _count(self, **kinds: int) -> None:
+        self.counts = self.counts + OracleCounts(**kinds)
+
+    def _ranked(self, candidates: torch.Tensor, values: torch.Tensor) -> list[int]:
+        """The ranker's order of ``candidates [m, P]``, checked and counted as one ranking."""
+        order = [int(i) for i in self.ranker(candidates, values)]
+        if sorted(order) != list(range(candidates.shape[0])):
+            raise ValueError(f"a ranking must order all {candidates.shape[0]} candidates once, got {order}")
+        self._count(rankings=1)
+        return order
+
+
+class Oracles(OracleBase):
     """The closure a run hands to one trajectory's optimizer: every oracle at the trajectory's
     parameters ``params`` (the optimizer's own leaves), counted.
 
@@ -120,20 +167,6 @@ class Oracles:
         """Boolean ``[P]`` mask of the coordinates that *maximize* (a min-max game's second
         player): gradients are returned as the descent field, with those coordinates negated."""
         self.counts = OracleCounts()
-
-    # -- layout --------------------------------------------------------------------------------
-    def flat(self, tensors: Tensors | None = None) -> torch.Tensor:
-        """``tensors`` (default: the parameters) concatenated into one vector ``[P]``."""
-        tensors = self.params if tensors is None else tensors
-        return torch.cat([t.detach().reshape(-1) for t in tensors])
-
-    def unflat(self, v: torch.Tensor) -> list[torch.Tensor]:
-        """Inverse of :meth:`flat`: ``[P]`` -> tensors shaped like the parameters."""
-        sizes = [p.numel() for p in self.params]
-        return [c.reshape(p.shape) for c, p in zip(v.split(sizes), self.params, strict=True)]
-
-    def _count(self, **kinds: int) -> None:
-        self.counts = self.counts + OracleCounts(**kinds)
 
     # -- zeroth order --------------------------------------------------------------------------
     @torch.no_grad()
@@ -214,12 +247,7 @@ class Oracles:
     def rank(self, candidates: torch.Tensor) -> list[int]:
         """Indices of ``candidates [m, P]`` best first. Only the order reaches the optimizer; a
         programmatic ranker reads the values, which are not counted as function values."""
-        values = self._loss(candidates)
-        order = [int(i) for i in self.ranker(candidates, values)]
-        if sorted(order) != list(range(candidates.shape[0])):
-            raise ValueError(f"a ranking must order all {candidates.shape[0]} candidates once, got {order}")
-        self._count(rankings=1)
-        return order
+        return self._ranked(candidates, self._loss(candidates))
 
     # -- sampled-label gradient (Sophia-G's Gauss-Newton-Bartlett estimator) --------------------
     def gnb_gradient(self, generator: torch.Generator) -> tuple[int, list[torch.Tensor]]:

@@ -57,7 +57,6 @@ from typing import Any
 import numpy as np
 import torch
 
-import engine.optimizers  # noqa: F401  (registers the built-in optimizers)
 from engine.batching import BatchSize, norm_test_size
 from engine.cancel import checkpoint
 from engine.clipping import Clip, clip_

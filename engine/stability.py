@@ -6,7 +6,15 @@ Occurs at the Edge of Stability"; Cohen et al. 2022, "Adaptive Gradient Methods 
 Stability"):
 
 * gradient descent: :math:`\lambda_{\max} < 2/\eta`;
-* heavy-ball / Nesterov momentum :math:`\mu`: :math:`\lambda_{\max} < (2 + 2\mu)/\eta`;
+* heavy-ball momentum :math:`\mu`: :math:`\lambda_{\max} < (2 + 2\mu)/\eta`;
+* Nesterov momentum :math:`\mu`: :math:`\lambda_{\max} < (2 + 2\mu)/((1 + 2\mu)\eta)` (the
+  boundary of the ``torch.optim.SGD(nesterov=True)`` recursion on a quadratic: its eigenvalue
+  :math:`-1` at :math:`\eta\lambda (1 + 2\mu) = 2 + 2\mu`);
+* optimistic gradient descent :math:`\theta_{t+1} = \theta_t - 2\eta g_t + \eta g_{t-1}`:
+  :math:`\lambda_{\max} < 2/(3\eta)` (the root :math:`-1` of :math:`z^2 - (1 - 2a)z - a`,
+  :math:`a = \eta\lambda`);
+* extragradient / mirror prox: the step multiplies by :math:`1 - a + a^2`, so
+  :math:`\lambda_{\max} < 1/\eta`;
 * Adam-type methods: the preconditioned sharpness :math:`\lambda_{\max}(P_t^{-1} H) <
   (2 + 2\beta_1)/((1 - \beta_1)\eta)` (38/η at β1 = 0.9).
 """
@@ -51,6 +59,19 @@ def gradient_descent(hp: Mapping[str, Any]) -> Threshold:
 def heavy_ball(hp: Mapping[str, Any]) -> Threshold:
     mu = float(hp.get("momentum", 0.0))
     return Threshold(_over_lr(2 + 2 * mu, hp), LAMBDA_MAX, r"(2 + 2\mu)/\eta")
+
+
+def nesterov(hp: Mapping[str, Any]) -> Threshold:
+    mu = float(hp.get("momentum", 0.0))
+    return Threshold(_over_lr((2 + 2 * mu) / (1 + 2 * mu), hp), LAMBDA_MAX, r"(2 + 2\mu)/((1 + 2\mu)\eta)")
+
+
+def optimistic_gradient(hp: Mapping[str, Any]) -> Threshold:
+    return Threshold(_over_lr(2 / 3, hp), LAMBDA_MAX, r"2/(3\eta)")
+
+
+def extragradient(hp: Mapping[str, Any]) -> Threshold:
+    return Threshold(_over_lr(1, hp), LAMBDA_MAX, r"1/\eta")
 
 
 def adam_preconditioned(hp: Mapping[str, Any]) -> Threshold:

@@ -1,16 +1,21 @@
-"""Built-in optimizers. Importing this package registers every one of them.
+"""Built-in optimizers: one module per family, each declaring its ``SPECS``; :data:`BUILTINS` below is
+the one list the registry (:mod:`engine.registry`) is built from. Importing a family registers
+nothing.
 
-One module per family: ``torch_builtin`` (what ``torch.optim`` carries: SGD, momentum, Nesterov,
-Adam, AdamW, AMSGrad, RMSprop, Adagrad), ``sign`` (signSGD, Signum, Lion, from
-``pytorch_optimizer``), ``adaptive`` (diffGrad, AdamP and SGD-SaI written here, AdaBelief from
-``pytorch_optimizer``), ``zeroth_order`` (MeZO / ZO-SGD and its variants, forward gradient,
-ZO-RankSGD), ``second_order`` (Sophia, AdaHessian, Newton, M-FAC), ``memory_lean`` (SCALE,
-FRUGAL), ``mirror`` (mirror descent, optimistic mirror descent, mirror prox), ``population``
-(consensus-based optimization), ``coordinate`` (block coordinate descent). Each spec says which
-implementation it uses and why.
+Families: ``torch_builtin`` (what ``torch.optim`` carries: SGD, momentum, Nesterov, Adam, AdamW,
+AMSGrad, RMSprop, Adagrad), ``sign`` (signSGD, Signum, Lion, from ``pytorch_optimizer``),
+``adaptive`` (diffGrad, AdamP and SGD-SaI written here, AdaBelief from ``pytorch_optimizer``),
+``zeroth_order`` (MeZO / ZO-SGD and its variants, forward gradient, ZO-RankSGD), ``second_order``
+(Sophia, AdaHessian, Newton, M-FAC), ``memory_lean`` (SCALE, FRUGAL), ``mirror`` (mirror descent,
+optimistic mirror descent, mirror prox), ``population`` (consensus-based optimization),
+``coordinate`` (block coordinate descent). Each spec says which implementation it uses and why;
+the plumbing they share is :mod:`engine.optimizers.base`.
+
+Adding a built-in optimizer: its spec in its family's ``SPECS`` (a new family: one line below) and
+its entry in the test table ``tests/engine/optimizer_cases.py``.
 """
 
-from engine.optimizers import (  # noqa: F401  (registers on import)
+from engine.optimizers import (
     adaptive,
     coordinate,
     memory_lean,
@@ -21,3 +26,19 @@ from engine.optimizers import (  # noqa: F401  (registers on import)
     torch_builtin,
     zeroth_order,
 )
+from engine.specs import OptimizerSpec
+
+BUILTINS: tuple[OptimizerSpec, ...] = (
+    *torch_builtin.SPECS,
+    *sign.SPECS,
+    *adaptive.SPECS,
+    *zeroth_order.SPECS,
+    *second_order.SPECS,
+    *memory_lean.SPECS,
+    *mirror.SPECS,
+    *population.SPECS,
+    *coordinate.SPECS,
+)
+"""Every built-in spec, in the order the registry (and the app's menus) list them."""
+
+__all__ = ["BUILTINS"]

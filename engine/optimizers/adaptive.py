@@ -23,25 +23,26 @@ and accepts a closure.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from pytorch_optimizer import AdaBelief
 from torch.nn.functional import cosine_similarity
 
-from engine.optimizers.torch_builtin import ADAM_BETAS, MOMENTUM, eps, lr, weight_decay
-from engine.registry import Hyperparameter, OptimizerSpec, Oracle, Paper, register
+from engine.optimizers.base import Params, closure_loss, gradients
+from engine.specs import (
+    ADAM_BETAS,
+    MOMENTUM,
+    Hyperparameter,
+    OptimizerSpec,
+    Oracle,
+    Paper,
+    eps,
+    lr,
+    weight_decay,
+)
 from engine.stability import adam_preconditioned
-
-Params = Iterable[torch.Tensor] | Iterable[dict[str, Any]]
-
-
-def _closure_loss(closure: Callable[[], Any] | None) -> Any:
-    if closure is None:
-        return None
-    with torch.enable_grad():
-        return closure()
 
 
 class DiffGrad(torch.optim.Optimizer):
@@ -61,41 +62,35 @@ class DiffGrad(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = _closure_loss(closure)
-        for group in self.param_groups:
+        loss = closure_loss(closure)
+        for group, p, grad, state in gradients(self, "DiffGrad"):
             beta1, beta2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                grad = p.grad
-                if grad.is_sparse:
-                    raise RuntimeError("DiffGrad does not support sparse gradients")
-                if group["weight_decay"] != 0:
-                    grad = grad.add(p, alpha=group["weight_decay"])
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p)
-                    state["exp_avg_sq"] = torch.zeros_like(p)
-                    state["previous_grad"] = torch.zeros_like(p)
-                state["step"] += 1
-                t = state["step"]
-                exp_avg, exp_avg_sq, previous = state["exp_avg"], state["exp_avg_sq"], state["previous_grad"]
-                exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
-                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                xi = previous.sub_(grad).abs_().sigmoid_()  # reuses the buffer; refilled below
-                denom = (exp_avg_sq.sqrt() / math.sqrt(1 - beta2 ** t)).add_(group["eps"])
-                p.addcdiv_(xi.mul_(exp_avg), denom, value=-group["lr"] / (1 - beta1 ** t))
-                previous.copy_(grad)
+            if group["weight_decay"] != 0:
+                grad = grad.add(p, alpha=group["weight_decay"])
+            if not state:
+                state["step"] = 0
+                state["exp_avg"] = torch.zeros_like(p)
+                state["exp_avg_sq"] = torch.zeros_like(p)
+                state["previous_grad"] = torch.zeros_like(p)
+            state["step"] += 1
+            t = state["step"]
+            exp_avg, exp_avg_sq, previous = state["exp_avg"], state["exp_avg_sq"], state["previous_grad"]
+            exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
+            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            xi = previous.sub_(grad).abs_().sigmoid_()  # reuses the buffer; refilled below
+            denom = (exp_avg_sq.sqrt() / math.sqrt(1 - beta2 ** t)).add_(group["eps"])
+            p.addcdiv_(xi.mul_(exp_avg), denom, value=-group["lr"] / (1 - beta1 ** t))
+            previous.copy_(grad)
         return loss
 
 
 def _adamp_projection(p: torch.Tensor, grad: torch.Tensor, perturb: torch.Tensor, delta: float,
-                      wd_ratio: float, eps: float) -> tuple[torch.Tensor, float]:
+                      wd_ratio: float, eps: float) -> tuple[torch.Tensor, float, bool]:
     """AdamP's projection (official code): for the per-output-channel view, then the whole-tensor
     view, if every |cos(g, w)| is below ``delta / sqrt(view width)`` the weight is taken as scale
     invariant, the radial component ``(ŵ·u) ŵ`` is removed from the update ``u`` and the weight
-    decay is scaled by ``wd_ratio``. The first view that qualifies wins."""
+    decay is scaled by ``wd_ratio``. The first view that qualifies wins. Returns the update, the
+    decay factor and whether it was projected."""
     expand = [-1] + [1] * (p.dim() - 1)
     for view in (lambda x: x.reshape(x.size(0), -1), lambda x: x.reshape(1, -1)):
         w, g = view(p), view(grad)
@@ -103,8 +98,8 @@ def _adamp_projection(p: torch.Tensor, grad: torch.Tensor, perturb: torch.Tensor
         if cos.max() < delta / math.sqrt(w.size(1)):
             p_n = p / w.norm(dim=1).add(eps).view(expand)
             perturb = perturb - p_n * view(p_n * perturb).sum(dim=1).view(expand)
-            return perturb, wd_ratio
-    return perturb, 1.0
+            return perturb, wd_ratio, True
+    return perturb, 1.0, False
 
 
 class AdamP(torch.optim.Optimizer):
@@ -115,6 +110,8 @@ class AdamP(torch.optim.Optimizer):
         θ ← θ (1 − lr·λ·ratio) − lr · u
 
     On a 1-D tensor (a single 2-D point) there is no projection and AdamP equals Adam.
+    :meth:`diagnostics` reports the share of the parameters (entries) whose update was projected at
+    the last step: 0 when the projection did not fire.
     """
 
     def __init__(self, params: Params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
@@ -122,41 +119,44 @@ class AdamP(torch.optim.Optimizer):
                  nesterov: bool = False) -> None:
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       delta=delta, wd_ratio=wd_ratio, nesterov=nesterov))
+        self._projected: tuple[int, int] | None = None  # (entries projected, entries stepped)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = _closure_loss(closure)
-        for group in self.param_groups:
+        loss = closure_loss(closure)
+        projected = stepped = 0
+        for group, p, grad, state in gradients(self, "AdamP"):
             beta1, beta2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                grad = p.grad
-                if grad.is_sparse:
-                    raise RuntimeError("AdamP does not support sparse gradients")
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p)
-                    state["exp_avg_sq"] = torch.zeros_like(p)
-                state["step"] += 1
-                t = state["step"]
-                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-                exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
-                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                denom = (exp_avg_sq.sqrt() / math.sqrt(1 - beta2 ** t)).add_(group["eps"])
-                if group["nesterov"]:
-                    perturb = (beta1 * exp_avg + (1 - beta1) * grad) / denom
-                else:
-                    perturb = exp_avg / denom
-                ratio = 1.0
-                if p.dim() > 1:
-                    perturb, ratio = _adamp_projection(p, grad, perturb, group["delta"], group["wd_ratio"],
-                                                       group["eps"])
-                if group["weight_decay"] > 0:
-                    p.mul_(1 - group["lr"] * group["weight_decay"] * ratio)
-                p.add_(perturb, alpha=-group["lr"] / (1 - beta1 ** t))
+            if not state:
+                state["step"] = 0
+                state["exp_avg"] = torch.zeros_like(p)
+                state["exp_avg_sq"] = torch.zeros_like(p)
+            state["step"] += 1
+            t = state["step"]
+            exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+            exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
+            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            denom = (exp_avg_sq.sqrt() / math.sqrt(1 - beta2 ** t)).add_(group["eps"])
+            if group["nesterov"]:
+                perturb = (beta1 * exp_avg + (1 - beta1) * grad) / denom
+            else:
+                perturb = exp_avg / denom
+            ratio, was_projected = 1.0, False
+            if p.dim() > 1:
+                perturb, ratio, was_projected = _adamp_projection(p, grad, perturb, group["delta"],
+                                                                  group["wd_ratio"], group["eps"])
+            projected += p.numel() if was_projected else 0
+            stepped += p.numel()
+            if group["weight_decay"] > 0:
+                p.mul_(1 - group["lr"] * group["weight_decay"] * ratio)
+            p.add_(perturb, alpha=-group["lr"] / (1 - beta1 ** t))
+        self._projected = (projected, stepped)
         return loss
+
+    def diagnostics(self) -> Mapping[str, float]:
+        if self._projected is None or self._projected[1] == 0:
+            return {}
+        return {"projected_fraction": self._projected[0] / self._projected[1]}
 
 
 class SGDSaI(torch.optim.Optimizer):
@@ -173,7 +173,8 @@ class SGDSaI(torch.optim.Optimizer):
     followed here: 1.0.4 divides every s_k by the largest one (on a single tensor that makes s = 1),
     and 1.1.0 replaces s_k by sqrt(numel) "as an approximation". The fallback for std = 0 is the
     one commented out in the official code and used by pytorch_optimizer (the official 1.0.3 would
-    divide by ε alone).
+    divide by ε alone). :meth:`diagnostics` reports the smallest and largest :math:`s_k`: the spread
+    of the per-tensor learning rates :math:`\eta s_k` the method sets at initialisation.
     """
 
     def __init__(self, params: Params, lr: float = 1e-2, momentum: float = 0.9, weight_decay: float = 0.0,
@@ -182,32 +183,29 @@ class SGDSaI(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = _closure_loss(closure)
-        for group in self.param_groups:
+        loss = closure_loss(closure)
+        for group, p, grad, state in gradients(self, "SGDSaI"):
             mu = group["momentum"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                grad = p.grad
-                if grad.is_sparse:
-                    raise RuntimeError("SGDSaI does not support sparse gradients")
-                state = self.state[p]
-                if "gsnr" not in state:
-                    norm = grad.norm()
-                    sigma = grad.std() if grad.numel() > 1 else torch.zeros_like(norm)
-                    ok = torch.isfinite(sigma) & (sigma > 0)
-                    state["gsnr"] = torch.where(ok, norm / (sigma + group["eps"]), norm)
-                if mu != 0:
-                    if "momentum_buffer" not in state:
-                        buf = state["momentum_buffer"] = grad.clone()
-                    else:
-                        buf = state["momentum_buffer"].mul_(mu).add_(grad, alpha=1 - mu)
+            if "gsnr" not in state:
+                norm = grad.norm()
+                sigma = grad.std() if grad.numel() > 1 else torch.zeros_like(norm)
+                ok = torch.isfinite(sigma) & (sigma > 0)
+                state["gsnr"] = torch.where(ok, norm / (sigma + group["eps"]), norm)
+            if mu != 0:
+                if "momentum_buffer" not in state:
+                    buf = state["momentum_buffer"] = grad.clone()
                 else:
-                    buf = grad
-                if group["weight_decay"] != 0:
-                    p.mul_(1 - group["lr"] * group["weight_decay"])
-                p.addcmul_(buf, state["gsnr"], value=-group["lr"])
+                    buf = state["momentum_buffer"].mul_(mu).add_(grad, alpha=1 - mu)
+            else:
+                buf = grad
+            if group["weight_decay"] != 0:
+                p.mul_(1 - group["lr"] * group["weight_decay"])
+            p.addcmul_(buf, state["gsnr"], value=-group["lr"])
         return loss
+
+    def diagnostics(self) -> Mapping[str, float]:
+        scales = [float(s["gsnr"]) for s in self.state.values() if "gsnr" in s]
+        return {"gsnr_min": min(scales), "gsnr_max": max(scales)} if scales else {}
 
 
 _DIFFGRAD = Paper("diffGrad: An Optimization Method for Convolutional Neural Networks",
@@ -237,6 +235,10 @@ SPECS = [
                      + r"\theta_{t+1} = \theta_t"
                      r" - \eta\,\xi_t \odot \frac{\hat m_t}{\sqrt{\hat v_t} + \epsilon}"),
         paper=_DIFFGRAD, oracle=Oracle.GRADIENTS, row_separable=True,
+        # Adam's step times xi in [1/2, 1): Adam's preconditioned sharpness bounds diffGrad's own
+        # (lambda_max(xi P^-1 H) <= lambda_max(P^-1 H)), and where the iterate oscillates across a
+        # valley |g_{t-1} - g_t| is large, xi -> 1 and the two coincide.
+        stability=adam_preconditioned, second_moment_key="exp_avg_sq",
     ),
     # pytorch_optimizer.AdaBelief with rectify=False, weight_decouple=True, fixed_decay=False,
     # ams_bound=False: s gets (g - m)^2 + eps, denom sqrt(s)/sqrt(1-b2^t) + eps, step lr/(1-b1^t),
@@ -254,6 +256,10 @@ SPECS = [
                      r"\theta_{t+1} = \theta_t(1-\eta\lambda)"
                      r" - \eta\,\frac{\hat m_t}{\sqrt{\hat s_t} + \epsilon}"),
         paper=_ADABELIEF, oracle=Oracle.GRADIENTS, row_separable=True,
+        # No stability fields, though s_t ("exp_avg_var") is an Adam-type preconditioner: the library
+        # keeps the step count in the param group, and engine.instruments.second_moment reads
+        # state["step"]. Declare stability=adam_preconditioned, second_moment_key="exp_avg_var" once
+        # it reads the group's count.
         fixed={"rectify": False, "weight_decouple": True, "fixed_decay": False, "ams_bound": False},
     ),
     # Hand-written AdamP above (pytorch_optimizer.AdamP moves eps inside the bias correction).
@@ -273,6 +279,8 @@ SPECS = [
                      r"\theta_{t+1} = \theta_t(1 - \eta\lambda r) - \eta\,u_t"),
         paper=_ADAMP, oracle=Oracle.GRADIENTS, row_separable=False, fixed={"nesterov": False},
         stability=adam_preconditioned, second_moment_key="exp_avg_sq",
+        diagnostics={"projected_fraction": "share of the parameters (entries) whose update had its radial "
+                                           "part removed at the last step (0: the projection did not fire)"},
     ),
     # Hand-written SGD-SaI above (pytorch_optimizer.SGDSaI differs from the official code in the
     # first momentum step and in which tensors get a standard deviation). Not row-separable: the
@@ -289,10 +297,11 @@ SPECS = [
                      r"m_t = \mu m_{t-1} + (1-\mu) g_t,\ m_1 = g_1,\;"
                      r"\theta_{t+1,k} = \theta_{t,k}(1-\eta\lambda) - \eta\, s_k\, m_{t,k}"),
         paper=_SGDSAI, oracle=Oracle.GRADIENTS, row_separable=False,
+        # No stability threshold: the step is lr * s_k * m with s_k state (frozen at step 1), and a
+        # threshold is a function of the hyperparameters alone.
+        diagnostics={"gsnr_min": "smallest per-tensor g-SNR s_k (the scale of its learning rate)",
+                     "gsnr_max": "largest per-tensor g-SNR s_k"},
     ),
 ]
-
-for _spec in SPECS:
-    register(_spec)
 
 __all__ = ["SPECS", "AdamP", "DiffGrad", "SGDSaI"]

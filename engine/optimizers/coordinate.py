@@ -28,15 +28,14 @@ cost; that saving is not modelled.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 
-from engine.optimizers.torch_builtin import lr
-from engine.registry import Hyperparameter, OptimizerSpec, Oracle, Paper, register
-
-Params = Iterable[torch.Tensor] | Iterable[dict[str, Any]]
+from engine.optimizers.base import Params, closure_loss
+from engine.oracles import flatten
+from engine.specs import Hyperparameter, OptimizerSpec, Oracle, Paper, lr
 
 RULES = ("cyclic", "random", "gauss_southwell")
 
@@ -54,8 +53,8 @@ class BlockCoordinateDescent(torch.optim.Optimizer):
     """Block coordinate descent with the ``rule`` chosen at construction; see the module docstring.
 
     ``last_block`` holds, after each step, the index of the block that moved (for a view to
-    highlight); block ``b`` is entries ``[b * block_size, (b + 1) * block_size)`` of the flattened
-    parameters.
+    highlight; :meth:`diagnostics` reports it as ``"block"``); block ``b`` is entries
+    ``[b * block_size, (b + 1) * block_size)`` of the flattened parameters.
     """
 
     def __init__(self, params: Params, lr: float = 1e-3, block_size: int = 1, rule: str = "cyclic",
@@ -77,14 +76,11 @@ class BlockCoordinateDescent(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         group = self.param_groups[0]  # lr and block_size: one value for the whole vector
         params = [p for g in self.param_groups for p in g["params"]]
         grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
-        flat = torch.cat([g.reshape(-1) for g in grads])
+        flat = flatten(grads)
         size = int(group["block_size"])
         b = self._choose(flat, math.ceil(flat.numel() / size), size)
         lo, hi = b * size, min((b + 1) * size, flat.numel())
@@ -98,6 +94,9 @@ class BlockCoordinateDescent(torch.optim.Optimizer):
         self.t += 1
         return loss
 
+    def diagnostics(self) -> Mapping[str, float]:
+        return {} if self.last_block is None else {"block": float(self.last_block)}
+
 
 _NESTEROV = Paper("Efficiency of coordinate descent methods on huge-scale optimization problems",
                   "Y. Nesterov", 2012, "https://doi.org/10.1137/100802001")
@@ -108,37 +107,37 @@ _NUTINI = Paper("Coordinate Descent Converges Faster with the Gauss-Southwell Ru
 _BLOCK_SIZE = Hyperparameter("block_size", 1, 1, 4096, kind="int",
                              doc="coordinates per block (the last block may be shorter)")
 _STEP = r"x_{b_t} \leftarrow x_{b_t} - \eta\,\nabla_{b_t} f(x)"
+_BLOCK = {"block": "index b_t of the block that moved at the last step (entries [b_t B, (b_t + 1) B))"}
 
 SPECS = [
     # Hand-written. lr 1e-3 like gradient descent's default: a block step is a gradient step
     # restricted to the block, and Rosenbrock's curvature of ~2,000 caps it the same way. Steps to
     # converge with the defaults (bowl to 1e-3, Rosenbrock to 1e-2, from (-1.5, 2)): cyclic
     # 14,643 / 20,344, random 14,558 / 23,824, Gauss-Southwell 8,325 / 18,099 (gradient descent:
-    # about 7,000 / 12,000; measured with the protocol of test_convergence.py).
+    # about 7,000 / 12,000; measured with the protocol of test_convergence.py). No stability
+    # threshold on lambda_max: a block step is stable for lr < 2 / lambda_max(H_bb) of its own block,
+    # which the full Hessian's lambda_max only bounds from above.
     OptimizerSpec(
         name="bcd_cyclic", label="Block coordinate descent (cyclic)", factory=BlockCoordinateDescent,
         hyperparameters=(lr(1e-3), _BLOCK_SIZE),
         update_rule=r"b_t = t \bmod B,\; " + _STEP,
         paper=_NESTEROV, oracle=Oracle.GRADIENTS, family="coordinate", row_separable=False,
-        fixed={"rule": "cyclic"}, per_trajectory=True,
+        fixed={"rule": "cyclic"}, per_trajectory=True, diagnostics=_BLOCK,
     ),
     OptimizerSpec(
         name="bcd_random", label="Block coordinate descent (random)", factory=BlockCoordinateDescent,
         hyperparameters=(lr(1e-3), _BLOCK_SIZE),
         update_rule=r"b_t \sim \mathrm{Uniform}\{0, \dots, B-1\},\; " + _STEP,
         paper=_NESTEROV, oracle=Oracle.GRADIENTS, family="coordinate", row_separable=False,
-        fixed={"rule": "random"}, seeded=True, per_trajectory=True,
+        fixed={"rule": "random"}, seeded=True, per_trajectory=True, diagnostics=_BLOCK,
     ),
     OptimizerSpec(
         name="bcd_gauss_southwell", label="Block coordinate descent (Gauss-Southwell)",
         factory=BlockCoordinateDescent, hyperparameters=(lr(1e-3), _BLOCK_SIZE),
         update_rule=r"b_t = \arg\max_b \lVert\nabla_b f(x)\rVert_2,\; " + _STEP,
         paper=_NUTINI, oracle=Oracle.GRADIENTS, family="coordinate", row_separable=False,
-        fixed={"rule": "gauss_southwell"}, per_trajectory=True,
+        fixed={"rule": "gauss_southwell"}, per_trajectory=True, diagnostics=_BLOCK,
     ),
 ]
-
-for _spec in SPECS:
-    register(_spec)
 
 __all__ = ["RULES", "SPECS", "BlockCoordinateDescent", "block_norms"]

@@ -26,7 +26,7 @@ in parameter order (the reference code is told which tensor is ``lm_head``); the
 
 **FRUGAL** (Zmushko, Beznosikov, Takáč & Horváth 2024), written after the authors' ``CoordAdamW``
 (``frugal/proj_optimizer_templates.py``, ``coordinate_projector.py``, ``adamw.py``): every
-``update_gap`` steps a random subset of :math:`\lfloor\rho\, n\rfloor` columns of each matrix
+``update_gap`` steps :math:`T` a random subset of :math:`\lfloor\rho\, n\rfloor` columns of each matrix
 (coordinates of each vector) is chosen; Adam (bias-corrected, moments and step counter reset at
 every re-selection) updates those, signSGD with the same :math:`\eta` updates the rest, and
 weight decay is decoupled:
@@ -37,25 +37,40 @@ weight decay is decoupled:
 
 State: :math:`2\rho P` entries (plus the chosen indices). The reference code applies the split only
 to the attention/MLP weight matrices and gives every other parameter full AdamW; here every
-parameter is split (vectors by coordinate), so that the ``rho`` slider runs from signSGD
-(:math:`\rho = 0`) to Adam (:math:`\rho = 1`) on any problem, including a 2-D landscape. Subsets
-are ``randperm`` draws from a ``torch.Generator`` seeded with the optimizer's ``seed``, one per
-tensor at each re-selection, as in the reference projector; the spec is ``per_trajectory``, so
-each start of a race draws its own. A change of ``rho`` takes effect at once (a re-selection at
-the next step).
+parameter is split (vectors by coordinate), so that the ``rho`` slider runs over the whole problem,
+including a 2-D landscape. Its ends: :math:`\rho = 0` is signSGD (no state); :math:`\rho = 1` is
+*not* Adam but Adam restarted every :math:`T` steps -- the re-selection at steps
+:math:`0, T, 2T, \dots` draws all columns again and resets :math:`m`, :math:`v` and the
+bias-correction count to zero, so the first steps after each restart are bias-corrected Adam steps
+from empty moments (about :math:`\eta\,\mathrm{sign}(g)` in size). It equals AdamW only while the
+run is shorter than :math:`T` (``update_gap`` up to 100,000). Subsets are ``randperm`` draws from a
+``torch.Generator`` seeded with the optimizer's ``seed``, one per tensor at each re-selection, as in
+the reference projector; the spec is ``per_trajectory``, so each start of a race draws its own. A
+change of ``rho`` takes effect at once (a re-selection, with fresh moments, at the next step).
+:meth:`FRUGAL.diagnostics` reports the state density: the share of the parameters (entries) with
+Adam state, :math:`\sum_l r_l \lfloor\rho\, n_l\rfloor / P` (:math:`r_l` entries per column).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 
-from engine.optimizers.adaptive import Params, _closure_loss
-from engine.optimizers.torch_builtin import ADAM_BETAS, MOMENTUM, eps, lr, weight_decay
-from engine.registry import Hyperparameter, OptimizerSpec, Oracle, Paper, register
+from engine.optimizers.base import Params, closure_loss, gradients
+from engine.specs import (
+    ADAM_BETAS,
+    MOMENTUM,
+    Hyperparameter,
+    OptimizerSpec,
+    Oracle,
+    Paper,
+    eps,
+    lr,
+    weight_decay,
+)
 
 
 def column_normalize(m: torch.Tensor, floor: float = 1e-8) -> torch.Tensor:
@@ -86,41 +101,36 @@ class SCALE(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = _closure_loss(closure)
+        loss = closure_loss(closure)
         beta1, beta2 = self.ADAM_BETAS
-        for group in self.param_groups:
+        for group, p, g, state in gradients(self, "SCALE"):
             eta, decay = group["lr"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                g = p.grad
-                state = self.state[p]
-                if p.dim() >= 2:
-                    m = g
-                    if self.is_output(p):
-                        if "momentum_buffer" not in state:
-                            state["momentum_buffer"] = torch.zeros_like(g)
-                        m = state["momentum_buffer"].lerp_(g, 1 - group["momentum"])
-                    p.mul_(1 - eta * decay)
-                    p.add_(column_normalize(m), alpha=-eta)
-                    continue
-                if not state:  # a vector: the reference code's AdamW
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p)
-                    state["exp_avg_sq"] = torch.zeros_like(p)
-                state["step"] += 1
-                t = state["step"]
-                state["exp_avg"].lerp_(g, 1 - beta1)
-                state["exp_avg_sq"].lerp_(g.square(), 1 - beta2)
-                direction = state["exp_avg"] / (state["exp_avg_sq"].sqrt() + self.ADAM_EPS)
+            if p.dim() >= 2:
+                m = g
+                if self.is_output(p):
+                    if "momentum_buffer" not in state:
+                        state["momentum_buffer"] = torch.zeros_like(g)
+                    m = state["momentum_buffer"].lerp_(g, 1 - group["momentum"])
                 p.mul_(1 - eta * decay)
-                p.add_(direction, alpha=-eta * math.sqrt(1 - beta2 ** t) / (1 - beta1 ** t))
+                p.add_(column_normalize(m), alpha=-eta)
+                continue
+            if not state:  # a vector: the reference code's AdamW
+                state["step"] = 0
+                state["exp_avg"] = torch.zeros_like(p)
+                state["exp_avg_sq"] = torch.zeros_like(p)
+            state["step"] += 1
+            t = state["step"]
+            state["exp_avg"].lerp_(g, 1 - beta1)
+            state["exp_avg_sq"].lerp_(g.square(), 1 - beta2)
+            direction = state["exp_avg"] / (state["exp_avg_sq"].sqrt() + self.ADAM_EPS)
+            p.mul_(1 - eta * decay)
+            p.add_(direction, alpha=-eta * math.sqrt(1 - beta2 ** t) / (1 - beta1 ** t))
         return loss
 
 
 class FRUGAL(torch.optim.Optimizer):
-    """FRUGAL with random-column (coordinate) subspaces, Adam state-full and signSGD state-free
-    (see the module docstring)."""
+    """FRUGAL with random-column (coordinate) subspaces, Adam state-full and signSGD state-free,
+    the Adam part restarted at every re-selection (see the module docstring)."""
 
     def __init__(self, params: Params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, rho: float = 0.25, update_gap: int = 200,
@@ -156,42 +166,45 @@ class FRUGAL(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = _closure_loss(closure)
+        loss = closure_loss(closure)
         first = self.param_groups[0]
         if self.t % int(first["update_gap"]) == 0 or self._rho != first["rho"]:
             self._refresh(first["rho"])
-        for group in self.param_groups:
+        for group, p, g, state in gradients(self, "FRUGAL"):
             beta1, beta2 = group["betas"]
             eta = group["lr"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                g = p.grad
-                state = self.state[p]
-                idx = state["indices"]
-                state["step"] += 1
-                t = state["step"]
-                p.mul_(1 - eta * group["weight_decay"])
-                # state-free part: signSGD on every column outside the subset
-                free = torch.sign(g)
-                if g.dim() >= 2:
-                    free[:, idx] = 0
-                else:
-                    free.view(-1)[idx] = 0
-                # state-full part: Adam on the subset's columns only
-                gs = self._columns(g, idx)
-                state["exp_avg"].lerp_(gs, 1 - beta1)
-                state["exp_avg_sq"].mul_(beta2).addcmul_(gs, gs, value=1 - beta2)
-                denom = (state["exp_avg_sq"].sqrt() / math.sqrt(1 - beta2 ** t)).add_(group["eps"])
-                adam = state["exp_avg"] / denom / (1 - beta1 ** t)
-                update = free
-                if g.dim() >= 2:
-                    update[:, idx] = adam
-                else:
-                    update.view(-1)[idx] = adam
-                p.add_(update, alpha=-eta)
+            idx = state["indices"]
+            state["step"] += 1
+            t = state["step"]
+            p.mul_(1 - eta * group["weight_decay"])
+            # state-free part: signSGD on every column outside the subset
+            free = torch.sign(g)
+            if g.dim() >= 2:
+                free[:, idx] = 0
+            else:
+                free.view(-1)[idx] = 0
+            # state-full part: Adam on the subset's columns only
+            gs = self._columns(g, idx)
+            state["exp_avg"].lerp_(gs, 1 - beta1)
+            state["exp_avg_sq"].mul_(beta2).addcmul_(gs, gs, value=1 - beta2)
+            denom = (state["exp_avg_sq"].sqrt() / math.sqrt(1 - beta2 ** t)).add_(group["eps"])
+            adam = state["exp_avg"] / denom / (1 - beta1 ** t)
+            update = free
+            if g.dim() >= 2:
+                update[:, idx] = adam
+            else:
+                update.view(-1)[idx] = adam
+            p.add_(update, alpha=-eta)
         self.t += 1
         return loss
+
+    def diagnostics(self) -> Mapping[str, float]:
+        """The state density: entries with Adam state over all entries (empty before a step)."""
+        params = [p for g in self.param_groups for p in g["params"] if "indices" in self.state[p]]
+        if not params:
+            return {}
+        held = sum(p.numel() // self.n_columns(p) * self.state[p]["indices"].numel() for p in params)
+        return {"state_density": held / sum(p.numel() for p in params)}
 
 
 _SCALE = Paper("A Minimalist Optimizer Design for LLM Pretraining",
@@ -203,7 +216,9 @@ SPECS = [
     # Hand-written after the reference code. lr 1e-3, the reference scripts' (350m_scale.sh) and this
     # registry's Adam default: every normalised row moves by about lr per entry, and on a 2-D
     # landscape SCALE is the reference AdamW (measured from (-1.5, 2): bowl 4,841 steps to 1e-3,
-    # Rosenbrock 9,722 to 1e-2). momentum 0.9 is the paper's.
+    # Rosenbrock 9,722 to 1e-2). momentum 0.9 is the paper's. No stability threshold (a normalised
+    # row moves by lr per entry whatever the curvature) and no diagnostics (the paper defines no
+    # quantity about its own step beyond the update).
     OptimizerSpec(
         name="scale", label="SCALE", factory=SCALE,
         hyperparameters=(lr(1e-3), MOMENTUM, weight_decay()),
@@ -228,8 +243,8 @@ SPECS = [
         name="frugal", label="FRUGAL", factory=FRUGAL,
         hyperparameters=(lr(1e-3), *ADAM_BETAS, eps(1e-8), weight_decay(),
                          Hyperparameter("rho", 0.25, 0.0, 1.0,
-                                        doc="fraction \\rho of columns with Adam state "
-                                            "(0: signSGD, 1: Adam)"),
+                                        doc="fraction \\rho of columns with Adam state (0: signSGD; "
+                                            "1: Adam restarted every T steps)"),
                          Hyperparameter("update_gap", 200, 1, 100_000, kind="int",
                                         doc="steps T between re-selections of the subspace")),
         update_rule=(r"\theta_{t+1} = \theta_t(1-\eta\lambda) - \eta\,P^\top\frac{\hat m_t}{\sqrt{\hat v_t}"
@@ -237,10 +252,9 @@ SPECS = [
                      r"P:\ \lfloor\rho n\rfloor \text{ random columns, redrawn every } T \text{ steps}"),
         paper=_FRUGAL, oracle=Oracle.GRADIENTS, family="memory-lean", row_separable=False, seeded=True,
         per_trajectory=True,
+        diagnostics={"state_density": "share of the parameters (entries) with Adam state at the last step: "
+                                      "sum of rows x floor(rho n) over P"},
     ),
 ]
-
-for _spec in SPECS:
-    register(_spec)
 
 __all__ = ["FRUGAL", "SCALE", "SPECS", "column_normalize"]

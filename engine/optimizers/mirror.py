@@ -20,28 +20,19 @@ returns the same field, so the rules above are written once, for a field :math:`
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from engine.optimizers.torch_builtin import lr
-from engine.oracles import require_oracles
-from engine.registry import OptimizerSpec, Oracle, Paper, register
-
-Params = Iterable[torch.Tensor] | Iterable[dict[str, Any]]
+from engine.optimizers.base import GradientEstimator, Params, closure_loss, gradients
+from engine.specs import CLIPPED_FRACTION, OptimizerSpec, Oracle, Paper, lr
+from engine.stability import extragradient, optimistic_gradient
 
 SIMPLEX_MIX = 1e-2
 """How far a start with a non-positive entry is pulled towards the uniform point after its
 Euclidean projection onto the simplex: a zero coordinate would stay zero forever under the
 multiplicative update."""
-
-
-def _closure_loss(closure: Callable[[], Any] | None) -> Any:
-    if closure is None:
-        return None
-    with torch.enable_grad():
-        return closure()
 
 
 def project_simplex(v: torch.Tensor) -> torch.Tensor:
@@ -91,14 +82,10 @@ class ExponentiatedGradient(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = _closure_loss(closure)
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                g = p.grad
-                w = p * torch.exp(-group["lr"] * (g - g.min()))
-                p.copy_(w / w.sum())
+        loss = closure_loss(closure)
+        for group, p, g, _ in gradients(self, "ExponentiatedGradient"):
+            w = p * torch.exp(-group["lr"] * (g - g.min()))
+            p.copy_(w / w.sum())
         return loss
 
 
@@ -117,50 +104,48 @@ class OptimisticGradient(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = _closure_loss(closure)
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                previous = state.get("previous_grad")
-                step = 2.0 * p.grad if previous is None else 2.0 * p.grad - previous
-                p.add_(step, alpha=-group["lr"])
-                state["previous_grad"] = p.grad.clone()
+        loss = closure_loss(closure)
+        for group, p, g, state in gradients(self, "OptimisticGradient"):
+            previous = state.get("previous_grad")
+            step = 2.0 * g if previous is None else 2.0 * g - previous
+            p.add_(step, alpha=-group["lr"])
+            state["previous_grad"] = g.clone()
         return loss
 
 
-class MirrorProx(torch.optim.Optimizer):
+class MirrorProx(GradientEstimator):
     r"""Mirror prox with the Euclidean prox (Nemirovski 2004, Sec. 2), i.e. extragradient
     (Korpelevich 1976)::
 
         z_{t+1/2} = z_t − η F(z_t)
         z_{t+1}   = z_t − η F(z_{t+1/2})
 
-    Two field evaluations per step: :math:`F(z_t)` is the gradient the run already put in
-    ``p.grad`` (the spec asks for the HVP oracle kind only because that is the closure-driven kind
-    that hands over ``p.grad``; no Hessian-vector product is ever taken), and
-    :math:`F(z_{t+1/2})` comes from ``oracles.gradient_at``. Stepped alone (``p.grad`` unset) it
-    asks the closure for :math:`F(z_t)` too.
+    Two field evaluations per step, both gradients: its spec asks for gradients with look-ahead
+    (``oracle=GRADIENTS, lookahead=True``), so the run puts :math:`F(z_t)` in ``p.grad`` (as for
+    any first-order lane) and steps it with an :class:`engine.oracles.Oracles` closure, whose
+    ``gradient_at`` gives :math:`F(z_{t+1/2})` at the look-ahead point. No Hessian-vector product is
+    taken. Stepped alone (``p.grad`` unset) it asks the closure for :math:`F(z_t)` too. A lane's clip
+    (:class:`engine.optimizers.base.GradientEstimator`) applies to both field evaluations; the
+    clipped fraction reported is that of :math:`F(z_t)`.
     """
+
+    label = "mirror_prox"
 
     def __init__(self, params: Params, lr: float = 1e-3) -> None:
         super().__init__(params, dict(lr=lr))
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> None:
-        oracles = require_oracles(closure, "mirror_prox")
+        oracles = self._oracles(closure)
         eta = self.param_groups[0]["lr"]
         with torch.enable_grad():  # the oracles differentiate a fresh graph; step() runs under no_grad
-            if all(p.grad is not None for p in oracles.params):
-                field = oracles.flat([p.grad for p in oracles.params])
-            else:
-                _, grads = oracles.gradient()
-                field = oracles.flat(grads)
+            field = oracles.flat(self._gradient(oracles))
+            fraction = self._clipped
             z = oracles.flat()
-            half = z - eta * field
-            field_half = oracles.gradient_at(half[None])[0].detach()
-        for p, new in zip(oracles.params, oracles.unflat(z - eta * field_half), strict=True):
+            field_half = oracles.gradient_at((z - eta * field)[None])[0].detach()
+            self._clip([field_half])
+            self._clipped = fraction
+        for p, new in zip(self._params(), oracles.unflat(z - eta * field_half), strict=True):
             p.copy_(new)
 
 
@@ -173,7 +158,9 @@ _NEMIROVSKI = Paper("Prox-method with rate of convergence O(1/t) for variational
                     "A. Nemirovski", 2004, "https://doi.org/10.1137/S1052623403425629")
 
 SPECS = [
-    # Hand-written (no library carries it). lr 0.1: gradients on the catalog's simplex problems are
+    # Hand-written (no library carries it). No stability threshold: the step is multiplicative on the
+    # simplex, where the classical bound is in the local (entropic) norm, not on lambda_max of H.
+    # lr 0.1: gradients on the catalog's simplex problems are
     # O(1), so each step moves a few percent of the mass; from (0.6, 0.3, 0.1) the linear problem's
     # vertex is reached to 1e-6 in 523 steps (mass off the vertex decays like exp(-lr t gap), gap
     # 0.25) and the quadratic's interior minimizer in 199 (measured).
@@ -195,6 +182,7 @@ SPECS = [
         hyperparameters=(lr(5e-4),),
         update_rule=r"\theta_{t+1} = \theta_t - 2\eta\, g_t + \eta\, g_{t-1}",
         paper=_RAKHLIN, oracle=Oracle.GRADIENTS, family="mirror & games", row_separable=True,
+        stability=optimistic_gradient,
     ),
     # A lookahead method: it gets p.grad = F(z_t) from the run (counted as one gradient) and the
     # closure for F(z_{t+1/2}); each step's counts are 2 function values and 2 gradients. lr 1e-3 like
@@ -207,12 +195,11 @@ SPECS = [
         hyperparameters=(lr(1e-3),),
         update_rule=(r"z_{t+\frac12} = z_t - \eta\, F(z_t),\quad z_{t+1} = z_t - \eta\, F(z_{t+\frac12})"),
         paper=_NEMIROVSKI, oracle=Oracle.GRADIENTS, lookahead=True, family="mirror & games",
-        row_separable=False,
+        row_separable=False, stability=extragradient,
+        diagnostics={CLIPPED_FRACTION: "share of F(z_t) clipped at the last step (norm clipping: 1 where it "
+                                       "was rescaled); reported when the lane clips"},
     ),
 ]
-
-for _spec in SPECS:
-    register(_spec)
 
 __all__ = ["SPECS", "ExponentiatedGradient", "MirrorProx", "OptimisticGradient", "project_simplex",
            "to_simplex"]

@@ -16,9 +16,12 @@ the closure instead. M-FAC needs no HVP; it is registered closure-driven too, be
 empirical Fisher spans all parameters of one trajectory (see its spec's comment).
 
 Randomness (Sophia-H's Gaussian and AdaHessian's Rademacher probes, Sophia-G's sampled labels) is
-a documented function of ``(seed, step)`` (:func:`draw_seed`), never a stateful generator, so a
-test regenerates every probe with :func:`engine.oracles.seeded_direction` and a run replays
-exactly, on CPU or CUDA.
+a documented function of ``(seed, t)``, :math:`s_t =` :func:`engine.seeds.step_seed` ``(seed, t)``
+with :math:`t` the 1-based step (the papers' :math:`t`): Sophia-H's probe is
+``seeded_direction(s_t, params)`` (:math:`u \sim N(0, I)`), AdaHessian's is its sign
+(Rademacher), and Sophia-G's labels are drawn from ``torch.Generator().manual_seed(s_t)``. Never a
+stateful generator, so a test regenerates every probe with :func:`engine.oracles.seeded_direction`
+and a run replays exactly, on CPU or CUDA.
 
 Hyperparameters are read from ``param_groups`` at every step. Those that shape the one joint
 curvature query (Sophia's ``k``, the CG tolerance and iteration cap, GRN's ``H``, M-FAC's window)
@@ -35,70 +38,25 @@ objective is :math:`-f`). AdaHessian uses :math:`|Hz|` and needs nothing.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 
-from engine.optimizers.torch_builtin import beta, eps, lr, weight_decay
-from engine.oracles import Oracles, require_oracles, seeded_direction
-from engine.registry import Hyperparameter, OptimizerSpec, Oracle, Paper, register
-
-Params = Iterable[torch.Tensor] | Iterable[dict[str, Any]]
-Tensors = Sequence[torch.Tensor]
-
-SEED_MODULUS = 2**31
-
-
-def draw_seed(seed: int, step: int) -> int:
-    r"""The seed of the random draw an optimizer constructed with ``seed`` makes at step ``step``
-    (1-based: the paper's :math:`t`):
-
-    .. math:: s_t = \big((\text{seed}\cdot 1\,000\,003 + t)\cdot 1\,009\big) \bmod 2^{31}
-
-    Sophia-H's probe is ``seeded_direction(s_t, params)`` (:math:`u \sim N(0, I)`), AdaHessian's is
-    its sign (Rademacher), and Sophia-G's labels are drawn from ``torch.Generator().manual_seed(s_t)``.
-    """
-    return ((int(seed) * 1_000_003 + int(step)) * 1_009) % SEED_MODULUS
-
-
-# ------------------------------------------------------------------------------------- helpers
-
-class _ClosureOptimizer(torch.optim.Optimizer):
-    """Shared plumbing: the parameters in flat order, the check that the closure is built over
-    them, and the gradient (from ``p.grad``, else from the closure)."""
-
-    label = "optimizer"
-
-    def _params(self) -> list[torch.Tensor]:
-        return [p for group in self.param_groups for p in group["params"]]
-
-    def _groups(self) -> list[dict[str, Any]]:
-        """The param group of each parameter, in flat order."""
-        return [group for group in self.param_groups for _ in group["params"]]
-
-    def _oracles(self, closure: Any) -> Oracles:
-        return require_oracles(closure, self.label, self._params())
-
-    def _gradient(self, oracles: Oracles) -> list[torch.Tensor]:
-        """:math:`g_t`: the run's ``p.grad`` when every parameter has one, else one closure gradient."""
-        params = self._params()
-        if all(p.grad is not None for p in params):
-            return [p.grad.detach() for p in params]
-        _, grads = oracles.gradient()
-        return grads
-
-    @staticmethod
-    def _signs(oracles: Oracles, like: Tensors) -> list[torch.Tensor] | None:
-        """:math:`S = \\mathrm{diag}(\\pm 1)` of a min-max game shaped like the parameters (None: no game)."""
-        if oracles.ascent is None:
-            return None
-        s = torch.where(oracles.ascent, -1.0, 1.0)
-        return [t.to(x.dtype) for t, x in zip(oracles.unflat(s), like, strict=True)]
-
-
-def _flat(tensors: Tensors) -> torch.Tensor:
-    return torch.cat([t.reshape(-1) for t in tensors])
+from engine.optimizers.base import GradientEstimator, Params
+from engine.oracles import Oracles, flatten, seeded_direction
+from engine.specs import (
+    CLIPPED_FRACTION,
+    Hyperparameter,
+    OptimizerSpec,
+    Oracle,
+    Paper,
+    beta,
+    eps,
+    lr,
+    weight_decay,
+)
+from engine.stability import adam_preconditioned
 
 
 def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, tol: float,
@@ -133,9 +91,17 @@ def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.
     return x, max_iter
 
 
+def _moments(state: dict[str, Any], p: torch.Tensor, curvature: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gradient EMA ``exp_avg`` and the curvature EMA ``state[curvature]`` of ``p``, from zero."""
+    if "exp_avg" not in state:
+        state["exp_avg"] = torch.zeros_like(p)
+        state[curvature] = torch.zeros_like(p)
+    return state["exp_avg"], state[curvature]
+
+
 # -------------------------------------------------------------------------------------- Sophia
 
-class Sophia(_ClosureOptimizer):
+class Sophia(GradientEstimator):
     r"""Sophia (Liu et al. 2023), the paper's Algorithm 3 (arXiv 2305.14342, latest version)::
 
         m_t = β1 m_{t-1} + (1-β1) g_t
@@ -153,8 +119,9 @@ class Sophia(_ClosureOptimizer):
 
     The refresh happens at :math:`t = 1, k+1, 2k+1, \dots` before the step, as in Algorithm 3
     (the official training script refreshes after the step of iterations :math:`k, 2k, \dots`).
-    ``self.clip_fraction`` is the fraction of coordinates whose ratio was clipped at the last step
-    (the official script logs its complement, the "win rate" :math:`|m| < \gamma h`).
+    :meth:`diagnostics` reports ``"clipped_coordinates"``, the share of coordinates whose ratio
+    was clipped at the last step, :math:`|m_t| > \max(\gamma h_t, \epsilon)` (the paper tracks it;
+    the official script logs its complement, the "win rate" :math:`|m| < \gamma h`).
     """
 
     def __init__(self, params: Params, lr: float = 1e-2, betas: tuple[float, float] = (0.965, 0.99),
@@ -163,25 +130,23 @@ class Sophia(_ClosureOptimizer):
         if estimator not in ("hutchinson", "gnb"):
             raise ValueError(f"Sophia: estimator must be 'hutchinson' or 'gnb', got {estimator!r}")
         super().__init__(params, dict(lr=lr, betas=betas, gamma=gamma, eps=eps, weight_decay=weight_decay,
-                                      k=k))
+                                      k=k), seed)
         self.estimator = estimator
         self.label = "sophia_h" if estimator == "hutchinson" else "sophia_g"
-        self.seed = int(seed)
-        self.t = 0
-        self.clip_fraction = 0.0
+        self._clipped_coordinates: float | None = None
 
     def _estimate(self, oracles: Oracles, t: int) -> list[torch.Tensor]:
         """:math:`\\hat h_t`, shaped like the parameters."""
         params = self._params()
         if self.estimator == "hutchinson":
-            u = seeded_direction(draw_seed(self.seed, t), params)
+            u = seeded_direction(self._seed(t), params)
             hu = oracles.hvp(u)
             est = [ui * hui for ui, hui in zip(u, hu, strict=True)]
         else:
             gnb = getattr(oracles, "gnb_gradient", None)
             if gnb is None:
                 raise TypeError("sophia_g needs an Oracles closure with gnb_gradient")
-            batch, grads = gnb(torch.Generator().manual_seed(draw_seed(self.seed, t)))
+            batch, grads = gnb(torch.Generator().manual_seed(self._seed(t)))
             est = [batch * g * g for g in grads]
         signs = self._signs(oracles, est)
         return est if signs is None else [e * s for e, s in zip(est, signs, strict=True)]
@@ -189,7 +154,7 @@ class Sophia(_ClosureOptimizer):
     @torch.no_grad()
     def step(self, closure: Any = None) -> None:
         oracles = self._oracles(closure)
-        t = self.t + 1
+        t = self.steps + 1
         k = int(self.param_groups[0]["k"])
         with torch.enable_grad():
             grads = self._gradient(oracles)
@@ -197,11 +162,7 @@ class Sophia(_ClosureOptimizer):
         clipped, total = 0, 0
         for i, (group, p, g) in enumerate(zip(self._groups(), self._params(), grads, strict=True)):
             beta1, beta2 = group["betas"]
-            state = self.state[p]
-            if not state:
-                state["exp_avg"] = torch.zeros_like(p)
-                state["hessian"] = torch.zeros_like(p)
-            m, h = state["exp_avg"], state["hessian"]
+            m, h = _moments(self.state[p], p, "hessian")
             m.mul_(beta1).add_(g.to(p.dtype), alpha=1 - beta1)
             if estimate is not None:
                 h.mul_(beta2).add_(estimate[i].to(p.dtype), alpha=1 - beta2)
@@ -211,8 +172,13 @@ class Sophia(_ClosureOptimizer):
             clipped += int((ratio.abs() > 1).sum())
             total += ratio.numel()
             p.add_(ratio.clamp_(-1.0, 1.0), alpha=-group["lr"])
-        self.t = t
-        self.clip_fraction = clipped / total if total else 0.0
+        self._advance()
+        self._clipped_coordinates = clipped / total if total else 0.0
+
+    def diagnostics(self) -> Mapping[str, float]:
+        if self._clipped_coordinates is None:
+            return {}
+        return {**super().diagnostics(), "clipped_coordinates": self._clipped_coordinates}
 
 
 # ---------------------------------------------------------------------------------- AdaHessian
@@ -242,7 +208,7 @@ def spatial_average(d: torch.Tensor, block: int) -> torch.Tensor:
     return (sums / counts)[ids].reshape(d.shape)
 
 
-class AdaHessian(_ClosureOptimizer):
+class AdaHessian(GradientEstimator):
     r"""AdaHessian (Yao et al. 2021), after the official code (amirgholami/adahessian,
     ``image_classification/optim_adahessian.py``, ``instruction/adahessian.py`` and the
     transformer code)::
@@ -262,29 +228,24 @@ class AdaHessian(_ClosureOptimizer):
                  eps: float = 1e-4, weight_decay: float = 0.0, hessian_power: float = 1.0,
                  block_size: int = 32, seed: int = 0) -> None:
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                                      hessian_power=hessian_power, block_size=block_size))
-        self.seed = int(seed)
-        self.t = 0
+                                      hessian_power=hessian_power, block_size=block_size), seed)
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> None:
         oracles = self._oracles(closure)
-        t = self.t + 1
+        t = self.steps + 1
         params = self._params()
-        z = [u.sign() for u in seeded_direction(draw_seed(self.seed, t), params)]
+        z = [u.sign() for u in seeded_direction(self._seed(t), params)]
         with torch.enable_grad():
             if all(p.grad is not None for p in params):
                 grads = [p.grad.detach() for p in params]
                 hz = oracles.hvp(z)
             else:
                 _, grads, hz = oracles.hvp(z, with_gradient=True)
+        grads = self._clipped_copy(grads)
         for group, p, g, hzi in zip(self._groups(), params, grads, hz, strict=True):
             beta1, beta2 = group["betas"]
-            state = self.state[p]
-            if not state:
-                state["exp_avg"] = torch.zeros_like(p)
-                state["exp_hessian_diag_sq"] = torch.zeros_like(p)
-            m, v = state["exp_avg"], state["exp_hessian_diag_sq"]
+            m, v = _moments(self.state[p], p, "exp_hessian_diag_sq")
             d = spatial_average(hzi.to(p.dtype).abs(), int(group["block_size"]))
             m.mul_(beta1).add_(g.to(p.dtype), alpha=1 - beta1)
             v.mul_(beta2).addcmul_(d, d, value=1 - beta2)
@@ -294,12 +255,12 @@ class AdaHessian(_ClosureOptimizer):
             if group["weight_decay"] != 0:
                 update.add_(p, alpha=group["weight_decay"])
             p.add_(update, alpha=-group["lr"])
-        self.t = t
+        self._advance()
 
 
 # ------------------------------------------------------------------------- Newton-CG and GRN
 
-class NewtonCG(_ClosureOptimizer):
+class NewtonCG(GradientEstimator):
     r"""Damped Newton with conjugate gradients on HVPs::
 
         d_t ≈ (H_t + λ_t I)^{-1} g_t   (CG from 0, ‖(H_t + λ_t I) d - g_t‖ ≤ tol ‖g_t‖, ≤ cg_max_iter HVPs)
@@ -308,7 +269,8 @@ class NewtonCG(_ClosureOptimizer):
     with a fixed damping :math:`\lambda_t = \lambda` (``regularization="fixed"``: Levenberg-style
     damped Newton) or the gradient regularization :math:`\lambda_t = \sqrt{H \lVert g_t\rVert}`
     (``regularization="gradient"``: Mishchenko 2023, whose method is :math:`\eta = 1`).
-    ``self.cg_iterations`` is the number of HVPs the last step used.
+    :meth:`diagnostics` reports the last step's ``"cg_iterations"`` (its HVPs) and ``"damping"``
+    (:math:`\lambda_t`: GRN's gradient regularization, the paper's quantity).
     """
 
     def __init__(self, params: Params, lr: float = 1.0, damping: float = 0.0, lipschitz: float = 1.0,
@@ -322,6 +284,7 @@ class NewtonCG(_ClosureOptimizer):
         self.label = "newton" if regularization == "fixed" else "grn"
         self.cg_iterations = 0
         self.damping_used = 0.0
+        self._stepped = False
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> None:
@@ -333,30 +296,37 @@ class NewtonCG(_ClosureOptimizer):
         signs = self._signs(oracles, grads)
         if signs is not None:  # Newton on the field S grad f: (S H)^{-1} S grad f = H^{-1} grad f
             grads = [g * s for g, s in zip(grads, signs, strict=True)]
-        b = _flat(grads)
+        b = flatten(grads)
         if self.regularization == "gradient":
             lam = math.sqrt(float(first["lipschitz"]) * float(b.norm()))
             damping = torch.full_like(b, lam)
         else:
-            damping = _flat([torch.full_like(p, float(grp["damping"]))
+            damping = flatten([torch.full_like(p, float(grp["damping"]))
                              for grp, p in zip(groups, params, strict=True)])
             lam = float(first["damping"])
 
         def matvec(v: torch.Tensor) -> torch.Tensor:
             with torch.enable_grad():
                 hv = oracles.hvp(oracles.unflat(v))
-            return _flat(hv).to(v.dtype) + damping * v
+            return flatten(hv).to(v.dtype) + damping * v
 
         d, self.cg_iterations = conjugate_gradient(matvec, b, float(first["cg_tol"]),
                                                    int(first["cg_max_iter"]))
         self.damping_used = lam
+        self._stepped = True
         for group, p, di in zip(groups, params, oracles.unflat(d), strict=True):
             p.add_(di.to(p.dtype), alpha=-group["lr"])
+
+    def diagnostics(self) -> Mapping[str, float]:
+        if not self._stepped:
+            return {}
+        return {**super().diagnostics(), "cg_iterations": float(self.cg_iterations),
+                "damping": self.damping_used}
 
 
 # ---------------------------------------------------------------------------------------- M-FAC
 
-class MFAC(_ClosureOptimizer):
+class MFAC(GradientEstimator):
     r"""M-FAC (Frantar, Kurtic, Alistarh 2021), the optimizer of the official ``optim.py``::
 
         g_t ← g_t + λ_wd θ_t                    (coupled weight decay, as the official code)
@@ -370,6 +340,8 @@ class MFAC(_ClosureOptimizer):
     the Sherman-Morrison recursion of the official ``HInvSlow``). The Gram matrix :math:`GG^\top` is
     kept and updated one row per step (O(md)); the solve is O(m³), the same order as the dynamic
     algorithm's update. Reads ``p.grad`` only (no HVP). Changing the window size resets the window.
+    No velocity is kept while :math:`\mu = 0` (no memory spent on it): when :math:`\mu` becomes
+    positive mid-run, :math:`v` starts from 0.
     """
 
     label = "mfac"
@@ -407,7 +379,7 @@ class MFAC(_ClosureOptimizer):
         else:
             grads = [p.grad.detach() for p in params]
         first = self.param_groups[0]
-        g = _flat([(gi + grp["weight_decay"] * p if grp["weight_decay"] != 0 else gi).to(torch.float64)
+        g = flatten([(gi + grp["weight_decay"] * p if grp["weight_decay"] != 0 else gi).to(torch.float64)
                    for grp, p, gi in zip(groups, params, grads, strict=True)])
         m = int(first["window"])
         if self.grads is None or self.grads.shape != (m, g.numel()):
@@ -459,6 +431,14 @@ _CG = (Hyperparameter("cg_tol", 1e-10, 1e-14, 1.0, log=True,
        Hyperparameter("cg_max_iter", 50, 1, 10_000, kind="int", doc="at most this many HVPs per step"))
 
 
+_CLIPS = {CLIPPED_FRACTION: "share of the gradient clipped at the last step (norm clipping: 1 where it was "
+                             "rescaled); reported when the lane clips"}
+_SOPHIA_DIAGNOSTICS = {"clipped_coordinates": "share of coordinates whose step was clipped at the last step, "
+                                              "|m_t| > max(gamma h_t, eps)", **_CLIPS}
+_NEWTON_DIAGNOSTICS = {"cg_iterations": "conjugate-gradient iterations (HVPs) of the last step's solve",
+                       "damping": "the damping lambda_t of the last step (GRN: sqrt(H ||g_t||))", **_CLIPS}
+
+
 def _sophia_hps(lr_default: float) -> tuple[Hyperparameter, ...]:
     return (lr(lr_default),
             beta("beta1", 0.965, 0, doc="gradient EMA \\beta_1"),
@@ -478,13 +458,14 @@ SPECS = [
     # README suggests [0.01, 0.1]. Weight decay 0 (official 0.1-0.2 for GPT-2) so that the
     # landscapes' minima stay put. lr 1e-2 for the unit-scale landscapes: it is the largest step a
     # coordinate can take (the paper: 2e-4 to 6e-4 on GPT-2 with a schedule). Hutchinson u ~ N(0, I)
-    # as in the paper (Rademacher would make the estimate exact on a diagonal Hessian).
+    # as in the paper (Rademacher would make the estimate exact on a diagonal Hessian). No stability
+    # threshold: the clip bounds every coordinate's step by lr whatever the curvature.
     OptimizerSpec(
         name="sophia_h", label="Sophia-H", factory=Sophia,
         hyperparameters=_sophia_hps(1e-2),
         update_rule=_SOPHIA_RULE + r",\; \hat h_t = u \odot (H_t u),\ u \sim N(0, I)",
         paper=_SOPHIA, oracle=Oracle.HVPS, family="second-order", row_separable=False,
-        fixed={"estimator": "hutchinson"}, seeded=True,
+        fixed={"estimator": "hutchinson"}, seeded=True, diagnostics=_SOPHIA_DIAGNOSTICS,
     ),
     # Sophia-G needs labels to sample: it runs on problems whose closure offers gnb_gradient (a
     # network with a cross-entropy, binary cross-entropy or squared-error likelihood) and raises a
@@ -496,7 +477,7 @@ SPECS = [
                                    r"\hat L = \tfrac1B \sum_b \ell(f(\theta_t, x_b), \hat y_b),\ "
                                    r"\hat y_b \sim p_{\theta_t}(\cdot \mid x_b)",
         paper=_SOPHIA, oracle=Oracle.HVPS, family="second-order", row_separable=False,
-        fixed={"estimator": "gnb"}, seeded=True,
+        fixed={"estimator": "gnb"}, seeded=True, diagnostics=_SOPHIA_DIAGNOSTICS,
         requires={"sampled_losses": "a network with a likelihood to sample labels from (Gauss-Newton-"
                                     "Bartlett); use sophia_h on analytic landscapes"},
     ),
@@ -520,6 +501,10 @@ SPECS = [
                      r"\theta_{t+1} = \theta_t - \eta\left(\frac{m_t/(1-\beta_1^t)}"
                      r"{(\sqrt{v_t/(1-\beta_2^t)})^k + \epsilon} + \lambda\theta_t\right)"),
         paper=_ADAHESSIAN, oracle=Oracle.HVPS, family="second-order", row_separable=False, seeded=True,
+        # Adam's form with v_t the EMA of D_t^2: the instrument's P_t = (1 - beta1^t)(sqrt(v_hat) + eps)
+        # is AdaHessian's own at hessian_power k = 1 (the default); at k < 1 its denominator is
+        # (sqrt(v_hat))^k + eps and the preconditioned sharpness shown is that of k = 1.
+        stability=adam_preconditioned, second_moment_key="exp_hessian_diag_sq", diagnostics=_CLIPS,
     ),
     # Damped Newton-CG. lr 1 and damping 0: the pure Newton step (one step to a quadratic's minimum;
     # attracted by saddles and maxima alike). CG tolerance and cap are the truncation of the solve.
@@ -528,7 +513,7 @@ SPECS = [
         hyperparameters=(lr(1.0), Hyperparameter("damping", 0.0, 0.0, 1e3, doc="damping \\lambda"), *_CG),
         update_rule=r"\theta_{t+1} = \theta_t - \eta\,(H_t + \lambda I)^{-1} g_t\quad\text{(CG on HVPs)}",
         paper=_NEWTON, oracle=Oracle.HVPS, family="second-order", row_separable=False,
-        fixed={"regularization": "fixed"},
+        fixed={"regularization": "fixed"}, diagnostics=_NEWTON_DIAGNOSTICS,
     ),
     # Mishchenko's regularized Newton: lambda_k = sqrt(H ||grad f(x_k)||) and a unit step (the
     # paper's rule, checked against its abstract and arXiv 2112.02089 Algorithm 1); H is a
@@ -541,12 +526,13 @@ SPECS = [
         update_rule=(r"\lambda_t = \sqrt{H\,\lVert g_t\rVert},\;"
                      r"\theta_{t+1} = \theta_t - \eta\,(H_t + \lambda_t I)^{-1} g_t\quad\text{(CG on HVPs)}"),
         paper=_GRN, oracle=Oracle.HVPS, family="second-order", row_separable=False,
-        fixed={"regularization": "gradient"},
+        fixed={"regularization": "gradient"}, diagnostics=_NEWTON_DIAGNOSTICS,
     ),
     # M-FAC reads only gradients, but its Fisher couples every parameter of one trajectory, so a race
     # gives each start its own optimizer (per_trajectory). lr 1e-3 and damping 1e-5 are the official
     # main_optim.py's; window 32 (official 1024, README example 512) fits the explorer's sizes;
-    # momentum and weight decay 0 are the official defaults.
+    # momentum and weight decay 0 are the official defaults. No diagnostics: the paper defines none
+    # about its own step (the window's fill is min(t, m) / m, known without asking).
     OptimizerSpec(
         name="mfac", label="M-FAC", factory=MFAC,
         hyperparameters=(lr(1e-3), Hyperparameter("damping", 1e-5, 1e-10, 1e3, log=True,
@@ -561,8 +547,4 @@ SPECS = [
     ),
 ]
 
-for _spec in SPECS:
-    register(_spec)
-
-__all__ = ["MFAC", "SPECS", "AdaHessian", "NewtonCG", "Sophia", "conjugate_gradient", "draw_seed",
-           "spatial_average"]
+__all__ = ["MFAC", "SPECS", "AdaHessian", "NewtonCG", "Sophia", "conjugate_gradient", "spatial_average"]

@@ -25,14 +25,17 @@ Implementations are ``pytorch_optimizer``'s (4.1), read and checked against the 
 Both classes take a per-parameter path and a ``foreach`` path; both were read and implement the
 same arithmetic. Options that would change the rule (``use_gc``, ``adanorm``, ``cautious``,
 ``maximize``) stay at their off defaults; the decay form is pinned in each spec's ``fixed``.
+
+No stability threshold: a sign step has length :math:`\eta` per coordinate whatever the
+curvature, so there is no sharpness beyond which it diverges (it hops on a grid of spacing
+:math:`\eta` instead); no diagnostics: the library classes report nothing about their steps.
 """
 
 from __future__ import annotations
 
 from pytorch_optimizer import Lion, SignSGD
 
-from engine.optimizers.torch_builtin import beta, lr, weight_decay
-from engine.registry import Hyperparameter, OptimizerSpec, Oracle, Paper, register
+from engine.specs import Hyperparameter, OptimizerSpec, Oracle, Paper, beta, lr, weight_decay
 
 _SIGNSGD = Paper("signSGD: Compressed Optimisation for Non-Convex Problems",
                  "J. Bernstein, Y.-X. Wang, K. Azizzadenesheli, A. Anandkumar", 2018,
@@ -79,8 +82,5 @@ SPECS = [
         fixed={**_DECOUPLED, "fixed_decay": False},
     ),
 ]
-
-for _spec in SPECS:
-    register(_spec)
 
 __all__ = ["SPECS"]

@@ -11,8 +11,18 @@ from __future__ import annotations
 
 import torch
 
-from engine.registry import Hyperparameter, OptimizerSpec, Oracle, Paper, register
-from engine.stability import adam_preconditioned, gradient_descent, heavy_ball
+from engine.specs import (
+    ADAM_BETAS,
+    MOMENTUM,
+    Hyperparameter,
+    OptimizerSpec,
+    Paper,
+    beta,
+    eps,
+    lr,
+    weight_decay,
+)
+from engine.stability import adam_preconditioned, gradient_descent, heavy_ball, nesterov
 
 _HEAVY_BALL = Paper("Some methods of speeding up the convergence of iteration methods",
                     "B. T. Polyak", 1964, "https://doi.org/10.1016/0041-5553(64)90137-5")
@@ -21,31 +31,13 @@ _NESTEROV = Paper("A method for solving the convex programming problem with conv
 _ADAM = Paper("Adam: A Method for Stochastic Optimization", "D. P. Kingma, J. Ba", 2015,
               "https://arxiv.org/abs/1412.6980")
 
-
-def lr(default: float, low: float = 1e-6, high: float = 10.0) -> Hyperparameter:
-    """The learning rate every optimizer has: log-scaled, strictly positive."""
-    return Hyperparameter("lr", default, low, high, log=True, doc="learning rate \\eta")
-
-
-def beta(name: str, default: float, index: int | None = None, target: str = "betas",
-         doc: str = "") -> Hyperparameter:
-    """An exponential-moving-average coefficient in [0, 1)."""
-    return Hyperparameter(name, default, 0.0, 1.0, include_high=False, doc=doc,
-                          target=target if index is not None else None, index=index)
-
-
-def eps(default: float) -> Hyperparameter:
-    return Hyperparameter("eps", default, 1e-16, 1.0, log=True, doc="numerical stabiliser \\epsilon")
-
-
-def weight_decay(default: float = 0.0) -> Hyperparameter:
-    return Hyperparameter("weight_decay", default, 0.0, 1.0, doc="weight decay \\lambda")
-
-
-MOMENTUM = Hyperparameter("momentum", 0.9, 0.0, 1.0, include_high=False, doc="momentum \\mu")
-ADAM_BETAS = (beta("beta1", 0.9, 0, doc="first-moment decay"),
-              beta("beta2", 0.999, 1, doc="second-moment decay"))
-
+# Stability thresholds (engine.stability): gradient descent, heavy ball and Nesterov have classical
+# ones on lambda_max; Adam, AdamW and AMSGrad the preconditioned one of Cohen et al. (2022), with
+# P_t built from the state entry named by second_moment_key (AMSGrad: the running max, which its
+# step divides by). RMSprop and Adagrad have a preconditioned threshold too (2/eta on
+# lambda_max(diag(sqrt(v) + eps)^-1 H): no momentum, no bias correction), but the instrument builds
+# P_t as Adam's (1 - beta1^t) diag(sqrt(v_hat) + eps) from beta1/beta2 hyperparameters they do not
+# have, so they declare neither field rather than a wrong sharpness.
 SPECS = [
     OptimizerSpec(
         name="sgd", label="SGD", factory=torch.optim.SGD,
@@ -67,7 +59,7 @@ SPECS = [
                                                    doc="momentum \\mu (> 0 for Nesterov)"),
                          weight_decay()),
         update_rule=r"b_t = \mu b_{t-1} + g_t,\quad \theta_{t+1} = \theta_t - \eta\,(g_t + \mu b_t)",
-        paper=_NESTEROV, row_separable=True, fixed={"nesterov": True}, stability=heavy_ball,
+        paper=_NESTEROV, row_separable=True, fixed={"nesterov": True}, stability=nesterov,
     ),
     OptimizerSpec(
         name="adam", label="Adam", factory=torch.optim.Adam,
@@ -119,7 +111,4 @@ SPECS = [
     ),
 ]
 
-for _spec in SPECS:
-    register(_spec)
-
-__all__ = ["SPECS", "Oracle", "beta", "eps", "lr", "weight_decay"]
+__all__ = ["SPECS"]

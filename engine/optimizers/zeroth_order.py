@@ -6,8 +6,8 @@ what its paper allows: function values (MeZO / ZO-SGD and the ZO-Bench variants,
 DeepZero's coordinate-wise estimate), one forward-mode directional derivative (forward gradient),
 or the *order* of some candidate points (ZO-RankSGD).
 
-Randomness is a documented function of ``(seed, step, query)`` (:func:`step_seed`), never a
-stateful generator, so
+Randomness is a documented function of ``(seed, step, query)`` (:func:`engine.seeds.step_seed`,
+with ``step`` the number of steps completed), never a stateful generator, so
 
 * a test (or a reader) can regenerate every direction an optimizer used with
   :func:`engine.oracles.seeded_direction`;
@@ -33,38 +33,36 @@ Estimate hyperparameters (``eps``, ``q``, ``sparsity``, ``mu``, ``density``, ``m
 read from the first param group, because one estimate serves all parameters; update
 hyperparameters (``lr``, ``weight_decay``, ``momentum``, ``betas``) are read per group. All are
 read at every step, so ``OptimizerSpec.apply`` takes effect at the next step.
+
+Every optimizer here clips its own estimate :math:`\hat g` when the run sets its ``clip``
+(:class:`engine.optimizers.base.GradientEstimator`; ZO-RankSGD's paper clips ZO-SGD's estimate) and
+reports the clipped fraction. Where :math:`\hat g` is materialised anyway (forward gradient,
+coordinate estimate, ZO-RankSGD) :func:`engine.clipping.clip_` acts on it; the SPSA family clips
+without storing it where the rule allows (see :class:`_SPSA` and :class:`ZOSGDConservative`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 
-from engine.optimizers.torch_builtin import ADAM_BETAS, MOMENTUM, lr, weight_decay
-from engine.oracles import HUMAN, Oracles, require_oracles, seeded_direction, seeded_normal
-from engine.registry import Hyperparameter, OptimizerSpec, Oracle, Paper, register
-
-Params = Iterable[torch.Tensor] | Iterable[dict[str, Any]]
-
-SEED_MODULUS = 2**31
-
-
-def step_seed(seed: int, step: int, query: int = 0) -> int:
-    r"""The seed of random draw ``query`` at step ``step`` (0-based count of completed steps) of an
-    optimizer constructed with ``seed``:
-
-    .. math:: s_{t,i} = \big((\text{seed}\cdot 1\,000\,003 + t)\cdot 1\,009 + i\big) \bmod 2^{31}
-
-    ``query`` is the SPSA query index :math:`i < q` or the ZO-RankSGD candidate index
-    :math:`i < m` (both at most 64, below 1,009, so no two (t, i) of one seed collide). The
-    direction is ``seeded_direction(s_{t,i}, params)``; the coordinate estimate draws its subset
-    from ``torch.Generator().manual_seed(s_{t,0})``.
-    """
-    return ((int(seed) * 1_000_003 + int(step)) * 1_009 + int(query)) % SEED_MODULUS
+from engine.optimizers.base import GradientEstimator, Params, writable_flat
+from engine.oracles import HUMAN, Oracles, flatten, seeded_direction, seeded_normal
+from engine.seeds import step_seed
+from engine.specs import (
+    ADAM_BETAS,
+    CLIPPED_FRACTION,
+    MOMENTUM,
+    Hyperparameter,
+    OptimizerSpec,
+    Oracle,
+    Paper,
+    lr,
+    weight_decay,
+)
 
 
 def magnitude_thresholds(params: Sequence[torch.Tensor], sparsity: float) -> list[float]:
@@ -81,66 +79,15 @@ def magnitude_thresholds(params: Sequence[torch.Tensor], sparsity: float) -> lis
     return out
 
 
-@contextmanager
-def _writable_flat(p: torch.Tensor) -> Iterator[torch.Tensor]:
-    """A flat view of ``p`` to update in place (a copy written back for a non-contiguous ``p``)."""
-    if p.is_contiguous():
-        yield p.detach().view(-1)
-    else:
-        flat = p.detach().reshape(-1).clone()
-        yield flat
-        p.detach().copy_(flat.reshape(p.shape))
-
-
-class _ClosureOptimizer(torch.optim.Optimizer):
-    """Shared plumbing: the flat parameter order the oracles perturb, a step counter kept in the
-    state (``state[p]["step"]``, so it travels with ``state_dict``), and the per-step seeds."""
+class _ZerothOrder(GradientEstimator):
+    """The closure-driven base with this family's label."""
 
     label = "zeroth-order optimizer"
-
-    def __init__(self, params: Params, defaults: dict[str, Any], seed: int) -> None:
-        super().__init__(params, defaults)
-        self.seed = int(seed)
-
-    def _params(self) -> list[torch.Tensor]:
-        return [p for group in self.param_groups for p in group["params"]]
-
-    def _indexed(self) -> Iterator[tuple[int, dict[str, Any], torch.Tensor]]:
-        """``(index in the flat order, its group, parameter)``: the index picks z's stream."""
-        j = 0
-        for group in self.param_groups:
-            for p in group["params"]:
-                yield j, group, p
-                j += 1
-
-    @staticmethod
-    def _field(estimate: torch.Tensor, oracles: Oracles, start: int = 0) -> torch.Tensor:
-        r"""A min-max game's descent field from an estimate of :math:`\nabla f` whose flat
-        coordinates start at ``start``: negated on the maximizing player's coordinates (the run's
-        ``ascent`` mask), as the run does for first-order lanes."""
-        ascent = getattr(oracles, "ascent", None)  # absent on a closure that knows no games
-        if ascent is None:
-            return estimate
-        mask = ascent[start:start + estimate.numel()].reshape(estimate.shape)
-        return torch.where(mask, -estimate, estimate)
-
-    @property
-    def steps(self) -> int:
-        """Steps completed so far (the ``t`` of :func:`step_seed`)."""
-        return int(self.state[self._params()[0]].get("step", 0))
-
-    def _advance(self) -> None:
-        for p in self._params():
-            state = self.state[p]
-            state["step"] = int(state.get("step", 0)) + 1
-
-    def _oracles(self, closure: Any) -> Oracles:
-        return require_oracles(closure, self.label, self._params())
 
 
 # ---------------------------------------------------------------------------------- SPSA family
 
-class _SPSA(_ClosureOptimizer):
+class _SPSA(_ZerothOrder):
     r"""The two-point randomized estimate, :math:`q` queries averaged:
 
     .. math:: \hat g = \frac1q \sum_{i<q} \frac{f(\theta + \epsilon z_i) - f(\theta - \epsilon z_i)}
@@ -148,7 +95,19 @@ class _SPSA(_ClosureOptimizer):
 
     (with a magnitude mask :math:`z_i \odot m` for Sparse MeZO), then a subclass's rule, applied
     chunk by chunk with :math:`z_i` regenerated from its seed. ``weight_decay`` :math:`\lambda`
-    adds :math:`\lambda\theta` to :math:`\hat g` (coupled L2, as MeZO and ``torch.optim.SGD``)."""
+    adds :math:`\lambda\theta` to :math:`\hat g` (coupled L2, as MeZO and ``torch.optim.SGD``).
+
+    Clipping (:attr:`clip`, set by the run) acts on :math:`\hat g` before the decay and the rule,
+    without storing :math:`\hat g` where the rule allows it:
+
+    * ``"norm"``: one more pass regenerates :math:`\hat g` chunk by chunk for :math:`\lVert\hat
+      g\rVert`, then the projected-gradient coefficients are scaled by
+      :math:`\min(1, c/\lVert\hat g\rVert)`: no parameter-sized tensor, twice the draws;
+    * ``"value"``: each chunk is clamped as it is regenerated for the update: nothing extra;
+    * ``"coordinate"``: the threshold is the :math:`(k+1)`-th largest :math:`|\hat g_i|` over all
+      :math:`P` coordinates, which needs every :math:`|\hat g_i|` at once: one extra pass
+      materialises :math:`|\hat g|` (:math:`P` values, freed before the update), then each chunk is
+      clamped to it. This one is not memory-lean."""
 
     def _thresholds(self, group: dict[str, Any]) -> list[float] | None:
         return None
@@ -158,7 +117,7 @@ class _SPSA(_ClosureOptimizer):
         """Seeds, coefficients :math:`\\hat g_{\\mathrm{proj},i}/q` and the mean of the 2q values."""
         seeds, coeffs, total = [], [], None
         for i in range(q):
-            s = step_seed(self.seed, t, i)
+            s = self._seed(t, i)
             plus = oracles.perturbed_value(s, eps, thresholds)
             minus = oracles.perturbed_value(s, -eps, thresholds)
             seeds.append(s)
@@ -179,6 +138,32 @@ class _SPSA(_ClosureOptimizer):
                 acc.add_(z * c)
             yield sl, acc
 
+    def _estimates(self, seeds: Sequence[int], coeffs: Sequence[float], thresholds: list[float] | None
+                   ) -> Iterator[torch.Tensor]:
+        r"""The chunks of :math:`\hat g = \sum_i c_i z_i \odot m` over every parameter, in order
+        (for the clipping passes; the mask is fixed by :math:`\theta` before this step writes it)."""
+        for j, _, p in self._indexed():
+            tau = thresholds[j] if thresholds is not None else None
+            flat = p.detach().reshape(-1)
+            for sl, g in self._chunks(seeds, coeffs, j, p):
+                yield g if tau is None else g * (flat[sl].abs() <= tau).to(g.dtype)
+
+    def _clip_plan(self, seeds: Sequence[int], coeffs: list[float], thresholds: list[float] | None
+                   ) -> tuple[list[float], float | None]:
+        """:attr:`clip` as the update applies it: the coefficients (rescaled by a norm clip, whose
+        clipped fraction is set here) and the bound each chunk is clamped to (None: no clamp)."""
+        clip = self.clip
+        if clip is None or clip.kind == "value":
+            return coeffs, None if clip is None else clip.threshold
+        if clip.kind == "norm":
+            norm = math.sqrt(sum(float(g.square().sum()) for g in self._estimates(seeds, coeffs, thresholds)))
+            scale = min(1.0, clip.threshold / norm) if 0 < norm < math.inf else 1.0
+            self._clipped = float(scale < 1.0)
+            return [c * scale for c in coeffs], None
+        magnitudes = torch.cat([g.abs() for g in self._estimates(seeds, coeffs, thresholds)])  # [P]
+        k = math.floor(clip.fraction * magnitudes.numel())
+        return coeffs, float(magnitudes.topk(k + 1).values[-1]) if k else math.inf
+
     def _rule(self, group: dict[str, Any], state: dict[str, Any], p: torch.Tensor, sl: slice,
               theta: torch.Tensor, g: torch.Tensor, t: int) -> None:
         """Update the chunk ``theta`` (a view of ``p``) in place from the estimate chunk ``g``."""
@@ -191,21 +176,30 @@ class _SPSA(_ClosureOptimizer):
         first = self.param_groups[0]
         thresholds = self._thresholds(first)
         seeds, coeffs, loss = self._estimate(oracles, t, float(first["eps"]), int(first["q"]), thresholds)
-        offset = 0
+        coeffs, bound = self._clip_plan(seeds, coeffs, thresholds)
+        offset = changed = 0
         for j, group, p in self._indexed():
             state = self.state[p]
             tau = thresholds[j] if thresholds is not None else None
             wd = float(group.get("weight_decay", 0.0))
-            with _writable_flat(p) as flat:
+            with writable_flat(p) as flat:
                 for sl, g in self._chunks(seeds, coeffs, j, p):
                     theta = flat[sl]  # a view: the rule writes through it
+                    mask = None if tau is None else (theta.abs() <= tau).to(theta.dtype)  # before the write
+                    if mask is not None:
+                        g = g * mask
+                    if bound is not None:  # value or coordinate clipping of this chunk of the estimate
+                        changed += int((g.abs() > bound).sum())
+                        g = g.clamp(-bound, bound)
                     g = self._field(g, oracles, offset + sl.start)
                     if wd:
                         g = g + wd * theta
-                    if tau is not None:  # mask fixed by theta before this step's write
-                        g = g * (theta.abs() <= tau).to(theta.dtype)
+                    if mask is not None:  # masked-out weights never move, decay included
+                        g = g * mask
                     self._rule(group, state, p, sl, theta, g, t + 1)
             offset += p.numel()
+        if bound is not None:
+            self._clipped = changed / offset
         self._advance()
         return loss
 
@@ -322,7 +316,7 @@ class ZOAdam(_SPSA):
         theta.sub_(group["lr"] / (1 - beta1**t) * m / denom)
 
 
-class ZOSGDConservative(_ClosureOptimizer):
+class ZOSGDConservative(_ZerothOrder):
     r"""ZO-SGD-Cons (ZO-Bench, Zhang et al. 2024): one SPSA query, then the best of three points,
     after the benchmark's code (``zo_conserv_step``), its tie-breaking included:
 
@@ -334,39 +328,66 @@ class ZOSGDConservative(_ClosureOptimizer):
 
     Five function values per step. :math:`\theta \pm \eta\hat g = \theta \pm \eta\hat
     g_{\mathrm{proj}} z` are evaluated through ``perturbed_value`` with the same seed, so the
-    point that wins the comparison is exactly the point taken."""
+    point that wins the comparison is exactly the point taken. A ``"norm"`` :attr:`clip` scales
+    :math:`\hat g_{\mathrm{proj}}` (one more pass over :math:`z` for :math:`\lVert z\rVert`);
+    ``"value"`` and ``"coordinate"`` clipping make :math:`\hat g` a different vector from a
+    multiple of :math:`z`: it is materialised and the two candidates are evaluated as explicit
+    points (``oracles.values``, the same two function values)."""
 
     label = "zo_sgd_cons"
 
     def __init__(self, params: Params, lr: float = 1e-2, eps: float = 1e-3, seed: int = 0) -> None:
         super().__init__(params, dict(lr=lr, eps=eps), seed)
 
+    @staticmethod
+    def _choose(f0: torch.Tensor, f_desc: torch.Tensor, f_asc: torch.Tensor) -> tuple[int, torch.Tensor]:
+        """ZO-Bench's comparison: +1 (take the descent point), -1 (the ascent point) or 0 (stay),
+        and the loss there."""
+        if f_desc > f0:
+            return (0, f0) if f0 < f_asc else (-1, f_asc)
+        return (1, f_desc) if f_desc < f_asc else (-1, f_asc)
+
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> torch.Tensor:
         oracles = self._oracles(closure)
         first = self.param_groups[0]
         eps, eta = float(first["eps"]), float(first["lr"])
-        s = step_seed(self.seed, self.steps, 0)
+        s = self._seed(self.steps)
         f0 = oracles()
         proj = float(oracles.perturbed_value(s, eps) - oracles.perturbed_value(s, -eps)) / (2 * eps)
+        if self.clip is not None and self.clip.kind != "norm":
+            g = proj * oracles.flat(seeded_direction(s, self._params()))  # materialised, see the docstring
+            self._clip([g])
+            x = oracles.flat()
+            f_desc, f_asc = oracles.values(torch.stack([x - eta * g, x + eta * g]))
+            choice, loss = self._choose(f0, f_desc, f_asc)
+            if choice != 0:
+                for p, new in zip(self._params(), oracles.unflat(x - choice * eta * g), strict=True):
+                    p.copy_(new)
+            self._advance()
+            return loss
+        if self.clip is not None:  # norm: |g_hat| = |proj| |z|, z regenerated
+            z2 = sum(float(z.square().sum()) for j, _, p in self._indexed()
+                     for _, z in seeded_normal(s, j, p))
+            norm = abs(proj) * math.sqrt(z2)
+            scale = min(1.0, self.clip.threshold / norm) if 0 < norm < math.inf else 1.0
+            self._clipped = float(scale < 1.0)
+            proj *= scale
         c = -eta * proj  # theta - eta g_hat = theta + c z
         f_desc, f_asc = oracles.perturbed_value(s, c), oracles.perturbed_value(s, -c)
-        if f_desc > f0:
-            move, loss = (0.0, f0) if f0 < f_asc else (-c, f_asc)
-        else:
-            move, loss = (c, f_desc) if f_desc < f_asc else (-c, f_asc)
-        if move != 0.0:
+        choice, loss = self._choose(f0, f_desc, f_asc)
+        if choice != 0:
             for j, _, p in self._indexed():
-                with _writable_flat(p) as flat:
+                with writable_flat(p) as flat:
                     for sl, z in seeded_normal(s, j, p):
-                        flat[sl] += move * z  # the arithmetic perturbed_value used
+                        flat[sl] += choice * c * z  # the arithmetic perturbed_value used
         self._advance()
         return loss
 
 
 # ------------------------------------------------------------------------------ forward gradient
 
-class ForwardGradient(_ClosureOptimizer):
+class ForwardGradient(_ZerothOrder):
     r"""Forward gradient (Baydin et al. 2022): one forward-mode JVP per step,
 
     .. math:: u \sim N(0, I),\quad \hat g = (\nabla f^\top u)\, u,\quad
@@ -384,13 +405,14 @@ class ForwardGradient(_ClosureOptimizer):
     def step(self, closure: Callable[[], Any] | None = None) -> torch.Tensor:
         oracles = self._oracles(closure)
         params = self._params()
-        u = seeded_direction(step_seed(self.seed, self.steps, 0), params)
+        u = seeded_direction(self._seed(self.steps), params)
         with torch.enable_grad():
             f, d = oracles.jvp(u)
-        dd = float(d)
+        estimate = [float(d) * uj for uj in u]
+        self._clip(estimate)
         offset = 0
-        for (_, group, p), uj in zip(self._indexed(), u, strict=True):
-            g = self._field(dd * uj, oracles, offset)
+        for (_, group, p), gj in zip(self._indexed(), estimate, strict=True):
+            g = self._field(gj, oracles, offset)
             offset += p.numel()
             if group["weight_decay"]:
                 g = g + group["weight_decay"] * p.detach()
@@ -406,7 +428,7 @@ CGE_BATCH_ELEMENTS = 1 << 22
 call for f(θ) and all |S| perturbed points; large ones: several, counted the same)."""
 
 
-class CoordinateGradientEstimate(_ClosureOptimizer):
+class CoordinateGradientEstimate(_ZerothOrder):
     r"""ZO-SGD with DeepZero's coordinate-wise estimate (Chen et al. 2024), forward differences on
     a random coordinate subset :math:`S_t`, :math:`|S_t| = \lceil \rho P \rceil`, redrawn each step:
 
@@ -427,7 +449,7 @@ class CoordinateGradientEstimate(_ClosureOptimizer):
     def coordinates(self, step: int, n_params: int) -> torch.Tensor:
         """The sorted flat coordinate indices :math:`S_t` drawn at ``step``."""
         n = max(1, min(n_params, math.ceil(float(self.param_groups[0]["density"]) * n_params - 1e-9)))
-        g = torch.Generator().manual_seed(step_seed(self.seed, step, 0))
+        g = torch.Generator().manual_seed(self._seed(step))
         return torch.randperm(n_params, generator=g)[:n].sort().values
 
     @torch.no_grad()
@@ -448,6 +470,7 @@ class CoordinateGradientEstimate(_ClosureOptimizer):
         f = torch.cat(values)
         g = torch.zeros_like(x)
         g[subset] = (f[1:] - f[0]) / mu
+        self._clip([g])
         g = self._field(g, oracles)
         for (_, group, p), gj in zip(self._indexed(), oracles.unflat(g), strict=True):
             p.sub_(group["lr"] * gj)
@@ -475,7 +498,7 @@ def rank_coefficients(order: Sequence[int], k: int) -> tuple[torch.Tensor, int]:
     return c, edges
 
 
-class ZORankSGD(_ClosureOptimizer):
+class ZORankSGD(_ZerothOrder):
     r"""ZO-RankSGD (Tang, Rybin & Chang 2024), Algorithm 1: only the *order* of candidates is seen,
 
     .. math:: \xi_i \sim N(0, I)\ (i < m),\quad
@@ -500,9 +523,7 @@ class ZORankSGD(_ClosureOptimizer):
         r"""The :math:`m` directions :math:`\xi_i` of ``step``, flattened: ``[m, P]``."""
         params = self._params()
         m = int(self.param_groups[0]["m"])
-        return torch.stack([torch.cat([z.reshape(-1) for z in
-                                       seeded_direction(step_seed(self.seed, step, i), params)])
-                            for i in range(m)])
+        return torch.stack([flatten(seeded_direction(self._seed(step, i), params)) for i in range(m)])
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> None:
@@ -512,6 +533,7 @@ class ZORankSGD(_ClosureOptimizer):
         order = oracles.rank(oracles.flat() + float(first["mu"]) * xi)  # may raise: nothing mutated yet
         c, edges = rank_coefficients(order, int(first["k"]))
         g = (c.to(xi.dtype) @ xi) / edges
+        self._clip([g])
         for (_, group, p), gj in zip(self._indexed(), oracles.unflat(g), strict=True):
             p.sub_(group["lr"] * gj)
         self._advance()
@@ -541,6 +563,9 @@ _RANKSGD = Paper("Zeroth-Order Optimization Meets Human Feedback: Provable Learn
 EPS = Hyperparameter("eps", 1e-3, 1e-8, 1.0, log=True, doc="perturbation scale \\epsilon")
 Q = Hyperparameter("q", 1, 1, 64, kind="int", doc="SPSA queries averaged per step (2q function values)")
 
+_CLIPS = {CLIPPED_FRACTION: "share of the gradient estimate clipped at the last step (norm clipping: 1 "
+                             "where it was rescaled); reported when the lane clips"}
+
 _SPSA_ESTIMATE = (r"\hat g = \frac1q\sum_{i<q}\frac{f(\theta+\epsilon z_i)-f(\theta-\epsilon z_i)}{2\epsilon}"
                   r"\,z_i + \lambda\theta,\ z_i \sim N(0, I);\;")
 
@@ -553,13 +578,13 @@ SPECS = [
         name="zo_sgd", label="MeZO / ZO-SGD", factory=ZOSGD,
         hyperparameters=(lr(1e-2), EPS, Q, weight_decay()),
         update_rule=_SPSA_ESTIMATE + r"\theta_{t+1} = \theta_t - \eta\,\hat g",
-        paper=_MEZO, oracle=Oracle.VALUES, family="zeroth-order", seeded=True,
+        paper=_MEZO, oracle=Oracle.VALUES, family="zeroth-order", seeded=True, diagnostics=_CLIPS,
     ),
     OptimizerSpec(
         name="zo_sgd_mmt", label="ZO-SGD-MMT", factory=ZOSGDMomentum,
         hyperparameters=(lr(2e-3), EPS, Q, MOMENTUM, weight_decay()),
         update_rule=_SPSA_ESTIMATE + r"b_t = \mu b_{t-1} + \hat g_t,\ \theta_{t+1} = \theta_t - \eta\, b_t",
-        paper=_ZO_BENCH, oracle=Oracle.VALUES, family="zeroth-order", seeded=True,
+        paper=_ZO_BENCH, oracle=Oracle.VALUES, family="zeroth-order", seeded=True, diagnostics=_CLIPS,
     ),
     OptimizerSpec(
         name="zo_sgd_cons", label="ZO-SGD-Cons", factory=ZOSGDConservative,
@@ -567,13 +592,13 @@ SPECS = [
         update_rule=(r"\hat g = \frac{f(\theta+\epsilon z)-f(\theta-\epsilon z)}{2\epsilon} z;\;"
                      r"\theta_{t+1} = \arg\min_{\theta' \in \{\theta_t,\ \theta_t - \eta\hat g,\ "
                      r"\theta_t + \eta\hat g\}} f(\theta')"),
-        paper=_ZO_BENCH, oracle=Oracle.VALUES, family="zeroth-order", seeded=True,
+        paper=_ZO_BENCH, oracle=Oracle.VALUES, family="zeroth-order", seeded=True, diagnostics=_CLIPS,
     ),
     OptimizerSpec(
         name="zo_sgd_sign", label="ZO-SGD-Sign", factory=ZOSGDSign,
         hyperparameters=(lr(1e-2), EPS, Q, weight_decay()),
         update_rule=_SPSA_ESTIMATE + r"\theta_{t+1} = \theta_t - \eta\,\mathrm{sign}(\hat g)",
-        paper=_ZO_BENCH, oracle=Oracle.VALUES, family="zeroth-order", seeded=True,
+        paper=_ZO_BENCH, oracle=Oracle.VALUES, family="zeroth-order", seeded=True, diagnostics=_CLIPS,
     ),
     OptimizerSpec(
         name="zo_adam", label="ZO-Adam", factory=ZOAdam,
@@ -584,14 +609,14 @@ SPECS = [
         update_rule=(_SPSA_ESTIMATE + r"m_t = \beta_1 m_{t-1} + (1-\beta_1)\hat g_t,\;"
                      r"v_t = \beta_2 v_{t-1} + (1-\beta_2)\hat g_t^2,\;"
                      r"\theta_{t+1} = \theta_t - \eta\,\frac{\hat m_t}{\sqrt{\hat v_t} + \delta}"),
-        paper=_ZO_BENCH, oracle=Oracle.VALUES, family="zeroth-order", seeded=True,
+        paper=_ZO_BENCH, oracle=Oracle.VALUES, family="zeroth-order", seeded=True, diagnostics=_CLIPS,
     ),
     OptimizerSpec(
         name="forward_grad", label="Forward gradient", factory=ForwardGradient,
         hyperparameters=(lr(1e-2), weight_decay()),
         update_rule=(r"u \sim N(0, I),\ \hat g = (\nabla f(\theta_t)^\top u)\,u\ \text{(one JVP)};\;"
                      r"\theta_{t+1} = \theta_t - \eta\,(\hat g + \lambda\theta_t)"),
-        paper=_FORWARD_GRAD, oracle=Oracle.JVPS, family="zeroth-order", seeded=True,
+        paper=_FORWARD_GRAD, oracle=Oracle.JVPS, family="zeroth-order", seeded=True, diagnostics=_CLIPS,
     ),
     # sparsity 0.75: the paper masks out most weights (the 0.7-0.8 range); 0.75 keeps the
     # smallest quarter of each tensor.
@@ -605,7 +630,7 @@ SPECS = [
                      r"\hat g = \frac1q\sum_{i<q}\frac{f(\theta+\epsilon z_i\odot m)-f(\theta-\epsilon z_i"
                      r"\odot m)}{2\epsilon}\,z_i;\;"
                      r"\theta_{t+1} = \theta_t - \eta\,(\hat g + \lambda\theta_t)\odot m"),
-        paper=_SPARSE_MEZO, oracle=Oracle.VALUES, family="zeroth-order", seeded=True,
+        paper=_SPARSE_MEZO, oracle=Oracle.VALUES, family="zeroth-order", seeded=True, diagnostics=_CLIPS,
     ),
     # mu 5e-3: DeepZero's --zoo-step-size default (OPTML-Group/DeepZero, tools/misc.py); density
     # 0.1: its ResNet-20 runs use 90% gradient sparsity.
@@ -617,7 +642,7 @@ SPECS = [
                                         doc="fraction of coordinates estimated per step")),
         update_rule=(r"\hat g_i = \frac{f(\theta_t+\mu e_i)-f(\theta_t)}{\mu}\ (i \in S_t),\ "
                      r"0\ \text{otherwise};\;\theta_{t+1} = \theta_t - \eta\,\hat g"),
-        paper=_DEEPZERO, oracle=Oracle.VALUES, family="zeroth-order", seeded=True,
+        paper=_DEEPZERO, oracle=Oracle.VALUES, family="zeroth-order", seeded=True, diagnostics=_CLIPS,
     ),
     OptimizerSpec(
         name="zo_ranksgd", label="ZO-RankSGD", factory=ZORankSGD,
@@ -631,12 +656,9 @@ SPECS = [
         update_rule=(r"\xi_i \sim N(0, I),\ E = \{(i,j): \theta_t+\mu\xi_i \text{ ranked above } "
                      r"\theta_t+\mu\xi_j\};\;"
                      r"\theta_{t+1} = \theta_t - \frac{\eta}{|E|}\sum_{(i,j)\in E}(\xi_j - \xi_i)"),
-        paper=_RANKSGD, oracle=Oracle.RANKINGS, family="zeroth-order", seeded=True,
+        paper=_RANKSGD, oracle=Oracle.RANKINGS, family="zeroth-order", seeded=True, diagnostics=_CLIPS,
     ),
 ]
-
-for _spec in SPECS:
-    register(_spec)
 
 __all__ = [
     "SPECS",

@@ -1,6 +1,7 @@
-"""Consensus-based optimization and block coordinate descent: first steps against numpy
-transcriptions of the rules, global minima found by CBO, block selection and convergence of BCD,
-and one cyclic sweep against its closed form."""
+"""Consensus-based optimization and block coordinate descent beyond their rule checks (their
+first steps against numpy transcriptions are in the case table, tests/engine/optimizer_cases.py,
+driven by test_optimizer_rules.py): CBO's particles and global minima, block selection (reported as
+the ``block`` diagnostic) and convergence of BCD, and one cyclic sweep against its closed form."""
 
 from __future__ import annotations
 
@@ -11,69 +12,39 @@ import numpy as np
 import pytest
 import torch
 
+from engine.clipping import Clip
 from engine.events import SetHyperparameter
 from engine.oracles import Oracles
-from engine.registry import Oracle, get_spec
-from engine.run import Run, RunConfig
+from engine.registry import get_spec
+from engine.run import LaneConfig, Run, RunConfig
 from landscapes.catalog import get_landscape
-
-torch.set_num_threads(1)
+from tests.engine.optimizer_cases import CASES, PROBLEMS, cbo_steps, run_case, schedule
 
 RTOL, ATOL = 1e-12, 1e-14
 
 
-def config(*lanes: tuple[str, dict], **kw: object) -> RunConfig:
+def config(*lanes: tuple[str, dict], device: str, **kw: object) -> RunConfig:
     lanes_ = tuple({"optimizer": n, "hyperparameters": h} for n, h in lanes)
-    return RunConfig(lanes=lanes_, device="cpu", **kw)
+    return RunConfig(lanes=lanes_, device=device, **kw)
 
 
 # ---------------------------------------------------------------------------- CBO
 
-def rastrigin_np(x: np.ndarray) -> np.ndarray:
-    return (x * x - 10 * np.cos(2 * np.pi * x) + 10).sum(-1)
-
-
-def ref_cbo(theta0: np.ndarray, v: dict, seed: int, steps: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Pinnau et al. (2017) / Carrillo et al. (2018, 2021) in numpy, with the CBXPy constants
-    (drift lam dt (x - c); noise sigma sqrt(dt) |x - c| xi, or (x - c) * xi anisotropic); the
-    normal draws are regenerated from the optimizer's seed in the documented order (the cloud,
-    then one [N, P] draw per step). Returns (consensus, particles) after each step."""
-    gen = torch.Generator().manual_seed(seed)
-    n, d = v["n_particles"], theta0.size
-    x = theta0[None] + v["spread"] * torch.randn(n, d, generator=gen, dtype=torch.float64).numpy()
-    out = []
-    for _ in range(steps):
-        a = -v["alpha"] * rastrigin_np(x)
-        w = np.exp(a - (a.max() + np.log(np.exp(a - a.max()).sum())))  # log-sum-exp weights
-        c = w @ x
-        xi = torch.randn(n, d, generator=gen, dtype=torch.float64).numpy()
-        diff = x - c
-        noise = diff * xi if v["anisotropic"] else np.linalg.norm(diff, axis=1, keepdims=True) * xi
-        x = x - v["lam"] * v["lr"] * diff + v["sigma"] * math.sqrt(v["lr"]) * noise
-        out.append((c, x.copy()))
-    return out
-
-
-@pytest.mark.parametrize("hp", [
-    {},
-    {"lr": 0.05, "lam": 0.7, "sigma": 1.3, "alpha": 3.0, "n_particles": 7, "spread": 0.5,
-     "anisotropic": True},
-], ids=["defaults", "non-default"])
-def test_cbo_matches_the_rule(hp: dict) -> None:
-    spec = get_spec("cbo")
-    assert spec.oracle is Oracle.VALUES and spec.seeded
-    theta0 = np.array([-1.2, 0.8])
-    p = torch.tensor(theta0, requires_grad=True)
-    opt = spec.build([p], hp, seed=11)
-    problem = get_landscape("rastrigin")
-    oracles = Oracles(lambda x: problem.loss(x), [p])
-    v = spec.validate(hp)
-    want = ref_cbo(theta0, v, seed=11, steps=4)
-    for k, (c, x) in enumerate(want):
-        opt.step(oracles)
-        np.testing.assert_allclose(p.detach().numpy(), c, rtol=RTOL, atol=ATOL)  # theta is the consensus
-        np.testing.assert_allclose(opt.particles().numpy(), x, rtol=RTOL, atol=ATOL)
-        assert oracles.counts.function_values == (k + 1) * v["n_particles"] and oracles.counts.gradients == 0
+@pytest.mark.parametrize("which", ["defaults", "settings"])
+def test_cbo_particles_follow_the_rule_and_cost_n_values_per_step(which: str) -> None:
+    """The particles after each step against the reference (the consensus, which is theta, is in the
+    case table's check), and N function values per step, no gradient."""
+    case, rp = CASES["cbo"], PROBLEMS["rastrigin"]
+    values = schedule("cbo", [{} if which == "defaults" else case.settings] * case.steps)
+    want = cbo_steps(values, rp, case.seed)
+    particles: list[np.ndarray] = []
+    closures: list[Oracles] = []
+    run_case("cbo", values, rp, case.seed, closures=closures,
+             on_step=lambda opt, ps: particles.append(opt.particles().numpy()))
+    for (_, x), got in zip(want, particles, strict=True):
+        np.testing.assert_allclose(got, x, rtol=RTOL, atol=ATOL)
+    assert all(c.counts.function_values == values[0]["n_particles"] and c.counts.gradients == 0
+               for c in closures)
 
 
 def test_cbo_weights_do_not_underflow() -> None:
@@ -88,22 +59,23 @@ def test_cbo_weights_do_not_underflow() -> None:
 
 
 @pytest.mark.parametrize("name", ["rastrigin", "ackley"])
-def test_cbo_finds_the_global_minimum(name: str) -> None:
+def test_cbo_finds_the_global_minimum(name: str, device: str) -> None:
     """Six trajectories (the catalog's start and five uniform in the box), each with its own
     seeded cloud of 200 particles (spread 3): every consensus ends within 1e-2 of the origin
     after 200 steps (measured: within 5e-4, 4 run seeds), where gradient descent from the
     catalog's start stops in a local minimum."""
     hp = {"n_particles": 200, "alpha": 1000.0, "spread": 3.0}
-    run = Run(get_landscape(name), config(("cbo", hp), ("sgd", {"lr": 0.01}), n_starts=6, seed=0))
+    lanes = (("cbo", hp), ("sgd", {"lr": 0.01}))
+    run = Run(get_landscape(name), config(*lanes, n_starts=6, seed=0, device=device))
     records = run.run(200)
     assert np.linalg.norm(run.positions(0), axis=1).max() < 1e-2
     assert np.linalg.norm(run.positions(1)[0]) > 0.5  # gradient descent: a local minimum
     assert records[-2].counts.function_values == 200 * 200
 
 
-def test_cbo_replays_and_redraws_its_cloud_when_resized() -> None:
+def test_cbo_replays_and_redraws_its_cloud_when_resized(device: str) -> None:
     problem = get_landscape("ackley")
-    cfg = config(("cbo", {"n_particles": 30}), n_starts=2, seed=4)
+    cfg = config(("cbo", {"n_particles": 30}), n_starts=2, seed=4, device=device)
     first, second = Run(problem, cfg), Run(problem, cfg)
     a, b = first.run(5), second.run(5)
     assert all(x.same_values(y) for x, y in zip(a, b, strict=True))
@@ -150,7 +122,7 @@ def test_bcd_moves_exactly_the_chosen_block(name: str, hp: dict) -> None:
         elif name == "bcd_gauss_southwell":
             assert b == int(np.argmax(norms))
         counts[b] += 1
-        assert opt.last_block == b
+        assert opt.last_block == b and opt.diagnostics() == {"block": float(b)}
     if name == "bcd_random":
         assert counts.min() > 0 and counts.max() < 2 * 400 / n_blocks
 
@@ -227,3 +199,11 @@ def test_bcd_converges_on_the_ill_conditioned_quadratic(name: str, budget: int) 
             break
     assert float(p.detach().norm()) < 1e-6, f"{name} after {budget} steps: {float(p.detach().norm()):.3g}"
 
+
+
+def test_cbo_has_no_gradient_to_clip_and_a_clipped_lane_is_refused() -> None:
+    """CBO steps from function values alone: it declares no clipped fraction and takes no clip, so a
+    run refuses a clipped CBO lane before it starts."""
+    assert not get_spec("cbo").clips_estimate
+    with pytest.raises(ValueError, match="Consensus-based optimization cannot be clipped"):
+        Run(get_landscape("ackley"), RunConfig(lanes=(LaneConfig("cbo", clip=Clip("norm", 1.0)),)))

@@ -10,8 +10,6 @@ import torch
 from engine.problem import Bounds, Minimum, Problem, describe
 from landscapes import AnalyticFunction, get_landscape
 
-torch.set_num_threads(1)
-
 
 def _sphere(**overrides: object) -> AnalyticFunction:
     kwargs: dict[str, object] = dict(

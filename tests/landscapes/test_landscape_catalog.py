@@ -12,8 +12,6 @@ from torch.autograd.functional import hessian
 from engine.problem import Problem
 from landscapes import LANDSCAPES, AnalyticFunction, available_landscapes, get_landscape
 
-torch.set_num_threads(1)
-
 NAMES = [
     "quadratic", "rosenbrock", "beale", "booth", "himmelblau", "rastrigin", "ackley", "goldstein_price",
     "six_hump_camel", "styblinski_tang", "levi13", "saddle", "monkey_saddle",

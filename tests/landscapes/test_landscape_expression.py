@@ -17,8 +17,6 @@ from engine.problem import Problem
 from landscapes import ExpressionError, parse_expression
 from landscapes.expression import FUNCTIONS, MAX_DEPTH, MAX_LENGTH, MAX_NODES
 
-torch.set_num_threads(1)
-
 
 def _points(n: int = 257, seed: int = 0, lo: float = -3.0, hi: float = 3.0) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)

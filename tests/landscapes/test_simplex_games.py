@@ -16,8 +16,6 @@ from landscapes import LANDSCAPES, available_landscapes, get_landscape
 from landscapes.games import GameProblem, bilinear_game
 from landscapes.simplex import SIMPLEX_VERTICES_2D, SimplexProblem, barycentric
 
-torch.set_num_threads(1)
-
 SIMPLEX = ["simplex_linear", "simplex_quadratic"]
 NEW = [*SIMPLEX, "bilinear_game"]
 
