@@ -186,8 +186,9 @@ def _check(
 
 
 @torch.no_grad()
-def _classify(x: torch.Tensor, minima: torch.Tensor, tol: float, step: int, label: torch.Tensor,
-              entered: torch.Tensor) -> None:
+def _classify(
+    x: torch.Tensor, minima: torch.Tensor, tol: float, step: int, label: torch.Tensor, entered: torch.Tensor
+) -> None:
     """Update each start's label (nearest minimum within ``tol``, else NOT_CONVERGED) in place, and
     the step at which it took its current label."""
     dist, k = torch.cdist(x, minima).min(dim=1)

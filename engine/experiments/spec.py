@@ -320,8 +320,8 @@ class ExperimentSpec:
         samples: int = 16,
     ) -> ExperimentSpec:
         """An experiment around a race: each lane's optimizer with its current hyperparameters
-        held fixed except the searched ones; by default a 16-point log grid of ``lr`` from 1/100 to
-        100x the lane's value (inside the spec's range). The race's seed, starts, start point,
+        held fixed except the searched ones; by default ``lr`` over 17 values from 1/100 to 100x the
+        lane's own (which is one of them), four per decade, inside the spec's range. The race's seed, starts, start point,
         dtype and device carry over; extra lane options (schedules, clipping) too."""
         entries = []
         for i, lane in enumerate(run_config.lanes):
@@ -329,11 +329,15 @@ class ExperimentSpec:
             hps = spec.validate(lane.hyperparameters)
             chosen = search(lane) if callable(search) else search
             if chosen is None:
-                hp = spec.hyperparameter("lr")
-                lo, hi = hps["lr"] / 100, hps["lr"] * 100
-                lo = lo if hp.low is None else max(lo, hp.low)
-                hi = hi if hp.high is None else min(hi, hp.high)
-                chosen = {"lr": {"kind": "grid", "n": 16, "low": lo, "high": hi, "log": True}}
+                hp = spec.hyperparameter("lr")  # the race's lr times 10^(k/4), k = -8..8, inside the range
+                values = [hps["lr"] * 10 ** (k / 4) if k else hps["lr"] for k in range(-8, 9)]
+                chosen = {
+                    "lr": [
+                        v
+                        for v in values
+                        if (hp.low is None or v >= hp.low) and (hp.high is None or v <= hp.high)
+                    ]
+                }
             fixed = {k: v for k, v in hps.items() if k not in chosen and v != spec.hyperparameter(k).default}
             extra = {
                 f.name: getattr(lane, f.name)
