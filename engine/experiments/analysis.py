@@ -44,12 +44,16 @@ def _values(frame: pd.DataFrame, metric: str) -> np.ndarray:
     raise ValueError(f"metric must be one of {', '.join((*LOSS_METRICS, *TIME_METRICS))}, got {metric!r}")
 
 
+LOG_FLOOR = 1e-16
+"""Losses are floored here before a logarithm (an exact 0 is a minimum reached, not -inf decades)."""
+
+
 def _transform(v: np.ndarray, log: bool, metric: str) -> np.ndarray:
     if not log:
         return v
-    if (v <= 0).any():
-        raise ValueError(f"{metric} has values <= 0, which have no logarithm: pass log=False")
-    return np.log10(v)
+    if (v < 0).any():
+        raise ValueError(f"{metric} has negative values, which have no logarithm: pass log=False")
+    return np.log10(np.maximum(v, LOG_FLOOR))
 
 
 def sensitivity(

@@ -15,8 +15,9 @@ run (``RunConfig.n_starts``). The configurations are
   in the last bits from the same row inside a batch), and for a seeded optimizer. The run of a
   configuration then *is* the race ``row_to_race`` reopens, so equality holds by construction.
 
-Chunks are split only as memory requires (``TASK_BYTES`` per task, estimated from rows x
-parameters), plus, when the executor asks for more tasks than there are, to keep workers busy.
+Chunks are split only as memory requires (``TASK_BYTES`` per Run, estimated from rows x
+parameters: only the lanes layout grows a Run with its chunk), plus, when the executor asks for
+more tasks than there are, to keep workers busy.
 
 **A trajectory's extent.** Record *t* of a lane describes iterate :math:`x_t` and carries the
 oracle calls made through step *t*. A lane steps while it has budget: its last iterate is
@@ -111,7 +112,12 @@ def plan(spec: ExperimentSpec, problems: dict[str, Problem], *, min_tasks: int =
         for entry in spec.optimizers:
             configs = spec.configurations(entry)
             layout = layout_for(problem, entry.name)
-            per_chunk = max(1, TASK_BYTES // max(1, task_bytes(problem, spec.starts, 1)))
+            # lanes share one Run, so its memory grows with the chunk; separate Runs go one at a time
+            per_chunk = (
+                max(1, TASK_BYTES // max(1, task_bytes(problem, spec.starts, 1)))
+                if layout == "lanes"
+                else len(configs)
+            )
             units.append((ref, entry, configs, layout, per_chunk))
     n_base = sum(math.ceil(len(c) / k) for _, _, c, _, k in units) * len(spec.seeds)
     split = max(1, math.ceil(min_tasks / max(n_base, 1)))

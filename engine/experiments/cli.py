@@ -99,7 +99,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         )
     )
     if len(result.frame):
-        table = tuned_vs_default(result.frame, log=bool((result.frame["final_loss"] > 0).all()), n_boot=500)
+        positive = bool((result.frame["final_loss"].dropna() >= 0).all())
+        table = tuned_vs_default(result.frame, log=positive, n_boot=500)
         cols = ["problem", "entry", "default_score", "tuned_score", "improvement", "ci_low", "ci_high"]
         with_pd = table[cols].to_string(index=False, float_format=lambda v: f"{v:.3g}")
         print("final loss (log10 when positive), defaults vs tuned:\n" + with_pd)

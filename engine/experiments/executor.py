@@ -1,11 +1,12 @@
 """Run an experiment on ``dask.distributed``: a local cluster by default, any cluster by address.
 
 No scheduler, queue or pool of our own: each :class:`engine.experiments.batching.Task` is one Dask
-task, the problem it runs on is another (built on a worker from its name, or shipped by value for
-a live object; the scheduler keeps both task definitions, so it can rebuild either after a worker
-dies). Results stream back with ``distributed.as_completed``; a worker that dies has its tasks
-rerun by Dask (its ``allowed_failures``); rows are collected by task key, so a rerun task can never
-add a row twice, and the result says whether every trial is there (``metadata["complete"]``).
+task. Its problem travels with it as a reference (built once per worker process from its name and
+options; a live Python object goes by value), so no problem object ever moves between workers and
+a rerun task rebuilds what it needs. Results stream back with ``distributed.as_completed``; a worker
+that dies has its tasks rerun by Dask (its ``allowed_failures``); rows are collected by task key,
+so a rerun task can never add a row twice, and the result says whether every trial is there
+(``metadata["complete"]``).
 
 * ``scheduler=None``: a ``LocalCluster`` of ``n_workers`` processes with one thread each
   (torch set to one intra-op thread in every worker by a WorkerPlugin, so workers do not fight
@@ -73,13 +74,19 @@ def _one_thread_plugin() -> Any:
     return OneTorchThread()
 
 
-def _materialize(ref: ProblemRef, catalogs: Sequence[str] | None) -> Any:
-    """The live problem on a worker: built from its name, or the object itself."""
-    return resolve(ref, merged(catalogs) if ref.problem is None else {})
+_BUILT: dict[str, Any] = {}
+"""Problems built on this worker process, by name, options and catalogs (a task never ships them)."""
 
 
-def _work(task: Task, problem: Any) -> TaskResult:
-    return run_task(task, problem)
+def _work(task: Task, ref: ProblemRef, catalogs: Sequence[str] | None) -> TaskResult:
+    """One task on a worker: its problem (a live object travels with the task; a named one is built
+    here once per process), then the batched program."""
+    if ref.problem is not None:
+        return run_task(task, ref.problem)
+    key = json.dumps([ref.name, dict(ref.options), list(catalogs or [])], sort_keys=True, default=str)
+    if key not in _BUILT:
+        _BUILT[key] = resolve(ref, merged(catalogs))
+    return run_task(task, _BUILT[key])
 
 
 def connect(scheduler: str | None, *, n_workers: int = 2, connect_timeout: float = 5.0) -> tuple[Any, Any]:
@@ -190,13 +197,8 @@ def _execute(
     report("")
     run_id = uuid.uuid4().hex[:8]
     refs = {ref.name: ref for ref in spec.problems}
-    problem_futures = {
-        name: client.submit(_materialize, ref, catalogs, pure=False, key=f"problem-{name}-{run_id}")
-        for name, ref in refs.items()
-        if any(t.problem == name for t in todo)
-    }
     futures = {
-        client.submit(_work, t, problem_futures[t.problem], pure=False, key=f"task-{t.key}-{run_id}"): t
+        client.submit(_work, t, refs[t.problem], catalogs, pure=False, key=f"task-{t.key}-{run_id}"): t
         for t in todo
     }
     errors: dict[str, str] = {}
@@ -240,7 +242,6 @@ def _execute(
         cancelled = True
     finally:
         client.cancel([f for f in futures if not f.done()])
-        client.cancel(list(problem_futures.values()))
     frame = frame_from_rows([r for rows in rows_by_task.values() for r in rows])
     got = (
         [tuple(r) for r in frame[list(KEY_COLUMNS)].itertuples(index=False, name=None)] if len(frame) else []

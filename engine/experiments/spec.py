@@ -321,8 +321,8 @@ class ExperimentSpec:
     ) -> ExperimentSpec:
         """An experiment around a race: each lane's optimizer with its current hyperparameters
         held fixed except the searched ones; by default ``lr`` over 17 values from 1/100 to 100x the
-        lane's own (which is one of them), four per decade, inside the spec's range. The race's seed, starts, start point,
-        dtype and device carry over; extra lane options (schedules, clipping) too."""
+        lane's own (which is one of them), four per decade, inside the spec's range. The race's seed,
+        starts, start point, dtype and device carry over; extra lane options (schedules, clipping) too."""
         entries = []
         for i, lane in enumerate(run_config.lanes):
             spec = get_spec(lane.optimizer)

@@ -15,11 +15,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
 
 from engine.experiments import ExperimentResult, ExperimentSpec, SchedulerError, SpecError, plan, run_task
 from engine.experiments.cli import main
 from engine.experiments.executor import connect, run_experiment
 from engine.experiments.results import KEY_COLUMNS
+from landscapes.networks import problem_from_module
 
 ROOT = Path(__file__).resolve().parents[2]
 CATALOGS = ["landscapes.catalog:LANDSCAPES", "landscapes.networks:NETWORKS"]
@@ -74,13 +78,21 @@ def direct(spec: ExperimentSpec, key: str) -> pd.DataFrame:
 
 
 def test_an_experiment_on_a_local_cluster_has_one_row_per_trial_equal_to_the_task_run_here(client) -> None:
-    spec = spec_of(optimizers=["adam", "sgd"], seeds=[0], starts=2, budget=60)
+    """A named landscape and a user's own nn.Module problem (shipped to the workers by value)."""
+    torch.manual_seed(0)
+    X, y = torch.randn(40, 3, dtype=torch.float64), torch.randint(0, 2, (40,))
+    mine = problem_from_module(nn.Linear(3, 2).double(), F.cross_entropy, X, y, name="my_linear")
+    spec = spec_of(problems=["rosenbrock", mine], optimizers=["adam", "sgd"], seeds=[0], starts=1, budget=60)
     seen = []
     result = run_experiment(spec, client=client, catalogs=CATALOGS, progress=seen.append)
     assert result.complete and set(keys(result.frame)) == expected(spec) and len(result.frame) == 4
-    assert [p.tasks_done for p in seen] == [0, 1, 2] and seen[-1].trials_done == 4
+    assert [p.tasks_done for p in seen] == [0, 1, 2, 3, 4] and seen[-1].trials_done == 4
     here = pd.concat(
-        [direct(spec, t) for t in ("rosenbrock|adam|seed=0|configs=0-0", "rosenbrock|sgd|seed=0|configs=0-0")]
+        [
+            direct(spec, f"{p}|{o}|seed=0|configs=0-0")
+            for p in ("rosenbrock", "my_linear")
+            for o in ("adam", "sgd")
+        ]
     )
     there = result.frame.set_index(list(KEY_COLUMNS)).sort_index()
     here = here.set_index(list(KEY_COLUMNS)).sort_index()
