@@ -1,0 +1,317 @@
+r"""From a spec to batched :class:`engine.run.Run`\ s, and one task's program.
+
+**Layout.** An experiment's unit of work is a :class:`Task`: one problem, one optimizer entry,
+one run seed and a chunk of its configurations. The seeds' start rows are always rows of one
+run (``RunConfig.n_starts``). The configurations are
+
+* **lanes of one Run** (layout ``"lanes"``) when that is bit-for-bit the same as running each
+  alone: the problem's loss is row-wise (an analytic landscape evaluates each row with elementwise
+  ops, so a row's value and gradient do not depend on the other rows) and the optimizer draws no
+  random numbers (a seeded optimizer's seed is derived from its lane's index, which is 0 in a race
+  of one lane);
+* **one Run each, in turn, inside the task** (layout ``"separate"``) otherwise: for a network
+  (a problem with ``param_shapes``) the loss is a vmapped ``functional_call`` whose batched
+  matmuls may round differently with the batch size (measured: a single row's gradient differs
+  in the last bits from the same row inside a batch), and for a seeded optimizer. The run of a
+  configuration then *is* the race ``row_to_race`` reopens, so equality holds by construction.
+
+Chunks are split only as memory requires (``TASK_BYTES`` per Run, estimated from rows x
+parameters: only the lanes layout grows a Run with its chunk), plus, when the executor asks for
+more tasks than there are, to keep workers busy.
+
+**A trajectory's extent.** Record *t* of a lane describes iterate :math:`x_t` and carries the
+oracle calls made through step *t*. A lane steps while it has budget: its last iterate is
+:math:`x_T` with *T* the first step whose calls would exceed the budget (or ``max_steps``).
+Records 0..T are the trajectory: the final loss is :math:`f(x_T)`, the best loss the least of
+:math:`f(x_0..x_T)`, the units spent those of steps 0..T-1, and the time to target the units spent
+before the first iterate whose loss is <= the target (0 if :math:`x_0` already is).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from engine.events import RemoveLane
+from engine.experiments.budget import OracleCosts
+from engine.experiments.spec import Configuration, ExperimentSpec
+from engine.problem import Problem
+from engine.records import OracleCounts, Record
+from engine.registry import get_spec
+from engine.run import Run, RunConfig
+
+TASK_BYTES = 256 * 2**20
+"""Estimated memory one task may use (parameters, gradients, optimizer state and activations of
+all its rows); larger chunks are split."""
+
+
+@dataclass(frozen=True)
+class Task:
+    """One unit of work: ``configs`` of one entry on one problem with one run seed (plain data)."""
+
+    key: str
+    problem: str
+    options: dict[str, Any]
+    entry: str
+    optimizer: str
+    seed: int
+    configs: tuple[Configuration, ...]
+    layout: str  # "lanes" | "separate"
+    starts: int
+    start: tuple[float, ...] | None
+    budget: float
+    costs: OracleCosts
+    max_steps: int
+    target: float | None
+    dtype: str
+    device: str
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.configs) * self.starts
+
+
+def race_config(
+    config: Configuration, *, seed: int, starts: int, start: tuple[float, ...] | None, device: str, dtype: str
+) -> RunConfig:
+    """The race of one configuration: what an experiment's trajectory equals, and what
+    ``row_to_race`` reopens."""
+    return RunConfig(
+        lanes=(config.lane_config(),), start=start, n_starts=starts, seed=seed, device=device, dtype=dtype
+    )
+
+
+def layout_for(problem: Problem, optimizer: str) -> str:
+    """``"lanes"`` when batching configurations as lanes keeps each bit-exact (see module doc)."""
+    rowwise = getattr(problem, "param_shapes", None) is None
+    return "lanes" if rowwise and not get_spec(optimizer).seeded else "separate"
+
+
+def task_bytes(problem: Problem, starts: int, n_configs: int) -> int:
+    """A rough upper estimate of one task's memory: 8 float64 copies of every row's parameters
+    (point, gradient, old point, optimizer state), plus a network's activations on its data."""
+    per_row = 8 * 8 * int(problem.dim)
+    X = getattr(problem, "X_train", None)
+    if X is not None:
+        per_row += 8 * 4 * int(X.shape[0]) * max(int(np.prod(X.shape[1:])), 64)
+    return per_row * starts * n_configs
+
+
+def plan(spec: ExperimentSpec, problems: dict[str, Problem], *, min_tasks: int = 1) -> list[Task]:
+    """All tasks of ``spec`` (problems as returned by :meth:`ExperimentSpec.validate`)."""
+    tasks: list[Task] = []
+    units: list[tuple[Any, Any, list[Configuration], str, int]] = []
+    for ref in spec.problems:
+        problem = problems[ref.name]
+        for entry in spec.optimizers:
+            configs = spec.configurations(entry)
+            layout = layout_for(problem, entry.name)
+            # lanes share one Run, so its memory grows with the chunk; separate Runs go one at a time
+            per_chunk = (
+                max(1, TASK_BYTES // max(1, task_bytes(problem, spec.starts, 1)))
+                if layout == "lanes"
+                else len(configs)
+            )
+            units.append((ref, entry, configs, layout, per_chunk))
+    n_base = sum(math.ceil(len(c) / k) for _, _, c, _, k in units) * len(spec.seeds)
+    split = max(1, math.ceil(min_tasks / max(n_base, 1)))
+    for ref, entry, configs, layout, per_chunk in units:
+        size = max(1, min(per_chunk, math.ceil(len(configs) / split)))
+        for seed in spec.seeds:
+            for c0 in range(0, len(configs), size):
+                chunk = tuple(configs[c0 : c0 + size])
+                tasks.append(
+                    Task(
+                        key=f"{ref.name}|{entry.label}|seed={seed}|configs={c0}-{c0 + len(chunk) - 1}",
+                        problem=ref.name,
+                        options=dict(ref.options),
+                        entry=entry.label,
+                        optimizer=entry.name,
+                        seed=seed,
+                        configs=chunk,
+                        layout=layout,
+                        starts=spec.starts,
+                        start=ref.start,
+                        budget=float(spec.budget),
+                        costs=spec.costs,
+                        max_steps=spec.max_steps,
+                        target=spec.target_for(ref),
+                        dtype=spec.dtype,
+                        device=spec.device,
+                    )
+                )
+    return tasks
+
+
+@dataclass
+class _Trajectories:
+    """What one lane's records reduce to, row by row, as they arrive."""
+
+    config: Configuration
+    n_rows: int
+    budget: float
+    costs: OracleCosts
+    max_steps: int
+    target: float | None
+    best: np.ndarray = field(init=False)
+    hit_step: np.ndarray = field(init=False)
+    hit_units: np.ndarray = field(init=False)
+    hit_seconds: np.ndarray = field(init=False)
+    spent: OracleCounts = field(default_factory=OracleCounts)
+    units: float = 0.0
+    seconds: float = 0.0
+    last: Record | None = None
+
+    def __post_init__(self) -> None:
+        self.best = np.full(self.n_rows, np.inf)
+        self.hit_step = np.full(self.n_rows, -1, dtype=np.int64)
+        self.hit_units = np.full(self.n_rows, np.nan)
+        self.hit_seconds = np.full(self.n_rows, np.nan)
+
+    def add(self, record: Record) -> bool:
+        """Fold in record t; True when x_t is the trajectory's last iterate (x_T)."""
+        loss = np.asarray(record.loss)
+        finite = np.isfinite(loss)
+        self.best = np.where(finite, np.minimum(self.best, np.where(finite, loss, np.inf)), self.best)
+        if self.target is not None:
+            new = (self.hit_step < 0) & finite & (loss <= self.target)
+            self.hit_step[new] = record.step
+            self.hit_units[new] = self.units
+            self.hit_seconds[new] = self.seconds
+        self.last = record
+        units = self.costs.units(record.counts)
+        if units > self.budget or record.step >= self.max_steps:
+            return True
+        self.spent, self.units = record.counts, units
+        return False
+
+    def rows(self) -> list[dict[str, Any]]:
+        rec = self.last
+        assert rec is not None
+        out = []
+        for i in range(self.n_rows):
+            status = rec.status[i]
+            diverged = int(status.rsplit(" ", 1)[-1]) if status.startswith("diverged") else -1
+            out.append(
+                {
+                    "start": i,
+                    "final_loss": float(rec.loss[i]),
+                    "best_loss": float(self.best[i]) if np.isfinite(self.best[i]) else math.nan,
+                    "steps": int(rec.step),
+                    "units": float(self.units),
+                    **{k: int(v) for k, v in self.spent.as_dict().items()},
+                    "steps_to_target": int(self.hit_step[i]),
+                    "units_to_target": float(self.hit_units[i]),
+                    "seconds_to_target": float(self.hit_seconds[i]),
+                    "diverged_at": diverged,
+                    "wall_time": float(self.seconds),
+                }
+            )
+        return out
+
+
+@dataclass
+class TaskResult:
+    key: str
+    rows: list[dict[str, Any]]
+    records: dict[int, list[Record]] | None
+    device: str
+    seconds: float
+
+
+def run_task(
+    task: Task, problem: Problem, *, keep_records: bool = False, checkpoint: Callable[[], None] | None = None
+) -> TaskResult:
+    """Run one task's batched program and reduce its records to result rows (one per
+    configuration x start). ``keep_records`` also returns every record by configuration index
+    (for tests). ``checkpoint`` is called between steps (it may raise to stop the task)."""
+    t0 = time.perf_counter()
+    groups = [task.configs] if task.layout == "lanes" else [(c,) for c in task.configs]
+    rows: list[dict[str, Any]] = []
+    kept: dict[int, list[Record]] | None = {} if keep_records else None
+    device = ""
+    for group in groups:
+        base = race_config(
+            group[0],
+            seed=task.seed,
+            starts=task.starts,
+            start=task.start,
+            device=task.device,
+            dtype=task.dtype,
+        )
+        config = RunConfig(
+            **{
+                **{f: getattr(base, f) for f in ("start", "n_starts", "seed", "device", "dtype")},
+                "lanes": tuple(c.lane_config() for c in group),
+            }
+        )
+        run = Run(problem, config)
+        device = str(run.device)
+        lanes = {
+            lane_id: _Trajectories(c, task.starts, task.budget, task.costs, task.max_steps, task.target)
+            for lane_id, c in zip(sorted(run.lanes), group, strict=True)
+        }
+        active = set(lanes)
+        while active:
+            if checkpoint is not None:
+                checkpoint()
+            before = run.compute_time
+            records = run.step()
+            share = (run.compute_time - before) / len(active)
+            for rec in records:
+                tr = lanes[rec.lane]
+                if kept is not None:
+                    kept.setdefault(tr.config.index, []).append(rec)
+                done = tr.add(rec)
+                if not done:
+                    tr.seconds += share
+                else:
+                    active.discard(rec.lane)
+                    run.apply(RemoveLane(rec.lane))
+        for tr in lanes.values():
+            for row in tr.rows():
+                rows.append(_describe(task, tr.config) | row | {"device": device})
+    return TaskResult(task.key, rows, kept, device, time.perf_counter() - t0)
+
+
+def _describe(task: Task, config: Configuration) -> dict[str, Any]:
+    return {
+        "problem": task.problem,
+        "problem_options": json.dumps(_plain(task.options), sort_keys=True),
+        "entry": task.entry,
+        "optimizer": task.optimizer,
+        "config": config.index,
+        "is_default": config.is_default,
+        "seed": task.seed,
+        "starts": task.starts,
+        "start_point": None if task.start is None else json.dumps(list(task.start)),
+        "target": math.nan if task.target is None else task.target,
+        "dtype": task.dtype,
+        "run_device": task.device,
+        "hyperparameters": json.dumps(dict(config.hyperparameters), sort_keys=True),
+        "lane_options": json.dumps(_plain(dict(config.lane)), sort_keys=True, default=str),
+        **{f"hp_{k}": v for k, v in config.hyperparameters.items()},
+    }
+
+
+def _plain(obj: Any) -> Any:
+    if hasattr(obj, "to_dict"):
+        return obj.to_dict()
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def expected_keys(tasks: Sequence[Task]) -> set[tuple[str, str, int, int, int]]:
+    """The (problem, entry, config, seed, start) of every trial the tasks will produce."""
+    return {
+        (t.problem, t.entry, c.index, t.seed, s) for t in tasks for c in t.configs for s in range(t.starts)
+    }
