@@ -42,7 +42,7 @@ from engine.events import RemoveLane
 from engine.experiments.budget import OracleCosts
 from engine.experiments.spec import Configuration, ExperimentSpec
 from engine.problem import Problem
-from engine.records import OracleCounts, Record
+from engine.records import DIVERGED, OracleCounts, Record, status_step
 from engine.registry import get_spec
 from engine.run import Run, RunConfig
 
@@ -197,7 +197,7 @@ class _Trajectories:
         out = []
         for i in range(self.n_rows):
             status = rec.status[i]
-            diverged = int(status.rsplit(" ", 1)[-1]) if status.startswith("diverged") else -1
+            diverged = status_step(status) if status.startswith(DIVERGED) else -1
             out.append(
                 {
                     "start": i,
