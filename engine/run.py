@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 import engine.optimizers  # noqa: F401  (registers the built-in optimizers)
+from engine.curvature import HVP
 from engine.device import make_generator, resolve_device
 from engine.events import (
     AddLane,
@@ -355,7 +356,9 @@ class Run:
         points = [lane.points() for lane in lanes]
         losses = self.problem.loss(torch.cat(points), batch)
         leaves = [p for lane in lanes for p in lane.params]
-        grads = torch.autograd.grad(losses.sum(), leaves, allow_unused=True)
+        reuse = self._probe_reuses_graph(lanes)  # curv16: a due probe differentiates this gradient again
+        grads = torch.autograd.grad(losses.sum(), leaves, allow_unused=True, create_graph=reuse)
+        grads = self._keep_graph(lanes[0], grads, losses) if reuse else grads  # curv16
         grads = [torch.zeros_like(p) if g is None else g for p, g in zip(leaves, grads, strict=True)]
         losses = losses.detach()
 
@@ -393,21 +396,63 @@ class Run:
         self._apply_due()  # after the records: they describe the step as it was taken
         return records
 
+    _step_graph: tuple[_Lane, list[torch.Tensor | None], float] | None = None
+    """The step's graph-attached gradient kept for a due probe (see :meth:`_probe_reuses_graph`)."""
+
     def _probe(self, lane: _Lane, x: torch.Tensor, update: torch.Tensor, batch: Any) -> Probe:
-        """Curvature of the lane's first start at ``x`` (where this step's gradient was taken)."""
+        """Curvature of the lane's first start at ``x`` (where this step's gradient was taken).
+
+        Warm-started from this lane's last probe, or, before its first, from the latest probe of
+        any lane (lanes of a race start at the same point, so their first Hessians agree). On the
+        step's own gradient graph when :meth:`_probe_reuses_graph` kept it."""
         t0 = time.perf_counter()
         key = lane.spec.second_moment_key
         moment = None
         if key is not None:
             moment = second_moment(lane.optimizer, lane.rows[0], key, 0 if lane.separable else None)
-        result, self._warm[lane.id] = probe(
+        warm = self._warm.get(lane.id)
+        if warm is None and self._warm:
+            warm = {"top": next(reversed(self._warm.values()))["top"]}
+        graph, self._step_graph = self._step_graph, None
+        op = None
+        if graph is not None and graph[0] is lane:
+            op = HVP.from_gradient(graph[1], lane.params, x=x, value=graph[2])
+        result, vectors = probe(
             lambda t: self.problem.loss(t[None], batch)[0], x, update, stability=lane.spec.stability,
             hyperparameters=lane.spec.read(lane.optimizer), config=self.probes,
             generator=self._probe_generator, step=lane.step - 1, dim=self.problem.dim, moment=moment,
-            warm=self._warm.get(lane.id))
+            warm=warm, op=op)
+        self._warm.pop(lane.id, None)
+        self._warm[lane.id] = vectors  # the most recent last, for the next lane's first probe
         self.probe_time += time.perf_counter() - t0
         lane.counts = lane.counts + OracleCounts(hvps=result.hvps)
         return result
+
+    def _probe_reuses_graph(self, lanes: list[_Lane]) -> bool:
+        """Whether this step's gradient should keep its graph for a probe due after it.
+
+        Only when the probed start is the whole batch (one lane, one start): the run's gradient is
+        of the sum over all lanes and starts, so a product through it costs K*M times one start's,
+        while rebuilding one start's graph costs ~1.2 gradients (measured in benchmarks/hessian.py:
+        reuse saves ~20% of a sharpness probe at K*M = 1 and loses beyond). Also only for problems
+        whose loss sees a copy of the leaves (several parameter tensors, concatenated): a single
+        leaf is saved by the loss itself and the optimizer's in-place step would invalidate it."""
+        self._step_graph = None
+        if self.probes is None or len(lanes) != 1:
+            return False
+        lane = lanes[0]
+        if lane.n_rows != 1 or len(lane.params) < 2 or lane.spec.closure_driven or lane.diverged_at[0] >= 0:
+            return False
+        if self.probes.probe_dtype(self.dtype) != self.dtype:
+            return False
+        return self._probe_now or self.probes.due(lane.step)
+
+    def _keep_graph(self, lane: _Lane, grads: Sequence[torch.Tensor | None],
+                    losses: torch.Tensor) -> list[torch.Tensor | None]:
+        """Keep the graph-attached gradient for :meth:`_probe`; the step gets detached copies (a
+        ``.grad`` holding a graph that reaches its own leaf would be a reference cycle)."""
+        self._step_graph = (lane, list(grads), float(losses.detach()[0]))
+        return [None if g is None else g.detach() for g in grads]
 
     @property
     def probe_overhead(self) -> float:
