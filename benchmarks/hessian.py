@@ -336,7 +336,8 @@ def cockpit_overhead(args: argparse.Namespace) -> None:
                 if cp is None:
                     loss.backward()
                 else:
-                    with warnings.catch_warnings(), cp(step, info={"batch_size": len(y), "optimizer": opt, "loss": loss}):
+                    info = {"batch_size": len(y), "optimizer": opt, "loss": loss}
+                    with warnings.catch_warnings(), cp(step, info=info):
                         warnings.simplefilter("ignore")
                         loss.backward(create_graph=cp.create_graph(step))
                 opt.step()

@@ -103,7 +103,8 @@ class ProbeConfig:
     def economy(cls, every: int = 50, **changes: Any) -> ProbeConfig:
         """Sharpness only: lambda_max (top-1, error bound 1e-3 relative: invisible on a plot), the
         update's directional sharpness and the stability threshold, every ``every`` steps, with
-        float32 products (~1e-6 relative). Overhead: 16% / 12% (23% / 19% with float64 products). The app's default for networks."""
+        float32 products (~1e-6 relative). Overhead: 16% / 12% (23% / 19% with float64
+        products). The app's default for networks."""
         return cls(**{"every": every, "top_k": 1, "tol": 1e-3, "dtype": "float32", **changes})
 
     @classmethod
