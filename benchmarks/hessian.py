@@ -243,6 +243,24 @@ def section_hvp_strategy() -> None:
             tb.append(timed(lambda op=batched, V=V: op.matmat(V))[0] / 10)
         print(f"  {str(dtype).replace('torch.', '')}: looped {median(tl) * 1e3:.2f} ms, batched "
               f"{median(tb) * 1e3:.2f} ms ({median(tb) / median(tl):.2f}x looped)")
+    print("    reusing a run's gradient graph (digits_mlp, float64): a product through the gradient of")
+    print("    the sum over K*M rows (one row probed) vs building one row's graph and a product on it")
+    problem = get_network("digits_mlp", batch_size=None)
+    x = problem.x0()
+    for rows in (1, 2, 4):
+        X = x.repeat(rows, 1).requires_grad_(True)
+        (g,) = torch.autograd.grad(problem.loss(X).sum(), X, create_graph=True)
+        op = HVP.from_gradient([g], [X])
+        v = torch.zeros(rows, problem.dim, dtype=torch.float64)
+        v[0] = 1.0
+        v = v.reshape(-1)
+        op(v)
+        reuse = median([timed(lambda op=op, v=v: op(v))[0] for _ in range(10)])
+        setup = median([timed(lambda: HVP(lambda t: problem.loss(t[None])[0], x))[0] for _ in range(5)])
+        one = HVP(lambda t: problem.loss(t[None])[0], x)
+        single = median([timed(lambda one=one, v=v: one(v[: problem.dim]))[0] for _ in range(10)])
+        print(f"    K*M={rows}: product {reuse * 1e3:5.2f} ms through the run's graph vs setup "
+              f"{setup * 1e3:.2f} + product {single * 1e3:.2f} ms on a fresh one")
 
 
 def section_warm(args: argparse.Namespace) -> float:
@@ -284,25 +302,32 @@ def section_overhead(args: argparse.Namespace) -> float:
     problem = get_network("digits_mlp", batch_size=None)
     every1 = math.nan
     for dtype in ("float64", "float32"):
-        # products in the run's dtype (then a probe reuses the step's gradient graph)
-        cases = {"plain": None,
+        # products in the run's dtype (then a probe reuses the step's gradient graph); each probed
+        # run against a plain run of the same length (early steps differ from later ones)
+        cases = {"plain short": None, "plain long": None,
                  **{f"every {n}": ProbeConfig.economy(every=n, dtype=None) for n in (1, 16, 50)}}
         if dtype == "float64":
             cases["every 1, float32 products"] = ProbeConfig.economy(every=1)
+            cases["every 1, graph rebuilt"] = ProbeConfig.economy(every=1, dtype=None)
         times: dict[str, list[float]] = {c: [] for c in cases}
         for _ in range(args.repeats):
             for label, probes in cases.items():
                 config = RunConfig(lanes=(LaneConfig("sgd", {"lr": 0.1}),), device="cpu", dtype=dtype,
                                    probes=probes)
                 run = Run(problem, config)
-                steps = args.steps_every1 if label.startswith("every 1") or label == "plain" else args.steps
+                if label.endswith("graph rebuilt"):  # what a probe costs without the step's graph
+                    run._probe_reuses_graph = lambda lanes, run=run: False
+                short = label.startswith("every 1") or label == "plain short"
+                steps = args.steps_every1 if short else args.steps
                 t, _ = timed(lambda run=run, steps=steps: run.run(steps))
-                times[label].append(t / steps)
-        plain = median(times["plain"])
-        text = ", ".join(f"{c} {median(times[c]) / plain:.2f}x" for c in cases if c != "plain")
-        print(f"  {dtype}: plain {plain * 1e3:.1f} ms/step; {text}")
+                times[label].append(t)
+        short, long = median(times["plain short"]), median(times["plain long"])
+        ratios = {c: median(times[c]) / (short if c.startswith("every 1") else long)
+                  for c in cases if not c.startswith("plain")}
+        text = ", ".join(f"{c} {r:.2f}x" for c, r in ratios.items())
+        print(f"  {dtype}: plain {long / args.steps * 1e3:.1f} ms/step; {text}")
         if dtype == "float64":
-            every1 = median(times["every 1"]) / plain
+            every1 = ratios["every 1"]
     cockpit_overhead(args)
     return every1
 

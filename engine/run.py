@@ -432,11 +432,13 @@ class Run:
         """Whether this step's gradient should keep its graph for a probe due after it.
 
         Only when the probed start is the whole batch (one lane, one start): the run's gradient is
-        of the sum over all lanes and starts, so a product through it costs K*M times one start's,
-        while rebuilding one start's graph costs ~1.2 gradients (measured in benchmarks/hessian.py:
-        reuse saves ~20% of a sharpness probe at K*M = 1 and loses beyond). Also only for problems
+        of the sum over all lanes and starts, and a product through it costs ~3x a one-row product
+        at K*M = 2 and ~6x at 4 (a vmapped backward over every row), while building one row's graph
+        costs ~1.2 gradients once per probe (benchmarks/hessian.py, section b); at K*M = 1 reuse
+        saves that setup (~15% of a sharpness probe every step, section d). Also only for problems
         whose loss sees a copy of the leaves (several parameter tensors, concatenated): a single
-        leaf is saved by the loss itself and the optimizer's in-place step would invalidate it."""
+        leaf is saved by the loss itself and the optimizer's in-place step would invalidate it.
+        The step's gradient is then taken with ``create_graph=True`` (a few % more for that step)."""
         self._step_graph = None
         if self.probes is None or len(lanes) != 1:
             return False
