@@ -3,9 +3,11 @@ r"""Curvature of a scalar function at a point, built on one Hessian-vector produ
 Everything here takes a closure ``f: Tensor[P] -> scalar`` and a point ``x`` (a 2-D landscape is
 ``f = lambda t: problem.loss(t[None])[0]``; a network's flat view is
 ``f = lambda theta: problem.loss(theta[None], batch)[0]``), wraps them in an :class:`HVP` operator
-and feeds that operator to the estimators:
+and feeds that operator to the estimators (:meth:`HVP.from_gradient` builds the operator on a
+gradient that a training step already took with ``create_graph=True``):
 
-- :func:`lanczos` — extreme eigenvalues with residuals (full reorthogonalization by default);
+- :func:`lanczos` — extreme eigenvalues with residuals (full reorthogonalization by default),
+  warm starts from a previous call's Ritz vectors and thick restarts in bounded memory;
 - :func:`power_iteration` — the dominant eigenvalue, the cheap classic;
 - :func:`spectral_density` — stochastic Lanczos quadrature (SLQ) nodes and weights, and
   :func:`density_on_grid` to draw them;
@@ -17,14 +19,18 @@ Every estimator returns a frozen dataclass holding its values plus ``hvps`` (Hes
 products it spent) and ``seconds`` (its wall time). Spectra (eigenvalues, residuals, quadrature
 nodes/weights) are numpy float64 arrays; vectors that live in parameter space (Ritz vectors, the
 Hessian diagonal, the power-iteration vector) stay torch float64 tensors on the operator's device.
-Randomness only ever comes from an explicit ``torch.Generator``.
+The operator computes in its point's dtype (float32 products for a float32 point, ~2x cheaper on
+CPU); recurrences and bases stay float64. Randomness only ever comes from an explicit
+``torch.Generator``. Long loops pass one product at a time through ``HVP._products``, where a
+cancellation checkpoint belongs (marked ``# checkpoint``).
 
 Why the default HVP route is reverse-over-reverse on a cached gradient graph: measured on the
 64-64-10 digits MLP (4,810 parameters, full batch, one CPU thread) one product costs ~1.1x a
 gradient (float64; ~0.8x float32); ``torch.func`` forward-over-reverse (``jvp`` of ``grad``)
 costs ~3.8x (~2.4x under ``vmap``); and ``is_grads_batched=True`` (vmap over the backward pass)
-costs ~2x a looped product per vector. So blocks are looped by default (``batched=True`` is an
-option, with a fallback to the loop for ops without a batching rule).
+costs 1.1-1.6x a looped product per vector for blocks of 1-20 (benchmarks/hessian.py, section b).
+So blocks are looped by default (``batched=True`` is an option, with a fallback to the loop for
+ops without a batching rule).
 """
 
 from __future__ import annotations
@@ -127,6 +133,7 @@ class HVP:
         self.seconds = 0.0
         self._leaves: list[torch.Tensor] = []
         self._graph: list[torch.Tensor] = []  # the gradient pieces that depend on x (empty: H == 0)
+        self._live: list[int] = []  # their indices among the leaves
         self._sizes: list[int] = []
 
     def _set_graph(self, leaves: Sequence[torch.Tensor], grads: Sequence[torch.Tensor | None]) -> None:
@@ -283,7 +290,9 @@ class LanczosResult:
     Krylov decomposition without extra products (exact up to rounding and the operator's own
     error); ``verified_*`` the same norm measured with extra HVPs (``verify=True``);
     ``*_error_bounds`` is ``min(r, r^2 / (gap - r))``, the bound on ``|theta - lambda|`` (gap: the
-    distance to the nearest other Ritz value, standing in for the nearest other eigenvalue).
+    distance to the nearest other Ritz value, standing in for the nearest other eigenvalue, and
+    used only when that value is itself resolved in a subspace of at least three more Ritz
+    values; else ``r``).
     ``ritz_values`` holds the Ritz values of the final basis (ascending) and ``projection`` the
     projected matrix ``V H V^T`` they come from (tridiagonal for a cold start without restarts).
     ``converged`` says the bounds met ``tol`` (or the subspace became invariant, which makes the
