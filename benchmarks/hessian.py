@@ -1,33 +1,61 @@
-"""Hessian spectra: engine.curvature against PyHessian, same network, same point, one process.
+"""Curvature probes: cold and warm Lanczos, instrument overhead and SLQ against their peers, side by side.
 
-Network: the digits MLP 64-64-10 (tanh, 4,810 parameters) on all 1,797 standardized images, full
-batch cross-entropy, after ``--train-steps`` Adam steps (a trained point is where spectra are
-usually inspected; ``--train-steps 0`` for the initialization). float64 for both sides (PyHessian
-follows the model's dtype), CPU, one thread. Truth: the dense Hessian
-(``torch.autograd.functional.hessian``) and ``eigvalsh``.
+Everything runs in one process on the CPU with one thread, timed as medians of ``--repeats``
+interleaved rounds and printed as ratios measured side by side.
 
-(a) top-5 eigenvalues: our Lanczos (full reorthogonalization, default stopping rule, which aims at
-    errors far below 1e-6) vs PyHessian ``eigenvalues(top_n=5)`` at its defaults (power iteration
-    with deflation, tol=1e-3, maxIter=100); plus, for information, PyHessian pushed to tol=1e-8.
-(b) SLQ: our ``spectral_density`` (10 probes as one block, 100 steps) vs PyHessian's
-    ``density(iter=100, n_v=10)`` (patched ``torch.eig``). Both seeded 0: they draw the very same
-    Rademacher probes, so their moments must agree.
+(a) Cold top-5 of the digits MLP 64-64-10 (tanh, 4,810 parameters, all 1,797 standardized images,
+    full-batch cross-entropy, after 50 Adam steps) to 1e-6 relative error against the dense
+    Hessian: ``engine.curvature.lanczos`` vs hessian-eigenthings' ``lanczos`` (no stopping rule: the
+    fewest steps that reach 1e-6, found by trying, which favours it) and PyHessian's
+    ``eigenvalues`` (power iteration; it cannot reach 1e-6: its normalization adds a -2e-6 bias),
+    in float64 and float32.
+(b) HVP strategy: a looped product vs a block through ``is_grads_batched`` (what ``HVP`` and
+    ``spectral_density`` use is the faster of the two).
+(c) Warm vs cold probes along a training run: the edge-of-stability setting (``digits_mlp_mse``,
+    full-batch gradient descent at lr 0.2, float64) probed every 1 / 16 / 50 steps with the run's
+    own probes, warm-started as usual or cold (its Ritz vectors forgotten before every probe), at
+    the same tolerance: HVPs per probe.
+(d) Instrument overhead: a plain run vs sharpness (top-1, tol 1e-4) every 1 / 16 / 50 steps
+    (single-lane ``digits_mlp`` gradient descent at lr 0.1, full batch, float64 and float32 runs);
+    Cockpit 1.0.2's HessMaxEV beside a plain loop in float32 (it fails in float64).
+(e) Presets on the edge-of-stability preset of the app (two lanes, lr 0.2 and 0.1): the share of
+    compute in probes (``Run.probe_overhead``) after 100 and 1,000 steps for economy (the app's
+    default), economy with float64 products, business and full.
+(f) SLQ, 10 probes x 100 steps: ``spectral_density`` (looped products, no reorthogonalization)
+    vs PyHessian ``density``, hessian-eigenthings ``spectral_density`` and curvlinops'
+    ``fast_lanczos`` repeated 10 times, in float64 and float32, with each one's first two moments
+    against the dense spectrum (all are Monte-Carlo estimates with the same number of probes).
 
-(c) instrument overhead: a 1,000-step gradient-descent run of the digits MLP with and without the
-    app's default network probes (``engine.instruments.NETWORK_PROBES``), wall-time ratio.
+The peers are the ``peers`` extra (``pip install -e .[peers]``), but two need more than pip's
+resolver gives them beside torch 2.13 (a plain install of backpack pulls torchvision and another
+torch; Cockpit needs backpack and ``json-tricks``)::
 
-Times are medians over ``--repeats`` interleaved runs and include each side's setup (its
-gradient graph). Last line:
-``lanczos_speedup_vs_pyhessian=<ratio> slq_speedup_vs_pyhessian=<ratio> top5_relerr=<max>``.
+    pip install -c <(echo torch==2.13.0) -e .[peers]
+    pip install -c <(echo torch==2.13.0) --no-deps curvlinops-for-pytorch==3.0.1 \\
+        backpack-for-pytorch==1.7.1 einops unfoldNd linear_operator jaxtyping wadler_lindig \\
+        cockpit-for-pytorch==1.0.2 json-tricks
 
-    python benchmarks/hessian.py [--train-steps 50] [--repeats 3]
+Cockpit 1.0.2 imports ``pkg_resources``, which current setuptools no longer ships: a shim is
+installed here for the import. A peer that is missing is reported and left out.
+
+Last line: ``warm_hvp_ratio=<cold/warm HVPs, every 16> probe_every1_overhead=<x plain>
+slq_vs_best_peer=<fastest peer's time / ours>``.
+
+    python benchmarks/hessian.py [--repeats 3] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib.metadata
+import math
+import sys
 import time
+import types
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,10 +63,15 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 from engine.curvature import HVP, dense_hessian, lanczos, spectral_density
-from engine.pyhessian_adapter import pyhessian_density, pyhessian_top_eigenvalues
+from engine.instruments import NETWORK_PROBES, ProbeConfig
+from engine.run import LaneConfig, Run, RunConfig
+from landscapes.networks import get_network
+
+COCKPIT_ISSUE = {"every 1": 42.0, "every 16": 4.0}  # issue 16, Cockpit 1.0.2 HessMaxEV, float32
 
 
-def digits_mlp(train_steps: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor, float]:
+def digits_mlp(train_steps: int, dtype: torch.dtype = torch.float64,
+               ) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     X, y = load_digits(return_X_y=True)
     X = (X - X.mean(0)) / (X.std(0) + 1e-8)
     X, y = torch.tensor(X, dtype=torch.float64), torch.tensor(y)
@@ -50,9 +83,7 @@ def digits_mlp(train_steps: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor,
         nn.functional.cross_entropy(model(X), y).backward()
         opt.step()
     opt.zero_grad(set_to_none=True)
-    with torch.no_grad():
-        loss = float(nn.functional.cross_entropy(model(X), y))
-    return model, X, y, loss
+    return model.to(dtype), X.to(dtype), y
 
 
 def flat_loss(model: nn.Module, X: torch.Tensor, y: torch.Tensor):
@@ -67,99 +98,389 @@ def flat_loss(model: nn.Module, X: torch.Tensor, y: torch.Tensor):
     return f, torch.cat([p.detach().reshape(-1) for p in model.parameters()])
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--train-steps", type=int, default=50, help="Adam steps before measuring (0: at init)")
-    ap.add_argument("--repeats", type=int, default=3, help="timed runs per method (median reported)")
-    ap.add_argument("--probes", type=int, default=10)
-    ap.add_argument("--slq-steps", type=int, default=100)
-    args = ap.parse_args()
-    torch.set_num_threads(1)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-
-    model, X, y, loss = digits_mlp(args.train_steps)
-    f, theta = flat_loss(model, X, y)
-    P = theta.numel()
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     t0 = time.perf_counter()
-    H = dense_hessian(f, theta)
-    eigs = torch.linalg.eigvalsh(H).numpy()
-    exact_top = eigs[::-1][:5]
-    dense_s = time.perf_counter() - t0
-    print(f"digits MLP 64-64-10: {P:,} parameters, {len(y)} samples full batch, float64, cpu, 1 thread; "
-          f"{args.train_steps} Adam steps, loss {loss:.4f}; dense Hessian + eigvalsh {dense_s:.1f} s")
-    print(f"  exact top-5: {np.array2string(exact_top, precision=6)}  min {eigs[0]:.4g}")
-
-    HVP(f, theta)(torch.ones(P, dtype=torch.float64))  # warm-up: the first HVP in a process pays extra
-    pyhessian_top_eigenvalues(model, nn.CrossEntropyLoss(), X, y, top_n=1, max_iter=2)
-
-    # (a) top-5 -------------------------------------------------------------------------------------
-    ours_t, pyh_t, ours_err, pyh_err, bounds = [], [], [], [], []
-    for rep in range(args.repeats):
-        t0 = time.perf_counter()
-        r = lanczos(HVP(f, theta), 5, generator=torch.Generator().manual_seed(rep))
-        ours_t.append(time.perf_counter() - t0)
-        ours_err.append(float(np.max(np.abs(r.top - exact_top) / np.abs(exact_top))))
-        bounds.append(float(np.max(r.top_error_bounds / np.abs(r.top))))
-        p = pyhessian_top_eigenvalues(model, nn.CrossEntropyLoss(), X, y, top_n=5, seed=rep)
-        pyh_t.append(p.seconds)
-        pyh_vals = np.sort(p.values)[::-1]
-        pyh_err.append(float(np.max(np.abs(pyh_vals - exact_top) / np.abs(exact_top))))
-    lanczos_speedup = float(np.median(pyh_t) / np.median(ours_t))
-    print("top-5 eigenvalues")
-    print(f"  ours (Lanczos, full reorth.): {np.median(ours_t) * 1e3:7.1f} ms  {r.hvps:4d} HVPs  "
-          f"max rel. error {max(ours_err):.1e}  (its own bound {max(bounds):.1e})")
-    print(f"  PyHessian eigenvalues(top_n=5): {np.median(pyh_t) * 1e3:5.1f} ms  {p.hvps:4d} HVPs  "
-          f"max rel. error {max(pyh_err):.1e}")
-    p8 = pyhessian_top_eigenvalues(model, nn.CrossEntropyLoss(), X, y, top_n=5, tol=1e-8, max_iter=1000)
-    p8_err = np.max(np.abs(np.sort(p8.values)[::-1] - exact_top) / np.abs(exact_top))
-    print(f"  (PyHessian tol=1e-8, maxIter=1000: {p8.seconds * 1e3:.0f} ms  {p8.hvps} HVPs  "
-          f"max rel. error {p8_err:.1e}: {p8.seconds / np.median(ours_t):.0f}x our time)")
-    print(f"  ratio {lanczos_speedup:.1f}x")
-
-    # (b) SLQ --------------------------------------------------------------------------------------
-    n, m = args.probes, args.slq_steps
-    ours_t, pyh_t = [], []
-    for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        d = spectral_density(HVP(f, theta), n_probes=n, m=m, generator=torch.Generator().manual_seed(0))
-        ours_t.append(time.perf_counter() - t0)
-        pd = pyhessian_density(model, nn.CrossEntropyLoss(), X, y, n_probes=n, iterations=m, seed=0)
-        pyh_t.append(pd.seconds)
-    slq_speedup = float(np.median(pyh_t) / np.median(ours_t))
-    m1, m2 = float(eigs.mean()), float((eigs**2).mean())
-    print(f"SLQ, {n} probes x {m} Lanczos steps (exact tr(H)/P = {m1:.6g}, tr(H^2)/P = {m2:.6g})")
-    print(f"  ours (one block of {n}):  {np.median(ours_t):6.2f} s  {d.hvps:5d} HVPs  "
-          f"moments {d.moment(1):.6g}, {d.moment(2):.6g}")
-    print(f"  PyHessian density():    {np.median(pyh_t):6.2f} s  {pd.hvps:5d} HVPs  "
-          f"moments {pd.moment(1):.6g}, {pd.moment(2):.6g}")
-    print(f"  ratio {slq_speedup:.1f}x")
-
-    overhead = instrument_overhead()
-    print(f"instrument overhead: {overhead:.2f}x the run time (goal <= 1.25x)")
-
-    print(f"lanczos_speedup_vs_pyhessian={lanczos_speedup:.2f} slq_speedup_vs_pyhessian={slq_speedup:.2f} "
-          f"top5_relerr={max(ours_err):.1e}")
+    out = fn()
+    return time.perf_counter() - t0, out
 
 
-def instrument_overhead(steps: int = 1000) -> float:
-    """The same gradient-descent run (digits MLP, full batch, lr 0.1) with and without probes at the
-    app's default network schedule, side by side: wall-time ratio."""
-    from engine.instruments import NETWORK_PROBES
-    from engine.run import LaneConfig, Run, RunConfig
-    from landscapes.networks import get_network
+def median(xs: list[float]) -> float:
+    return float(np.median(xs))
+
+
+# -- peers ------------------------------------------------------------------------------------------
+
+
+def _peer(name: str) -> Any:
+    """Import a peer or return None (and say so)."""
+    try:
+        if name == "cockpit":
+            _pkg_resources_shim()
+        return __import__(name)
+    except Exception as err:  # a peer that is missing or broken is left out
+        print(f"  ({name} unavailable: {type(err).__name__}: {err})")
+        return None
+
+
+def _pkg_resources_shim() -> None:
+    """Cockpit 1.0.2 calls ``pkg_resources.get_distribution`` for its version string only."""
+    if "pkg_resources" in sys.modules:
+        return
+    shim = types.ModuleType("pkg_resources")
+
+    class DistributionNotFound(Exception):
+        pass
+
+    def get_distribution(name: str) -> Any:
+        try:
+            return types.SimpleNamespace(version=importlib.metadata.version(name))
+        except importlib.metadata.PackageNotFoundError:
+            raise DistributionNotFound(name) from None
+
+    shim.DistributionNotFound, shim.get_distribution = DistributionNotFound, get_distribution
+    sys.modules["pkg_resources"] = shim
+
+
+def eigenthings_top5(model: nn.Module, X: torch.Tensor, y: torch.Tensor, exact: np.ndarray,
+                     target: float) -> tuple[float, int, float] | None:
+    """hessian-eigenthings' lanczos with the fewest steps (tried in order) that reach ``target``."""
+    he = _peer("hessian_eigenthings")
+    if he is None:
+        return None
+    op = he.HessianOperator(model, [(X, y)], he.supervised_loss(nn.functional.cross_entropy))
+    for steps in (10, 15, 20, 25, 30, 35, 40, 50, 60, 80, 100):
+        seconds, r = timed(lambda s=steps: he.lanczos(op, k=5, max_iter=s, which="LA", seed=0))
+        err = float(np.max(np.abs(np.sort(r.eigenvalues.double().numpy())[::-1] - exact) / np.abs(exact)))
+        if err <= target:
+            return seconds, steps, err
+    return seconds, steps, err
+
+
+def slq_peers(model: nn.Module, X: torch.Tensor, y: torch.Tensor, n: int, m: int) -> dict[str, Callable]:
+    """name -> () -> (nodes [n, m], weights [n, m]) for each installed peer."""
+    out: dict[str, Callable] = {}
+    from engine.pyhessian_adapter import pyhessian_density
+
+    def pyh() -> tuple[np.ndarray, np.ndarray]:
+        d = pyhessian_density(model, nn.CrossEntropyLoss(), X, y, n_probes=n, iterations=m, seed=0)
+        return d.nodes, d.weights
+
+    out["PyHessian"] = pyh
+    he = _peer("hessian_eigenthings")
+    if he is not None:
+        op = he.HessianOperator(model, [(X, y)], he.supervised_loss(nn.functional.cross_entropy))
+
+        def eig() -> tuple[np.ndarray, np.ndarray]:
+            r = he.spectral_density(op, num_runs=n, lanczos_steps=m, seed=0, num_grid_points=10)
+            return np.nan_to_num(r.raw_eigenvalues.double().numpy()), r.raw_weights.double().numpy()
+
+        out["hessian-eigenthings"] = eig
+    cl = _peer("curvlinops")
+    if cl is not None:
+        from curvlinops.papyan2020traces.spectrum import fast_lanczos
+
+        H = cl.HessianLinearOperator(model, nn.CrossEntropyLoss(), list(model.parameters()), [(X, y)])
+
+        def cvl() -> tuple[np.ndarray, np.ndarray]:
+            torch.manual_seed(0)
+            runs = [fast_lanczos(H, m) for _ in range(n)]
+            return (np.stack([e.double().numpy() for e, _ in runs]),
+                    np.stack([(v[0] ** 2).double().numpy() for _, v in runs]))
+
+        out["curvlinops"] = cvl
+    return out
+
+
+def moments(nodes: np.ndarray, weights: np.ndarray) -> tuple[float, float]:
+    return (float((weights * nodes).sum(1).mean()), float((weights * nodes**2).sum(1).mean()))
+
+
+# -- sections ---------------------------------------------------------------------------------------
+
+
+def section_top5(args: argparse.Namespace, exact_top: np.ndarray) -> None:
+    from engine.pyhessian_adapter import pyhessian_top_eigenvalues
+
+    print("(a) cold top-5 to 1e-6 relative error (digits MLP, 4,810 parameters)")
+    for dtype in (torch.float64, torch.float32):
+        model, X, y = digits_mlp(args.train_steps, dtype)
+        f, theta = flat_loss(model, X, y)
+        HVP(f, theta)(torch.ones_like(theta))  # the first product in a process pays extra
+        tol = 1e-7  # the bound is relative to lambda_max; lambda_5 ~ lambda_max / 2
+        ours, pyh = [], []
+        for rep in range(args.repeats):
+            t, r = timed(lambda rep=rep, f=f, theta=theta, tol=tol: lanczos(
+                HVP(f, theta), 5, tol=tol, generator=torch.Generator().manual_seed(rep)))
+            ours.append(t)
+            err = float(np.max(np.abs(r.top - exact_top) / exact_top))
+            t, p = timed(lambda rep=rep, model=model, X=X, y=y: pyhessian_top_eigenvalues(
+                model, nn.CrossEntropyLoss(), X, y, top_n=5, seed=rep))
+            pyh.append(t)
+            perr = float(np.max(np.abs(np.sort(p.values)[::-1] - exact_top) / exact_top))
+        eig = eigenthings_top5(model, X, y, exact_top, max(err, 1e-6))
+        name = str(dtype).replace("torch.", "")
+        print(f"  {name}: ours {median(ours) * 1e3:6.1f} ms {r.hvps:3d} HVPs (+1 setup gradient) "
+              f"error {err:.1e}")
+        if eig is not None:
+            print(f"  {name}: hessian-eigenthings {eig[0] * 1e3:6.1f} ms {eig[1]:3d} HVPs (each redoes "
+                  "forward "
+                  f"and backward) error {eig[2]:.1e}  -> {eig[0] / median(ours):.1f}x ours")
+        print(f"  {name}: PyHessian default {median(pyh) * 1e3:6.1f} ms {p.hvps:3d} HVPs error {perr:.1e} "
+              f"(cannot reach 1e-6)")
+
+
+def section_hvp_strategy() -> None:
+    print("(b) HVP strategy: ms per product, looped vs one block of 10 (is_grads_batched)")
+    for dtype in (torch.float64, torch.float32):
+        model, X, y = digits_mlp(50, dtype)
+        f, theta = flat_loss(model, X, y)
+        V = torch.randn(10, theta.numel(), dtype=dtype, generator=torch.Generator().manual_seed(0))
+        looped, batched = HVP(f, theta), HVP(f, theta, batched=True)
+        looped.matmat(V), batched.matmat(V)
+        tl, tb = [], []
+        for _ in range(5):
+            tl.append(timed(lambda op=looped, V=V: op.matmat(V))[0] / 10)
+            tb.append(timed(lambda op=batched, V=V: op.matmat(V))[0] / 10)
+        print(f"  {str(dtype).replace('torch.', '')}: looped {median(tl) * 1e3:.2f} ms, batched "
+              f"{median(tb) * 1e3:.2f} ms ({median(tb) / median(tl):.2f}x looped)")
+    print("    reusing a run's gradient graph (digits_mlp, float64): a product through the gradient of")
+    print("    the sum over K*M rows (one row probed) vs building one row's graph and a product on it")
+    problem = get_network("digits_mlp", batch_size=None)
+    x = problem.x0()
+    for rows in (1, 2, 4):
+        X = x.repeat(rows, 1).requires_grad_(True)
+        (g,) = torch.autograd.grad(problem.loss(X).sum(), X, create_graph=True)
+        op = HVP.from_gradient([g], [X])
+        v = torch.zeros(rows, problem.dim, dtype=torch.float64)
+        v[0] = 1.0
+        v = v.reshape(-1)
+        op(v)
+        reuse = median([timed(lambda op=op, v=v: op(v))[0] for _ in range(10)])
+        setup = median([timed(lambda: HVP(lambda t: problem.loss(t[None])[0], x))[0] for _ in range(5)])
+        one = HVP(lambda t: problem.loss(t[None])[0], x)
+        single = median([timed(lambda one=one, v=v: one(v[: problem.dim]))[0] for _ in range(10)])
+        print(f"    K*M={rows}: product {reuse * 1e3:5.2f} ms through the run's graph vs setup "
+              f"{setup * 1e3:.2f} + product {single * 1e3:.2f} ms on a fresh one")
+
+
+def section_warm(args: argparse.Namespace) -> float:
+    print("(c) warm vs cold probes along a run: digits_mlp_mse, GD lr 0.2, full batch, float64 products")
+    problem = get_network("digits_mlp_mse", batch_size=None)
+    ratio16 = math.nan
+    for every, steps, k in ((1, args.steps_every1, 1), (16, args.steps, 1), (50, args.steps, 1),
+                            (16, args.steps, 5)):
+        per: dict[str, float] = {}
+        lams: dict[str, np.ndarray] = {}
+        for mode in ("cold", "warm"):
+            # the economy preset's sharpness (tol 1e-3); the full preset's top-5 (tol 1e-6)
+            probes = (ProbeConfig.economy(every=every, dtype=None) if k == 1
+                      else ProbeConfig(every=every, top_k=k, tol=1e-6))
+            config = RunConfig(lanes=(LaneConfig("sgd", {"lr": 0.2}),), device="cpu", probes=probes)
+            run = Run(problem, config)
+            found = []
+            for _ in range(steps):
+                if mode == "cold":
+                    run._warm.clear()  # forget the last probe's Ritz vectors: every probe starts cold
+                found += [r.curvature for r in run.step() if r.curvature is not None]
+            per[mode] = float(np.mean([p.hvps for p in found]))
+            lams[mode] = np.array([p.lambda_max for p in found])
+        agree = float(np.max(np.abs(lams["warm"] - lams["cold"]) / lams["cold"]))
+        ratio = per["cold"] / per["warm"]
+        if every == 16 and k == 1:
+            ratio16 = ratio
+        print(f"  every {every:2d} steps, top-{k} at tol {probes.tol:g} ({steps} steps, "
+              f"{len(found)} probes): "
+              f"cold {per['cold']:5.1f} HVPs/probe, warm {per['warm']:5.1f} -> {ratio:.1f}x fewer; "
+              f"lambda_max differ by up to {agree:.0e} (cold starts can stop on lambda_2, 1.3% below)")
+    return ratio16
+
+
+def section_overhead(args: argparse.Namespace) -> float:
+    print("(d) sharpness probes (economy: top-1, tol 1e-3) vs a plain run: digits_mlp, GD lr 0.1, "
+          "full batch, "
+          "one lane")
+    problem = get_network("digits_mlp", batch_size=None)
+    every1 = math.nan
+    for dtype in ("float64", "float32"):
+        # products in the run's dtype (then a probe reuses the step's gradient graph); each probed
+        # run against a plain run of the same length (early steps differ from later ones)
+        cases = {"plain short": None, "plain long": None,
+                 **{f"every {n}": ProbeConfig.economy(every=n, dtype=None) for n in (1, 16, 50)}}
+        if dtype == "float64":
+            cases["every 1, float32 products"] = ProbeConfig.economy(every=1)
+            cases["every 1, graph rebuilt"] = ProbeConfig.economy(every=1, dtype=None)
+        times: dict[str, list[float]] = {c: [] for c in cases}
+        for _ in range(args.repeats):
+            for label, probes in cases.items():
+                config = RunConfig(lanes=(LaneConfig("sgd", {"lr": 0.1}),), device="cpu", dtype=dtype,
+                                   probes=probes)
+                run = Run(problem, config)
+                if label.endswith("graph rebuilt"):  # what a probe costs without the step's graph
+                    run._probe_reuses_graph = lambda lanes, run=run: False
+                short = label.startswith("every 1") or label == "plain short"
+                steps = args.steps_every1 if short else args.steps
+                t, _ = timed(lambda run=run, steps=steps: run.run(steps))
+                times[label].append(t)
+        short, long = median(times["plain short"]), median(times["plain long"])
+        ratios = {c: median(times[c]) / (short if c.startswith("every 1") else long)
+                  for c in cases if not c.startswith("plain")}
+        text = ", ".join(f"{c} {r:.2f}x" for c, r in ratios.items())
+        print(f"  {dtype}: plain {long / args.steps * 1e3:.1f} ms/step; {text}")
+        if dtype == "float64":
+            every1 = ratios["every 1"]
+    cockpit_overhead(args)
+    return every1
+
+
+def cockpit_overhead(args: argparse.Namespace) -> None:
+    cockpit = _peer("cockpit")
+    if cockpit is None:
+        print(f"  Cockpit: not installed; the issue's figures (float32): HessMaxEV every step "
+              f"{COCKPIT_ISSUE['every 1']:.0f}x, every 16 steps {COCKPIT_ISSUE['every 16']:.1f}x a plain run")
+        return
+    from backpack import extend
+    from cockpit import Cockpit, quantities
+    from cockpit.utils import schedules
 
     problem = get_network("digits_mlp", batch_size=None)
-    times = {}
-    for label, probes in (("plain", None), ("probed", NETWORK_PROBES)):
-        run = Run(problem, RunConfig(lanes=(LaneConfig("sgd", {"lr": 0.1}),), device="cpu", probes=probes))
-        t0 = time.perf_counter()
-        records = run.run(steps)
-        times[label] = time.perf_counter() - t0
-        n = sum(r.curvature is not None for r in records)
-    print(f"instruments on a training run: digits MLP, GD lr 0.1, {steps} steps, probes every "
-          f"{NETWORK_PROBES.every} steps ({n} probes, tol {NETWORK_PROBES.tol:g}): "
-          f"plain {times['plain']:.2f} s, probed {times['probed']:.2f} s")
-    return times["probed"] / times["plain"]
+    X, y = problem.X_train.float(), problem.y_train
+    times: dict[str, list[float]] = {"plain": [], "every 1": [], "every 16": []}
+    steps = {"plain": args.steps_every1, "every 1": max(20, args.steps_every1 // 4), "every 16": args.steps}
+    for _ in range(args.repeats):
+        for label in times:
+            torch.manual_seed(0)
+            model = extend(nn.Sequential(nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 10)))
+            loss_fn = extend(nn.CrossEntropyLoss())
+            opt = torch.optim.SGD(model.parameters(), lr=0.1)
+            cp = None if label == "plain" else Cockpit(model.parameters(), quantities=[
+                quantities.HessMaxEV(track_schedule=schedules.linear(1 if label == "every 1" else 16))])
+            t0 = time.perf_counter()
+            for step in range(steps[label]):
+                opt.zero_grad()
+                loss = loss_fn(model(X), y)
+                if cp is None:
+                    loss.backward()
+                else:
+                    info = {"batch_size": len(y), "optimizer": opt, "loss": loss}
+                    with warnings.catch_warnings(), cp(step, info=info):
+                        warnings.simplefilter("ignore")
+                        loss.backward(create_graph=cp.create_graph(step))
+                opt.step()
+            times[label].append((time.perf_counter() - t0) / steps[label])
+    plain = median(times["plain"])
+    print(f"  Cockpit 1.0.2 HessMaxEV (power iteration, rtol 1e-3), float32 (it fails in float64): "
+          f"every step "
+          f"{median(times['every 1']) / plain:.1f}x, every 16 steps {median(times['every 16']) / plain:.2f}x "
+          f"a plain loop ({plain * 1e3:.1f} ms/step; issue: 42x and 4.0x)")
+
+
+def section_presets(args: argparse.Namespace) -> dict[str, tuple[float, float]]:
+    print("(e) probe share on the app's edge-of-stability preset (digits_mlp_mse, GD lr 0.2 and 0.1, "
+          "float64)")
+    problem = get_network("digits_mlp_mse", batch_size=None)
+    lanes = (LaneConfig("sgd", {"lr": 0.2}), LaneConfig("sgd", {"lr": 0.1}))
+    cases = {"economy (app default)": NETWORK_PROBES,
+             "economy, float64 products": dataclasses.replace(NETWORK_PROBES, dtype=None),
+             "business": ProbeConfig.business(), "full": ProbeConfig.full()}
+    out = {}
+    for label, probes in cases.items():
+        shares = {100: [], 1000: []}
+        for _ in range(max(1, args.repeats - 1)):
+            run = Run(problem, RunConfig(lanes=lanes, device="cpu", probes=probes))
+            for i in range(args.steps):
+                run.step()
+                if i + 1 in shares:
+                    shares[i + 1].append(run.probe_overhead)
+        s100 = median(shares[100])
+        s1000 = median(shares[1000]) if shares[1000] else math.nan
+        out[label] = (s100, s1000)
+        print(f"  {label:26s}: {s100:5.1%} of compute after 100 steps, {s1000:5.1%} after {args.steps}")
+    return out
+
+
+def section_slq(args: argparse.Namespace, eigs: np.ndarray) -> float:
+    n, m = args.probes, args.slq_steps
+    print(f"(f) SLQ, {n} probes x {m} steps (digits MLP): time and first two moments vs the dense spectrum")
+    best: dict[str, float] = {}
+    ours_best = math.inf
+    for dtype in (torch.float64, torch.float32):
+        model, X, y = digits_mlp(args.train_steps, dtype)
+        f, theta = flat_loss(model, X, y)
+        exact = (float(eigs.mean()), float((eigs**2).mean()))
+        HVP(f, theta)(torch.ones_like(theta))
+        runners: dict[str, Callable] = {
+            "ours": lambda f=f, theta=theta: _ours_slq(f, theta, n, m, False),
+            "ours, full reorth.": lambda f=f, theta=theta: _ours_slq(f, theta, n, m, True),
+            **slq_peers(model, X, y, n, m)}
+        times: dict[str, list[float]] = {k: [] for k in runners}
+        results: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for rep in range(args.repeats):
+            for name, fn in runners.items():
+                if name == "curvlinops" and rep >= args.peer_repeats:  # the slowest by far: fewer rounds
+                    continue
+                t, results[name] = timed(fn)
+                times[name].append(t)
+        label = str(dtype).replace("torch.", "")
+        print(f"  {label} (exact tr(H)/P = {exact[0]:.5g}, tr(H^2)/P = {exact[1]:.5g}):")
+        for name in runners:
+            mo = moments(*results[name])
+            err = max(abs(mo[0] - exact[0]) / exact[0], abs(mo[1] - exact[1]) / exact[1])
+            print(f"    {name:20s} {median(times[name]):6.2f} s  moments {mo[0]:.5g}, {mo[1]:.5g} "
+                  f"(max rel. error {err:.1%})  {median(times[name]) / median(times['ours']):.2f}x ours")
+            if not name.startswith("ours"):
+                best[f"{name} {label}"] = median(times[name])
+        ours_best = min(ours_best, median(times["ours"]))
+        print(f"    -> fastest peer / ours at {label}: "
+              f"{min(v for k, v in best.items() if k.endswith(label)) / median(times['ours']):.2f}x")
+    peer, t = min(best.items(), key=lambda kv: kv[1])
+    print(f"  fastest peer over both dtypes: {peer} {t:.2f} s; ours at its fastest {ours_best:.2f} s")
+    return t / ours_best
+
+
+def _ours_slq(f: Callable, theta: torch.Tensor, n: int, m: int,
+              reorth: bool) -> tuple[np.ndarray, np.ndarray]:
+    d = spectral_density(HVP(f, theta), n_probes=n, m=m, generator=torch.Generator().manual_seed(0),
+                         reorthogonalize=reorth)
+    return d.nodes, d.weights
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--train-steps", type=int, default=50, help="Adam steps before (a) and (f)")
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds (medians)")
+    ap.add_argument("--peer-repeats", type=int, default=1, help="rounds for curvlinops' SLQ (the slowest)")
+    ap.add_argument("--steps", type=int, default=1000, help="run length in (c)-(e)")
+    ap.add_argument("--steps-every1", type=int, default=200, help="run length when probing every step")
+    ap.add_argument("--probes", type=int, default=10)
+    ap.add_argument("--slq-steps", type=int, default=100)
+    ap.add_argument("--quick", action="store_true", help="one round, shorter runs (a smoke test)")
+    ap.add_argument("--only", default="abcdef", help="sections to run, e.g. 'cdf'")
+    args = ap.parse_args()
+    if args.quick:
+        args.repeats, args.steps, args.steps_every1, args.slq_steps = 1, 200, 40, 30
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    print(f"cpu, {torch.get_num_threads()} thread, torch {torch.__version__}; "
+          f"medians of {args.repeats} rounds")
+
+    warm = every1 = slq = math.nan
+    if "a" in args.only or "f" in args.only:
+        model, X, y = digits_mlp(args.train_steps)
+        eigs = torch.linalg.eigvalsh(dense_hessian(*flat_loss(model, X, y))).numpy()  # ~30 s
+    if "a" in args.only:
+        section_top5(args, eigs[::-1][:5].copy())
+    if "b" in args.only:
+        section_hvp_strategy()
+    if "c" in args.only:
+        warm = section_warm(args)
+    if "d" in args.only:
+        every1 = section_overhead(args)
+    if "e" in args.only:
+        section_presets(args)
+    if "f" in args.only:
+        slq = section_slq(args, eigs)
+    print(f"warm_hvp_ratio={warm:.2f} probe_every1_overhead={every1:.2f} slq_vs_best_peer={slq:.2f}")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,9 @@ was taken, with that step's minibatch, and reports (Cohen et al. 2021, 2022):
 
 Probes draw their random vectors from their own generator, so a run's trajectory is identical
 with or without instruments, and they count their HVPs and time: the run reports the fraction of
-its compute spent in probes.
+its compute spent in probes (``Run.probe_overhead``). A probe starts from the previous probe's
+Ritz vectors (warm), computes in the run's dtype unless ``ProbeConfig.dtype`` says otherwise, and
+comes as cheap (:meth:`ProbeConfig.economy`), richer (``business``) or complete (``full``).
 """
 
 from __future__ import annotations
@@ -37,12 +39,20 @@ EXACT_MAX_DIM = 64
 probe); density probes do so up to ``EXACT_DENSITY_MAX_DIM``."""
 EXACT_DENSITY_MAX_DIM = 600
 SCHEDULES = ("every", "log", "manual")
+PROBE_DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
 @dataclass(frozen=True)
 class ProbeConfig:
     """What to measure and when. ``schedule``: "every" ``every`` steps, "log" (steps 0, 1, 2, 3,
-    5, 7, 10, ... spaced by a factor ~1.3), or "manual" (only on request)."""
+    5, 7, 10, ... spaced by a factor ~1.3), or "manual" (only on request). ``tol``: the Lanczos
+    tolerance (relative error bound of the top-k). ``dtype``: "float64" or "float32" for the
+    Hessian-vector products (``None``: the run's dtype); eigenvalues from float32 products are
+    good to ~1e-6 relative, from float64 ones to ~1e-12, at about half the cost on CPU.
+
+    Three presets trade detail for cost, like Cockpit's (Schneider, Dangel & Hennig 2021)
+    economy / business / full: :meth:`economy`, :meth:`business`, :meth:`full`.
+    """
 
     schedule: str = "every"
     every: int = 10
@@ -54,10 +64,16 @@ class ProbeConfig:
     density_steps: int = 30
     tol: float = 1e-6
     seed: int = 0
+    dtype: str | None = None
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.dtype is not None and self.dtype not in PROBE_DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(PROBE_DTYPES)} or None (the run's), "
+                             f"got {self.dtype!r}")
+        if not (isinstance(self.tol, (int, float)) and 0 < self.tol < 1):
+            raise ValueError(f"tol must be a number in (0, 1), got {self.tol!r}")
         for name in ("every", "top_k", "trace_probes", "density_probes", "density_steps"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -73,10 +89,44 @@ class ProbeConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def probe_dtype(self, run_dtype: torch.dtype) -> torch.dtype:
+        """The dtype products run in: ``dtype`` if set, else the run's."""
+        return PROBE_DTYPES[self.dtype] if self.dtype is not None else run_dtype
 
-NETWORK_PROBES = ProbeConfig(every=50, tol=1e-4)
-"""The app's default for networks: a sharpness point every 50 steps to plot accuracy (1e-4). On
-the digits MLP with full-batch gradient descent it costs ~1.2x the run time (benchmarks/hessian.py)."""
+    # Overheads below: the app's edge-of-stability preset (digits MLP, MSE, full-batch gradient
+    # descent at lr 0.2 and 0.1, float64 run, one CPU thread, every=50), the share of the run's
+    # compute spent in probes after 100 / 1,000 steps (``Run.probe_overhead``; the first probes,
+    # cold, cost most), from benchmarks/hessian.py. Before the presets the app's default took
+    # 30% / 15% here (43.6% in the issue, measured in the app).
+
+    @classmethod
+    def economy(cls, every: int = 50, **changes: Any) -> ProbeConfig:
+        """Sharpness only: lambda_max (top-1, error bound 1e-3 relative: invisible on a plot), the
+        update's directional sharpness and the stability threshold, every ``every`` steps, with
+        float32 products (~1e-6 relative). Overhead: 16% / 12% (23% / 19% with float64
+        products). The app's default for networks."""
+        return cls(**{"every": every, "top_k": 1, "tol": 1e-3, "dtype": "float32", **changes})
+
+    @classmethod
+    def business(cls, every: int = 50, **changes: Any) -> ProbeConfig:
+        """Economy plus the top-3 eigenvalues at tol 1e-4 and a Hutchinson trace (10 probes),
+        float32 products. Overhead: 29% / 25%."""
+        return cls(**{"every": every, "top_k": 3, "trace": True, "trace_probes": 10, "tol": 1e-4,
+                      "dtype": "float32", **changes})
+
+    @classmethod
+    def full(cls, every: int = 50, **changes: Any) -> ProbeConfig:
+        """Business plus the top-5 at tol 1e-6 and a spectral density (SLQ, 5 probes x 30 steps),
+        products in the run's dtype. Overhead: 77% / 75% (the
+        density's 150 products dominate: use a longer ``every``)."""
+        return cls(**{"every": every, "top_k": 5, "trace": True, "trace_probes": 10, "density": True,
+                      "density_probes": 5, "density_steps": 30, "tol": 1e-6, "dtype": None, **changes})
+
+
+NETWORK_PROBES = ProbeConfig.economy()
+"""The app's default for networks (:meth:`ProbeConfig.economy`): a sharpness point every 50
+steps to plot accuracy. Build the app's variants with ``dataclasses.replace(NETWORK_PROBES, ...)``
+so that its ``tol`` and ``dtype`` carry over."""
 LANDSCAPE_PROBES = ProbeConfig(every=5)
 """The app's default for 2-D landscapes, where a probe is a 2x2 eigenproblem."""
 
@@ -132,6 +182,7 @@ class Probe:
     hvps: int = 0
     seconds: float = 0.0
     extras: Mapping[str, Any] = field(default_factory=dict)
+    dtype: str = "float64"  # the dtype of its Hessian-vector products
 
     def same_values(self, other: Probe | None) -> bool:
         """Equal in every measured value (not in ``seconds``): what a replay must reproduce."""
@@ -139,7 +190,7 @@ class Probe:
             return False
         for name in ("step", "lambda_max", "lambda_max_residual", "top_k", "directional", "threshold",
                      "preconditioned", "trace", "trace_stderr", "density_nodes", "density_weights", "exact",
-                     "hvps"):
+                     "hvps", "dtype"):
             a, b = getattr(self, name), getattr(other, name)
             if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
                 if a is None or b is None or not np.array_equal(a, b, equal_nan=True):
@@ -176,21 +227,33 @@ def probe(f: Any, x: torch.Tensor, update: torch.Tensor, *, stability: Stability
           hyperparameters: Mapping[str, Any], config: ProbeConfig, generator: torch.Generator,
           step: int, dim: int,
           moment: tuple[torch.Tensor, int] | None = None, warm: Mapping[str, torch.Tensor] | None = None,
-          ) -> tuple[Probe, dict[str, torch.Tensor]]:
+          op: HVP | None = None) -> tuple[Probe, dict[str, torch.Tensor]]:
     """Measure the Hessian of the scalar closure ``f`` at ``x [P]`` (see the module docstring).
 
-    ``warm`` holds the previous probe's top Ritz vectors: Lanczos started from them needs a few
-    HVPs instead of dozens when the curvature drifts slowly along a trajectory. The new ones come
-    back with the probe."""
+    Products run in ``config.dtype`` or, by default, ``x``'s dtype (the run's): a float32 run
+    probes in float32 (eigenvalues good to ~1e-6 relative), a float64 one to ~1e-12. ``op``: an
+    operator for this point built by the caller (e.g. :meth:`HVP.from_gradient` on the training
+    step's own graph), in place of building one from ``f`` (which costs ~1.2 gradients).
+
+    ``warm`` holds the previous probe's Ritz vectors (``"top"`` ``[k, P]``, ``"preconditioned"``):
+    Lanczos starts from a block of their sum and the update ``u`` (whose product gives the
+    directional sharpness for free), so a slowly drifting Hessian costs a few HVPs instead of
+    dozens (measured in ``benchmarks/hessian.py``: 2-8x fewer along a digits-MLP run, more the
+    more often it probes). Without it the block is a random vector from ``generator`` and ``u``.
+    The new vectors come back with the probe."""
     t0 = time.perf_counter()
     warm = warm or {}
-    op = HVP(f, x.detach().double())  # looped products: faster than batched ones on CPU
-    top = lanczos(op, config.top_k, generator=generator, tol=config.tol, ritz_vectors=True,
-                  v0=warm.get("top"))
-    vectors = {"top": top.top_vectors[0]}
-    u = update.detach().double()
-    unorm2 = float(u @ u)
-    directional = float(u @ op(u)) / unorm2 if unorm2 > 0 else float("nan")
+    if op is None:
+        op = HVP(f, x.detach().to(config.probe_dtype(x.dtype)))
+    u = update.detach().reshape(-1).to(device=op.device, dtype=torch.float64)
+    moves = bool(torch.isfinite(u).all()) and float(u @ u) > 0
+    start = [warm["top"].sum(0) if "top" in warm else _random_start(op, generator)]
+    if moves:
+        start.append(u)
+    top = lanczos(op, config.top_k, warm=torch.stack(start), generator=generator, tol=config.tol,
+                  ritz_vectors=True, max_basis=_max_basis(config.top_k, dim))
+    vectors = {"top": top.warm_vectors}
+    directional = float(top.start_rayleigh[-1]) if moves else float("nan")
     threshold = stability(hyperparameters) if stability is not None else None
     pre = None
     if threshold is not None and threshold.quantity == PRECONDITIONED and moment is not None:
@@ -200,9 +263,10 @@ def probe(f: Any, x: torch.Tensor, update: torch.Tensor, *, stability: Stability
         if t > 0:
             p_diag = (1 - b1**t) * (torch.sqrt(v / (1 - b2**t)) + eps)
             res = lanczos(Preconditioned(op, p_diag.rsqrt()), 1, generator=generator, tol=config.tol,
-                          ritz_vectors=True, v0=warm.get("preconditioned"))
+                          ritz_vectors=True, v0=warm["preconditioned"].sum(0) if "preconditioned" in warm
+                          else None, max_basis=_max_basis(1, dim))
             pre = float(res.top[0])
-            vectors["preconditioned"] = res.top_vectors[0]
+            vectors["preconditioned"] = res.warm_vectors
     trace = stderr = None
     if config.trace:
         est = hutchinson_trace(op, config.trace_probes, generator)
@@ -218,5 +282,20 @@ def probe(f: Any, x: torch.Tensor, update: torch.Tensor, *, stability: Stability
     result = Probe(step=step, lambda_max=float(top.top[0]), lambda_max_residual=float(top.top_residuals[0]),
                    top_k=np.asarray(top.top), directional=directional, threshold=threshold,
                    preconditioned=pre, trace=trace, trace_stderr=stderr, density_nodes=nodes,
-                   density_weights=weights, exact=exact, hvps=op.hvps, seconds=time.perf_counter() - t0)
+                   density_weights=weights, exact=exact, hvps=op.hvps, seconds=time.perf_counter() - t0,
+                   dtype=str(op.dtype).removeprefix("torch."))
     return result, vectors
+
+
+def _random_start(op: HVP, generator: torch.Generator) -> torch.Tensor:
+    """A Gaussian start vector: with probability one it has a component along every eigenvector
+    (a start made of the update alone would miss ``lambda_max`` where ``u`` is another eigenvector)."""
+    z = torch.randn(op.dim, generator=generator, dtype=torch.float64, device=generator.device)
+    return z.to(op.device)
+
+
+def _max_basis(k: int, dim: int) -> int | None:
+    """Basis vectors a probe keeps before a thick restart: bounds its memory to ``(40 + 4k) P``
+    floats (a cold top-5 on the digits MLP needs ~30 vectors, so restarts are rare there)."""
+    size = 40 + 4 * k
+    return size if size < dim else None

@@ -60,6 +60,7 @@ import torch
 from engine.batching import BatchSize, norm_test_size
 from engine.cancel import checkpoint
 from engine.clipping import Clip, clip_
+from engine.curvature import HVP
 from engine.device import make_generator, resolve_device
 from engine.events import (
     AddLane,
@@ -716,6 +717,7 @@ class Run:
             need = 0 if lane.uses_gradient else (1 if every is not None and lane.step % every == 0 else 2)
             groups.setdefault((batches[lane.id][2], need), []).append(lane)
         out: dict[int, _Eval] = {}
+        reuse = self._probe_reuses_graph(lanes)  # a due probe differentiates this gradient again
         for (_, need), group in groups.items():
             t = time.perf_counter()
             batch, size, _ = batches[group[0].id]
@@ -727,7 +729,9 @@ class Run:
             else:
                 losses = self.problem.loss(torch.cat(points), batch)
                 leaves = [p for lane in group for p in lane.params]
-                grads = list(torch.autograd.grad(losses.sum(), leaves, allow_unused=True))
+                grads = list(torch.autograd.grad(losses.sum(), leaves, allow_unused=True, create_graph=reuse))
+                if reuse:  # one lane, one start: the whole batch (see _probe_reuses_graph)
+                    grads = self._keep_graph(group[0], grads, losses)
                 grads = [torch.zeros_like(p) if g is None else g for p, g in zip(leaves, grads, strict=True)]
                 losses = losses.detach()
             seconds = time.perf_counter() - t
@@ -814,21 +818,65 @@ class Run:
         return {i: status_text(STOPPED, lane.error_step, lane.error)
                 for i, lane in self.lanes.items() if lane.error is not None}
 
+    _step_graph: tuple[_Lane, list[torch.Tensor | None], float] | None = None
+    """The step's graph-attached gradient kept for a due probe (see :meth:`_probe_reuses_graph`)."""
+
     def _probe(self, lane: _Lane, x: torch.Tensor, update: torch.Tensor, batch: Any) -> Probe:
-        """Curvature of the lane's first start at ``x`` (where this step's gradient was taken)."""
+        """Curvature of the lane's first start at ``x`` (where this step's gradient was taken).
+
+        Warm-started from this lane's last probe, or, before its first, from the latest probe of
+        any lane (lanes of a race start at the same point, so their first Hessians agree). On the
+        step's own gradient graph when :meth:`_probe_reuses_graph` kept it."""
         t0 = time.perf_counter()
         key = lane.spec.second_moment_key
         moment = None
         if key is not None:
             moment = second_moment(lane.optimizer, lane.rows[0], key, 0 if lane.separable else None)
-        result, self._warm[lane.id] = probe(
+        warm = self._warm.get(lane.id)
+        if warm is None and self._warm:
+            warm = {"top": next(reversed(self._warm.values()))["top"]}
+        graph, self._step_graph = self._step_graph, None
+        op = None
+        if graph is not None and graph[0] is lane:
+            op = HVP.from_gradient(graph[1], lane.params, x=x, value=graph[2])
+        result, vectors = probe(
             lambda t: self.problem.loss(t[None], batch)[0], x, update, stability=lane.spec.stability,
             hyperparameters=lane.spec.read(lane.optimizer), config=self.probes,
             generator=self._probe_generator, step=lane.step - 1, dim=self.problem.dim, moment=moment,
-            warm=self._warm.get(lane.id))
+            warm=warm, op=op)
+        self._warm.pop(lane.id, None)
+        self._warm[lane.id] = vectors  # the most recent last, for the next lane's first probe
         self.probe_time += time.perf_counter() - t0
         lane.counts = lane.counts + OracleCounts(hvps=result.hvps)
         return result
+
+    def _probe_reuses_graph(self, lanes: list[_Lane]) -> bool:
+        """Whether this step's gradient should keep its graph for a probe due after it.
+
+        Only when the probed start is the whole batch (one lane, one start): the run's gradient is
+        of the sum over all lanes and starts, and a product through it costs ~3x a one-row product
+        at K*M = 2 and ~6x at 4 (a vmapped backward over every row), while building one row's graph
+        costs ~1.2 gradients once per probe (benchmarks/hessian.py, section b); at K*M = 1 reuse
+        saves that setup (~15% of a sharpness probe every step, section d). Also only for problems
+        whose loss sees a copy of the leaves (several parameter tensors, concatenated): a single
+        leaf is saved by the loss itself and the optimizer's in-place step would invalidate it.
+        The step's gradient is then taken with ``create_graph=True`` (a few % more for that step)."""
+        self._step_graph = None
+        if self.probes is None or len(lanes) != 1:
+            return False
+        lane = lanes[0]
+        if lane.n_rows != 1 or len(lane.params) < 2 or lane.spec.closure_driven or lane.diverged_at[0] >= 0:
+            return False
+        if self.probes.probe_dtype(self.dtype) != self.dtype:
+            return False
+        return self._probe_now or self.probes.due(lane.step)
+
+    def _keep_graph(self, lane: _Lane, grads: Sequence[torch.Tensor | None],
+                    losses: torch.Tensor) -> list[torch.Tensor | None]:
+        """Keep the graph-attached gradient for :meth:`_probe`; the step gets detached copies (a
+        ``.grad`` holding a graph that reaches its own leaf would be a reference cycle)."""
+        self._step_graph = (lane, list(grads), float(losses.detach()[0]))
+        return [None if g is None else g.detach() for g in grads]
 
     @property
     def probe_overhead(self) -> float:

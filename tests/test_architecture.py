@@ -61,7 +61,7 @@ def _parse(req: str) -> tuple[str, str]:
 def test_environment_yml_mirrors_pyproject() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
-    wanted = [*project["dependencies"], *extras["dev"], *extras["notebooks"]]
+    wanted = [*project["dependencies"], *extras["dev"], *extras["notebooks"], *extras["peers"]]
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     conda: dict[str, str] = {}
     pip: dict[str, str] = {}

@@ -159,7 +159,7 @@ def test_hvp_leaves_inputs_alone_and_leaks_nothing(mlp: MLP) -> None:
         op(v)
     assert live_tensors() <= n0  # repeated products grow nothing
     assert x.grad is None and all(p.grad is None for p in mlp.model.parameters())
-    graph = weakref.ref(op._graph)
+    graph = weakref.ref(op._graph[0])
     del op
     assert graph() is None  # freed by refcount alone: no cycle through .grad keeps the graph alive
 
@@ -291,6 +291,129 @@ def test_power_iteration_finds_lambda_max(mlp: MLP, mlp_op: HVP) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
+# Warm starts, thick restarts, the step's own graph, float32 products
+# --------------------------------------------------------------------------------------------------
+
+
+def small_mlp_trajectory(n_points: int = 4, every: int = 4) -> tuple:
+    """A 64-8-10 tanh MLP (610 parameters) on 256 digits, gradient descent at lr 2.0 (sharpness
+    grows along the way): the flat loss, the points every ``every`` steps and their dense Hessians."""
+    X, y = load_digits(return_X_y=True)
+    X, y = X[:256], y[:256]
+    X = (X - X.mean(0)) / (X.std(0) + 1e-8)
+    X, y = torch.tensor(X, dtype=torch.float64), torch.tensor(y)
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(64, 8), nn.Tanh(), nn.Linear(8, 10)).double()
+
+    def f(t: torch.Tensor) -> torch.Tensor:
+        return mlp_loss(model, X, y, t)
+
+    theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    points = []
+    for step in range(n_points * every):
+        if step % every == 0:
+            points.append(theta.clone())
+        leaf = theta.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(f(leaf), leaf)
+        theta = theta - 2.0 * g
+    return f, points, [dense_hessian(f, p) for p in points]
+
+
+def test_warm_started_lanczos_along_a_training_run_matches_dense_spectra() -> None:
+    f, points, hessians = small_mlp_trajectory()
+    previous, warm_hvps, cold_hvps = None, 0, 0
+    for i, (x, H) in enumerate(zip(points, hessians, strict=True)):
+        exact = torch.linalg.eigvalsh(H).numpy()[::-1][:3]
+        cold = lanczos(HVP(f, x), 3, tol=1e-8, generator=gen(50 + i))
+        start = None if previous is None else previous.warm_vectors.sum(0)
+        warm = lanczos(HVP(f, x), 3, tol=1e-8, v0=start, generator=gen(60), ritz_vectors=True, verify=True)
+        assert warm.converged and cold.converged
+        assert relerr(warm.top, exact).max() <= 1e-7
+        assert (np.abs(warm.top - exact) <= warm.top_error_bounds + 1e-12).all()
+        np.testing.assert_allclose(warm.top_residuals, warm.verified_top_residuals, rtol=1e-3, atol=1e-13)
+        assert warm.warm_vectors.shape == (3, x.numel())
+        if previous is not None:
+            warm_hvps, cold_hvps = warm_hvps + warm.iterations, cold_hvps + cold.iterations
+        previous = warm
+    assert warm_hvps < cold_hvps  # the point of starting warm
+
+
+def test_block_start_from_exact_eigenvectors_costs_only_its_products() -> None:
+    eigs = torch.cat([torch.tensor([10.0, 9.0, 8.0]), torch.linspace(-1.0, 1.0, 97)]).double()
+    op, A = quadratic(eigs, seed=31)
+    _, U = torch.linalg.eigh(A)
+    r = lanczos(op, 3, warm=U[:, -3:].T, verify=True)
+    assert r.converged and r.iterations == 3 and r.hvps == 6  # + 3 verifying products
+    np.testing.assert_allclose(r.top, [10.0, 9.0, 8.0], rtol=1e-12)
+    np.testing.assert_allclose(np.sort(r.start_rayleigh), [8.0, 9.0, 10.0], rtol=1e-12)
+    assert r.verified_top_residuals.max() <= 1e-12
+
+
+def test_block_start_residuals_and_bounds_hold_in_a_clustered_spectrum() -> None:
+    """A perturbed top eigenvector plus an unrelated direction (a probe's warm block): the top
+    eigenvalues are 1% apart, so a gap read off two Ritz values would overstate the true one."""
+    eigs = torch.cat([torch.tensor([10.0, 9.9, 9.8, 9.7]), torch.linspace(0.0, 5.0, 196)]).double()
+    op, A = quadratic(eigs, seed=32)
+    _, U = torch.linalg.eigh(A)
+    z = torch.randn(200, generator=gen(33), dtype=torch.float64)
+    y = U[:, -1] + 0.05 * U[:, -2] + 0.05 * U[:, -3] + 0.01 * z / z.norm()
+    u = torch.randn(200, generator=gen(34), dtype=torch.float64)
+    for tol in (1e-3, 1e-6, 1e-9):
+        r = lanczos(op, 1, warm=torch.stack([y, u]), tol=tol, verify=True)
+        assert r.converged
+        assert abs(r.top[0] - 10.0) <= r.top_error_bounds[0] + 1e-12 <= tol * 10.0 + 1e-12
+        np.testing.assert_allclose(r.top_residuals, r.verified_top_residuals, rtol=1e-3, atol=1e-12)
+        rayleigh = [float(v @ A @ v / (v @ v)) for v in (y, u)]
+        np.testing.assert_allclose(r.start_rayleigh, rayleigh, rtol=1e-12)
+
+
+def test_thick_restart_bounds_the_basis_and_matches_dense(mlp: MLP, mlp_op: HVP) -> None:
+    exact = mlp.eigs[::-1][:5]
+    r = lanczos(mlp_op, 5, max_basis=14, verify=True, generator=gen(35))
+    assert r.converged and r.restarts >= 1 and r.projection.shape[0] <= 14
+    assert relerr(r.top, exact).max() <= 1e-6
+    assert (np.abs(r.top - exact) <= r.top_error_bounds + 1e-14).all()
+    np.testing.assert_allclose(r.top_residuals, r.verified_top_residuals, rtol=1e-3, atol=1e-12)
+    with pytest.raises(ValueError, match="max_basis"):
+        lanczos(mlp_op, 5, max_basis=6)
+    with pytest.raises(ValueError, match="reorthogonalize"):
+        lanczos(mlp_op, 1, warm=torch.zeros(2, mlp_op.dim), reorthogonalize=False)
+
+
+def test_hvp_from_a_gradient_graph_equals_the_dense_hessian(mlp: MLP) -> None:
+    """Per-layer leaves plus an unused one, as a training step's backward pass leaves them."""
+    names = [n for n, _ in mlp.model.named_parameters()]
+    leaves = [p.detach().clone().requires_grad_(True) for p in mlp.model.parameters()]
+    unused = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    out = torch.func.functional_call(mlp.model, dict(zip(names, leaves, strict=True)), (mlp.X,))
+    loss = nn.functional.cross_entropy(out, mlp.y)
+    grads = torch.autograd.grad(loss, [*leaves, unused], create_graph=True, allow_unused=True)
+    P = mlp.theta.numel()
+    op = HVP.from_gradient(grads, [*leaves, unused], value=loss)
+    V = torch.randn(3, P + 3, generator=gen(36), dtype=torch.float64)
+    HV = op.matmat(V)
+    torch.testing.assert_close(HV[:, :P], V[:, :P] @ mlp.H, rtol=0, atol=1e-12 * float(mlp.H.abs().max()))
+    assert torch.equal(HV[:, P:], torch.zeros(3, 3, dtype=torch.float64))
+    batched = HVP.from_gradient(grads, [*leaves, unused], batched=True)
+    torch.testing.assert_close(batched.matmat(V), HV, rtol=0, atol=1e-14)
+    assert op.hvps == 3 and op.setup_seconds == 0.0 and math.isclose(op.value, float(loss.detach()))
+    torch.testing.assert_close(op.x[:P], mlp.theta)
+    with pytest.raises(ValueError, match="one gradient per leaf"):
+        HVP.from_gradient(grads[:1], leaves)
+    with pytest.raises(ValueError, match="entries"):
+        HVP.from_gradient(grads, [*leaves, unused], x=torch.zeros(5))
+
+
+def test_float32_products_give_eigenvalues_to_float32_accuracy(mlp: MLP) -> None:
+    X32 = mlp.X.float()
+    op = HVP(lambda t: mlp_loss(mlp.model, X32, mlp.y, t), mlp.theta.float())
+    assert op.dtype == torch.float32
+    r = lanczos(op, 3, tol=1e-6, generator=gen(37), verify=True)
+    assert r.converged and r.top.dtype == np.float64
+    assert relerr(r.top, mlp.eigs[::-1][:3]).max() <= 2e-5  # float32 rounding, not the tolerance
+
+
+# --------------------------------------------------------------------------------------------------
 # Spectral density (SLQ)
 # --------------------------------------------------------------------------------------------------
 
@@ -330,6 +453,25 @@ def test_slq_without_reorthogonalization_keeps_its_moments() -> None:
     for j in (1, 2, 3):
         assert math.isclose(plain.moment(j), full.moment(j), rel_tol=1e-9)
     np.testing.assert_allclose(plain.weights.sum(1), 1.0, rtol=1e-12)
+
+
+def test_slq_ghosts_without_reorthogonalization_leave_the_density_alone(mlp: MLP, mlp_op: HVP) -> None:
+    """The default (no reorthogonalization) grows ghost copies of lambda_max among its nodes; they
+    share that eigenvalue's weight, so the density and moments match full reorthogonalization."""
+    plain = spectral_density(mlp_op, n_probes=2, m=150, generator=gen(41))
+    full = spectral_density(mlp_op, n_probes=2, m=150, generator=gen(41), reorthogonalize=True)
+    lam = mlp.eigs[-1]
+
+    def copies(nodes: np.ndarray) -> int:
+        return int(np.sum(np.abs(nodes - lam) <= 1e-8 * lam))
+
+    assert copies(plain.nodes[0]) > 1 and copies(full.nodes[0]) == 1
+    for j in (1, 2, 3):
+        assert math.isclose(plain.moment(j), full.moment(j), rel_tol=1e-8)
+    grid = np.linspace(mlp.eigs[0] - 0.1, lam + 0.1, 2001)
+    sigma = 0.02 * (lam - mlp.eigs[0])
+    gap = np.trapezoid(np.abs(plain.density(grid, sigma) - full.density(grid, sigma)), grid)
+    assert gap <= 1e-3  # L1 distance between two unit-mass densities
 
 
 def test_slq_in_two_dimensions_is_exact() -> None:

@@ -3,13 +3,15 @@ optimizer and its live hyperparameters, probes never change a trajectory, and re
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
-from engine.curvature import dense_hessian
+from engine.curvature import HVP, dense_hessian
 from engine.events import LoggedEvent, RequestProbe, SetHyperparameter, SetProbes
-from engine.instruments import ProbeConfig
+from engine.instruments import NETWORK_PROBES, ProbeConfig
 from engine.registry import get_spec
 from engine.run import LaneConfig, Run, RunConfig
 from landscapes import get_landscape, get_network
@@ -116,3 +118,87 @@ def test_bad_probe_config_is_rejected() -> None:
         ProbeConfig(schedule="sometimes")
     with pytest.raises(ValueError, match="every must be an integer >= 1"):
         ProbeConfig(every=0)
+
+
+def test_presets_trade_detail_for_cost() -> None:
+    eco, bus, full = ProbeConfig.economy(), ProbeConfig.business(), ProbeConfig.full()
+    assert NETWORK_PROBES == eco
+    assert (eco.top_k, eco.trace, eco.density, eco.dtype) == (1, False, False, "float32")
+    assert (bus.top_k, bus.trace, bus.density, bus.dtype) == (3, True, False, "float32")
+    assert (full.top_k, full.trace, full.density, full.dtype) == (5, True, True, None)
+    assert eco.tol > bus.tol > full.tol
+    assert ProbeConfig.economy(every=7, top_k=2) == dataclasses.replace(eco, every=7, top_k=2)
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        ProbeConfig(dtype="float16")
+    with pytest.raises(ValueError, match="tol must be"):
+        ProbeConfig(tol=0.0)
+
+
+def test_probes_compute_in_the_runs_dtype_unless_told() -> None:
+    """logistic regression (31 parameters): every probe carries the exact (float64) spectrum."""
+    problem = get_network("logistic_regression")
+    # error relative to lambda_max: the tolerance (1e-8) for float64 products, rounding for float32
+    cases = [("float64", None, "float64", 2e-8), ("float64", "float32", "float32", 2e-5),
+             ("float32", None, "float32", 2e-5), ("float32", "float64", "float64", 2e-8)]
+    for run_dtype, probe_dtype, used, rtol in cases:
+        run = run_with(problem, ("sgd", {"lr": 0.5}), dtype=run_dtype,
+                       probes=ProbeConfig(every=2, top_k=3, tol=1e-8, dtype=probe_dtype))
+        recs = [r for r in run.run(5) if r.curvature is not None]
+        assert len(recs) == 3
+        for r in recs:
+            assert r.curvature.dtype == used
+            exact = r.curvature.exact[::-1][:3]
+            np.testing.assert_allclose(r.curvature.top_k, exact, rtol=0, atol=rtol * exact[0])
+
+
+def test_warm_started_probes_match_the_dense_spectrum_along_a_run() -> None:
+    """moons MLP (354 parameters; density probes bring the exact spectrum): every probe after the
+    first starts from the last one's Ritz vectors and still meets its tolerance."""
+    problem = get_network("moons_mlp", batch_size=None)
+    probes = ProbeConfig(every=2, top_k=3, tol=1e-8, density=True, density_probes=1, density_steps=4)
+    run = run_with(problem, ("sgd", {"lr": 0.5}), probes=probes)
+    found = [r.curvature for r in run.run(12) if r.curvature is not None]
+    assert len(found) == 6
+    for p in found:
+        exact = p.exact[::-1][:3]
+        np.testing.assert_allclose(p.top_k, exact, rtol=1e-6)
+        assert abs(p.lambda_max - exact[0]) <= p.lambda_max_residual
+    assert max(p.hvps for p in found[1:]) < found[0].hvps  # warm starts are cheaper than the cold one
+
+
+def test_a_lanes_first_probe_starts_from_another_lanes_vectors() -> None:
+    """Two lanes at the same start probe the same Hessian at step 0: the second one starts warm."""
+    problem = get_network("moons_mlp", batch_size=None)
+    run = run_with(problem, ("sgd", {"lr": 0.5}), ("sgd", {"lr": 0.1}),
+                   probes=ProbeConfig(every=10, tol=1e-8, top_k=2))
+    first, second = (r.curvature for r in run.step())
+    np.testing.assert_allclose(second.top_k, first.top_k, rtol=1e-8)
+    assert second.hvps < first.hvps
+
+
+def test_a_single_start_probe_reuses_the_steps_graph_with_the_same_results(monkeypatch) -> None:
+    problem = get_network("moons_mlp", batch_size=None)
+    probes = ProbeConfig(every=1, top_k=2, tol=1e-8)
+    lanes = (("momentum", {"lr": 0.05}),)
+    plain = Run(problem, RunConfig(lanes=(LaneConfig(*lanes[0]),), device="cpu")).run(6)
+    built = []
+    original = HVP.from_gradient.__func__
+
+    def spy(cls, *args, **kwargs):
+        built.append(1)
+        return original(cls, *args, **kwargs)
+
+    monkeypatch.setattr(HVP, "from_gradient", classmethod(spy))
+    reused = run_with(problem, *lanes, probes=probes).run(6)
+    assert len(built) == 6  # every probe differentiated the step's own gradient
+    monkeypatch.setattr(Run, "_probe_reuses_graph", lambda self, lanes: False)
+    rebuilt = run_with(problem, *lanes, probes=probes).run(6)
+    assert len(built) == 6
+    for a, b, c in zip(plain, reused, rebuilt, strict=True):
+        np.testing.assert_array_equal(a.loss, b.loss)  # the trajectory is untouched
+        np.testing.assert_allclose(b.curvature.top_k, c.curvature.top_k, rtol=1e-10)
+        assert b.curvature.directional == pytest.approx(c.curvature.directional, rel=1e-10)
+    monkeypatch.undo()
+    monkeypatch.setattr(HVP, "from_gradient", classmethod(spy))
+    run_with(problem, *lanes, ("sgd", {"lr": 0.1}), probes=probes).run(2)  # two lanes: no reuse
+    assert len(built) == 6
