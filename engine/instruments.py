@@ -14,11 +14,18 @@ was taken, with that step's minibatch, and reports (Cohen et al. 2021, 2022):
   against :math:`(2 + 2\beta_1)/((1 - \beta_1)\eta)` (= 38/η at β1 = 0.9);
 * for problems small enough (``EXACT_MAX_DIM``), the exact eigenvalues of the dense Hessian.
 
+Probes also carry the gradient-noise instruments of :mod:`engine.noise` when switched on
+(``ProbeConfig.noise``: per-tensor gradient variance and SNR from per-sample gradients, SGD-SaI's
+g-SNR, the norm test's statistic; ``ProbeConfig.estimate_cosine``: the cosine between the gradient
+estimate the lane's optimizer stepped from and the true gradient), at the same point and on the same
+schedule.
+
 Probes draw their random vectors from their own generator, so a run's trajectory is identical
-with or without instruments, and they count their HVPs and time: the run reports the fraction of
-its compute spent in probes (``Run.probe_overhead``). A probe starts from the previous probe's
-Ritz vectors (warm), computes in the run's dtype unless ``ProbeConfig.dtype`` says otherwise, and
-comes as cheap (:meth:`ProbeConfig.economy`), richer (``business``) or complete (``full``).
+with or without instruments, and they count their HVPs, per-sample and extra gradients and time:
+the run reports the fraction of its compute spent in probes (``Run.probe_overhead``). A probe
+starts from the previous probe's Ritz vectors (warm), computes in the run's dtype unless
+``ProbeConfig.dtype`` says otherwise, and comes as cheap (:meth:`ProbeConfig.economy`), richer
+(``business``) or complete (``full``).
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import numpy as np
 import torch
 
 from engine.curvature import HVP, dense_hessian, hutchinson_trace, lanczos, spectral_density
+from engine.noise import Estimate, NoiseReading, measure
 from engine.stability import PRECONDITIONED, StabilityRule, Threshold
 
 EXACT_MAX_DIM = 64
@@ -50,6 +58,12 @@ class ProbeConfig:
     Hessian-vector products (``None``: the run's dtype); eigenvalues from float32 products are
     good to ~1e-6 relative, from float64 ones to ~1e-12, at about half the cost on CPU.
 
+    Gradient noise (:mod:`engine.noise`): ``noise`` adds SGD-SaI's g-SNR per tensor and, for
+    problems with a data set, the per-sample gradient variance and SNR per tensor and the norm test,
+    from at most ``noise_samples`` per-sample gradients of the step's minibatch (in the probe's
+    dtype); ``estimate_cosine`` adds the cosine between the lane's gradient estimate and the true
+    gradient (of its minibatch, and of the full training set).
+
     Three presets trade detail for cost, like Cockpit's (Schneider, Dangel & Hennig 2021)
     economy / business / full: :meth:`economy`, :meth:`business`, :meth:`full`.
     """
@@ -65,6 +79,9 @@ class ProbeConfig:
     tol: float = 1e-6
     seed: int = 0
     dtype: str | None = None
+    noise: bool = False
+    noise_samples: int = 256
+    estimate_cosine: bool = False
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -74,10 +91,13 @@ class ProbeConfig:
                              f"got {self.dtype!r}")
         if not (isinstance(self.tol, (int, float)) and 0 < self.tol < 1):
             raise ValueError(f"tol must be a number in (0, 1), got {self.tol!r}")
-        for name in ("every", "top_k", "trace_probes", "density_probes", "density_steps"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        for name in ("every", "top_k", "trace_probes", "density_probes", "density_steps", "noise_samples"):
+            value, low = getattr(self, name), 2 if name == "noise_samples" else 1
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        for name in ("noise", "estimate_cosine"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
 
     def due(self, step: int) -> bool:
         if self.schedule == "every":
@@ -183,6 +203,18 @@ class Probe:
     seconds: float = 0.0
     extras: Mapping[str, Any] = field(default_factory=dict)
     dtype: str = "float64"  # the dtype of its Hessian-vector products
+    # gradient noise (engine.noise; None where not asked for, or not measurable: ``notes`` say why)
+    noise_tensors: tuple[str, ...] | None = None  # the parameter tensors the arrays below follow
+    grad_variance: np.ndarray | None = None  # [K] tr Sigma_k: per-sample gradient variance per tensor
+    grad_snr: np.ndarray | None = None  # [K] |mean g_k|^2 / tr Sigma_k (Liu et al.'s GSNR, per tensor)
+    gsnr: np.ndarray | None = None  # [K] SGD-SaI's g-SNR |g_k| / (std of g_k's entries + eps)
+    noise_scale: float | None = None  # tr Sigma / |mean g|^2 over the whole vector
+    norm_test: float | None = None  # noise_scale / b: the norm test passes at batch b when <= theta^2
+    noise_samples: int = 0  # per-sample gradients taken (work: S one-sample gradients)
+    estimate_cosine: float | None = None  # cos(optimizer's estimate, gradient of the step's minibatch)
+    estimate_cosine_full: float | None = None  # cos(optimizer's estimate, full training-set gradient)
+    gradients: int = 0  # gradients taken beyond the HVP operator's own (the full-set one)
+    notes: Mapping[str, str] = field(default_factory=dict)  # instrument -> why it is None
 
     def same_values(self, other: Probe | None) -> bool:
         """Equal in every measured value (not in ``seconds``): what a replay must reproduce."""
@@ -190,7 +222,9 @@ class Probe:
             return False
         for name in ("step", "lambda_max", "lambda_max_residual", "top_k", "directional", "threshold",
                      "preconditioned", "trace", "trace_stderr", "density_nodes", "density_weights", "exact",
-                     "hvps", "dtype"):
+                     "hvps", "dtype", "noise_tensors", "grad_variance", "grad_snr", "gsnr", "noise_scale",
+                     "norm_test", "noise_samples", "estimate_cosine", "estimate_cosine_full", "gradients",
+                     "notes"):
             a, b = getattr(self, name), getattr(other, name)
             if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
                 if a is None or b is None or not np.array_equal(a, b, equal_nan=True):
@@ -227,7 +261,8 @@ def probe(f: Any, x: torch.Tensor, update: torch.Tensor, *, stability: Stability
           hyperparameters: Mapping[str, Any], config: ProbeConfig, generator: torch.Generator,
           step: int, dim: int,
           moment: tuple[torch.Tensor, int] | None = None, warm: Mapping[str, torch.Tensor] | None = None,
-          op: HVP | None = None) -> tuple[Probe, dict[str, torch.Tensor]]:
+          op: HVP | None = None, problem: Any = None, batch: Any = None,
+          estimate: Estimate = None) -> tuple[Probe, dict[str, torch.Tensor]]:
     """Measure the Hessian of the scalar closure ``f`` at ``x [P]`` (see the module docstring).
 
     Products run in ``config.dtype`` or, by default, ``x``'s dtype (the run's): a float32 run
@@ -240,11 +275,21 @@ def probe(f: Any, x: torch.Tensor, update: torch.Tensor, *, stability: Stability
     directional sharpness for free), so a slowly drifting Hessian costs a few HVPs instead of
     dozens (measured in ``benchmarks/hessian.py``: 2-8x fewer along a digits-MLP run, more the
     more often it probes). Without it the block is a random vector from ``generator`` and ``u``.
-    The new vectors come back with the probe."""
+    The new vectors come back with the probe.
+
+    Gradient noise (``config.noise`` / ``config.estimate_cosine``, :func:`engine.noise.measure`)
+    needs ``problem`` and the step's minibatch ``batch``; ``estimate`` is the lane's flat gradient
+    estimate (or why it has none). Its subset of samples comes from a generator of its own, seeded by
+    ``config.seed`` and ``step``, so switching it on leaves every curvature value as it was."""
     t0 = time.perf_counter()
     warm = warm or {}
     if op is None:
         op = HVP(f, x.detach().to(config.probe_dtype(x.dtype)))
+    reading = NoiseReading()
+    if config.noise or config.estimate_cosine:
+        reading = measure(problem, op.x, batch, op.gradient, noise=config.noise, samples=config.noise_samples,
+                          estimate_cosine=config.estimate_cosine, estimate=estimate,
+                          generator=torch.Generator().manual_seed((config.seed * 1_000_003 + step) % 2**63))
     u = update.detach().reshape(-1).to(device=op.device, dtype=torch.float64)
     moves = bool(torch.isfinite(u).all()) and float(u @ u) > 0
     start = [warm["top"].sum(0) if "top" in warm else _random_start(op, generator)]
@@ -283,7 +328,12 @@ def probe(f: Any, x: torch.Tensor, update: torch.Tensor, *, stability: Stability
                    top_k=np.asarray(top.top), directional=directional, threshold=threshold,
                    preconditioned=pre, trace=trace, trace_stderr=stderr, density_nodes=nodes,
                    density_weights=weights, exact=exact, hvps=op.hvps, seconds=time.perf_counter() - t0,
-                   dtype=str(op.dtype).removeprefix("torch."))
+                   dtype=str(op.dtype).removeprefix("torch."), noise_tensors=reading.tensors,
+                   grad_variance=reading.grad_variance, grad_snr=reading.grad_snr, gsnr=reading.gsnr,
+                   noise_scale=reading.noise_scale, norm_test=reading.norm_test,
+                   noise_samples=reading.samples, estimate_cosine=reading.estimate_cosine,
+                   estimate_cosine_full=reading.estimate_cosine_full, gradients=reading.gradients,
+                   notes=reading.notes)
     return result, vectors
 
 
