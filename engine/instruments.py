@@ -116,39 +116,46 @@ class ProbeConfig:
     # Overheads below: the app's edge-of-stability preset (digits MLP, MSE, full-batch gradient
     # descent at lr 0.2 and 0.1, float64 run, one CPU thread, every=50), the share of the run's
     # compute spent in probes after 100 / 1,000 steps (``Run.probe_overhead``; the first probes,
-    # cold, cost most), from benchmarks/hessian.py. Before the presets the app's default took
-    # 30% / 15% here (43.6% in the issue, measured in the app).
+    # cold, cost most), from benchmarks/hessian.py sections (e) and (g). Before the presets the
+    # app's default took 30% / 15% here (43.6% in the issue, measured in the app).
 
     @classmethod
     def economy(cls, every: int = 50, **changes: Any) -> ProbeConfig:
         """Sharpness only: lambda_max (top-1, error bound 1e-3 relative: invisible on a plot), the
         update's directional sharpness and the stability threshold, every ``every`` steps, with
-        float32 products (~1e-6 relative). Overhead: 16% / 12% (23% / 19% with float64
-        products). The app's default for networks."""
-        return cls(**{"every": every, "top_k": 1, "tol": 1e-3, "dtype": "float32", **changes})
+        float32 products (~1e-6 relative), and the estimate cosine (free on a full batch, where the
+        probe's own gradient is the full one; one full-set gradient per probe on a minibatch: 8% ->
+        9% of a digits-MLP race of SGD and MeZO at batch 64). Overhead: 16% / 12% (24% / 19% with
+        float64 products). The app's default for networks."""
+        return cls(**{"every": every, "top_k": 1, "tol": 1e-3, "dtype": "float32", "estimate_cosine": True,
+                      **changes})
 
     @classmethod
     def business(cls, every: int = 50, **changes: Any) -> ProbeConfig:
-        """Economy plus the top-3 eigenvalues at tol 1e-4 and a Hutchinson trace (10 probes),
-        float32 products. Overhead: 29% / 25%."""
+        """Economy plus the top-3 eigenvalues at tol 1e-4, a Hutchinson trace (10 probes) and the
+        gradient noise from 256 per-sample gradients, float32 products. Overhead: 32% / 30% (25%
+        after 1,000 steps without the noise)."""
         return cls(**{"every": every, "top_k": 3, "trace": True, "trace_probes": 10, "tol": 1e-4,
-                      "dtype": "float32", **changes})
+                      "dtype": "float32", "estimate_cosine": True, "noise": True, "noise_samples": 256,
+                      **changes})
 
     @classmethod
     def full(cls, every: int = 50, **changes: Any) -> ProbeConfig:
-        """Business plus the top-5 at tol 1e-6 and a spectral density (SLQ, 5 probes x 30 steps),
-        products in the run's dtype. Overhead: 77% / 75% (the
-        density's 150 products dominate: use a longer ``every``)."""
+        """Business plus the top-5 at tol 1e-6, a spectral density (SLQ, 5 probes x 30 steps) and
+        the gradient noise from 1,024 samples, products in the run's dtype. Overhead: 80% / 79%
+        (75% without the noise; the density's 150 products dominate: use a longer ``every``)."""
         return cls(**{"every": every, "top_k": 5, "trace": True, "trace_probes": 10, "density": True,
-                      "density_probes": 5, "density_steps": 30, "tol": 1e-6, "dtype": None, **changes})
+                      "density_probes": 5, "density_steps": 30, "tol": 1e-6, "dtype": None,
+                      "estimate_cosine": True, "noise": True, "noise_samples": 1024, **changes})
 
 
 NETWORK_PROBES = ProbeConfig.economy()
 """The app's default for networks (:meth:`ProbeConfig.economy`): a sharpness point every 50
 steps to plot accuracy. Build the app's variants with ``dataclasses.replace(NETWORK_PROBES, ...)``
-so that its ``tol`` and ``dtype`` carry over."""
-LANDSCAPE_PROBES = ProbeConfig(every=5)
-"""The app's default for 2-D landscapes, where a probe is a 2x2 eigenproblem."""
+so that its ``tol``, ``dtype`` and ``estimate_cosine`` carry over."""
+LANDSCAPE_PROBES = ProbeConfig(every=5, estimate_cosine=True)
+"""The app's default for 2-D landscapes, where a probe is a 2x2 eigenproblem (and the estimate
+cosine shows a zeroth-order lane's direction error)."""
 
 
 def _log_steps(upto: int) -> set[int]:
@@ -212,7 +219,7 @@ class Probe:
     norm_test: float | None = None  # noise_scale / b: the norm test passes at batch b when <= theta^2
     noise_samples: int = 0  # per-sample gradients taken (work: S one-sample gradients)
     estimate_cosine: float | None = None  # cos(optimizer's estimate, gradient of the step's minibatch)
-    estimate_cosine_full: float | None = None  # cos(optimizer's estimate, full training-set gradient)
+    estimate_cosine_full: float | None = None  # cos(optimizer's estimate, the full objective's gradient)
     gradients: int = 0  # gradients taken beyond the HVP operator's own (the full-set one)
     notes: Mapping[str, str] = field(default_factory=dict)  # instrument -> why it is None
 

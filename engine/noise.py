@@ -73,7 +73,8 @@ class NormTest:
         if b < 2:
             raise ValueError("the norm test needs at least 2 per-sample gradients")
         mean = g.mean(0)
-        return cls(float(((g - mean) ** 2).sum()), float((mean**2).sum()), b)
+        centered = g - mean
+        return cls(float((centered * centered).sum()), float((mean * mean).sum()), b)
 
     @property
     def noise_scale(self) -> float:
@@ -129,19 +130,22 @@ class TensorNoise:
 
 
 def tensor_noise(per_sample_grads: torch.Tensor, sizes: Sequence[int]) -> TensorNoise:
-    """:class:`TensorNoise` of per-sample gradients ``[S, P]`` split into tensors of ``sizes``."""
-    g = per_sample_grads.detach().double()
+    """:class:`TensorNoise` of per-sample gradients ``[S, P]`` split into tensors of ``sizes``: centred
+    in their own dtype (a float32 probe's), summed in float64."""
+    g = per_sample_grads.detach()
     s = g.shape[0]
     if s < 2:
         raise ValueError("gradient noise needs at least 2 per-sample gradients")
-    mean = g.mean(0)
-    sq = ((g - mean) ** 2).sum(0)  # [P]
-    variance = np.array([float(part.sum()) / (s - 1) for part in sq.split(list(sizes))])
-    signal = np.array([float((part**2).sum()) for part in mean.split(list(sizes))])
+    mean = g.mean(0, dtype=torch.float64)
+    centered = g - mean.to(g.dtype)
+    sq = (centered * centered).sum(0, dtype=torch.float64)  # [P]
+    spread = np.array([float(part.sum()) for part in sq.split(list(sizes))])
+    signal = np.array([float((part * part).sum()) for part in mean.split(list(sizes))])
+    variance = spread / (s - 1)
     with np.errstate(divide="ignore", invalid="ignore"):
         snr = np.where(variance > 0, signal / np.where(variance > 0, variance, 1.0),
                        np.where(signal > 0, np.inf, np.nan))
-    return TensorNoise(variance, snr, NormTest.of(g))
+    return TensorNoise(variance, snr, NormTest(float(spread.sum()), float(signal.sum()), s))
 
 
 @dataclass(frozen=True)

@@ -241,3 +241,18 @@ def test_noise_settings_are_bounded_for_untrusted_configs() -> None:
     assert dict(many.memory)["a curvature probe"] >= 2 * n_train * 4810 * 8  # S P per-sample gradients, twice
     assert dict(few.memory)["a curvature probe"] < 2 * n_train * 4810 * 8 / 5  # a Lanczos basis
     assert many.probe_ops > few.probe_ops
+
+
+def test_mse_to_one_hot_targets_has_per_sample_gradients_under_vmap() -> None:
+    """The MSE criterion of the edge-of-stability network builds e_y by comparison: F.one_hot reads
+    the targets' largest value, which vmap refuses, so per-sample gradients fell back to a loop."""
+    from torch.nn import functional as F
+
+    from landscapes.networks import mse_one_hot
+
+    g = torch.Generator().manual_seed(0)
+    out, y = torch.randn(6, 4, generator=g, dtype=torch.float64), torch.tensor([0, 3, 1, 1, 2, 0])
+    want = 0.5 * ((out - F.one_hot(y, 4).double()) ** 2).sum(-1).mean()
+    assert float(mse_one_hot(out, y)) == pytest.approx(float(want), rel=1e-15)
+    per_sample = torch.func.vmap(lambda o, t: mse_one_hot(o[None], t[None]))(out, y)
+    np.testing.assert_allclose(per_sample.numpy(), 0.5 * ((out - F.one_hot(y, 4)) ** 2).sum(-1).numpy())
