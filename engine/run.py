@@ -840,7 +840,7 @@ class Run:
         op = None
         if graph is not None and graph[0] is lane:
             op = HVP.from_gradient(graph[1], lane.params, x=x, value=graph[2])
-        estimate, kept = self._estimate(lane) if self.probes.estimate_cosine else (None, 0.0)
+        estimate, kept = self._lane_estimate(lane) if self.probes.estimate_cosine else (None, 0.0)
         result, vectors = probe(
             lambda t: self.problem.loss(t[None], batch)[0], x, update, stability=lane.spec.stability,
             hyperparameters=lane.spec.read(lane.optimizer), config=self.probes,
@@ -862,9 +862,9 @@ class Run:
                 opt.keep_estimate = bool(self.probes is not None and self.probes.estimate_cosine
                                          and (probe_now or self.probes.due(lane.step)))
 
-    def _estimate(self, lane: _Lane) -> tuple[torch.Tensor | str, float]:
-        """The flat gradient (estimate) lane ``lane``'s first start stepped from, as an estimate of
-        :math:`\nabla f` (or why there is none), and the seconds its optimizer spent keeping it: a
+    def _lane_estimate(self, lane: _Lane) -> tuple[torch.Tensor | str, float]:
+        """The flat gradient (estimate) the lane's first start stepped from, as an estimate of the
+        gradient (or why there is none), and the seconds its optimizer spent keeping it: a
         closure-driven optimizer's kept estimate, else the ``.grad`` the run handed over (clipped
         when the lane clips; on a game, the descent field turned back into the gradient)."""
         if lane.spec.closure_driven:
