@@ -27,7 +27,8 @@ interleaved rounds and printed as ratios measured side by side.
     batch 64, SGD and MeZO / ZO-SGD q=4 lanes, float64 run) with economy probes with and without
     ``estimate_cosine`` (MeZO's estimate rebuilt from its seeds, a full-set gradient per probe);
     (3) one noise measurement alone, ms and in full-batch training steps of the digits MLP, at
-    64 / 256 / 1,024 samples, float32 and float64.
+    64 / 256 / 1,024 samples, float32 and float64; (4) a MeZO step with and without keeping its
+    estimate (rebuilt from its seeds: one more pass over its q directions).
 (f) SLQ, 10 probes x 100 steps: ``spectral_density`` (looped products, no reorthogonalization)
     vs PyHessian ``density``, hessian-eigenthings ``spectral_density`` and curvlinops'
     ``fast_lanczos`` repeated 10 times, in float64 and float32, with each one's first two moments
@@ -474,7 +475,29 @@ def section_noise(args: argparse.Namespace) -> dict[str, float]:
             parts.append(f"{samples} samples {t * 1e3:5.1f} ms ({t / step:4.1f} gradients)")
         label = str(dtype).replace("torch.", "")
         print(f"    {label}: full-batch gradient {step * 1e3:.1f} ms; " + ", ".join(parts))
+    mezo_keep_cost(mini)
     return out
+
+
+def mezo_keep_cost(problem: Any) -> None:
+    """A MeZO step with and without keeping its estimate (rebuilt from its seeds for an instrument)."""
+    from engine.optimizers.zeroth_order import ZOSGD
+    from engine.oracles import Oracles
+
+    batch = problem.sample_batch(torch.Generator().manual_seed(0))
+    for q in (1, 4):
+        times: dict[bool, list[float]] = {False: [], True: []}
+        theta = problem.x0().clone()
+        opt = ZOSGD([theta], lr=1e-4, q=q, seed=0)
+        oracles = Oracles(lambda x: problem.loss(x, batch), [theta])
+        for rep in range(40):
+            keep = rep % 2 == 1
+            opt.keep_estimate = keep
+            times[keep].append(timed(lambda opt=opt, oracles=oracles: opt.step(oracles))[0])
+            opt.take_estimate()
+        plain, kept = median(times[False][5:]), median(times[True][5:])
+        print(f"  (4) MeZO q={q} step (digits_mlp, batch 64, float64): {plain * 1e3:.2f} ms; keeping its "
+              f"estimate for a probe {kept * 1e3:.2f} ms ({kept / plain:.2f}x; P = {problem.dim:,} floats)")
 
 
 def section_slq(args: argparse.Namespace, eigs: np.ndarray) -> float:
