@@ -62,7 +62,7 @@ class ProbeConfig:
     problems with a data set, the per-sample gradient variance and SNR per tensor and the norm test,
     from at most ``noise_samples`` per-sample gradients of the step's minibatch (in the probe's
     dtype); ``estimate_cosine`` adds the cosine between the lane's gradient estimate and the true
-    gradient (of its minibatch, and of the full training set).
+    gradient (of its minibatch, and of the full objective: a network's whole training set).
 
     Three presets trade detail for cost, like Cockpit's (Schneider, Dangel & Hennig 2021)
     economy / business / full: :meth:`economy`, :meth:`business`, :meth:`full`.
