@@ -21,6 +21,14 @@ interleaved rounds and printed as ratios measured side by side.
 (e) Presets on the edge-of-stability preset of the app (two lanes, lr 0.2 and 0.1): the share of
     compute in probes (``Run.probe_overhead``) after 100 and 1,000 steps for economy (the app's
     default), economy with float64 products, business and full.
+(g) Gradient-noise instruments (``engine.noise``) on the same runs: (1) each preset of (e) with and
+    without its noise fields (per-sample gradient variance and SNR, g-SNR, norm test; the
+    estimate cosine), and the economy preset plus each one alone; (2) a minibatch race (digits_mlp,
+    batch 64, SGD and MeZO / ZO-SGD q=4 lanes, float64 run) with economy probes with and without
+    ``estimate_cosine`` (MeZO's estimate rebuilt from its seeds, a full-set gradient per probe);
+    (3) one noise measurement alone, ms and in full-batch training steps of the digits MLP, at
+    64 / 256 / 1,024 samples, float32 and float64; (4) a MeZO step with and without keeping its
+    estimate (rebuilt from its seeds: one more pass over its q directions).
 (f) SLQ, 10 probes x 100 steps: ``spectral_density`` (looped products, no reorthogonalization)
     vs PyHessian ``density``, hessian-eigenthings ``spectral_density`` and curvlinops'
     ``fast_lanczos`` repeated 10 times, in float64 and float32, with each one's first two moments
@@ -398,6 +406,100 @@ def section_presets(args: argparse.Namespace) -> dict[str, tuple[float, float]]:
     return out
 
 
+NOISE_FIELDS = ("noise", "estimate_cosine")
+
+
+def _share(problem: Any, lanes: tuple[LaneConfig, ...], probes: ProbeConfig | None, steps: int,
+           dtype: str = "float64") -> tuple[float, float]:
+    """(probe share after 100 steps, after ``steps``) of one run."""
+    run = Run(problem, RunConfig(lanes=lanes, device="cpu", probes=probes, dtype=dtype))
+    at100 = math.nan
+    for i in range(steps):
+        run.step()
+        if i + 1 == 100:
+            at100 = run.probe_overhead
+    return at100, run.probe_overhead
+
+
+def section_noise(args: argparse.Namespace) -> dict[str, float]:
+    print("(g) gradient-noise instruments: probe share with and without them (medians)")
+    problem = get_network("digits_mlp_mse", batch_size=None)
+    lanes = (LaneConfig("sgd", {"lr": 0.2}), LaneConfig("sgd", {"lr": 0.1}))
+    eco = ProbeConfig.economy()
+    off = {f: False for f in NOISE_FIELDS}
+    cases = {"economy without noise fields": dataclasses.replace(eco, **off),
+             "economy (preset)": eco,
+             "economy + estimate_cosine": dataclasses.replace(eco, **{**off, "estimate_cosine": True}),
+             "economy + noise (256 samples)": dataclasses.replace(eco, **{**off, "noise": True}),
+             "business without noise fields": dataclasses.replace(ProbeConfig.business(), **off),
+             "business (preset)": ProbeConfig.business(),
+             "full without noise fields": dataclasses.replace(ProbeConfig.full(), **off),
+             "full (preset)": ProbeConfig.full()}
+    shares: dict[str, list[tuple[float, float]]] = {c: [] for c in cases}
+    for _ in range(max(1, args.repeats - 1)):
+        for label, probes in cases.items():
+            shares[label].append(_share(problem, lanes, probes, args.steps))
+    out = {}
+    print("  (1) edge-of-stability preset (digits_mlp_mse, full batch, GD lr 0.2 and 0.1, float64 run)")
+    for label in cases:
+        s100, s_end = median([a for a, _ in shares[label]]), median([b for _, b in shares[label]])
+        out[label] = s_end
+        print(f"    {label:32s}: {s100:5.1%} of compute after 100 steps, {s_end:5.1%} after {args.steps}")
+    print("  (2) minibatch race (digits_mlp, batch 64, SGD lr 0.1 and ZO-SGD lr 1e-3 q=4, float64 run)")
+    mini = get_network("digits_mlp", batch_size=64)
+    zo_lanes = (LaneConfig("sgd", {"lr": 0.1}), LaneConfig("zo_sgd", {"lr": 1e-3, "q": 4}))
+    mcases = {"economy without estimate_cosine": dataclasses.replace(eco, **off), "economy (preset)": eco}
+    mshares: dict[str, list[float]] = {c: [] for c in mcases}
+    for _ in range(max(1, args.repeats - 1)):
+        for label, probes in mcases.items():
+            mshares[label].append(_share(mini, zo_lanes, probes, args.steps)[1])
+    for label in mcases:
+        print(f"    {label:32s}: {median(mshares[label]):5.1%} of compute after {args.steps} steps")
+    print("  (3) one noise measurement alone (digits_mlp, 4,810 parameters; per-sample gradients, their")
+    print("      variance and SNR per tensor, the norm test), against one full-batch training gradient")
+    from engine.noise import measure
+    full = get_network("digits_mlp", batch_size=None)
+    for dtype in (torch.float32, torch.float64):
+        x = full.x0().to(dtype)
+        leaf = x.clone().requires_grad_(True)
+        step = median([timed(lambda leaf=leaf: torch.autograd.grad(full.loss(leaf[None])[0], leaf))[0]
+                       for _ in range(5)])
+        gradient = torch.autograd.grad(full.loss(leaf[None])[0], leaf)[0]
+        parts = []
+        for samples in (64, 256, 1024):
+            def once(samples: int = samples, x: torch.Tensor = x, gradient: torch.Tensor = gradient) -> Any:
+                return measure(full, x, None, gradient, noise=True, samples=samples, estimate_cosine=False,
+                               estimate=None, generator=torch.Generator().manual_seed(0))
+            once()
+            t = median([timed(once)[0] for _ in range(5)])
+            parts.append(f"{samples} samples {t * 1e3:5.1f} ms ({t / step:4.1f} gradients)")
+        label = str(dtype).replace("torch.", "")
+        print(f"    {label}: full-batch gradient {step * 1e3:.1f} ms; " + ", ".join(parts))
+    mezo_keep_cost(mini)
+    return out
+
+
+def mezo_keep_cost(problem: Any) -> None:
+    """A MeZO step with and without keeping its estimate (rebuilt from its seeds for an instrument)."""
+    from engine.optimizers.zeroth_order import ZOSGD
+    from engine.oracles import Oracles
+
+    batch = problem.sample_batch(torch.Generator().manual_seed(0))
+    for q in (1, 4):
+        times: dict[bool, list[float]] = {False: [], True: []}
+        theta = problem.x0().clone()
+        opt = ZOSGD([theta], lr=1e-4, q=q, seed=0)
+        oracles = Oracles(lambda x: problem.loss(x, batch), [theta])
+        for rep in range(40):
+            keep = rep % 2 == 1
+            opt.keep_estimate = keep
+            times[keep].append(timed(lambda opt=opt, oracles=oracles: opt.step(oracles))[0])
+            opt.take_estimate()
+        plain, kept = median(times[False][5:]), median(times[True][5:])
+        print(f"  (4) MeZO q={q} step (digits_mlp, batch 64, float64): {plain * 1e3:.2f} ms; keeping its "
+              f"estimate for a probe {kept * 1e3:.2f} ms ({kept / plain:.2f}x; P = {problem.dim:,} floats)")
+
+
 def section_slq(args: argparse.Namespace, eigs: np.ndarray) -> float:
     n, m = args.probes, args.slq_steps
     print(f"(f) SLQ, {n} probes x {m} steps (digits MLP): time and first two moments vs the dense spectrum")
@@ -454,7 +556,7 @@ def main() -> None:
     ap.add_argument("--probes", type=int, default=10)
     ap.add_argument("--slq-steps", type=int, default=100)
     ap.add_argument("--quick", action="store_true", help="one round, shorter runs (a smoke test)")
-    ap.add_argument("--only", default="abcdef", help="sections to run, e.g. 'cdf'")
+    ap.add_argument("--only", default="abcdefg", help="sections to run, e.g. 'cdf'")
     args = ap.parse_args()
     if args.quick:
         args.repeats, args.steps, args.steps_every1, args.slq_steps = 1, 200, 40, 30
@@ -478,6 +580,8 @@ def main() -> None:
         every1 = section_overhead(args)
     if "e" in args.only:
         section_presets(args)
+    if "g" in args.only:
+        section_noise(args)
     if "f" in args.only:
         slq = section_slq(args, eigs)
     print(f"warm_hvp_ratio={warm:.2f} probe_every1_overhead={every1:.2f} slq_vs_best_peer={slq:.2f}")

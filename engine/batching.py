@@ -33,6 +33,8 @@ from typing import Any
 
 import torch
 
+from engine.noise import NormTest
+
 KINDS = ("constant", "schedule", "norm_test")
 
 
@@ -112,17 +114,9 @@ def norm_test_size(per_sample_grads: torch.Tensor, theta: float) -> int:
     r"""The batch size the norm test asks for, from per-sample gradients ``[b, P]`` (b >= 2):
     :math:`\lceil \sum_i\lVert\nabla\ell_i - \bar g\rVert^2 / ((b - 1)\vartheta^2\lVert\bar g\rVert^2)\rceil`
     (the test passes at the current size exactly when this is <= b). A zero mean gradient asks for
-    no change (returns b)."""
-    g = per_sample_grads.detach().double()
-    b = g.shape[0]
-    if b < 2:
-        raise ValueError("the norm test needs at least 2 per-sample gradients")
-    mean = g.mean(0)
-    spread = float(((g - mean) ** 2).sum())
-    mean2 = float((mean**2).sum())
-    if not (math.isfinite(spread) and math.isfinite(mean2)) or mean2 == 0.0:
-        return b
-    return math.ceil(spread / ((b - 1) * theta**2 * mean2))
+    no change (returns b). The statistic's one home is :class:`engine.noise.NormTest` (a probe
+    reports it too)."""
+    return NormTest.of(per_sample_grads).size(theta)
 
 
 def _integer(name: str, value: Any, *, low: int) -> None:

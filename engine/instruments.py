@@ -14,11 +14,18 @@ was taken, with that step's minibatch, and reports (Cohen et al. 2021, 2022):
   against :math:`(2 + 2\beta_1)/((1 - \beta_1)\eta)` (= 38/η at β1 = 0.9);
 * for problems small enough (``EXACT_MAX_DIM``), the exact eigenvalues of the dense Hessian.
 
+Probes also carry the gradient-noise instruments of :mod:`engine.noise` when switched on
+(``ProbeConfig.noise``: per-tensor gradient variance and SNR from per-sample gradients, SGD-SaI's
+g-SNR, the norm test's statistic; ``ProbeConfig.estimate_cosine``: the cosine between the gradient
+estimate the lane's optimizer stepped from and the true gradient), at the same point and on the same
+schedule.
+
 Probes draw their random vectors from their own generator, so a run's trajectory is identical
-with or without instruments, and they count their HVPs and time: the run reports the fraction of
-its compute spent in probes (``Run.probe_overhead``). A probe starts from the previous probe's
-Ritz vectors (warm), computes in the run's dtype unless ``ProbeConfig.dtype`` says otherwise, and
-comes as cheap (:meth:`ProbeConfig.economy`), richer (``business``) or complete (``full``).
+with or without instruments, and they count their HVPs, per-sample and extra gradients and time:
+the run reports the fraction of its compute spent in probes (``Run.probe_overhead``). A probe
+starts from the previous probe's Ritz vectors (warm), computes in the run's dtype unless
+``ProbeConfig.dtype`` says otherwise, and comes as cheap (:meth:`ProbeConfig.economy`), richer
+(``business``) or complete (``full``).
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import numpy as np
 import torch
 
 from engine.curvature import HVP, dense_hessian, hutchinson_trace, lanczos, spectral_density
+from engine.noise import Estimate, NoiseReading, measure
 from engine.stability import PRECONDITIONED, StabilityRule, Threshold
 
 EXACT_MAX_DIM = 64
@@ -50,6 +58,12 @@ class ProbeConfig:
     Hessian-vector products (``None``: the run's dtype); eigenvalues from float32 products are
     good to ~1e-6 relative, from float64 ones to ~1e-12, at about half the cost on CPU.
 
+    Gradient noise (:mod:`engine.noise`): ``noise`` adds SGD-SaI's g-SNR per tensor and, for
+    problems with a data set, the per-sample gradient variance and SNR per tensor and the norm test,
+    from at most ``noise_samples`` per-sample gradients of the step's minibatch (in the probe's
+    dtype); ``estimate_cosine`` adds the cosine between the lane's gradient estimate and the true
+    gradient (of its minibatch, and of the full objective: a network's whole training set).
+
     Three presets trade detail for cost, like Cockpit's (Schneider, Dangel & Hennig 2021)
     economy / business / full: :meth:`economy`, :meth:`business`, :meth:`full`.
     """
@@ -65,6 +79,9 @@ class ProbeConfig:
     tol: float = 1e-6
     seed: int = 0
     dtype: str | None = None
+    noise: bool = False
+    noise_samples: int = 256
+    estimate_cosine: bool = False
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -74,10 +91,13 @@ class ProbeConfig:
                              f"got {self.dtype!r}")
         if not (isinstance(self.tol, (int, float)) and 0 < self.tol < 1):
             raise ValueError(f"tol must be a number in (0, 1), got {self.tol!r}")
-        for name in ("every", "top_k", "trace_probes", "density_probes", "density_steps"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        for name in ("every", "top_k", "trace_probes", "density_probes", "density_steps", "noise_samples"):
+            value, low = getattr(self, name), 2 if name == "noise_samples" else 1
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        for name in ("noise", "estimate_cosine"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
 
     def due(self, step: int) -> bool:
         if self.schedule == "every":
@@ -96,39 +116,46 @@ class ProbeConfig:
     # Overheads below: the app's edge-of-stability preset (digits MLP, MSE, full-batch gradient
     # descent at lr 0.2 and 0.1, float64 run, one CPU thread, every=50), the share of the run's
     # compute spent in probes after 100 / 1,000 steps (``Run.probe_overhead``; the first probes,
-    # cold, cost most), from benchmarks/hessian.py. Before the presets the app's default took
-    # 30% / 15% here (43.6% in the issue, measured in the app).
+    # cold, cost most), from benchmarks/hessian.py sections (e) and (g). Before the presets the
+    # app's default took 30% / 15% here (43.6% in the issue, measured in the app).
 
     @classmethod
     def economy(cls, every: int = 50, **changes: Any) -> ProbeConfig:
         """Sharpness only: lambda_max (top-1, error bound 1e-3 relative: invisible on a plot), the
         update's directional sharpness and the stability threshold, every ``every`` steps, with
-        float32 products (~1e-6 relative). Overhead: 16% / 12% (23% / 19% with float64
-        products). The app's default for networks."""
-        return cls(**{"every": every, "top_k": 1, "tol": 1e-3, "dtype": "float32", **changes})
+        float32 products (~1e-6 relative), and the estimate cosine (free on a full batch, where the
+        probe's own gradient is the full one; one full-set gradient per probe on a minibatch: 8% ->
+        9% of a digits-MLP race of SGD and MeZO at batch 64). Overhead: 16% / 12% (24% / 19% with
+        float64 products). The app's default for networks."""
+        return cls(**{"every": every, "top_k": 1, "tol": 1e-3, "dtype": "float32", "estimate_cosine": True,
+                      **changes})
 
     @classmethod
     def business(cls, every: int = 50, **changes: Any) -> ProbeConfig:
-        """Economy plus the top-3 eigenvalues at tol 1e-4 and a Hutchinson trace (10 probes),
-        float32 products. Overhead: 29% / 25%."""
+        """Economy plus the top-3 eigenvalues at tol 1e-4, a Hutchinson trace (10 probes) and the
+        gradient noise from 256 per-sample gradients, float32 products. Overhead: 32% / 30% (25%
+        after 1,000 steps without the noise)."""
         return cls(**{"every": every, "top_k": 3, "trace": True, "trace_probes": 10, "tol": 1e-4,
-                      "dtype": "float32", **changes})
+                      "dtype": "float32", "estimate_cosine": True, "noise": True, "noise_samples": 256,
+                      **changes})
 
     @classmethod
     def full(cls, every: int = 50, **changes: Any) -> ProbeConfig:
-        """Business plus the top-5 at tol 1e-6 and a spectral density (SLQ, 5 probes x 30 steps),
-        products in the run's dtype. Overhead: 77% / 75% (the
-        density's 150 products dominate: use a longer ``every``)."""
+        """Business plus the top-5 at tol 1e-6, a spectral density (SLQ, 5 probes x 30 steps) and
+        the gradient noise from 1,024 samples, products in the run's dtype. Overhead: 80% / 79%
+        (75% without the noise; the density's 150 products dominate: use a longer ``every``)."""
         return cls(**{"every": every, "top_k": 5, "trace": True, "trace_probes": 10, "density": True,
-                      "density_probes": 5, "density_steps": 30, "tol": 1e-6, "dtype": None, **changes})
+                      "density_probes": 5, "density_steps": 30, "tol": 1e-6, "dtype": None,
+                      "estimate_cosine": True, "noise": True, "noise_samples": 1024, **changes})
 
 
 NETWORK_PROBES = ProbeConfig.economy()
 """The app's default for networks (:meth:`ProbeConfig.economy`): a sharpness point every 50
 steps to plot accuracy. Build the app's variants with ``dataclasses.replace(NETWORK_PROBES, ...)``
-so that its ``tol`` and ``dtype`` carry over."""
-LANDSCAPE_PROBES = ProbeConfig(every=5)
-"""The app's default for 2-D landscapes, where a probe is a 2x2 eigenproblem."""
+so that its ``tol``, ``dtype`` and ``estimate_cosine`` carry over."""
+LANDSCAPE_PROBES = ProbeConfig(every=5, estimate_cosine=True)
+"""The app's default for 2-D landscapes, where a probe is a 2x2 eigenproblem (and the estimate
+cosine shows a zeroth-order lane's direction error)."""
 
 
 def _log_steps(upto: int) -> set[int]:
@@ -183,6 +210,18 @@ class Probe:
     seconds: float = 0.0
     extras: Mapping[str, Any] = field(default_factory=dict)
     dtype: str = "float64"  # the dtype of its Hessian-vector products
+    # gradient noise (engine.noise; None where not asked for, or not measurable: ``notes`` say why)
+    noise_tensors: tuple[str, ...] | None = None  # the parameter tensors the arrays below follow
+    grad_variance: np.ndarray | None = None  # [K] tr Sigma_k: per-sample gradient variance per tensor
+    grad_snr: np.ndarray | None = None  # [K] |mean g_k|^2 / tr Sigma_k (Liu et al.'s GSNR, per tensor)
+    gsnr: np.ndarray | None = None  # [K] SGD-SaI's g-SNR |g_k| / (std of g_k's entries + eps)
+    noise_scale: float | None = None  # tr Sigma / |mean g|^2 over the whole vector
+    norm_test: float | None = None  # noise_scale / b: the norm test passes at batch b when <= theta^2
+    noise_samples: int = 0  # per-sample gradients taken (work: S one-sample gradients)
+    estimate_cosine: float | None = None  # cos(optimizer's estimate, gradient of the step's minibatch)
+    estimate_cosine_full: float | None = None  # cos(optimizer's estimate, the full objective's gradient)
+    gradients: int = 0  # gradients taken beyond the HVP operator's own (the full-set one)
+    notes: Mapping[str, str] = field(default_factory=dict)  # instrument -> why it is None
 
     def same_values(self, other: Probe | None) -> bool:
         """Equal in every measured value (not in ``seconds``): what a replay must reproduce."""
@@ -190,7 +229,9 @@ class Probe:
             return False
         for name in ("step", "lambda_max", "lambda_max_residual", "top_k", "directional", "threshold",
                      "preconditioned", "trace", "trace_stderr", "density_nodes", "density_weights", "exact",
-                     "hvps", "dtype"):
+                     "hvps", "dtype", "noise_tensors", "grad_variance", "grad_snr", "gsnr", "noise_scale",
+                     "norm_test", "noise_samples", "estimate_cosine", "estimate_cosine_full", "gradients",
+                     "notes"):
             a, b = getattr(self, name), getattr(other, name)
             if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
                 if a is None or b is None or not np.array_equal(a, b, equal_nan=True):
@@ -227,7 +268,8 @@ def probe(f: Any, x: torch.Tensor, update: torch.Tensor, *, stability: Stability
           hyperparameters: Mapping[str, Any], config: ProbeConfig, generator: torch.Generator,
           step: int, dim: int,
           moment: tuple[torch.Tensor, int] | None = None, warm: Mapping[str, torch.Tensor] | None = None,
-          op: HVP | None = None) -> tuple[Probe, dict[str, torch.Tensor]]:
+          op: HVP | None = None, problem: Any = None, batch: Any = None,
+          estimate: Estimate = None) -> tuple[Probe, dict[str, torch.Tensor]]:
     """Measure the Hessian of the scalar closure ``f`` at ``x [P]`` (see the module docstring).
 
     Products run in ``config.dtype`` or, by default, ``x``'s dtype (the run's): a float32 run
@@ -240,11 +282,21 @@ def probe(f: Any, x: torch.Tensor, update: torch.Tensor, *, stability: Stability
     directional sharpness for free), so a slowly drifting Hessian costs a few HVPs instead of
     dozens (measured in ``benchmarks/hessian.py``: 2-8x fewer along a digits-MLP run, more the
     more often it probes). Without it the block is a random vector from ``generator`` and ``u``.
-    The new vectors come back with the probe."""
+    The new vectors come back with the probe.
+
+    Gradient noise (``config.noise`` / ``config.estimate_cosine``, :func:`engine.noise.measure`)
+    needs ``problem`` and the step's minibatch ``batch``; ``estimate`` is the lane's flat gradient
+    estimate (or why it has none). Its subset of samples comes from a generator of its own, seeded by
+    ``config.seed`` and ``step``, so switching it on leaves every curvature value as it was."""
     t0 = time.perf_counter()
     warm = warm or {}
     if op is None:
         op = HVP(f, x.detach().to(config.probe_dtype(x.dtype)))
+    reading = NoiseReading()
+    if config.noise or config.estimate_cosine:
+        reading = measure(problem, op.x, batch, op.gradient, noise=config.noise, samples=config.noise_samples,
+                          estimate_cosine=config.estimate_cosine, estimate=estimate,
+                          generator=torch.Generator().manual_seed((config.seed * 1_000_003 + step) % 2**63))
     u = update.detach().reshape(-1).to(device=op.device, dtype=torch.float64)
     moves = bool(torch.isfinite(u).all()) and float(u @ u) > 0
     start = [warm["top"].sum(0) if "top" in warm else _random_start(op, generator)]
@@ -283,7 +335,12 @@ def probe(f: Any, x: torch.Tensor, update: torch.Tensor, *, stability: Stability
                    top_k=np.asarray(top.top), directional=directional, threshold=threshold,
                    preconditioned=pre, trace=trace, trace_stderr=stderr, density_nodes=nodes,
                    density_weights=weights, exact=exact, hvps=op.hvps, seconds=time.perf_counter() - t0,
-                   dtype=str(op.dtype).removeprefix("torch."))
+                   dtype=str(op.dtype).removeprefix("torch."), noise_tensors=reading.tensors,
+                   grad_variance=reading.grad_variance, grad_snr=reading.grad_snr, gsnr=reading.gsnr,
+                   noise_scale=reading.noise_scale, norm_test=reading.norm_test,
+                   noise_samples=reading.samples, estimate_cosine=reading.estimate_cosine,
+                   estimate_cosine_full=reading.estimate_cosine_full, gradients=reading.gradients,
+                   notes=reading.notes)
     return result, vectors
 
 

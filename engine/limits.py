@@ -44,15 +44,18 @@ then each problem option's declared range (:data:`landscapes.sizes.OPTIONS`).
   to ``TRAJECTORY_CAP + 1`` per lane, and a removed lane's stay) + the largest transient of one
   step: the batched pass's saved activations ``R A``, a metrics pass, or one lane's probe (Lanczos
   basis ``2 (L + 1) P b`` with ``L = min(P, 50 + 20 k)``, trace probes ``n P b``, SLQ basis
-  ``2 n m P b``, a dense Hessian ``3 P^2 b`` for small P, the HVP graph ``3 A``);
+  ``2 n m P b``, a dense Hessian ``3 P^2 b`` for small P, the HVP graph ``3 A``, gradient noise's
+  ``2 S P b`` per-sample gradients of ``S`` samples with their graph ``3 A(S)``);
 * operations (flops of matrix products; ``ELEMENTWISE`` = 10 per element of an elementwise
   kernel) of a step: ``R (3 F + 80 P) +`` the optimizers' updates and own evaluations (``E(P) F``
   per row) ``+`` a metrics pass ``+ K * lane_step_ops`` (the fixed Python cost of a lane's step,
   so that tiny races are not free); of a probe, at its worst (no warm start, no early stop):
   ``8 F`` per HVP (measured on the digits MLP) over ``L + 1`` Lanczos products (+ 70
   preconditioned for Adam-type lanes), the trace and SLQ products, and the reorthogonalization
-  ``4 L^2 P``. ``benchmarks/limits.py`` compares them with measured times (steps: 0.3-1.9x at
-  ``ops_per_second``; cold probes are over-predicted 4-6x, being counted at their worst).
+  ``4 L^2 P``, plus gradient noise's ``3 F(S)`` for its per-sample gradients and ``3 F(n_train)``
+  for a full-set gradient (``estimate_cosine`` on a minibatch). ``benchmarks/limits.py`` compares
+  them with measured times (steps: 0.3-1.9x at ``ops_per_second``; cold probes are over-predicted
+  4-6x, being counted at their worst).
 
 Optimizer state ``S(P)`` and evaluations ``E(P)`` are *measured* once per optimizer (and integer /
 boolean hyperparameters) on a tiny problem at three sizes and extrapolated (``a + b P + c P^2``);
@@ -163,6 +166,9 @@ class Limits:
     max_density_probes: int = 64
     max_density_steps: int = 200
     max_probe_every: int = 1_000_000
+    max_noise_samples: int = 4_096
+    """Per-sample gradients one noise probe takes (``ProbeConfig.noise_samples``): they are held at
+    once, ``S P`` floats (the memory budget bounds ``S P`` too)."""
     max_ranking: int = 1_024
     """Entries in a logged ranking (a ranking lane shows at most 64 candidates)."""
     max_metrics_every: int = 1_000_000
@@ -419,7 +425,8 @@ def _unit_cost(oracle: Oracle) -> float:
 
 _PROBE_CAPS = {"top_k": "max_top_k", "trace_probes": "max_trace_probes",
                "density_probes": "max_density_probes",
-               "density_steps": "max_density_steps", "every": "max_probe_every"}
+               "density_steps": "max_density_steps", "every": "max_probe_every",
+               "noise_samples": "max_noise_samples"}
 
 
 def check_probes(config: ProbeConfig | Mapping[str, Any] | None, limits: Limits = DEFAULT_LIMITS,
@@ -496,7 +503,15 @@ def _probe_cost(probes: ProbeConfig, size: ProblemSize, preconditioned: bool, ba
         products += P
         reorth += 10.0 * P**3
         memory.append(3.0 * P * P * BYTES + 3.0 * A)
-    ops = PROBE_OVERHEAD_OPS + 3.0 * F + (HVP_FORWARDS * F + HVP_OVERHEAD_OPS) * products + reorth
+    extra = 0.0  # gradient noise (engine.noise): per-sample gradients of S samples, a full-set gradient
+    if probes.noise and size.n_train > 1:
+        s = min(probes.noise_samples, batch)
+        extra += 3.0 * size.forward_flops(s) + 4.0 * ELEMENTWISE * s * P
+        memory.append(2.0 * s * P * BYTES + 3.0 * size.activation_bytes(s))
+    if probes.estimate_cosine and batch < size.n_train:
+        extra += 3.0 * size.forward_flops(size.n_train)
+        memory.append(3.0 * size.activation_bytes(size.n_train) + 4.0 * P * BYTES)
+    ops = PROBE_OVERHEAD_OPS + 3.0 * F + (HVP_FORWARDS * F + HVP_OVERHEAD_OPS) * products + reorth + extra
     return _ProbeCost(ops=ops, transient_bytes=max(memory), hvps=products)
 
 

@@ -661,6 +661,7 @@ class Run:
         metrics = self._metrics(lanes, evals)
         probes: dict[int, Probe] = {}
         probe_now, self._probe_now = self._probe_now, False
+        self._arm_estimates(lanes, probe_now)
         out: list[tuple[Any, ...]] = []
         for lane in lanes:
             checkpoint()  # a stopped worker leaves between lanes (engine/cancel.py)
@@ -839,16 +840,44 @@ class Run:
         op = None
         if graph is not None and graph[0] is lane:
             op = HVP.from_gradient(graph[1], lane.params, x=x, value=graph[2])
+        estimate, kept = self._lane_estimate(lane) if self.probes.estimate_cosine else (None, 0.0)
         result, vectors = probe(
             lambda t: self.problem.loss(t[None], batch)[0], x, update, stability=lane.spec.stability,
             hyperparameters=lane.spec.read(lane.optimizer), config=self.probes,
             generator=self._probe_generator, step=lane.step - 1, dim=self.problem.dim, moment=moment,
-            warm=warm, op=op)
+            warm=warm, op=op, problem=self.problem, batch=batch, estimate=estimate)
         self._warm.pop(lane.id, None)
         self._warm[lane.id] = vectors  # the most recent last, for the next lane's first probe
-        self.probe_time += time.perf_counter() - t0
+        self.probe_time += time.perf_counter() - t0 + kept
+        lane.own_time -= kept  # keeping the estimate was the instrument's work, not the method's
         lane.counts = lane.counts + OracleCounts(hvps=result.hvps)
         return result
+
+    def _arm_estimates(self, lanes: list[_Lane], probe_now: bool) -> None:
+        """Tell each closure-driven lane's first optimizer whether to keep this step's gradient
+        estimate for a probe's ``estimate_cosine`` (only then does it materialise one)."""
+        for lane in lanes:
+            opt = lane.optimizers[0]
+            if hasattr(opt, "keep_estimate"):
+                opt.keep_estimate = bool(self.probes is not None and self.probes.estimate_cosine
+                                         and (probe_now or self.probes.due(lane.step)))
+
+    def _lane_estimate(self, lane: _Lane) -> tuple[torch.Tensor | str, float]:
+        """The flat gradient (estimate) the lane's first start stepped from, as an estimate of the
+        gradient (or why there is none), and the seconds its optimizer spent keeping it: a
+        closure-driven optimizer's kept estimate, else the ``.grad`` the run handed over (clipped
+        when the lane clips; on a game, the descent field turned back into the gradient)."""
+        if lane.spec.closure_driven:
+            opt = lane.optimizers[0]
+            if not hasattr(opt, "take_estimate"):
+                return f"{lane.spec.display_name} forms no gradient estimate", 0.0
+            g, seconds = opt.take_estimate()
+            return (f"{lane.spec.display_name} kept no estimate at this step" if g is None else g), seconds
+        grads = [p.grad for p in lane.rows[0]]
+        if any(g is None for g in grads):
+            return f"{lane.spec.display_name} has no gradient at this step", 0.0
+        g = torch.cat([(gr[0] if lane.separable else gr).reshape(-1) for gr in grads])
+        return (g if self._ascent is None else torch.where(self._ascent, -g, g)), 0.0
 
     def _probe_reuses_graph(self, lanes: list[_Lane]) -> bool:
         """Whether this step's gradient should keep its graph for a probe due after it.

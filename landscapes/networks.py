@@ -65,7 +65,9 @@ def mse_one_hot(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     r""":math:`\tfrac12 \lVert f(x) - e_y\rVert^2` averaged over samples (MSE to one-hot targets);
     outputs ``[n, classes]``, targets ``[n]``."""
     _per_class("mse_one_hot", outputs, targets)
-    return 0.5 * ((outputs - F.one_hot(targets, outputs.shape[-1]).to(outputs.dtype)) ** 2).sum(-1).mean()
+    # e_y by comparison, not F.one_hot, whose range check reads a value: vmap (per-sample gradients) can't
+    one_hot = (targets[..., None] == torch.arange(outputs.shape[-1], device=targets.device)).to(outputs.dtype)
+    return 0.5 * ((outputs - one_hot) ** 2).sum(-1).mean()
 
 
 def binary_cross_entropy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

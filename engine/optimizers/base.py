@@ -15,6 +15,7 @@ Seeds come from :mod:`engine.seeds` and the flat layout from :func:`engine.oracl
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -150,20 +151,40 @@ class GradientEstimator(ClosureOptimizer):
 
     clip: Clip | None = None
     """How to clip the gradient (estimate) before the update; None: not clipped."""
+    keep_estimate = False
+    """Set by the run before a step whose estimate an instrument reads (:mod:`engine.noise`): that
+    step keeps a flat copy of the (clipped) gradient estimate it stepped from, until
+    :meth:`take_estimate` (P floats, only then; an estimate never materialised, MeZO's, is rebuilt
+    from its seeds by one more pass over its directions)."""
 
     def __init__(self, params: Params, defaults: dict[str, Any], seed: int = 0) -> None:
         super().__init__(params, defaults, seed)
         self._clipped = 0.0
+        self._kept: tuple[torch.Tensor, float] | None = None
+
+    def _keep(self, estimate: Tensors | Callable[[], Tensors]) -> None:
+        """Keep the step's estimate (tensors, or a function building them) if :attr:`keep_estimate`."""
+        if self.keep_estimate:
+            t0 = time.perf_counter()
+            parts = estimate() if callable(estimate) else estimate
+            self._kept = torch.cat([t.detach().reshape(-1) for t in parts]), time.perf_counter() - t0
+
+    def take_estimate(self) -> tuple[torch.Tensor | None, float]:
+        """The flat estimate the last armed step kept (then dropped), and the seconds keeping it took."""
+        kept, self._kept = self._kept, None
+        return kept if kept is not None else (None, 0.0)
 
     def _clip(self, tensors: Tensors) -> None:
         """Clip a materialised gradient (estimate) in place with :attr:`clip`, if set, and keep the
         clipped fraction for :meth:`diagnostics`."""
         if self.clip is not None:
             self._clipped = float(clip_(tensors, self.clip))
+        self._keep(tensors)
 
     def _clipped_copy(self, grads: Tensors) -> list[torch.Tensor]:
         """``grads`` clipped with :attr:`clip` (copies: the originals are the run's), or as they are."""
         if self.clip is None:
+            self._keep(grads)
             return list(grads)
         out = [g.clone() for g in grads]
         self._clip(out)

@@ -177,6 +177,8 @@ class _SPSA(_ZerothOrder):
         thresholds = self._thresholds(first)
         seeds, coeffs, loss = self._estimate(oracles, t, float(first["eps"]), int(first["q"]), thresholds)
         coeffs, bound = self._clip_plan(seeds, coeffs, thresholds)
+        self._keep(lambda: [g if bound is None else g.clamp(-bound, bound)  # only for an instrument
+                            for g in self._estimates(seeds, coeffs, thresholds)])
         offset = changed = 0
         for j, group, p in self._indexed():
             state = self.state[p]
@@ -373,6 +375,7 @@ class ZOSGDConservative(_ZerothOrder):
             scale = min(1.0, self.clip.threshold / norm) if 0 < norm < math.inf else 1.0
             self._clipped = float(scale < 1.0)
             proj *= scale
+        self._keep(lambda: [proj * z for j, _, p in self._indexed() for _, z in seeded_normal(s, j, p)])
         c = -eta * proj  # theta - eta g_hat = theta + c z
         f_desc, f_asc = oracles.perturbed_value(s, c), oracles.perturbed_value(s, -c)
         choice, loss = self._choose(f0, f_desc, f_asc)

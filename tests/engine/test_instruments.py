@@ -11,7 +11,7 @@ import torch
 
 from engine.curvature import HVP, dense_hessian
 from engine.events import LoggedEvent, RequestProbe, SetHyperparameter, SetProbes
-from engine.instruments import NETWORK_PROBES, ProbeConfig
+from engine.instruments import LANDSCAPE_PROBES, NETWORK_PROBES, ProbeConfig
 from engine.registry import get_spec
 from engine.run import LaneConfig, Run, RunConfig
 from landscapes import get_landscape, get_network
@@ -127,6 +127,9 @@ def test_presets_trade_detail_for_cost() -> None:
     assert (bus.top_k, bus.trace, bus.density, bus.dtype) == (3, True, False, "float32")
     assert (full.top_k, full.trace, full.density, full.dtype) == (5, True, True, None)
     assert eco.tol > bus.tol > full.tol
+    assert (eco.estimate_cosine, eco.noise) == (True, False)  # gradient noise: business and full
+    assert (bus.noise, bus.noise_samples, full.noise, full.noise_samples) == (True, 256, True, 1024)
+    assert bus.estimate_cosine and full.estimate_cosine and LANDSCAPE_PROBES.estimate_cosine
     assert ProbeConfig.economy(every=7, top_k=2) == dataclasses.replace(eco, every=7, top_k=2)
     with pytest.raises(ValueError, match="dtype must be one of"):
         ProbeConfig(dtype="float16")
