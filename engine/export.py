@@ -60,7 +60,8 @@ PARQUET_KEY = b"optiscope"
 
 COUNT_COLUMNS = tuple(f.name for f in dataclasses.fields(OracleCounts))
 PROBE_SCALARS = ("lambda_max", "lambda_max_residual", "directional", "sharpness", "threshold",
-                 "preconditioned", "trace", "trace_stderr")
+                 "preconditioned", "trace", "trace_stderr", "noise_scale", "norm_test", "estimate_cosine",
+                 "estimate_cosine_full")
 """Curvature probe fields exported as float columns (on the row of start 0: a probe measures the
 first start of its lane; NaN on the other starts and on steps without a probe)."""
 PACKAGES = {"torch": "torch", "numpy": "numpy", "pytorch_optimizer": "pytorch-optimizer",
@@ -185,7 +186,7 @@ def _probe_columns(records: list[Record], m: np.ndarray) -> dict[str, Any]:
         None, object)
     out["probe_hvps"] = spread([p.hvps if p is not None else 0 for p in probes], 0, np.int64)
     out["probe_seconds"] = spread([p.seconds if p is not None else nan for p in probes], nan, np.float64)
-    for name in ("top_k", "exact"):
+    for name in ("top_k", "exact", "grad_variance", "grad_snr", "gsnr"):
         out[name] = spread([np.asarray(getattr(p, name), dtype=np.float64)
                             if p is not None and getattr(p, name) is not None else None for p in probes],
                            None, object)

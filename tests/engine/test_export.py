@@ -35,6 +35,7 @@ from engine.instruments import ProbeConfig
 from engine.records import OracleCounts, Record, make_record
 from engine.run import LaneConfig, Run, RunConfig
 from engine.schedules import Schedule
+from landscapes import get_network
 from landscapes.catalog import get_landscape
 
 STEPS, EVENT_AT = 30, 15
@@ -301,3 +302,18 @@ def test_the_table_carries_scheduled_values_diagnostics_and_lane_time(tmp_path: 
     np.testing.assert_array_equal(frame["diag_clipped_fraction"],
                                   [float(r.grad_norm[0] > 1.0) for r in records])
     assert (frame["compute_time"] > 0).all() and (frame["compute_time"] <= frame["wall_time"]).all()
+
+
+def test_noise_probe_fields_reach_the_table(tmp_path: Path) -> None:
+    problem = get_network("moons_mlp", width=4, depth=1, batch_size=16)
+    run = Run(problem, RunConfig(lanes=(LaneConfig("sgd", {"lr": 0.1}),), device="cpu",
+                                 probes=ProbeConfig(every=2, tol=1e-3, noise=True, noise_samples=32,
+                                                    estimate_cosine=True)))
+    records = run.run(4)
+    _, frame = read_export(export_run(run, records, tmp_path, stem="r")["parquet"])
+    probed = [r.curvature for r in records if r.curvature is not None]
+    np.testing.assert_array_equal(frame["noise_scale"].dropna(), [p.noise_scale for p in probed])
+    np.testing.assert_array_equal(frame["estimate_cosine"].dropna(), [p.estimate_cosine for p in probed])
+    got = [np.asarray(v) for v in frame["grad_snr"] if v is not None]
+    for a, p in zip(got, probed, strict=True):
+        np.testing.assert_array_equal(a, p.grad_snr)
