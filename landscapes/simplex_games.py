@@ -229,7 +229,7 @@ def _game(name: str, title: str, payoff: tuple[tuple[float, ...], ...], tau: flo
         return out
 
     exact = _EXACT[payoff]
-    if tau == 0.0:
+    if tau == 0.0 or payoff == RPS:  # RPS: uniform for every tau, in closed form (see rps_game)
         x_star, y_star = np.array(exact[0]), np.array(exact[1])
     else:
         x_star, y_star = regularized_equilibrium(payoff, tau, exact)
