@@ -26,6 +26,7 @@ from engine.problem import Bounds, Minimum
 from landscapes.analytic import AnalyticFunction
 from landscapes.games import bilinear_game
 from landscapes.simplex import simplex_linear, simplex_quadratic
+from landscapes.simplex_games import biased_rps_game, rps_game
 from landscapes.sizes import check_options
 
 __all__ = [
@@ -534,6 +535,8 @@ LANDSCAPES: Mapping[str, Callable[..., AnalyticFunction]] = MappingProxyType({
     "simplex_linear": simplex_linear,
     "simplex_quadratic": simplex_quadratic,
     "bilinear_game": bilinear_game,
+    "rps_game": rps_game,
+    "biased_rps_game": biased_rps_game,
 })
 """Name -> factory, in display order. Factories take keyword arguments only (``dim``, ``kappa``)."""
 

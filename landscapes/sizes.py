@@ -104,6 +104,9 @@ MAX_WIDTH = 8_192
 MAX_DEPTH = 16
 MAX_SENSING_N = 2_000
 MAX_SAMPLES = 1_000_000
+SIMPLEX_GAMES = ("rps_game", "biased_rps_game")
+"""Matrix games on two simplices (landscapes.simplex_games): 6 coordinates; ``tau`` up to
+``simplex_games.MAX_TAU``."""
 _SEED = Option("int", 0, 2**31 - 1, wording="an integer >= {low}")
 _BATCH = Option("int", 1, MAX_SAMPLES, none_ok=True, wording=_NET_INT)
 _CLASSES = Option("ints", high=10, none_ok=True)
@@ -128,6 +131,7 @@ OPTIONS: Mapping[str, Mapping[str, Option]] = MappingProxyType({
     "bilinear_game": {"n": Option("int", 1, MAX_DIM // 2), "coupling": _NUMBER, "alpha": _NUMBER},
     **{name: {} for name in ("beale", "booth", "himmelblau", "goldstein_price", "six_hump_camel", "levi13",
                              "saddle", "monkey_saddle", "simplex_linear", "simplex_quadratic")},
+    **{name: {"tau": Option("float", 0.0, 10.0)} for name in SIMPLEX_GAMES},
     "expression": {"expression": Option("str")},
     "digits_mlp": {**_MLP, "loss": Option("str"), "classes": _CLASSES, **_NETWORK_COMMON},
     "digits_mlp_mse": {**_MLP, "loss": Option("str"), "classes": _CLASSES, **_NETWORK_COMMON},
@@ -277,6 +281,10 @@ def _size(name: str, o: Mapping[str, Any], label: str) -> ProblemSize:
                         features=64)
     if name == "matrix_sensing":
         return _matrix_sensing(label, o)
+    if name in SIMPLEX_GAMES:  # 9 products and two x log x sums per row: a small 2-D landscape's order
+        return ProblemSize(label=label, params=6, forward_flops_per_row=_SMALL_2D.forward_flops_per_row,
+                           activation_bytes_per_row=_SMALL_2D.activation_bytes_per_row,
+                           fixed_bytes=_SMALL_2D.fixed_bytes)
     return ProblemSize(label=label, params=3 if name.startswith("simplex") else 2,
                        forward_flops_per_row=_SMALL_2D.forward_flops_per_row,
                        activation_bytes_per_row=_SMALL_2D.activation_bytes_per_row,

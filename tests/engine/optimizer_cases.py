@@ -273,6 +273,33 @@ def softmax_grad(W: Array, b: Array, X: Array, labels: Array) -> tuple[Array, Ar
     return (p - e).T @ X / len(X), (p - e).mean(0), p
 
 
+def _matrix_game(name: str, payoff: Sequence[Sequence[float]], tau: float = 0.0) -> RuleProblem:
+    """f = x'Ay + tau (sum x log x - sum y log y) on two 3-action simplices held as two (3,) tensors
+    (x minimizes, y maximizes): the descent field is (Ay + tau (log x + 1), -(A'x - tau (log y + 1)))."""
+    a = np.asarray(payoff, dtype=np.float64)
+
+    def f(z: Any) -> Any:
+        x, y = z[..., :3], z[..., 3:]
+        out = sum(a[i, j] * x[..., i] * y[..., j] for i in range(3) for j in range(3))
+        if tau:
+            if isinstance(z, torch.Tensor):
+                out = out + tau * (torch.xlogy(x, x).sum(-1) - torch.xlogy(y, y).sum(-1))
+            else:
+                out = out + tau * ((x * np.log(x)).sum(-1) - (y * np.log(y)).sum(-1))
+        return out
+
+    def grad(z: Array) -> Array:
+        x, y = z[:3], z[3:]
+        reg = (lambda p: tau * (np.log(p) + 1.0)) if tau else (lambda p: 0.0)
+        return np.concatenate([a @ y + reg(x), a.T @ x - reg(y)])
+
+    return analytic(name, ((3,), (3,)), np.array([0.5, 0.3, 0.2, 0.2, 0.3, 0.5]), f, grad,
+                    ascent=np.array([False] * 3 + [True] * 3))
+
+
+BIASED_RPS = ((0.0, 2.0, -1.0), (-1.0, 0.0, 1.0), (1.0, -1.0, 0.0))  # landscapes.simplex_games' payoff
+RPS = ((0.0, 1.0, -1.0), (-1.0, 0.0, 1.0), (1.0, -1.0, 0.0))
+
 NET = ((4, 3), (4,), (2, 4), (2,))
 """Two layers' weights and biases in torch's [out, in] layout: P = 26 in n = 4 tensors; the last
 matrix is the output layer."""
@@ -294,6 +321,8 @@ PROBLEMS: dict[str, RuleProblem] = {p.name: p for p in (
     _bilinear(0.0),
     _bilinear(0.5),
     _rastrigin(),
+    _matrix_game("biased_rps", BIASED_RPS),
+    _matrix_game("rps_tau", RPS, tau=0.2),
 )}
 
 
@@ -585,6 +614,49 @@ def ref_exp_gradient() -> TensorStep:
         w = p * np.exp(-v["lr"] * g.reshape(-1))
         return (w / w.sum()).reshape(th.shape)
     return step
+
+
+def onto_simplex(th: Array) -> Array:
+    """A start moved onto its simplex as the entropic optimizers do (divided by its sum if positive,
+    else projected and mixed with uniform)."""
+    p = th.reshape(-1)
+    if (p > 0).all():
+        return (p / p.sum()).reshape(th.shape)
+    return ((1 - SIMPLEX_MIX) * simplex_projection(p) + SIMPLEX_MIX / p.size).reshape(th.shape)
+
+
+def multiplicative(p: Array, g: Array, lr: float) -> Array:
+    """p exp(-lr g) normalized over the tensor (one simplex)."""
+    w = p * np.exp(-lr * g)
+    return w / w.sum()
+
+
+def ref_optimistic_mw() -> TensorStep:
+    # Optimistic OMD with the entropic mirror map (Rakhlin & Sridharan 2013; Chen et al. 2023), hint
+    # M_t = g_{t-1}, M_1 = 0, written with its two sequences: hat_p_{t+1} = hat_p_t exp(-lr g_t),
+    # p_{t+1} = hat_p_{t+1} exp(-lr g_t) (normalized), from p_1 = hat_p_1 = the start on the simplex.
+    s: dict = {}
+
+    def step(th: Array, g: Array, v: Values) -> Array:
+        if "hat" not in s:
+            s["hat"] = onto_simplex(th)
+        s["hat"] = multiplicative(s["hat"], g, v["lr"])
+        return multiplicative(s["hat"], g, v["lr"])
+    return step
+
+
+def rule_mirror_prox_entropic(vs: Sequence[Values], problem: RuleProblem, seed: int) -> list[Array]:
+    # Nemirovski (2004) with the entropic prox on each tensor's simplex (Nash-MP's scheme): both
+    # multiplicative steps from p_t, the second with the field at the first's end point.
+    th, out = problem.join([onto_simplex(p) for p in problem.split(problem.x0)]), []
+    for t, v in enumerate(vs):
+        def prox(g: Array, th: Array = th, lr: float = v["lr"]) -> Array:
+            return problem.join([multiplicative(p, gi, lr)
+                                 for p, gi in zip(problem.split(th), problem.split(g), strict=True)])
+        half = prox(problem.gradient(t, th))
+        th = prox(problem.gradient(t, half))
+        out.append(th.copy())
+    return out
 
 
 def ref_optimistic() -> TensorStep:
@@ -1088,6 +1160,14 @@ CASES: dict[str, Case] = {
                           Target(0.1, 8_200), Target(0.1, 17_800)),
     "mirror_prox": Case(rule_mirror_prox, {"lr": 0.3}, ("bilinear_0", "bilinear_0.5", "seven_d"), entries(0),
                         Target(0.1, 4_100), Target(0.1, 8_000)),
+    # the hint written as the paper's two sequences (the optimizer keeps one): the same iterates
+    "optimistic_mw": Case(per_tensor(ref_optimistic_mw), {"lr": 0.3},
+                          ("biased_rps", "rps_tau", "simplex_4", "simplex_2x3", "given_2"), entries(1),
+                          "constrained to the simplex: test_simplex_game_dynamics",
+                          "constrained to the simplex", steps=8),
+    "mirror_prox_entropic": Case(rule_mirror_prox_entropic, {"lr": 0.3}, ("biased_rps", "rps_tau", "seven_d"),
+                                 entries(0), "constrained to the simplex: test_simplex_game_dynamics",
+                                 "constrained to the simplex", steps=8),
     # ------------------------------------------------------------------------------------ population
     "cbo": Case(rule_cbo,
                 {"lr": 0.05, "lam": 0.7, "sigma": 1.3, "alpha": 3.0, "n_particles": 7, "spread": 0.5,

@@ -16,9 +16,9 @@ NAMES = [
     "quadratic", "rosenbrock", "beale", "booth", "himmelblau", "rastrigin", "ackley", "goldstein_price",
     "six_hump_camel", "styblinski_tang", "levi13", "saddle", "monkey_saddle",
 ]
-CONSTRAINED = ["simplex_linear", "simplex_quadratic", "bilinear_game"]
-"""Tested in test_simplex_games.py: a constrained minimum has a nonzero gradient, and the game's
-equilibrium is a saddle of an unbounded f, so the generic minimum checks below do not apply."""
+CONSTRAINED = ["simplex_linear", "simplex_quadratic", "bilinear_game", "rps_game", "biased_rps_game"]
+"""Tested in test_simplex_games.py and test_simplex_rps.py: a constrained minimum has a nonzero
+gradient, and a game's equilibrium is a saddle of f, so the generic minimum checks below do not apply."""
 ND = ["quadratic", "rosenbrock", "rastrigin", "styblinski_tang", "ackley"]
 CASES: list[tuple[str, dict[str, float]]] = [(n, {}) for n in NAMES]
 CASES += [(n, {"dim": d}) for n in ND for d in (2, 5, 10)]
