@@ -1245,7 +1245,7 @@ CASES: dict[str, Case] = {
                   Target(1e-3, 1_000), Target(1e-2, 4_500)),
     "sgdp": Case(per_tensor(ref_sgdp), {"lr": 0.05, "momentum": 0.7, "nesterov": False, "weight_decay": 0.1,
                                         "eps": 1e-6, "delta": 0.2, "wd_ratio": 0.3}, FIRST, entries(1),
-                 Target(1e-3, 1_000), Target(1e-2, 1_600)),
+                 Target(1e-3, 1_050), Target(1e-2, 1_600)),
     "sgdsai": Case(per_tensor(ref_sgdsai), {"lr": 0.05, "momentum": 0.8, "weight_decay": 0.1, "eps": 1e-6},
                    FIRST, lambda shapes, b: (_numel(shapes) + len(shapes)) * b,  # + a 0-d g-SNR per tensor
                    Target(1e-3, 4_000), Target(1e-3, 5_500)),
@@ -1303,7 +1303,7 @@ CASES: dict[str, Case] = {
     # adaptive GRN keeps gamma as a float: no tensor state
     "grn_gns": Case(rule_gns, {"lr": 0.9, "gamma0": 0.02, "hessian": "diagonal", "max_search": 6,
                                "cg_tol": 1e-13, "cg_max_iter": 200},
-                    ("quartic_convex",), entries(0), Target(1e-3, 60), Target(1e-2, 400), steps=5,
+                    ("quartic_convex",), entries(0), Target(1e-3, 45), Target(1e-2, 110), steps=5,
                     tolerance=CG_TOL),
     # attributes, not state: a float64 window of the last m = 32 gradients [m, P] and its Gram
     # matrix [m, m] (momentum 0: no velocity), whatever the parameters' dtype
