@@ -40,7 +40,7 @@ def hyperparameter_widget(hp: Hyperparameter, value: Any) -> pn.widgets.Widget:
     if hp.kind == "bool":
         return pn.widgets.Checkbox(label=hp.name, value=bool(value))
     if hp.kind == "choice":
-        return pn.widgets.Select(name=hp.name, options=list(hp.choices), value=str(value))
+        return pn.widgets.Select(label=hp.name, options=list(hp.choices), value=str(value))
     lo, hi = _span(hp)
     if hp.kind == "int":
         return pn.widgets.IntSlider(label=hp.name, start=int(lo), end=int(hi), value=int(value))

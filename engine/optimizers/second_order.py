@@ -634,9 +634,12 @@ SPECS = [
     # multiplied by rho*bs, so its rho is the paper's gamma); its GPT-2 small config uses 0.03, the
     # README suggests [0.01, 0.1]. Weight decay 0 (official 0.1-0.2 for GPT-2) so that the
     # landscapes' minima stay put. lr 1e-2 for the unit-scale landscapes: it is the largest step a
-    # coordinate can take (the paper: 2e-4 to 6e-4 on GPT-2 with a schedule). Hutchinson u ~ N(0, I)
-    # as in the paper (Rademacher would make the estimate exact on a diagonal Hessian). No stability
-    # threshold: the clip bounds every coordinate's step by lr whatever the curvature.
+    # coordinate can take (the paper: 2e-4 to 6e-4 on GPT-2 with a schedule). The estimator is a
+    # choice: Hutchinson u ~ N(0, I) by default, as in the paper; Rademacher probes (exact on a
+    # diagonal Hessian), Gauss-Newton-Bartlett (networks) and the exact diagonal (<= 2,048 parameters)
+    # beside it. On the paper's toy (test_second_order) Rademacher equals the exact diagonal step for
+    # step and Gaussian probes reach 2e-2 later. No stability threshold: the clip bounds every
+    # coordinate's step by lr whatever the curvature.
     OptimizerSpec(
         name="sophia_h", label="Sophia-H", factory=Sophia,
         hyperparameters=_sophia_hps(1e-2, "gaussian"),
