@@ -1,7 +1,8 @@
 """Widgets generated from registry specs: no hand-written widget code per optimizer.
 
 A log-scale hyperparameter becomes a slider over a log-spaced grid (1, 1.5, 2, 3, 5, 7 per decade)
-that shows the value itself; a linear one a plain slider; an int an integer slider; a bool a checkbox.
+that shows the value itself; a linear one a plain slider; an int an integer slider; a bool a checkbox;
+a choice a drop-down of its options.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ def hyperparameter_widget(hp: Hyperparameter, value: Any) -> pn.widgets.Widget:
     """A widget for ``hp`` showing ``value``; its ``value`` is the hyperparameter's value."""
     if hp.kind == "bool":
         return pn.widgets.Checkbox(label=hp.name, value=bool(value))
+    if hp.kind == "choice":
+        return pn.widgets.Select(label=hp.name, options=list(hp.choices), value=str(value))
     lo, hi = _span(hp)
     if hp.kind == "int":
         return pn.widgets.IntSlider(label=hp.name, start=int(lo), end=int(hi), value=int(value))

@@ -44,7 +44,7 @@ class SetHyperparameter(Event):
     kind: ClassVar[str] = "set_hyperparameter"
     lane: int
     name: str
-    value: float | int | bool
+    value: float | int | bool | str  # str: a choice hyperparameter's option
 
 
 def _plain_schedules(schedules: Mapping[str, Any] | None) -> Mapping[str, Any]:

@@ -49,7 +49,7 @@ from typing import Any
 import torch
 
 from engine.module_oracles import ModuleOracles
-from engine.oracles import Oracles
+from engine.oracles import Oracles, model_view
 from engine.registry import OptimizerSpec, Oracle, get_spec
 
 ACCOUNTED = "accounted"
@@ -275,7 +275,8 @@ def _problem_oracles(problem: Any, dtype: torch.dtype, seed: int) -> Oracles:
     ascent = None if ascent is None else torch.as_tensor(ascent, dtype=torch.bool)
     sampled = getattr(problem, "sampled_losses", None)  # Sophia-G's labels drawn from the model
     hook = None if sampled is None else (lambda theta, gen: sampled(theta, batch, gen))
-    return Oracles(lambda x: problem.loss(x, batch), params, ascent=ascent, sampled_losses=hook)
+    return Oracles(lambda x: problem.loss(x, batch), params, ascent=ascent, sampled_losses=hook,
+                   bounds=getattr(problem, "bounds", None), model=model_view(problem, batch))
 
 
 def account(spec: OptimizerSpec | str, target: Any, *, hyperparameters: Mapping[str, Any] | None = None,

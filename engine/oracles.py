@@ -15,7 +15,10 @@ is stepped with an :class:`Oracles` object instead of a plain function:
   (``torch.autograd.grad``; never ``backward(create_graph=True)``, which keeps the graph alive
   through ``.grad`` and leaks);
 * ``closure.jvp(vectors)`` -- :math:`(f, \nabla f^\top v)` by forward-mode AD (one pass);
-* ``closure.rank(candidates)`` -- candidate indices best first, and nothing else.
+* ``closure.rank(candidates)`` -- candidate indices best first, and nothing else;
+* ``closure.box()`` -- the problem's view box (CBO's uniform cloud), and ``closure.model`` -- the
+  network behind the loss at this minibatch (:class:`ModelView`: Gauss-Newton and Fisher products,
+  TrAct's first-layer inputs), each None where the problem has none.
 
 Every call is counted per trajectory (:class:`engine.records.OracleCounts`), which is what lets a
 zeroth-order and a first-order method race on the same x-axis.
@@ -28,6 +31,7 @@ paper's in-place :math:`\theta \pm \epsilon z` round trip changes :math:`\theta`
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -114,6 +118,86 @@ with targets drawn (with ``generator``, without gradient) from the model's own p
 distribution at ``theta`` (see :meth:`landscapes.networks.NetworkProblem.sampled_losses`)."""
 
 
+@dataclass(frozen=True)
+class ModelView:
+    r"""A network problem seen through its model at one minibatch: what curvature approximations and
+    first-layer methods need beyond the loss, with
+
+    .. math:: L(\theta) = \ell\big(o(\theta)\big) + \tfrac{\lambda}{2}\lVert\theta\rVert^2,
+
+    :math:`o` the model's outputs on the minibatch and :math:`\ell` the criterion with its targets.
+    Built by :func:`model_view`; a run hands it to the optimizers whose spec ``uses_model``."""
+
+    outputs: Callable[[torch.Tensor], torch.Tensor]
+    r""":math:`o(\theta)`: flat parameters ``[P]`` -> outputs ``[b, ...]``."""
+    output_loss: Callable[[torch.Tensor], torch.Tensor]
+    r""":math:`\ell(o)`: outputs -> the minibatch's mean data loss (no penalty)."""
+    per_sample_gradients: Callable[[torch.Tensor], torch.Tensor]
+    r"""Flat parameters ``[P]`` -> ``[b, P]``, the gradient of each sample's loss (penalty included,
+    so their mean is :math:`\nabla L`)."""
+    inputs: torch.Tensor
+    r"""``[b, n]``: the minibatch's inputs as the first layer sees them."""
+    first_layer: int | None
+    r"""Index (in the flat parameter order) of the weight ``[out, n]`` of a linear first layer, or None."""
+    l2: float = 0.0
+    r""":math:`\lambda` of the penalty."""
+
+    def gauss_newton_vp(self, theta: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        r""":math:`G v = J^\top \nabla^2_o \ell\, J v + \lambda v` at flat ``theta`` (``v`` flat):
+        the generalized Gauss-Newton product (Schraudolph 2002), one JVP, one output-space HVP and
+        one VJP, on fresh graphs."""
+        theta = theta.detach()
+        with torch.enable_grad():
+            o, jv = forward_jvp(self.outputs, (theta,), (v.to(theta.dtype),))
+            _, hjv = forward_jvp(torch.func.grad(self.output_loss), (o.detach(),), (jv.detach(),))
+            _, pull = torch.func.vjp(self.outputs, theta)
+            (gv,) = pull(hjv.detach())
+        return gv.detach() + self.l2 * v
+
+
+def first_layer_weight(problem: Any) -> str | None:
+    """The parameter name of a network's linear first layer's weight: what the problem declares
+    (``first_layer``), else the weight of a bare ``nn.Linear`` or of an ``nn.Sequential`` whose first
+    module is one (the layers that see the raw inputs); None otherwise."""
+    declared = getattr(problem, "first_layer", None)
+    if declared is not None:
+        return str(declared)
+    module = getattr(problem, "module", None)
+    if isinstance(module, torch.nn.Linear):
+        return "weight"
+    if isinstance(module, torch.nn.Sequential) and len(module) and isinstance(module[0], torch.nn.Linear):
+        return "0.weight"
+    return None
+
+
+def model_view(problem: Any, batch: Any = None) -> ModelView | None:
+    """The :class:`ModelView` of a network problem (its ``module``, ``forward``, ``criterion``,
+    ``X_train``/``y_train``, ``per_sample_grads`` and ``param_names``: a
+    :class:`landscapes.networks.NetworkProblem`) at ``batch`` (indices; None: the full set), or None
+    for a problem that is not a network. The model runs in the problem's ``mode``."""
+    needed = ("module", "forward", "criterion", "X_train", "y_train", "per_sample_grads", "param_names")
+    if not all(hasattr(problem, a) for a in needed):
+        return None
+    X, y = (problem.X_train, problem.y_train) if batch is None else (problem.X_train[batch],
+                                                                       problem.y_train[batch])
+    train = getattr(problem, "mode", "train") == "train"
+
+    def outputs(theta: torch.Tensor) -> torch.Tensor:
+        was = problem.module.training
+        problem.module.train(train)
+        try:
+            return problem.forward(theta, X)
+        finally:
+            problem.module.train(was)
+
+    name = first_layer_weight(problem)
+    names = list(problem.param_names)
+    return ModelView(outputs=outputs, output_loss=lambda o: problem.criterion(o, y),
+                     per_sample_gradients=lambda theta: problem.per_sample_grads(theta, batch),
+                     inputs=X, first_layer=names.index(name) if name in names else None,
+                     l2=float(getattr(problem, "l2", 0.0)))
+
+
 def rank_by_value(candidates: torch.Tensor, values: torch.Tensor) -> list[int]:
     """The programmatic ranking oracle: lowest loss first (stable for ties)."""
     return torch.argsort(values, stable=True).tolist()
@@ -158,9 +242,13 @@ class Oracles(OracleBase):
 
     def __init__(self, loss: Callable[[torch.Tensor], torch.Tensor], params: Tensors,
                  ranker: Ranker = rank_by_value, ascent: torch.Tensor | None = None,
-                 sampled_losses: SampledLosses | None = None) -> None:
+                 sampled_losses: SampledLosses | None = None, bounds: Any = None,
+                 model: ModelView | None = None) -> None:
         self._loss = loss
         self._sampled_losses = sampled_losses
+        self._bounds = bounds
+        self.model = model
+        """The network behind the loss at this step's minibatch (:class:`ModelView`), or None."""
         self.params = list(params)
         self.ranker = ranker
         self.ascent = ascent
@@ -241,6 +329,16 @@ class Oracles(OracleBase):
         f, d = forward_jvp(lambda t: self._loss(t[None])[0], (x,), (v,))
         self._count(jvps=1)
         return f.detach(), d.detach()
+
+    def box(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The problem's view box (its ``bounds``) as flat ``(low [P], high [P])`` on the parameters'
+        device and dtype, or None for a problem without one (a network)."""
+        if self._bounds is None:
+            return None
+        like = self.params[0]
+        low = torch.as_tensor(self._bounds.low, dtype=like.dtype, device=like.device).reshape(-1)
+        high = torch.as_tensor(self._bounds.high, dtype=like.dtype, device=like.device).reshape(-1)
+        return low, high
 
     # -- ranking -------------------------------------------------------------------------------
     @torch.no_grad()

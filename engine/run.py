@@ -80,7 +80,7 @@ from engine.events import (
     SwitchOptimizer,
 )
 from engine.instruments import Probe, ProbeConfig, probe, second_moment
-from engine.oracles import HUMAN, AwaitingRanking, Oracles, Ranker, rank_by_value
+from engine.oracles import HUMAN, AwaitingRanking, Oracles, Ranker, model_view, rank_by_value
 from engine.problem import Problem
 from engine.records import DIVERGED, RUNNING, STOPPED, OracleCounts, Record, make_record, status_text
 from engine.registry import OptimizerSpec, Oracle, get_spec
@@ -247,8 +247,9 @@ def _check_schedules(spec: OptimizerSpec, schedules: Mapping[str, Schedule]) -> 
     for name in schedules:
         hp = spec.hyperparameter(name)  # unknown names raise with the known ones
         if hp.kind != "float":
+            what = {"int": "an integer", "bool": "True or False", "choice": "a choice"}[hp.kind]
             raise ValueError(f"{spec.name}: only real-valued hyperparameters can be scheduled; "
-                             f"{name} is {'an integer' if hp.kind == 'int' else 'True or False'}")
+                             f"{name} is {what}")
 
 
 def _mix(*parts: int) -> int:
@@ -997,6 +998,7 @@ class Run:
         # entry (replaced below, never popped and set again, which would look like an answer), and
         # loses it only once it has stepped.
         stepped: OracleCounts | None = None
+        model = model_view(self.problem, batch) if lane.spec.uses_model else None
         for i, (row, opt) in enumerate(zip(lane.rows, lane.optimizers, strict=True)):
             if bool(frozen[i]):
                 continue
@@ -1006,7 +1008,8 @@ class Run:
                 p.grad = grads[i * n + j] if gets_gradient and grads is not None else None
             ranker = self._human_ranker(lane) if i == 0 and lane.values.get(HUMAN) else rank_by_value
             oracles = Oracles(lambda x: self.problem.loss(x, batch), row, ranker, self._ascent,
-                              sampled_losses=self._sampled_losses(batch))
+                              sampled_losses=self._sampled_losses(batch),
+                              bounds=getattr(self.problem, "bounds", None), model=model)
             try:
                 opt.step(oracles)
             except AwaitingRanking as waiting:

@@ -39,6 +39,11 @@ class Oracle(enum.StrEnum):
     RANKINGS = "rankings"  # only the order of candidate points (possibly from a person)
 
 
+KINDS = ("float", "int", "bool", "choice")
+"""What a hyperparameter's value is: a real number (a slider, maybe log-scaled), an integer, a flag,
+or one of a few named options (``choices``, e.g. Sophia's Hessian-diagonal estimator)."""
+
+
 class HyperparameterError(ValueError):
     """A hyperparameter is unknown or outside its allowed range; the message says which."""
 
@@ -53,22 +58,30 @@ class Hyperparameter:
     """
 
     name: str
-    default: float | int | bool
+    default: float | int | bool | str
     low: float | None = None
     high: float | None = None
     log: bool = False
-    kind: str = "float"  # "float" | "int" | "bool"
+    kind: str = "float"  # one of KINDS
     include_low: bool = True
     include_high: bool = True
     doc: str = ""
     target: str | None = None
     index: int | None = None
+    choices: tuple[str, ...] = ()
+    """The allowed values of a ``kind="choice"`` hyperparameter (strings: a log, a link and a widget
+    carry them as they are); empty for every other kind."""
 
     def __post_init__(self) -> None:
-        if self.kind not in ("float", "int", "bool"):
-            raise ValueError(f"Hyperparameter {self.name}: kind must be float, int or bool")
+        if self.kind not in KINDS:
+            raise ValueError(f"Hyperparameter {self.name}: kind must be one of {', '.join(KINDS)}")
         if self.log and (self.low is None or self.low <= 0):
             raise ValueError(f"Hyperparameter {self.name}: a log-scale range needs low > 0")
+        if (self.kind == "choice") != bool(self.choices):
+            raise ValueError(f"Hyperparameter {self.name}: choices are given exactly for kind='choice'")
+        if self.kind == "choice" and (len(set(self.choices)) != len(self.choices)
+                                      or not all(isinstance(c, str) and c for c in self.choices)):
+            raise ValueError(f"Hyperparameter {self.name}: choices must be distinct non-empty strings")
         if self.kind != "bool":
             self.check(self.default)  # a spec whose default is out of range is a bug
 
@@ -79,19 +92,25 @@ class Hyperparameter:
     def range_text(self) -> str:
         if self.kind == "bool":
             return "True or False"
+        if self.kind == "choice":
+            return "one of " + ", ".join(repr(c) for c in self.choices)
         lo = "-inf" if self.low is None else f"{self.low:g}"
         hi = "inf" if self.high is None else f"{self.high:g}"
         left = "[" if self.include_low and self.low is not None else "("
         right = "]" if self.include_high and self.high is not None else ")"
         return f"{left}{lo}, {hi}{right}"
 
-    def check(self, value: Any, owner: str = "") -> float | int | bool:
+    def check(self, value: Any, owner: str = "") -> float | int | bool | str:
         """Return ``value`` coerced to this hyperparameter's kind, or raise a clear error."""
         where = f"{owner}: " if owner else ""
         if self.kind == "bool":
             if isinstance(value, bool):
                 return value
             raise HyperparameterError(f"{where}{self.name} must be True or False, got {value!r}")
+        if self.kind == "choice":
+            if isinstance(value, str) and value in self.choices:
+                return value
+            raise HyperparameterError(f"{where}{self.name} must be {self.range_text()}, got {value!r}")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise HyperparameterError(f"{where}{self.name} must be a number, got {value!r}")
         if not math.isfinite(value):
@@ -148,6 +167,14 @@ class OptimizerSpec:
     """A first-order method that also evaluates gradients at other points (extragradient / mirror
     prox): it gets this step's gradient in ``.grad`` and an :class:`engine.oracles.Oracles` closure
     for ``gradient_at``."""
+    uses_model: bool = False
+    """The optimizer reads the network behind the loss at this step's minibatch (TrAct's first-layer
+    inputs, Gauss-Newton and Fisher products): it is closure-driven and its
+    :class:`engine.oracles.Oracles` carries the problem's :class:`engine.oracles.ModelView` (None on
+    a problem without one)."""
+    problem_check: Callable[[Any], str | None] | None = None
+    """A check of the problem beyond ``requires``: the reason the optimizer cannot run on it, or None
+    (TrAct: a network whose first layer is linear)."""
     per_trajectory: bool = False
     """The optimizer's state couples all the tensors it holds (M-FAC's Fisher window, L-BFGS's
     history), so a race gives each start its own optimizer (closure-driven optimizers always get
@@ -178,7 +205,7 @@ class OptimizerSpec:
     def closure_driven(self) -> bool:
         """Stepped as ``optimizer.step(Oracles(...))`` (see :mod:`engine.oracles`), one optimizer per
         trajectory, rather than only from the gradient the run put in ``.grad``."""
-        return self.oracle is not Oracle.GRADIENTS or self.lookahead
+        return self.oracle is not Oracle.GRADIENTS or self.lookahead or self.uses_model
 
     @property
     def display_name(self) -> str:
@@ -197,6 +224,10 @@ class OptimizerSpec:
             if not hasattr(problem, attr):
                 raise ValueError(f"{self.display_name} cannot run on {getattr(problem, 'name', problem)}: "
                                  f"it needs {meaning}")
+        reason = self.problem_check(problem) if self.problem_check is not None else None
+        if reason:
+            where = getattr(problem, "name", problem)
+            raise ValueError(f"{self.display_name} cannot run on {where}: {reason}")
 
     def defaults(self) -> dict[str, Any]:
         return {hp.name: hp.default for hp in self.hyperparameters}
@@ -283,6 +314,11 @@ def eps(default: float) -> Hyperparameter:
 
 def weight_decay(default: float = 0.0) -> Hyperparameter:
     return Hyperparameter("weight_decay", default, 0.0, 1.0, doc="weight decay \\lambda")
+
+
+def choice(name: str, default: str, choices: Iterable[str], doc: str = "") -> Hyperparameter:
+    """A hyperparameter that names one of a few options (a widget's drop-down), e.g. an estimator."""
+    return Hyperparameter(name, default, kind="choice", choices=tuple(choices), doc=doc)
 
 
 MOMENTUM = Hyperparameter("momentum", 0.9, 0.0, 1.0, include_high=False, doc="momentum \\mu")

@@ -74,7 +74,9 @@ def _check(value: Any, hint: Any, where: str, name: str, limits: Limits) -> Any:
         if value is None and NoneType in args:
             return None
         options = [a for a in args if a is not NoneType]
-        if all(a in (int, float, bool) for a in options):  # a scalar: float | int | bool
+        if str in options and isinstance(value, str):  # a hyperparameter's choice: float | ... | str
+            return _check(value, str, where, name, limits)
+        if all(a in (int, float, bool, str) for a in options):  # a scalar: float | int | bool (| str)
             ok = isinstance(value, (int, float)) and (bool in options or not isinstance(value, bool))
             if not ok:
                 raise ValueError(f"{where}: {name} must be a number, got {_describe(value)}")

@@ -119,8 +119,9 @@ def diabetes(*, seed: int = 0, test_fraction: float = 0.25) -> Dataset:
 
 @dataclass(frozen=True)
 class SensingData:
-    r"""Symmetric matrix sensing: :math:`y_i = \langle A_i, X^\star\rangle`, :math:`X^\star = U U^\top`,
-    :math:`U \in \mathbb{R}^{n\times r}`, :math:`A_i = (G_i + G_i^\top)/2` with Gaussian :math:`G_i`."""
+    r"""Matrix sensing: :math:`y_i = \langle A_i, X^\star\rangle`, :math:`X^\star = U U^\top`,
+    :math:`U \in \mathbb{R}^{n\times r}`, :math:`A_i = (G_i + G_i^\top)/2` with Gaussian :math:`G_i`
+    (``symmetric``), or :math:`A_i = G_i` (the asymmetric setting's i.i.d. Gaussian measurements)."""
 
     A_train: torch.Tensor  # [m, n, n]
     y_train: torch.Tensor  # [m]
@@ -130,7 +131,7 @@ class SensingData:
 
 
 def matrix_sensing(*, n: int = 10, rank: int = 2, m: int = 200, m_test: int = 100,
-                   seed: int = 0) -> SensingData:
+                   seed: int = 0, symmetric: bool = True) -> SensingData:
     if not 1 <= rank <= n:
         raise ValueError(f"rank must be in 1..n={n}, got {rank}")
     if m < 1 or m_test < 1:
@@ -141,7 +142,7 @@ def matrix_sensing(*, n: int = 10, rank: int = 2, m: int = 200, m_test: int = 10
 
     def measure(count: int) -> tuple[torch.Tensor, torch.Tensor]:
         G = torch.randn(count, n, n, generator=g, dtype=torch.float64)
-        A = (G + G.transpose(1, 2)) / 2
+        A = (G + G.transpose(1, 2)) / 2 if symmetric else G  # the same draws either way
         return A, torch.einsum("kij,ij->k", A, X_star)
 
     A_train, y_train = measure(m)

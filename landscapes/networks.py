@@ -501,32 +501,65 @@ class SymmetricFactor(nn.Module):
         return torch.einsum("...ij,ij->...", A, self.W @ self.W.T)
 
 
+class AsymmetricFactor(nn.Module):
+    r"""The asymmetric factored model :math:`X = F G^\top`, :math:`F, G \in \mathbb{R}^{n\times k}`;
+    input sensing matrices ``A [b, n, n]``, output :math:`\langle A_i, F G^\top\rangle`."""
+
+    def __init__(self, n: int, k: int, scale: float) -> None:
+        super().__init__()
+        self.F = nn.Parameter(scale * torch.randn(n, k, dtype=torch.float64))
+        self.G = nn.Parameter(scale * torch.randn(n, k, dtype=torch.float64))
+
+    def forward(self, A: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("...ij,ij->...", A, self.F @ self.G.T)
+
+
+FACTORIZATIONS = ("symmetric", "asymmetric")
+
+
 def matrix_sensing(*, n: int = 10, rank: int = 2, factor_rank: int = 5, m: int = 200,
-                   init_scale: float = 1e-2, batch_size: int | None = None, n_train: int | None = None,
-                   l2: float = 0.0, seed: int = 0) -> NetworkProblem:
-    r"""Symmetric matrix sensing :math:`\min_W \tfrac1{2m}\sum_i (\langle A_i, WW^\top\rangle - y_i)^2`
-    with ground-truth rank ``rank`` and factor rank ``factor_rank`` (> rank: over-parameterized;
-    small ``init_scale`` is what lets gradient descent still find the low-rank truth)."""
+                   init_scale: float = 1e-2, factorization: str = "symmetric", batch_size: int | None = None,
+                   n_train: int | None = None, l2: float = 0.0, seed: int = 0) -> NetworkProblem:
+    r"""Matrix sensing of a rank-``rank`` PSD matrix :math:`X^\star` from ``m`` Gaussian measurements,
+    :math:`\min \tfrac1{2m}\sum_i (\langle A_i, X\rangle - y_i)^2`, with the factored model
+    ``factorization``: ``"symmetric"`` :math:`X = WW^\top` (:class:`SymmetricFactor`; symmetric
+    :math:`A_i`) or ``"asymmetric"`` :math:`X = FG^\top` (:class:`AsymmetricFactor`; i.i.d. Gaussian
+    :math:`A_i`, which see all of :math:`FG^\top`, also its antisymmetric part), factor rank
+    ``factor_rank`` (> rank: over-parameterized) and entries :math:`N(0, \alpha^2)` at ``init_scale``
+    :math:`\alpha`.
+
+    Xiong, Ding & Du (ICLR 2024), "How Over-Parameterization Slows Down Gradient Descent in Matrix
+    Sensing: The Curses of Symmetry and Initialization": over-parameterized, randomly initialized
+    gradient descent is sublinear, :math:`\Omega(1/T^2)`, with :math:`WW^\top`, and linear,
+    :math:`\exp(-\Omega(\alpha^2 T))`, with :math:`FG^\top` -- applied, as here, to the same PSD
+    target. ``recovery_error`` is :math:`\lVert X - X^\star\rVert_F / \lVert X^\star\rVert_F`."""
     _check_positive(n=n, rank=rank, factor_rank=factor_rank, m=m)
-    sense = datasets.matrix_sensing(n=n, rank=rank, m=m, seed=seed)
+    if factorization not in FACTORIZATIONS:
+        raise ValueError(f"factorization must be one of {', '.join(FACTORIZATIONS)}, got {factorization!r}")
+    asymmetric = factorization == "asymmetric"
+    sense = datasets.matrix_sensing(n=n, rank=rank, m=m, seed=seed, symmetric=not asymmetric)
     A_train, y_train = datasets.train_subset("matrix_sensing", sense.A_train, sense.y_train, n_train, seed)
+    factor = AsymmetricFactor if asymmetric else SymmetricFactor
 
     def build(s: int) -> nn.Module:
-        return seeded(lambda: SymmetricFactor(n, factor_rank, init_scale), s)
+        return seeded(lambda: factor(n, factor_rank, init_scale), s)
 
     def recovery_error(params: dict[str, torch.Tensor]) -> torch.Tensor:
-        W = params["W"]
-        return torch.linalg.norm(W @ W.T - sense.X_star) / torch.linalg.norm(sense.X_star)
+        X = params["F"] @ params["G"].T if asymmetric else params["W"] @ params["W"].T
+        return torch.linalg.norm(X - sense.X_star) / torch.linalg.norm(sense.X_star)
 
     over = "over-parameterized" if factor_rank > rank else "exactly parameterized"
+    model = r"FG^\top" if asymmetric else r"WW^\top"
     return NetworkProblem(
-        name="matrix_sensing", title=f"Matrix sensing (n={n}, rank {rank}, factor rank {factor_rank})",
+        name="matrix_sensing", title=f"Matrix sensing (n={n}, rank {rank}, {factorization} factor rank "
+                                     f"{factor_rank})",
         module=build(seed), X_train=A_train, y_train=y_train, X_test=sense.A_test,
         y_test=sense.y_test, criterion=half_mse, batch_size=batch_size, make_module=build, l2=l2,
         extra_metrics={"recovery_error": recovery_error},
-        latex=r"L(W) = \tfrac1{2m}\sum_i \big(\langle A_i, W W^\top\rangle - y_i\big)^2",
-        description=f"{len(A_train)} Gaussian measurements of a rank-{rank} {n}x{n} matrix; the factor has "
-                    f"rank {factor_rank} ({over}). recovery_error = |WW^T - X*|_F / |X*|_F.")
+        latex=rf"L = \tfrac1{{2m}}\sum_i \big(\langle A_i, {model}\rangle - y_i\big)^2",
+        description=f"{len(A_train)} Gaussian measurements of a rank-{rank} {n}x{n} matrix; the "
+                    f"{factorization} factor has rank {factor_rank} ({over}), initial scale {init_scale:g}. "
+                    f"recovery_error = |X - X*|_F / |X*|_F.")
 
 
 def diabetes_regression(*, depth: int = 0, width: int = 16, activation: str = "tanh",

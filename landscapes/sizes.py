@@ -145,6 +145,7 @@ OPTIONS: Mapping[str, Mapping[str, Option]] = MappingProxyType({
                        "factor_rank": Option("int", 1, MAX_SENSING_N, wording=_NET_INT),
                        "m": Option("int", 1, MAX_SAMPLES, wording=_NET_INT),
                        "init_scale": Option("float", 0.0, 1e3),
+                       "factorization": Option("str"),  # "symmetric" | "asymmetric": the factory checks
                        **_NETWORK_COMMON},
 })
 """Problem -> keyword -> declared type and range. Options a factory does not take (yet) are
@@ -333,7 +334,8 @@ def _matrix_sensing(label: str, o: Mapping[str, Any]) -> ProblemSize:
     m_test = 100
     data = (m + m_test) * n2 * BYTES + n2 * BYTES
     transient = 2.0 * max(m, m_test) * n2 * BYTES
-    size = _network(label, params=n * k, n_train=m, n_test=m_test, options=o,
+    factors = 2 if o.get("factorization") == "asymmetric" else 1  # F and G, or W
+    size = _network(label, params=factors * n * k, n_train=m, n_test=m_test, options=o,
                     flops_per_sample=ELEMENTWISE * n2,  # <A_i, WW^T>: reads n^2 floats per sample
                     saved_per_sample=1.0, widest=1, features=int(n2), flops_per_row=2.0 * n2 * k + 4 * n2,
                     saved_per_row=2.0 * n2, data_bytes=data + transient,

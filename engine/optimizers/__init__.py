@@ -4,10 +4,11 @@ nothing.
 
 Families: ``torch_builtin`` (what ``torch.optim`` carries: SGD, momentum, Nesterov, Adam, AdamW,
 AMSGrad, RMSprop, Adagrad), ``sign`` (signSGD, Signum, Lion, from ``pytorch_optimizer``),
-``adaptive`` (diffGrad, AdamP and SGD-SaI written here, AdaBelief from ``pytorch_optimizer``),
+``adaptive`` (diffGrad, AdamP, SGDP and SGD-SaI written here, AdaBelief from ``pytorch_optimizer``),
+``tract`` (TrAct's first-layer transform in front of SGD with momentum or Adam),
 ``zeroth_order`` (MeZO / ZO-SGD and its variants, forward gradient, ZO-RankSGD), ``second_order``
-(Sophia, AdaHessian, Newton, M-FAC), ``memory_lean`` (SCALE, FRUGAL), ``mirror`` (mirror descent,
-optimistic mirror descent, mirror prox), ``population`` (consensus-based optimization),
+(Sophia, AdaHessian, Newton, GRN, GRN-GNS, M-FAC), ``memory_lean`` (SCALE, FRUGAL), ``mirror``
+(mirror descent, optimistic mirror descent, mirror prox), ``population`` (consensus-based optimization),
 ``coordinate`` (block coordinate descent). Each spec says which implementation it uses and why;
 the plumbing they share is :mod:`engine.optimizers.base`.
 
@@ -24,6 +25,7 @@ from engine.optimizers import (
     second_order,
     sign,
     torch_builtin,
+    tract,
     zeroth_order,
 )
 from engine.specs import OptimizerSpec
@@ -32,6 +34,7 @@ BUILTINS: tuple[OptimizerSpec, ...] = (
     *torch_builtin.SPECS,
     *sign.SPECS,
     *adaptive.SPECS,
+    *tract.SPECS,
     *zeroth_order.SPECS,
     *second_order.SPECS,
     *memory_lean.SPECS,

@@ -1,4 +1,5 @@
-r"""Specs for adaptive first-order methods beyond ``torch.optim``: diffGrad, AdaBelief, AdamP, SGD-SaI.
+r"""Specs for adaptive first-order methods beyond ``torch.optim``: diffGrad, AdaBelief, AdamP, SGDP,
+SGD-SaI.
 
 Where ``pytorch_optimizer`` (4.1) carries a paper's rule exactly with the arguments we pass, its
 class is used (AdaBelief). Where it does not, a small ``torch.optim.Optimizer`` is written here:
@@ -8,7 +9,8 @@ class is used (AdaBelief). Where it does not, a small ``torch.optim.Optimizer`` 
   rule (and this registry's Adam, ``torch.optim.Adam``) is ``ξ m̂ / (sqrt(v̂) + ε)``. Written here
   so that diffGrad differs from the registry's Adam by ξ and nothing else.
 * AdamP: the library uses the same efficient form ``sqrt(1-β2^t) / (sqrt(v) + ε)`` where the
-  official code (clovaai/AdamP) divides by ``sqrt(v̂) + ε``. Written here after the official code.
+  official code (clovaai/AdamP) divides by ``sqrt(v̂) + ε``. Written here after the official code,
+  and SGDP with it (the same projection).
 * SGD-SaI: the library starts the momentum buffer at zero (first step ``(1-μ) g``) where the
   official code (AnonymousAlethiometer/SGD_SaI) starts it at ``g``, and the library computes the
   g-SNR's standard deviation only for tensors with ``ndim > 1`` and more than one row (else it uses
@@ -42,7 +44,7 @@ from engine.specs import (
     lr,
     weight_decay,
 )
-from engine.stability import adam_preconditioned
+from engine.stability import Threshold, adam_preconditioned, heavy_ball, nesterov
 
 
 class DiffGrad(torch.optim.Optimizer):
@@ -159,6 +161,57 @@ class AdamP(torch.optim.Optimizer):
         return {"projected_fraction": self._projected[0] / self._projected[1]}
 
 
+class SGDP(torch.optim.Optimizer):
+    r"""SGDP (Heo et al. 2021), after the official code (clovaai/AdamP, ``adamp/sgdp.py``)::
+
+        b_t = μ b_{t-1} + (1 - τ) g_t          (b_0 = 0; τ = dampening, 0 here)
+        u = g_t + μ b_t  (nesterov)   or   u = b_t
+        for tensors with ndim > 1: if |cos(w, g)| < δ / sqrt(dim), u ← u − (ŵ·u) ŵ, decay × wd_ratio
+        θ ← θ (1 − lr·λ·ratio / (1 − μ)) − lr · u
+
+    The projection is AdamP's (:func:`_adamp_projection`, the same official ``_projection``). The
+    official decay divides by :math:`1 - \mu` (the stationary size of the momentum buffer). On a 1-D
+    tensor (a single 2-D point) there is no projection and SGDP is heavy ball or Nesterov from a zero
+    buffer. :meth:`diagnostics` reports the share of the entries whose update was projected.
+    """
+
+    def __init__(self, params: Params, lr: float = 1e-3, momentum: float = 0.9, dampening: float = 0.0,
+                 weight_decay: float = 0.0, nesterov: bool = True, eps: float = 1e-8, delta: float = 0.1,
+                 wd_ratio: float = 0.1) -> None:
+        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
+                                      weight_decay=weight_decay, nesterov=nesterov, eps=eps, delta=delta,
+                                      wd_ratio=wd_ratio))
+        self._projected: tuple[int, int] | None = None
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = closure_loss(closure)
+        projected = stepped = 0
+        for group, p, grad, state in gradients(self, "SGDP"):
+            mu = group["momentum"]
+            if not state:
+                state["momentum"] = torch.zeros_like(p)
+            buf = state["momentum"]
+            buf.mul_(mu).add_(grad, alpha=1 - group["dampening"])
+            d_p = grad + mu * buf if group["nesterov"] else buf.clone()
+            ratio, was_projected = 1.0, False
+            if p.dim() > 1:
+                d_p, ratio, was_projected = _adamp_projection(p, grad, d_p, group["delta"], group["wd_ratio"],
+                                                              group["eps"])
+            projected += p.numel() if was_projected else 0
+            stepped += p.numel()
+            if group["weight_decay"] > 0:
+                p.mul_(1 - group["lr"] * group["weight_decay"] * ratio / (1 - mu))
+            p.add_(d_p, alpha=-group["lr"])
+        self._projected = (projected, stepped)
+        return loss
+
+    def diagnostics(self) -> Mapping[str, float]:
+        if self._projected is None or self._projected[1] == 0:
+            return {}
+        return {"projected_fraction": self._projected[0] / self._projected[1]}
+
+
 class SGDSaI(torch.optim.Optimizer):
     r"""SGD-SaI (Xu et al. 2024), after the official code's g-SNR form (AnonymousAlethiometer/SGD_SaI
     ``sgd_sai.py``, version 1.0.3)::
@@ -219,6 +272,11 @@ _ADAMP = Paper("AdamP: Slowing Down the Slowdown for Momentum Optimizers on Scal
                "https://arxiv.org/abs/2006.08217")
 _SGDSAI = Paper("No More Adam: Learning Rate Scaling at Initialization is All You Need",
                 "M. Xu, L. Xiang, X. Cai, H. Wen", 2024, "https://arxiv.org/abs/2412.11768")
+
+def _sgdp_threshold(hp: Mapping[str, Any]) -> Threshold:
+    """SGDP on a 1-D tensor (no projection): Nesterov's or heavy ball's threshold."""
+    return nesterov(hp) if hp.get("nesterov", True) else heavy_ball(hp)
+
 
 _ADAM_STEP = r"\hat m_t = \frac{m_t}{1-\beta_1^t},\; \hat v_t = \frac{v_t}{1-\beta_2^t},\;"
 _ADAM_MOMENTS = r"m_t = \beta_1 m_{t-1} + (1-\beta_1) g_t,\; v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2,\;"
@@ -282,6 +340,33 @@ SPECS = [
         diagnostics={"projected_fraction": "share of the parameters (entries) whose update had its radial "
                                            "part removed at the last step (0: the projection did not fire)"},
     ),
+    # Hand-written SGDP above, the official clovaai/AdamP SGDP (pytorch_optimizer's SGDP folds the
+    # decay differently). Defaults: momentum 0.9 and nesterov True (the official README's
+    # SGDP(params, lr=0.1, weight_decay=1e-5, momentum=0.9, nesterov=True)), delta 0.1 and wd_ratio
+    # 0.1 (the paper's), eps 1e-8 (official); dampening 0 (official; not exposed: the official
+    # examples never set it); lr 1e-3 as this registry's SGD momentum and Nesterov (Rosenbrock's
+    # curvature of ~2,000 at (-1.5, 2) diverges Nesterov at 1e-2; the README: 0.1 on ImageNet with a
+    # schedule); weight decay 0 so that minima stay put. Not row-separable (whole-tensor cosines).
+    # Its threshold is heavy ball's or Nesterov's (the buffer starts at 0, not at g_1 as in
+    # torch.optim.SGD: the same recursion from its second step on).
+    OptimizerSpec(
+        name="sgdp", label="SGDP", factory=SGDP,
+        hyperparameters=(lr(1e-3), MOMENTUM,
+                         Hyperparameter("nesterov", True, kind="bool", doc="Nesterov momentum"),
+                         weight_decay(), eps(1e-8),
+                         Hyperparameter("delta", 0.1, 0.0, 1.0, include_low=False,
+                                        doc="scale-invariance threshold \\delta on |cos(w, g)|"),
+                         Hyperparameter("wd_ratio", 0.1, 0.0, 1.0,
+                                        doc="weight-decay factor on projected (scale-invariant) weights")),
+        update_rule=(r"b_t = \mu b_{t-1} + g_t,\; u_t = g_t + \mu b_t\ \text{(Nesterov) or } b_t,\;"
+                     r"u_t \leftarrow u_t - (\hat w \cdot u_t)\,\hat w \text{ if } "
+                     r"\max|\cos(w, g_t)| < \delta/\sqrt{\dim w},\;"
+                     r"\theta_{t+1} = \theta_t\left(1 - \frac{\eta\lambda r}{1-\mu}\right) - \eta\,u_t"),
+        paper=_ADAMP, oracle=Oracle.GRADIENTS, row_separable=False, fixed={"dampening": 0.0},
+        stability=_sgdp_threshold,
+        diagnostics={"projected_fraction": "share of the parameters (entries) whose update had its radial "
+                                           "part removed at the last step (0: the projection did not fire)"},
+    ),
     # Hand-written SGD-SaI above (pytorch_optimizer.SGDSaI differs from the official code in the
     # first momentum step and in which tensors get a standard deviation). Not row-separable: the
     # g-SNR is a whole-tensor statistic. momentum 0.9 is the paper's. lr 2e-3 (paper: 1e-2): the
@@ -304,4 +389,4 @@ SPECS = [
     ),
 ]
 
-__all__ = ["SPECS", "AdamP", "DiffGrad", "SGDSaI"]
+__all__ = ["SGDP", "SPECS", "AdamP", "DiffGrad", "SGDSaI"]

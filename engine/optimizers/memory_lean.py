@@ -24,12 +24,28 @@ SCALE *is* that AdamW: its ideas act on networks. The output layer is the last m
 in parameter order (the reference code is told which tensor is ``lm_head``); the spec is
 ``per_trajectory``, so in a race every start has its own optimizer and its own output layer.
 
-**FRUGAL** (Zmushko, Beznosikov, Takáč & Horváth 2024), written after the authors' ``CoordAdamW``
-(``frugal/proj_optimizer_templates.py``, ``coordinate_projector.py``, ``adamw.py``): every
-``update_gap`` steps :math:`T` a random subset of :math:`\lfloor\rho\, n\rfloor` columns of each matrix
-(coordinates of each vector) is chosen; Adam (bias-corrected, moments and step counter reset at
-every re-selection) updates those, signSGD with the same :math:`\eta` updates the rest, and
-weight decay is decoupled:
+**FRUGAL** (Zmushko, Beznosikov, Takáč & Horváth 2024), written after the authors' ``CoordAdamW``,
+``BlockAdamW`` and ``GaloreAdamW`` (``frugal/proj_optimizer_templates.py``,
+``coordinate_projector.py``, ``galore_projector.py``, ``adamw.py``): every ``update_gap`` steps
+:math:`T` a state-full subspace :math:`P` is chosen; Adam (bias-corrected, moments and step
+counter reset at every re-selection) updates the gradient's part in it, signSGD with the same
+:math:`\eta` updates the rest, and weight decay is decoupled. The ``projection`` hyperparameter picks
+the subspace, each with the reference code's rounding:
+
+* ``"random"`` (``CoordAdamW``, ``coord_choice="columns"``): a random subset of
+  :math:`\lfloor\rho\, n\rfloor` columns of each matrix (coordinates of each vector);
+* ``"blockwise"`` (``BlockAdamW``, ``block_order="random"``): :math:`\mathrm{round}(\rho L)` of the
+  :math:`L` parameter tensors, drawn at random, get Adam on all their entries; the others signSGD;
+* ``"svd"`` (``GaloreAdamW``, ``proj_type="svd"``, ``proj_side="std"``): each matrix ``[m, n]``
+  (higher-order tensors as ``[out, -1]``) is projected onto the top :math:`\mathrm{round}(\rho n)`
+  right singular vectors of its gradient at the re-selection (:math:`m \ge n`; else the top
+  :math:`\mathrm{round}(\rho m)` left ones), GaLore's low-rank projection; vectors use random
+  coordinates as under ``"random"``.
+
+At the same :math:`\rho` the three hold Adam moments of the same size on tensors of equal shape
+(``m x floor(rho n)`` entries per matrix, or whole tensors for ``round(rho L)`` of L equal tensors);
+besides the moments, random columns keep their indices, the SVD projection its basis
+(``round(rho n) x n`` entries: GaLore's projector), blockwise nothing. For the random subspace:
 
 .. math:: \theta \leftarrow \theta(1-\eta\lambda)
           - \eta\, P^\top\frac{\hat m_t}{\sqrt{\hat v_t} + \epsilon}
@@ -48,7 +64,8 @@ run is shorter than :math:`T` (``update_gap`` up to 100,000). Subsets are ``rand
 the reference projector; the spec is ``per_trajectory``, so each start of a race draws its own. A
 change of ``rho`` takes effect at once (a re-selection, with fresh moments, at the next step).
 :meth:`FRUGAL.diagnostics` reports the state density: the share of the parameters (entries) with
-Adam state, :math:`\sum_l r_l \lfloor\rho\, n_l\rfloor / P` (:math:`r_l` entries per column).
+Adam state, :math:`\sum_l r_l \lfloor\rho\, n_l\rfloor / P` (:math:`r_l` entries per column; for the
+other projections the entries of their moments over :math:`P`).
 """
 
 from __future__ import annotations
@@ -67,6 +84,7 @@ from engine.specs import (
     OptimizerSpec,
     Oracle,
     Paper,
+    choice,
     eps,
     lr,
     weight_decay,
@@ -128,18 +146,26 @@ class SCALE(torch.optim.Optimizer):
         return loss
 
 
+FRUGAL_PROJECTIONS = ("random", "blockwise", "svd")
+"""FRUGAL's choice of the state-full subspace: random columns, whole tensors (blocks), or the
+GaLore-style top singular subspace of the gradient."""
+
+
 class FRUGAL(torch.optim.Optimizer):
-    """FRUGAL with random-column (coordinate) subspaces, Adam state-full and signSGD state-free,
-    the Adam part restarted at every re-selection (see the module docstring)."""
+    """FRUGAL: Adam on a subspace (random columns, blocks or a low-rank SVD projection), signSGD on the
+    rest, the Adam part restarted at every re-selection (see the module docstring)."""
 
     def __init__(self, params: Params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, rho: float = 0.25, update_gap: int = 200,
-                 seed: int = 0) -> None:
+                 projection: str = "random", seed: int = 0) -> None:
+        if projection not in FRUGAL_PROJECTIONS:
+            raise ValueError(f"FRUGAL: projection must be one of {', '.join(FRUGAL_PROJECTIONS)}, "
+                             f"got {projection!r}")
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, rho=rho,
-                                      update_gap=update_gap))
+                                      update_gap=update_gap, projection=projection))
         self.generator = torch.Generator().manual_seed(int(seed))
         self.t = 0  # steps taken
-        self._rho: float | None = None  # the rho the current subsets were drawn with
+        self._drawn: tuple[float, str] | None = None  # the (rho, projection) of the current subspace
 
     @staticmethod
     def n_columns(p: torch.Tensor) -> int:
@@ -155,41 +181,89 @@ class FRUGAL(torch.optim.Optimizer):
         first entries); drawn on the CPU so a run replays identically on any device."""
         return torch.randperm(n, generator=self.generator)[:int(n * rho)]
 
-    def _refresh(self, rho: float) -> None:
-        for group in self.param_groups:
-            for p in group["params"]:
-                idx = self._subset(self.n_columns(p), rho).to(p.device)
-                shape = self._columns(p, idx).shape
-                self.state[p].update(indices=idx, step=0, exp_avg=p.new_zeros(shape),
-                                     exp_avg_sq=p.new_zeros(shape))
-        self._rho = rho
+    @staticmethod
+    def svd_projector(g: torch.Tensor, rho: float) -> tuple[str, torch.Tensor]:
+        """GaLore's projector of a gradient matrix ``g [m, n]`` (the reference ``GaLoreProjector``,
+        ``proj_side="std"``): for m >= n the top ``round(rho n)`` right singular vectors
+        (``("right", Vh[:r])``, ``[r, n]``), else the top ``round(rho m)`` left ones
+        (``("left", U[:, :r])``, ``[m, r]``)."""
+        m, n = g.shape
+        u, _, vh = torch.linalg.svd(g, full_matrices=False)
+        if m >= n:
+            return "right", vh[:round(n * rho)].clone()
+        return "left", u[:, :round(m * rho)].clone()
+
+    def _refresh(self, rho: float, projection: str) -> None:
+        params = [p for group in self.param_groups for p in group["params"]]
+        for p in params:
+            self.state[p].clear()
+        if projection == "blockwise":  # the reference BlockOptimizer, block_order="random"
+            active = set(torch.randperm(len(params), generator=self.generator)[:round(len(params) * rho)]
+                         .tolist())
+            for i, p in enumerate(params):
+                self.state[p]["step"] = 0
+                if i in active:
+                    self.state[p].update(exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+        else:
+            for p in params:
+                state = self.state[p]
+                if projection == "svd" and p.dim() >= 2:
+                    if p.grad is None:
+                        raise RuntimeError("FRUGAL's SVD projection is drawn from the gradient: "
+                                           "step with p.grad set")
+                    side, basis = self.svd_projector(p.grad.detach().reshape(p.shape[0], -1), rho)
+                    low = self._down(p.grad.detach().reshape(p.shape[0], -1), side, basis)
+                    state.update(side=side, projector=basis, exp_avg=torch.zeros_like(low),
+                                 exp_avg_sq=torch.zeros_like(low))
+                else:
+                    idx = self._subset(self.n_columns(p), rho).to(p.device)
+                    shape = self._columns(p, idx).shape
+                    state.update(indices=idx, exp_avg=p.new_zeros(shape), exp_avg_sq=p.new_zeros(shape))
+                state["step"] = 0
+        self._drawn = (rho, projection)
+
+    @staticmethod
+    def _down(g: torch.Tensor, side: str, basis: torch.Tensor) -> torch.Tensor:
+        return g @ basis.T if side == "right" else basis.T @ g
+
+    @staticmethod
+    def _up(low: torch.Tensor, side: str, basis: torch.Tensor) -> torch.Tensor:
+        return low @ basis if side == "right" else basis @ low
+
+    @staticmethod
+    def _adam(state: dict[str, Any], gs: torch.Tensor, group: dict[str, Any]) -> torch.Tensor:
+        """One bias-corrected Adam direction from ``gs`` with the state's moments and count."""
+        beta1, beta2 = group["betas"]
+        t = state["step"]
+        state["exp_avg"].lerp_(gs, 1 - beta1)
+        state["exp_avg_sq"].mul_(beta2).addcmul_(gs, gs, value=1 - beta2)
+        denom = (state["exp_avg_sq"].sqrt() / math.sqrt(1 - beta2 ** t)).add_(group["eps"])
+        return state["exp_avg"] / denom / (1 - beta1 ** t)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         loss = closure_loss(closure)
         first = self.param_groups[0]
-        if self.t % int(first["update_gap"]) == 0 or self._rho != first["rho"]:
-            self._refresh(first["rho"])
+        if self.t % int(first["update_gap"]) == 0 or self._drawn != (first["rho"], first["projection"]):
+            self._refresh(first["rho"], first["projection"])
         for group, p, g, state in gradients(self, "FRUGAL"):
-            beta1, beta2 = group["betas"]
             eta = group["lr"]
-            idx = state["indices"]
             state["step"] += 1
-            t = state["step"]
             p.mul_(1 - eta * group["weight_decay"])
+            if "projector" in state:  # low-rank: Adam on P g, signSGD on g - P^T P g
+                g2 = g.reshape(g.shape[0], -1)
+                low = self._down(g2, state["side"], state["projector"])
+                adam = self._up(self._adam(state, low, group), state["side"], state["projector"])
+                update = adam + torch.sign(g2 - self._up(low, state["side"], state["projector"]))
+                p.add_(update.reshape(p.shape), alpha=-eta)
+                continue
+            if "indices" not in state:  # blockwise: Adam on an active block, signSGD on the others
+                p.add_(self._adam(state, g, group) if "exp_avg" in state else torch.sign(g), alpha=-eta)
+                continue
+            idx = state["indices"]
             # state-free part: signSGD on every column outside the subset
-            free = torch.sign(g)
-            if g.dim() >= 2:
-                free[:, idx] = 0
-            else:
-                free.view(-1)[idx] = 0
-            # state-full part: Adam on the subset's columns only
-            gs = self._columns(g, idx)
-            state["exp_avg"].lerp_(gs, 1 - beta1)
-            state["exp_avg_sq"].mul_(beta2).addcmul_(gs, gs, value=1 - beta2)
-            denom = (state["exp_avg_sq"].sqrt() / math.sqrt(1 - beta2 ** t)).add_(group["eps"])
-            adam = state["exp_avg"] / denom / (1 - beta1 ** t)
-            update = free
+            update = torch.sign(g)
+            adam = self._adam(state, self._columns(g, idx), group)  # state-full part: the subset's columns
             if g.dim() >= 2:
                 update[:, idx] = adam
             else:
@@ -199,11 +273,11 @@ class FRUGAL(torch.optim.Optimizer):
         return loss
 
     def diagnostics(self) -> Mapping[str, float]:
-        """The state density: entries with Adam state over all entries (empty before a step)."""
-        params = [p for g in self.param_groups for p in g["params"] if "indices" in self.state[p]]
+        """The state density: entries of the Adam moment over all entries (empty before a step)."""
+        params = [p for g in self.param_groups for p in g["params"] if "step" in self.state[p]]
         if not params:
             return {}
-        held = sum(p.numel() // self.n_columns(p) * self.state[p]["indices"].numel() for p in params)
+        held = sum(self.state[p]["exp_avg"].numel() for p in params if "exp_avg" in self.state[p])
         return {"state_density": held / sum(p.numel() for p in params)}
 
 
@@ -246,15 +320,20 @@ SPECS = [
                                         doc="fraction \\rho of columns with Adam state (0: signSGD; "
                                             "1: Adam restarted every T steps)"),
                          Hyperparameter("update_gap", 200, 1, 100_000, kind="int",
-                                        doc="steps T between re-selections of the subspace")),
+                                        doc="steps T between re-selections of the subspace"),
+                         choice("projection", "random", FRUGAL_PROJECTIONS,
+                                doc="the state-full subspace: random columns, whole tensors (blockwise), or "
+                                    "the gradient's top singular vectors (GaLore's SVD projection)")),
         update_rule=(r"\theta_{t+1} = \theta_t(1-\eta\lambda) - \eta\,P^\top\frac{\hat m_t}{\sqrt{\hat v_t}"
                      r" + \epsilon} - \eta\,\mathrm{sign}\big(g_t - P^\top P g_t\big),\;"
-                     r"P:\ \lfloor\rho n\rfloor \text{ random columns, redrawn every } T \text{ steps}"),
+                     r"P:\ \lfloor\rho n\rfloor \text{ random columns}\ |\ \mathrm{round}(\rho L)"
+                     r"\text{ tensors}\ |\ \text{top-}\mathrm{round}(\rho n)\text{ singular vectors of } g,"
+                     r"\ \text{redrawn every } T \text{ steps}"),
         paper=_FRUGAL, oracle=Oracle.GRADIENTS, family="memory-lean", row_separable=False, seeded=True,
         per_trajectory=True,
-        diagnostics={"state_density": "share of the parameters (entries) with Adam state at the last step: "
-                                      "sum of rows x floor(rho n) over P"},
+        diagnostics={"state_density": "entries of the Adam moment over the parameters' entries at the last "
+                                      "step (random columns: sum of rows x floor(rho n) over P)"},
     ),
 ]
 
-__all__ = ["FRUGAL", "SCALE", "SPECS", "column_normalize"]
+__all__ = ["FRUGAL", "FRUGAL_PROJECTIONS", "SCALE", "SPECS", "column_normalize"]

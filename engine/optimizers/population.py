@@ -34,7 +34,7 @@ import torch
 
 from engine.optimizers.base import ClosureOptimizer, Params
 from engine.oracles import flatten
-from engine.specs import Hyperparameter, OptimizerSpec, Oracle, Paper, lr
+from engine.specs import Hyperparameter, OptimizerSpec, Oracle, Paper, choice, lr
 
 
 def consensus(points: torch.Tensor, values: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -44,46 +44,74 @@ def consensus(points: torch.Tensor, values: torch.Tensor, alpha: float) -> torch
     return weights @ points
 
 
-class CBO(ClosureOptimizer):
-    """Consensus-based optimization; see the module docstring. Stepped as ``step(oracles)``.
+CBO_INITS = ("gaussian", "uniform")
+"""Where CBO's particles start: a Gaussian cloud around the start, or uniformly in the view box."""
 
-    The N particles are drawn at construction as :math:`\\theta_0 + s\\,\\xi^i` (``spread`` s,
-    :math:`\\xi^i \\sim N(0, I)`), and all randomness comes from a ``torch.Generator`` seeded with
-    ``seed``, drawn on the CPU in float64 and moved, so a run replays identically on any device.
-    Changing ``n_particles`` or ``spread`` mid-run draws a fresh cloud around the current consensus
-    at the next step. Each step costs N function values (one batched ``oracles.values`` call).
+
+class CBO(ClosureOptimizer):
+    r"""Consensus-based optimization; see the module docstring. Stepped as ``step(oracles)``.
+
+    The N particles start as ``init`` says: ``"gaussian"`` draws them at construction as
+    :math:`\theta_0 + s\,\xi^i` (``spread`` s, :math:`\xi^i \sim N(0, I)`); ``"uniform"`` draws them at
+    the first step uniformly in the problem's view box (``oracles.box()``, the problem's ``bounds``:
+    :math:`X^i = \ell + (u - \ell) \odot U^i`, :math:`U^i \sim U[0, 1]^P`), the initialization of the
+    CBO papers' experiments, which covers the whole box whatever the start. All randomness comes
+    from a ``torch.Generator`` seeded with ``seed``, drawn on the CPU in float64 and moved, so a run
+    replays identically on any device. Changing ``n_particles``, ``init`` or (for the Gaussian cloud)
+    ``spread`` mid-run draws a fresh cloud at the next step (a Gaussian one around the current
+    consensus). Each step costs N function values (one batched ``oracles.values`` call).
     """
 
     label = "cbo"
 
     def __init__(self, params: Params, lr: float = 0.1, lam: float = 1.0, sigma: float = 0.8,
                  alpha: float = 100.0, n_particles: int = 100, spread: float = 3.0,
-                 anisotropic: bool = False, seed: int = 0) -> None:
+                 anisotropic: bool = False, init: str = "gaussian", seed: int = 0) -> None:
+        if init not in CBO_INITS:
+            raise ValueError(f"CBO: init must be one of {', '.join(CBO_INITS)}, got {init!r}")
         super().__init__(params, dict(lr=lr, lam=lam, sigma=sigma, alpha=alpha, n_particles=n_particles,
-                                      spread=spread, anisotropic=anisotropic), seed)
+                                      spread=spread, anisotropic=anisotropic, init=init), seed)
         self.generator = torch.Generator().manual_seed(self.seed)
-        self._cloud: torch.Tensor = self._draw(flatten(self._params()))
+        self._cloud: torch.Tensor | None = None
+        self._drawn_with: tuple[Any, ...] | None = None
+        if init == "gaussian":
+            self._cloud = self._draw(flatten(self._params()), None)
 
     def _normal(self, *shape: int, like: torch.Tensor) -> torch.Tensor:
         z = torch.randn(*shape, generator=self.generator, dtype=torch.float64)
         return z.to(device=like.device, dtype=like.dtype)
 
-    def _draw(self, centre: torch.Tensor) -> torch.Tensor:
+    def _wanted(self) -> tuple[Any, ...]:
+        group = self.param_groups[0]
+        gaussian = group["init"] == "gaussian"
+        return int(group["n_particles"]), float(group["spread"]) if gaussian else None, group["init"]
+
+    def _draw(self, centre: torch.Tensor, box: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
         group = self.param_groups[0]
         n = int(group["n_particles"])
-        self._drawn_with = (n, float(group["spread"]))
-        return centre[None] + group["spread"] * self._normal(n, centre.numel(), like=centre)
+        self._drawn_with = self._wanted()
+        if group["init"] == "gaussian":
+            return centre[None] + group["spread"] * self._normal(n, centre.numel(), like=centre)
+        if box is None:
+            raise ValueError("CBO's uniform initialization draws the particles in the problem's view box, "
+                             "and this problem has none (bounds): use init='gaussian'")
+        low, high = box
+        u = torch.rand(n, centre.numel(), generator=self.generator, dtype=torch.float64)
+        return low[None] + (high - low)[None] * u.to(device=centre.device, dtype=centre.dtype)
 
     def particles(self) -> torch.Tensor:
-        """The current particles ``[N, P]`` (a copy)."""
+        """The current particles ``[N, P]`` (a copy; ``[0, P]`` before a uniform cloud is drawn)."""
+        if self._cloud is None:
+            return flatten(self._params()).detach().new_zeros(0, sum(p.numel() for p in self._params()))
         return self._cloud.detach().clone()
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> None:
         oracles = self._oracles(closure)
         group = self.param_groups[0]
-        if self._drawn_with != (int(group["n_particles"]), float(group["spread"])):
-            self._cloud = self._draw(oracles.flat())
+        if self._cloud is None or self._drawn_with != self._wanted():
+            box = oracles.box() if hasattr(oracles, "box") else None
+            self._cloud = self._draw(oracles.flat(), box)
         x = self._cloud
         v = consensus(x, oracles.values(x), group["alpha"])
         diff = x - v
@@ -108,7 +136,9 @@ SPECS = [
     # bound sigma^2 < 2 lambda / d = 1 in 2-D) found Rastrigin's global minimum far more often than
     # anisotropic noise, whose per-coordinate noise dies with each coordinate's spread; alpha = 100
     # beat 10; a cloud of spread 3 around the start covers the catalog's boxes (spread 2 missed
-    # Rastrigin's origin from (-4.5, 3.7) in 10 of 16 seeds); 100 particles. No stability threshold
+    # Rastrigin's origin from (-4.5, 3.7) in 10 of 16 seeds); 100 particles. init "gaussian" by default
+    # (each start of a race has its own cloud around it); "uniform" is the papers' initialization over
+    # the problem's box (it needs bounds). No stability threshold
     # (no gradient step) and no clipping (no gradient estimate to clip).
     OptimizerSpec(
         name="cbo", label="Consensus-based optimization", factory=CBO,
@@ -121,12 +151,16 @@ SPECS = [
             Hyperparameter("spread", 3.0, 0.0, 100.0, doc="standard deviation of the initial cloud"),
             Hyperparameter("anisotropic", False, kind="bool",
                            doc="noise D(z) = diag(z) (else ||z|| I)"),
+            choice("init", "gaussian", CBO_INITS,
+                   doc="initial particles: a Gaussian cloud of the spread around the start, or uniform "
+                       "in the problem's view box"),
         ),
-        update_rule=(r"v_\alpha = \frac{\sum_i X^i e^{-\alpha f(X^i)}}{\sum_i e^{-\alpha f(X^i)}},\;"
+        update_rule=(r"X^i_0 \sim N(\theta_0, s^2 I)\ \text{or}\ U(\text{box}),\;"
+                     r"v_\alpha = \frac{\sum_i X^i e^{-\alpha f(X^i)}}{\sum_i e^{-\alpha f(X^i)}},\;"
                      r"X^i \leftarrow X^i - \lambda\,\Delta t\,(X^i - v_\alpha)"
                      r" + \sigma\sqrt{\Delta t}\,D(X^i - v_\alpha)\,\xi^i,\; \theta = v_\alpha"),
         paper=_CBO, oracle=Oracle.VALUES, family="population", row_separable=False, seeded=True,
     ),
 ]
 
-__all__ = ["CBO", "SPECS", "consensus"]
+__all__ = ["CBO", "CBO_INITS", "SPECS", "consensus"]

@@ -1,5 +1,6 @@
-r"""Second-order optimizers: Sophia-H / Sophia-G, AdaHessian, damped Newton-CG, gradient-regularized
-Newton (GRN) and M-FAC.
+r"""Second-order optimizers: Sophia-H / Sophia-G (with a choice of Hessian-diagonal estimator),
+AdaHessian, damped Newton-CG, gradient-regularized Newton (GRN; and its adaptive version with
+approximate Hessians, GRN-GNS) and M-FAC.
 
 All of them are written here (no library carries these rules over an HVP oracle; every library
 port of Sophia or AdaHessian found uses ``loss.backward(create_graph=True)``, which keeps the
@@ -18,21 +19,22 @@ empirical Fisher spans all parameters of one trajectory (see its spec's comment)
 Randomness (Sophia-H's Gaussian and AdaHessian's Rademacher probes, Sophia-G's sampled labels) is
 a documented function of ``(seed, t)``, :math:`s_t =` :func:`engine.seeds.step_seed` ``(seed, t)``
 with :math:`t` the 1-based step (the papers' :math:`t`): Sophia-H's probe is
-``seeded_direction(s_t, params)`` (:math:`u \sim N(0, I)`), AdaHessian's is its sign
-(Rademacher), and Sophia-G's labels are drawn from ``torch.Generator().manual_seed(s_t)``. Never a
+``seeded_direction(s_t, params)`` (:math:`u \sim N(0, I)`), its Rademacher probe and AdaHessian's
+are its sign, and Sophia-G's labels are drawn from ``torch.Generator().manual_seed(s_t)``. Never a
 stateful generator, so a test regenerates every probe with :func:`engine.oracles.seeded_direction`
 and a run replays exactly, on CPU or CUDA.
 
 Hyperparameters are read from ``param_groups`` at every step. Those that shape the one joint
-curvature query (Sophia's ``k``, the CG tolerance and iteration cap, GRN's ``H``, M-FAC's window)
-are read from the first group; per-coordinate ones (``lr``, betas, ``gamma``, ``eps``, weight decay,
-AdaHessian's power and block size, damping) per group.
+curvature query (Sophia's ``k`` and estimator, the CG tolerance and iteration cap, GRN's ``H``,
+GRN-GNS's curvature, M-FAC's window) are read from the first group; per-coordinate ones (``lr``,
+betas, ``gamma``, ``eps``, weight decay, AdaHessian's power and block size, damping) per group.
 
 Min-max games (an ``ascent`` mask on the closure): ``p.grad`` holds the descent field
 :math:`S\nabla f` (:math:`S = \mathrm{diag}(\pm 1)`), whose Jacobian is :math:`SH`. Newton and GRN
 therefore solve with :math:`S g` (so :math:`(SH)^{-1} S\nabla f = H^{-1}\nabla f`, Newton on the
 field), and Sophia negates its curvature estimate on the maximizing coordinates (their own
-objective is :math:`-f`). AdaHessian uses :math:`|Hz|` and needs nothing.
+objective is :math:`-f`). AdaHessian uses :math:`|Hz|` and needs nothing. GRN-GNS accepts steps
+by the decrease of :math:`f` and refuses a game.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from engine.specs import (
     Oracle,
     Paper,
     beta,
+    choice,
     eps,
     lr,
     weight_decay,
@@ -101,6 +104,32 @@ def _moments(state: dict[str, Any], p: torch.Tensor, curvature: str) -> tuple[to
 
 # -------------------------------------------------------------------------------------- Sophia
 
+SOPHIA_ESTIMATORS = ("gaussian", "rademacher", "gnb", "exact")
+r"""Sophia's estimators of the Hessian diagonal :math:`\hat h_t`: Hutchinson with Gaussian or
+Rademacher probes, Gauss-Newton-Bartlett (Sophia-G), and the exact diagonal (small problems)."""
+
+EXACT_DIAGONAL_MAX = 2_048
+"""Most parameters whose exact Hessian diagonal an optimizer computes: one HVP per parameter."""
+
+
+def hessian_diagonal(oracles: Oracles, params: list[torch.Tensor], who: str) -> list[torch.Tensor]:
+    r"""The exact diagonal :math:`H_{ii} = e_i^\top H e_i`, one HVP per coordinate (``P`` HVPs), shaped
+    like ``params``; refused above :data:`EXACT_DIAGONAL_MAX` parameters with a message naming
+    ``who``."""
+    flat = oracles.flat()
+    n = flat.numel()
+    if n > EXACT_DIAGONAL_MAX:
+        raise ValueError(f"{who}: the exact Hessian diagonal costs one HVP per parameter, and {n:,} "
+                         f"parameters are more than {EXACT_DIAGONAL_MAX:,}; use a Hutchinson estimate")
+    diag = torch.empty_like(flat)
+    for i in range(n):
+        e = torch.zeros_like(flat)
+        e[i] = 1.0
+        with torch.enable_grad():
+            diag[i] = flatten(oracles.hvp(oracles.unflat(e)))[i]
+    return [d.clone() for d in oracles.unflat(diag)]
+
+
 class Sophia(GradientEstimator):
     r"""Sophia (Liu et al. 2023), the paper's Algorithm 3 (arXiv 2305.14342, latest version)::
 
@@ -110,12 +139,19 @@ class Sophia(GradientEstimator):
         θ_{t+1} = θ_t - η · clip(m_t / max(γ h_t, ε), 1),       clip(z, 1) = max(min(z, 1), -1)
 
     from :math:`m_0 = h_0 = 0` and without bias correction (as Algorithm 3 and the official
-    ``SophiaG``). ``estimator="hutchinson"`` (Sophia-H): :math:`\hat h = u \odot (H u)`,
-    :math:`u \sim N(0, I)`, one HVP per refresh. ``estimator="gnb"`` (Sophia-G,
-    Gauss-Newton-Bartlett): labels :math:`\hat y_b` drawn from the model's own predictive
-    distribution at :math:`\theta_t`, :math:`\hat L = \tfrac1B\sum_b \ell(f(\theta, x_b), \hat y_b)`,
-    :math:`\hat h = B\, \nabla\hat L \odot \nabla\hat L` (one gradient per refresh, through
-    :meth:`engine.oracles.Oracles.gnb_gradient`; only problems with a likelihood provide it).
+    ``SophiaG``). The estimator :math:`\hat h` is a hyperparameter (:data:`SOPHIA_ESTIMATORS`), read
+    at every refresh:
+
+    * ``"gaussian"`` (Sophia-H, the paper's Hutchinson): :math:`\hat h = u \odot (H u)`,
+      :math:`u \sim N(0, I)`, one HVP;
+    * ``"rademacher"``: the same with :math:`u = \mathrm{sign}(z)`, :math:`z \sim N(0, I)` (the
+      same draw), so :math:`u_i^2 = 1` and the estimate is exact on a diagonal Hessian; one HVP;
+    * ``"gnb"`` (Sophia-G, Gauss-Newton-Bartlett): labels :math:`\hat y_b` drawn from the model's
+      own predictive distribution at :math:`\theta_t`, :math:`\hat L = \tfrac1B\sum_b \ell(f(\theta,
+      x_b), \hat y_b)`, :math:`\hat h = B\, \nabla\hat L \odot \nabla\hat L` (one gradient, through
+      :meth:`engine.oracles.Oracles.gnb_gradient`; only problems with a likelihood provide it);
+    * ``"exact"``: :math:`\hat h_i = H_{ii}`, one HVP per parameter (:func:`hessian_diagonal`; at
+      most :data:`EXACT_DIAGONAL_MAX` parameters).
 
     The refresh happens at :math:`t = 1, k+1, 2k+1, \dots` before the step, as in Algorithm 3
     (the official training script refreshes after the step of iterations :math:`k, 2k, \dots`).
@@ -124,28 +160,34 @@ class Sophia(GradientEstimator):
     the official script logs its complement, the "win rate" :math:`|m| < \gamma h`).
     """
 
+    label = "sophia"
+
     def __init__(self, params: Params, lr: float = 1e-2, betas: tuple[float, float] = (0.965, 0.99),
                  gamma: float = 0.01, eps: float = 1e-12, weight_decay: float = 0.0, k: int = 10,
-                 estimator: str = "hutchinson", seed: int = 0) -> None:
-        if estimator not in ("hutchinson", "gnb"):
-            raise ValueError(f"Sophia: estimator must be 'hutchinson' or 'gnb', got {estimator!r}")
+                 estimator: str = "gaussian", seed: int = 0) -> None:
+        if estimator not in SOPHIA_ESTIMATORS:
+            raise ValueError(f"Sophia: estimator must be one of {', '.join(SOPHIA_ESTIMATORS)}, "
+                             f"got {estimator!r}")
         super().__init__(params, dict(lr=lr, betas=betas, gamma=gamma, eps=eps, weight_decay=weight_decay,
-                                      k=k), seed)
-        self.estimator = estimator
-        self.label = "sophia_h" if estimator == "hutchinson" else "sophia_g"
+                                      k=k, estimator=estimator), seed)
         self._clipped_coordinates: float | None = None
 
     def _estimate(self, oracles: Oracles, t: int) -> list[torch.Tensor]:
-        """:math:`\\hat h_t`, shaped like the parameters."""
+        r""":math:`\hat h_t`, shaped like the parameters."""
         params = self._params()
-        if self.estimator == "hutchinson":
+        estimator = self.param_groups[0]["estimator"]
+        if estimator in ("gaussian", "rademacher"):
             u = seeded_direction(self._seed(t), params)
+            if estimator == "rademacher":
+                u = [ui.sign() for ui in u]
             hu = oracles.hvp(u)
             est = [ui * hui for ui, hui in zip(u, hu, strict=True)]
+        elif estimator == "exact":
+            est = hessian_diagonal(oracles, params, "Sophia")
         else:
             gnb = getattr(oracles, "gnb_gradient", None)
             if gnb is None:
-                raise TypeError("sophia_g needs an Oracles closure with gnb_gradient")
+                raise TypeError("Sophia's gnb estimator needs an Oracles closure with gnb_gradient")
             batch, grads = gnb(torch.Generator().manual_seed(self._seed(t)))
             est = [batch * g * g for g in grads]
         signs = self._signs(oracles, est)
@@ -324,6 +366,129 @@ class NewtonCG(GradientEstimator):
                 "damping": self.damping_used}
 
 
+# -------------------------------------------- gradient-regularized Newton, gradient-normalized smoothness
+
+GNS_HESSIANS = ("exact", "gauss_newton", "fisher", "diagonal")
+"""The curvature :math:`H_k` of :class:`GradientNormalizedNewton`."""
+
+GNS_EPS = 1e-8
+"""The reference code's constant in :math:`\\lambda_k = \\lVert g_k\\rVert / (\\gamma_k + \\epsilon)`."""
+GNS_GAMMA_MIN = 1e-9
+"""The reference code's floor on :math:`\\gamma_k` after a doubling."""
+
+
+class GradientNormalizedNewton(GradientEstimator):
+    r"""Gradient-regularized Newton with the adaptive search of Semenov, Jaggi & Doikov (2025),
+    "Gradient-Normalized Smoothness for Optimization with Approximate Hessians", Algorithm 1, after
+    the authors' ``grad_norm_smooth`` (epfml/grad-norm-smooth, ``src/methods.py``)::
+
+        λ = ‖g_k‖ / (γ + ε),   Δ = -(H_k + λ I)^{-1} g_k
+        accept if f(x_k) - f(x_k + Δ) ≥ ‖∇f(x_k + Δ)‖² / (8 λ):  γ ← max(2γ, γ_min), stop
+        otherwise γ ← γ / 2 and try again (at most ``max_search`` tries; the last Δ is taken)
+        x_{k+1} = x_k + η Δ                                    (η = lr; the paper's method is η = 1)
+
+    with :math:`\gamma_0` = ``gamma0`` (the reference's 1), :math:`\epsilon = 10^{-8}`,
+    :math:`\gamma_{\min} = 10^{-9}`, and :math:`\gamma` carried from step to step: the
+    regularization :math:`\lambda_k` is the gradient norm over the radius :math:`\gamma_k` in which
+    the curvature model is trusted, found adaptively (the gradient-normalized smoothness of the
+    paper). Each try costs a solve, one function value and one gradient at :math:`x_k + \Delta`;
+    each step one function value at :math:`x_k`.
+
+    The curvature :math:`H_k` is a hyperparameter (:data:`GNS_HESSIANS`):
+
+    * ``"exact"``: the Hessian, through HVPs (a CG solve per try, as :class:`NewtonCG`; the reference
+      factors a dense matrix);
+    * ``"gauss_newton"``: the generalized Gauss-Newton matrix :math:`J^\top \nabla^2_o\ell\, J +
+      \lambda_{\mathrm{l2}} I` of a network (:meth:`engine.oracles.ModelView.gauss_newton_vp`);
+    * ``"fisher"``: the empirical Fisher :math:`\tfrac1b \sum_i \nabla\ell_i \nabla\ell_i^\top` of the
+      minibatch's per-sample gradients (the gradient outer products of the paper's "Fisher term");
+    * ``"diagonal"``: the exact Hessian diagonal (:func:`hessian_diagonal`, small problems), solved
+      coordinate-wise.
+
+    Gauss-Newton and Fisher need a network (the run's :class:`engine.oracles.ModelView`). The
+    acceptance test compares values of :math:`f`: there is no min-max-game version, and a game is
+    refused. :meth:`diagnostics` reports ``"gamma"`` (:math:`\gamma` after the step), ``"damping"``
+    (the :math:`\lambda` of the step taken), ``"search_tries"`` and ``"cg_iterations"`` (all tries).
+    """
+
+    label = "grn_gns"
+
+    def __init__(self, params: Params, lr: float = 1.0, gamma0: float = 1.0, hessian: str = "exact",
+                 max_search: int = 40, cg_tol: float = 1e-10, cg_max_iter: int = 50) -> None:
+        if hessian not in GNS_HESSIANS:
+            raise ValueError(f"grn_gns: hessian must be one of {', '.join(GNS_HESSIANS)}, got {hessian!r}")
+        super().__init__(params, dict(lr=lr, gamma0=gamma0, hessian=hessian, max_search=max_search,
+                                      cg_tol=cg_tol, cg_max_iter=cg_max_iter))
+        self.gamma: float | None = None
+        self._gamma0 = float(gamma0)
+        self._report: dict[str, float] = {}
+
+    def _curvature(self, oracles: Oracles, x: torch.Tensor, hessian: str
+                   ) -> Callable[[torch.Tensor], torch.Tensor] | torch.Tensor:
+        """The matrix-vector product of :math:`H_k` (flat), or its diagonal for ``"diagonal"``."""
+        if hessian == "diagonal":
+            return flatten(hessian_diagonal(oracles, self._params(), "grn_gns"))
+        if hessian == "exact":
+            def hvp(v: torch.Tensor) -> torch.Tensor:
+                with torch.enable_grad():
+                    return flatten(oracles.hvp(oracles.unflat(v))).to(v.dtype)
+            return hvp
+        model = getattr(oracles, "model", None)
+        if model is None:
+            raise ValueError(f"grn_gns: the {hessian.replace('_', '-')} curvature needs a network (a model "
+                             f"behind the loss); use hessian='exact' or 'diagonal' on this problem")
+        if hessian == "gauss_newton":
+            return lambda v: model.gauss_newton_vp(x, v).to(v.dtype)
+        jac = model.per_sample_gradients(x.detach()).to(x.dtype)  # [b, P]
+        return lambda v: jac.T @ (jac @ v) / jac.shape[0]
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:
+        oracles = self._oracles(closure)
+        if getattr(oracles, "ascent", None) is not None:
+            raise ValueError("grn_gns accepts a step by the decrease of f: it has no min-max game version")
+        first = self.param_groups[0]
+        if self.gamma is None or float(first["gamma0"]) != self._gamma0:
+            self.gamma = self._gamma0 = float(first["gamma0"])  # a new gamma0 restarts the search
+        with torch.enable_grad():
+            g = flatten(self._gradient(oracles))
+        norm = float(g.norm())
+        x = oracles.flat()
+        tries = cg_total = 0
+        lam = 0.0
+        if norm > 0:
+            f0 = float(oracles())
+            curvature = self._curvature(oracles, x, str(first["hessian"]))
+            delta = torch.zeros_like(g)
+            for _ in range(int(first["max_search"])):
+                tries += 1
+                lam = norm / (self.gamma + GNS_EPS)
+                if isinstance(curvature, torch.Tensor):
+                    delta = -g / (curvature + lam)
+                else:
+                    sol, iters = conjugate_gradient(lambda v, lam=lam: curvature(v) + lam * v, g,
+                                                    float(first["cg_tol"]), int(first["cg_max_iter"]))
+                    delta, cg_total = -sol, cg_total + iters
+                point = (x + delta)[None]
+                f_new = float(oracles.values(point)[0])
+                g_new = float(oracles.gradient_at(point)[0].norm()) ** 2
+                if f0 - f_new >= g_new / (8 * lam):
+                    self.gamma = max(2 * self.gamma, GNS_GAMMA_MIN)
+                    break
+                self.gamma *= 0.5
+            if not bool(torch.isfinite(delta).all()):  # every try failed on a singular system: no step
+                delta = torch.zeros_like(g)
+            for group, p, d in zip(self._groups(), self._params(), oracles.unflat(delta), strict=True):
+                p.add_(d.to(p.dtype), alpha=group["lr"])
+        self._report = {"gamma": float(self.gamma), "damping": lam, "search_tries": float(tries),
+                        "cg_iterations": float(cg_total)}
+
+    def diagnostics(self) -> Mapping[str, float]:
+        if not self._report:
+            return {}
+        return {**super().diagnostics(), **self._report}
+
+
 # ---------------------------------------------------------------------------------------- M-FAC
 
 class MFAC(GradientEstimator):
@@ -417,6 +582,8 @@ _NEWTON = Paper("Deep learning via Hessian-free optimization", "J. Martens", 201
                 "https://www.cs.toronto.edu/~jmartens/docs/Deep_HessianFree.pdf")
 _GRN = Paper("Regularized Newton Method with Global O(1/k^2) Convergence", "K. Mishchenko", 2023,
              "https://arxiv.org/abs/2112.02089")
+_GNS = Paper("Gradient-Normalized Smoothness for Optimization with Approximate Hessians",
+             "A. Semenov, M. Jaggi, N. Doikov", 2025, "https://arxiv.org/abs/2506.13710")
 _MFAC = Paper("M-FAC: Efficient Matrix-Free Approximations of Second-Order Information",
               "E. Frantar, E. Kurtic, D. Alistarh", 2021, "https://arxiv.org/abs/2107.03356")
 
@@ -426,6 +593,12 @@ _SOPHIA_RULE = (r"m_t = \beta_1 m_{t-1} + (1-\beta_1) g_t,\;"
                 r"\theta_t \leftarrow \theta_t(1-\eta\lambda),\;"
                 r"\theta_{t+1} = \theta_t - \eta\,\mathrm{clip}\!\left("
                 r"\frac{m_t}{\max(\gamma h_t, \epsilon)}, 1\right)")
+_SOPHIA_ESTIMATE = (r",\; \hat h_t = \begin{cases}u \odot (H_t u),\ u \sim N(0, I) & \text{gaussian}\\"
+                    r" u \odot (H_t u),\ u \sim \mathrm{Rademacher} & \text{rademacher}\\"
+                    r" B\,\nabla\hat L(\theta_t) \odot \nabla\hat L(\theta_t),\ "
+                    r"\hat L = \tfrac1B \sum_b \ell(f(\theta_t, x_b), \hat y_b),\ "
+                    r"\hat y_b \sim p_{\theta_t}(\cdot \mid x_b) & \text{gnb}\\"
+                    r" \mathrm{diag}(H_t) & \text{exact}\end{cases}")
 _CG = (Hyperparameter("cg_tol", 1e-10, 1e-14, 1.0, log=True,
                       doc="CG stops at relative residual \\|r\\| \\le tol\\,\\|g\\|"),
        Hyperparameter("cg_max_iter", 50, 1, 10_000, kind="int", doc="at most this many HVPs per step"))
@@ -439,14 +612,18 @@ _NEWTON_DIAGNOSTICS = {"cg_iterations": "conjugate-gradient iterations (HVPs) of
                        "damping": "the damping lambda_t of the last step (GRN: sqrt(H ||g_t||))", **_CLIPS}
 
 
-def _sophia_hps(lr_default: float) -> tuple[Hyperparameter, ...]:
+def _sophia_hps(lr_default: float, estimator: str) -> tuple[Hyperparameter, ...]:
     return (lr(lr_default),
             beta("beta1", 0.965, 0, doc="gradient EMA \\beta_1"),
             beta("beta2", 0.99, 1, doc="Hessian-estimate EMA \\beta_2 (per refresh)"),
             Hyperparameter("gamma", 0.01, 1e-6, 10.0, log=True,
                            doc="\\gamma: the step is clipped where |m| > \\gamma h (the code's \\rho)"),
             eps(1e-12), weight_decay(),
-            Hyperparameter("k", 10, 1, 1000, kind="int", doc="refresh the Hessian estimate every k steps"))
+            Hyperparameter("k", 10, 1, 1000, kind="int", doc="refresh the Hessian estimate every k steps"),
+            choice("estimator", estimator, SOPHIA_ESTIMATORS,
+                   doc="Hessian-diagonal estimate: Hutchinson with Gaussian or Rademacher probes, "
+                       "Gauss-Newton-Bartlett (a network with a likelihood), or exact (an HVP per "
+                       "parameter)"))
 
 
 SPECS = [
@@ -457,27 +634,28 @@ SPECS = [
     # multiplied by rho*bs, so its rho is the paper's gamma); its GPT-2 small config uses 0.03, the
     # README suggests [0.01, 0.1]. Weight decay 0 (official 0.1-0.2 for GPT-2) so that the
     # landscapes' minima stay put. lr 1e-2 for the unit-scale landscapes: it is the largest step a
-    # coordinate can take (the paper: 2e-4 to 6e-4 on GPT-2 with a schedule). Hutchinson u ~ N(0, I)
-    # as in the paper (Rademacher would make the estimate exact on a diagonal Hessian). No stability
-    # threshold: the clip bounds every coordinate's step by lr whatever the curvature.
+    # coordinate can take (the paper: 2e-4 to 6e-4 on GPT-2 with a schedule). The estimator is a
+    # choice: Hutchinson u ~ N(0, I) by default, as in the paper; Rademacher probes (exact on a
+    # diagonal Hessian), Gauss-Newton-Bartlett (networks) and the exact diagonal (<= 2,048 parameters)
+    # beside it. On the paper's toy (test_second_order) Rademacher equals the exact diagonal step for
+    # step and Gaussian probes reach 2e-2 later. No stability threshold: the clip bounds every
+    # coordinate's step by lr whatever the curvature.
     OptimizerSpec(
         name="sophia_h", label="Sophia-H", factory=Sophia,
-        hyperparameters=_sophia_hps(1e-2),
-        update_rule=_SOPHIA_RULE + r",\; \hat h_t = u \odot (H_t u),\ u \sim N(0, I)",
+        hyperparameters=_sophia_hps(1e-2, "gaussian"),
+        update_rule=_SOPHIA_RULE + _SOPHIA_ESTIMATE,
         paper=_SOPHIA, oracle=Oracle.HVPS, family="second-order", row_separable=False,
-        fixed={"estimator": "hutchinson"}, seeded=True, diagnostics=_SOPHIA_DIAGNOSTICS,
+        seeded=True, diagnostics=_SOPHIA_DIAGNOSTICS,
     ),
     # Sophia-G needs labels to sample: it runs on problems whose closure offers gnb_gradient (a
     # network with a cross-entropy, binary cross-entropy or squared-error likelihood) and raises a
     # clear error elsewhere. lr 1e-3 for networks (the max per-coordinate step, as Adam's 1e-3).
     OptimizerSpec(
         name="sophia_g", label="Sophia-G", factory=Sophia,
-        hyperparameters=_sophia_hps(1e-3),
-        update_rule=_SOPHIA_RULE + r",\; \hat h_t = B\,\nabla\hat L(\theta_t) \odot \nabla\hat L(\theta_t),\ "
-                                   r"\hat L = \tfrac1B \sum_b \ell(f(\theta_t, x_b), \hat y_b),\ "
-                                   r"\hat y_b \sim p_{\theta_t}(\cdot \mid x_b)",
+        hyperparameters=_sophia_hps(1e-3, "gnb"),
+        update_rule=_SOPHIA_RULE + _SOPHIA_ESTIMATE,
         paper=_SOPHIA, oracle=Oracle.HVPS, family="second-order", row_separable=False,
-        fixed={"estimator": "gnb"}, seeded=True, diagnostics=_SOPHIA_DIAGNOSTICS,
+        seeded=True, diagnostics=_SOPHIA_DIAGNOSTICS,
         requires={"sampled_losses": "a network with a likelihood to sample labels from (Gauss-Newton-"
                                     "Bartlett); use sophia_h on analytic landscapes"},
     ),
@@ -528,6 +706,33 @@ SPECS = [
         paper=_GRN, oracle=Oracle.HVPS, family="second-order", row_separable=False,
         fixed={"regularization": "gradient"}, diagnostics=_NEWTON_DIAGNOSTICS,
     ),
+    # Semenov, Jaggi & Doikov's Algorithm 1 with the reference code's constants (gamma_0 = 1,
+    # eps = 1e-8, gamma_min = 1e-9, at most 40 tries; the condition f_k - f_new >= ||g_new||^2 / (8
+    # lambda)). lr 1: the paper's unit step. Exact curvature by default (any problem); Gauss-Newton
+    # and Fisher need a network. Closure-driven with the model view (uses_model) for the latter two.
+    OptimizerSpec(
+        name="grn_gns", label="Adaptive gradient-regularized Newton (GNS)", factory=GradientNormalizedNewton,
+        hyperparameters=(lr(1.0),
+                         Hyperparameter("gamma0", 1.0, 1e-8, 1e8, log=True,
+                                        doc=r"initial radius \gamma_0 of \lambda = \|g\| / \gamma"),
+                         choice("hessian", "exact", GNS_HESSIANS,
+                                doc="curvature H_k: exact (HVPs), Gauss-Newton or empirical Fisher "
+                                    "(networks), or the exact diagonal (small problems)"),
+                         Hyperparameter("max_search", 40, 1, 100, kind="int",
+                                        doc="most tries of the adaptive search per step"),
+                         *_CG),
+        update_rule=(r"\lambda = \frac{\lVert g_k\rVert}{\gamma + \epsilon},\;"
+                     r"\Delta = -(H_k + \lambda I)^{-1} g_k,\;"
+                     r"\gamma \leftarrow \begin{cases}2\gamma & f(x_k) - f(x_k + \Delta) \ge "
+                     r"\frac{\lVert\nabla f(x_k + \Delta)\rVert^2}{8\lambda}\\"
+                     r"\gamma/2,\ \text{retry} & \text{else}\end{cases},\;"
+                     r"x_{k+1} = x_k + \eta\,\Delta"),
+        paper=_GNS, oracle=Oracle.HVPS, family="second-order", row_separable=False, uses_model=True,
+        diagnostics={"gamma": "the radius gamma after the last step's search",
+                     "damping": "lambda = ||g|| / (gamma + eps) of the step taken",
+                     "search_tries": "tries of the adaptive search in the last step",
+                     "cg_iterations": "conjugate-gradient iterations of the last step, all tries", **_CLIPS},
+    ),
     # M-FAC reads only gradients, but its Fisher couples every parameter of one trajectory, so a race
     # gives each start its own optimizer (per_trajectory). lr 1e-3 and damping 1e-5 are the official
     # main_optim.py's; window 32 (official 1024, README example 512) fits the explorer's sizes;
@@ -547,4 +752,6 @@ SPECS = [
     ),
 ]
 
-__all__ = ["MFAC", "SPECS", "AdaHessian", "NewtonCG", "Sophia", "conjugate_gradient", "spatial_average"]
+__all__ = ["EXACT_DIAGONAL_MAX", "GNS_HESSIANS", "MFAC", "SOPHIA_ESTIMATORS", "SPECS", "AdaHessian",
+           "GradientNormalizedNewton", "NewtonCG", "Sophia", "conjugate_gradient", "hessian_diagonal",
+           "spatial_average"]

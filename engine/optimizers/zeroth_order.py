@@ -60,6 +60,7 @@ from engine.specs import (
     OptimizerSpec,
     Oracle,
     Paper,
+    choice,
     lr,
     weight_decay,
 )
@@ -431,34 +432,106 @@ CGE_BATCH_ELEMENTS = 1 << 22
 call for f(θ) and all |S| perturbed points; large ones: several, counted the same)."""
 
 
+ZO_GRASP_QUERIES = 192
+"""Random directions of each of ZO-GraSP's two estimates: the official ``zoo_sample_size``."""
+
+CGE_SELECTIONS = ("uniform", "zo_grasp")
+"""How DeepZero's coordinate estimate picks its sparse coordinates: uniformly over all parameters,
+or tensor by tensor in the proportions ZO-GraSP's pruning at initialization keeps."""
+
+
+def sparse_count(density: float, n_params: int) -> int:
+    """:math:`|S| = \\lceil \\rho P \\rceil` coordinates (at least one, at most P)."""
+    return max(1, min(n_params, math.ceil(density * n_params - 1e-9)))
+
+
 class CoordinateGradientEstimate(_ZerothOrder):
     r"""ZO-SGD with DeepZero's coordinate-wise estimate (Chen et al. 2024), forward differences on
-    a random coordinate subset :math:`S_t`, :math:`|S_t| = \lceil \rho P \rceil`, redrawn each step:
+    a sparse coordinate subset :math:`S_t`, :math:`|S_t| = \lceil \rho P \rceil`, redrawn each step:
 
     .. math:: \hat g_i = \frac{f(\theta + \mu e_i) - f(\theta)}{\mu}\ (i \in S_t),\quad
               \hat g_i = 0\ (i \notin S_t),\quad \theta \leftarrow \theta - \eta\,\hat g
 
     :math:`|S_t| + 1` function values per step, evaluated in one batched ``oracles.values`` call
-    (DeepZero's "forward parallelization"). :math:`S_t` is ``randperm(P)[:|S_t|]`` from a CPU
-    generator seeded with :math:`s_{t,0}`. DeepZero picks its sparse coordinates with ZO-GraSP
-    pruning scores and keeps them for several epochs; here they are uniform and fresh each step."""
+    (DeepZero's "forward parallelization"). ``selection`` picks :math:`S_t`:
+
+    * ``"uniform"``: ``randperm(P)[:|S_t|]`` from a CPU generator seeded with :math:`s_{t,0}`;
+    * ``"zo_grasp"``: DeepZero's Algorithm 1 (ZO-GraSP-oriented layer-wise pruning ratios, after the
+      official ``zoo_grasp_importance_score``, ``global_prune`` and ``layer_wise_random``). Once, at
+      the first step (and again after a change of ``density``), ZO-GraSP scores the coordinates
+      from function values alone: with :math:`q` = ``grasp_queries`` (:data:`ZO_GRASP_QUERIES`) directions
+      :math:`u_i` (seeded normal draws :math:`z(s_{t,1+i})`, normalized per tensor),
+      :math:`\hat g(x) = \tfrac1q \sum_i \big(f(x + \mu u_i) - f(x)\big) u_i`,
+      :math:`\widehat{Hg} = \big(\hat g'(\theta + \mu \hat g(\theta)) - \hat g(\theta)\big)/\mu` (fresh
+      directions :math:`z(s_{t,1+q+i})` for :math:`\hat g'`), score :math:`|\theta \odot \widehat{Hg}|`;
+      the :math:`|S|` best-scored coordinates (global ranking, ties by position) give each tensor
+      :math:`l` its count :math:`c_l`. Every step then draws ``randperm(n_l)[:c_l]`` in each
+      tensor, in order, from the generator seeded with :math:`s_{t,0}`: the paper's random
+      coordinates within each layer at the layer's ZO-GraSP ratio. The scoring costs
+      :math:`2q + 2` function values.
+
+    The official code prunes only convolution and linear weights and keeps every bias dense; here
+    every tensor takes part in the ranking (a landscape's point is one tensor, where both selections
+    coincide). Its per-tensor counts are kept as Python integers (no tensor state)."""
 
     label = "zo_cge"
 
     def __init__(self, params: Params, lr: float = 5e-2, mu: float = 5e-3, density: float = 0.1,
-                 seed: int = 0) -> None:
-        super().__init__(params, dict(lr=lr, mu=mu, density=density), seed)
+                 selection: str = "uniform", grasp_queries: int = ZO_GRASP_QUERIES, seed: int = 0) -> None:
+        if selection not in CGE_SELECTIONS:
+            raise ValueError(f"zo_cge: selection must be one of {', '.join(CGE_SELECTIONS)}, "
+                             f"got {selection!r}")
+        super().__init__(params, dict(lr=lr, mu=mu, density=density, selection=selection,
+                                      grasp_queries=grasp_queries), seed)
+        self.allocation: list[int] | None = None
+        """Coordinates per tensor chosen by ZO-GraSP (None until the first ``"zo_grasp"`` step)."""
+        self._allocated_for: float | None = None
 
     def coordinates(self, step: int, n_params: int) -> torch.Tensor:
         """The sorted flat coordinate indices :math:`S_t` drawn at ``step``."""
-        n = max(1, min(n_params, math.ceil(float(self.param_groups[0]["density"]) * n_params - 1e-9)))
+        first = self.param_groups[0]
         g = torch.Generator().manual_seed(self._seed(step))
-        return torch.randperm(n_params, generator=g)[:n].sort().values
+        if first["selection"] == "uniform" or self.allocation is None:
+            n = sparse_count(float(first["density"]), n_params)
+            return torch.randperm(n_params, generator=g)[:n].sort().values
+        parts, offset = [], 0
+        for p, c in zip(self._params(), self.allocation, strict=True):
+            parts.append(torch.randperm(p.numel(), generator=g)[:c] + offset)
+            offset += p.numel()
+        return torch.cat(parts).sort().values
+
+    def _rge(self, oracles: Oracles, centre: torch.Tensor, step: int, first_query: int) -> torch.Tensor:
+        """ZO-GraSP's randomized estimate at ``centre`` (directions normalized per tensor)."""
+        first = self.param_groups[0]
+        mu, q = float(first["mu"]), int(first["grasp_queries"])
+        params = self._params()
+        dirs = torch.stack([flatten([z / (z.norm() + 1e-8) for z in seeded_direction(
+            self._seed(step, first_query + i), params)]) for i in range(q)]).to(centre)
+        f = oracles.values(torch.cat([centre[None], centre[None] + mu * dirs]))
+        return (f[1:] - f[0]) @ dirs / q
+
+    def _allocate(self, oracles: Oracles, step: int) -> None:
+        first = self.param_groups[0]
+        mu, q = float(first["mu"]), int(first["grasp_queries"])
+        x = oracles.flat()
+        g0 = self._rge(oracles, x, step, 1)
+        hg = (self._rge(oracles, x + mu * g0, step, 1 + q) - g0) / mu
+        score = (x * hg).abs()
+        keep = torch.argsort(score, descending=True, stable=True)[:sparse_count(float(first["density"]),
+                                                                                  x.numel())]
+        owner = torch.repeat_interleave(torch.arange(len(self._params())),
+                                        torch.tensor([p.numel() for p in self._params()]))
+        self.allocation = torch.bincount(owner[keep.cpu()], minlength=len(self._params())).tolist()
+        self._allocated_for = float(first["density"])
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> torch.Tensor:
         oracles = self._oracles(closure)
-        mu = float(self.param_groups[0]["mu"])
+        first = self.param_groups[0]
+        mu = float(first["mu"])
+        if first["selection"] == "zo_grasp" and (self.allocation is None
+                                                 or self._allocated_for != float(first["density"])):
+            self._allocate(oracles, self.steps)
         x = oracles.flat()
         subset = self.coordinates(self.steps, x.numel()).to(x.device)
         per_call = max(1, CGE_BATCH_ELEMENTS // x.numel())
@@ -636,15 +709,24 @@ SPECS = [
         paper=_SPARSE_MEZO, oracle=Oracle.VALUES, family="zeroth-order", seeded=True, diagnostics=_CLIPS,
     ),
     # mu 5e-3: DeepZero's --zoo-step-size default (OPTML-Group/DeepZero, tools/misc.py); density
-    # 0.1: its ResNet-20 runs use 90% gradient sparsity.
+    # 0.1: its ResNet-20 runs use 90% gradient sparsity. ZO-GraSP's 192 directions (ZO_GRASP_QUERIES)
+    # are fixed, the official generate_layer_ratio.py's zoo_sample_size (its step size is the same
+    # 5e-3): a one-time cost, not a per-step knob (and engine.limits reads an integer hyperparameter as
+    # a cap on the evaluations per step).
     OptimizerSpec(
         name="zo_cge", label="DeepZero CGE", factory=CoordinateGradientEstimate,
         hyperparameters=(lr(5e-2), Hyperparameter("mu", 5e-3, 1e-8, 1.0, log=True,
                                                   doc="finite-difference step \\mu"),
                          Hyperparameter("density", 0.1, 1e-4, 1.0, log=True,
-                                        doc="fraction of coordinates estimated per step")),
+                                        doc="fraction of coordinates estimated per step"),
+                         choice("selection", "uniform", CGE_SELECTIONS,
+                                doc="sparse coordinates: uniform, or per tensor at the ratios ZO-GraSP's "
+                                    "pruning at initialization keeps (DeepZero)")),
         update_rule=(r"\hat g_i = \frac{f(\theta_t+\mu e_i)-f(\theta_t)}{\mu}\ (i \in S_t),\ "
-                     r"0\ \text{otherwise};\;\theta_{t+1} = \theta_t - \eta\,\hat g"),
+                     r"0\ \text{otherwise};\;\theta_{t+1} = \theta_t - \eta\,\hat g;\;"
+                     r"S_t:\ \text{uniform, or } c_l \text{ random coordinates of tensor } l,\ "
+                     r"c_l = \#\{\text{top-}|S| \text{ ZO-GraSP scores } |\theta \odot \widehat{Hg}|"
+                     r" \text{ in } l\}"),
         paper=_DEEPZERO, oracle=Oracle.VALUES, family="zeroth-order", seeded=True, diagnostics=_CLIPS,
     ),
     OptimizerSpec(
@@ -664,8 +746,10 @@ SPECS = [
 ]
 
 __all__ = [
+    "CGE_SELECTIONS",
     "SPECS",
     "ZOSGD",
+    "ZO_GRASP_QUERIES",
     "CoordinateGradientEstimate",
     "ForwardGradient",
     "SparseMeZO",
@@ -676,5 +760,6 @@ __all__ = [
     "ZOSGDSign",
     "magnitude_thresholds",
     "rank_coefficients",
+    "sparse_count",
     "step_seed",
 ]

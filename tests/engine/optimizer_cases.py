@@ -31,7 +31,8 @@ import torch
 from torch import nn
 
 from engine.clipping import Clip
-from engine.oracles import Oracles, seeded_direction
+from engine.oracles import ModelView, Oracles, model_view, seeded_direction
+from engine.problem import Bounds
 from engine.registry import Oracle, get_spec
 from engine.seeds import step_seed
 from landscapes.networks import cross_entropy, problem_from_module, seeded
@@ -84,6 +85,10 @@ class RuleProblem:
     loss: Callable[[torch.Tensor], torch.Tensor] | None = None
     ascent: Array | None = None
     sampled_losses: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
+    bounds: Any = None
+    """The view box (``low``/``high``) an Oracles hands over (CBO's uniform cloud)."""
+    model: ModelView | None = None
+    """The network behind ``loss`` (TrAct, Gauss-Newton and Fisher curvature)."""
     data: Mapping[str, Any] = field(default_factory=dict)
     dtypes: tuple[torch.dtype, ...] = (torch.float64, torch.float32)
     cpu_only: str = ""
@@ -121,7 +126,8 @@ class RuleProblem:
         if self.loss is None:
             raise TypeError(f"{self.name} has no function: closure-driven optimizers cannot run on it")
         ascent = None if self.ascent is None else torch.as_tensor(self.ascent, device=params[0].device)
-        return Oracles(self.loss, params, ascent=ascent, sampled_losses=self.sampled_losses)
+        return Oracles(self.loss, params, ascent=ascent, sampled_losses=self.sampled_losses,
+                       bounds=self.bounds, model=self.model)
 
 
 SCALES = (1.0, 0.3, 2.0, 0.05, 1.5, 0.7, 1.2, 0.4, 2.5, 0.1, 0.9, 1.7)
@@ -241,7 +247,8 @@ def _rastrigin() -> RuleProblem:
     def grad(x: Array) -> Array:
         return 2 * x + 20 * math.pi * np.sin(2 * math.pi * x)
 
-    return analytic("rastrigin", ((2,),), np.array([-1.2, 0.8]), f, grad)
+    return dataclasses.replace(analytic("rastrigin", ((2,),), np.array([-1.2, 0.8]), f, grad),
+                               bounds=Bounds((-5.12, -5.12), (5.12, 5.12)))
 
 
 def _softmax() -> RuleProblem:
@@ -257,10 +264,16 @@ def _softmax() -> RuleProblem:
         gw, gb, _ = softmax_grad(th[:12].reshape(4, 3), th[12:], Xn, yn)
         return np.concatenate([gw.ravel(), gb])
 
+    def f(th: Array) -> float:
+        z = Xn @ th[:12].reshape(4, 3).T + th[12:]
+        z = z - z.max(1, keepdims=True)
+        return float(np.mean(np.log(np.exp(z).sum(1)) - z[np.arange(len(yn)), yn]))
+
     return RuleProblem("softmax", ((4, 3), (4,)), net.x0().numpy().copy(), lambda t, th: grad(th),
-                       grad=grad, loss=lambda x: net.loss(x, None),
+                       f=f, grad=grad, loss=lambda x: net.loss(x, None),
+                       hessian=lambda th: softmax_curvatures(th, Xn, yn)["gauss_newton"],  # linear: GN = H
                        sampled_losses=lambda th, gen: net.sampled_losses(th, None, gen),
-                       data={"X": Xn, "y": yn}, dtypes=(torch.float64,),
+                       model=model_view(net, None), data={"X": Xn, "y": yn}, dtypes=(torch.float64,),
                        cpu_only="the network problem's data tensors are on the CPU")
 
 
@@ -495,6 +508,60 @@ def ref_adamp(log: list[str] | None = None) -> TensorStep:
     return step
 
 
+def adamp_projection(th: Array, g: Array, u: Array, v: Values) -> tuple[Array, float, str]:
+    """The official ``_projection`` of AdamP and SGDP by hand: per-row view, then whole-tensor view;
+    if every |cos(g, w)| < delta / sqrt(width), remove u's radial part along w / (||w|| + eps)."""
+    if th.ndim > 1:
+        for view, shape in (("channel", (th.shape[0], -1)), ("layer", (1, -1))):
+            w, gv = th.reshape(shape), g.reshape(shape)
+            cos = np.abs((w * gv).sum(1)) / (np.linalg.norm(w, axis=1) * np.linalg.norm(gv, axis=1))
+            if cos.max() < v["delta"] / math.sqrt(w.shape[1]):
+                w_n = w / (np.linalg.norm(w, axis=1) + v["eps"])[:, None]
+                uv = u.reshape(shape)
+                return (uv - w_n * (w_n * uv).sum(1)[:, None]).reshape(th.shape), v["wd_ratio"], view
+    return u, 1.0, "none"
+
+
+def ref_sgdp(log: list[str] | None = None) -> TensorStep:
+    # Heo et al. (official sgdp.py, dampening 0): b = mu b + g from b_0 = 0; u = g + mu b (Nesterov)
+    # or b; AdamP's projection with g; theta <- theta (1 - lr wd ratio / (1 - mu)) - lr u.
+    s: dict = {"b": 0.0}
+
+    def step(th: Array, g: Array, v: Values) -> Array:
+        mu = v["momentum"]
+        s["b"] = mu * s["b"] + g
+        u = g + mu * s["b"] if v["nesterov"] else s["b"]
+        u, ratio, branch = adamp_projection(th, g, u, v)
+        if log is not None:
+            log.append(branch)
+        return th * (1 - v["lr"] * v["weight_decay"] * ratio / (1 - mu)) - v["lr"] * u
+    return step
+
+
+def tract_gradient_np(gw: Array, X: Array, lam: float) -> Array:
+    """Petersen et al.: g_W (X'X / b + lam I)^-1, by a dense inverse (no Woodbury)."""
+    b, n = X.shape
+    return gw @ np.linalg.inv(X.T @ X / b + lam * np.eye(n))
+
+
+def rule_tract(base: str) -> Rule:
+    """TrAct on the softmax model (its one layer is the first: W [4, 3]): the first layer's weight
+    gradient times (X'X/b + lam I)^-1, then torch's SGD with momentum (b_1 = g_1) or Adam, with L2
+    decay added after the transform."""
+    def rule(vs: Sequence[Values], problem: RuleProblem, seed: int) -> list[Array]:
+        X = problem.data["X"]
+        steppers = [ref_sgd("heavy") if base == "sgdm" else ref_adam() for _ in problem.shapes]
+        th, out = problem.x0.copy(), []
+        for t, v in enumerate(vs):
+            parts = problem.split(problem.gradient(t, th))
+            parts[0] = tract_gradient_np(parts[0], X, v["lam"])
+            th = problem.join([step(a, gi, v) for step, a, gi in zip(steppers, problem.split(th), parts,
+                                                                       strict=True)])
+            out.append(th.copy())
+        return out
+    return rule
+
+
 def ref_sgdsai() -> TensorStep:
     # Xu et al. (official code): at step 1, s = ||g|| / (std(g) + eps) over the tensor (unbiased
     # std; s = ||g|| where std is 0 or undefined); m_1 = g_1, m_t = mu m + (1 - mu) g;
@@ -548,34 +615,75 @@ def frugal_columns(shape: tuple[int, ...]) -> int:
     return shape[1] if len(shape) >= 2 else math.prod(shape)
 
 
+def svd_basis(g: Array, rho: float) -> tuple[str, Array]:
+    """GaLore's projector (proj_side "std") by numpy's SVD: m >= n: ("right", Vh[:round(rho n)]), else
+    ("left", U[:, :round(rho m)])."""
+    m, n = g.shape
+    u, _, vh = np.linalg.svd(g, full_matrices=False)
+    return ("right", vh[:round(n * rho)]) if m >= n else ("left", u[:, :round(m * rho)])
+
+
+def _frugal_adam(s_: dict, gs: Array, v: Values) -> Array:
+    """A bias-corrected Adam direction with the reference's denominator sqrt(v)/sqrt(1 - b2^t) + eps."""
+    b1, b2 = v["beta1"], v["beta2"]
+    s_["m"] = b1 * s_["m"] + (1 - b1) * gs
+    s_["v"] = b2 * s_["v"] + (1 - b2) * gs * gs
+    return (s_["m"] / (1 - b1 ** s_["t"])) / (np.sqrt(s_["v"]) / np.sqrt(1 - b2 ** s_["t"]) + v["eps"])
+
+
+def _project_up(low: Array, side: str, basis: Array) -> Array:
+    return low @ basis if side == "right" else basis @ low
+
+
 def rule_frugal(vs: Sequence[Values], problem: RuleProblem, seed: int) -> list[Array]:
-    """The authors' CoordAdamW step (columns of a matrix, coordinates of a vector): at step k with
-    k % T == 0 (or after a change of rho) every tensor draws ``randperm(columns)[:floor(rho n)]``
-    from one ``torch.Generator`` seeded with ``seed`` (the documented draw, in tensor order), and
-    Adam's moments and step count restart; Adam (bias-corrected, denominator
-    sqrt(v)/sqrt(1 - b2^t) + eps) on the subset, lr * sign(g) on the rest, decoupled decay."""
+    """The authors' FRUGAL steps. At step k with k % T == 0 (or after a change of rho or projection)
+    the subspace is redrawn from one ``torch.Generator`` seeded with ``seed`` and Adam's moments and
+    count restart: random, every tensor ``randperm(columns)[:floor(rho n)]`` (CoordAdamW, columns
+    of a matrix, coordinates of a vector); blockwise, ``randperm(L)[:round(rho L)]`` active tensors
+    (BlockAdamW); svd, each matrix [m, -1] the top singular vectors of the step's gradient
+    (GaloreAdamW), vectors random coordinates. Adam (bias-corrected, denominator sqrt(v)/sqrt(1 - b2^t)
+    + eps) on the subspace, lr * sign on the rest, decoupled decay."""
     gen = torch.Generator().manual_seed(seed)
     st: list[dict] = []
-    rho_drawn = None
+    drawn = None
     th, out = problem.x0.copy(), []
     for k, v in enumerate(vs):
-        if k % v["update_gap"] == 0 or rho_drawn != v["rho"]:
-            st = [{"idx": torch.randperm(frugal_columns(s), generator=gen)[:int(frugal_columns(s) * v["rho"])]
-                   .numpy(), "m": 0.0, "v": 0.0, "t": 0} for s in problem.shapes]
-            rho_drawn = v["rho"]
-        b1, b2, lr = v["beta1"], v["beta2"], v["lr"]
-        new = []
-        for x, g, s in zip(problem.split(th), problem.split(problem.gradient(k, th)), st, strict=True):
-            s["t"] += 1
-            cols = g[:, s["idx"]] if g.ndim >= 2 else g[s["idx"]]
-            s["m"] = b1 * s["m"] + (1 - b1) * cols
-            s["v"] = b2 * s["v"] + (1 - b2) * cols * cols
-            adam = (s["m"] / (1 - b1 ** s["t"])) / (np.sqrt(s["v"]) / np.sqrt(1 - b2 ** s["t"]) + v["eps"])
-            upd = np.sign(g)
-            if g.ndim >= 2:
-                upd[:, s["idx"]] = adam
+        grads = problem.split(problem.gradient(k, th))
+        if k % v["update_gap"] == 0 or drawn != (v["rho"], v["projection"]):
+            if v["projection"] == "blockwise":
+                active = set(torch.randperm(len(problem.shapes), generator=gen)[
+                    :round(len(problem.shapes) * v["rho"])].tolist())
+                st = [{"active": i in active} for i in range(len(problem.shapes))]
             else:
-                upd[s["idx"]] = adam
+                st = []
+                for s_, g in zip(problem.shapes, grads, strict=True):
+                    if v["projection"] == "svd" and len(s_) >= 2:
+                        st.append({"basis": svd_basis(g.reshape(s_[0], -1), v["rho"])})
+                    else:
+                        c = frugal_columns(s_)
+                        st.append({"idx": torch.randperm(c, generator=gen)[:int(c * v["rho"])].numpy()})
+            for s_ in st:
+                s_.update(m=0.0, v=0.0, t=0)
+            drawn = (v["rho"], v["projection"])
+        lr = v["lr"]
+        new = []
+        for x, g, s_ in zip(problem.split(th), grads, st, strict=True):
+            s_["t"] += 1
+            if "active" in s_:
+                upd = _frugal_adam(s_, g, v) if s_["active"] else np.sign(g)
+            elif "basis" in s_:
+                side, basis = s_["basis"]
+                g2 = g.reshape(g.shape[0], -1)
+                low = g2 @ basis.T if side == "right" else basis.T @ g2
+                upd = (_project_up(_frugal_adam(s_, low, v), side, basis)
+                       + np.sign(g2 - _project_up(low, side, basis))).reshape(g.shape)
+            else:
+                cols = g[:, s_["idx"]] if g.ndim >= 2 else g[s_["idx"]]
+                upd = np.sign(g)
+                if g.ndim >= 2:
+                    upd[:, s_["idx"]] = _frugal_adam(s_, cols, v)
+                else:
+                    upd[s_["idx"]] = _frugal_adam(s_, cols, v)
             new.append(x * (1 - lr * v["weight_decay"]) - lr * upd)
         th = problem.join(new)
         out.append(th.copy())
@@ -772,15 +880,44 @@ def rule_forward_grad(vs: Sequence[Values], problem: RuleProblem, seed: int) -> 
     return out
 
 
+def zo_grasp_counts(problem: RuleProblem, th: Array, v: Values, seed: int, t: int) -> list[int]:
+    """DeepZero's ZO-GraSP (official zoo_grasp_importance_score) by hand: g(x) = (1/q) sum_i (f(x + mu
+    u_i) - f(x)) u_i, u_i = z(s_{t,1+i}) normalized per tensor; Hg = (g'(theta + mu g) - g)/mu with
+    z(s_{t,1+q+i}); scores |theta * Hg|; the ceil(density P) best (ties by position) counted per tensor."""
+    mu, q = v["mu"], 192  # the official zoo_sample_size
+
+    def rge(x: Array, first: int) -> Array:
+        est = np.zeros_like(x)
+        for i in range(q):
+            z = problem.direction(step_seed(seed, t, first + i))
+            u = problem.join([zl / (np.linalg.norm(zl) + 1e-8) for zl in problem.split(z)])
+            est += (problem.f(x + mu * u) - problem.f(x)) * u / q
+        return est
+
+    g0 = rge(th, 1)
+    score = np.abs(th * (rge(th + mu * g0, 1 + q) - g0) / mu)
+    keep = np.argsort(-score, kind="stable")[:max(1, math.ceil(v["density"] * th.size - 1e-9))]
+    return [int(((keep >= lo) & (keep < hi)).sum()) for lo, hi in problem.offsets()]
+
+
 def rule_cge(vs: Sequence[Values], problem: RuleProblem, seed: int) -> list[Array]:
-    """DeepZero's CGE on |S| = ceil(density P) coordinates, S = randperm(P)[:|S|] from a CPU
-    generator seeded with s_t (the documented draw): forward differences with step mu."""
-    th, out = problem.x0.copy(), []
+    """DeepZero's CGE, forward differences with step mu on a coordinate set S drawn from a CPU generator
+    seeded with s_t: uniform, S = randperm(P)[:ceil(density P)]; zo_grasp, c_l = randperm(n_l)[:c_l] in
+    each tensor l (in order), the counts from :func:`zo_grasp_counts` at the first zo_grasp step
+    (again after a change of density)."""
+    th, out, counts, counted_for = problem.x0.copy(), [], None, None
     for t, v in enumerate(vs):
-        n = max(1, math.ceil(v["density"] * th.size))
-        subset = torch.randperm(th.size, generator=torch.Generator().manual_seed(step_seed(seed, t)))[:n]
+        gen = torch.Generator().manual_seed(step_seed(seed, t))
+        if v["selection"] == "zo_grasp" and (counts is None or counted_for != v["density"]):
+            counts, counted_for = zo_grasp_counts(problem, th, v, seed, t), v["density"]
+        if v["selection"] == "uniform" or counts is None:
+            n = max(1, math.ceil(v["density"] * th.size - 1e-9))
+            subset = torch.randperm(th.size, generator=gen)[:n].numpy()
+        else:
+            subset = np.concatenate([torch.randperm(hi - lo, generator=gen)[:c].numpy() + lo
+                                     for (lo, hi), c in zip(problem.offsets(), counts, strict=True)])
         g = np.zeros_like(th)
-        for i in subset.numpy():
+        for i in subset:
             e = np.zeros_like(th)
             e[i] = v["mu"]
             g[i] = (problem.f(th + e) - problem.f(th)) / v["mu"]
@@ -805,17 +942,20 @@ def rule_ranksgd(vs: Sequence[Values], problem: RuleProblem, seed: int,
 
 # ================================================================ rules: second order
 
-def sophia_steps(vs: Sequence[Values], problem: RuleProblem, estimate: Callable[[Array, int], Array]
+def sophia_steps(vs: Sequence[Values], problem: RuleProblem, seed: int
                  ) -> tuple[list[Array], list[float], Array]:
-    """Liu et al. 2023, Algorithm 3: m EMA; h EMA refreshed at (t-1) mod k = 0; decoupled decay;
-    theta -= lr clip(m / max(gamma h, eps), 1); no bias correction, m_0 = h_0 = 0. Returns the
-    iterates, the clipped share of coordinates at each step, and the last h."""
+    """Liu et al. 2023, Algorithm 3: m EMA; h EMA refreshed at (t-1) mod k = 0 with the step's
+    estimator (:data:`SOPHIA_ESTIMATES`); decoupled decay; theta -= lr clip(m / max(gamma h, eps), 1);
+    no bias correction, m_0 = h_0 = 0. Returns the iterates, the clipped share of coordinates at each
+    step, and the last h."""
+    estimates = {name: make(problem, seed) for name, make in SOPHIA_ESTIMATES.items()
+                 if name != "gnb" or problem.data.get("X") is not None}
     th, m, h = problem.x0.copy(), np.zeros(problem.size), np.zeros(problem.size)
     out, fractions = [], []
     for t, v in enumerate(vs, start=1):
         m = v["beta1"] * m + (1 - v["beta1"]) * problem.gradient(t - 1, th)
         if (t - 1) % v["k"] == 0:
-            h = v["beta2"] * h + (1 - v["beta2"]) * estimate(th, t)
+            h = v["beta2"] * h + (1 - v["beta2"]) * problem.field * estimates[v["estimator"]](th, t)
         th = th * (1 - v["lr"] * v["weight_decay"])
         ratio = m / np.maximum(v["gamma"] * h, v["eps"])
         fractions.append(float(np.mean(np.abs(ratio) > 1)))
@@ -824,12 +964,19 @@ def sophia_steps(vs: Sequence[Values], problem: RuleProblem, estimate: Callable[
     return out, fractions, h
 
 
-def hutchinson(problem: RuleProblem, seed: int) -> Callable[[Array, int], Array]:
-    """Sophia-H's u * (H u), u = z(s_t) with the exact Hessian."""
+def hutchinson(problem: RuleProblem, seed: int, rademacher: bool = False) -> Callable[[Array, int], Array]:
+    """Sophia-H's u * (H u), u = z(s_t) (Gaussian) or sign(z(s_t)) (Rademacher), with the exact Hessian."""
     def estimate(th: Array, t: int) -> Array:
         u = problem.direction(step_seed(seed, t))
+        if rademacher:
+            u = np.sign(u)
         return u * (problem.hessian(th) @ u)
     return estimate
+
+
+def exact_diagonal(problem: RuleProblem, seed: int) -> Callable[[Array, int], Array]:
+    """diag(H) of the exact Hessian numpy knows."""
+    return lambda th, t: np.diag(problem.hessian(th)).copy()
 
 
 def gauss_newton_bartlett(problem: RuleProblem, seed: int) -> Callable[[Array, int], Array]:
@@ -848,8 +995,17 @@ def gauss_newton_bartlett(problem: RuleProblem, seed: int) -> Callable[[Array, i
     return estimate
 
 
-def rule_sophia(estimator: Callable[[RuleProblem, int], Callable[[Array, int], Array]]) -> Rule:
-    return lambda vs, problem, seed: sophia_steps(vs, problem, estimator(problem, seed))[0]
+SOPHIA_ESTIMATES: dict[str, Callable[[RuleProblem, int], Callable[[Array, int], Array]]] = {
+    "gaussian": hutchinson,
+    "rademacher": lambda problem, seed: hutchinson(problem, seed, rademacher=True),
+    "exact": exact_diagonal,
+    "gnb": lambda problem, seed: gauss_newton_bartlett(problem, seed),
+}
+"""Sophia's estimators by hyperparameter value; a game's field negates them on its ascent coordinates."""
+
+
+def rule_sophia(vs: Sequence[Values], problem: RuleProblem, seed: int) -> list[Array]:
+    return sophia_steps(vs, problem, seed)[0]
 
 
 def spatial_average(d: Array, shape: tuple[int, ...], block: int) -> Array:
@@ -899,6 +1055,61 @@ def rule_newton(regularization: str) -> Rule:
     return rule
 
 
+def softmax_curvatures(th: Array, X: Array, labels: Array) -> dict[str, Array]:
+    """The linear softmax model's (W [4, 3] row-major, then b [4]) Gauss-Newton matrix
+    (1/n) sum J_i' (diag p_i - p_i p_i') J_i (its Hessian: the model is linear) and empirical Fisher
+    (1/n) sum g_i g_i', g_i = J_i' (p_i - e_{y_i}), from the Jacobians J_i [4, 16] of the outputs."""
+    W, b = th[:12].reshape(4, 3), th[12:]
+    _, _, p = softmax_grad(W, b, X, labels)
+    gn, fisher = np.zeros((16, 16)), np.zeros((16, 16))
+    for x, pi, yi in zip(X, p, labels, strict=True):
+        jac = np.zeros((4, 16))
+        for c in range(4):
+            jac[c, 3 * c:3 * c + 3] = x
+            jac[c, 12 + c] = 1.0
+        gn += jac.T @ (np.diag(pi) - np.outer(pi, pi)) @ jac
+        gi = jac.T @ (pi - np.eye(4)[yi])
+        fisher += np.outer(gi, gi)
+    return {"gauss_newton": gn / len(X), "fisher": fisher / len(X)}
+
+
+def rule_gns(vs: Sequence[Values], problem: RuleProblem, seed: int,
+             log: list[tuple[int, float, float]] | None = None) -> list[Array]:
+    """Semenov, Jaggi & Doikov, Algorithm 1 (the reference grad_norm_smooth): lambda = ||g|| /
+    (gamma + 1e-8); Delta = -(H + lambda I)^-1 g by a dense solve (the exact Hessian, its diagonal,
+    or the softmax model's Gauss-Newton / Fisher matrix); accept when f(x) - f(x + Delta) >=
+    ||grad f(x + Delta)||^2 / (8 lambda) (gamma doubles, floor 1e-9), else halve gamma and retry, at
+    most max_search tries, the last Delta taken; x += lr Delta. gamma starts at (and restarts from a
+    changed) gamma0. ``log`` gets (tries, gamma, lambda) per step."""
+    th, out, gamma, gamma0 = problem.x0.copy(), [], None, None
+    for t, v in enumerate(vs):
+        if gamma is None or v["gamma0"] != gamma0:
+            gamma = gamma0 = v["gamma0"]
+        g = problem.gradient(t, th)
+        norm, tries, lam = np.linalg.norm(g), 0, 0.0
+        if norm > 0:
+            f0 = problem.f(th)
+            if v["hessian"] in ("exact", "diagonal"):
+                H = problem.hessian(th)
+                H = np.diag(np.diag(H)) if v["hessian"] == "diagonal" else H
+            else:
+                H = softmax_curvatures(th, problem.data["X"], problem.data["y"])[v["hessian"]]
+            delta = np.zeros_like(th)
+            for _ in range(v["max_search"]):
+                tries += 1
+                lam = norm / (gamma + 1e-8)
+                delta = -np.linalg.solve(H + lam * np.eye(th.size), g)
+                if problem.f(th + delta) <= f0 - np.sum(problem.grad(th + delta) ** 2) / (8 * lam):
+                    gamma = max(2 * gamma, 1e-9)
+                    break
+                gamma *= 0.5
+            th = th + v["lr"] * delta
+        if log is not None:
+            log.append((tries, gamma, lam))
+        out.append(th.copy())
+    return out
+
+
 def rule_mfac(vs: Sequence[Values], problem: RuleProblem, seed: int) -> list[Array]:
     """F^-1 = (lambda I + (1/m) sum g g')^-1 by Sherman-Morrison, one windowed gradient at a time
     (the official HInvSlow; the zero rows of a part-filled window add nothing); coupled decay;
@@ -927,21 +1138,30 @@ def rule_mfac(vs: Sequence[Values], problem: RuleProblem, seed: int) -> list[Arr
 
 def cbo_steps(vs: Sequence[Values], problem: RuleProblem, seed: int) -> list[tuple[Array, Array]]:
     """Pinnau et al. (2017) / Carrillo et al. (2018, 2021) with the CBXPy constants (drift
-    lam dt (x - c); noise sigma sqrt(dt) |x - c| xi, or (x - c) * xi anisotropic); the normal draws
-    regenerated from one generator seeded with ``seed`` in the documented order: the cloud
-    theta_0 + spread xi, then one [N, P] draw per step; a change of N or the spread draws a fresh
-    cloud around the current consensus. Returns (consensus, particles) after each step."""
+    lam dt (x - c); noise sigma sqrt(dt) |x - c| xi, or (x - c) * xi anisotropic); the draws
+    regenerated from one generator seeded with ``seed`` in the documented order: the cloud (Gaussian
+    init: theta_0 + spread xi, at construction; uniform init: low + (high - low) rand(N, P) in the
+    problem's bounds, at the first step), then one [N, P] normal draw per step; a change of N, of the
+    init or (Gaussian) of the spread draws a fresh cloud (a Gaussian one around the current
+    consensus). Returns (consensus, particles) after each step."""
     gen = torch.Generator().manual_seed(seed)
 
     def cloud(centre: Array, v: Values) -> Array:
+        if v["init"] == "uniform":
+            low, high = np.asarray(problem.bounds.low), np.asarray(problem.bounds.high)
+            u = torch.rand(v["n_particles"], centre.size, generator=gen, dtype=torch.float64).numpy()
+            return low[None] + (high - low)[None] * u
         xi = torch.randn(v["n_particles"], centre.size, generator=gen, dtype=torch.float64).numpy()
         return centre[None] + v["spread"] * xi
 
-    theta, drawn, out = problem.x0.copy(), (vs[0]["n_particles"], vs[0]["spread"]), []
-    x = cloud(theta, vs[0])
+    def key(v: Values) -> tuple:
+        return v["n_particles"], v["spread"] if v["init"] == "gaussian" else None, v["init"]
+
+    theta, out = problem.x0.copy(), []
+    x, drawn = (cloud(theta, vs[0]), key(vs[0])) if vs[0]["init"] == "gaussian" else (None, None)
     for v in vs:
-        if (v["n_particles"], v["spread"]) != drawn:
-            x, drawn = cloud(theta, v), (v["n_particles"], v["spread"])
+        if x is None or key(v) != drawn:
+            x, drawn = cloud(theta, v), key(v)
         a = -v["alpha"] * problem.f(x)
         w = np.exp(a - (a.max() + np.log(np.exp(a - a.max()).sum())))  # log-sum-exp weights
         theta = w @ x
@@ -1042,6 +1262,7 @@ DIVERGES = ("diverges from (-1.5, 2) at its default lr: Rosenbrock's curvature o
             "gradient-sized step below 1e-3")
 MFAC_2D = ("does not converge on the 2-D landscapes with its network defaults (damping 1e-5, window 32): "
            "measured distance 2 from the minimum after 3,000 steps on the bowl, 2.7 on Rosenbrock")
+TRACT_2D = "needs a network with a linear first layer (its inputs precondition that layer)"
 SIGN_ROSENBROCK = Target(0.65, 4_500)
 """signSGD does not converge on Rosenbrock at any practical lr: it stalls on the valley floor at
 (0.70, 0.49), distance 0.59, in a 2-cycle across the floor (once the strip of the floor where
@@ -1094,9 +1315,17 @@ CASES: dict[str, Case] = {
                       Target(1e-3, 400), Target(1e-2, 4_500)),
     "adamp": Case(per_tensor(ref_adamp), {**ADAM_LIKE, "delta": 0.2, "wd_ratio": 0.3}, FIRST, entries(2),
                   Target(1e-3, 1_000), Target(1e-2, 4_500)),
+    "sgdp": Case(per_tensor(ref_sgdp), {"lr": 0.05, "momentum": 0.7, "nesterov": False, "weight_decay": 0.1,
+                                        "eps": 1e-6, "delta": 0.2, "wd_ratio": 0.3}, FIRST, entries(1),
+                 Target(1e-3, 1_050), Target(1e-2, 1_600)),
     "sgdsai": Case(per_tensor(ref_sgdsai), {"lr": 0.05, "momentum": 0.8, "weight_decay": 0.1, "eps": 1e-6},
                    FIRST, lambda shapes, b: (_numel(shapes) + len(shapes)) * b,  # + a 0-d g-SNR per tensor
                    Target(1e-3, 4_000), Target(1e-3, 5_500)),
+    # TrAct needs a network with a linear first layer: its cases run on the softmax model
+    "tract_sgdm": Case(rule_tract("sgdm"), {"lr": 0.3, "lam": 0.5, "momentum": 0.6, "weight_decay": 0.05},
+                       ("softmax",), entries(1), TRACT_2D, TRACT_2D, steps=6),
+    "tract_adam": Case(rule_tract("adam"), {**ADAM_LIKE, "lam": 0.02}, ("softmax",), entries(2),
+                       TRACT_2D, TRACT_2D, steps=6),
     # --------------------------------------------------------------------------- zeroth order
     "zo_sgd": Case(rule_spsa("sgd"), {"lr": 0.03, "eps": 1e-2, "q": 3, "weight_decay": 0.1}, ZO, entries(0),
                    Target(1e-2, 900), DIVERGES, tolerance=ZO_TOL),
@@ -1117,17 +1346,20 @@ CASES: dict[str, Case] = {
                         {"lr": 0.05, "eps": 3e-3, "sparsity": 0.5, "q": 2, "weight_decay": 0.1}, ZO,
                         entries(0), "never moves y = 2, the larger weight of (-1.5, 2) (test_zeroth_order: "
                         "a shifted bowl)", "never moves y = 2", tolerance=ZO_TOL),
-    "zo_cge": Case(rule_cge, {"lr": 0.1, "mu": 1e-2, "density": 0.5}, ZO, entries(0),
+    "zo_cge": Case(rule_cge, {"lr": 0.1, "mu": 1e-2, "density": 0.5, "selection": "zo_grasp"}, ZO, entries(0),
                    Target(1e-2, 350), DIVERGES, tolerance=ZO_TOL),
     "zo_ranksgd": Case(rule_ranksgd, {"lr": 0.1, "mu": 0.3, "m": 6, "k": 2}, ZO, entries(0),
                        Target(0.1, 250), Target(0.1, 1_400), tolerance=ZO_TOL,
                        not_varied={"human": "routes the rankings to a person: test_zeroth_order's Run test"}),
     # --------------------------------------------------------------------------- second order
-    "sophia_h": Case(rule_sophia(hutchinson), SOPHIA, ("quartic_indefinite",), entries(2),
+    "sophia_h": Case(rule_sophia, {**SOPHIA, "estimator": "rademacher"}, ("quartic_indefinite",), entries(2),
                      Target(1e-3, 900), Target(1e-2, 3_500), steps=12, seed=11, tolerance=SECOND_TOL),
-    "sophia_g": Case(rule_sophia(gauss_newton_bartlett), SOPHIA, ("softmax",), entries(2),
+    "sophia_g": Case(rule_sophia, SOPHIA, ("softmax",), entries(2),
                      "needs a likelihood to sample labels from (a network)", "needs a likelihood",
-                     steps=8, seed=3, tolerance=SECOND_TOL),
+                     steps=8, seed=3, tolerance=SECOND_TOL,
+                     not_varied={"estimator": "Sophia-G keeps its Gauss-Newton-Bartlett estimate here: the "
+                                              "choice is sophia_h's code (its case varies it; "
+                                              "test_second_order runs every estimator on this model)"}),
     "adahessian": Case(rule_adahessian,
                        {"lr": 0.05, "beta1": 0.8, "beta2": 0.9, "eps": 1e-3, "weight_decay": 0.1,
                         "hessian_power": 0.5, "block_size": 3},
@@ -1140,6 +1372,11 @@ CASES: dict[str, Case] = {
     "grn": Case(rule_newton("gradient"), {"lr": 0.9, "lipschitz": 5.0, "cg_tol": 1e-13, "cg_max_iter": 200},
                 ("quartic_convex",), entries(0), Target(1e-3, 50), Target(1e-2, 70), steps=4,
                 tolerance=CG_TOL),
+    # adaptive GRN keeps gamma as a float: no tensor state
+    "grn_gns": Case(rule_gns, {"lr": 0.9, "gamma0": 0.02, "hessian": "diagonal", "max_search": 6,
+                               "cg_tol": 1e-13, "cg_max_iter": 200},
+                    ("quartic_convex",), entries(0), Target(1e-3, 45), Target(1e-2, 110), steps=5,
+                    tolerance=CG_TOL),
     # attributes, not state: a float64 window of the last m = 32 gradients [m, P] and its Gram
     # matrix [m, m] (momentum 0: no velocity), whatever the parameters' dtype
     "mfac": Case(rule_mfac, {"lr": 0.02, "damping": 1e-2, "window": 3, "momentum": 0.5, "weight_decay": 0.05},
@@ -1150,7 +1387,8 @@ CASES: dict[str, Case] = {
     # signSGD (the same targets)
     "scale": Case(rule_scale, {"lr": 0.05, "momentum": 0.6, "weight_decay": 0.1}, ("given_net", "given_conv"),
                   _scale_state, Target(1e-3, 7_300), Target(1e-2, 14_600), steps=7),
-    "frugal": Case(rule_frugal, {**ADAM_LIKE, "rho": 0.4, "update_gap": 3}, ("given_net", "given_conv"),
+    "frugal": Case(rule_frugal, {**ADAM_LIKE, "rho": 0.4, "update_gap": 3, "projection": "svd"},
+                   ("given_net", "given_conv"),
                    _frugal_state, Target(5e-3, 3_000), SIGN_ROSENBROCK, steps=7, seed=9),
     # ------------------------------------------------------------------------------- mirror & games
     "exp_gradient": Case(per_tensor(ref_exp_gradient), {"lr": 0.7}, ("simplex_4", "simplex_2x3", "given_2"),
@@ -1171,7 +1409,7 @@ CASES: dict[str, Case] = {
     # ------------------------------------------------------------------------------------ population
     "cbo": Case(rule_cbo,
                 {"lr": 0.05, "lam": 0.7, "sigma": 1.3, "alpha": 3.0, "n_particles": 7, "spread": 0.5,
-                 "anisotropic": True},
+                 "anisotropic": True, "init": "uniform"},
                 ("rastrigin",), lambda shapes, b: 100 * _numel(shapes) * b,  # the particles [N, P]
                 "a global method: test_population_coordinate finds Rastrigin's and Ackley's minima",
                 "a global method", steps=4, seed=11),

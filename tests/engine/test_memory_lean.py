@@ -12,7 +12,16 @@ import torch
 from engine.registry import get_spec
 from engine.run import Run, RunConfig, _Lane
 from landscapes.networks import get_network
-from tests.engine.optimizer_cases import NET, PROBLEMS, frugal_columns, given, rule_scale, run_case, schedule
+from tests.engine.optimizer_cases import (
+    NET,
+    PROBLEMS,
+    frugal_columns,
+    given,
+    rule_frugal,
+    rule_scale,
+    run_case,
+    schedule,
+)
 
 RTOL, ATOL = 1e-12, 1e-14
 
@@ -143,3 +152,81 @@ def test_frugal_state_is_two_rho_p_and_a_new_rho_takes_effect_at_once() -> None:
     opt.step()
     assert moments() == 2 * (8 * 2 + 1)  # floor(0.2 * 10) columns, floor(0.2 * 6) entries
     assert opt.diagnostics() == {"state_density": (8 * 2 + 1) / 86}
+
+
+# ---------------------------------------------------------------------------- FRUGAL's projections
+
+@pytest.mark.parametrize("which", ["defaults", "settings"])
+@pytest.mark.parametrize("projection", ["blockwise", "svd"])
+def test_frugal_blockwise_and_svd_projections_follow_the_reference(projection: str, which: str) -> None:
+    """BlockAdamW (random round(rho L) tensors get Adam, the rest signSGD) and GaloreAdamW (Adam on the
+    projection onto the gradient's top singular vectors, signSGD on the rest) against the numpy
+    transcription, on a network's tensors and on a conv kernel, with redraws every T steps."""
+    settings = {} if which == "defaults" else {"lr": 0.05, "beta1": 0.8, "beta2": 0.95, "eps": 1e-6,
+                                               "weight_decay": 0.1, "rho": 0.5, "update_gap": 3}
+    for name in ("given_net", "given_conv"):
+        rp = PROBLEMS[name]
+        values = schedule("frugal", [{**settings, "projection": projection}] * 7)
+        np.testing.assert_allclose(np.stack(run_case("frugal", values, rp, 9)),
+                                   np.stack(rule_frugal(values, rp, 9)), rtol=1e-10, atol=1e-12)
+
+
+def test_frugal_svd_projector_spans_the_gradients_top_singular_vectors() -> None:
+    """GaLore's side rule: a tall (or square) matrix is projected on the right onto round(rho n) right
+    singular vectors, a wide one on the left onto round(rho m) left ones; the basis is orthonormal and
+    spans the gradient's top singular subspace at the redraw."""
+    w, v = torch.zeros(6, 4, dtype=torch.float64, requires_grad=True), torch.zeros(3, 8, dtype=torch.float64,
+                                                                                   requires_grad=True)
+    opt = get_spec("frugal").build([w, v], {"rho": 0.5, "projection": "svd"})
+    gen = torch.Generator().manual_seed(0)
+    w.grad, v.grad = torch.randn(6, 4, generator=gen, dtype=torch.float64), torch.randn(3, 8, generator=gen,
+                                                                                       dtype=torch.float64)
+    opt.step()
+    for p, side, rank in ((w, "right", 2), (v, "left", 2)):
+        state = opt.state[p]
+        basis = state["projector"]
+        u, _, vh = np.linalg.svd(p.grad.numpy(), full_matrices=False)
+        top = vh[:rank] if side == "right" else u[:, :rank].T
+        mine = basis.numpy() if side == "right" else basis.numpy().T
+        assert state["side"] == side and mine.shape == (rank, p.shape[1] if side == "right" else p.shape[0])
+        np.testing.assert_allclose(mine @ mine.T, np.eye(rank), atol=1e-12)
+        np.testing.assert_allclose(mine.T @ mine, top.T @ top, atol=1e-12)  # the same subspace
+
+
+def test_frugal_projections_hold_equal_moments_at_equal_density() -> None:
+    """Four [6, 4] tensors at rho = 0.5: random columns (2 of 4 per tensor), blockwise (2 of 4 tensors)
+    and SVD (rank 2 of 4, right side) all keep 48 entries per Adam moment, a state density of 1/2.
+    What differs is the projection's own data: the random columns' index permutations (4 x 4 int64,
+    the reference's randperm slice keeps the permutation), the SVD's bases (4 x [2, 4] floats, GaLore's
+    projector), none for blocks; the total state, by engine.memory.state_bytes, is each's sum."""
+    from engine.memory import state_bytes
+    shapes, b = [(6, 4)] * 4, 8
+    moments, totals = {}, {}
+    for projection in ("random", "blockwise", "svd"):
+        ps = [torch.zeros(s, dtype=torch.float64, requires_grad=True) for s in shapes]
+        opt = get_spec("frugal").build(ps, {"rho": 0.5, "projection": projection}, seed=1)
+        gen = torch.Generator().manual_seed(2)
+        for p in ps:
+            p.grad = torch.randn(p.shape, generator=gen, dtype=torch.float64)
+        opt.step()
+        moments[projection] = sum(opt.state[p][k].numel() for p in ps for k in ("exp_avg", "exp_avg_sq")
+                                  if k in opt.state[p])
+        totals[projection] = state_bytes(opt)
+        assert opt.diagnostics() == {"state_density": 0.5}
+    assert moments == {"random": 96, "blockwise": 96, "svd": 96}
+    assert totals == {"random": 96 * b + 4 * 4 * 8, "blockwise": 96 * b, "svd": 96 * b + 4 * 2 * 4 * b}
+
+
+def test_frugal_blockwise_redraws_whole_tensors_from_its_generator() -> None:
+    """The active tensors at each redraw are randperm(L)[:round(rho L)] of the seeded generator; an
+    active tensor's whole entries have Adam state, an inactive one none."""
+    rp = PROBLEMS["given_net"]
+    values = schedule("frugal", [{"rho": 0.5, "update_gap": 2, "projection": "blockwise"}] * 6)
+    active: list[list[bool]] = []
+    run_case("frugal", values, rp, 9,
+             on_step=lambda opt, ps: active.append(["exp_avg" in opt.state[p] for p in ps]))
+    gen = torch.Generator().manual_seed(9)
+    for k, now in enumerate(active):
+        if k % 2 == 0:
+            chosen = set(torch.randperm(4, generator=gen)[:2].tolist())
+        assert now == [i in chosen for i in range(4)]

@@ -30,6 +30,7 @@ from tests.engine.optimizer_cases import (
     CASES,
     PROBLEMS,
     RuleProblem,
+    adamp_projection,
     analytic,
     build_on,
     clip_np,
@@ -38,6 +39,7 @@ from tests.engine.optimizer_cases import (
     per_tensor,
     ref_adam,
     ref_adamp,
+    ref_sgdp,
     ref_sgdsai,
     run_case,
     schedule,
@@ -467,3 +469,99 @@ def test_hand_written_optimizers_take_a_closure_and_keep_the_dtype(name: str) ->
     assert loss is not None and float(loss.detach()) == pytest.approx(float((before ** 2).sum()))
     assert p.dtype == torch.float32 and torch.isfinite(p).all() and not torch.equal(p.detach(), before)
     assert all(v.dtype == torch.float32 for v in opt.state[p].values() if isinstance(v, torch.Tensor))
+
+
+# ---------------------------------------------------------------------------- choice hyperparameters
+
+def test_a_choice_hyperparameter_takes_one_of_its_options_and_says_which_are_allowed() -> None:
+    spec = get_spec("sophia_h")
+    hp = spec.hyperparameter("estimator")
+    assert hp.kind == "choice" and hp.choices == ("gaussian", "rademacher", "gnb", "exact")
+    assert hp.range_text() == "one of 'gaussian', 'rademacher', 'gnb', 'exact'"
+    assert spec.validate({"estimator": "exact"})["estimator"] == "exact"
+    for bad in ("normal", 1, None, True):
+        message = ("sophia_h: estimator must be one of 'gaussian', 'rademacher', 'gnb', 'exact', "
+                   f"got {re.escape(repr(bad))}")
+        with pytest.raises(HyperparameterError, match=message):
+            spec.validate({"estimator": bad})
+    opt, _ = build_on("sophia_h", PROBLEMS["quartic_indefinite"])
+    assert spec.apply(opt, "estimator", "rademacher") == "rademacher"
+    assert spec.read(opt)["estimator"] == "rademacher"
+    with pytest.raises(HyperparameterError, match="got 'x'"):
+        spec.apply(opt, "estimator", "x")
+    assert spec.read(opt)["estimator"] == "rademacher"  # a refused value changes nothing
+
+
+def test_a_choice_hyperparameter_must_declare_distinct_options_and_a_default_among_them() -> None:
+    from engine.specs import Hyperparameter, choice
+    with pytest.raises(HyperparameterError, match=r"must be one of 'a', 'b', got 'c'"):
+        choice("mode", "c", ("a", "b"))
+    with pytest.raises(ValueError, match="choices are given exactly for kind='choice'"):
+        Hyperparameter("mode", "a", kind="choice")
+    with pytest.raises(ValueError, match="choices are given exactly for kind='choice'"):
+        Hyperparameter("x", 1.0, choices=("a",))
+    with pytest.raises(ValueError, match="distinct non-empty strings"):
+        choice("mode", "a", ("a", "a"))
+
+
+def test_a_choice_change_travels_through_an_uploaded_event_log() -> None:
+    """A set_hyperparameter event with a string value passes the untrusted-log check (and a number for
+    a choice is refused with the hyperparameter's message)."""
+    from engine.untrusted import check_event_log
+
+    def log(value: object) -> dict:
+        return {"problem": "himmelblau", "options": {},
+                "config": {"lanes": [{"optimizer": "sophia_h", "hyperparameters": {}}]},
+                "events": [{"tick": 0, "kind": "set_hyperparameter", "lane": 0, "name": "estimator",
+                            "value": value}], "ticks": 3}
+
+    checked = check_event_log(log("rademacher"))
+    assert checked.events[0].event.value == "rademacher"
+    with pytest.raises(ValueError, match="estimator must be one of"):
+        check_event_log(log(0.5))
+
+
+# ---------------------------------------------------------------------------- SGDP
+
+@pytest.mark.parametrize("which", ["defaults", "settings"])
+@pytest.mark.parametrize("branch", list(ADAMP_BRANCHES))
+def test_sgdp_takes_each_projection_branch_of_the_official_rule(branch: str, which: str) -> None:
+    """AdamP's projection test, for SGDP (the official sgdp.py): no projection for a generic gradient,
+    the per-channel view for a row-scale-invariant loss, the whole-tensor view for a tensor-scale
+    invariant one; ``projected_fraction`` says so. (On these losses the gradient is already tangent, so
+    the projection only removes the radial part the momentum buffer carries: a small change.)"""
+    rp = ADAMP_BRANCHES[branch]()
+    values = schedule("sgdp", [{} if which == "defaults" else CASES["sgdp"].settings] * 5)
+    fractions: list[float] = []
+    got = run_case("sgdp", values, rp, 0,
+                   on_step=lambda opt, ps: fractions.append(opt.diagnostics()["projected_fraction"]))
+    log: list[str] = []
+    want = per_tensor(lambda: ref_sgdp(log))(values, rp, 0)
+    assert log == [branch] * 5
+    assert fractions == [0.0 if branch == "none" else 1.0] * 5
+    np.testing.assert_allclose(np.stack(got), np.stack(want), rtol=1e-12, atol=1e-14)
+
+
+def test_sgdp_on_1d_tensors_is_torch_nesterov_and_heavy_ball() -> None:
+    """No projection on a 1-D tensor, and the zero buffer's first step is g: torch.optim.SGD's."""
+    rp = PROBLEMS["given_2"]
+    for nesterov, twin in ((True, "nesterov"), (False, "momentum")):
+        sgdp = schedule("sgdp", [{"lr": 0.05, "momentum": 0.8, "nesterov": nesterov}] * 5)
+        torch_sgd = schedule(twin, [{"lr": 0.05, "momentum": 0.8}] * 5)
+        np.testing.assert_allclose(run_case("sgdp", sgdp, rp, 0), run_case(twin, torch_sgd, rp, 0),
+                                   rtol=1e-12, atol=1e-14)
+
+
+def test_sgdp_decays_a_projected_weight_by_wd_ratio_over_one_minus_momentum() -> None:
+    """theta <- theta (1 - lr wd ratio / (1 - mu)) - lr u: the official decay, on a projected weight."""
+    rp = orthogonal(3, per_row=True)
+    v = {"lr": 0.1, "momentum": 0.5, "nesterov": False, "weight_decay": 0.2, "wd_ratio": 0.25}
+    opt, (w,) = build_on("sgdp", rp, v)
+    g = rp.gradient(0, rp.x0)
+    w.grad = torch.tensor(g.reshape(3, 4))
+    opt.step()
+    w0, g0 = rp.x0.reshape(3, 4), g.reshape(3, 4)
+    u, _, branch = adamp_projection(w0, g0, g0, get_spec("sgdp").validate(v))  # b_1 = g_1: u = g_1
+    want = w0 * (1 - 0.1 * 0.2 * 0.25 / 0.5) - 0.1 * u
+    assert branch == "channel"
+    np.testing.assert_allclose(w.detach().numpy(), want, rtol=1e-13, atol=1e-15)

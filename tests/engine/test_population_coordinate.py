@@ -18,7 +18,7 @@ from engine.oracles import Oracles
 from engine.registry import get_spec
 from engine.run import LaneConfig, Run, RunConfig
 from landscapes.catalog import get_landscape
-from tests.engine.optimizer_cases import CASES, PROBLEMS, cbo_steps, run_case, schedule
+from tests.engine.optimizer_cases import CASES, PROBLEMS, build_on, cbo_steps, run_case, schedule
 
 RTOL, ATOL = 1e-12, 1e-14
 
@@ -71,6 +71,40 @@ def test_cbo_finds_the_global_minimum(name: str, device: str) -> None:
     assert np.linalg.norm(run.positions(0), axis=1).max() < 1e-2
     assert np.linalg.norm(run.positions(1)[0]) > 0.5  # gradient descent: a local minimum
     assert records[-2].counts.function_values == 200 * 200
+
+
+def test_cbo_uniform_cloud_finds_rastrigins_minimum_from_the_default_start(device: str) -> None:
+    """The default Gaussian cloud (spread 3 around (-4.5, 3.7)) ends one dimple away from Rastrigin's
+    global minimum, at (-0.995, 0), f = 0.995 (run seed 0, the earlier closing note's run); particles
+    drawn uniformly in the view box [-5.12, 5.12]^2 cover the origin and the consensus ends there.
+    Over 16 run seeds (measured: 40 seeds, 35 vs 39 successes) the uniform cloud fails no more often."""
+    problem = get_landscape("rastrigin")
+    ends = {}
+    for init in ("gaussian", "uniform"):
+        found = []
+        for seed in range(16):
+            run = Run(problem, config(("cbo", {"init": init}), seed=seed, device=device))
+            run.run(300)
+            found.append(float(np.linalg.norm(run.positions(0)[0])))
+        ends[init] = np.array(found)
+    assert ends["gaussian"][0] > 0.9 and ends["uniform"][0] < 1e-2
+    assert (ends["uniform"] < 1e-2).sum() >= (ends["gaussian"] < 1e-2).sum()
+
+
+def test_cbo_uniform_cloud_is_drawn_in_the_box_at_the_first_step_and_needs_one() -> None:
+    """Before the first step there is no cloud ([0, P]); after it the N particles were drawn uniformly
+    in the bounds (the reference's draws; then one step moved them); a problem without bounds is
+    refused with a message in the user's terms."""
+    rp = PROBLEMS["rastrigin"]
+    opt, params = build_on("cbo", rp, {"init": "uniform", "n_particles": 50}, seed=4)
+    assert opt.particles().shape == (0, 2)
+    opt.step(rp.oracles(params))
+    values = schedule("cbo", [{"init": "uniform", "n_particles": 50}])
+    np.testing.assert_allclose(opt.particles().numpy(), cbo_steps(values, rp, 4)[0][1], rtol=RTOL, atol=ATOL)
+    p = torch.zeros(2, dtype=torch.float64)
+    opt = get_spec("cbo").build([p], {"init": "uniform"})
+    with pytest.raises(ValueError, match="in the problem's view box, and this problem has none"):
+        opt.step(Oracles(lambda x: (x * x).sum(-1), [p]))
 
 
 def test_cbo_replays_and_redraws_its_cloud_when_resized(device: str) -> None:
