@@ -6,7 +6,7 @@ import torch
 from app.explorer import Explorer
 
 torch.set_num_threads(1)  # many sessions share this server: one thread per run worker
-pn.extension("katex", notifications=True)
+pn.extension("katex", "filedropper", notifications=True)
 
 explorer = Explorer(autostart=True)
 # a share link (?race=... or ?problem=...&lanes=...) opens its race; a bad one says why over the default

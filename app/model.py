@@ -420,8 +420,10 @@ class RaceSession(param.Parameterized):
             ev = e.event
             lane = next((ln for ln in lanes if ln.engine_id == getattr(ev, "lane", None)), None)
             if isinstance(ev, SetHyperparameter) and lane is not None:
+                before = getattr(lane.hyperparameters, ev.name)
                 lane.mirror(ev.name, ev.value)
-                self._marks.append(Mark(e.tick, f"{lane.label}: {ev.name} → {_show(ev.value)}", lane.id))
+                text = f"{lane.label}: {ev.name} {_show(before)} → {_show(ev.value)}"
+                self._marks.append(Mark(e.tick, text, lane.id))
             elif isinstance(ev, SwitchOptimizer) and lane is not None:
                 old = lane.label
                 lane.switch(ev.optimizer, ev.hyperparameters)

@@ -52,7 +52,7 @@ class ShareView(View):
             pn.Row(self.log_download, self.export, self.download, sizing_mode="stretch_width"),
             self.jobs.panel,
             pn.pane.Markdown(f"**Replay a saved session**: drop its event log here (a .json file of at most "
-                             f"{sharing.UPLOAD_LIMIT}).", margin=(0, 5)),
+                             f"{sharing.UPLOAD_LIMIT}).", margin=(0, 5), sizing_mode="stretch_width"),
             self.upload, sizing_mode="stretch_width")
 
     # -- links and logs --------------------------------------------------------------------------
