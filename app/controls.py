@@ -1,8 +1,9 @@
-"""Widgets generated from registry specs: no hand-written widget code per optimizer.
+"""The sidebar: run buttons, presets, the problem, the lanes (each rendered from its ``param``
+object by ``pn.Param``: its widgets are generated from the optimizer's spec) and the race settings.
 
-A log-scale hyperparameter becomes a slider over a log-spaced grid (1, 1.5, 2, 3, 5, 7 per decade)
-that shows the value itself; a linear one a plain slider; an int an integer slider; a bool a checkbox;
-a choice a drop-down of its options.
+A log-scale hyperparameter gets a slider over a log-spaced grid (1, 1.5, 2, 3, 5, 7 per decade)
+that shows the value itself, a choice a drop-down of its options; sliders report on release
+(``value_throttled``), so a drag sends one event, not fifty.
 """
 
 from __future__ import annotations
@@ -13,44 +14,21 @@ from typing import Any
 
 import panel as pn
 
-from engine.registry import Hyperparameter, OptimizerSpec
+from app.lanes import MAX_LANES, Lane
+from app.model import RaceSession
+from app.presets import presets
+from app.sharing import CUSTOM
+from engine.registry import available, get_spec
+from landscapes import available_landscapes, available_networks
 
 _MANTISSAS = (1, 1.5, 2, 3, 5, 7)
 _OPEN_END = 1e-6  # keeps a slider off an excluded end of its range, e.g. beta < 1
-
-
-def _span(hp: Hyperparameter) -> tuple[float, float]:
-    lo = hp.low if hp.low is not None else -10.0
-    hi = hp.high if hp.high is not None else 10.0
-    if not hp.include_low:
-        lo += _OPEN_END * max(1.0, abs(lo))
-    if not hp.include_high:
-        hi -= _OPEN_END * max(1.0, abs(hi))
-    return lo, hi
 
 
 def inline_math(tex: str) -> str:
     r"""``tex`` as inline math for a LaTeX pane. ``<`` and ``>`` become ``\lt`` / ``\gt``: the pane's
     text passes through HTML, where ``_{i<q}`` opens a ``<q>`` tag and KaTeX gets half a formula."""
     return "$" + tex.replace("<", r"\lt ").replace(">", r"\gt ") + "$"
-
-
-def hyperparameter_widget(hp: Hyperparameter, value: Any) -> pn.widgets.Widget:
-    """A widget for ``hp`` showing ``value``; its ``value`` is the hyperparameter's value."""
-    if hp.kind == "bool":
-        return pn.widgets.Checkbox(label=hp.name, value=bool(value))
-    if hp.kind == "choice":
-        return pn.widgets.Select(label=hp.name, options=list(hp.choices), value=str(value))
-    lo, hi = _span(hp)
-    if hp.kind == "int":
-        return pn.widgets.IntSlider(label=hp.name, start=int(lo), end=int(hi), value=int(value))
-    if hp.log:
-        grid = log_grid(lo, hi, float(value))
-        return pn.widgets.DiscreteSlider(label=hp.name, options={f"{v:.3g}": v for v in grid},
-                                         value=float(value))
-    # up to 4 decimals: beta2 = 0.999 must not read "1"
-    return pn.widgets.FloatSlider(label=hp.name, start=lo, end=hi, value=float(value),
-                                  step=(hi - lo) / 1000, format="0.[0000]")
 
 
 def log_grid(lo: float, hi: float, value: float) -> list[float]:
@@ -61,23 +39,164 @@ def log_grid(lo: float, hi: float, value: float) -> list[float]:
     return sorted(v for v in grid if lo <= v <= hi)
 
 
-def optimizer_card(spec: OptimizerSpec, values: dict[str, Any], color: str,
-                   on_change: Callable[[str, Any], None], title: str | None = None) -> pn.Card:
-    """One collapsible card: the update rule and a widget per hyperparameter."""
-    widgets = []
-    for hp in spec.hyperparameters:
-        w = hyperparameter_widget(hp, values.get(hp.name, hp.default))
+def _span(hp: Any) -> tuple[float, float]:
+    lo = hp.low if hp.low is not None else -10.0
+    hi = hp.high if hp.high is not None else 10.0
+    if not hp.include_low:
+        lo += _OPEN_END * max(1.0, abs(lo))
+    if not hp.include_high:
+        hi -= _OPEN_END * max(1.0, abs(hi))
+    return lo, hi
 
-        def changed(event: Any, hp: Hyperparameter = hp) -> None:
-            on_change(hp.name, event.new)
 
-        w.param.watch(changed, "value_throttled" if "value_throttled" in w.param else "value")
-        widgets.append(w)
-    rule = pn.pane.LaTeX(inline_math(spec.update_rule), styles={"font-size": "0.85em", "overflow-x": "auto"},
-                         sizing_mode="stretch_width") if spec.update_rule else None
-    cite = pn.pane.Markdown(f"<small>{spec.paper.cite()}</small>" if spec.paper else "",
-                            margin=(0, 10))
-    return pn.Card(*widgets, *(x for x in (rule, cite) if x is not None),
-                   title=title or spec.display_name, collapsed=False,
-                   header_background=color, header_color="white", sizing_mode="stretch_width",
-                   margin=(4, 0))
+def widget_specs(lane: Lane) -> dict[str, dict[str, Any]]:
+    """``pn.Param`` widget settings for a lane's hyperparameters (types and grids from the spec)."""
+    out: dict[str, dict[str, Any]] = {}
+    for hp in lane.spec.hyperparameters:
+        value = getattr(lane.hyperparameters, hp.name)
+        if hp.kind == "bool":
+            out[hp.name] = {"type": pn.widgets.Checkbox}
+            continue
+        if hp.kind == "choice":
+            out[hp.name] = {"type": pn.widgets.Select}
+            continue
+        lo, hi = _span(hp)
+        if hp.kind == "int":
+            out[hp.name] = {"type": pn.widgets.IntSlider, "start": int(lo), "end": int(hi), "throttled": True}
+        elif hp.log:
+            grid = log_grid(lo, hi, float(value))
+            out[hp.name] = {"type": pn.widgets.DiscreteSlider, "options": {f"{v:.3g}": v for v in grid},
+                            "throttled": True}
+        else:  # up to 4 decimals: beta2 = 0.999 must not read "1"
+            out[hp.name] = {"type": pn.widgets.FloatSlider, "start": lo, "end": hi, "step": (hi - lo) / 1000,
+                            "format": "0.[0000]", "throttled": True}
+    return out
+
+
+def optimizer_groups() -> dict[str, list[str]]:
+    """Every registered optimizer, grouped by family (first-order, zeroth-order, ...)."""
+    groups: dict[str, list[str]] = {}
+    for name in available():
+        groups.setdefault(get_spec(name).family, []).append(name)
+    return groups
+
+
+class LaneCard:
+    """One lane in the sidebar: a card in its colour with its hyperparameters (``pn.Param``), the
+    optimizer it runs (switch it here) and a remove button."""
+
+    def __init__(self, session: RaceSession, lane: Lane, collapsed: bool) -> None:
+        self.session, self.lane = session, lane
+        self.switch = pn.widgets.Select(label="switch this lane to", groups=optimizer_groups(),
+                                        value=lane.optimizer, width=165)
+        self.switch.param.watch(self._switch, "value")
+        self.remove = pn.widgets.Button(label="✕ remove", width=75, margin=(22, 0, 5, 5))
+        self.remove.on_click(lambda _: session.remove_lane(lane))
+        # a collapsed card builds its widgets when first opened (8 lanes of sliders cost the page ~1 s)
+        self.body = pn.Column(sizing_mode="stretch_width", margin=0)
+        self.card = pn.Card(self.body, pn.Row(self.switch, self.remove), title=lane.label,
+                            collapsed=collapsed,
+                            header_background=lane.color, header_color="white", sizing_mode="stretch_width",
+                            margin=(3, 0))
+        if not collapsed:
+            self._build()
+        self.card.param.watch(lambda e: e.new or self._build(), "collapsed")
+        lane.param.watch(self._relabel, "label")
+        lane.param.watch(self._new_optimizer, "hyperparameters")
+
+    def _build(self, force: bool = False) -> None:
+        if self.body.objects and not force:
+            return
+        self.body.objects = [pn.Param(self.lane.hyperparameters, widgets=widget_specs(self.lane),
+                                      show_name=False,
+                                      sizing_mode="stretch_width", margin=0)]
+
+    def _switch(self, event: Any) -> None:
+        if event.new != self.lane.optimizer and not self.session.switch_optimizer(self.lane, event.new):
+            self.switch.value = self.lane.optimizer  # refused (message shown): show what runs
+
+    def _relabel(self, event: Any) -> None:
+        self.card.title = event.new
+
+    def _new_optimizer(self, _: Any) -> None:
+        if not self.card.collapsed:
+            self._build(force=True)
+        else:
+            self.body.objects = []
+        if self.switch.value != self.lane.optimizer:
+            self.switch.value = self.lane.optimizer
+
+
+class Sidebar:
+    """The controls column, on a race session."""
+
+    def __init__(self, session: RaceSession, on_preset: Callable[[str], None]) -> None:
+        self.session = s = session
+        w = pn.widgets
+        self.run_button = w.Button(label="▶ Run", color="success", width=64)
+        self.pause_button = w.Button(label="Pause", color="warning", width=64)
+        self.step_button = w.Button(label="Step", color="primary", width=58)
+        self.reset_button = w.Button(label="Reset", color="danger", width=58)
+        self.run_button.on_click(lambda _: s.play())
+        self.pause_button.on_click(lambda _: s.pause())
+        self.step_button.on_click(lambda _: s.step())
+        self.reset_button.on_click(lambda _: s.reset())
+        self.counter = pn.pane.Markdown("", css_classes=["step-counter"], margin=(0, 10))
+        self.error = pn.pane.Alert("", alert_type="danger", visible=False, margin=(5, 0),
+                                   sizing_mode="stretch_width")
+        choices = {"choose a preset…": "", **{p.title: n for n, p in presets().items()}}
+        self.preset_select = w.Select(label="Classroom presets", options=choices)
+        self.preset_select.param.watch(lambda e: e.new and on_preset(e.new), "value")
+        self.problem_select = w.Select(label="Problem", value=s.problem, groups={
+            "2-D landscapes": [*available_landscapes(), CUSTOM], "networks": available_networks()})
+        self.problem_select.param.watch(lambda e: setattr(s, "problem", e.new), "value")
+        s.param.watch(lambda e: setattr(self.problem_select, "value", e.new), "problem")
+        self.add_select = w.Select(label=f"add an optimizer (up to {MAX_LANES})",
+                                   groups={"": ["choose…"], **optimizer_groups()}, value="choose…")
+        self.add_select.param.watch(self._add, "value")
+        self.cards: dict[int, LaneCard] = {}
+        self.lanes = pn.Column(sizing_mode="stretch_width", margin=0)
+        self.presenter = w.Checkbox(label="presenter view (big type, update rules, one step per click)")
+        network = s.param.problem.rx().rx.pipe(lambda v: v in available_networks())
+        settings = pn.Card(
+            pn.Row(w.FloatInput.from_param(s.param.start_x, label="start x", width=110),
+                   w.FloatInput.from_param(s.param.start_y, label="start y",
+                                           width=110), visible=network.rx.not_()),
+            pn.Row(w.IntInput.from_param(s.param.n_starts, label="starts M", width=110),
+                   w.IntInput.from_param(s.param.seed, label="seed", width=110)),
+            w.IntInput.from_param(s.param.batch_size, label="batch size (0: full batch)", visible=network),
+            w.RadioButtonGroup.from_param(s.param.on_switch, label="on switch"),
+            self.presenter,
+            title="Race settings", collapsed=True, sizing_mode="stretch_width", margin=(3, 0))
+        probe_now = w.Button(label="Probe now", color="primary", width=100)
+        probe_now.on_click(lambda _: s.probe_now())
+        probes = pn.Card(
+            w.RadioButtonGroup.from_param(s.param.probe_schedule, label="schedule"),
+            w.IntInput.from_param(s.param.probe_every, label="every n steps", width=120),
+            w.IntSlider.from_param(s.param.probe_top_k, label="top-k eigenvalues"),
+            pn.Row(w.Checkbox.from_param(s.param.probe_density, label="density"),
+                   w.Checkbox.from_param(s.param.probe_trace, label="trace")),
+            probe_now, title="Curvature probes", collapsed=True, sizing_mode="stretch_width", margin=(3, 0))
+        self.buttons = pn.Row(self.run_button, self.pause_button, self.step_button, self.reset_button)
+        self.panel = pn.Column(
+            self.buttons, self.counter, self.error, self.preset_select, self.problem_select,
+            w.TextInput.from_param(s.param.expression, label="f(x, y) (custom landscape)",
+                                   visible=s.param.problem.rx() == CUSTOM),
+            w.FloatSlider.from_param(s.param.speed, label="speed (steps/s)", step=1),
+            self.add_select, self.lanes, settings, probes, sizing_mode="stretch_width")
+
+    def _add(self, event: Any) -> None:
+        if event.new != "choose…":
+            self.session.add_lane(event.new)
+            self.add_select.value = "choose…"
+
+    def show_lanes(self, lanes: list[Lane]) -> None:
+        """Cards for the lanes now: existing ones kept (their widgets stay), new ones added."""
+        collapsed = len(lanes) > 3
+        # by lane object: a reused lane keeps its card
+        old = {card.lane: card for card in self.cards.values()}
+        cards = {lane.id: old.get(lane) or LaneCard(self.session, lane, collapsed) for lane in lanes}
+        self.cards = cards
+        objects = [cards[lane.id].card for lane in lanes]
+        if objects != list(self.lanes.objects):
+            self.lanes.objects = objects

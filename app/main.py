@@ -6,10 +6,10 @@ import torch
 from app.explorer import Explorer
 
 torch.set_num_threads(1)  # many sessions share this server: one thread per run worker
-pn.extension("katex", "tabulator", notifications=True)
+pn.extension("katex", "filedropper", notifications=True)
 
 explorer = Explorer(autostart=True)
-# a share link (?problem=...&lanes=...) opens its race; a bad one says why over the default race
+# a share link (?race=... or ?problem=...&lanes=...) opens its race; a bad one says why over the default
 link = {k: v[0].decode() for k, v in (pn.state.session_args or {}).items() if v}
 if link.get("preset"):
     explorer.apply_preset(link["preset"])
@@ -20,7 +20,8 @@ explorer.start_streaming()
 pn.template.BootstrapTemplate(
     title="Optiscope — optimizers racing, live",
     sidebar=[explorer.controls],
-    main=[explorer.views],
-    sidebar_width=380,
+    main=[explorer.main],
+    sidebar_width=330,
     header_background="#1f4e79",
+    header_color="white",
 ).servable()

@@ -8,6 +8,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from app.sharing import RaceSpec, RunParams, lanes_of
+
 PRESETS_FILE = Path(__file__).with_name("presets.toml")
 _KEYS = {"title", "explanation", "problem", "options", "lanes", "start", "n_starts", "seed", "speed",
          "x_axis", "batch_size"}
@@ -27,6 +29,13 @@ class Preset:
     speed: float = 60.0
     x_axis: str = "step"
     batch_size: int | None = None
+
+    def spec(self) -> RaceSpec:
+        """The race this preset opens."""
+        params = RunParams(problem=self.problem, options=tuple(sorted(self.options.items())),
+                           start=self.start,
+                           n_starts=self.n_starts, seed=self.seed, batch_size=self.batch_size)
+        return RaceSpec(params, lanes_of(self.lanes), speed=self.speed, x_axis=self.x_axis)
 
 
 def _preset(name: str, d: dict[str, Any]) -> Preset:

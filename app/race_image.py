@@ -39,8 +39,9 @@ from matplotlib.text import Text
 from matplotlib.ticker import NullFormatter
 from PIL import Image
 
+from app.batch import AXES as X_AXES
 from app.figures import wants_log
-from app.streams import X_AXES, lane_color
+from app.lanes import lane_color
 from engine.export import COUNT_COLUMNS, records_frame
 from engine.problem import Problem
 from engine.records import RUNNING, Record

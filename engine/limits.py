@@ -461,6 +461,9 @@ def check_probes(config: ProbeConfig | Mapping[str, Any] | None, limits: Limits 
 
 def _check_probe_field(name: str, value: Any, annotation: Any, where: str) -> None:
     text = str(annotation)
+    if value is None and text.endswith("| None"):  # an optional setting left to its default
+        return
+    text = text.removesuffix(" | None")
     if text == "int":
         ok = isinstance(value, int) and not isinstance(value, bool)
         kind = "an integer"

@@ -1,31 +1,26 @@
-"""Classroom mode without a browser: presets, share links, saved sessions and the presenter view,
-driven through the Explorer's methods and parameters."""
+"""Classroom mode without a browser: presets, share links with their events, saved sessions,
+hostile links and logs (refused as a whole, the running race untouched), the presenter view and
+the export, driven through the explorer's widgets and public methods."""
 
 from __future__ import annotations
 
 import io
 import json
 import zipfile
+from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from app import sharing
 from app.explorer import Explorer
 from app.presets import PRESETS_FILE, presets
-from engine.events import SetHyperparameter
+from app.views import LandscapeView, ShareView
+from engine.events import Pause, SetHyperparameter
 from engine.registry import available
-from engine.run import Run
 from landscapes import available_landscapes, available_networks
-from tests.app.test_explorer import pump_until
-
-
-def steps(ex: Explorer, n: int) -> None:
-    """``n`` single steps, each awaited (a paused explorer, as a presenter drives it)."""
-    for _ in range(n):
-        tick = ex.worker.tick
-        ex.step()
-        pump_until(ex, lambda tick=tick: ex.worker.tick == tick + 1)
+from tests.app.conftest import pump_until, steps, widget
 
 
 @pytest.fixture
@@ -45,107 +40,175 @@ def test_presets_are_data_that_name_real_problems_and_optimizers() -> None:
 
 
 @pytest.mark.parametrize("name", list(presets()))
-def test_every_preset_loads_and_runs(ex: Explorer, name: str) -> None:
-    ex.apply_preset(name)
+def test_every_preset_loads_from_its_menu_and_runs(ex: Explorer, name: str) -> None:
     preset = presets()[name]
+    widget(ex.controls, "Classroom presets").value = name
     assert ex.message == "" and ex.preset_note.visible and preset.title in ex.preset_note.object
-    assert [ex.lane_names[k] for k in sorted(ex.lane_names)] == [n for n, _ in preset.lanes]
-    for k, (_, values) in enumerate(preset.lanes):
-        assert all(ex.values[k][h] == v for h, v in values.items())
-    assert ex.landscape == preset.problem and ex.x_axis == preset.x_axis
+    assert [ln.optimizer for ln in ex.session.lanes] == [n for n, _ in preset.lanes]
+    for lane, (_, values) in zip(ex.session.lanes, preset.lanes, strict=True):
+        assert all(lane.values()[h] == v for h, v in values.items())
+    assert ex.session.problem == preset.problem and ex.session.x_axis == preset.x_axis
     human = any(v.get("human") for _, v in preset.lanes)
     steps(ex, 2)
-    waiting = set(ex.worker.run.awaiting)
-    pump_until(ex, lambda: set(ex.streams.latest) | waiting == set(ex.lane_names))
-    assert waiting == ({0} if human else set())
-    for rec in ex.streams.latest.values():
+    waiting = {lane.id for lane in ex.session.lanes if lane.engine_id in ex.worker.run.awaiting}
+    pump_until(ex, lambda: set(ex.session.latest) | waiting == {ln.id for ln in ex.session.lanes})
+    assert bool(waiting) == human
+    for rec in ex.session.latest.values():
         assert np.isfinite(rec.loss).all()
 
 
-def test_a_share_link_reproduces_the_race(ex: Explorer) -> None:
+def test_a_share_link_carries_the_events_and_reopens_the_race_with_them(ex: Explorer) -> None:
+    """A race whose learning rate changed at step 6 reopens with the change at step 6."""
     ex.apply_preset("valley")
-    ex.set_hyperparameter(1, "momentum", 0.7)
-    ex.param.update(n_starts=3, seed=5)
-    link = ex.share_link()
-    assert link.startswith("?") and "kappa" in link
+    ex.session.param.update(n_starts=3, seed=5)
+    steps(ex, 6)
+    ex.session.lanes[1].hyperparameters.momentum = 0.7
+    steps(ex, 4)
+    link = ex.view(ShareView).share_link()
+    assert link.startswith("?race=") and len(link) < 600  # outside a served page: relative, short
     other = Explorer()
     try:
-        assert other.apply_query(ex.to_query())
+        assert other.apply_query({k: v[0] for k, v in parse_qs(urlsplit(link).query).items()})
         a, b = ex.worker.run, other.worker.run
         assert b.config == a.config and b.problem.params == a.problem.params
-        ra, rb = Run(a.problem, a.config).run(20), Run(b.problem, b.config).run(20)
-        assert len(ra) == 40 and all(x.same_values(y) for x, y in zip(ra, rb, strict=True))
+        steps(other, 10)
+        other_log = other.worker.call(lambda run: list(run.log)).result(timeout=10)
+        # the change at its step, and (the race was shared paused) a pause where it was shared
+        assert [(e.tick, e.event) for e in other_log] == [(6, SetHyperparameter(1, "momentum", 0.7)),
+                                                          (10, Pause())]
+        assert not other.running
+        assert other.session.lanes[1].hyperparameters.momentum == 0.7  # the page shows it too
+        for k in a.lanes:
+            np.testing.assert_array_equal(a.positions(k), b.positions(k))
     finally:
         other.close()
 
 
-def test_a_bad_link_says_why_and_changes_nothing(ex: Explorer) -> None:
-    before = ex.to_query()
-    assert not ex.apply_query({"problem": "rosenbrock", "lanes": '[["adam", {"lr": -1}]]'})
-    assert "lr" in ex.message and ex.to_query() == before
-    assert not ex.apply_query({"problem": "no_such_problem", "lanes": '[["adam", {}]]'})
-    assert "no_such_problem" in ex.message and ex.to_query() == before
+BAD_LINKS = [
+    ({"problem": "rosenbrock", "lanes": '[["sgd",{}]]', "start": "1"}, "2 coordinates"),
+    ({"problem": "rosenbrock", "lanes": '[["sgd",{}]]', "start": "1,2,3"}, "2 coordinates"),
+    ({"problem": "rosenbrock", "lanes": '[["sgd",{}]]', "start": "1e400,0"}, "finite"),
+    ({"problem": "rosenbrock", "lanes": '[["sgd",{}]]', "seed": "-1"}, "seed"),
+    ({"problem": "rosenbrock", "lanes": '[["sgd",{}]]', "seed": "1e12"}, "seed"),
+    ({"problem": "rosenbrock", "lanes": '[["sgd",{}]]', "speed": "nan"}, "speed"),
+    ({"problem": "rosenbrock", "lanes": '[["sgd",{}]]', "speed": "inf"}, "speed"),
+    ({"problem": "rosenbrock", "lanes": '[["sgd",{}]]', "x": "nope"}, "x-axis"),
+    ({"problem": "rosenbrock", "lanes": '[["sgd",{}]]', "batch": "-5"}, "batch size"),
+    ({"problem": "rosenbrock", "lanes": '[["sgd",{}]]', "batch": "1e9"}, "batch size"),
+    ({"problem": "rosenbrock", "lanes": '[["sophia_g",{}]]'}, "Sophia-G"),
+    ({"problem": "rosenbrock", "lanes": '[["adam",{"lr":-1}]]'}, "lr"),
+    ({"problem": "no_such_problem", "lanes": '[["adam",{}]]'}, "no_such_problem"),
+    ({"problem": "quadratic", "options": '{"dim": 1000000000}', "lanes": '[["sgd",{}]]'}, "limit"),
+    ({"problem": "rosenbrock", "lanes": json.dumps([["sgd", {}]] * 9)}, "8"),
+    ({"problem": "rosenbrock", "lanes": "[[1,2"}, "form"),
+    ({"race": "not-a-race"}, "damaged"),
+]
+
+
+@pytest.mark.parametrize(("query", "reason"), BAD_LINKS)
+def test_a_bad_link_says_why_and_leaves_the_running_race_untouched(ex: Explorer, query: dict,
+                                                                   reason: str) -> None:
+    ex.session.play()
+    pump_until(ex, lambda: ex.worker.tick > 3)
+    before, worker, lanes = ex.session.spec().params, ex.worker, list(ex.session.lanes)
+    assert not ex.apply_query(query)
+    assert reason in ex.message and ex.message.startswith("this link")
+    assert "Error" not in ex.message and "__init__" not in ex.message  # words, not Python
+    assert ex.worker is worker and worker.alive and ex.session.lanes == lanes
+    assert ex.session.spec().params == before and ex.session.problem == "rosenbrock"
+    tick = worker.tick
+    pump_until(ex, lambda: worker.tick > tick + 3)  # still running
+
+
+def test_a_three_d_landscape_link_opens_and_the_page_shows_it(ex: Explorer) -> None:
+    assert ex.apply_query({"problem": "rosenbrock", "options": '{"dim": 3}', "lanes": '[["adam",{}]]',
+                           "start": "1,2"})
+    assert ex.worker.run.problem.dim == 3 and not ex.view(LandscapeView).applies()
+    assert not ex.race_area.visible and ex.formula.object.startswith("$")
 
 
 def test_a_saved_session_replays_live_to_the_same_state(ex: Explorer) -> None:
     steps(ex, 3)
-    ex.set_hyperparameter(2, "lr", 0.05)
+    ex.session.lanes[2].hyperparameters.lr = 0.05
     steps(ex, 4)
-    ex.switch_optimizer(0, "nesterov")
+    ex.session.switch_optimizer(ex.session.lanes[0], "nesterov")
     steps(ex, 3)
-    log = json.loads(json.dumps(ex.event_log()))  # what the download holds
-    assert log["ticks"] == 10 and [e["kind"] for e in log["events"]] == ["set_hyperparameter",
-                                                                          "switch_optimizer"]
+    data = ex.view(ShareView)._log_file().getvalue().encode()  # what "Save event log" downloads
     other = Explorer(landscape="quadratic", optimizers=["sgd"])
     try:
-        assert other.replay_log(log)
+        assert other.view(ShareView).open_log(data)
         steps(other, 10)
         a, b = ex.worker.run, other.worker.run
-        assert [e.event for e in b.log] == [e.event for e in a.log]
+        assert [e.event for e in b.log] == [e.event for e in a.log if type(e.event).__name__ not in
+                                           ("Pause", "Resume")]
         for k in a.lanes:
-            assert np.array_equal(a.positions(k), b.positions(k))
-        assert b.lanes[2].values["lr"] == 0.05 and b.lanes[0].spec.name == "nesterov"
+            np.testing.assert_array_equal(a.positions(k), b.positions(k))
+        lanes = other.session.lanes
+        assert lanes[0].optimizer == "nesterov" and lanes[2].hyperparameters.lr == 0.05
     finally:
         other.close()
-    assert not ex.replay_log({"events": []}) and "event log" in ex.message
+
+
+def test_a_bad_log_is_refused_in_the_terms_of_a_log_and_the_race_goes_on(ex: Explorer) -> None:
+    steps(ex, 2)
+    share, worker = ex.view(ShareView), ex.worker
+    log = json.loads(share._log_file().getvalue())
+    log["events"] = [{"tick": 0, "kind": "set_hyperparameter", "lane": 99, "name": "lr", "value": 0.1}]
+    assert not share.open_log(json.dumps(log).encode())
+    assert "lane 99" in ex.message and "link" not in ex.message and ex.worker is worker
+    assert not share.open_log(b"x" * (sharing.UPLOAD_LIMIT_BYTES + 1))
+    assert f"at most {sharing.UPLOAD_LIMIT}" in ex.message  # the limit the page states
+    assert not share.open_log(b"{not json")
+    assert "JSON" in ex.message and ex.worker is worker and worker.alive
 
 
 def test_presenter_view_steps_one_at_a_time_and_draws_each_update(ex: Explorer) -> None:
-    ex.play()
-    ex.presenter = True
-    assert not ex.running and ex.rules.visible and len(ex.rules.objects) == len(ex.lane_names)
-    assert ex.landscape_view.figure.title.text_font_size == "24px"
+    ex.session.play()
+    widget(ex.controls, "presenter view (big type, update rules, one step per click)").value = True
+    assert not ex.running and ex.rules.visible and len(ex.rules.objects) == len(ex.session.lanes)
+    view = ex.view(LandscapeView)
+    assert view.figure.title.text_font_size == "22px"
     steps(ex, 1)
     steps(ex, 1)
-    pump_until(ex, lambda: all(r.step == 1 for r in ex.streams.latest.values()))
-    arrows = ex.landscape_view.updates.data
-    run = ex.worker.run
-    assert len(arrows["x0"]) == len(run.lanes)
-    for i, k in enumerate(sorted(run.lanes)):
-        prev, now = ex.streams.previous[k].position[0], ex.streams.latest[k].position[0]
-        assert (arrows["x0"][i], arrows["y0"][i]) == tuple(prev)
-        assert (arrows["x1"][i], arrows["y1"][i]) == tuple(now)
-    ex.set_hyperparameter(0, "lr", 2e-3)  # a live change while presenting is logged as usual
-    assert any(isinstance(e.event, SetHyperparameter) for e in ex.worker.call(lambda r: r.log).result())
+    arrows = view.updates.data
+    assert len(arrows["x0"]) == len(ex.session.lanes)
+    assert (arrows["x1"][0], arrows["y1"][0]) == tuple(ex.session.latest[ex.session.lanes[0].id].position[0])
     ex.presenter = False
-    assert not ex.rules.visible and ex.landscape_view.updates.data["x0"] == []
+    assert not ex.rules.visible and view.updates.data["x0"] == []
 
 
-def test_the_export_bundle_holds_every_record_with_its_config_and_the_images(ex: Explorer) -> None:
+def test_the_export_runs_off_the_loop_with_progress_and_holds_every_record(ex: Explorer) -> None:
     steps(ex, 6)
-    ex.set_hyperparameter(1, "lr", 2e-3)
+    ex.session.lanes[1].hyperparameters.lr = 2e-3
     steps(ex, 4)
-    with zipfile.ZipFile(io.BytesIO(ex.export_bundle())) as bundle:
+    share = ex.view(ShareView)
+    job = share.start_export(wait=True)
+    assert not job.error and job.fraction == 1.0
+    share.refresh()
+    assert share.download.visible and "optiscope-race.zip" in share.download.label
+    with zipfile.ZipFile(share.download.file) as bundle:
         names = set(bundle.namelist())
-        assert names == {"records.parquet", "records.json", "loss.png", "race.png", "race.gif"}
+        assert {"records.parquet", "loss.png", "race.png", "race.gif"} <= names
         table = pq.read_table(io.BytesIO(bundle.read("records.parquet")))
-    meta = json.loads(table.schema.metadata[b"optiscope"])
     run = ex.worker.run
-    assert meta["config"] == json.loads(json.dumps(run.config.to_dict()))
-    assert [e["kind"] for e in meta["event_log"]["events"]] == ["set_hyperparameter"]
     frame = table.to_pandas()
-    assert len(frame) == 10 * len(run.lanes)  # every step of every lane, not the decimated plot data
+    assert len(frame) == 10 * len(run.lanes)  # every step of every lane, not the thinned plot data
     last = frame[frame.step == 9].sort_values("lane")
-    for k in sorted(run.lanes):
-        np.testing.assert_array_equal(last[last.lane == k][["x0", "x1"]].to_numpy()[0],
-                                      ex.streams.latest[k].position[0])
+    for lane in ex.session.lanes:  # the exported step 9 is the page's last record, to the bit
+        np.testing.assert_array_equal(last[last.lane == lane.engine_id][["x0", "x1"]].to_numpy()[0],
+                                      ex.session.latest[lane.id].position[0])
+
+
+def test_an_export_can_be_cancelled(ex: Explorer) -> None:
+    steps(ex, 2)
+    share = ex.view(ShareView)
+    problem = ex.worker.run.problem
+    log = {"problem": problem.name, "config": ex.worker.run.config.to_dict(), "events": [], "ticks": 200_000}
+    from app.bundle import build_bundle
+    from app.jobs import Job
+
+    job = share.jobs.start(Job("export", lambda job: build_bundle(job, problem, log, drawn=False,
+                                                                   x_axis="step", f_star=None)))
+    pump_until(ex, lambda: job.fraction > 0, 30)
+    widget(share.panel, "Cancel").clicks += 1
+    assert job.wait(10) and job.error == "export cancelled"  # the replay stopped at a checkpoint

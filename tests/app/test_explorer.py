@@ -1,5 +1,5 @@
-"""The explorer without a browser: build it, drive it through ``param`` and its widgets, and check
-what reaches the plot streams, the run's event log and the worker thread."""
+"""The explorer without a browser: build it, drive it through its widgets (found by name) and its
+public methods, and check what reaches the views' sources and the run's event log."""
 
 from __future__ import annotations
 
@@ -11,83 +11,83 @@ import panel as pn
 import param
 import pytest
 from bokeh.document import Document
+from bokeh.models import LabelSet, Legend, LinearScale, LogScale, LogTicker
 from panel.io.state import set_curdoc
 
-from app.explorer import CUSTOM, MAX_LANES, Explorer
-from app.streams import lane_color
-from engine.events import SetHyperparameter, SwitchOptimizer
-from landscapes.networks import NetworkProblem
-from tests.engine.test_oracles import closure_specs  # noqa: F401  (fixture)
-from tests.engine.test_worker import wait_for
+from app.explorer import CUSTOM, Explorer
+from app.lanes import PALETTE
+from app.views import (
+    CurvatureView,
+    GradView,
+    LandscapeView,
+    LeaderboardView,
+    LossView,
+    NetworkView,
+    SliceView,
+)
+from engine.events import RemoveLane, SetHyperparameter, SwitchOptimizer
+from tests.app.conftest import pump_until, steps, wait_for, widget
 
 
-@pytest.fixture
-def explorer():
-    ex = Explorer(landscape="quadratic", optimizers=["sgd", "adam"], speed=500)
-    yield ex
-    ex.close()
+def rows(ex: Explorer, lane_index: int, view: type = LossView) -> int:
+    v = ex.view(view)
+    slot = ex.session.lanes[lane_index].slot
+    return len(v.slots.sources[slot].data["step"])
 
 
-def pump_until(ex: Explorer, cond, timeout: float = 5.0) -> None:
-    def check() -> bool:
-        ex.pump()
-        return cond()
-    wait_for(check, timeout)
-
-
-def curve_len(ex: Explorer, lane: int) -> int:
-    return len(ex.streams.curve(lane).data["step"])
-
-
-def test_records_reach_the_plot_streams(explorer: Explorer) -> None:
-    explorer.play()
-    pump_until(explorer, lambda: curve_len(explorer, 0) > 30 and curve_len(explorer, 1) > 30)
-    assert len(explorer.streams.segments.data["x0"]) > 0
-    assert set(explorer.streams.heads.data["optimizer"]) == {"SGD", "Adam"}
-    table = explorer.leaderboard.value
-    pump_until(explorer, lambda: len(explorer.leaderboard.value) == 2)
-    table = explorer.leaderboard.value
-    assert list(table["optimizer"]) == ["SGD", "Adam"] and (table["status"] == "running").all()
+def test_records_reach_the_views(explorer: Explorer) -> None:
+    explorer.session.play()
+    pump_until(explorer, lambda: rows(explorer, 0) > 30 and rows(explorer, 1) > 30)
+    landscape = explorer.view(LandscapeView)
+    assert sum(len(s.data["x0"]) for s in landscape.paths.sources) > 0
+    assert set(landscape.heads.data["optimizer"]) == {"SGD", "Adam"}
+    explorer.view(LeaderboardView).refresh()
+    table = explorer.view(LeaderboardView).rows()
+    assert [r["optimizer"] for r in table] == ["SGD", "Adam"] and {r["status"] for r in table} == {"running"}
     # curves show suboptimality f - f* (the bowl has f* = 0), which is the loss itself here
-    rec = explorer.streams.latest[1]
-    assert explorer.streams.curve(1).data["loss"][-1] == pytest.approx(float(np.median(rec.loss)))
+    adam = explorer.session.lanes[1]
+    rec = explorer.session.latest[adam.id]
+    src = explorer.view(LossView).slots.sources[adam.slot].data
+    assert src["loss"][-1] == pytest.approx(float(np.median(rec.loss)))
+    assert src["step"][-1] == rec.tick  # the race's step (no reset yet)
 
 
-def test_slider_change_mid_run_acts_at_next_step_and_is_logged(explorer: Explorer) -> None:
-    explorer.step()
-    pump_until(explorer, lambda: curve_len(explorer, 1) == 1)
-    card = explorer.cards.objects[1]  # Adam's card: the first widget is its lr slider (log grid)
-    lr_slider = card.objects[0]
-    assert lr_slider.name == "lr"
-    with param.edit_constant(lr_slider):  # what the browser sends when a drag ends
-        lr_slider.param.update(value=0.1, value_throttled=0.1)
-    explorer.step()
-    pump_until(explorer, lambda: curve_len(explorer, 1) == 2)
-    rec = explorer.streams.latest[1]
-    assert rec.hyperparameters["lr"] == 0.1 and rec.step == 1
-    run = explorer.worker.run
-    assert [(e.tick, e.event) for e in run.log if isinstance(e.event, SetHyperparameter)] == \
-        [(1, SetHyperparameter(1, "lr", 0.1))]
-    assert explorer.streams.events.data["label"] == ["Adam: lr = 0.1"]
+def test_a_slider_release_reaches_the_run_at_the_next_step_with_a_labelled_marker(explorer: Explorer) -> None:
+    steps(explorer, 1)
+    card = explorer.sidebar.cards[explorer.session.lanes[1].id].card
+    lr = widget(card, "lr")
+    assert isinstance(lr, pn.widgets.DiscreteSlider)
+    with param.edit_constant(lr):  # what the browser sends when a drag ends
+        lr.param.update(value=0.1, value_throttled=0.1)
+    steps(explorer, 1)
+    adam = explorer.session.lanes[1]
+    rec = explorer.session.latest[adam.id]
+    assert rec.hyperparameters["lr"] == 0.1 and rec.step == 1 and adam.hyperparameters.lr == 0.1
+    log = explorer.worker.call(lambda run: list(run.log)).result(timeout=10)
+    assert [(e.tick, e.event) for e in log if isinstance(e.event, SetHyperparameter)] == \
+        [(1, SetHyperparameter(adam.engine_id, "lr", 0.1))]
+    marks = explorer.view(LossView).marks
+    assert marks.source.data["label"] == ["Adam: lr 0.001 → 0.1"] and marks.source.data["step"] == [1]
+    assert isinstance(marks.labels, LabelSet) and marks.labels in explorer.view(LossView).figure.center
 
 
-def test_pause_stops_stepping(explorer: Explorer) -> None:
-    explorer.play()
+def test_pause_stops_stepping_and_the_counter_says_so(explorer: Explorer) -> None:
+    widget(explorer.controls, "▶ Run").clicks += 1
     pump_until(explorer, lambda: explorer.worker.tick > 10)
-    explorer.pause()
+    widget(explorer.controls, "Pause").clicks += 1
     wait_for(lambda: explorer.worker.paused)
     tick = explorer.worker.tick
     time.sleep(0.1)
     assert explorer.worker.tick == tick
-    explorer.pump()
-    assert "paused" in explorer.counter.object and f"step {tick}" in explorer.counter.object
+    for _ in range(3):
+        explorer.pump()
+    assert "paused" in explorer.sidebar.counter.object and f"step {tick}" in explorer.sidebar.counter.object
 
 
 def test_a_served_race_starts_when_its_page_has_loaded() -> None:
     """Under ``panel serve`` an autostarted race takes no step before the page reports it has
-    loaded (Bokeh's document_ready, which Panel turns into its onload callbacks): updates sent
-    while the browser is still building the page pile up, and the page then runs seconds late."""
-    doc = Document()  # with what a served session's document has: a session context and its request
+    loaded: updates sent while the browser still builds the page pile up, and it runs seconds late."""
+    doc = Document()
     session = SimpleNamespace(id="test", request=SimpleNamespace(arguments={}, cookies={}, headers={}))
     doc._session_context = lambda: session
     with set_curdoc(doc):
@@ -95,82 +95,95 @@ def test_a_served_race_starts_when_its_page_has_loaded() -> None:
         try:
             ex.start_streaming()
             time.sleep(0.3)
-            assert ex.running and ex.worker.tick == 0 and ex._callback is None
+            assert ex.running and ex.worker.tick == 0
             pn.state._on_load(doc)  # what Panel runs when the page says it is ready
             wait_for(lambda: ex.worker.tick > 10)
-            assert ex._callback is not None
         finally:
             ex.close()
 
 
-def test_close_stops_the_worker_thread(explorer: Explorer) -> None:
-    explorer.play()
+def test_close_stops_the_worker_and_the_pump(explorer: Explorer) -> None:
+    explorer.session.play()
     worker = explorer.worker
     wait_for(lambda: worker.tick > 2)
     explorer.close()
-    assert worker.join(2.0)
+    assert worker.join(2.0) and explorer.pump() == 0
 
 
-def test_bad_function_shows_an_error_and_the_race_goes_on(explorer: Explorer) -> None:
-    explorer.play()
+def test_a_bad_function_shows_its_error_and_the_race_goes_on(explorer: Explorer) -> None:
+    explorer.session.play()
     worker = explorer.worker
-    explorer.param.update(expression="sin(x", landscape=CUSTOM)
-    assert explorer.error.visible and "column" in explorer.message
+    explorer.session.param.update(expression="sin(x", problem=CUSTOM)  # refused as a whole
+    assert explorer.sidebar.error.visible and "column" in explorer.message
     assert explorer.worker is worker and worker.alive and explorer.problem.name == "quadratic"
-    explorer.expression = "x**2 + 3*y**2"
-    assert not explorer.error.visible and explorer.worker is not worker and worker.join(2.0)
-    pump_until(explorer, lambda: curve_len(explorer, 0) > 3)
+    assert widget(explorer.controls, "Problem").value == "quadratic"  # the page shows what runs
+    widget(explorer.controls, "Problem").value = CUSTOM  # the default f(x, y)
+    custom = explorer.worker
+    assert custom is not worker and worker.join(2.0) and not explorer.sidebar.error.visible
+    field = widget(explorer.controls, "f(x, y) (custom landscape)")
+    field.value = "x**2 +* y"
+    assert "column" in explorer.message and explorer.worker is custom
+    assert explorer.session.expression == "sin(x)*y**2 + 0.1*x**2"  # the function that runs
+    field.value = "x**2 + 3*y**2"
+    assert explorer.worker is not custom and not explorer.sidebar.error.visible
+    pump_until(explorer, lambda: rows(explorer, 0) > 3)
 
 
-def test_changing_the_landscape_resets_the_race(explorer: Explorer) -> None:
-    explorer.play()
+def test_changing_the_problem_from_its_select_starts_a_new_race(explorer: Explorer) -> None:
+    explorer.session.play()
     pump_until(explorer, lambda: explorer.worker.tick > 5)
-    explorer.landscape = "himmelblau"
+    widget(explorer.controls, "Problem").value = "himmelblau"
     assert explorer.worker.run.problem.name == "himmelblau"
-    pump_until(explorer, lambda: curve_len(explorer, 0) > 0)
-    assert explorer.streams.curve(0).data["step"][0] == 0
-    assert len(explorer.landscape_view.minima.data["x"]) == 4
+    pump_until(explorer, lambda: rows(explorer, 0) > 0)
+    assert explorer.view(LossView).slots.sources[0].data["step"][0] == 0
+    assert explorer.view(LandscapeView).minima.data["marker"] == ["star"] * 4
 
 
-def test_switching_an_optimizer_continues_from_its_position(explorer: Explorer) -> None:
-    for _ in range(5):
-        explorer.step()
-    pump_until(explorer, lambda: curve_len(explorer, 0) == 5)
+def test_switching_a_lane_continues_from_its_position_as_a_new_segment(explorer: Explorer) -> None:
+    steps(explorer, 5)
     before = explorer.worker.run.positions(0).copy()
-    switch = explorer.cards.objects[0].objects[-1]
-    switch.value = "lion"
-    explorer.step()
-    pump_until(explorer, lambda: explorer.streams.latest[0].optimizer == "lion")
-    rec = explorer.streams.latest[0]
+    sgd = explorer.session.lanes[0]
+    widget(explorer.sidebar.cards[sgd.id].card, "switch this lane to").value = "lion"
+    steps(explorer, 1)
+    rec = explorer.session.latest[sgd.id]
     np.testing.assert_array_equal(rec.position, before)
-    assert rec.step == 5
+    assert rec.optimizer == "lion" and rec.step == 5 and sgd.label == "Lion"
+    src = explorer.view(LossView).slots.sources[sgd.slot].data
+    assert np.isnan(src["loss"][-2]) and src["optimizer"][-3:] == ["sgd", "lion",
+                                                                   "lion"]  # a break, then Lion
+    assert "SGD → Lion" in explorer.view(LossView).marks.source.data["label"]
     assert any(isinstance(e.event, SwitchOptimizer) for e in explorer.worker.run.log)
-    assert explorer.optimizers == ["lion", "adam"]
 
 
-def test_adding_and_removing_optimizers_mid_race(explorer: Explorer) -> None:
-    explorer.step()
-    explorer.optimizers = ["adam", "rmsprop"]
-    explorer.step()
-    pump_until(explorer, lambda: 2 in explorer.streams.latest)
-    assert explorer.streams.latest[2].optimizer == "rmsprop" and explorer.streams.latest[2].step == 0
-    assert sorted(explorer.lane_names.values()) == ["adam", "rmsprop"]
-    too_many = ["sgd", "momentum", "nesterov", "adam", "adamw", "amsgrad", "rmsprop", "adagrad", "lion"]
-    assert len(too_many) > MAX_LANES
-    explorer.optimizers = too_many
-    assert "at most 8" in explorer.message and len(explorer.lane_names) == 2
+def test_adding_and_removing_lanes_from_the_sidebar(explorer: Explorer) -> None:
+    steps(explorer, 3)
+    widget(explorer.controls, "add an optimizer (up to 8)").value = "rmsprop"
+    steps(explorer, 2)
+    rms = explorer.session.lanes[2]
+    assert rms.label == "RMSprop" and explorer.session.latest[rms.id].step == 1
+    assert explorer.view(LossView).slots.sources[rms.slot].data["step"][0] == 3  # where it joined
+    sgd = explorer.session.lanes[0]
+    landscape = explorer.view(LandscapeView)
+    assert len(landscape.paths.sources[sgd.slot].data["x0"]) > 0
+    widget(explorer.sidebar.cards[sgd.id].card, "✕ remove").clicks += 1
+    steps(explorer, 1)
+    assert [ln.label for ln in explorer.session.lanes] == ["Adam", "RMSprop"]
+    assert landscape.paths.sources[sgd.slot].data["x0"] == []  # its path left with it
+    assert not any(r.visible for r in landscape.paths.renderers[sgd.slot])
+    assert "− SGD" in explorer.view(LossView).marks.source.data["label"]
+    assert any(isinstance(e.event, RemoveLane) for e in explorer.worker.run.log)
 
 
-def test_clicking_the_landscape_moves_the_start(explorer: Explorer) -> None:
-    explorer._on_tap(0.5, -0.25)
+def test_a_click_on_the_landscape_moves_the_start(explorer: Explorer) -> None:
+    explorer.view(LandscapeView).tap(0.5, -0.25)
     assert explorer.worker.run.starts[0].tolist() == [0.5, -0.25]
-    assert explorer.landscape_view.start.data == {"x": [0.5], "y": [-0.25]}
+    assert explorer.view(LandscapeView).start.data == {"x": [0.5], "y": [-0.25]}
 
 
 def test_two_explorers_are_independent_sessions() -> None:
     a, b = Explorer(optimizers=["sgd"]), Explorer(optimizers=["adam"])
     try:
-        a.step()
+        a.session.step()
         wait_for(lambda: a.worker.tick == 1)
         time.sleep(0.05)
         assert b.worker.tick == 0 and a.worker is not b.worker
@@ -179,196 +192,132 @@ def test_two_explorers_are_independent_sessions() -> None:
         b.close()
 
 
-def test_a_landscape_without_known_minima_plots_raw_loss_on_a_linear_axis(explorer: Explorer) -> None:
-    from bokeh.models import LinearScale, LogScale
-
-    assert isinstance(explorer.loss_view.figure.y_scale, LogScale)
-    explorer.landscape = "saddle"  # x^2 - y^2: losses go negative
-    assert isinstance(explorer.loss_view.figure.y_scale, LinearScale)
-    explorer.step()
-    pump_until(explorer, lambda: curve_len(explorer, 0) == 1)
-    rec = explorer.streams.latest[0]
-    assert explorer.streams.curve(0).data["loss"][-1] == float(rec.loss[0])
-
-
-def streamed_sources(ex: Explorer) -> set[int]:
-    s = ex.streams
-    return set(map(id, (s.segments, *s.curves.values(), *s.metric_curves.values(),
-                        *s.curvature_curves.values())))
+def test_a_problem_without_known_minima_plots_raw_loss_on_a_linear_axis(explorer: Explorer) -> None:
+    fig = explorer.view(LossView).figure
+    assert isinstance(fig.y_scale, LogScale)
+    assert isinstance(fig.yaxis[0].ticker, LogTicker) and list(fig.yaxis[0].ticker.mantissas) == [1]
+    explorer.session.problem = "saddle"  # x^2 - y^2: losses go negative
+    assert isinstance(fig.y_scale, LinearScale)
+    steps(explorer, 1)
+    rec = explorer.session.latest[explorer.session.lanes[0].id]
+    assert explorer.view(LossView).slots.sources[0].data["loss"][-1] == float(rec.loss[0])
 
 
-def legend_entries(fig) -> dict[str, list]:
-    """Label -> the renderers its legend item draws from."""
-    return {item.label.value: list(item.renderers) for legend in fig.legend for item in legend.items}
+def test_no_legend_is_drawn_over_the_data(explorer: Explorer) -> None:
+    """The race's legend is HTML beside the plots (swatches): no canvas legend can cover a curve."""
+    for cls in (LossView, GradView, LandscapeView, CurvatureView):
+        fig = explorer.view(cls).figure if cls is not CurvatureView else explorer.view(cls).sharpness_fig
+        assert not [item for legend in fig.select(type=Legend) for item in legend.items], cls.__name__
+    legend = explorer.view(LossView).legend.object
+    assert PALETTE[0] in legend and "SGD" in legend and "Adam" in legend
 
 
-def test_legends_draw_from_stand_ins_and_hiding_one_hides_its_lines() -> None:
-    """A Bokeh legend listens to every source its items' renderers hold and rebuilds itself on
-    each change: no legend may hold a streamed source (app.figures.lane_legend)."""
-    ex = Explorer(landscape="quadratic", lanes=[("sgd", {"lr": 0.05}), ("adam", {})], probe_every=2,
-                  speed=500)
-    try:
-        for _ in range(5):
-            ex.step()
-        pump_until(ex, lambda: len(ex.streams.curvature_curves) == 2
-                   and all(len(ex.streams.curve(k).data["step"]) == 5 for k in (0, 1)))
-        ex.curvature_view.update({0: "SGD", 1: "Adam"}, 0.0, 1)
-        streamed = streamed_sources(ex)
-        figures = (ex.landscape_view.figure, ex.loss_view.figure, ex.grad_view.figure,
-                   ex.curvature_view.sharpness_fig)
-        for fig in figures:
-            entries = legend_entries(fig)
-            assert {"SGD", "Adam"} <= set(entries), (fig.title.text, entries)
-            held = [r for rs in entries.values() for r in rs if id(r.data_source) in streamed]
-            assert held == [], fig.title.text
-        # a lane's entry hides that lane's lines (the click's effect: click_policy "hide")
-        lines = {r for r in ex.curvature_view.sharpness_fig.renderers
-                 if id(getattr(r, "data_source", None)) == id(ex.streams.curvature_curve(0))}
-        assert len(lines) == 3  # sharpness, threshold, along the update
-        (stand_in,) = legend_entries(ex.curvature_view.sharpness_fig)["SGD"]
-        stand_in.visible = False
-        assert not any(r.visible for r in lines)
-        assert all(r.visible for r in ex.curvature_view.sharpness_fig.renderers
-                   if id(getattr(r, "data_source", None)) == id(ex.streams.curvature_curve(1)))
-        stand_in.visible = True
-        assert all(r.visible for r in lines)
-        (loss_stand_in,) = legend_entries(ex.loss_view.figure)["Adam"]
-        loss_stand_in.visible = False
-        assert not ex.loss_view._lines[1].visible and ex.loss_view._lines[0].visible
+def test_a_diverged_lane_never_stretches_the_loss_axis() -> None:
+    ex = Explorer(landscape="quadratic", lanes=[("sgd", {"lr": 0.5}), ("adam", {})], speed=500)
+    try:  # the bowl's curvature is 10: lr 0.5 blows up by 4x per step
+        ex.session.play()
+        pump_until(ex, lambda: ex.session.lanes[0].id in ex.session.latest
+                   and ex.session.latest[ex.session.lanes[0].id].status[0] != "running", 20)
+        view = ex.view(LossView)
+        view.refresh()
+        adam = ex.session.lanes[1]
+        assert set(view.figure.y_range.renderers) == set(view.slots.renderers[adam.slot])
+        assert "SGD stopped or diverged" in view.figure.title.text
+        ex.view(LeaderboardView).refresh()
+        status = {r["optimizer"]: r["status"] for r in ex.view(LeaderboardView).rows()}
+        assert status["SGD"].startswith("diverged at step") and status["Adam"] == "running"
     finally:
         ex.close()
 
 
-def test_a_network_problem_shows_train_test_curves_and_a_slice(monkeypatch: pytest.MonkeyPatch) -> None:
-    import copy
-    import threading
-
-    copied_on: list[str] = []  # a module copied mid-step can hold functional_call's non-leaf tensors
-    deepcopy = copy.deepcopy
-
-    def spy(obj, memo=None):
-        if isinstance(obj, NetworkProblem):
-            copied_on.append(threading.current_thread().name)
-        return deepcopy(obj, memo)
-
-    monkeypatch.setattr(copy, "deepcopy", spy)
-    import app.memory_view
-
-    accounted_on = []  # the memory instrument steps each lane once, in its own thread
-    account = app.memory_view.account
-
-    def account_spy(name, problem, **kw):
-        accounted_on.append(problem)
-        return account(name, problem, **kw)
-
-    monkeypatch.setattr(app.memory_view, "account", account_spy)
+def test_a_network_shows_its_curves_and_a_slice_computed_off_the_loop() -> None:
     ex = Explorer(landscape="moons_mlp", lanes=[("adam", {"lr": 0.02}), ("sgd", {"lr": 0.1})], speed=1000)
     try:
-        assert ex.network_view.panel.visible and not ex.landscape_pane.visible
-        ex.play()
-        # generous bounds: a loaded 2-core CI machine (the memory bars account each lane meanwhile)
-        pump_until(ex, lambda: ex.worker.tick > 40 and len(ex.streams.metric_curves) == 2, timeout=30)
-        src = ex.streams.metric_curves[0]
-        assert {"train_loss", "test_loss", "test_accuracy"} <= set(src.data)
-        for fig in (ex.network_view.loss_fig, ex.network_view.acc_fig):  # legends hold no streamed source
-            entries = legend_entries(fig)
-            assert set(entries) == {"Adam", "SGD"}
-            assert not {id(r.data_source) for rs in entries.values() for r in rs} & streamed_sources(ex)
-        pump_until(ex, lambda: len(ex.leaderboard.value) == 2, timeout=30)
-        assert "test accuracy" in ex.leaderboard.value.columns
-        copied_on.clear()
-        job = ex.request_slice("PCA of the trajectory", 0, 11)  # while the race runs
-        pump_until(ex, lambda: job.done and ex._slice_job is None, timeout=30)
+        assert ex.view(NetworkView).applies() and not ex.view(LandscapeView).applies()
+        assert "slice" in ex.instruments._names
+        ex.session.play()
+        pump_until(ex, lambda: ex.worker.tick > 40 and rows(ex, 0, NetworkView) > 2, 30)
+        src = ex.view(NetworkView).slots.sources[0].data
+        assert np.isfinite(src["test_accuracy"]).all() and np.isfinite(src["train_loss"]).all()
+        slices = ex.view(SliceView)
+        assert not slices.picture.visible  # no empty frame before there is a slice
+        job = slices.request("PCA of the trajectory", ex.session.lanes[0].id, 11, wait=True)
         assert not job.error, job.error
-        assert copied_on and all(name.startswith("optiscope-run-") for name in copied_on), set(copied_on)
-        assert accounted_on and all(p is not ex.worker.run.problem for p in accounted_on)
-        (z,) = ex.network_view.image.data["image"]
-        assert z.shape == (11, 11) and np.isfinite(z).all()
-        assert len(ex.network_view.path.data["x"]) >= 3
-        assert "121 evaluations" in ex.network_view.caption.object
-        assert "PCA plane of Adam" in ex.network_view.caption.object
+        slices.refresh()
+        (z,) = slices.image.data["image"]
+        assert z.shape == (11, 11) and np.isfinite(z).all() and slices.picture.visible
+        assert "121 evaluations" in slices.caption.object and "PCA plane of Adam" in slices.caption.object
+    finally:
+        ex.close()
+
+
+@pytest.mark.parametrize(("batch", "label"), [(None, "minibatch training loss (64 samples)"),
+                                              (0, "training loss (full batch)")])
+def test_minibatch_is_said_only_of_minibatch_curves(batch: int | None, label: str) -> None:
+    ex = Explorer(landscape="digits_mlp", optimizers=["sgd"], batch_size=batch)
+    try:
+        assert ex.view(LossView).figure.title.text == label
     finally:
         ex.close()
 
 
 def test_an_n_d_problem_is_neither_drawn_nor_treated_as_a_network() -> None:
-    """Block coordinate descent's 20-D quadratic: curves, table and instruments, but no landscape
-    picture and none of a network's panels (train/test curves, slices, a minibatch loss label)."""
     ex = Explorer(landscape="quadratic", problem_options={"dim": 20, "kappa": 100.0},
                   lanes=[("bcd_cyclic", {}), ("bcd_gauss_southwell", {})], speed=500)
     try:
-        assert not ex.landscape_pane.visible and not ex.network_view.panel.visible
-        assert ex.loss_view.figure.yaxis.axis_label == "f(x) − f* (median over starts)"
-        ex.play()
-        pump_until(ex, lambda: curve_len(ex, 0) > 20 and curve_len(ex, 1) > 20, timeout=30)
-        assert len(ex.streams.segments.data["x0"]) == 0  # nothing to draw a path on
-        assert "points drawn" not in ex.counter.object
-        assert ex.request_slice("PCA of the trajectory", 0, 11) is None  # slices are for networks
+        assert not ex.race_area.visible and "slice" not in ex.instruments._names
+        assert ex.view(LossView).figure.title.text == "f(x) − f*"
+        ex.session.play()
+        pump_until(ex, lambda: rows(ex, 0) > 20 and rows(ex, 1) > 20, 30)
+        assert "points drawn" not in ex.sidebar.counter.object
     finally:
         ex.close()
 
 
-def test_curvature_panel_shows_sharpness_against_the_threshold_and_follows_lr() -> None:
+def test_the_curvature_panel_shows_sharpness_against_the_threshold_and_follows_lr() -> None:
     """On the bowl (Hessian diag(1, 10)) the sharpness is exactly 10; GD's threshold is 2/lr."""
-    from engine.events import SetProbes
-
     ex = Explorer(landscape="quadratic", lanes=[("sgd", {"lr": 0.05})], probe_every=2, speed=500)
     try:
-        for _ in range(5):
-            ex.step()
-        pump_until(ex, lambda: len(ex.streams.curvature_curve(0).data["step"]) == 3)
-        src = ex.streams.curvature_curve(0).data
+        steps(ex, 5)
+        view = ex.view(CurvatureView)
+        src = view.slots.sources[0].data
         assert src["step"] == [0, 2, 4]
         np.testing.assert_allclose(src["sharpness"], 10.0, rtol=1e-8)
         np.testing.assert_allclose(src["threshold"], 2 / 0.05)
-        ex.set_hyperparameter(0, "lr", 0.1)
-        ex.param.update(probe_density=True)
-        ex.step()
-        ex.step()
-        pump_until(ex, lambda: len(ex.streams.curvature_curve(0).data["step"]) == 4)
-        assert ex.streams.curvature_curve(0).data["threshold"][-1] == pytest.approx(20.0)
-        assert any(isinstance(e.event, SetProbes) for e in ex.worker.run.log)
-        ex.pump()
-        ex.curvature_view.update({0: "SGD"}, ex.worker.run.probe_overhead, 1)
-        assert "| SGD | 6 | 10 | 10, " not in ex.curvature_view.summary.object  # top-1 only
-        assert "| SGD | 6 |" in ex.curvature_view.summary.object and "of the run's compute time" in \
-            ex.curvature_view.summary.object
-        ex.curvature_view.density_lane.value = 0
-        ex.curvature_view._draw_density()
-        assert len(ex.curvature_view.density.data["x"]) == 400
-        np.testing.assert_allclose(sorted(ex.curvature_view.exact.data["x"]), [1.0, 10.0], rtol=1e-10)
+        ex.session.lanes[0].hyperparameters.lr = 0.1
+        ex.session.probe_density = True
+        steps(ex, 2)
+        assert src["threshold"][-1] == pytest.approx(20.0)
+        view.refresh()
+        assert "<td>SGD</td><td>6</td><td>10</td>" in view.summary.object
+        assert view.density_box.visible and len(view.density.data["x"]) == 400
+        np.testing.assert_allclose(sorted(view.exact.data["x"]), [1.0, 10.0], rtol=1e-10)
     finally:
         ex.close()
 
 
-@pytest.mark.usefixtures("closure_specs")
 def test_a_person_ranks_candidates_by_clicking_them_and_the_run_takes_the_ranking() -> None:
-    ex = Explorer(landscape="rosenbrock", lanes=[("t_pair", {"human": True}), ("sgd", {})], speed=500)
+    ex = Explorer(landscape="quadratic", lanes=[("zo_ranksgd", {"human": True, "m": 2, "k": 2}), ("sgd", {})],
+                  speed=500)
     try:
-        ex.step()
-        pump_until(ex, lambda: ex._waiting is not None)
-        cands = ex.landscape_view.candidates.data
-        assert len(cands["x"]) == 2 and cands["text"] == ["?", "?"] and ex.ranking_prompt.visible
+        ex.session.step()
+        view = ex.view(LandscapeView)
+        pump_until(ex, lambda: len(view.candidates.data["x"]) == 2)
+        assert view.candidates.data["text"] == ["?", "?"] and view.prompt.visible
         waiting = ex.worker.run.awaiting[0].numpy()
-        # a click near candidate 1 ranks it first; undo and redo; then candidate 0
-        ex._on_tap(float(waiting[1, 0]) + 1e-3, float(waiting[1, 1]))
-        assert ex.ranked == [1] and ex.landscape_view.candidates.data["text"] == ["?", "1"]
-        ex.undo_rank()
-        assert ex.ranked == []
-        ex.rank_candidate(1)
-        start = ex.start_x
-        ex._on_tap(float(waiting[0, 0]), float(waiting[0, 1]))  # completes the ranking, not a start move
-        assert ex.start_x == start and not ex.ranking_prompt.visible
-        ex.step()
-        pump_until(ex, lambda: 0 in ex.streams.latest)
-        rec = ex.streams.latest[0]
-        assert rec.step == 0 and rec.counts.rankings == 1
+        view.tap(float(waiting[1, 0]) + 1e-3, float(waiting[1, 1]))  # candidate 1 first
+        assert view.candidates.data["text"] == ["?", "1"]
+        widget(view.panel, "undo last rank").clicks += 1
+        assert view.candidates.data["text"] == ["?", "?"]
+        view.tap(float(waiting[1, 0]), float(waiting[1, 1]))
+        start = ex.session.start_x
+        view.tap(float(waiting[0, 0]), float(waiting[0, 1]))  # completes the ranking, not a start move
+        assert ex.session.start_x == start and not view.prompt.visible
+        ex.session.step()
+        pump_until(ex, lambda: ex.session.lanes[0].id in ex.session.latest)
+        assert ex.session.latest[ex.session.lanes[0].id].counts.rankings >= 1
         logged = [e.event for e in ex.worker.run.log if type(e.event).__name__ == "SubmitRanking"]
         assert [(e.lane, e.order) for e in logged] == [(0, (1, 0))]
-        # the step followed the person's order: theta -= lr (xi_worse - xi_better)
-        xi = (waiting - ex.worker.run.starts[0].numpy()) / 0.1
-        expected = ex.worker.run.starts[0].numpy() - 0.05 * (xi[0] - xi[1])
-        np.testing.assert_allclose(ex.worker.run.positions(0)[0], expected, rtol=1e-12)
     finally:
         ex.close()
 
@@ -376,11 +325,10 @@ def test_a_person_ranks_candidates_by_clicking_them_and_the_run_takes_the_rankin
 def test_a_population_method_draws_its_particle_cloud() -> None:
     ex = Explorer(landscape="rastrigin", lanes=[("cbo", {}), ("sgd", {})], speed=500)
     try:
-        ex.step()
-        pump_until(ex, lambda: len(ex.landscape_view.cloud.data["x"]) > 0)
+        steps(ex, 1)
+        cloud = ex.view(LandscapeView).cloud.data
         particles = ex.worker.run.lanes[0].optimizers[0].particles().numpy()
-        cloud = ex.landscape_view.cloud.data
-        assert len(cloud["x"]) == len(particles) and set(cloud["color"]) == {lane_color(0)}
+        assert len(cloud["x"]) == len(particles) and set(cloud["color"]) == {PALETTE[0]}
         np.testing.assert_allclose(sorted(cloud["x"]), sorted(particles[:, 0]))
     finally:
         ex.close()
@@ -389,18 +337,13 @@ def test_a_population_method_draws_its_particle_cloud() -> None:
 def test_a_simplex_problem_is_drawn_on_its_triangle() -> None:
     ex = Explorer(landscape="simplex_quadratic", lanes=[("exp_gradient", {}), ("sgd", {})], speed=500)
     try:
-        for _ in range(3):
-            ex.step()
-        pump_until(ex, lambda: all(ex.streams.latest.get(k) is not None and ex.streams.latest[k].step >= 2
-                                   for k in (0, 1)))
-        p = ex.streams.latest[0].position[0]
-        heads = ex.streams.heads.data
+        steps(ex, 3)
+        p = ex.session.latest[ex.session.lanes[0].id].position[0]
+        heads = ex.view(LandscapeView).heads.data
         x, y = p[1] + 0.5 * p[2], np.sqrt(3) / 2 * p[2]  # barycentric, written out
         assert (heads["x"][0], heads["y"][0]) == pytest.approx((x, y), abs=1e-12)
-        image = ex.landscape_view.image.data["image"][0]
-        assert np.isnan(image).any() and np.isfinite(image).any()  # the triangle, blank outside
-        star = ex.landscape_view.minima.data
-        assert (star["x"][0], star["y"][0]) == pytest.approx((0.25 + 0.125, np.sqrt(3) / 8), abs=1e-12)
+        image = ex.view(LandscapeView).image.data["image"][0]
+        assert np.isnan(image).any() and np.isfinite(image).any()
     finally:
         ex.close()
 
@@ -408,8 +351,9 @@ def test_a_simplex_problem_is_drawn_on_its_triangle() -> None:
 def test_an_x_axis_given_at_construction_is_applied() -> None:
     ex = Explorer(landscape="quadratic", optimizers=["sgd"], x_axis="function values")
     try:
-        assert ex.loss_view.x == "function_values"
-        assert ex.grad_view.figure.xaxis[0].axis_label == "function values"
+        loss = ex.view(LossView)
+        assert loss.slots.renderers[0][0].glyph.x == "function_values"
+        assert ex.view(GradView).figure.xaxis[0].axis_label == "function values"
     finally:
         ex.close()
 
@@ -418,20 +362,21 @@ def test_an_x_axis_given_at_construction_is_applied() -> None:
 def test_games_and_constrained_problems_plot_raw_f_on_a_linear_axis(problem: str) -> None:
     ex = Explorer(landscape=problem, optimizers=["sgd"])
     try:
-        assert ex.streams.f_star is None  # f - f* can be negative here: a log axis would hide it
-        assert ex.loss_view.figure.yaxis[0].axis_label == "f(x) (median over starts)"
-        assert type(ex.loss_view.figure.y_scale).__name__ == "LinearScale"
+        view = ex.view(LossView)
+        assert view.f_star is None and view.figure.title.text == "f(x)"
+        assert isinstance(view.figure.y_scale, LinearScale)
     finally:
         ex.close()
 
 
-def test_update_rules_with_inequalities_survive_the_html_of_the_latex_pane() -> None:
+def test_presenter_rules_with_inequalities_survive_the_html_of_the_latex_pane() -> None:
     from app.controls import inline_math
 
     assert inline_math(r"\sum_{i<q} x > 0") == r"$\sum_{i\lt q} x \gt  0$"
     ex = Explorer(landscape="quadratic", lanes=[("zo_sgd", {})])
     try:
-        rule = next(o for o in ex.cards.objects[0].objects if type(o).__name__ == "LaTeX")
+        ex.presenter = True
+        rule = next(iter(ex.rules.select(pn.pane.LaTeX)))
         assert "<" not in rule.object and r"\lt" in rule.object
     finally:
         ex.close()

@@ -2,30 +2,31 @@
 
 A module-scoped ``panel serve app`` subprocess on a free loopback port, driven by Debian's
 chromium through Playwright (never ``playwright install``). The server is another process, so
-every check reads the page: the step counter (``.step-counter``) and the Bokeh document's
-``ColumnDataSource`` objects through ``window.Bokeh``. Screenshots of key moments go to
-``$OPTISCOPE_ARTIFACTS`` (default ``artifacts/``).
+every check reads the page: the step counter (``.step-counter``) and the Bokeh document's models
+through ``window.Bokeh``. Screenshots of key moments go to ``$OPTISCOPE_ARTIFACTS`` (default
+``artifacts/``); the server's log is ``panel-serve.log`` there.
 
-Load: at the app's default 60 steps/s a page keeps up (one message per pump, ~110 ms from step
-to page: ``benchmarks/stream.py``), but its software-canvas repaints still take much of a core,
-and on a 2-core CI machine shared with the server, its workers and other tests a click can take
-seconds to land. After the first test has watched the default race, the tests therefore slow
-each page's race to ``TEST_SPEED`` steps/s (the speed slider's model, set from the page), run one
-race at a time, restart races rather than let a page accumulate minutes of points, and give the
-server ``REACT`` seconds to react to an action.
+Load: on a 2-core CI machine shared with the server, its workers and other tests, a click can take
+a while to land. After the first test has watched the default race, the tests slow each page's race
+to ``TEST_SPEED`` steps/s, run one race at a time, and give the server ``REACT`` seconds to react.
+Latencies are measured (and printed) by the responsiveness test with bounds generous enough for a
+loaded machine; the precise figures are ``benchmarks/stream.py``'s.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
+import statistics
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import urlencode
 
 import pytest
 
@@ -36,18 +37,18 @@ ARTIFACTS = Path(os.environ.get("OPTISCOPE_ARTIFACTS") or ROOT / "artifacts")
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-CUSTOM = "custom: type f(x, y)"  # app.explorer.CUSTOM (not imported: the app is another process)
+CUSTOM = "custom: type f(x, y)"  # app.sharing.CUSTOM (not imported: the app is another process)
 SESSION_END = 7.0  # seconds from closing a page to its session's end (the server's options: 6 s + 1 s)
 REACT = 20.0
-TEST_SPEED = 10
 """Seconds the server gets to react to a click or a key. Typically well under one; generous because
 CI machines have two cores shared by the server, its workers and Chromium."""
+TEST_SPEED = 10
+EIGHT = [[n, {}] for n in ("sgd", "momentum", "nesterov", "adam", "adamw", "amsgrad", "rmsprop", "adagrad")]
 
 BENIGN_CONSOLE_ERRORS: tuple[tuple[str, str], ...] = ()
-"""(substring, reason) of console errors known to be harmless. None so far: the page logs no
-error at all (Choices.js prints an ``allowHTML`` deprecation *warning*, which is not collected)."""
+"""(substring, reason) of console errors known to be harmless. None so far."""
 
-# JS run in the page: the Bokeh document's sources, told apart by their columns.
+# JS run in the page: the Bokeh document's models, told apart by their columns and glyphs.
 _SLOW_JS = """(speed) => {
   for (const m of Bokeh.documents[0]._all_models.values()) {
     if (m.title === "speed (steps/s)" && "value" in m) { m.value = speed; return true; }
@@ -55,20 +56,52 @@ _SLOW_JS = """(speed) => {
   return false;
 }"""
 _SOURCES_JS = """() => {
+  // the loss curves (one source per colour slot), the change markers, the paths (per slot)
   const doc = Bokeh.documents[0];
-  const curves = [], spans = [], events = [], segments = [];
+  const curves = {}, events = [], paths = {};
   for (const m of doc._all_models.values()) {
-    if (m.data === undefined || typeof m.get_length !== "function") continue;
-    const cols = Object.keys(m.data);
-    if (cols.includes("loss") && cols.includes("grad_norm")) {
-      const n = m.get_length() ?? 0;
-      curves.push(n);
-      spans.push(n ? [m.data.step[0], m.data.step[n - 1]] : null);
+    if (m.type !== "GlyphRenderer" || !m.visible) continue;
+    const src = m.data_source, g = m.glyph, cols = Object.keys(src.data);
+    const c = g.line_color, color = c == null || typeof c === "string" ? c : c.value;
+    if (g.type === "Line" && cols.includes("loss") && cols.includes("optimizer")) {
+      const n = src.get_length() ?? 0;
+      curves[color] = {n, steps: n ? [src.data.step[0], src.data.step[n - 1]] : null,
+                              loss: Array.from(src.data.loss)};
+    } else if (g.type === "Segment" && cols.includes("x1")) {
+      paths[color] = src.get_length() ?? 0;
     }
-    else if (cols.includes("label") && cols.includes("wall_time")) events.push(...Array.from(m.data.label));
-    else if (cols.includes("x0") && cols.includes("optimizer")) segments.push(m.get_length() ?? 0);
   }
-  return {curves, spans, events, segments};
+  for (const m of doc._all_models.values())  // the markers of the curves on the page
+    if (m.data != null && "label" in m.data && "wall_time" in m.data
+        && m.data.label.length > events.length)
+      events.splice(0, events.length, ...m.data.label);
+  return {curves, events, paths};
+}"""
+_LEGEND_JS = """() => {
+  // the race's legend (HTML above the curves): label -> colour
+  for (const m of Bokeh.documents[0]._all_models.values()) {
+    const text = m.text;
+    if (typeof text !== "string" || !text.includes("white-space:nowrap;margin-right:10px")) continue;
+    const html = new DOMParser().parseFromString(text, "text/html").documentElement.textContent;
+    const out = {};
+    for (const [, color,
+                label] of html.matchAll(/background:(#[0-9a-f]{6});[^>]*><\\/span>([^<]+)<\\/span>/g))
+      out[label.replace(/&amp;/g, "&")] = color;
+    return out;
+  }
+  return null;
+}"""
+_SPINNING_JS = """() => {
+  // whether the header's busy indicator spins (Panel's LoadingSpinner: css class "spin")
+  for (const m of Bokeh.documents[0]._all_models.values())
+    if (Array.isArray(m.css_classes) && m.css_classes.includes("loader"))
+      return m.css_classes.includes("spin");
+  return null;
+}"""
+_WATCH_JS = """() => {
+  // the page's main thread: the longest gap between two 50 ms timer ticks
+  window.__gaps = []; let last = performance.now();
+  setInterval(() => { const now = performance.now(); window.__gaps.push(now - last); last = now; }, 50);
 }"""
 
 
@@ -82,8 +115,8 @@ def _free_port() -> int:
 class Server:
     """The ``panel serve app`` subprocess: its URL and pid."""
 
-    def __init__(self, url: str, pid: int) -> None:
-        self.url, self.pid = url, pid
+    def __init__(self, url: str, pid: int, log: Path) -> None:
+        self.url, self.pid, self.log = url, pid, log
 
     def python_threads(self) -> set[int]:
         """Ids of the server's Python threads (Linux). They carry the process's name; native
@@ -130,7 +163,7 @@ def server() -> Iterator[Server]:
                 if time.monotonic() > deadline:
                     pytest.fail(f"no HTTP 200 from {url} within 60 s:\n{log_path.read_text()}")
                 time.sleep(0.25)
-            yield Server(url, proc.pid)
+            yield Server(url, proc.pid, log_path)
         finally:
             proc.terminate()
             try:
@@ -158,8 +191,8 @@ def browser() -> Iterator[object]:
 class Session:
     """One browser page on the app (its own Bokeh session, hence its own Explorer and worker)."""
 
-    def __init__(self, browser: object, url: str) -> None:
-        self.context = browser.new_context(viewport={"width": 1400, "height": 1500})
+    def __init__(self, browser: object, url: str, size: tuple[int, int] = (1280, 720)) -> None:
+        self.context = browser.new_context(viewport={"width": size[0], "height": size[1]})
         self.page = self.context.new_page()
         self.errors: list[str] = []
         self.page.on("console", lambda m: m.type == "error" and self.errors.append(f"console: {m.text}"))
@@ -194,7 +227,22 @@ class Session:
             wait_until(lambda: label.inner_text() == f"speed (steps/s): {speed}", REACT, "the new speed")
 
     def screenshot(self, name: str) -> None:
-        self.page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+        self.page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+
+    def open_card(self, label: str) -> object:
+        """The sidebar card of the lane called ``label``, opened (cards of a big race start closed)."""
+        card = self.page.locator(".card").filter(has=self.page.get_by_text(label, exact=True)).filter(
+            has_text="switch this lane to").first
+        if not card.get_by_text("switch this lane to").is_visible():
+            card.locator(".card-header").click(no_wait_after=True)
+        card.get_by_text("switch this lane to").wait_for(state="visible", timeout=REACT * 1000)
+        return card
+
+    def legend(self) -> dict[str, str]:
+        return self.page.evaluate(_LEGEND_JS) or {}
+
+    def tab(self, title: str) -> None:
+        self.page.locator(".bk-tab").filter(has_text=re.compile(f"^{re.escape(title)}$")).click(no_wait_after=True)
 
     def unexpected_errors(self) -> list[str]:
         """The page's errors so far, less the known benign ones, each once, in order of first
@@ -245,78 +293,90 @@ def frozen(s: Session) -> tuple[int, int]:
     return first, s.step()
 
 
+
+
+def timed(action: Callable[[], object], cond: Callable[[], bool], what: str) -> float:
+    """Seconds from ``action`` until the page shows ``cond``."""
+    t0 = time.perf_counter()
+    action()
+    wait_until(cond, REACT, what)
+    return time.perf_counter() - t0
+
+
+def link(base: str, lanes: list, **query: object) -> str:
+    return base + "?" + urlencode({"problem": "rosenbrock", "lanes": json.dumps(lanes), **query})
+
+
 # -- tests -------------------------------------------------------------------------------------
-def test_page_loads_and_streams_without_console_errors(page: Session) -> None:
-    page.screenshot("01-loaded")
-    assert "running" in page.counter()  # the page autostarts a race
+def test_page_loads_streams_and_fits_a_laptop_screen(page: Session) -> None:
+    """No console errors; the race, its curves and the active instrument are on screen at 1280 x 720
+    without scrolling; the header's busy spinner stays still while the race streams."""
+    assert "running" in page.counter()
+    time.sleep(3)
+    page.screenshot("01-running-1280x720")
     src = page.sources()
-    assert len(src["curves"]) == 3 and len(src["segments"]) == 1  # SGD, momentum, Adam; one path source
-    time.sleep(3)  # a few seconds of streaming: errors in stream handling would surface here
-    page.screenshot("02-running")
+    assert len(src["curves"]) == 3 and set(page.legend()) == {"SGD", "Heavy-ball momentum", "Adam"}
+    for canvas in page.page.locator("canvas").all()[:2]:  # the landscape and the loss curve
+        box = canvas.bounding_box()
+        assert box is not None and box["y"] + box["height"] <= 720, box
+    table = page.page.locator(".bk-tab").filter(has_text="leaderboard")
+    assert table.bounding_box()["y"] < 720 - 150  # the active instrument has room below its tab
+    spins = []
+    for _ in range(20):
+        spins.append(page.page.evaluate(_SPINNING_JS))
+        time.sleep(0.1)
+    assert spins.count(True) == 0, spins  # a background pump never marks the page busy
     assert page.unexpected_errors() == []
-    page.slow_down()  # for the tests after this one (see the module docstring)
+    page.slow_down()
 
 
 def test_starting_a_race_grows_the_trajectory_data(page: Session) -> None:
     page.slow_down()
     page.click("Pause")
     wait_until(lambda: "paused" in page.counter(), REACT, "paused")
-    page.click("Reset")  # a fresh run, still paused: the plots empty
-    wait_until(lambda: page.step() == 0 and max(page.sources()["curves"]) == 0, REACT, "an empty run",
-               page.sources)
+    page.click("Reset")  # a fresh start, still paused: the plots empty
+    wait_until(lambda: page.step() == 0 and max(c["n"] for c in page.sources()["curves"].values()) == 0,
+               REACT, "an empty run", page.sources)
     page.click("▶ Run")
-    wait_until(lambda: min(page.sources()["curves"]) > 0, REACT, "the first records", page.sources)
+    wait_until(lambda: min(c["n"] for c in page.sources()["curves"].values()) > 0, REACT, "the first records")
     first, step0 = page.sources(), page.step()
-    time.sleep(1.5)
-    wait_until(lambda: all(b > a for a, b in zip(first["curves"], page.sources()["curves"], strict=True))
-               and page.step() > step0 + 10, REACT, "every lane's curve and the counter to grow",
-               lambda: (first, page.sources(), step0, page.step()))
-    assert page.sources()["segments"][0] > 0  # Adam's first steps on Rosenbrock move visibly
+    wait_until(lambda: all(page.sources()["curves"][k]["n"] > c["n"] for k, c in first["curves"].items())
+               and page.step() > step0 + 10, REACT, "every lane's curve and the counter to grow")
+    assert max(page.sources()["paths"].values()) > 0  # Adam's first steps on Rosenbrock move visibly
     assert page.unexpected_errors() == []
 
 
-def test_slider_change_mid_run_reaches_the_run(page: Session) -> None:
-    """Keyboard on the first card's lr slider (a log-grid DiscreteSlider). Each key press ends a
-    "drag": noUiSlider fires ``change``, Bokeh sets ``value_throttled``; the server validates the
-    value, queues it to the run worker and marks the event on the curves. That marker (a row of
-    the events source, labelled by the server right after queueing) is the page-visible proof
-    that the change reached the run. Panel coalesces property changes that arrive while the
-    server is busy (the latest value wins), so quick presses may mark fewer intermediate values;
-    the last marker is always the final value."""
+def test_a_slider_change_reaches_the_run_with_a_labelled_marker(page: Session) -> None:
+    """Keyboard on SGD's lr slider (a log-grid DiscreteSlider): each key press ends a "drag", the
+    server sends the value to the run and marks it on the curves with its text."""
     restart(page)
-    assert "running" in page.counter()
-    assert page.sources()["events"] == []
-    card = page.page.locator(".card").filter(has_text="switch this lane to").first  # SGD's card
+    card = page.open_card("SGD")
     label = card.get_by_text(re.compile(r"^lr: "))
-    assert label.inner_text() == "lr: 0.001"  # DEFAULT_RACE: SGD at 1e-3
+    assert label.inner_text() == "lr: 0.001"
     handle = card.locator(".noUi-handle").first
     handle.focus()
     for _ in range(3):  # the log grid: 0.001 -> 0.0015 -> 0.002 -> 0.003
         handle.press("ArrowRight", no_wait_after=True)
-    wait_until(lambda: page.sources()["events"][-1:] == ["SGD: lr = 0.003"], REACT, "the final event marker",
-               lambda: (page.sources()["events"], label.inner_text(), handle.get_attribute("aria-valuenow")))
-    marks = page.sources()["events"]
-    assert marks == [m for m in ("SGD: lr = 0.0015", "SGD: lr = 0.002", "SGD: lr = 0.003") if m in marks]
+    wait_until(lambda: any(e.endswith("→ 0.003") for e in page.sources()["events"]), REACT,
+               "the final event marker", lambda: page.sources()["events"])
+    marks = [e for e in page.sources()["events"] if e != "reset"]
+    assert marks and all(e.startswith("SGD: lr ") for e in marks), marks
     wait_until(lambda: label.inner_text() == "lr: 0.003", REACT, "the slider label")
     step = page.step()
     wait_until(lambda: page.step() > step + 10, REACT, "the race to go on")
-    assert "running" in page.counter()
     assert page.unexpected_errors() == []
 
 
-def test_pause_freezes_the_counter_and_run_resumes_it(page: Session) -> None:
+def test_pause_freezes_the_counter_and_every_step_reaches_the_page(page: Session) -> None:
     restart(page)
     wait_until(lambda: "running" in page.counter() and page.step() > 5, REACT, "a running race")
     page.click("Pause")
     first, second = frozen(page)
     assert first == second, "the step counter moved while paused"
     src = page.sources()
-    time.sleep(0.5)
-    assert page.sources()["curves"] == src["curves"]
-    # every step reached the browser: each curve holds steps 0..last, one row each
-    assert all(span is not None and n == span[1] - span[0] + 1 and span[0] == 0
-               for n, span in zip(src["curves"], src["spans"], strict=True)), \
-        f"curve rows lost on the way to the browser: rows {src['curves']}, first/last steps {src['spans']}"
+    for c in src["curves"].values():  # steps 0..last, one row each
+        assert c["steps"] is not None and c["n"] == c["steps"][1] - c["steps"][0] + 1 and c["steps"][0] == 0
+    assert page.page.evaluate(_SPINNING_JS) is False
     page.click("▶ Run")
     wait_until(lambda: "running" in page.counter() and page.step() > first + 10, REACT, "the run to resume")
     assert page.unexpected_errors() == []
@@ -325,8 +385,6 @@ def test_pause_freezes_the_counter_and_run_resumes_it(page: Session) -> None:
 def test_a_bad_function_shows_its_error_and_the_race_goes_on(page: Session) -> None:
     page.slow_down()
     alert = page.page.locator(".alert-danger")
-    assert not alert.is_visible()
-    # the problem select, found by its custom entry (its label and grouping are the app's to change)
     page.page.locator(f"select:has(option[value='{CUSTOM}'])").select_option(CUSTOM)
     field = page.page.get_by_label(re.compile(r"^f\(x, y\)"))
     field.wait_for(state="visible", timeout=REACT * 1000)
@@ -335,15 +393,79 @@ def test_a_bad_function_shows_its_error_and_the_race_goes_on(page: Session) -> N
     alert.get_by_text(re.compile(r"column \d+")).wait_for(state="visible", timeout=REACT * 1000)
     step = page.step()
     wait_until(lambda: page.step() > step + 10, REACT, "the race to go on under the error")
-    assert "running" in page.counter()
-    page.screenshot("03-error-shown")
+    page.screenshot("02-error-shown")
+    page.page.locator("select:has(option[value='rosenbrock'])").first.select_option("rosenbrock")
+    wait_until(lambda: not alert.is_visible(), REACT, "the error to go")
     assert page.unexpected_errors() == []
+
+
+def test_lanes_keep_their_colours_and_a_removed_lane_takes_its_path(browser: object, server: Server) -> None:
+    """Adam is green for its whole life: removing SGD before it and resetting renumbers nothing; the
+    removed lane's path and curve leave the page, and the curves say so."""
+    s = Session(browser, server.url)
+    try:
+        s.slow_down(30)
+        wait_until(lambda: s.sources()["paths"].get("#1f77b4", 0) > 0, REACT, "SGD's path")
+        colours = s.legend()
+        assert colours == {"SGD": "#1f77b4", "Heavy-ball momentum": "#ff7f0e", "Adam": "#2ca02c"}
+        s.open_card("SGD").get_by_role("button", name="✕ remove").click(no_wait_after=True)
+        wait_until(lambda: "SGD" not in s.legend(), REACT, "SGD to leave the legend")
+        wait_until(lambda: "#1f77b4" not in s.sources()["paths"] and "#1f77b4" not in s.sources()["curves"],
+                   REACT, "SGD's path and curve to leave", s.sources)
+        wait_until(lambda: "− SGD" in s.sources()["events"], REACT, "the removal marker")
+        restart(s)
+        assert s.legend() == {"Heavy-ball momentum": "#ff7f0e", "Adam": "#2ca02c"}
+        wait_until(lambda: s.sources()["curves"].get("#2ca02c", {}).get("n", 0) > 0, REACT, "Adam's curve")
+        assert s.unexpected_errors() == []
+    finally:
+        s.close()
+
+
+def test_a_share_link_reopens_the_race_with_its_changes(browser: object, server: Server) -> None:
+    """lr changed at step 5: the link (absolute, short) reopens the race, which makes the same change
+    at the same step and draws the very same curve."""
+    a = Session(browser, server.url)
+    b = None
+    try:
+        a.slow_down()
+        a.click("Pause")
+        wait_until(lambda: "paused" in a.counter(), REACT, "paused")
+        a.click("Reset")
+        wait_until(lambda: a.step() == 0, REACT, "a fresh race")
+        for n in range(1, 6):
+            a.click("Step")
+            wait_until(lambda n=n: a.step() == n, REACT, f"step {n}")
+        handle = a.open_card("Adam").locator(".noUi-handle").first
+        handle.focus()
+        handle.press("ArrowLeft", no_wait_after=True)
+        wait_until(lambda: any(e.startswith("Adam: lr 0.1 →") for e in a.sources()["events"]), REACT,
+                   "the change's marker")
+        for n in range(6, 11):
+            a.click("Step")
+            wait_until(lambda n=n: a.step() == n, REACT, f"step {n}")
+        a.tab("share")
+        a.page.get_by_text("a .json file of at most 5 MB").wait_for(timeout=REACT * 1000)  # the upload limit
+        a.page.get_by_role("button", name="Share link", exact=True).click(no_wait_after=True)
+        field = a.page.get_by_label(re.compile("^link to this race"))
+        wait_until(lambda: "race=" in field.input_value(), REACT, "the link")
+        url = field.input_value()
+        assert url.startswith(server.url + "?race=") and len(url) < 1000
+        b = Session(browser, url)
+        wait_until(lambda: "paused" in b.counter() and b.step() == 10, 60,
+                   "the reopened race to reach step 10",
+                   b.counter)
+        ours, theirs = a.sources(), b.sources()
+        assert [e for e in theirs["events"] if "lr" in e] == [e for e in ours["events"] if "lr" in e]
+        assert theirs["curves"] == ours["curves"]  # the same losses, step for step
+        assert b.unexpected_errors() == []
+    finally:
+        a.close()
+        if b is not None:
+            b.close()
 
 
 def test_two_pages_are_independent_and_closing_one_ends_its_worker(
         page: Session, browser: object, server: Server) -> None:
-    """One page paused while a second page's race runs: neither session follows the other.
-    (One race runs at a time: two would oversubscribe a 2-core machine.)"""
     page.slow_down()
     page.click("Pause")
     first, second = frozen(page)
@@ -356,19 +478,84 @@ def test_two_pages_are_independent_and_closing_one_ends_its_worker(
         assert born, "no new server thread for the second page's session"
         step = other.step()
         wait_until(lambda: other.step() > step + 10, REACT, "the second page's race to run")
-        assert "running" in other.counter()
         assert "paused" in page.counter() and page.step() == second  # the first page did not follow
         assert other.unexpected_errors() == []
     finally:
         other.close()
-    # Closing the page ends its session after the server's unused-session lifetime, and the
-    # session's end (Explorer.close) stops its worker: every thread born with it is gone.
     wait_until(lambda: not born & server.python_threads(), SESSION_END + REACT,
                "the closed page's worker thread to end", lambda: born & server.python_threads())
-    assert "paused" in page.counter() and page.step() == second  # the first page lives on, untouched
+    assert "paused" in page.counter() and page.step() == second
     page.click("▶ Run")
     wait_until(lambda: page.step() > second, REACT, "the first page to run again")
     assert page.unexpected_errors() == []
+
+
+def test_an_eight_lane_race_answers_every_control_quickly(browser: object, server: Server) -> None:
+    """With 8 lanes streaming: Step, a slider, a switch to Lion, removing a lane, Reset and a preset
+    show their effect, and the page's main thread never stalls for long. Bounds are generous (a loaded
+    2-core machine); the figures are printed, and benchmarks/stream.py measures them precisely."""
+    s = Session(browser, link(server.url, EIGHT, speed=60))
+    try:
+        s.page.evaluate(_WATCH_JS)
+        wait_until(lambda: s.step() > 50, 60, "the race to run")
+        took: dict[str, list[float]] = {}
+        took["pause"] = [timed(lambda: s.click("Pause"), lambda: "paused" in s.counter(), "pause")]
+        took["step"] = []
+        for _ in range(5):
+            n = s.step()
+            took["step"].append(timed(lambda: s.click("Step"), lambda n=n: s.step() > n, "a step"))
+        s.click("▶ Run")
+        card = s.open_card("Adam")
+        handle = card.locator(".noUi-handle").first
+        handle.focus()
+        took["slider"] = []
+        for _ in range(3):
+            n = len(s.sources()["events"])
+            took["slider"].append(timed(lambda: handle.press("ArrowRight", no_wait_after=True),
+                                        lambda n=n: len(s.sources()["events"]) > n, "a slider's marker"))
+        select = card.locator("select").first
+        took["switch"] = [timed(lambda: select.select_option("lion"), lambda: "Lion" in s.legend(), "Lion")]
+        remove = s.open_card("Adagrad").get_by_role("button", name="✕ remove")
+        took["remove"] = [timed(lambda: remove.click(no_wait_after=True), lambda: "Adagrad" not in s.legend(),
+                                "the removal")]
+        took["reset"] = []
+        for _ in range(2):
+            wait_until(lambda: s.step() > 20, REACT, "a few steps")
+            n = s.step()
+            took["reset"].append(timed(lambda: s.click("Reset"), lambda n=n: s.step() < n, "the reset"))
+        presets = s.page.locator("select").filter(has=s.page.locator("option", has_text="choose a preset"))
+        took["preset"] = []
+        for title in ("Ill-conditioned valley", "Adam vs SGD"):
+            value = presets.locator("option", has_text=title).get_attribute("value")
+            took["preset"].append(timed(lambda value=value: presets.select_option(value),
+                                        lambda title=title: s.page.locator("strong",
+                                                                           has_text=title).count() > 0,
+                                        title))
+        gap = max(s.page.evaluate("() => window.__gaps")) / 1000
+        print("seconds to show the effect:", {k: [round(t, 2) for t in v] for k, v in took.items()},
+              f"longest stall of the page: {gap:.2f} s")
+        assert statistics.median(took["step"]) < 3.0 and max(max(v) for v in took.values()) < 10.0
+        assert gap < 5.0
+        assert s.unexpected_errors() == []
+    finally:
+        s.close()
+
+
+def test_closing_pages_leaves_no_tracebacks_in_the_server_log(browser: object, server: Server) -> None:
+    """Pages closed while they stream (some right after an action): their sessions end without the
+    server logging "error handling message" or failed sends."""
+    before = server.log.read_text()
+    for i in range(6):
+        s = Session(browser, server.url)
+        time.sleep(0.5 + i % 3)
+        if i % 2:
+            s.click("Reset")
+        s.close()
+    time.sleep(SESSION_END + 2)
+    new = server.log.read_text()[len(before):]
+    assert "error handling message" not in new and "Traceback" not in new, new[-3000:]
+    # a message in flight when a page vanishes is reported in one line by Panel (nothing else is lost)
+    assert new.count("Failed sending message") <= 6, new[-3000:]
 
 
 _CANDIDATES_JS = """() => {
@@ -381,7 +568,7 @@ _CANDIDATES_JS = """() => {
   if (src === null || src.get_length() === 0) return null;
   for (const m of doc._all_models.values())
     if (m.x_range !== undefined && Array.isArray(m.renderers) && m.renderers.some(r => r.data_source === src))
-      plot = m;  // the figure (legend items list renderers too)
+      plot = m;
   const view = Bokeh.index.find_one(plot);
   const rect = view.canvas_view.el.getBoundingClientRect();
   const xs = Array.from(src.data.x), ys = Array.from(src.data.y);
@@ -393,8 +580,8 @@ _CANDIDATES_JS = """() => {
 
 def test_a_person_ranks_the_candidates_by_clicking_them(browser: object, server: Server) -> None:
     """The "be the ranking oracle" preset: ZO-RankSGD waits with candidates drawn on the landscape;
-    clicking them best first sends the ranking, which the run takes (an event marker says so) and
-    the next candidates appear."""
+    clicking them best first sends the ranking, which the run takes (a marker says so) and the next
+    candidates appear."""
     s = Session(browser, server.url + "?preset=ranking_oracle")
     try:
         state: dict = {}
@@ -406,25 +593,19 @@ def test_a_person_ranks_the_candidates_by_clicking_them(browser: object, server:
         wait_until(shown, REACT, "candidates to rank")
         first = state["c"]
         assert len(first["at"]) == 4
-        s.page.locator(".alert-warning").get_by_text(re.compile("is waiting for you")).wait_for(
-            state="visible", timeout=REACT * 1000)
-        s.screenshot("04-candidates")
+        s.page.get_by_text(re.compile("is waiting for you")).wait_for(state="visible", timeout=REACT * 1000)
+        s.screenshot("03-candidates")
         order = [2, 0, 3, 1]
         for k, i in enumerate(order[:-1]):
-            # positions read just before each click: the page's layout may have moved since
-            # (a full-page screenshot, a table or card filling in above the plot)
-            x, y = s.page.evaluate(_CANDIDATES_JS)["at"][i]
+            x, y = s.page.evaluate(_CANDIDATES_JS)["at"][i]  # read just before each click: layouts move
             s.page.mouse.click(x, y)
             wait_until(lambda k=k, i=i: (c := s.page.evaluate(_CANDIDATES_JS)) is not None
-                       and c["text"][i] == str(k + 1), REACT, f"candidate {i} to show rank {k + 1}",
-                       lambda x=x, y=y: (time.time(), (x, y), s.page.evaluate(_CANDIDATES_JS)))
+                       and c["text"][i] == str(k + 1), REACT, f"candidate {i} to show rank {k + 1}")
         x, y = s.page.evaluate(_CANDIDATES_JS)["at"][order[-1]]
         s.page.mouse.click(x, y)
         wait_until(lambda: any(f"ranked {order}" in e for e in s.sources()["events"]), REACT,
-                   "the ranking to reach the run",
-                   lambda: (s.sources()["events"], s.page.evaluate(_CANDIDATES_JS), s.counter()))
+                   "the ranking to reach the run", lambda: s.sources()["events"])
         wait_until(lambda: shown() and state["c"]["at"] != first["at"], REACT, "the next candidates")
-        s.screenshot("05-ranked")
         assert s.unexpected_errors() == []
     finally:
         s.close()

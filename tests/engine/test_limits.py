@@ -394,3 +394,12 @@ def test_parsers_build_what_from_dict_builds_for_valid_input() -> None:
     assert parse_run_config(log["config"]) == RunConfig.from_dict(log["config"])
     for i, e in enumerate(log["events"]):
         assert parse_logged_event(e, i) == LoggedEvent.from_dict(e)
+
+
+def test_a_logged_probe_config_with_its_optional_settings_unset_is_accepted() -> None:
+    from engine.instruments import ProbeConfig
+
+    config = ProbeConfig.economy().to_dict() | {"dtype": None}
+    assert check_probes(config) == ProbeConfig(**config)
+    with pytest.raises(ValueError, match="dtype must be a string"):
+        check_probes(config | {"dtype": 3})

@@ -1,0 +1,28 @@
+"""The page's panels, in the order the page shows them. Each is one file with one
+:class:`~app.views.base.View`; a new panel is one more file and one more entry here."""
+
+from app.views.base import View
+from app.views.curvature import CurvatureView
+from app.views.curves import GradView, LossView
+from app.views.landscape import LandscapeView
+from app.views.leaderboard import LeaderboardView
+from app.views.memory import MemoryView
+from app.views.network import NetworkView
+from app.views.rate import RateView
+from app.views.share import ShareView
+from app.views.slice import SliceView
+
+VIEWS: tuple[type[View], ...] = (
+    LandscapeView,  # race: a 2-D problem's picture
+    NetworkView,  # race: a network's train/test curves
+    LossView,  # curves
+    RateView,  # status: real vs asked steps per second
+    LeaderboardView,  # instruments, one tab each
+    GradView,
+    CurvatureView,
+    MemoryView,
+    SliceView,
+    ShareView,
+)
+
+__all__ = ["VIEWS", "View"]

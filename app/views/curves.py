@@ -1,0 +1,162 @@
+"""Loss and gradient-norm curves, one line per lane (median over its starts), against the chosen
+x-axis, with change markers that carry their text and a y-axis fitted to the lanes still running."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import panel as pn
+from bokeh.models import HoverTool
+
+from app.batch import Batch, axis_columns
+from app.figures import FLOOR, Marks, Slots, live_range, make_figure, scale_fonts, set_log_y
+from app.lanes import Lane
+from app.views.base import View, html_escape, swatch
+from engine.records import RUNNING, Record
+
+
+def _median(values: np.ndarray) -> float:
+    live = values[np.isfinite(values)]
+    return float(np.median(live)) if live.size else float("nan")
+
+
+class CurveView(View):
+    """One quantity per lane against the x-axis (subclasses say which)."""
+
+    y: ClassVar[str] = "loss"
+    height: ClassVar[int] = 250
+
+    def __init__(self, session: Any, notify: Any) -> None:
+        super().__init__(session, notify)
+        self.slots = Slots((self.y, "optimizer"))
+        self.figure = make_figure(self.title, self.height, log_y=True)
+        lines = self.slots.line(self.figure, "step", self.y, line_width=2)
+        self.figure.add_tools(HoverTool(renderers=lines, tooltips=[("", "@optimizer"), ("",
+                                                                                        f"@{self.y}{{0.000e}}")]))
+        self.marks = Marks(self.figure)
+        self.f_star: float | None = None
+        self._optimizer: dict[int, str] = {}  # lane -> optimizer of its last streamed row
+        self._base_title = self.title
+        self.panel = pn.pane.Bokeh(self.figure, sizing_mode="stretch_width")
+
+    def value(self, r: Record) -> float:
+        return max(_median(r.grad_norm), FLOOR)
+
+    def set_problem(self) -> None:
+        self.clear()
+
+    def show_lanes(self, lanes: Sequence[Lane]) -> None:
+        self.slots.show(lanes)
+        ids = {lane.id for lane in lanes}
+        self._optimizer = {k: v for k, v in self._optimizer.items() if k in ids}
+
+    def set_x(self, column: str, label: str) -> None:
+        self.slots.set_x(column)
+        self.marks.set_x(column)
+        self.figure.xaxis.axis_label = label
+
+    def consume(self, batch: Batch) -> None:
+        for lane_id, recs in batch.records.items():
+            slot = self.slots.slot_of(lane_id)
+            if slot is None:
+                continue
+            names = [r.optimizer for r in recs]
+            if self._optimizer.get(lane_id, names[0]) != names[0]:  # a new segment: break the line
+                self._stream(slot, [recs[0]], gap=True)
+            self._optimizer[lane_id] = names[-1]
+            self._stream(slot, recs)
+        self.marks.add(batch.marks)
+
+    def _stream(self, slot: int, recs: list[Record], gap: bool = False) -> None:
+        data = axis_columns(recs, self.session.origin)
+        data[self.y] = [float("nan")] * len(recs) if gap else [self.value(r) for r in recs]
+        data["optimizer"] = [r.optimizer for r in recs]
+        self.slots.sources[slot].stream(data, rollover=50_000)
+
+    def refresh(self) -> None:
+        """Fit the y-axis to the lanes still running, and say which are off the scale."""
+        latest = self.session.latest
+        live, off = [], []
+        for lane in self.session.lanes:
+            r = latest.get(lane.id)
+            slot = self.slots.slot_of(lane.id)
+            if r is None or slot is None:
+                continue
+            if any(s == RUNNING for s in r.status):
+                live += self.slots.renderers[slot]
+            else:
+                off.append(lane.label)
+        live_range(self.figure, live)
+        title = self._base_title + (f" (axis fits the running lanes; {', '.join(off)} stopped or diverged)"
+                                    if off and live else "")
+        if self.figure.title.text != title:
+            self.figure.title.text = title
+
+    def clear(self) -> None:
+        self.slots.clear()
+        self.marks.clear()
+        self._optimizer.clear()
+
+    def present(self, big: bool) -> None:
+        scale_fonts(self.figure, big)
+
+
+class LossView(CurveView):
+    """The loss: suboptimality f - f* on a log axis where f* is known, else f on a linear one. Its
+    header is the race's legend: one swatch per lane, in HTML, so it never covers a curve."""
+
+    title = "loss"
+    area = "curves"
+    y = "loss"
+
+    def __init__(self, session: Any, notify: Any) -> None:
+        super().__init__(session, notify)
+        self.legend = pn.pane.HTML("", sizing_mode="stretch_width", margin=(0, 5),
+                                   styles={"font-size": "0.9em"})
+        self.panel = pn.Column(self.legend, pn.pane.Bokeh(self.figure, sizing_mode="stretch_width"),
+                               sizing_mode="stretch_width")
+
+    def value(self, r: Record) -> float:
+        v = _median(r.loss)
+        return max(v - self.f_star, FLOOR) if self.f_star is not None and np.isfinite(v) else v
+
+    def set_problem(self) -> None:
+        super().set_problem()
+        s = self.session
+        p = s.problem_obj
+        # f - f* on a log axis only where f* bounds f from below: not for a game (its equilibrium is a
+        # saddle of f) nor a constrained problem (an unconstrained method goes below f* off the simplex)
+        unbounded = getattr(p, "ascent", None) is not None or getattr(p, "geometry", None) is not None
+        self.f_star = min(m.value for m in p.minima) if p.minima and not unbounded else None
+        if s.is_network:
+            batch = getattr(p, "batch_size", None)
+            label = (f"minibatch training loss ({batch} samples)" if batch else "training loss (full batch)")
+            log = True
+        else:
+            known = self.f_star is not None
+            label, log = ("f(x) − f*" if known else "f(x)"), known
+        label += " · median over starts" if s.n_starts > 1 else ""
+        self._base_title = label
+        self.figure.title.text = label
+        self.figure.yaxis.axis_label = ""
+        set_log_y(self.figure, log)
+
+    def show_lanes(self, lanes: Sequence[Lane]) -> None:
+        super().show_lanes(lanes)
+        html = " ".join(f'<span style="white-space:nowrap;margin-right:10px">{swatch(ln.color)}'
+                        f"{html_escape(ln.label)}</span>" for ln in lanes)
+        if self.legend.object != html:
+            self.legend.object = html
+
+
+class GradView(CurveView):
+    title = "‖∇f‖"
+    y = "grad_norm"
+
+    def set_problem(self) -> None:
+        super().set_problem()
+        median = " · median over starts" if self.session.n_starts > 1 else ""
+        self._base_title = f"‖∇f(x)‖{median}"
+        self.figure.title.text = self._base_title
