@@ -82,7 +82,7 @@ from engine.events import (
 from engine.instruments import Probe, ProbeConfig, probe, second_moment
 from engine.oracles import HUMAN, AwaitingRanking, Oracles, Ranker, rank_by_value
 from engine.problem import Problem
-from engine.records import DIVERGED, RUNNING, STOPPED, OracleCounts, Record, make_record, status_text
+from engine.records import STOPPED, OracleCounts, Record, read_only, status_text
 from engine.registry import OptimizerSpec, Oracle, get_spec
 from engine.schedules import Schedule, schedules_from
 
@@ -224,6 +224,14 @@ def _flatten(tensors: Sequence[torch.Tensor], n_lead: int) -> torch.Tensor:
     return torch.cat([t.reshape(*t.shape[:n_lead], -1) for t in tensors], dim=-1)
 
 
+def _column(values: torch.Tensor | np.ndarray) -> np.ndarray:
+    """A record's read-only float64 array over this tick's fresh values (a view when they are
+    float64 on the CPU already, else a copy)."""
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().numpy()
+    return read_only(np.asarray(values, dtype=np.float64))
+
+
 def _uses_gradient(spec: OptimizerSpec) -> bool:
     """Whether the lane's method consumes the gradient the batched pass computes (first-order,
     look-ahead and HVP-driven lanes), as opposed to function values, rankings or JVPs."""
@@ -288,8 +296,11 @@ class _Lane:
         self._install(*self._build(self.spec, starts, self.values))
         self.step = 0
         self.counts = OracleCounts()
-        self.diverged_at = np.full(self.n_rows, -1, dtype=np.int64)
-        self.reasons: list[str] = [""] * self.n_rows
+        self.diverged_at = read_only(np.full(self.n_rows, -1, dtype=np.int64))
+        """The step at which each row diverged (-1: it runs). Replaced, never changed in place, so
+        records share it (and ``reasons``) without a copy."""
+        self.reasons: Mapping[int, str] = MappingProxyType({})  # diverged row -> why
+        self.frozen: torch.Tensor | None = None  # ``diverged_at >= 0`` as a mask, None while no row is
         self.limit: torch.Tensor | None = None  # divergence threshold per row, set at step 0
         self.error: str | None = None
         self.error_step = -1
@@ -433,16 +444,14 @@ class _Lane:
         n = len(self.rows[0])
         return torch.stack([_flatten(grads[i * n:(i + 1) * n], 0) for i in range(self.n_rows)])
 
-    def status(self) -> tuple[str, ...]:
-        out = []
-        for s, why in zip(self.diverged_at.tolist(), self.reasons, strict=True):
-            if s >= 0:
-                out.append(status_text(DIVERGED, s, why))
-            elif self.error is not None:
-                out.append(status_text(STOPPED, self.error_step, self.error))
-            else:
-                out.append(RUNNING)
-        return tuple(out)
+    @property
+    def stopped(self) -> str | None:
+        """The status of its rows that had not diverged once its optimizer raised, else None."""
+        return None if self.error is None else status_text(STOPPED, self.error_step, self.error)
+
+    def frozen_list(self) -> list[bool]:
+        """Whether each row is frozen (diverged), as Python booleans (for per-row paths)."""
+        return (self.diverged_at >= 0).tolist()
 
 
 class _Eval:
@@ -669,33 +678,37 @@ class Run:
             if grads is not None and self._ascent_parts is not None:  # a min-max game
                 grads = self._descent_field(lane, grads)
             g = lane.flat_grads(grads) if grads is not None else None
-            gnorm = g.norm(dim=-1) if g is not None else torch.full_like(ev.f, math.nan)
-            x_old = ev.x.detach().clone()
-            frozen = self._mark_divergence(lane, ev.f, g)
             step_t = lane.step
+            probe_due = self.probes is not None and (probe_now or self.probes.due(step_t))
+            # Norms are for records: computed only on a step that yields one (else a stop does)
+            keep = record or probe_due or lane.id in metrics
+            gnorm = g.norm(dim=-1) if g is not None and keep else None
+            x_old = ev.x.detach().clone()  # where a frozen row stays and a stopped lane goes back
+            frozen = self._mark_divergence(lane, ev.f, g, gnorm)
             t = time.perf_counter()
             if lane.schedules:
                 lane.apply_schedules()  # the values of step t, which its record reads back
             try:
                 if lane.batch is not None and lane.batch.kind == "norm_test":
-                    self._norm_test(lane, ev, frozen)
+                    self._norm_test(lane, ev)
                 if lane.spec.closure_driven:
-                    if not self._closure_step(lane, grads, frozen, ev.batch):
+                    if not self._closure_step(lane, grads, ev.batch):
                         continue  # waiting for a ranking: no step, no record
                 else:
                     self._take_step(lane, grads, frozen, x_old)
             except Exception as exc:  # this lane stops; the others go on
                 self._stop(lane, step_t, exc, x_old)
-                out.append((lane, step_t, ev, gnorm, torch.zeros_like(gnorm), x_old, frozen))
+                if gnorm is None and g is not None:
+                    gnorm = g.norm(dim=-1)
+                out.append((lane, step_t, ev, gnorm, torch.zeros_like(ev.f), x_old))
                 continue
             finally:
                 lane.own_time += time.perf_counter() - t
             x_new = lane.points().detach()
-            update = (x_new - x_old).norm(dim=-1)
-            out.append((lane, step_t, ev, gnorm, update, x_old, frozen))
+            update = (x_new - x_old).norm(dim=-1) if keep else None
+            out.append((lane, step_t, ev, gnorm, update, x_old))
             self._snapshot(lane, x_old)
-            if self.probes is not None and (probe_now or self.probes.due(lane.step - 1)) \
-                    and lane.diverged_at[0] < 0:
+            if probe_due and lane.diverged_at[0] < 0:
                 probes[lane.id] = self._probe(lane, x_old[0], x_new[0] - x_old[0], ev.batch)
         self.tick += 1
         self.compute_time += time.perf_counter() - t0
@@ -721,12 +734,13 @@ class Run:
             t = time.perf_counter()
             batch, size, _ = batches[group[0].id]
             points = [lane.points() for lane in group]
+            x = points[0] if len(points) == 1 else torch.cat(points)  # one lane: no copy
             grads: list[torch.Tensor] | None = None
             if need == 2:
                 with torch.no_grad():
-                    losses = self.problem.loss(torch.cat(points), batch)
+                    losses = self.problem.loss(x, batch)
             else:
-                losses = self.problem.loss(torch.cat(points), batch)
+                losses = self.problem.loss(x, batch)
                 leaves = [p for lane in group for p in lane.params]
                 grads = list(torch.autograd.grad(losses.sum(), leaves, allow_unused=True))
                 grads = [torch.zeros_like(p) if g is None else g for p, g in zip(leaves, grads, strict=True)]
@@ -781,7 +795,7 @@ class Run:
             out[lane.id] = (drawn[size], size, size)
         return out
 
-    def _norm_test(self, lane: _Lane, ev: _Eval, frozen: torch.Tensor) -> None:
+    def _norm_test(self, lane: _Lane, ev: _Eval) -> None:
         """AdAdaGrad's norm test at :math:`x_t` on this step's minibatch (see
         :mod:`engine.batching`): the next size is the largest any live row asks for."""
         batch, n_train = lane.batch, self.n_train
@@ -789,7 +803,7 @@ class Run:
         if lane.step % batch.every or ev.size is None or ev.size >= n_train or ev.batch is None:
             return
         need = ev.size
-        for x, fz in zip(ev.x.detach(), frozen.tolist(), strict=True):
+        for x, fz in zip(ev.x.detach(), lane.frozen_list(), strict=True):
             if not fz:
                 need = max(need, norm_test_size(self.problem.per_sample_grads(x, ev.batch), batch.theta))
         lane.batch_now = min(need, batch.cap(n_train))
@@ -857,7 +871,8 @@ class Run:
         if not due:
             return {}
         t = time.perf_counter()
-        values = fn(torch.cat([evals[lane.id].x.detach() for lane in due]))
+        points = [evals[lane.id].x.detach() for lane in due]
+        values = fn(points[0] if len(points) == 1 else torch.cat(points))
         out, row = {}, 0
         for lane in due:
             m = lane.n_rows
@@ -884,9 +899,13 @@ class Run:
         steps = np.array([s for s, _ in kept] + [lane.step], dtype=np.int64)
         return steps, np.stack([x for _, x in kept] + [now])
 
-    def _mark_divergence(self, lane: _Lane, f: torch.Tensor, g: torch.Tensor | None) -> torch.Tensor:
+    def _mark_divergence(self, lane: _Lane, f: torch.Tensor, g: torch.Tensor | None,
+                         gnorm: torch.Tensor | None) -> torch.Tensor | None:
         """Rows whose loss or (measured) gradient is not finite, or whose loss left
-        ``divergence_factor`` x its start, are marked at this step; returns the frozen rows."""
+        ``divergence_factor`` x its start, are marked at this step; returns the frozen rows (None:
+        none). Whole-array tests find the candidates: a row with a non-finite gradient has a
+        non-finite gradient norm (and makes the gradient's sum non-finite), though not conversely;
+        Python then looks at the rows that newly fail only."""
         c = self.config.divergence_factor
         if c is None:
             ok = torch.isfinite(f)
@@ -896,23 +915,36 @@ class Run:
                 lane.limit = torch.where(torch.isfinite(start), c * start, 0.0)  # a non-finite start: at once
             ok = f.abs() <= lane.limit  # False for NaN and +-inf too
         if g is not None:
-            ok = ok & torch.isfinite(g).all(dim=-1)
-        bad = ~ok
-        newly = bad.cpu().numpy() & (lane.diverged_at < 0)
-        if newly.any():
-            for i in np.flatnonzero(newly):
-                lane.diverged_at[i] = lane.step
-                fi = float(f[i])
-                if not math.isfinite(fi):
-                    lane.reasons[i] = "loss not finite"
-                elif g is not None and not bool(torch.isfinite(g[i]).all()):
-                    lane.reasons[i] = "gradient not finite"
-                else:
-                    lane.reasons[i] = f"|loss| {abs(fi):.3g} > {c:g} x start"
-        return torch.as_tensor(lane.diverged_at >= 0, device=f.device)
+            if gnorm is not None:
+                ok &= torch.isfinite(gnorm)
+            elif not math.isfinite(float(g.sum())):
+                ok &= torch.isfinite(g).all(dim=-1)
+        if lane.frozen is not None:
+            ok |= lane.frozen
+        if bool(ok.all()):
+            return lane.frozen
+        rows = torch.nonzero(~ok).flatten()
+        fs = f[rows].tolist()
+        limits = lane.limit[rows].tolist() if c is not None else None
+        finite_grads = torch.isfinite(g[rows]).all(dim=-1).tolist() if g is not None else None
+        new: dict[int, str] = {}
+        for k, i in enumerate(rows.tolist()):
+            if not math.isfinite(fs[k]):
+                new[i] = "loss not finite"
+            elif finite_grads is not None and not finite_grads[k]:
+                new[i] = "gradient not finite"
+            elif limits is not None and not abs(fs[k]) <= limits[k]:
+                new[i] = f"|loss| {abs(fs[k]):.3g} > {c:g} x start"
+            # else: a finite gradient whose norm overflowed: the row runs on
+        if new:
+            diverged_at = lane.diverged_at.copy()
+            diverged_at[list(new)] = lane.step
+            lane.diverged_at = read_only(diverged_at)
+            lane.reasons = MappingProxyType({**lane.reasons, **new})
+            lane.frozen = torch.as_tensor(diverged_at >= 0, device=f.device)
+        return lane.frozen
 
-    def _closure_step(self, lane: _Lane, grads: Sequence[torch.Tensor] | None, frozen: torch.Tensor,
-                      batch: Any) -> bool:
+    def _closure_step(self, lane: _Lane, grads: Sequence[torch.Tensor] | None, batch: Any) -> bool:
         """Step each live trajectory of a closure-driven lane with its own :class:`Oracles`.
         False (and nothing changed) when the first trajectory waits for a person's ranking."""
         n = len(lane.rows[0])
@@ -921,8 +953,9 @@ class Run:
         # entry (replaced below, never popped and set again, which would look like an answer), and
         # loses it only once it has stepped.
         stepped: OracleCounts | None = None
+        frozen = lane.frozen_list()
         for i, (row, opt) in enumerate(zip(lane.rows, lane.optimizers, strict=True)):
-            if bool(frozen[i]):
+            if frozen[i]:
                 continue
             for j, p in enumerate(row):
                 # second-order and lookahead methods get the gradient the run computed anyway
@@ -960,25 +993,31 @@ class Run:
         return ranker
 
     @staticmethod
-    def _take_step(lane: _Lane, grads: Sequence[torch.Tensor], frozen: torch.Tensor,
+    def _take_step(lane: _Lane, grads: Sequence[torch.Tensor], frozen: torch.Tensor | None,
                    x_old: torch.Tensor) -> None:
-        any_frozen = bool(frozen.any())
+        """One step of a gradient-driven lane; ``frozen``: its diverged rows (None: none)."""
         if lane.separable:
-            for p, g in zip(lane.params, grads, strict=True):
-                mask = frozen.reshape(-1, *([1] * (g.dim() - 1)))
-                p.grad = torch.where(mask, torch.zeros_like(g), g) if any_frozen else g
+            if frozen is None:
+                for p, g in zip(lane.params, grads, strict=True):
+                    p.grad = g
+            else:
+                for p, g in zip(lane.params, grads, strict=True):
+                    mask = frozen.reshape(-1, *([1] * (g.dim() - 1)))
+                    p.grad = torch.where(mask, torch.zeros_like(g), g)
             if lane.clip is not None:  # rows are independent runs: clipped one by one
                 fraction = clip_([p.grad for p in lane.params], lane.clip, batch_dims=1)
-                lane.clipped = torch.where(frozen, math.nan, fraction).cpu().numpy()
+                if frozen is not None:
+                    fraction = torch.where(frozen, math.nan, fraction)
+                lane.clipped = fraction.cpu().numpy()
             lane.optimizer.step()
-            if any_frozen:  # momentum or weight decay would still move a frozen row: put it back
+            if frozen is not None:  # momentum or weight decay would still move a frozen row: put it back
                 with torch.no_grad():
                     for p, old in zip(lane.params, _split(x_old, lane.shapes), strict=True):
                         mask = frozen.reshape(-1, *([1] * (p.dim() - 1)))
                         p.copy_(torch.where(mask, old, p))
         else:
             n = len(lane.rows[0])
-            live = [not fz for fz in frozen.tolist()]
+            live = [not fz for fz in lane.frozen_list()]
             for i, ok in enumerate(live):
                 for p, g in zip(lane.rows[i], grads[i * n:(i + 1) * n], strict=True):
                     p.grad = g if ok else None  # torch optimizers skip parameters without a gradient
@@ -994,14 +1033,14 @@ class Run:
         lane.step += 1
         lane.counts = lane.counts + OracleCounts(function_values=1, gradients=1)
 
-    def _diagnostics(self, lane: _Lane, frozen: torch.Tensor) -> dict[str, np.ndarray]:
+    def _diagnostics(self, lane: _Lane) -> dict[str, np.ndarray]:
         """The lane's optimizer diagnostics (``spec.read_diagnostics``) and its clipped fraction, per
         row (see :attr:`engine.records.Record.diagnostics`); NaN for rows that did not step."""
         out: dict[str, np.ndarray] = {}
         spec, m = lane.spec, lane.n_rows
         if not spec.diagnostics and lane.clip is None:
             return out
-        still = frozen.cpu().numpy()
+        still = lane.diverged_at >= 0
         if spec.diagnostics:
             reads = [spec.read_diagnostics(opt) if hasattr(opt, "diagnostics") else {}
                      for opt in lane.optimizers]
@@ -1018,26 +1057,30 @@ class Run:
                 out["clipped_fraction"] = lane.clipped
         return out
 
-    def _record(self, lane: _Lane, step: int, ev: _Eval, gnorm: torch.Tensor, update: torch.Tensor,
-                x: torch.Tensor, frozen: torch.Tensor, metrics: Mapping[str, np.ndarray],
+    def _record(self, lane: _Lane, step: int, ev: _Eval, gnorm: torch.Tensor | None,
+                update: torch.Tensor, x: torch.Tensor, metrics: Mapping[str, np.ndarray],
                 curvature: Probe | None) -> Record:
-        return make_record(
+        """The step's record, its arrays columns of this tick's tensors (fresh ones, not copied:
+        nothing writes to them again) and the lane's divergence columns, shared as they are."""
+        return Record(
             tick=self.tick - 1,
             lane=lane.id,
             optimizer=lane.spec.name,
             step=step,
-            loss=ev.f.cpu().numpy(),
-            grad_norm=gnorm.cpu().numpy(),
-            update_norm=update.cpu().numpy(),
-            position=x.cpu().numpy() if self.problem.dim <= POSITION_MAX_DIM else None,
-            hyperparameters=lane.spec.read(lane.optimizer),
+            loss=_column(ev.f),
+            grad_norm=_column(gnorm) if gnorm is not None else np.full(lane.n_rows, math.nan),
+            update_norm=_column(update),
+            position=_column(x) if self.problem.dim <= POSITION_MAX_DIM else None,
+            hyperparameters=MappingProxyType(lane.spec.read(lane.optimizer)),
             counts=lane.counts,
-            status=lane.status(),
+            diverged_at=lane.diverged_at,
+            reasons=lane.reasons,
+            stopped=lane.stopped,
             wall_time=self.compute_time,
-            metrics=metrics,
+            metrics=MappingProxyType({k: _column(v) for k, v in metrics.items()}),
             curvature=curvature,
             batch_size=ev.size,
-            diagnostics=self._diagnostics(lane, frozen),
+            diagnostics=MappingProxyType({k: _column(v) for k, v in self._diagnostics(lane).items()}),
             compute_time=lane.own_time,
         )
 
