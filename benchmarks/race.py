@@ -37,6 +37,7 @@ import copy
 import dataclasses
 import statistics
 import time
+from collections import deque
 from collections.abc import Callable
 
 import numpy as np
@@ -100,19 +101,16 @@ def plain_many(starts: torch.Tensor, contestants: list[tuple[type[torch.optim.Op
 
 
 def engine(problem, cfg: RunConfig, record_every: int | None) -> Stepper:
-    """``Run.run`` in chunks of ``k`` steps: a record every ``record_every`` steps, or (None) one
-    record at the end of each chunk; the records are kept, as the app keeps them."""
+    """``Run.step`` as the app's worker calls it, keeping the newest few records as the app does
+    (it drains them at 20 Hz): a record every ``record_every`` ticks, or (None) one at the end of
+    each call."""
     run = Run(problem, cfg)
-    kept: list = []
+    kept: deque = deque(maxlen=4)
 
     def steps(k: int) -> None:
-        if record_every is None:
-            for _ in range(k - 1):
-                run.step(record=False)
-            kept.extend(run.step())
-        else:
-            kept.extend(run.run(k, record_every=record_every))
-        del kept[:-4]  # as the app: it drains its records at 20 Hz and keeps the newest
+        for i in range(k):
+            last = i == k - 1
+            kept.extend(run.step(record=last if record_every is None else run.tick % record_every == 0))
     return steps
 
 
@@ -132,7 +130,7 @@ def per_step(contestants: dict[str, Stepper], steps: int, rounds: int) -> dict[s
 
 def steps_for(n: int) -> int:
     """Steps per timed round: ~0.1-0.5 s of work for every size."""
-    return max(4, min(200, 2_000_000 // max(n, 1)))
+    return max(8, min(200, 2_000_000 // max(n, 1)))
 
 
 def floor_section(sizes: list[int], rounds: int) -> dict[int, dict[str, float]]:

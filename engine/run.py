@@ -43,6 +43,13 @@ position it had; the other lanes go on.
 
 Events change a live run between steps and are logged, so ``Run.replay(problem, config, log)``
 reproduces the same records exactly on CPU.
+
+**Cost.** A step costs what its tensor program costs plus a few whole-array reductions (the
+divergence check); a step that yields a record adds two row norms, and the record's columns are
+the step's own arrays, never a Python object per row (a row's status text is made on demand).
+Adam-type lanes use torch's fused kernel (``RunConfig.fused``). A problem that takes its
+parameters as they are (``loss_parts``: a network) is evaluated on the leaves directly, not on a
+flattened copy. ``benchmarks/race.py`` measures all this against the least a plain program costs.
 """
 
 from __future__ import annotations
@@ -326,6 +333,7 @@ class _Lane:
         self.shapes = shapes
         self.seed = seed
         self.fused = fused
+        self._scratch: torch.Tensor | None = None
         self.values = spec.validate(config.hyperparameters)
         """Base values (what a person set); scheduled ones are multiplied before each step."""
         _check_schedules(spec, config.schedules)
@@ -488,6 +496,14 @@ class _Lane:
             for row, x in zip(self.rows, points, strict=True):
                 for p, v in zip(row, _split(x, self.shapes), strict=True):
                     p.copy_(v)
+
+    def scratch(self, like: torch.Tensor) -> torch.Tensor:
+        """A buffer shaped like ``like`` that the lane reuses from step to step: a fresh ``[M, P]``
+        tensor per step costs, at a million rows, more in page faults than its copy."""
+        buf = self._scratch
+        if buf is None or buf.shape != like.shape or buf.dtype != like.dtype or buf.device != like.device:
+            buf = self._scratch = torch.empty_like(like, memory_format=torch.contiguous_format)
+        return buf
 
     def parts(self) -> list[torch.Tensor]:
         """Current positions as one ``[M, *shape]`` tensor per parameter (differentiable through
@@ -743,8 +759,10 @@ class Run:
             g = lane.flat_grads(grads) if grads is not None and keep else None
             gnorm = _norms(g) if g is not None else None
             # where a frozen row stays and a stopped lane goes back: a copy, unless the batched pass
-            # made one already (the leaves flattened)
-            x_old = ev.x.detach().clone() if ev.x is lane.params[0] else ev.x.detach()
+            # made one already (the leaves flattened); the lane's own buffer when no record keeps it
+            x_old = ev.x.detach()
+            if ev.x is lane.params[0]:
+                x_old = x_old.clone() if keep else lane.scratch(x_old).copy_(x_old)
             frozen = self._mark_divergence(lane, ev.f, grads, gnorm)
             t = time.perf_counter()
             if lane.schedules:
@@ -759,20 +777,23 @@ class Run:
                     self._take_step(lane, grads, frozen, x_old)
             except Exception as exc:  # this lane stops; the others go on
                 self._stop(lane, step_t, exc, x_old)
+                x_old = x_old.clone() if x_old is lane._scratch else x_old  # its record keeps it
                 if gnorm is None and grads is not None:
                     gnorm = _norms(lane.flat_grads(grads))
                 out.append((lane, step_t, ev, gnorm, torch.zeros_like(ev.f), x_old))
                 continue
             finally:
                 lane.own_time += time.perf_counter() - t
-            with torch.no_grad():  # (flattening several leaves builds no graph)
-                x_new = lane.points().detach()
-            update = _norms(x_new - x_old) if keep else None
+            update = None
+            if keep:
+                with torch.no_grad():  # (flattening several leaves builds no graph)
+                    x_new = lane.points().detach()
+                update = _norms(torch.sub(x_new, x_old, out=lane.scratch(x_new)))  # (x_old is no scratch)
+                if probe_due and lane.diverged_at[0] < 0:
+                    probes[lane.id] = self._probe(lane, x_old[0], x_new[0] - x_old[0], ev.batch)
             out.append((lane, step_t, ev, gnorm, update, x_old))
             if self.problem.dim > POSITION_MAX_DIM:
                 self._snapshot(lane, x_old)
-            if probe_due and lane.diverged_at[0] < 0:
-                probes[lane.id] = self._probe(lane, x_old[0], x_new[0] - x_old[0], ev.batch)
         self.tick += 1
         self.compute_time += time.perf_counter() - t0
         records = [self._record(*item, metrics.get(item[0].id, {}), probes.get(item[0].id))

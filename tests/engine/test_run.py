@@ -876,3 +876,22 @@ def test_loss_parts_equals_the_flat_loss_and_its_gradient() -> None:
         ga = torch.autograd.grad(a.sum(), parts)
         (gb,) = torch.autograd.grad(b.sum(), x)
         assert torch.equal(torch.cat([g.reshape(len(rows), -1) for g in ga], dim=-1), gb)
+
+
+def test_a_lane_that_stops_between_records_reports_where_its_step_began() -> None:
+    """On steps that keep no record the run reuses one buffer for where each step began; the
+    record of a stop there must keep its own copy (the lane goes on after a switch)."""
+    register_optimizer(Flaky, name="flaky", row_separable=True)
+    try:
+        run = Run(Valley(), config(("flaky", {"lr": 0.01}), n_starts=3, seed=1))
+        got = [r for _ in range(4) for r in run.step(record=False)]
+        assert len(got) == 1 and got[0].step == 3 and got[0].status[0].startswith("stopped at step 3")
+        began = run.positions(0).copy()
+        np.testing.assert_array_equal(got[0].position, began)
+        run.apply(SwitchOptimizer(0, "sgd", {"lr": 0.01}))
+        for _ in range(5):
+            run.step(record=False)
+        assert not np.array_equal(run.positions(0), began)
+        np.testing.assert_array_equal(got[0].position, began)
+    finally:
+        unregister("flaky")
