@@ -50,7 +50,7 @@ import torch
 from engine.cancel import checkpoint
 from engine.events import LoggedEvent
 from engine.problem import Problem
-from engine.records import OracleCounts, Record
+from engine.records import OracleCounts, Record, statuses
 from engine.run import Run, RunConfig
 
 FORMAT = "optiscope-export"
@@ -137,7 +137,7 @@ def records_frame(records: Sequence[Record]) -> pd.DataFrame:
             cols[f"x{j}"] = pos[:, j] if pos.size else np.zeros(0)
     for name in COUNT_COLUMNS:
         cols[name] = per_record([getattr(r.counts, name) for r in records], np.int64)
-    cols["status"] = per_row([np.array(r.status, dtype=object) for r in records], object)
+    cols["status"] = per_row([statuses(r.diverged_at, r.reasons, r.stopped) for r in records], object)
     cols["wall_time"] = per_record([r.wall_time for r in records], np.float64)
     cols["compute_time"] = per_record([r.compute_time for r in records], np.float64)
     if any(r.batch_size is not None for r in records):

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from types import MappingProxyType
 from typing import Any
 
@@ -26,8 +27,8 @@ class OracleCounts:
     rankings: int = 0
 
     def __add__(self, other: OracleCounts) -> OracleCounts:
-        return OracleCounts(*(a + b for a, b in zip(dataclasses.astuple(self),
-                                                    dataclasses.astuple(other), strict=True)))
+        return OracleCounts(self.function_values + other.function_values, self.gradients + other.gradients,
+                            self.hvps + other.hvps, self.jvps + other.jvps, self.rankings + other.rankings)
 
     def as_dict(self) -> dict[str, int]:
         return dataclasses.asdict(self)
@@ -36,6 +37,14 @@ class OracleCounts:
 def frozen_array(values: Any, dtype: Any = np.float64) -> np.ndarray:
     a = np.array(values, dtype=dtype, copy=True)
     a.flags.writeable = False
+    return a
+
+
+def read_only(a: np.ndarray) -> np.ndarray:
+    """``a`` itself made read-only, without a copy: for arrays no one else writes (a run hands
+    its records fresh arrays, or ones it replaces rather than changes)."""
+    if a.flags.writeable:
+        a.flags.writeable = False
     return a
 
 
@@ -60,6 +69,33 @@ def status_step(status: str) -> int | None:
     return int(head.rsplit(" ", 1)[1])
 
 
+def statuses(diverged_at: np.ndarray, reasons: Mapping[int, str], stopped: str | None) -> np.ndarray:
+    """Per-row status texts (an object array) from a record's columns: ``"diverged at step N:
+    <reason>"`` where ``diverged_at >= 0``, else ``stopped`` if the lane stopped, else "running".
+    Python runs once per diverged row, never per running one."""
+    out = np.full(len(diverged_at), RUNNING if stopped is None else stopped, dtype=object)
+    for i in np.flatnonzero(diverged_at >= 0).tolist():
+        out[i] = status_text(DIVERGED, int(diverged_at[i]), reasons[i])
+    return out
+
+
+def parse_statuses(texts: Sequence[str]) -> tuple[np.ndarray, dict[int, str], str | None]:
+    """Inverse of :func:`statuses`: ``(diverged_at, reasons, stopped)`` from status texts."""
+    diverged_at = np.full(len(texts), -1, dtype=np.int64)
+    reasons: dict[int, str] = {}
+    stopped = {t for t in texts if t.startswith(STOPPED)}
+    if len(stopped) > 1:
+        raise ValueError(f"a lane stops once, with one message; got {sorted(stopped)}")
+    for i, text in enumerate(texts):
+        if text.startswith(DIVERGED):
+            head, why = text.split(": ", 1)
+            diverged_at[i], reasons[i] = int(head.rsplit(" ", 1)[1]), why
+        elif text != RUNNING and not text.startswith(STOPPED):
+            raise ValueError(f"not a status: {text!r} (running, diverged at step N: ..., "
+                             f"stopped at step N: ...)")
+    return diverged_at, reasons, next(iter(stopped), None)
+
+
 @dataclass(frozen=True)
 class Record:
     """One lane (one optimizer over M starts) at one step.
@@ -67,6 +103,9 @@ class Record:
     Everything describes iterate :math:`x_t`: ``loss`` is :math:`f(x_t)`, ``grad_norm`` is
     :math:`\\|\\nabla f(x_t)\\|`, ``update_norm`` is :math:`\\|x_{t+1} - x_t\\|` (the step taken
     from it), ``position`` is :math:`x_t`. Arrays have one entry per start (row).
+
+    A row's fate is kept as columns (``diverged_at``, ``reasons``, ``stopped``), built without a
+    Python object per row; :attr:`status` spells it out as text when asked.
     """
 
     tick: int  # run-wide step counter (never resets): events are keyed by it
@@ -79,7 +118,7 @@ class Record:
     position: np.ndarray | None  # [M, d] for problems of dim <= 3, else None
     hyperparameters: Mapping[str, Any]
     counts: OracleCounts
-    status: tuple[str, ...]  # per row: "running" or "diverged at step N"
+    diverged_at: np.ndarray  # [M] int64: the step at which each row diverged, -1 while it runs
     wall_time: float  # seconds of compute spent by the run up to and including this step
     metrics: Mapping[str, np.ndarray] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
     """Problem metrics at :math:`x_t` on the schedule ``RunConfig.metrics_every`` (e.g. full-set
@@ -102,6 +141,17 @@ class Record:
     steps; never the instruments (probes, metrics, the gradient norm measured for a lane that does
     not use gradients, the loss recorded for one that does not compute it). ``wall_time`` is the
     whole run's."""
+    reasons: Mapping[int, str] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
+    """Row -> why it diverged (``"loss not finite"``, ...), for the rows with ``diverged_at >= 0``."""
+    stopped: str | None = None
+    """``"stopped at step N: <message>"`` once the lane's optimizer raised (then the status of every
+    row that had not diverged), else None."""
+
+    @cached_property
+    def status(self) -> tuple[str, ...]:
+        """Per row: "running", "diverged at step N: <reason>" or "stopped at step N: <message>"
+        (:data:`RUNNING`; made from the columns on first use)."""
+        return tuple(statuses(self.diverged_at, self.reasons, self.stopped).tolist())
 
     def same_values(self, other: Record) -> bool:
         """Equal in every field but ``wall_time`` and ``compute_time`` (what a replay must
@@ -127,6 +177,8 @@ class Record:
 
 
 def make_record(**fields: Any) -> Record:
+    """A :class:`Record` from plain values, copied into read-only arrays. The rows' fate comes as
+    ``diverged_at`` (with ``reasons`` and ``stopped``), or as ``status`` texts."""
     fields["hyperparameters"] = MappingProxyType(dict(fields["hyperparameters"]))
     for name in ("loss", "grad_norm", "update_norm"):
         fields[name] = frozen_array(fields[name])
@@ -134,4 +186,8 @@ def make_record(**fields: Any) -> Record:
         fields["position"] = frozen_array(fields["position"])
     for name in ("metrics", "diagnostics"):
         fields[name] = MappingProxyType({k: frozen_array(v) for k, v in fields.get(name, {}).items()})
+    if "status" in fields:
+        fields["diverged_at"], fields["reasons"], fields["stopped"] = parse_statuses(fields.pop("status"))
+    fields["diverged_at"] = frozen_array(fields["diverged_at"], np.int64)
+    fields["reasons"] = MappingProxyType(dict(fields.get("reasons", {})))
     return Record(**fields)

@@ -43,6 +43,13 @@ position it had; the other lanes go on.
 
 Events change a live run between steps and are logged, so ``Run.replay(problem, config, log)``
 reproduces the same records exactly on CPU.
+
+**Cost.** A step costs what its tensor program costs plus a few whole-array reductions (the
+divergence check); a step that yields a record adds two row norms, and the record's columns are
+the step's own arrays, never a Python object per row (a row's status text is made on demand).
+Adam-type lanes use torch's fused kernel (``RunConfig.fused``). A problem that takes its
+parameters as they are (``loss_parts``: a network) is evaluated on the leaves directly, not on a
+flattened copy. ``benchmarks/race.py`` measures all this against the least a plain program costs.
 """
 
 from __future__ import annotations
@@ -82,7 +89,7 @@ from engine.events import (
 from engine.instruments import Probe, ProbeConfig, probe, second_moment
 from engine.oracles import HUMAN, AwaitingRanking, Oracles, Ranker, model_view, rank_by_value
 from engine.problem import Problem
-from engine.records import DIVERGED, RUNNING, STOPPED, OracleCounts, Record, make_record, status_text
+from engine.records import STOPPED, OracleCounts, Record, read_only, status_text
 from engine.registry import OptimizerSpec, Oracle, get_spec
 from engine.schedules import Schedule, schedules_from
 
@@ -93,6 +100,11 @@ TRAJECTORY_CAP = 400
 snapshot is dropped, so the kept ones always span the whole run."""
 
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+FUSABLE: tuple[type[torch.optim.Optimizer], ...] = (torch.optim.Adam, torch.optim.AdamW)
+"""torch optimizers a run with ``fused`` steps with their fused kernel (on the CPU and CUDA). Not
+the others: fused SGD equals its single-tensor path bit for bit but is no faster on the CPU, and
+fused Adagrad differs from it by more than rounding."""
 
 
 @dataclass(frozen=True)
@@ -155,6 +167,11 @@ class RunConfig:
     ``grad_norm_every``: for lanes whose optimizer does not use gradients (zeroth-order, ranking,
     forward-gradient), the true gradient norm is an instrument, measured every this many lane
     steps (NaN in the records between; ``None``: never).
+
+    ``fused``: step ``torch.optim.Adam``/``AdamW`` lanes (Adam, AdamW, AMSGrad) with torch's fused
+    kernel (:data:`FUSABLE`): the same update in one pass per tensor instead of about ten, 1.6-3x
+    faster on the CPU, rounded differently in the last bit (about 1e-15 relative per step).
+    ``False`` keeps torch's single-tensor arithmetic bit for bit.
     """
 
     lanes: tuple[LaneConfig, ...]
@@ -168,6 +185,7 @@ class RunConfig:
     probes: ProbeConfig | None = None
     divergence_factor: float | None = 1e6
     grad_norm_every: int | None = 10
+    fused: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.probes, Mapping):
@@ -192,6 +210,8 @@ class RunConfig:
             raise ValueError(f"divergence_factor must be a finite number > 1 or None, got {c!r}")
         if self.dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(_DTYPES)}, got {self.dtype!r}")
+        if not isinstance(self.fused, bool):
+            raise ValueError(f"fused must be True or False, got {self.fused!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}  # asdict can't copy a mappingproxy
@@ -222,6 +242,43 @@ def _flatten(tensors: Sequence[torch.Tensor], n_lead: int) -> torch.Tensor:
     if len(tensors) == 1 and tensors[0].dim() == n_lead + 1:
         return tensors[0]
     return torch.cat([t.reshape(*t.shape[:n_lead], -1) for t in tensors], dim=-1)
+
+
+def _column(values: torch.Tensor | np.ndarray) -> np.ndarray:
+    """A record's read-only float64 array over this tick's fresh values (a view when they are
+    float64 on the CPU already, else a copy). Tensors come without a graph."""
+    if isinstance(values, torch.Tensor):
+        values = values.numpy() if values.device.type == "cpu" else values.cpu().numpy()
+    if values.dtype != np.float64:
+        values = values.astype(np.float64)
+    return read_only(values)
+
+
+_NONE: Mapping[str, np.ndarray] = MappingProxyType({})
+_ONE_GRADIENT = OracleCounts(function_values=1, gradients=1)  # what the batched pass gives a lane
+
+
+def _columns(values: Mapping[str, torch.Tensor | np.ndarray]) -> Mapping[str, np.ndarray]:
+    return MappingProxyType({k: _column(v) for k, v in values.items()}) if values else _NONE
+
+
+def _norms(rows: torch.Tensor) -> torch.Tensor:
+    """Euclidean norm of each row of ``[M, P]`` (``Tensor.norm(dim=-1)`` without its wrapper)."""
+    return torch.linalg.vector_norm(rows, dim=-1)
+
+
+def _fuse(optimizer: torch.optim.Optimizer) -> None:
+    """Switch a fresh optimizer of a :data:`FUSABLE` type (exactly: not a subclass, whose step
+    may differ) to torch's fused kernel, where torch has it for its tensors."""
+    if type(optimizer) not in FUSABLE or optimizer.state:
+        return
+    groups = optimizer.param_groups
+    if any(g.get("differentiable") or g.get("foreach") for g in groups) or not all(
+            p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.float64)
+            for g in groups for p in g["params"]):
+        return
+    for g in groups:
+        g["fused"] = True
 
 
 def _uses_gradient(spec: OptimizerSpec) -> bool:
@@ -270,11 +327,14 @@ class _Lane:
     """
 
     def __init__(self, lane_id: int, spec: OptimizerSpec, config: LaneConfig,
-                 starts: torch.Tensor, shapes: Sequence[tuple[int, ...]] | None, seed: int) -> None:
+                 starts: torch.Tensor, shapes: Sequence[tuple[int, ...]] | None, seed: int,
+                 fused: bool = False) -> None:
         self.id = lane_id
         self.spec = spec
         self.shapes = shapes
         self.seed = seed
+        self.fused = fused
+        self._scratch: torch.Tensor | None = None
         self.values = spec.validate(config.hyperparameters)
         """Base values (what a person set); scheduled ones are multiplied before each step."""
         _check_schedules(spec, config.schedules)
@@ -289,9 +349,13 @@ class _Lane:
         self._install(*self._build(self.spec, starts, self.values))
         self.step = 0
         self.counts = OracleCounts()
-        self.diverged_at = np.full(self.n_rows, -1, dtype=np.int64)
-        self.reasons: list[str] = [""] * self.n_rows
+        self.diverged_at = read_only(np.full(self.n_rows, -1, dtype=np.int64))
+        """The step at which each row diverged (-1: it runs). Replaced, never changed in place, so
+        records share it (and ``reasons``) without a copy."""
+        self.reasons: Mapping[int, str] = MappingProxyType({})  # diverged row -> why
+        self.frozen: torch.Tensor | None = None  # ``diverged_at >= 0`` as a mask, None while no row is
         self.limit: torch.Tensor | None = None  # divergence threshold per row, set at step 0
+        self.lowest_limit = math.inf  # its smallest entry
         self.error: str | None = None
         self.error_step = -1
         self.own_time = 0.0
@@ -315,6 +379,9 @@ class _Lane:
         else:
             optimizers = [spec.build(params, values, seed=self._row_seed(0))]
         self._check_clip(spec, optimizers, self.clip)
+        if self.fused:
+            for opt in optimizers:
+                _fuse(opt)
         return separable, rows, optimizers
 
     def _install(self, separable: bool, rows: list[list[torch.Tensor]],
@@ -322,6 +389,10 @@ class _Lane:
         self.separable, self.rows, self.optimizers = separable, rows, optimizers
         self.params = [p for row in rows for p in row]
         self.uses_gradient = _uses_gradient(self.spec)
+        self.dense_grads = any(g.get("fused") for opt in optimizers for g in opt.param_groups)
+        """Its gradients must be laid out as its (contiguous) leaves: torch's fused CPU Adam reads
+        a gradient with other strides wrongly (torch 2.13: wrong steps, no error), and gradients
+        split from a flat ``[M, P]`` one have other strides."""
         self._hand_clip()
 
     @staticmethod
@@ -427,6 +498,21 @@ class _Lane:
                 for p, v in zip(row, _split(x, self.shapes), strict=True):
                     p.copy_(v)
 
+    def scratch(self, like: torch.Tensor) -> torch.Tensor:
+        """A buffer shaped like ``like`` that the lane reuses from step to step: a fresh ``[M, P]``
+        tensor per step costs, at a million rows, more in page faults than its copy."""
+        buf = self._scratch
+        if buf is None or buf.shape != like.shape or buf.dtype != like.dtype or buf.device != like.device:
+            buf = self._scratch = torch.empty_like(like, memory_format=torch.contiguous_format)
+        return buf
+
+    def parts(self) -> list[torch.Tensor]:
+        """Current positions as one ``[M, *shape]`` tensor per parameter (differentiable through
+        the leaves): what a problem's ``loss_parts`` takes."""
+        if self.separable:
+            return self.rows[0]
+        return [torch.stack(p) for p in zip(*self.rows, strict=True)]
+
     def flat_grads(self, grads: Sequence[torch.Tensor]) -> torch.Tensor:
         """Gradients of this lane's leaves (in ``self.params`` order) as ``[M, P]``."""
         if self.separable:
@@ -434,16 +520,14 @@ class _Lane:
         n = len(self.rows[0])
         return torch.stack([_flatten(grads[i * n:(i + 1) * n], 0) for i in range(self.n_rows)])
 
-    def status(self) -> tuple[str, ...]:
-        out = []
-        for s, why in zip(self.diverged_at.tolist(), self.reasons, strict=True):
-            if s >= 0:
-                out.append(status_text(DIVERGED, s, why))
-            elif self.error is not None:
-                out.append(status_text(STOPPED, self.error_step, self.error))
-            else:
-                out.append(RUNNING)
-        return tuple(out)
+    @property
+    def stopped(self) -> str | None:
+        """The status of its rows that had not diverged once its optimizer raised, else None."""
+        return None if self.error is None else status_text(STOPPED, self.error_step, self.error)
+
+    def frozen_list(self) -> list[bool]:
+        """Whether each row is frozen (diverged), as Python booleans (for per-row paths)."""
+        return (self.diverged_at >= 0).tolist()
 
 
 class _Eval:
@@ -570,7 +654,7 @@ class Run:
         spec.check_problem(self.problem)
         self._check_batch(config.batch_size)
         lane = _Lane(self._next_lane, spec, config, self.starts, getattr(self.problem, "param_shapes", None),
-                     self.config.seed)
+                     self.config.seed, self.config.fused)
         self.lanes[lane.id] = lane
         self._next_lane += 1
         return lane.id
@@ -670,35 +754,48 @@ class Run:
             grads = ev.grads
             if grads is not None and self._ascent_parts is not None:  # a min-max game
                 grads = self._descent_field(lane, grads)
-            g = lane.flat_grads(grads) if grads is not None else None
-            gnorm = g.norm(dim=-1) if g is not None else torch.full_like(ev.f, math.nan)
-            x_old = ev.x.detach().clone()
-            frozen = self._mark_divergence(lane, ev.f, g)
             step_t = lane.step
+            probe_due = self.probes is not None and (probe_now or self.probes.due(step_t))
+            # Norms are for records: computed only on a step that yields one (else a stop does)
+            keep = record or probe_due or lane.id in metrics
+            g = lane.flat_grads(grads) if grads is not None and keep else None
+            gnorm = _norms(g) if g is not None else None
+            # where a frozen row stays and a stopped lane goes back: a copy, unless the batched pass
+            # made one already (the leaves flattened); the lane's own buffer when no record keeps it
+            x_old = ev.x.detach()
+            if ev.x is lane.params[0]:
+                x_old = x_old.clone() if keep else lane.scratch(x_old).copy_(x_old)
+            frozen = self._mark_divergence(lane, ev.f, grads, gnorm)
             t = time.perf_counter()
             if lane.schedules:
                 lane.apply_schedules()  # the values of step t, which its record reads back
             try:
                 if lane.batch is not None and lane.batch.kind == "norm_test":
-                    self._norm_test(lane, ev, frozen)
+                    self._norm_test(lane, ev)
                 if lane.spec.closure_driven:
-                    if not self._closure_step(lane, grads, frozen, ev.batch):
+                    if not self._closure_step(lane, grads, ev.batch):
                         continue  # waiting for a ranking: no step, no record
                 else:
                     self._take_step(lane, grads, frozen, x_old)
             except Exception as exc:  # this lane stops; the others go on
                 self._stop(lane, step_t, exc, x_old)
-                out.append((lane, step_t, ev, gnorm, torch.zeros_like(gnorm), x_old, frozen))
+                x_old = x_old.clone() if x_old is lane._scratch else x_old  # its record keeps it
+                if gnorm is None and grads is not None:
+                    gnorm = _norms(lane.flat_grads(grads))
+                out.append((lane, step_t, ev, gnorm, torch.zeros_like(ev.f), x_old))
                 continue
             finally:
                 lane.own_time += time.perf_counter() - t
-            x_new = lane.points().detach()
-            update = (x_new - x_old).norm(dim=-1)
-            out.append((lane, step_t, ev, gnorm, update, x_old, frozen))
-            self._snapshot(lane, x_old)
-            if self.probes is not None and (probe_now or self.probes.due(lane.step - 1)) \
-                    and lane.diverged_at[0] < 0:
-                probes[lane.id] = self._probe(lane, x_old[0], x_new[0] - x_old[0], ev.batch)
+            update = None
+            if keep:
+                with torch.no_grad():  # (flattening several leaves builds no graph)
+                    x_new = lane.points().detach()
+                update = _norms(torch.sub(x_new, x_old, out=lane.scratch(x_new)))  # (x_old is no scratch)
+                if probe_due and lane.diverged_at[0] < 0:
+                    probes[lane.id] = self._probe(lane, x_old[0], x_new[0] - x_old[0], ev.batch)
+            out.append((lane, step_t, ev, gnorm, update, x_old))
+            if self.problem.dim > POSITION_MAX_DIM:
+                self._snapshot(lane, x_old)
         self.tick += 1
         self.compute_time += time.perf_counter() - t0
         records = [self._record(*item, metrics.get(item[0].id, {}), probes.get(item[0].id))
@@ -720,23 +817,45 @@ class Run:
             groups.setdefault((batches[lane.id][2], need), []).append(lane)
         out: dict[int, _Eval] = {}
         reuse = self._probe_reuses_graph(lanes)  # a due probe differentiates this gradient again
+        # a reused graph must hold a copy of the leaves (the step changes them in place): the
+        # flattened view; otherwise a network is evaluated on its leaves as they are
+        by_parts = None if reuse else getattr(self.problem, "loss_parts", None)
         for (_, need), group in groups.items():
             t = time.perf_counter()
             batch, size, _ = batches[group[0].id]
-            points = [lane.points() for lane in group]
+            if by_parts is None:
+                points = [lane.points() for lane in group]
+                x = points[0] if len(points) == 1 else torch.cat(points)  # one lane: no copy
+                loss = lambda x=x, batch=batch: self.problem.loss(x, batch)  # noqa: E731
+            else:  # the leaves as they are, one tensor per parameter (a network)
+                with torch.no_grad():
+                    points = [lane.points() for lane in group]  # what the records and probes see
+                parts = group[0].parts() if len(group) == 1 else \
+                    [torch.cat(p) for p in zip(*(lane.parts() for lane in group), strict=True)]
+                loss = lambda parts=parts, batch=batch: by_parts(parts, batch)  # noqa: E731
             grads: list[torch.Tensor] | None = None
             if need == 2:
                 with torch.no_grad():
-                    losses = self.problem.loss(torch.cat(points), batch)
+                    losses = loss()
             else:
-                losses = self.problem.loss(torch.cat(points), batch)
-                leaves = [p for lane in group for p in lane.params]
-                grads = list(torch.autograd.grad(losses.sum(), leaves, allow_unused=True, create_graph=reuse))
+                losses = loss()
+                leaves = group[0].params if len(group) == 1 else [p for lane in group for p in lane.params]
+                total = losses.sum() if losses.numel() > 1 else losses.reshape(())  # one row: a view
+                grads = list(torch.autograd.grad(total, leaves, allow_unused=True, create_graph=reuse))
                 if reuse:  # one lane, one start: the whole batch (see _probe_reuses_graph)
                     grads = self._keep_graph(group[0], grads, losses)
-                grads = [torch.zeros_like(p) if g is None else g for p, g in zip(leaves, grads, strict=True)]
+                if any(g is None for g in grads):  # a parameter the loss does not use
+                    grads = [torch.zeros_like(p) if g is None else g
+                             for p, g in zip(leaves, grads, strict=True)]
                 losses = losses.detach()
             seconds = time.perf_counter() - t
+            if need != 0:
+                self._instrument_seconds += seconds
+            if len(group) == 1:
+                out[group[0].id] = _Eval(points[0], losses, grads, batch, size)
+                if need == 0:
+                    group[0].own_time += seconds
+                continue
             n_rows = sum(lane.n_rows for lane in group)
             row = leaf = 0
             for lane, x in zip(group, points, strict=True):
@@ -746,8 +865,6 @@ class Run:
                 if need == 0:
                     lane.own_time += seconds * m / n_rows
                 row, leaf = row + m, leaf + n
-            if need != 0:
-                self._instrument_seconds += seconds
         return out
 
     def _default_size(self) -> int | None:
@@ -776,7 +893,7 @@ class Run:
         drawn: dict[int, Any] = {}
         out = {}
         for lane in lanes:
-            size = self._lane_size(lane)
+            size = None if lane.batch is None else self._lane_size(lane)
             if size is None or size == default_size:
                 out[lane.id] = (default, default_size, None)
                 continue
@@ -786,7 +903,7 @@ class Run:
             out[lane.id] = (drawn[size], size, size)
         return out
 
-    def _norm_test(self, lane: _Lane, ev: _Eval, frozen: torch.Tensor) -> None:
+    def _norm_test(self, lane: _Lane, ev: _Eval) -> None:
         """AdAdaGrad's norm test at :math:`x_t` on this step's minibatch (see
         :mod:`engine.batching`): the next size is the largest any live row asks for."""
         batch, n_train = lane.batch, self.n_train
@@ -794,7 +911,7 @@ class Run:
         if lane.step % batch.every or ev.size is None or ev.size >= n_train or ev.batch is None:
             return
         need = ev.size
-        for x, fz in zip(ev.x.detach(), frozen.tolist(), strict=True):
+        for x, fz in zip(ev.x.detach(), lane.frozen_list(), strict=True):
             if not fz:
                 need = max(need, norm_test_size(self.problem.per_sample_grads(x, ev.batch), batch.theta))
         lane.batch_now = min(need, batch.cap(n_train))
@@ -928,13 +1045,16 @@ class Run:
         """The problem's metrics at the current points of the lanes whose schedule is due (one
         batched call for all of them); every computed metric reaches a record."""
         fn = getattr(self.problem, "metrics", None)
+        if fn is None:
+            return {}
         every = self.config.metrics_every
         waiting = {i for i in self.awaiting if i not in self._rankings}  # they take no step this tick
-        due = [lane for lane in lanes if fn is not None and lane.step % every == 0 and lane.id not in waiting]
+        due = [lane for lane in lanes if lane.step % every == 0 and lane.id not in waiting]
         if not due:
             return {}
         t = time.perf_counter()
-        values = fn(torch.cat([evals[lane.id].x.detach() for lane in due]))
+        points = [evals[lane.id].x.detach() for lane in due]
+        values = fn(points[0] if len(points) == 1 else torch.cat(points))
         out, row = {}, 0
         for lane in due:
             m = lane.n_rows
@@ -945,7 +1065,7 @@ class Run:
 
     def _snapshot(self, lane: _Lane, x: torch.Tensor) -> None:
         t = lane.step - 1  # the step x was taken from
-        if self.problem.dim <= POSITION_MAX_DIM or t % self.config.snapshot_every:
+        if t % self.config.snapshot_every:
             return
         kept = self._snapshots.setdefault(lane.id, [])
         kept.append((t, x[0].cpu().numpy().copy()))
@@ -961,35 +1081,64 @@ class Run:
         steps = np.array([s for s, _ in kept] + [lane.step], dtype=np.int64)
         return steps, np.stack([x for _, x in kept] + [now])
 
-    def _mark_divergence(self, lane: _Lane, f: torch.Tensor, g: torch.Tensor | None) -> torch.Tensor:
-        """Rows whose loss or (measured) gradient is not finite, or whose loss left
-        ``divergence_factor`` x its start, are marked at this step; returns the frozen rows."""
+    def _mark_divergence(self, lane: _Lane, f: torch.Tensor, grads: Sequence[torch.Tensor] | None,
+                         gnorm: torch.Tensor | None) -> torch.Tensor | None:
+        """Rows whose loss or (measured) gradient (``grads``, the lane's leaves') is not finite, or
+        whose loss left ``divergence_factor`` x its start, are marked at this step; returns the
+        frozen rows (None: none). Whole-array tests find the candidates: a row with a non-finite
+        gradient has a non-finite gradient norm (and makes the gradient's sum non-finite), though
+        not conversely; Python then looks at the rows that newly fail only."""
         c = self.config.divergence_factor
+        if c is not None and lane.limit is None:  # the lane's step 0 (or its first after a restart)
+            start = f.abs().clamp(min=1.0)
+            lane.limit = torch.where(torch.isfinite(start), c * start, 0.0)  # a non-finite start: at once
+            lane.lowest_limit = float(lane.limit.min())
+        if lane.frozen is None:  # the usual case, in two reductions: every loss within every limit...
+            if f.numel() == 1:
+                lo = hi = float(f)
+            else:
+                lo, hi = (float(v) for v in torch.aminmax(f))
+            bound = math.inf if c is None else lane.lowest_limit
+            if math.isfinite(lo) and math.isfinite(hi) and -bound <= lo and hi <= bound and (
+                    grads is None or math.isfinite(float((lane.flat_grads(grads) if gnorm is None
+                                                          else gnorm).sum()))):
+                return None  # ...and every gradient finite (a finite sum): no row diverges now
         if c is None:
-            ok = torch.isfinite(f)
+            ok = f.abs() < math.inf  # False for NaN too (one kernel; isfinite takes three)
         else:
-            if lane.limit is None:  # the lane's step 0 (or its first step after a restart)
-                start = f.abs().clamp(min=1.0)
-                lane.limit = torch.where(torch.isfinite(start), c * start, 0.0)  # a non-finite start: at once
             ok = f.abs() <= lane.limit  # False for NaN and +-inf too
+        g = None if grads is None else lane.flat_grads(grads)
         if g is not None:
-            ok = ok & torch.isfinite(g).all(dim=-1)
-        bad = ~ok
-        newly = bad.cpu().numpy() & (lane.diverged_at < 0)
-        if newly.any():
-            for i in np.flatnonzero(newly):
-                lane.diverged_at[i] = lane.step
-                fi = float(f[i])
-                if not math.isfinite(fi):
-                    lane.reasons[i] = "loss not finite"
-                elif g is not None and not bool(torch.isfinite(g[i]).all()):
-                    lane.reasons[i] = "gradient not finite"
-                else:
-                    lane.reasons[i] = f"|loss| {abs(fi):.3g} > {c:g} x start"
-        return torch.as_tensor(lane.diverged_at >= 0, device=f.device)
+            if gnorm is not None:
+                ok &= gnorm < math.inf
+            elif not math.isfinite(float(g.sum())):
+                ok &= torch.isfinite(g).all(dim=-1)
+        if lane.frozen is not None:
+            ok |= lane.frozen
+        if bool(ok.all()):
+            return lane.frozen
+        rows = torch.nonzero(~ok).flatten()
+        fs = f[rows].tolist()
+        limits = lane.limit[rows].tolist() if c is not None else None
+        finite_grads = torch.isfinite(g[rows]).all(dim=-1).tolist() if g is not None else None
+        new: dict[int, str] = {}
+        for k, i in enumerate(rows.tolist()):
+            if not math.isfinite(fs[k]):
+                new[i] = "loss not finite"
+            elif finite_grads is not None and not finite_grads[k]:
+                new[i] = "gradient not finite"
+            elif limits is not None and not abs(fs[k]) <= limits[k]:
+                new[i] = f"|loss| {abs(fs[k]):.3g} > {c:g} x start"
+            # else: a finite gradient whose norm overflowed: the row runs on
+        if new:
+            diverged_at = lane.diverged_at.copy()
+            diverged_at[list(new)] = lane.step
+            lane.diverged_at = read_only(diverged_at)
+            lane.reasons = MappingProxyType({**lane.reasons, **new})
+            lane.frozen = torch.as_tensor(diverged_at >= 0, device=f.device)
+        return lane.frozen
 
-    def _closure_step(self, lane: _Lane, grads: Sequence[torch.Tensor] | None, frozen: torch.Tensor,
-                      batch: Any) -> bool:
+    def _closure_step(self, lane: _Lane, grads: Sequence[torch.Tensor] | None, batch: Any) -> bool:
         """Step each live trajectory of a closure-driven lane with its own :class:`Oracles`.
         False (and nothing changed) when the first trajectory waits for a person's ranking."""
         n = len(lane.rows[0])
@@ -999,8 +1148,9 @@ class Run:
         # loses it only once it has stepped.
         stepped: OracleCounts | None = None
         model = model_view(self.problem, batch) if lane.spec.uses_model else None
+        frozen = lane.frozen_list()
         for i, (row, opt) in enumerate(zip(lane.rows, lane.optimizers, strict=True)):
-            if bool(frozen[i]):
+            if frozen[i]:
                 continue
             for j, p in enumerate(row):
                 # second-order and lookahead methods get the gradient the run computed anyway
@@ -1019,7 +1169,7 @@ class Run:
                 stepped = oracles.counts
         self.awaiting.pop(lane.id, None)
         lane.step += 1
-        given = OracleCounts(function_values=1, gradients=1) if gets_gradient else OracleCounts()
+        given = _ONE_GRADIENT if gets_gradient else OracleCounts()
         lane.counts = lane.counts + given + (stepped or OracleCounts())
         return True
 
@@ -1039,25 +1189,33 @@ class Run:
         return ranker
 
     @staticmethod
-    def _take_step(lane: _Lane, grads: Sequence[torch.Tensor], frozen: torch.Tensor,
+    def _take_step(lane: _Lane, grads: Sequence[torch.Tensor], frozen: torch.Tensor | None,
                    x_old: torch.Tensor) -> None:
-        any_frozen = bool(frozen.any())
+        """One step of a gradient-driven lane; ``frozen``: its diverged rows (None: none)."""
+        if lane.dense_grads:
+            grads = [g if g.is_contiguous() else g.contiguous() for g in grads]
         if lane.separable:
-            for p, g in zip(lane.params, grads, strict=True):
-                mask = frozen.reshape(-1, *([1] * (g.dim() - 1)))
-                p.grad = torch.where(mask, torch.zeros_like(g), g) if any_frozen else g
+            if frozen is None:
+                for p, g in zip(lane.params, grads, strict=True):
+                    p.grad = g
+            else:
+                for p, g in zip(lane.params, grads, strict=True):
+                    mask = frozen.reshape(-1, *([1] * (g.dim() - 1)))
+                    p.grad = torch.where(mask, 0.0, g).contiguous()
             if lane.clip is not None:  # rows are independent runs: clipped one by one
                 fraction = clip_([p.grad for p in lane.params], lane.clip, batch_dims=1)
-                lane.clipped = torch.where(frozen, math.nan, fraction).cpu().numpy()
+                if frozen is not None:
+                    fraction = torch.where(frozen, math.nan, fraction)
+                lane.clipped = fraction.cpu().numpy()
             lane.optimizer.step()
-            if any_frozen:  # momentum or weight decay would still move a frozen row: put it back
+            if frozen is not None:  # momentum or weight decay would still move a frozen row: put it back
                 with torch.no_grad():
                     for p, old in zip(lane.params, _split(x_old, lane.shapes), strict=True):
                         mask = frozen.reshape(-1, *([1] * (p.dim() - 1)))
                         p.copy_(torch.where(mask, old, p))
         else:
             n = len(lane.rows[0])
-            live = [not fz for fz in frozen.tolist()]
+            live = [not fz for fz in lane.frozen_list()]
             for i, ok in enumerate(live):
                 for p, g in zip(lane.rows[i], grads[i * n:(i + 1) * n], strict=True):
                     p.grad = g if ok else None  # torch optimizers skip parameters without a gradient
@@ -1071,16 +1229,16 @@ class Run:
                     if ok:
                         opt.step()
         lane.step += 1
-        lane.counts = lane.counts + OracleCounts(function_values=1, gradients=1)
+        lane.counts = lane.counts + _ONE_GRADIENT
 
-    def _diagnostics(self, lane: _Lane, frozen: torch.Tensor) -> dict[str, np.ndarray]:
+    def _diagnostics(self, lane: _Lane) -> dict[str, np.ndarray]:
         """The lane's optimizer diagnostics (``spec.read_diagnostics``) and its clipped fraction, per
         row (see :attr:`engine.records.Record.diagnostics`); NaN for rows that did not step."""
         out: dict[str, np.ndarray] = {}
         spec, m = lane.spec, lane.n_rows
         if not spec.diagnostics and lane.clip is None:
             return out
-        still = frozen.cpu().numpy()
+        still = lane.diverged_at >= 0
         if spec.diagnostics:
             reads = [spec.read_diagnostics(opt) if hasattr(opt, "diagnostics") else {}
                      for opt in lane.optimizers]
@@ -1097,26 +1255,30 @@ class Run:
                 out["clipped_fraction"] = lane.clipped
         return out
 
-    def _record(self, lane: _Lane, step: int, ev: _Eval, gnorm: torch.Tensor, update: torch.Tensor,
-                x: torch.Tensor, frozen: torch.Tensor, metrics: Mapping[str, np.ndarray],
+    def _record(self, lane: _Lane, step: int, ev: _Eval, gnorm: torch.Tensor | None,
+                update: torch.Tensor, x: torch.Tensor, metrics: Mapping[str, np.ndarray],
                 curvature: Probe | None) -> Record:
-        return make_record(
+        """The step's record, its arrays columns of this tick's tensors (fresh ones, not copied:
+        nothing writes to them again) and the lane's divergence columns, shared as they are."""
+        return Record(
             tick=self.tick - 1,
             lane=lane.id,
             optimizer=lane.spec.name,
             step=step,
-            loss=ev.f.cpu().numpy(),
-            grad_norm=gnorm.cpu().numpy(),
-            update_norm=update.cpu().numpy(),
-            position=x.cpu().numpy() if self.problem.dim <= POSITION_MAX_DIM else None,
-            hyperparameters=lane.spec.read(lane.optimizer),
+            loss=_column(ev.f),
+            grad_norm=_column(gnorm) if gnorm is not None else np.full(lane.n_rows, math.nan),
+            update_norm=_column(update),
+            position=_column(x) if self.problem.dim <= POSITION_MAX_DIM else None,
+            hyperparameters=MappingProxyType(lane.spec.read(lane.optimizer)),
             counts=lane.counts,
-            status=lane.status(),
+            diverged_at=lane.diverged_at,
+            reasons=lane.reasons,
+            stopped=lane.stopped,
             wall_time=self.compute_time,
-            metrics=metrics,
+            metrics=_columns(metrics),
             curvature=curvature,
             batch_size=ev.size,
-            diagnostics=self._diagnostics(lane, frozen),
+            diagnostics=_columns(self._diagnostics(lane)),
             compute_time=lane.own_time,
         )
 

@@ -139,6 +139,12 @@ class NetworkProblem:
         self.param_shapes = tuple(tuple(p.shape) for _, p in named)
         self.dim = sum(p.numel() for _, p in named)
         self.buffers = dict(module.named_buffers())
+        self._sizes = [math.prod(s) for s in self.param_shapes]
+        self._submodules = list(module.modules())
+        self._tied = len(list(module.named_parameters(remove_duplicate=False))) > len(named) or \
+            len(list(module.named_buffers(remove_duplicate=False))) > len(self.buffers)
+        """Whether the module shares a tensor under two names (then ``functional_call`` must tie
+        them, at a cost on every call)."""
         self._x0 = self.flatten({n: p.detach() for n, p in named}).to(torch.float64)
         self._vmap_ok = True
 
@@ -147,9 +153,8 @@ class NetworkProblem:
         return torch.cat([params[n].reshape(-1) for n in self.param_names])
 
     def unflatten(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
-        sizes = [math.prod(s) for s in self.param_shapes]
         return {n: t.reshape(s) for n, t, s in
-                zip(self.param_names, theta.split(sizes), self.param_shapes, strict=True)}
+                zip(self.param_names, theta.split(self._sizes), self.param_shapes, strict=True)}
 
     def x0(self) -> torch.Tensor:
         """The module's own initial parameters, flattened (float64)."""
@@ -164,13 +169,18 @@ class NetworkProblem:
                             for s in seeds])
 
     def forward(self, theta: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
-        buffers = {k: v.to(theta.dtype) if v.is_floating_point() else v for k, v in self.buffers.items()}
-        return functional_call(self.module, (self.unflatten(theta), buffers), (X.to(theta.dtype),))
+        return self._call(self.unflatten(theta), X)
+
+    def _call(self, params: dict[str, torch.Tensor], X: torch.Tensor) -> torch.Tensor:
+        """The module on ``X`` with ``params`` (name -> tensor) in place of its own."""
+        dtype = next(iter(params.values())).dtype
+        buffers = {k: v.to(dtype) if v.is_floating_point() else v for k, v in self.buffers.items()}
+        return functional_call(self.module, (params, buffers), (X.to(dtype),), tie_weights=self._tied)
 
     def _batched(self, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         """``fn`` over the rows of ``x``: one vmapped call, or a loop for modules vmap can't take."""
         if x.shape[0] == 1:
-            return fn(x[0])[None]
+            return fn(x.reshape(x.shape[-1]))[None]  # a view: a cheaper backward than x[0]
         if self._vmap_ok:
             try:
                 return vmap(fn, randomness="different")(x)
@@ -178,10 +188,20 @@ class NetworkProblem:
                 self._vmap_ok = False  # e.g. in-place buffer updates of BatchNorm in train mode
         return torch.stack([fn(row) for row in x])
 
-    def _with_mode(self, mode: str) -> bool:
+    def _with_mode(self, mode: str) -> bool | None:
+        """Put the module in ``mode``; returns its mode before (for :meth:`_restore`), or None when
+        every submodule was in ``mode`` already (nothing to set, nothing to restore: ``train()``
+        walks the whole module, which costs more than a small network's forward pass)."""
+        want = mode == "train"
+        if all(m.training is want for m in self._submodules):
+            return None
         was = self.module.training
-        self.module.train(mode == "train")
+        self.module.train(want)
         return was
+
+    def _restore(self, was: bool | None) -> None:
+        if was is not None:
+            self.module.train(was)
 
     @property
     def n_train(self) -> int:
@@ -212,8 +232,35 @@ class NetworkProblem:
             else:
                 out = self._batched(lambda th: self.criterion(self.forward(th, X), y), x)
         finally:
-            self.module.train(was)
+            self._restore(was)
         return out[0] if single else out
+
+    def loss_parts(self, parts: Sequence[torch.Tensor], batch: Any = None) -> torch.Tensor:
+        """:meth:`loss` of B parameter rows given as one tensor per parameter, ``[B, *shape]`` in
+        ``param_shapes`` order (how a run keeps them): the same values as ``loss`` of the rows
+        flattened, without flattening them into ``[B, P]`` and splitting them again (copies and
+        backward steps that cost more than a small network's own forward pass)."""
+        X, y = self._data(batch)
+        names, shapes = self.param_names, self.param_shapes
+
+        def one(*ps: torch.Tensor) -> torch.Tensor:
+            out = self.criterion(self._call(dict(zip(names, ps, strict=True)), X), y)
+            if self.l2:  # the penalty of the flat vector, summed in the same order as in ``loss``
+                out = out + self.penalty(torch.cat([p.reshape(-1) for p in ps]))
+            return out
+
+        was = self._with_mode(self.mode)
+        try:
+            if parts[0].shape[0] == 1:  # views, cheaper to differentiate than indexing
+                return one(*(p.reshape(s) for p, s in zip(parts, shapes, strict=True))).reshape(1)
+            if self._vmap_ok:
+                try:
+                    return vmap(one, randomness="different")(*parts)
+                except (RuntimeError, ValueError, NotImplementedError):
+                    self._vmap_ok = False
+            return torch.stack([one(*(p[i] for p in parts)) for i in range(parts[0].shape[0])])
+        finally:
+            self._restore(was)
 
     def _sample_loss(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """One sample's loss (the criterion on a batch of one) plus the penalty."""
@@ -230,7 +277,7 @@ class NetworkProblem:
             except (RuntimeError, ValueError, NotImplementedError):  # modules vmap can't take
                 return torch.stack([self._sample_loss(theta, xi, yi) for xi, yi in zip(X, y, strict=True)])
         finally:
-            self.module.train(was)
+            self._restore(was)
 
     def per_sample_grads(self, theta: torch.Tensor, batch: Any = None) -> torch.Tensor:
         r"""Gradients :math:`\nabla_\theta \ell_i` of each sample's loss (:meth:`per_sample_losses`),
@@ -246,7 +293,7 @@ class NetworkProblem:
             except (RuntimeError, ValueError, NotImplementedError):
                 return torch.stack([per_sample(theta, xi, yi) for xi, yi in zip(X, y, strict=True)])
         finally:
-            self.module.train(was)
+            self._restore(was)
 
     def flat_loss(self, theta: torch.Tensor, batch: Any = None) -> torch.Tensor:
         """Scalar loss at one flat parameter vector (the view curvature code differentiates)."""
@@ -281,7 +328,7 @@ class NetworkProblem:
                 out[name] = torch.stack([fn(self.unflatten(row)) for row in x])
             return out
         finally:
-            self.module.train(was)
+            self._restore(was)
 
     def sampled_losses(self, theta: torch.Tensor, batch: Any, generator: torch.Generator) -> torch.Tensor:
         r"""Per-sample losses ``[B]`` at one flat parameter vector ``theta [P]`` on ``batch``, with the
@@ -315,7 +362,7 @@ class NetworkProblem:
         try:
             out = self.forward(theta, X)
         finally:
-            self.module.train(was)
+            self._restore(was)
         n = out.shape[0]
         f = out.detach()
         if kind == "categorical":

@@ -42,7 +42,7 @@ from engine.events import RemoveLane
 from engine.experiments.budget import OracleCosts
 from engine.experiments.spec import Configuration, ExperimentSpec
 from engine.problem import Problem
-from engine.records import DIVERGED, OracleCounts, Record, status_step
+from engine.records import OracleCounts, Record
 from engine.registry import get_spec
 from engine.run import Run, RunConfig
 
@@ -196,8 +196,7 @@ class _Trajectories:
         assert rec is not None
         out = []
         for i in range(self.n_rows):
-            status = rec.status[i]
-            diverged = status_step(status) if status.startswith(DIVERGED) else -1
+            diverged = int(rec.diverged_at[i])
             out.append(
                 {
                     "start": i,

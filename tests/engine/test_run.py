@@ -23,9 +23,10 @@ from engine.events import (
     SetSchedule,
     SwitchOptimizer,
 )
+from engine.export import records_frame
 from engine.instruments import ProbeConfig
 from engine.problem import Bounds, Problem
-from engine.records import status_step
+from engine.records import OracleCounts, make_record, parse_statuses, status_step, statuses
 from engine.registry import HyperparameterError, available, get_spec, register_optimizer, unregister
 from engine.run import LaneConfig, Run, RunConfig, _Lane
 from engine.schedules import Schedule
@@ -684,3 +685,213 @@ def test_a_removed_lane_keeps_no_trajectory_or_probe_state() -> None:
         run.run(2)
         run.apply(RemoveLane(lane))
     assert set(run._snapshots) == {0} and set(run._warm) == {0}
+
+
+# -- records as columns, the divergence check on whole arrays, fused kernels, networks by parts ---
+
+def old_status_rule(diverged_at: list[int], reasons: dict[int, str], stopped: str | None) -> tuple[str, ...]:
+    """The per-row rule records followed when each carried a tuple of texts (written out here)."""
+    out = []
+    for i, s in enumerate(diverged_at):
+        if s >= 0:
+            out.append(f"diverged at step {s}: {reasons[i]}")
+        else:
+            out.append(stopped if stopped is not None else "running")
+    return tuple(out)
+
+
+@pytest.mark.parametrize("stopped", [None, "stopped at step 7: flaky failed: singular"])
+def test_status_texts_come_from_the_columns_as_the_old_rule_wrote_them(stopped: str | None) -> None:
+    rng = np.random.default_rng(0)
+    diverged_at = np.where(rng.random(50) < 0.3, rng.integers(0, 9, 50), -1)
+    reasons = {int(i): ["loss not finite", "gradient not finite", "|loss| 2.5e+07 > 1e+06 x start"][i % 3]
+               for i in np.flatnonzero(diverged_at >= 0)}
+    expected = old_status_rule(diverged_at.tolist(), reasons, stopped)
+    assert tuple(statuses(diverged_at, reasons, stopped)) == expected
+    fields = dict(tick=0, lane=0, optimizer="x", step=9, loss=np.zeros(50), grad_norm=np.zeros(50),
+                  update_norm=np.zeros(50), position=None, hyperparameters={}, counts=OracleCounts(),
+                  wall_time=0.0)
+    built = make_record(**fields, diverged_at=diverged_at, reasons=reasons, stopped=stopped)
+    parsed = make_record(**fields, status=expected)  # the old way of making one still works
+    assert built.status == expected and parsed.status == expected and built.same_values(parsed)
+    assert parsed.diverged_at.tolist() == diverged_at.tolist() and dict(parsed.reasons) == reasons
+    assert parse_statuses(expected) == (pytest.approx(diverged_at), reasons, stopped)
+    with pytest.raises(ValueError, match="not a status"):
+        parse_statuses(("running", "exploded"))
+
+
+def test_each_row_of_a_separable_lane_diverges_at_its_own_step() -> None:
+    """Rows that blow up at different steps (some while others are frozen already) are each marked
+    at the step the numpy reference finds, and stay where they were; the rest run on."""
+    lr = 0.22
+    run = Run(Valley(), config(("sgd", {"lr": lr}), n_starts=8, seed=5))
+    starts = run.starts.tolist()
+    expected = []
+    for s in starts:
+        try:
+            expected.append(expected_divergence_step(lr, tuple(s)))
+        except AssertionError:
+            expected.append(-1)
+    assert len({e for e in expected if e >= 0}) >= 3  # several distinct steps
+    records = run.run(max(expected) + 5)
+    last = records[-1]
+    assert last.diverged_at.tolist() == expected
+    for i, t in enumerate(expected):
+        if t >= 0:
+            assert last.status[i].startswith(f"diverged at step {t}: |loss|")
+            np.testing.assert_array_equal(last.position[i], records[t].position[i])  # frozen there
+            assert records[t - 1].status[i] == "running"
+        else:
+            assert last.status[i] == "running"
+    frame = records_frame(records)
+    want = [old_status_rule([t if 0 <= t <= r.step else -1 for t in expected],
+                            {i: r.reasons.get(i, "") for i in range(len(expected))}, None)[i]
+            for r in records for i in range(len(expected))]
+    assert frame["status"].tolist() == want
+
+
+class Steep:
+    """f(x) = 1e160 (x_0 + x_1): a finite loss whose gradient (1e160, 1e160) has an infinite norm."""
+
+    name = "steep"
+    dim = 2
+    bounds = None
+    minima = ()
+
+    def x0(self) -> torch.Tensor:
+        return torch.zeros(2, dtype=torch.float64)
+
+    def loss(self, x: torch.Tensor, batch: object = None) -> torch.Tensor:
+        return 1e160 * x.sum(-1)
+
+    def sample_batch(self, generator: torch.Generator) -> None:
+        return None
+
+
+def test_an_overflowing_gradient_norm_alone_is_not_divergence() -> None:
+    """Whole-array checks flag a row whose gradient norm is not finite; the exact check then finds
+    its gradient and loss finite and lets it run (the rule is about the gradient, not its norm)."""
+    run = Run(Steep(), config(("sgd", {"lr": 1e-6})))
+    first, second = run.step(), run.step()
+    assert first[0].grad_norm[0] == np.inf and first[0].loss[0] == 0.0 and first[0].status == ("running",)
+    assert second[0].status == ("diverged at step 1: loss not finite",)  # x moved by -1e154
+
+
+def test_records_keep_their_values_as_the_run_goes_on() -> None:
+    """Records share the run's fresh arrays rather than copying them: nothing the run does later
+    (steps, divergence, a stop, a reset, a switch) may change a record it handed out."""
+    register_optimizer(Flaky, name="flaky", row_separable=True)
+    try:
+        run = Run(Valley(), config(("sgd", {"lr": 0.22}), ("flaky", {"lr": 0.01}), n_starts=4, seed=5))
+        records = run.run(6)
+        snapshot = [(r.loss.copy(), r.grad_norm.copy(), r.update_norm.copy(), r.position.copy(),
+                     r.diverged_at.copy(), dict(r.reasons), r.status) for r in records]
+        run.run(30)
+        run.apply(SwitchOptimizer(0, "adam"))
+        run.run(3)
+        run.apply(Reset())
+        run.run(3)
+        for r, (loss, gnorm, unorm, pos, div, reasons, status) in zip(records, snapshot, strict=True):
+            for a, b in ((r.loss, loss), (r.grad_norm, gnorm), (r.update_norm, unorm), (r.position, pos),
+                         (r.diverged_at, div)):
+                np.testing.assert_array_equal(a, b)
+                with pytest.raises(ValueError):
+                    a[0] = 1.0
+            assert dict(r.reasons) == reasons and r.status == status
+    finally:
+        unregister("flaky")
+
+
+def plain_adam(cls: type[torch.optim.Optimizer], starts: torch.Tensor, steps: int,
+               **kw: object) -> torch.Tensor:
+    x = starts.clone().requires_grad_(True)
+    opt = cls([x], **kw)
+    for _ in range(steps):
+        (g,) = torch.autograd.grad(Valley().loss(x).sum(), [x])
+        x.grad = g
+        opt.step()
+    return x.detach()
+
+
+@pytest.mark.parametrize(("name", "cls", "hp"), [
+    ("adam", torch.optim.Adam, {"lr": 0.05}),
+    ("adamw", torch.optim.AdamW, {"lr": 0.05, "weight_decay": 0.1}),
+    ("amsgrad", torch.optim.Adam, {"lr": 0.05, "amsgrad": True}),
+])
+def test_fused_lanes_step_exactly_as_torchs_fused_kernel_and_unfused_as_its_single_tensor_path(
+        name: str, cls: type[torch.optim.Optimizer], hp: dict) -> None:
+    engine_hp = {k: v for k, v in hp.items() if k != "amsgrad"}
+    for fused, flags in ((True, {"fused": True}), (False, {"foreach": False})):
+        run = Run(Valley(), config((name, engine_hp), n_starts=6, seed=2, fused=fused))
+        run.run(40)
+        assert bool(run.lanes[0].optimizer.param_groups[0]["fused"]) is fused
+        want = plain_adam(cls, run.starts, 40, **hp, **flags)
+        assert torch.equal(torch.as_tensor(run.positions(0)), want), (name, fused)
+    assert RunConfig.from_dict({**config(("adam", {})).to_dict()}).fused is True
+    with pytest.raises(ValueError, match="fused must be True or False"):
+        config(("adam", {}), fused="yes")
+
+
+def test_a_lane_of_another_kind_is_never_fused() -> None:
+    """SGD and Adagrad, and a subclass of Adam (whose step may differ), keep their own step."""
+    class MyAdam(torch.optim.Adam):
+        pass
+
+    register_optimizer(MyAdam, name="my-adam", row_separable=True)
+    try:
+        run = Run(Valley(), config(("sgd", {}), ("adagrad", {}), ("my-adam", {})))
+        fused = [bool(lane.optimizer.param_groups[0].get("fused")) for lane in run.lanes.values()]
+        assert fused == [False] * 3
+    finally:
+        unregister("my-adam")
+
+
+@pytest.mark.parametrize("n_starts", [1, 3])
+def test_a_network_runs_on_its_parameters_as_they_are_exactly_as_on_the_flat_vector(n_starts: int) -> None:
+    """``loss_parts`` (the leaves as one tensor per parameter) gives the very records the flat view
+    ``loss([B, P])`` gives: losses, gradients, steps, metrics, for separable and per-row lanes."""
+    def problem(flat: bool):
+        p = get_network("digits_mlp", width=8, n_train=200, batch_size=32, l2=1e-3)
+        if flat:
+            p.loss_parts = None  # the run then flattens the leaves, as it always did
+        return p
+
+    cfg = config(("adam", {"lr": 0.01}), ("adamp", {"lr": 0.01}), ("sgd", {"lr": 0.1}), n_starts=n_starts,
+                 seed=3, metrics_every=4)
+    by_parts, flat = Run(problem(False), cfg).run(9), Run(problem(True), cfg).run(9)
+    assert len(by_parts) == len(flat) == 27 and any(r.metrics for r in flat)
+    assert all(a.same_values(b) for a, b in zip(by_parts, flat, strict=True))
+
+
+def test_loss_parts_equals_the_flat_loss_and_its_gradient() -> None:
+    p = get_network("digits_mlp", width=8, n_train=100, batch_size=None, l2=1e-2)
+    flat = torch.stack([p.x0(), 0.5 * p.x0(), -p.x0()])
+    for rows in (flat[:1], flat):
+        pieces = rows.split([int(np.prod(s)) for s in p.param_shapes], dim=-1)
+        parts = [t.reshape(len(rows), *s).clone().requires_grad_(True)
+                 for t, s in zip(pieces, p.param_shapes, strict=True)]
+        x = rows.clone().requires_grad_(True)
+        a, b = p.loss_parts(parts), p.loss(x)
+        assert torch.equal(a, b)
+        ga = torch.autograd.grad(a.sum(), parts)
+        (gb,) = torch.autograd.grad(b.sum(), x)
+        assert torch.equal(torch.cat([g.reshape(len(rows), -1) for g in ga], dim=-1), gb)
+
+
+def test_a_lane_that_stops_between_records_reports_where_its_step_began() -> None:
+    """On steps that keep no record the run reuses one buffer for where each step began; the
+    record of a stop there must keep its own copy (the lane goes on after a switch)."""
+    register_optimizer(Flaky, name="flaky", row_separable=True)
+    try:
+        run = Run(Valley(), config(("flaky", {"lr": 0.01}), n_starts=3, seed=1))
+        got = [r for _ in range(4) for r in run.step(record=False)]
+        assert len(got) == 1 and got[0].step == 3 and got[0].status[0].startswith("stopped at step 3")
+        began = run.positions(0).copy()
+        np.testing.assert_array_equal(got[0].position, began)
+        run.apply(SwitchOptimizer(0, "sgd", {"lr": 0.01}))
+        for _ in range(5):
+            run.step(record=False)
+        assert not np.array_equal(run.positions(0), began)
+        np.testing.assert_array_equal(got[0].position, began)
+    finally:
+        unregister("flaky")
