@@ -977,7 +977,7 @@ class Run:
                 p.grad = grads[i * n + j] if gets_gradient and grads is not None else None
             ranker = self._human_ranker(lane) if i == 0 and lane.values.get(HUMAN) else rank_by_value
             oracles = Oracles(lambda x: self.problem.loss(x, batch), row, ranker, self._ascent,
-                              sampled_losses=self._sampled_losses(batch))
+                              sampled_losses=self._sampled_losses(batch), problem=self.problem, batch=batch)
             try:
                 opt.step(oracles)
             except AwaitingRanking as waiting:

@@ -24,6 +24,7 @@ import torch
 
 from engine.problem import Bounds, Minimum
 from landscapes.analytic import AnalyticFunction
+from landscapes.bilevel import bilevel_toy, ridge_bilevel
 from landscapes.games import bilinear_game
 from landscapes.simplex import simplex_linear, simplex_quadratic
 from landscapes.sizes import check_options
@@ -534,6 +535,8 @@ LANDSCAPES: Mapping[str, Callable[..., AnalyticFunction]] = MappingProxyType({
     "simplex_linear": simplex_linear,
     "simplex_quadratic": simplex_quadratic,
     "bilinear_game": bilinear_game,
+    "bilevel_toy": bilevel_toy,
+    "ridge_bilevel": ridge_bilevel,
 })
 """Name -> factory, in display order. Factories take keyword arguments only (``dim``, ``kappa``)."""
 
