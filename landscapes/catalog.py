@@ -532,11 +532,11 @@ LANDSCAPES: Mapping[str, Callable[..., AnalyticFunction]] = MappingProxyType({
     "levi13": levi13,
     "saddle": saddle,
     "monkey_saddle": monkey_saddle,
+    "bilevel_toy": bilevel_toy,
+    "ridge_bilevel": ridge_bilevel,
     "simplex_linear": simplex_linear,
     "simplex_quadratic": simplex_quadratic,
     "bilinear_game": bilinear_game,
-    "bilevel_toy": bilevel_toy,
-    "ridge_bilevel": ridge_bilevel,
 })
 """Name -> factory, in display order. Factories take keyword arguments only (``dim``, ``kappa``)."""
 

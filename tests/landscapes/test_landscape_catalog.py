@@ -241,8 +241,8 @@ def test_saddle_landscapes() -> None:
 
 
 def test_available_landscapes() -> None:
-    assert available_landscapes() == NAMES + CONSTRAINED + BILEVEL
-    assert list(LANDSCAPES) == NAMES + CONSTRAINED + BILEVEL
+    assert available_landscapes() == NAMES + BILEVEL + CONSTRAINED
+    assert list(LANDSCAPES) == NAMES + BILEVEL + CONSTRAINED
     with pytest.raises(TypeError):
         LANDSCAPES["x"] = get_landscape  # type: ignore[index]
 
