@@ -313,7 +313,8 @@ class OptimizerCost:
 
 # Forward-pass equivalents of each oracle (a gradient ~3 forwards, an HVP without a cached graph
 # ~2.7 gradients: STACK.md; a JVP ~3 forwards).
-_ORACLE_COST = {"function_values": 1.0, "gradients": 3.0, "hvps": 8.0, "jvps": 3.0, "rankings": 0.0}
+_ORACLE_COST = {"function_values": 1.0, "gradients": 3.0, "hvps": 8.0, "jvps": 3.0, "rankings": 0.0,
+                "surrogate_gradients": 3.0}
 _CALIBRATION_DIMS = (4, 8, 16)
 _CALIBRATION_STEPS = 3
 

@@ -243,12 +243,18 @@ class Oracles(OracleBase):
     def __init__(self, loss: Callable[[torch.Tensor], torch.Tensor], params: Tensors,
                  ranker: Ranker = rank_by_value, ascent: torch.Tensor | None = None,
                  sampled_losses: SampledLosses | None = None, bounds: Any = None,
-                 model: ModelView | None = None) -> None:
+                 model: ModelView | None = None, problem: Any = None, batch: Any = None) -> None:
         self._loss = loss
         self._sampled_losses = sampled_losses
         self._bounds = bounds
         self.model = model
         """The network behind the loss at this step's minibatch (:class:`ModelView`), or None."""
+        self.problem = problem
+        """The problem itself (None for a bare loss), for a method that uses more of its structure than
+        the loss: a bilevel problem's lower level, a network's target space (the spec's ``requires``
+        names what). Such a method counts what it calls through it (:meth:`OracleBase._count`)."""
+        self.batch = batch
+        """This step's minibatch, the one ``loss`` is bound to, for calls through :attr:`problem`."""
         self.params = list(params)
         self.ranker = ranker
         self.ascent = ascent

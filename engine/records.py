@@ -18,6 +18,9 @@ class OracleCounts:
 
     Counting per trajectory is what makes a fair x-axis: a zeroth-order method's two function
     values per step and a first-order method's one gradient land on the same scale.
+    ``surrogate_gradients`` are gradients of a cheap surrogate of the loss built in the model's
+    output (target) space: a forward and backward pass through the model that never evaluates the
+    loss (SSO's inner steps, :mod:`engine.targets`); ``gradients`` count gradients of the loss itself.
     """
 
     function_values: int = 0
@@ -25,6 +28,7 @@ class OracleCounts:
     hvps: int = 0
     jvps: int = 0
     rankings: int = 0
+    surrogate_gradients: int = 0
 
     def __add__(self, other: OracleCounts) -> OracleCounts:
         return OracleCounts(self.function_values + other.function_values, self.gradients + other.gradients,

@@ -1159,7 +1159,8 @@ class Run:
             ranker = self._human_ranker(lane) if i == 0 and lane.values.get(HUMAN) else rank_by_value
             oracles = Oracles(lambda x: self.problem.loss(x, batch), row, ranker, self._ascent,
                               sampled_losses=self._sampled_losses(batch),
-                              bounds=getattr(self.problem, "bounds", None), model=model)
+                              bounds=getattr(self.problem, "bounds", None), model=model,
+                              problem=self.problem, batch=batch)
             try:
                 opt.step(oracles)
             except AwaitingRanking as waiting:

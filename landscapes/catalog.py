@@ -24,6 +24,7 @@ import torch
 
 from engine.problem import Bounds, Minimum
 from landscapes.analytic import AnalyticFunction
+from landscapes.bilevel import bilevel_toy, ridge_bilevel
 from landscapes.games import bilinear_game
 from landscapes.simplex import simplex_linear, simplex_quadratic
 from landscapes.simplex_games import biased_rps_game, rps_game
@@ -532,6 +533,8 @@ LANDSCAPES: Mapping[str, Callable[..., AnalyticFunction]] = MappingProxyType({
     "levi13": levi13,
     "saddle": saddle,
     "monkey_saddle": monkey_saddle,
+    "bilevel_toy": bilevel_toy,
+    "ridge_bilevel": ridge_bilevel,
     "simplex_linear": simplex_linear,
     "simplex_quadratic": simplex_quadratic,
     "bilinear_game": bilinear_game,

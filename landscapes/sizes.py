@@ -132,6 +132,8 @@ OPTIONS: Mapping[str, Mapping[str, Option]] = MappingProxyType({
     **{name: {} for name in ("beale", "booth", "himmelblau", "goldstein_price", "six_hump_camel", "levi13",
                              "saddle", "monkey_saddle", "simplex_linear", "simplex_quadratic")},
     **{name: {"tau": Option("float", 0.0, 10.0)} for name in SIMPLEX_GAMES},
+    "bilevel_toy": {"mu": Option("float", 0.0, 1e3), "rho": Option("float", 0.0, 1e3)},  # mu > 0: the factory
+    "ridge_bilevel": {"seed": _SEED},
     "expression": {"expression": Option("str")},
     "digits_mlp": {**_MLP, "loss": Option("str"), "classes": _CLASSES, **_NETWORK_COMMON},
     "digits_mlp_mse": {**_MLP, "loss": Option("str"), "classes": _CLASSES, **_NETWORK_COMMON},
@@ -286,6 +288,15 @@ def _size(name: str, o: Mapping[str, Any], label: str) -> ProblemSize:
         return ProblemSize(label=label, params=6, forward_flops_per_row=_SMALL_2D.forward_flops_per_row,
                            activation_bytes_per_row=_SMALL_2D.activation_bytes_per_row,
                            fixed_bytes=_SMALL_2D.fixed_bytes)
+    if name == "ridge_bilevel":
+        n_train, n_test, n_in, _ = _DIABETES
+        # one row: the validation residual V y - c (2 m d flops); the built problem holds both splits and
+        # the closed forms' eigendecomposition, and its setup scans log(lambda) on a grid of 721 points
+        return ProblemSize(label=label, params=1 + n_in, forward_flops_per_row=2.0 * n_test * n_in + 100,
+                           activation_bytes_per_row=2.0 * n_test * BYTES + 64,
+                           fixed_bytes=(n_train + n_test) * (n_in + 1) * BYTES + 200_000.0,
+                           setup_flops=721 * 6.0 * (n_test + n_in) * n_in,
+                           metrics_flops_per_row=4.0 * (n_train + n_test) * n_in)
     return ProblemSize(label=label, params=3 if name.startswith("simplex") else 2,
                        forward_flops_per_row=_SMALL_2D.forward_flops_per_row,
                        activation_bytes_per_row=_SMALL_2D.activation_bytes_per_row,

@@ -22,6 +22,8 @@ jvp               2      a forward pass carrying a tangent (forward mode costs <
                          Griewank & Walther 2008, Sec. 3.2); the function value comes with it.
 ranking           1      one answer to "order these candidates" (no value is revealed); charge the
                          number of candidates instead if comparisons are made from function values.
+surrogate grad.   2      a backward pass through the model on a target-space surrogate (SSO's inner
+                         steps, engine.targets): a gradient's backward without the loss.
 ================  =====  ===========================================================================
 
 So a plain gradient step costs 3 units, MeZO's two-point step 2, a Sophia-H step with its
@@ -47,6 +49,7 @@ class OracleCosts:
     hvp: float = 4.0
     jvp: float = 2.0
     ranking: float = 1.0
+    surrogate_gradient: float = 2.0  # a backward pass through the model, like a gradient (engine.targets)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -64,6 +67,7 @@ class OracleCosts:
                 + self.hvp * counts.hvps
                 + self.jvp * counts.jvps
                 + self.ranking * counts.rankings
+                + self.surrogate_gradient * counts.surrogate_gradients
             )
         c = counts
         return (
@@ -72,6 +76,7 @@ class OracleCosts:
             + self.hvp * c.get("hvps", 0)
             + self.jvp * c.get("jvps", 0)
             + self.ranking * c.get("rankings", 0)
+            + self.surrogate_gradient * c.get("surrogate_gradients", 0)
         )
 
     def to_dict(self) -> dict[str, float]:

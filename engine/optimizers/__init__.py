@@ -9,8 +9,9 @@ AMSGrad, RMSprop, Adagrad), ``sign`` (signSGD, Signum, Lion, from ``pytorch_opti
 ``zeroth_order`` (MeZO / ZO-SGD and its variants, forward gradient, ZO-RankSGD), ``second_order``
 (Sophia, AdaHessian, Newton, GRN, GRN-GNS, M-FAC), ``memory_lean`` (SCALE, FRUGAL), ``mirror``
 (mirror descent, optimistic mirror descent, mirror prox), ``population`` (consensus-based optimization),
-``coordinate`` (block coordinate descent). Each spec says which implementation it uses and why;
-the plumbing they share is :mod:`engine.optimizers.base`.
+``coordinate`` (block coordinate descent), ``bilevel`` (implicit hypergradient, value-function
+penalty, BO-REP, LV-HBA), ``surrogate`` (SSO: target-space surrogates). Each spec says which
+implementation it uses and why; the plumbing they share is :mod:`engine.optimizers.base`.
 
 Adding a built-in optimizer: its spec in its family's ``SPECS`` (a new family: one line below) and
 its entry in the test table ``tests/engine/optimizer_cases.py``.
@@ -18,12 +19,14 @@ its entry in the test table ``tests/engine/optimizer_cases.py``.
 
 from engine.optimizers import (
     adaptive,
+    bilevel,
     coordinate,
     memory_lean,
     mirror,
     population,
     second_order,
     sign,
+    surrogate,
     torch_builtin,
     tract,
     zeroth_order,
@@ -41,6 +44,8 @@ BUILTINS: tuple[OptimizerSpec, ...] = (
     *mirror.SPECS,
     *population.SPECS,
     *coordinate.SPECS,
+    *bilevel.SPECS,
+    *surrogate.SPECS,
 )
 """Every built-in spec, in the order the registry (and the app's menus) list them."""
 

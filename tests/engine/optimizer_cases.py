@@ -93,6 +93,9 @@ class RuleProblem:
     dtypes: tuple[torch.dtype, ...] = (torch.float64, torch.float32)
     cpu_only: str = ""
     """Why the problem runs on the CPU only (its data lives there), or empty."""
+    problem: Any = None
+    """The problem object a structured method reaches through its Oracles (a bilevel problem's lower
+    level, a network's target space), as a run hands it over; None for a bare loss."""
 
     @property
     def size(self) -> int:
@@ -127,7 +130,7 @@ class RuleProblem:
             raise TypeError(f"{self.name} has no function: closure-driven optimizers cannot run on it")
         ascent = None if self.ascent is None else torch.as_tensor(self.ascent, device=params[0].device)
         return Oracles(self.loss, params, ascent=ascent, sampled_losses=self.sampled_losses,
-                       bounds=self.bounds, model=self.model)
+                       bounds=self.bounds, model=self.model, problem=self.problem)
 
 
 SCALES = (1.0, 0.3, 2.0, 0.05, 1.5, 0.7, 1.2, 0.4, 2.5, 0.1, 0.9, 1.7)
@@ -274,7 +277,7 @@ def _softmax() -> RuleProblem:
                        hessian=lambda th: softmax_curvatures(th, Xn, yn)["gauss_newton"],  # linear: GN = H
                        sampled_losses=lambda th, gen: net.sampled_losses(th, None, gen),
                        model=model_view(net, None), data={"X": Xn, "y": yn}, dtypes=(torch.float64,),
-                       cpu_only="the network problem's data tensors are on the CPU")
+                       cpu_only="the network problem's data tensors are on the CPU", problem=net)
 
 
 def softmax_grad(W: Array, b: Array, X: Array, labels: Array) -> tuple[Array, Array, Array]:
@@ -312,6 +315,100 @@ def _matrix_game(name: str, payoff: Sequence[Sequence[float]], tau: float = 0.0)
 
 BIASED_RPS = ((0.0, 2.0, -1.0), (-1.0, 0.0, 1.0), (1.0, -1.0, 0.0))  # landscapes.simplex_games' payoff
 RPS = ((0.0, 1.0, -1.0), (-1.0, 0.0, 1.0), (1.0, -1.0, 0.0))
+# Bilevel problems: the joint point (x, y) in one tensor, x first; numpy knows f's and g's gradients, g's
+# Hessian, y*(x) and grad Phi(x) (``data``), the run hands over grad f, and the problem object (torch) is
+# what the methods reach through their Oracles.
+def _bilevel(name: str, problem: Any, x0: Array, n: int, fgrad: Callable[[Array], Array],
+             ggrad: Callable[[Array], Array], ghess: Callable[[Array], Array],
+             solution: Callable[[Array], Array], hypergradient: Callable[[Array], Array]) -> RuleProblem:
+    return RuleProblem(name, ((x0.size,),), x0, lambda t, th: fgrad(th), grad=fgrad,
+                       loss=lambda x: problem.loss(x), problem=problem,
+                       data={"n": n, "fgrad": fgrad, "ggrad": ggrad, "ghess": ghess, "solution": solution,
+                             "hypergradient": hypergradient})
+
+
+def _bilevel_toy() -> RuleProblem:
+    """landscapes' toy: f = (y - 1)^2/2 + rho x^2/2, g = mu y^2/2 - mu y sin x (mu 2, rho 0.1)."""
+    from landscapes import get_landscape
+
+    mu, rho = 2.0, 0.1
+
+    def ggrad(th: Array) -> Array:
+        return np.array([-mu * th[1] * np.cos(th[0]), mu * th[1] - mu * np.sin(th[0])])
+
+    def ghess(th: Array) -> Array:
+        c = -mu * np.cos(th[0])
+        return np.array([[mu * th[1] * np.sin(th[0]), c], [c, mu]])
+
+    return _bilevel("bilevel_toy", get_landscape("bilevel_toy", mu=mu, rho=rho), np.array([-1.2, 1.5]), 1,
+                    lambda th: np.array([rho * th[0], th[1] - 1.0]), ggrad, ghess, lambda x: np.sin(x),
+                    lambda x: np.cos(x) * (np.sin(x) - 1.0) + rho * x)
+
+
+def _bilevel_quad() -> RuleProblem:
+    """x in R^2, y in R^3: f = |y - c|^2/2 + rho |x|^2/2 + x'Ey/10, g = y'Qy/2 - y'Bx + sum x^4/4, so
+    y* = Q^-1 B x and grad Phi = grad_x f + B' Q^-1 grad_y f at y*."""
+    from engine.problem import Bounds
+    from landscapes.bilevel import BilevelFunction
+
+    rng = np.random.default_rng(11)
+    a = rng.standard_normal((3, 3))
+    Q, B, E, c, rho = a @ a.T + np.eye(3), rng.standard_normal((3, 2)), rng.standard_normal((2, 3)), \
+        rng.standard_normal(3), 0.2
+    qb = np.linalg.solve(Q, B)
+
+    def t(a: Array, x: torch.Tensor) -> torch.Tensor:
+        return torch.as_tensor(a, dtype=x.dtype, device=x.device)
+
+    def f(p: torch.Tensor) -> torch.Tensor:
+        x, y = p[..., :2], p[..., 2:]
+        d = y - t(c, p)
+        return 0.5 * (d * d).sum(-1) + 0.5 * rho * (x * x).sum(-1) + 0.1 * ((x @ t(E, p)) * y).sum(-1)
+
+    def g(p: torch.Tensor) -> torch.Tensor:
+        x, y = p[..., :2], p[..., 2:]
+        return 0.5 * ((y @ t(Q, p)) * y).sum(-1) - ((x @ t(B, p).T) * y).sum(-1) + 0.25 * (x**4).sum(-1)
+
+    def fgrad(th: Array) -> Array:
+        x, y = th[:2], th[2:]
+        return np.concatenate([rho * x + 0.1 * E @ y, y - c + 0.1 * E.T @ x])
+
+    def hyper(x: Array) -> Array:
+        gf = fgrad(np.concatenate([x, qb @ x]))
+        return gf[:2] + B.T @ np.linalg.solve(Q, gf[2:])
+
+    def hyper_t(x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([torch.as_tensor(hyper(r.double().cpu().numpy())) for r in x]).to(x)
+
+    problem = BilevelFunction(name="bilevel_quad", dim=5, latex="f", fn=f,
+                              bounds=Bounds((-3.0,) * 5, (3.0,) * 5), upper_dim=2, lower_fn=g,
+                              solution_fn=lambda x: x @ t(qb, x).T, hypergradient_fn=hyper_t)
+    return _bilevel("bilevel_quad", problem, np.array([0.7, -0.4, 0.3, 1.1, -0.8]), 2, fgrad,
+                    lambda th: np.concatenate([-B.T @ th[2:] + th[:2] ** 3, Q @ th[2:] - B @ th[:2]]),
+                    lambda th: np.block([[np.diag(3 * th[:2] ** 2), -B.T], [-B, Q]]), lambda x: qb @ x, hyper)
+
+
+def _linear_l2() -> RuleProblem:
+    """A linear regression (3 inputs, 1 output, 12 samples, half squared error) with an L2 penalty 0.1 on
+    every parameter, as a network problem: SSO's surrogate with a parameter penalty."""
+    from landscapes.networks import NetworkProblem, half_mse
+
+    g = torch.Generator().manual_seed(4)
+    X = torch.randn(12, 3, generator=g, dtype=torch.float64)
+    y = torch.randn(12, 1, generator=g, dtype=torch.float64)
+    net = NetworkProblem(name="linear_l2", module=seeded(lambda: nn.Linear(3, 1), 1), X_train=X, y_train=y,
+                         criterion=half_mse, l2=0.1)
+    Xn, yn = X.numpy(), y.numpy()
+
+    def grad(th: Array) -> Array:
+        u = (Xn @ th[:3] + th[3])[:, None] - yn
+        return np.concatenate([Xn.T @ u[:, 0], [u.sum()]]) / len(Xn) + 0.1 * th
+
+    return RuleProblem("linear_l2", ((1, 3), (1,)), net.x0().numpy().copy(), lambda t, th: grad(th),
+                       grad=grad, loss=lambda x: net.loss(x, None), problem=net,
+                       data={"X": Xn, "y": yn, "l2": 0.1}, dtypes=(torch.float64,),
+                       cpu_only="the network problem's data tensors are on the CPU")
+
 
 NET = ((4, 3), (4,), (2, 4), (2,))
 """Two layers' weights and biases in torch's [out, in] layout: P = 26 in n = 4 tensors; the last
@@ -336,6 +433,9 @@ PROBLEMS: dict[str, RuleProblem] = {p.name: p for p in (
     _rastrigin(),
     _matrix_game("biased_rps", BIASED_RPS),
     _matrix_game("rps_tau", RPS, tau=0.2),
+    _bilevel_toy(),
+    _bilevel_quad(),
+    _linear_l2(),
 )}
 
 
@@ -1177,6 +1277,173 @@ def rule_cbo(vs: Sequence[Values], problem: RuleProblem, seed: int) -> list[Arra
     return [c for c, _ in cbo_steps(vs, problem, seed)]
 
 
+# ============================================================================ rules: bilevel
+
+def _split_nm(problem: RuleProblem, th: Array) -> tuple[Array, Array]:
+    n = problem.data["n"]
+    return th[:n].copy(), th[n:].copy()
+
+
+def _lower_gd(problem: RuleProblem, x: Array, y: Array, steps: int, lr: float) -> Array:
+    n = problem.data["n"]
+    for _ in range(steps):
+        y = y - lr * problem.data["ggrad"](np.concatenate([x, y]))[n:]
+    return y
+
+
+def rule_implicit(vs: Sequence[Values], problem: RuleProblem, seed: int) -> list[Array]:
+    """y = y*(x) (closed form, or inner_steps gradient steps on g); x -= lr (f_x - g_xy g_yy^-1 f_y) by a
+    dense solve (closed form: grad Phi(x)); y re-solved at the new x."""
+    d, n = problem.data, problem.data["n"]
+
+    def solve(x: Array, y: Array, v: Values) -> Array:
+        if v["closed_form"]:
+            return d["solution"](x)
+        return _lower_gd(problem, x, y, v["inner_steps"], v["inner_lr"])
+
+    x, y = _split_nm(problem, problem.x0)
+    out = []
+    for t, v in enumerate(vs):
+        if t == 0:
+            y = solve(x, y, v)
+        if v["closed_form"]:
+            h = d["hypergradient"](x)
+        else:
+            th = np.concatenate([x, y])
+            gf, H = d["fgrad"](th), d["ghess"](th)
+            h = gf[:n] - H[:n, n:] @ np.linalg.solve(H[n:, n:], gf[n:])
+        x = x - v["lr"] * h
+        y = solve(x, y, v)
+        out.append(np.concatenate([x, y]))
+    return out
+
+
+def rule_penalty(vs: Sequence[Values], problem: RuleProblem, seed: int) -> list[Array]:
+    """Kwon et al.: K simultaneous steps y -= beta grad_y(sigma f + g), z -= beta grad_z g (z_0 = y_0),
+    first at x_0, then after each x -= lr [f_x(x, y) + (g_x(x, y) - g_x(x, z)) / sigma]."""
+    d, n = problem.data, problem.data["n"]
+
+    def inner(x: Array, y: Array, z: Array, v: Values) -> tuple[Array, Array]:
+        for _ in range(v["inner_steps"]):
+            gy, gz = d["ggrad"](np.concatenate([x, y])), d["ggrad"](np.concatenate([x, z]))
+            fy = d["fgrad"](np.concatenate([x, y]))
+            y, z = y - v["inner_lr"] * (v["sigma"] * fy[n:] + gy[n:]), z - v["inner_lr"] * gz[n:]
+        return y, z
+
+    x, y = _split_nm(problem, problem.x0)
+    z, out = y.copy(), []
+    for t, v in enumerate(vs):
+        if t == 0:
+            y, z = inner(x, y, z, v)
+        gx = d["fgrad"](np.concatenate([x, y]))[:n]
+        gy, gz = d["ggrad"](np.concatenate([x, y]))[:n], d["ggrad"](np.concatenate([x, z]))[:n]
+        x = x - v["lr"] * (gx + (gy - gz) / v["sigma"])
+        y, z = inner(x, y, z, v)
+        out.append(np.concatenate([x, y]))
+    return out
+
+
+def rule_borep(vs: Sequence[Values], problem: RuleProblem, seed: int) -> list[Array]:
+    """Hao et al., as the authors' code orders it: refine_steps lower steps at t = 0, inner_steps every
+    period-th step; v -= nu (g_yy v - f_y); h = f_x - g_xy v; m = beta m + (1 - beta) h; x -= lr m/|m|."""
+    d, n = problem.data, problem.data["n"]
+    x, y = _split_nm(problem, problem.x0)
+    v_lin, mom, out = np.zeros(y.size), np.zeros(x.size), []
+    for t, v in enumerate(vs):
+        k = v["refine_steps"] if t == 0 else (v["inner_steps"] if t % v["period"] == 0 else 0)
+        y = _lower_gd(problem, x, y, k, v["inner_lr"])
+        th = np.concatenate([x, y])
+        gf, H = d["fgrad"](th), d["ghess"](th)
+        v_lin = v_lin - v["nu"] * (H[n:, n:] @ v_lin - gf[n:])
+        h = gf[:n] - H[:n, n:] @ v_lin
+        mom = v["beta"] * mom + (1 - v["beta"]) * h
+        x = x - v["lr"] * mom / np.linalg.norm(mom)
+        out.append(np.concatenate([x, y]))
+    return out
+
+
+def rule_lvhba(vs: Sequence[Values], problem: RuleProblem, seed: int) -> list[Array]:
+    """Yao et al. without lower constraints: theta -= eta (g_y(x, theta) + (theta - y)/gamma); then
+    (x, y) -= lr [f/c_k + g(x, y) - (g_x(x, theta), (y - theta)/gamma)], c_k = c (k+1)^p."""
+    d, n = problem.data, problem.data["n"]
+    x, y = _split_nm(problem, problem.x0)
+    theta, out = y.copy(), []
+    for k, v in enumerate(vs):
+        ck = v["c"] * (k + 1) ** v["power"]
+        theta = theta - v["eta"] * (d["ggrad"](np.concatenate([x, theta]))[n:] + (theta - y) / v["gamma"])
+        gf, gg = d["fgrad"](np.concatenate([x, y])), d["ggrad"](np.concatenate([x, y]))
+        gth = d["ggrad"](np.concatenate([x, theta]))
+        dx = gf[:n] / ck + gg[:n] - gth[:n]
+        dy = gf[n:] / ck + gg[n:] - (y - theta) / v["gamma"]
+        x, y = x - v["lr"] * dx, y - v["lr"] * dy
+        out.append(np.concatenate([x, y]))
+    return out
+
+
+# ============================================================================ rules: target space
+
+def _linear_model(problem: RuleProblem, k: int) -> tuple[Callable[[Array], Array], Callable[[Array], Array]]:
+    """A linear model's outputs z = X W' + b and its transposed Jacobian u -> (u'X, sum_i u_i), numpy."""
+    X = problem.data["X"]
+    d = X.shape[1]
+
+    def forward(th: Array) -> Array:
+        return X @ th[:k * d].reshape(k, d).T + th[k * d:]
+
+    def jac_t(u: Array) -> Array:
+        return np.concatenate([(u.T @ X).ravel(), u.sum(0)])
+
+    return forward, jac_t
+
+
+def rule_sso(vs: Sequence[Values], problem: RuleProblem, seed: int) -> list[Array]:
+    """Lavington et al.: z_t, grad_z l(z_t) once; m gradient steps on <grad_z l, z(theta) - z_t> +
+    |z(theta) - z_t|^2/(2 eta n) + r(theta) from theta_t (the first gradient is the run's), by the fixed lr
+    or by Armijo (c = 1/2) halving from the last accepted size, lr at each outer step."""
+    softmax = problem.name == "softmax"
+    k = 4 if softmax else 1
+    forward, jac_t = _linear_model(problem, k)
+    yv, n = problem.data["y"], len(problem.data["X"])
+    l2 = problem.data.get("l2", 0.0)
+
+    def loss_gradient(z: Array) -> Array:  # of the criterion (a mean over samples), in target space
+        if softmax:
+            p = np.exp(z - z.max(1, keepdims=True))
+            p /= p.sum(1, keepdims=True)
+            return (p - np.eye(k)[yv]) / n
+        return (z - yv) / n
+
+    th, out = problem.x0.copy(), []
+    for t, v in enumerate(vs):
+        zt = forward(th)
+        gz = loss_gradient(zt)
+
+        def value(q: Array, zt: Array = zt, gz: Array = gz, v: Values = v) -> float:
+            dz = forward(q) - zt
+            return float((gz * dz).sum() + (dz * dz).sum() / (2 * v["eta"] * n) + 0.5 * l2 * q @ q)
+
+        def gradient(q: Array, zt: Array = zt, gz: Array = gz, v: Values = v) -> Array:
+            return jac_t(gz + (forward(q) - zt) / (v["eta"] * n)) + l2 * q
+
+        theta, val, g, alpha = th.copy(), 0.5 * l2 * th @ th, problem.gradient(t, th), v["lr"]
+        for i in range(v["inner_steps"]):
+            if i:
+                val, g = value(theta), gradient(theta)
+            if not v["line_search"]:
+                theta = theta - alpha * g
+                continue
+            for _ in range(30):
+                if value(theta - alpha * g) <= val - alpha * 0.5 * (g @ g):
+                    theta = theta - alpha * g
+                    break
+                alpha *= 0.5
+            else:
+                break
+        th = theta
+        out.append(th.copy())
+    return out
+
+
 # =============================================================================== the table
 
 @dataclass(frozen=True)
@@ -1233,6 +1500,9 @@ class Case:
     """Hyperparameters ``settings`` leaves at their default, each with the reason."""
 
 
+BILEVEL = ("bilevel_toy", "bilevel_quad")
+BILEVEL_ONLY = "needs a bilevel problem (a lower level): test_bilevel's toy and ridge problems"
+NETWORK_ONLY = "needs a network's target space: test_targets' logistic and linear regressions"
 FIRST = ("given_2", "given_3x4", "given_net")  # a 2-D point, a race's [M, d] rows, a network's tensors
 ZO = ("seven_d",)
 BCD = ("given_2x5", "given_net")
@@ -1252,6 +1522,12 @@ def SECOND_TOL(v: Values) -> tuple[float, float]:
 def CG_TOL(v: Values) -> tuple[float, float]:
     """CG stops at a relative residual of ``cg_tol``: the iterates are compared at a multiple of it."""
     return 0.0, 4e3 * max(v["cg_tol"], 1e-13)
+
+
+def SSO_TOL(v: Values) -> tuple[float, float]:
+    """Near a surrogate's minimum the Armijo test compares values equal to rounding: which side a trial
+    falls on there moves the iterate by a step of the (tiny) gradient's size."""
+    return (1e-7, 1e-9) if v["line_search"] else (1e-11, 1e-13)
 
 
 def MFAC_TOL(v: Values) -> tuple[float, float]:
@@ -1420,6 +1696,23 @@ CASES: dict[str, Case] = {
                        steps=12, seed=5),
     "bcd_gauss_southwell": Case(rule_bcd("gauss_southwell"), BLOCKS, BCD, entries(0),
                                 Target(0.1, 4_900), Target(0.1, 14_800), steps=12),
+    # ------------------------------------------------------------------------------------ bilevel
+    # State: the penalty's z and LV-HBA's theta (lower-sized), BO-REP's v and momentum (both blocks);
+    # counters are Python ints. The case problems have m = 1 (toy) first.
+    "implicit_hypergradient": Case(
+        rule_implicit, {"lr": 0.3, "closed_form": False, "inner_lr": 0.2, "inner_steps": 7, "cg_tol": 1e-12,
+                        "cg_max_iter": 50},
+        BILEVEL, entries(0), BILEVEL_ONLY, BILEVEL_ONLY, tolerance=CG_TOL),
+    "penalty_bilevel": Case(rule_penalty, {"lr": 0.1, "sigma": 0.3, "inner_lr": 0.15, "inner_steps": 4},
+                            BILEVEL, lambda shapes, b: (_numel(shapes) - 1) * b, BILEVEL_ONLY, BILEVEL_ONLY),
+    "bo_rep": Case(rule_borep, {"lr": 0.05, "beta": 0.8, "nu": 0.3, "inner_lr": 0.15, "inner_steps": 2,
+                                "period": 2, "refine_steps": 5},
+                   BILEVEL, entries(1), BILEVEL_ONLY, BILEVEL_ONLY, steps=6, tolerance=SECOND_TOL),
+    "lv_hba": Case(rule_lvhba, {"lr": 0.05, "eta": 0.2, "gamma": 3.0, "c": 0.2, "power": 0.4}, BILEVEL,
+                   lambda shapes, b: (_numel(shapes) - 1) * b, BILEVEL_ONLY, BILEVEL_ONLY),
+    # ----------------------------------------------------------------------------------- surrogate
+    "sso": Case(rule_sso, {"lr": 0.05, "eta": 0.5, "inner_steps": 4, "line_search": False},
+                ("softmax", "linear_l2"), entries(0), NETWORK_ONLY, NETWORK_ONLY, tolerance=SSO_TOL),
 }
 
 

@@ -163,7 +163,8 @@ def test_module_derivatives_equal_the_flat_oracle() -> None:
     assert all(torch.allclose(a, b, rtol=1e-13, atol=1e-13) for a, b in zip(gh, g2, strict=True))
     _, d = mine.jvp(v)
     assert float(d) == pytest.approx(float(sum((a * b).sum() for a, b in zip(g2, v, strict=True))), rel=1e-12)
-    assert mine.counts.as_dict() == dict(function_values=2, gradients=2, hvps=1, jvps=1, rankings=0)
+    assert mine.counts.as_dict() == dict(function_values=2, gradients=2, hvps=1, jvps=1, rankings=0,
+                                         surrogate_gradients=0)
 
 
 def test_module_oracles_at_explicit_points_equal_the_flat_oracle() -> None:
@@ -176,7 +177,8 @@ def test_module_oracles_at_explicit_points_equal_the_flat_oracle() -> None:
     assert torch.allclose(mine.gradient_at(points), flat.gradient_at(points), rtol=1e-13, atol=1e-13)
     assert mine.rank(points) == flat.rank(points) == torch.argsort(flat.values(points)).tolist()
     assert mine.ascent is None
-    assert mine.counts.as_dict() == dict(function_values=6, gradients=3, hvps=0, jvps=0, rankings=1)
+    assert mine.counts.as_dict() == dict(function_values=6, gradients=3, hvps=0, jvps=0, rankings=1,
+                                         surrogate_gradients=0)
 
 
 def test_tied_weights_are_perturbed_once_and_used_twice() -> None:

@@ -39,7 +39,8 @@ def test_hvp_is_the_exact_hessian_times_v_and_counts() -> None:
     x, y = -1.2, 1.0
     assert np.allclose(g[0].numpy(), [-2 * (1 - x) - 400 * x * (y - x**2), 200 * (y - x**2)], rtol=1e-13)
     assert float(f) == pytest.approx(24.2)
-    assert oracles.counts.as_dict() == dict(function_values=1, gradients=1, hvps=1, jvps=0, rankings=0)
+    assert oracles.counts.as_dict() == dict(function_values=1, gradients=1, hvps=1, jvps=0, rankings=0,
+                                              surrogate_gradients=0)
 
 
 def test_jvp_is_the_directional_derivative() -> None:

@@ -77,8 +77,9 @@ def test_race_rows_equal_independent_runs(name: str, monkeypatch: pytest.MonkeyP
     """Rows of one lane are exactly the runs one would get one start at a time (a seeded optimizer
     gets the same seed in every row here, so that its random draws are the same too)."""
     monkeypatch.setattr(_Lane, "_row_seed", lambda self, row: 123)
-    if get_spec(name).requires:  # Sophia-G samples labels: it needs a network
-        problem = get_network("logistic_regression")
+    if get_spec(name).requires:  # Sophia-G and SSO need a network, the bilevel methods a bilevel problem
+        problem = (get_landscape("bilevel_toy") if "lower_loss" in get_spec(name).requires
+                   else get_network("logistic_regression"))
         race = Run(problem, config((name, {}), n_starts=3, seed=3))
         batched = race.run(4)
         for i, start in enumerate(race.starts):

@@ -336,7 +336,7 @@ def test_oracle_counts_per_step(name: str, hp: dict, per_step: dict) -> None:
     oracles.values = lambda pts: (batched_calls.append(pts.shape[0]), values(pts))[1]
     for _ in range(3):
         opt.step(oracles)
-    want = {k: 0 for k in ("function_values", "gradients", "hvps", "jvps", "rankings")}
+    want = {k: 0 for k in ("function_values", "gradients", "hvps", "jvps", "rankings", "surrogate_gradients")}
     want.update({k: 3 * v for k, v in per_step.items()})
     assert oracles.counts.as_dict() == want
     if name == "zo_cge":

@@ -19,6 +19,8 @@ NAMES = [
 CONSTRAINED = ["simplex_linear", "simplex_quadratic", "bilinear_game", "rps_game", "biased_rps_game"]
 """Tested in test_simplex_games.py and test_simplex_rps.py: a constrained minimum has a nonzero
 gradient, and a game's equilibrium is a saddle of f, so the generic minimum checks below do not apply."""
+BILEVEL = ["bilevel_toy", "ridge_bilevel"]
+"""Tested in test_bilevel_problems.py: the listed minimum is the bilevel solution, not a minimum of f."""
 ND = ["quadratic", "rosenbrock", "rastrigin", "styblinski_tang", "ackley"]
 CASES: list[tuple[str, dict[str, float]]] = [(n, {}) for n in NAMES]
 CASES += [(n, {"dim": d}) for n in ND for d in (2, 5, 10)]
@@ -239,8 +241,8 @@ def test_saddle_landscapes() -> None:
 
 
 def test_available_landscapes() -> None:
-    assert available_landscapes() == NAMES + CONSTRAINED
-    assert list(LANDSCAPES) == NAMES + CONSTRAINED
+    assert available_landscapes() == NAMES + BILEVEL + CONSTRAINED
+    assert list(LANDSCAPES) == NAMES + BILEVEL + CONSTRAINED
     with pytest.raises(TypeError):
         LANDSCAPES["x"] = get_landscape  # type: ignore[index]
 
