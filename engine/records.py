@@ -31,8 +31,8 @@ class OracleCounts:
     surrogate_gradients: int = 0
 
     def __add__(self, other: OracleCounts) -> OracleCounts:
-        return OracleCounts(self.function_values + other.function_values, self.gradients + other.gradients,
-                            self.hvps + other.hvps, self.jvps + other.jvps, self.rankings + other.rankings)
+        return OracleCounts(**{f.name: getattr(self, f.name) + getattr(other, f.name)
+                               for f in dataclasses.fields(self)})
 
     def as_dict(self) -> dict[str, int]:
         return dataclasses.asdict(self)
