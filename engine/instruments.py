@@ -40,6 +40,7 @@ import torch
 
 from engine.curvature import HVP, dense_hessian, hutchinson_trace, lanczos, spectral_density
 from engine.noise import Estimate, NoiseReading, measure
+from engine.seeds import probe_noise_seed
 from engine.stability import PRECONDITIONED, StabilityRule, Threshold
 
 EXACT_MAX_DIM = 64
@@ -296,7 +297,7 @@ def probe(f: Any, x: torch.Tensor, update: torch.Tensor, *, stability: Stability
     if config.noise or config.estimate_cosine:
         reading = measure(problem, op.x, batch, op.gradient, noise=config.noise, samples=config.noise_samples,
                           estimate_cosine=config.estimate_cosine, estimate=estimate,
-                          generator=torch.Generator().manual_seed((config.seed * 1_000_003 + step) % 2**63))
+                          generator=torch.Generator().manual_seed(probe_noise_seed(config.seed, step)))
     u = update.detach().reshape(-1).to(device=op.device, dtype=torch.float64)
     moves = bool(torch.isfinite(u).all()) and float(u @ u) > 0
     start = [warm["top"].sum(0) if "top" in warm else _random_start(op, generator)]
