@@ -252,16 +252,18 @@ class Probe:
 
 def second_moment(optimizer: torch.optim.Optimizer, params: list[torch.Tensor], key: str,
                   row: int | None) -> tuple[torch.Tensor, int] | None:
-    """Flattened :math:`v_t` of one start (``row`` of ``[M, ...]`` leaves, or ``None`` for per-row
-    leaves) and the step count, from an Adam-type optimizer's state."""
+    """Flattened state entry ``key`` (the spec's ``second_moment_key``: an adaptive method's
+    :math:`v_t`) of one start (``row`` of ``[M, ...]`` leaves, or ``None`` for per-row leaves) and
+    the step count, kept per parameter (torch) or per group (pytorch_optimizer)."""
     parts, step = [], 0
+    group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
     for p in params:
         state = optimizer.state.get(p, {})
         if key not in state:
             return None
         v = state[key]
         parts.append((v[row] if row is not None else v).reshape(-1))
-        step = int(state["step"])
+        step = int(state["step"]) if "step" in state else int(group_of[id(p)].get("step", 0))
     return torch.cat(parts).double(), step
 
 
@@ -309,17 +311,15 @@ def probe(f: Any, x: torch.Tensor, update: torch.Tensor, *, stability: Stability
     directional = float(top.start_rayleigh[-1]) if moves else float("nan")
     threshold = stability(hyperparameters) if stability is not None else None
     pre = None
-    if threshold is not None and threshold.quantity == PRECONDITIONED and moment is not None:
+    if (threshold is not None and threshold.quantity == PRECONDITIONED and threshold.diagonal is not None
+            and moment is not None and moment[1] > 0):
         v, t = moment
-        b1, b2, eps = (float(hyperparameters.get(k, d)) for k, d in (("beta1", 0.9), ("beta2", 0.999),
-                                                                    ("eps", 1e-8)))
-        if t > 0:
-            p_diag = (1 - b1**t) * (torch.sqrt(v / (1 - b2**t)) + eps)
-            res = lanczos(Preconditioned(op, p_diag.rsqrt()), 1, generator=generator, tol=config.tol,
-                          ritz_vectors=True, v0=warm["preconditioned"].sum(0) if "preconditioned" in warm
-                          else None, max_basis=_max_basis(1, dim))
-            pre = float(res.top[0])
-            vectors["preconditioned"] = res.warm_vectors
+        p_diag = threshold.diagonal(v, t, hyperparameters)
+        res = lanczos(Preconditioned(op, p_diag.rsqrt()), 1, generator=generator, tol=config.tol,
+                      ritz_vectors=True, v0=warm["preconditioned"].sum(0) if "preconditioned" in warm
+                      else None, max_basis=_max_basis(1, dim))
+        pre = float(res.top[0])
+        vectors["preconditioned"] = res.warm_vectors
     trace = stderr = None
     if config.trace:
         est = hutchinson_trace(op, config.trace_probes, generator)

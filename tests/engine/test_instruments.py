@@ -62,6 +62,32 @@ def test_adam_preconditioned_sharpness_matches_a_dense_computation() -> None:
     assert recs[-1].curvature.threshold.value == pytest.approx((2 + 2 * 0.8) / (0.2 * 0.01))
 
 
+@pytest.mark.parametrize("name, key", [("rmsprop", "square_avg"), ("adagrad", "sum"),
+                                       ("adabelief", "exp_avg_var")])
+def test_rms_type_preconditioned_sharpness_matches_a_dense_computation(name: str, key: str) -> None:
+    """RMSprop and Adagrad step by g / (sqrt(v) + eps): P = diag(sqrt(v) + eps), threshold 2/eta.
+    AdaBelief is Adam's P on its s_t (step count kept in the param group). Before, none of the three
+    declared a preconditioner and their probes had no preconditioned sharpness."""
+    problem = get_landscape("rosenbrock")
+    run = run_with(problem, (name, {"lr": 0.01}))
+    recs = run.run(4)
+    opt = run.lanes[0].optimizer
+    v = opt.state[run.lanes[0].params[0]][key][0].double()
+    eps = opt.param_groups[0]["eps"]
+    if name == "adabelief":
+        t = 4  # pytorch_optimizer counts in the group
+        b1, b2 = opt.param_groups[0]["betas"]
+        P = (1 - b1**t) * ((v / (1 - b2**t)).sqrt() + eps)
+        threshold = (2 + 2 * b1) / ((1 - b1) * 0.01)
+    else:
+        P, threshold = v.sqrt() + eps, 2 / 0.01
+    H = dense_hessian(lambda z: problem.loss(z[None])[0], torch.tensor(recs[-1].position[0]))
+    expected = torch.linalg.eigvals(torch.diag(1 / P) @ H).real.max().item()
+    assert recs[-1].curvature.preconditioned == pytest.approx(expected, rel=1e-6)
+    assert recs[-1].curvature.threshold.quantity == "preconditioned"
+    assert recs[-1].curvature.threshold.value == pytest.approx(threshold)
+
+
 def test_network_lambda_max_matches_the_dense_hessian() -> None:
     problem = get_network("logistic_regression")  # 31 parameters: exact eigenvalues come along
     run = run_with(problem, ("sgd", {"lr": 0.5}), probes=ProbeConfig(every=5, top_k=3, tol=1e-10))
