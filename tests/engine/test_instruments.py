@@ -164,20 +164,50 @@ def test_presets_trade_detail_for_cost() -> None:
 
 
 def test_probes_compute_in_the_runs_dtype_unless_told() -> None:
-    """logistic regression (31 parameters): every probe carries the exact (float64) spectrum."""
-    problem = get_network("logistic_regression")
+    """moons MLP (354 parameters; density probes bring the exact float64 spectrum)."""
+    problem = get_network("moons_mlp", batch_size=None)
     # error relative to lambda_max: the tolerance (1e-8) for float64 products, rounding for float32
     cases = [("float64", None, "float64", 2e-8), ("float64", "float32", "float32", 2e-5),
              ("float32", None, "float32", 2e-5), ("float32", "float64", "float64", 2e-8)]
     for run_dtype, probe_dtype, used, rtol in cases:
         run = run_with(problem, ("sgd", {"lr": 0.5}), dtype=run_dtype,
-                       probes=ProbeConfig(every=2, top_k=3, tol=1e-8, dtype=probe_dtype))
+                       probes=ProbeConfig(every=2, top_k=3, tol=1e-8, dtype=probe_dtype, density=True,
+                                          density_probes=1, density_steps=2))
         recs = [r for r in run.run(5) if r.curvature is not None]
         assert len(recs) == 3
         for r in recs:
             assert r.curvature.dtype == used
             exact = r.curvature.exact[::-1][:3]
             np.testing.assert_allclose(r.curvature.top_k, exact, rtol=0, atol=rtol * exact[0])
+
+
+def test_tiny_problems_probe_with_the_dense_hessian_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """logistic regression (31 parameters) and a 2-D landscape: no Lanczos, every value from the
+    float64 eigendecomposition, whatever the run's dtype (before, Lanczos ran and a dense Hessian too)."""
+    import engine.instruments
+
+    def no_lanczos(*args, **kwargs):
+        raise AssertionError("a tiny problem ran Lanczos")
+
+    monkeypatch.setattr(engine.instruments, "lanczos", no_lanczos)
+    problem = get_network("logistic_regression")
+    for run_dtype in ("float64", "float32"):
+        run = run_with(problem, ("adam", {"lr": 0.05}), dtype=run_dtype,
+                       probes=ProbeConfig(every=2, top_k=3, trace=True, density=True))
+        assert sum(r.curvature is not None for r in run.run(4)) == 2
+        x = torch.as_tensor(run.positions(0)[0], dtype=torch.float64)
+        (r,) = run.step()  # step 4 probes at x, where its gradient is taken
+        p = r.curvature
+        w = torch.linalg.eigvalsh(dense_hessian(lambda z: problem.loss(z[None])[0], x)).numpy()
+        assert p.dtype == "float64" and p.hvps == 31
+        np.testing.assert_allclose(p.top_k, w[::-1][:3], rtol=1e-5 if run_dtype == "float32" else 1e-12)
+        assert p.lambda_max_residual < 1e-10 * p.lambda_max
+        assert p.trace == pytest.approx(w.sum(), rel=1e-5) and p.trace_stderr == 0.0
+        np.testing.assert_allclose(p.density_nodes[0], p.exact)
+        assert p.preconditioned is not None  # Adam's P_t, through the dense path too
+    bowl = get_landscape("quadratic", dim=2, kappa=10.0)
+    (rec,) = run_with(bowl, ("sgd", {"lr": 0.05})).run(1)
+    assert rec.curvature.lambda_max == 10.0 and rec.curvature.hvps == 2
 
 
 def test_warm_started_probes_match_the_dense_spectrum_along_a_run() -> None:
