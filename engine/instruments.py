@@ -67,6 +67,11 @@ class ProbeConfig:
     dtype); ``estimate_cosine`` adds the cosine between the lane's gradient estimate and the true
     gradient (of its minibatch, and of the full objective: a network's whole training set).
 
+    ``max_hvps``: a budget of Hessian-vector products per Lanczos run of a probe (``None``: until
+    ``tol``). A warm-started probe that spends it stops early and reports what it reached: the
+    residual ``lambda_max_residual`` and, in ``notes["lambda_max"]``, its error bound. For probes
+    every few steps, where the previous probe's Ritz vector is nearly the answer.
+
     Three presets trade detail for cost, like Cockpit's (Schneider, Dangel & Hennig 2021)
     economy / business / full: :meth:`economy`, :meth:`business`, :meth:`full`.
     """
@@ -85,6 +90,7 @@ class ProbeConfig:
     noise: bool = False
     noise_samples: int = 256
     estimate_cosine: bool = False
+    max_hvps: int | None = None
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -98,6 +104,9 @@ class ProbeConfig:
             value, low = getattr(self, name), 2 if name == "noise_samples" else 1
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        cap = self.max_hvps
+        if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 3):
+            raise ValueError(f"max_hvps must be an integer >= 3 or None (no cap), got {self.max_hvps!r}")
         for name in ("noise", "estimate_cosine"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
@@ -320,14 +329,19 @@ def probe(f: Any, x: torch.Tensor, update: torch.Tensor, *, stability: Stability
     if moves:
         start.append(u)
     top = lanczos(op, config.top_k, warm=torch.stack(start), generator=generator, tol=config.tol,
-                  ritz_vectors=True, max_basis=_max_basis(config.top_k, dim))
+                  ritz_vectors=True, max_basis=_max_basis(config.top_k, dim),
+                  max_iter=config.max_hvps)
+    notes = {}
+    if not top.converged and config.max_hvps is not None:
+        notes["lambda_max"] = (f"stopped at the budget of {config.max_hvps} products before tol "
+                               f"{config.tol:g}: error bound {float(top.top_error_bounds[0]):.3g}")
     vectors = {"top": top.warm_vectors}
     directional = float(top.start_rayleigh[-1]) if moves else float("nan")
     pre = None
     if diagonal is not None:
         res = lanczos(Preconditioned(op, diagonal.rsqrt()), 1, generator=generator, tol=config.tol,
                       ritz_vectors=True, v0=warm["preconditioned"].sum(0) if "preconditioned" in warm
-                      else None, max_basis=_max_basis(1, dim))
+                      else None, max_basis=_max_basis(1, dim), max_iter=config.max_hvps)
         pre = float(res.top[0])
         vectors["preconditioned"] = res.warm_vectors
     trace = stderr = None
@@ -346,16 +360,17 @@ def probe(f: Any, x: torch.Tensor, update: torch.Tensor, *, stability: Stability
                    top_k=np.asarray(top.top), directional=directional, threshold=threshold,
                    preconditioned=pre, trace=trace, trace_stderr=stderr, density_nodes=nodes,
                    density_weights=weights, exact=exact, hvps=op.hvps, seconds=time.perf_counter() - t0,
-                   dtype=str(op.dtype).removeprefix("torch."), **_noise_fields(reading))
+                   dtype=str(op.dtype).removeprefix("torch."),
+                   **_noise_fields(reading, notes))
     return result, vectors
 
 
-def _noise_fields(reading: NoiseReading) -> dict[str, Any]:
+def _noise_fields(reading: NoiseReading, notes: Mapping[str, str] | None = None) -> dict[str, Any]:
     return dict(noise_tensors=reading.tensors, grad_variance=reading.grad_variance, grad_snr=reading.grad_snr,
                 gsnr=reading.gsnr, noise_scale=reading.noise_scale, norm_test=reading.norm_test,
                 noise_samples=reading.samples, estimate_cosine=reading.estimate_cosine,
                 estimate_cosine_full=reading.estimate_cosine_full, gradients=reading.gradients,
-                notes=reading.notes)
+                notes={**reading.notes, **(notes or {})})
 
 
 def _dense(f: Any, x: torch.Tensor, update: torch.Tensor, config: ProbeConfig,

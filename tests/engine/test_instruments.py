@@ -225,6 +225,23 @@ def test_warm_started_probes_match_the_dense_spectrum_along_a_run() -> None:
     assert max(p.hvps for p in found[1:]) < found[0].hvps  # warm starts are cheaper than the cold one
 
 
+def test_a_budget_of_products_stops_probes_early_and_says_so() -> None:
+    """max_hvps caps each probe's products; the Ritz value is a Rayleigh quotient (never above the
+    dense lambda_max), its residual is reported, and a probe stopped short says so in its notes."""
+    problem = get_network("moons_mlp", batch_size=None)
+    probes = ProbeConfig(every=1, top_k=1, tol=1e-10, max_hvps=3)
+    run = run_with(problem, ("sgd", {"lr": 0.5}), probes=probes)
+    for _ in range(3):
+        x = torch.as_tensor(run.positions(0)[0], dtype=torch.float64)
+        (r,) = run.step()
+        p = r.curvature
+        exact = torch.linalg.eigvalsh(dense_hessian(lambda z: problem.loss(z[None])[0], x))[-1].item()
+        assert p.hvps == 3 and p.lambda_max <= exact + 1e-10
+        assert p.lambda_max_residual > 0 and "budget of 3" in p.notes["lambda_max"]
+    with pytest.raises(ValueError, match="max_hvps must be an integer >= 3"):
+        ProbeConfig(max_hvps=2)
+
+
 def test_a_lanes_first_probe_starts_from_another_lanes_vectors() -> None:
     """Two lanes at the same start probe the same Hessian at step 0: the second one starts warm."""
     problem = get_network("moons_mlp", batch_size=None)
