@@ -304,7 +304,8 @@ def section_warm(args: argparse.Namespace) -> float:
 
 
 def section_overhead(args: argparse.Namespace) -> float:
-    print("(d) sharpness probes (economy: top-1, tol 1e-3) vs a plain run: digits_mlp, GD lr 0.1, "
+    print("(d) sharpness probes (economy: top-1, tol 1e-3; also with a budget of max_hvps products per "
+          "probe) vs a plain run: digits_mlp, GD lr 0.1, "
           "full batch, "
           "one lane")
     problem = get_network("digits_mlp", batch_size=None)
@@ -317,6 +318,10 @@ def section_overhead(args: argparse.Namespace) -> float:
         if dtype == "float64":
             cases["every 1, float32 products"] = ProbeConfig.economy(every=1)
             cases["every 1, graph rebuilt"] = ProbeConfig.economy(every=1, dtype=None)
+            # a budget of products per probe (looser, reported residuals): see the error lines below
+            for cap in (4, 6):
+                cases[f"every 1, max_hvps {cap}"] = ProbeConfig.economy(every=1, dtype=None, max_hvps=cap)
+                cases[f"every 16, max_hvps {cap}"] = ProbeConfig.economy(every=16, dtype=None, max_hvps=cap)
         times: dict[str, list[float]] = {c: [] for c in cases}
         for _ in range(args.repeats):
             for label, probes in cases.items():
@@ -325,19 +330,41 @@ def section_overhead(args: argparse.Namespace) -> float:
                 run = Run(problem, config)
                 if label.endswith("graph rebuilt"):  # what a probe costs without the step's graph
                     run._probe_reuses_graph = lambda lanes, run=run: False
-                short = label.startswith("every 1") or label == "plain short"
+                short = label.split(",")[0] == "every 1" or label == "plain short"
                 steps = args.steps_every1 if short else args.steps
                 t, _ = timed(lambda run=run, steps=steps: run.run(steps))
                 times[label].append(t)
         short, long = median(times["plain short"]), median(times["plain long"])
-        ratios = {c: median(times[c]) / (short if c.startswith("every 1") else long)
+        ratios = {c: median(times[c]) / (short if c.split(",")[0] == "every 1" else long)
                   for c in cases if not c.startswith("plain")}
         text = ", ".join(f"{c} {r:.2f}x" for c, r in ratios.items())
         print(f"  {dtype}: plain {long / args.steps * 1e3:.1f} ms/step; {text}")
         if dtype == "float64":
             every1 = ratios["every 1"]
+            budget_accuracy(problem, args)
     cockpit_overhead(args)
     return every1
+
+
+def budget_accuracy(problem: Any, args: argparse.Namespace) -> None:
+    """What a budget of products costs in accuracy: lambda_max against the uncapped probe's at the
+    same steps (probes leave the trajectory as it is), and the worst reported relative residual."""
+    def probes(cap: int | None, every: int, steps: int) -> tuple[np.ndarray, np.ndarray, float]:
+        run = Run(problem, RunConfig(lanes=(LaneConfig("sgd", {"lr": 0.1}),), device="cpu",
+                                     probes=ProbeConfig.economy(every=every, dtype=None, max_hvps=cap)))
+        found = [r.curvature for r in run.run(steps) if r.curvature is not None]
+        lam = np.array([p.lambda_max for p in found])
+        rel = np.array([p.lambda_max_residual for p in found]) / lam
+        return lam, rel, float(np.mean([p.hvps for p in found]))
+    for every, steps in ((1, args.steps_every1), (16, args.steps)):
+        ref, _, hvps = probes(None, every, steps)
+        text = [f"uncapped {hvps:.1f} HVPs/probe"]
+        for cap in (4, 6):
+            lam, rel, hv = probes(cap, every, steps)
+            err = np.abs(lam - ref)[1:] / ref[1:]
+            text.append(f"max_hvps {cap}: {hv:.1f} HVPs, error vs uncapped median {np.median(err):.1e} "
+                        f"max {err.max():.1e}, reported residual max {rel[1:].max():.1e}")
+        print(f"    every {every}: " + "; ".join(text))
 
 
 def cockpit_overhead(args: argparse.Namespace) -> None:

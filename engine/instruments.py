@@ -12,7 +12,9 @@ was taken, with that step's minibatch, and reports (Cohen et al. 2021, 2022):
   momentum, and for Adam-type methods the preconditioned sharpness
   :math:`\lambda_{\max}(P_t^{-1} H)`, :math:`P_t = (1-\beta_1^t)\,\mathrm{diag}(\sqrt{\hat v_t} + \epsilon)`,
   against :math:`(2 + 2\beta_1)/((1 - \beta_1)\eta)` (= 38/η at β1 = 0.9);
-* for problems small enough (``EXACT_MAX_DIM``), the exact eigenvalues of the dense Hessian.
+* for problems small enough (``EXACT_MAX_DIM``), the exact eigenvalues of the dense Hessian; there
+  the dense Hessian is the probe's one path (every value above from its eigendecomposition, in
+  float64, with no Lanczos): exact and cheaper than Lanczos plus the dense check.
 
 Probes also carry the gradient-noise instruments of :mod:`engine.noise` when switched on
 (``ProbeConfig.noise``: per-tensor gradient variance and SNR from per-sample gradients, SGD-SaI's
@@ -40,6 +42,7 @@ import torch
 
 from engine.curvature import HVP, dense_hessian, hutchinson_trace, lanczos, spectral_density
 from engine.noise import Estimate, NoiseReading, measure
+from engine.seeds import probe_noise_seed
 from engine.stability import PRECONDITIONED, StabilityRule, Threshold
 
 EXACT_MAX_DIM = 64
@@ -64,6 +67,11 @@ class ProbeConfig:
     dtype); ``estimate_cosine`` adds the cosine between the lane's gradient estimate and the true
     gradient (of its minibatch, and of the full objective: a network's whole training set).
 
+    ``max_hvps``: a budget of Hessian-vector products per Lanczos run of a probe (``None``: until
+    ``tol``). A warm-started probe that spends it stops early and reports what it reached: the
+    residual ``lambda_max_residual`` and, in ``notes["lambda_max"]``, its error bound. For probes
+    every few steps, where the previous probe's Ritz vector is nearly the answer.
+
     Three presets trade detail for cost, like Cockpit's (Schneider, Dangel & Hennig 2021)
     economy / business / full: :meth:`economy`, :meth:`business`, :meth:`full`.
     """
@@ -82,6 +90,7 @@ class ProbeConfig:
     noise: bool = False
     noise_samples: int = 256
     estimate_cosine: bool = False
+    max_hvps: int | None = None
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -95,6 +104,9 @@ class ProbeConfig:
             value, low = getattr(self, name), 2 if name == "noise_samples" else 1
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        cap = self.max_hvps
+        if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 3):
+            raise ValueError(f"max_hvps must be an integer >= 3 or None (no cap), got {self.max_hvps!r}")
         for name in ("noise", "estimate_cosine"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
@@ -251,16 +263,18 @@ class Probe:
 
 def second_moment(optimizer: torch.optim.Optimizer, params: list[torch.Tensor], key: str,
                   row: int | None) -> tuple[torch.Tensor, int] | None:
-    """Flattened :math:`v_t` of one start (``row`` of ``[M, ...]`` leaves, or ``None`` for per-row
-    leaves) and the step count, from an Adam-type optimizer's state."""
+    """Flattened state entry ``key`` (the spec's ``second_moment_key``: an adaptive method's
+    :math:`v_t`) of one start (``row`` of ``[M, ...]`` leaves, or ``None`` for per-row leaves) and
+    the step count, kept per parameter (torch) or per group (pytorch_optimizer)."""
     parts, step = [], 0
+    group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
     for p in params:
         state = optimizer.state.get(p, {})
         if key not in state:
             return None
         v = state[key]
         parts.append((v[row] if row is not None else v).reshape(-1))
-        step = int(state["step"])
+        step = int(state["step"]) if "step" in state else int(group_of[id(p)].get("step", 0))
     return torch.cat(parts).double(), step
 
 
@@ -290,35 +304,46 @@ def probe(f: Any, x: torch.Tensor, update: torch.Tensor, *, stability: Stability
     ``config.seed`` and ``step``, so switching it on leaves every curvature value as it was."""
     t0 = time.perf_counter()
     warm = warm or {}
-    if op is None:
+    dense = dim <= EXACT_MAX_DIM
+    if op is None and (not dense or config.noise or config.estimate_cosine):
         op = HVP(f, x.detach().to(config.probe_dtype(x.dtype)))
     reading = NoiseReading()
     if config.noise or config.estimate_cosine:
+        assert op is not None
         reading = measure(problem, op.x, batch, op.gradient, noise=config.noise, samples=config.noise_samples,
                           estimate_cosine=config.estimate_cosine, estimate=estimate,
-                          generator=torch.Generator().manual_seed((config.seed * 1_000_003 + step) % 2**63))
+                          generator=torch.Generator().manual_seed(probe_noise_seed(config.seed, step)))
+    threshold = stability(hyperparameters) if stability is not None else None
+    diagonal = None
+    if (threshold is not None and threshold.quantity == PRECONDITIONED and threshold.diagonal is not None
+            and moment is not None and moment[1] > 0):
+        diagonal = threshold.diagonal(moment[0], moment[1], hyperparameters)
+    if dense:
+        values, vectors = _dense(f, x, update, config, diagonal)
+        values["seconds"] = time.perf_counter() - t0
+        return Probe(step=step, threshold=threshold, **values, **_noise_fields(reading)), vectors
+    assert op is not None
     u = update.detach().reshape(-1).to(device=op.device, dtype=torch.float64)
     moves = bool(torch.isfinite(u).all()) and float(u @ u) > 0
     start = [warm["top"].sum(0) if "top" in warm else _random_start(op, generator)]
     if moves:
         start.append(u)
     top = lanczos(op, config.top_k, warm=torch.stack(start), generator=generator, tol=config.tol,
-                  ritz_vectors=True, max_basis=_max_basis(config.top_k, dim))
+                  ritz_vectors=True, max_basis=_max_basis(config.top_k, dim),
+                  max_iter=config.max_hvps)
+    notes = {}
+    if not top.converged and config.max_hvps is not None:
+        notes["lambda_max"] = (f"stopped at the budget of {config.max_hvps} products before tol "
+                               f"{config.tol:g}: error bound {float(top.top_error_bounds[0]):.3g}")
     vectors = {"top": top.warm_vectors}
     directional = float(top.start_rayleigh[-1]) if moves else float("nan")
-    threshold = stability(hyperparameters) if stability is not None else None
     pre = None
-    if threshold is not None and threshold.quantity == PRECONDITIONED and moment is not None:
-        v, t = moment
-        b1, b2, eps = (float(hyperparameters.get(k, d)) for k, d in (("beta1", 0.9), ("beta2", 0.999),
-                                                                    ("eps", 1e-8)))
-        if t > 0:
-            p_diag = (1 - b1**t) * (torch.sqrt(v / (1 - b2**t)) + eps)
-            res = lanczos(Preconditioned(op, p_diag.rsqrt()), 1, generator=generator, tol=config.tol,
-                          ritz_vectors=True, v0=warm["preconditioned"].sum(0) if "preconditioned" in warm
-                          else None, max_basis=_max_basis(1, dim))
-            pre = float(res.top[0])
-            vectors["preconditioned"] = res.warm_vectors
+    if diagonal is not None:
+        res = lanczos(Preconditioned(op, diagonal.rsqrt()), 1, generator=generator, tol=config.tol,
+                      ritz_vectors=True, v0=warm["preconditioned"].sum(0) if "preconditioned" in warm
+                      else None, max_basis=_max_basis(1, dim), max_iter=config.max_hvps)
+        pre = float(res.top[0])
+        vectors["preconditioned"] = res.warm_vectors
     trace = stderr = None
     if config.trace:
         est = hutchinson_trace(op, config.trace_probes, generator)
@@ -329,19 +354,54 @@ def probe(f: Any, x: torch.Tensor, update: torch.Tensor, *, stability: Stability
                                 generator=generator)
         nodes, weights = dens.nodes, dens.weights
     exact = None
-    if dim <= EXACT_MAX_DIM or (config.density and dim <= EXACT_DENSITY_MAX_DIM):
+    if config.density and dim <= EXACT_DENSITY_MAX_DIM:
         exact = torch.linalg.eigvalsh(dense_hessian(f, x)).cpu().numpy()
     result = Probe(step=step, lambda_max=float(top.top[0]), lambda_max_residual=float(top.top_residuals[0]),
                    top_k=np.asarray(top.top), directional=directional, threshold=threshold,
                    preconditioned=pre, trace=trace, trace_stderr=stderr, density_nodes=nodes,
                    density_weights=weights, exact=exact, hvps=op.hvps, seconds=time.perf_counter() - t0,
-                   dtype=str(op.dtype).removeprefix("torch."), noise_tensors=reading.tensors,
-                   grad_variance=reading.grad_variance, grad_snr=reading.grad_snr, gsnr=reading.gsnr,
-                   noise_scale=reading.noise_scale, norm_test=reading.norm_test,
-                   noise_samples=reading.samples, estimate_cosine=reading.estimate_cosine,
-                   estimate_cosine_full=reading.estimate_cosine_full, gradients=reading.gradients,
-                   notes=reading.notes)
+                   dtype=str(op.dtype).removeprefix("torch."),
+                   **_noise_fields(reading, notes))
     return result, vectors
+
+
+def _noise_fields(reading: NoiseReading, notes: Mapping[str, str] | None = None) -> dict[str, Any]:
+    return dict(noise_tensors=reading.tensors, grad_variance=reading.grad_variance, grad_snr=reading.grad_snr,
+                gsnr=reading.gsnr, noise_scale=reading.noise_scale, norm_test=reading.norm_test,
+                noise_samples=reading.samples, estimate_cosine=reading.estimate_cosine,
+                estimate_cosine_full=reading.estimate_cosine_full, gradients=reading.gradients,
+                notes={**reading.notes, **(notes or {})})
+
+
+def _dense(f: Any, x: torch.Tensor, update: torch.Tensor, config: ProbeConfig,
+           diagonal: torch.Tensor | None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    r"""A probe's values from the dense float64 Hessian ``H = V diag(w) V^T`` (``P`` products):
+    the top-k and their residuals :math:`\lVert H v - \lambda v\rVert`, :math:`u^\top H u/u^\top u`,
+    :math:`\lambda_{\max}(D H D)` with :math:`D = P^{-1/2}`, :math:`\operatorname{tr} H` (stderr 0)
+    and the density as the eigenvalues with weight ``1/P`` each."""
+    H = dense_hessian(f, x)
+    dim = H.shape[0]
+    w, V = torch.linalg.eigh(H)
+    k = min(config.top_k, dim)
+    top, top_vecs = w.flip(0)[:k], V.flip(1)[:, :k]
+    residual = torch.linalg.vector_norm(H @ top_vecs[:, 0] - top[0] * top_vecs[:, 0])
+    u = update.detach().reshape(-1).to(H)
+    uu = float(u @ u) if bool(torch.isfinite(u).all()) else 0.0
+    vectors = {"top": top_vecs.T.contiguous()}
+    pre = None
+    if diagonal is not None:
+        d = diagonal.to(H).rsqrt()
+        pw, pv = torch.linalg.eigh(d[:, None] * H * d[None, :])
+        pre = float(pw[-1])
+        vectors["preconditioned"] = pv[:, -1:].T.contiguous()
+    exact = w.cpu().numpy()
+    values = dict(lambda_max=float(top[0]), lambda_max_residual=float(residual), top_k=top.cpu().numpy(),
+                  directional=float(u @ (H @ u)) / uu if uu > 0 else float("nan"), preconditioned=pre,
+                  trace=float(w.sum()) if config.trace else None, trace_stderr=0.0 if config.trace else None,
+                  density_nodes=exact[None] if config.density else None,
+                  density_weights=np.full((1, dim), 1.0 / dim) if config.density else None,
+                  exact=exact, hvps=dim, dtype="float64")
+    return values, vectors
 
 
 def _random_start(op: HVP, generator: torch.Generator) -> torch.Tensor:

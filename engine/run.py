@@ -92,6 +92,7 @@ from engine.problem import Problem
 from engine.records import STOPPED, OracleCounts, Record, read_only, status_text
 from engine.registry import OptimizerSpec, Oracle, get_spec
 from engine.schedules import Schedule, schedules_from
+from engine.seeds import minibatch_seed, trajectory_seed
 
 POSITION_MAX_DIM = 3
 """Records carry positions for problems of at most this many dimensions (views draw them)."""
@@ -287,19 +288,6 @@ def _uses_gradient(spec: OptimizerSpec) -> bool:
     return not spec.closure_driven or spec.oracle in (Oracle.HVPS, Oracle.GRADIENTS)
 
 
-def _write_live(spec: OptimizerSpec, optimizer: torch.optim.Optimizer, name: str, value: float) -> None:
-    """Set a scheduled value on a live optimizer. Unlike ``spec.apply`` it is not range-checked:
-    the base was, and a schedule may take it below the range's low end, down to 0."""
-    hp = spec.hyperparameter(name)
-    for group in optimizer.param_groups:
-        if hp.index is None:
-            group[hp.key] = value
-        else:
-            parts = list(group[hp.key])
-            parts[hp.index] = value
-            group[hp.key] = tuple(parts)
-
-
 def _check_schedules(spec: OptimizerSpec, schedules: Mapping[str, Schedule]) -> None:
     for name in schedules:
         hp = spec.hyperparameter(name)  # unknown names raise with the known ones
@@ -307,14 +295,6 @@ def _check_schedules(spec: OptimizerSpec, schedules: Mapping[str, Schedule]) -> 
             what = {"int": "an integer", "bool": "True or False", "choice": "a choice"}[hp.kind]
             raise ValueError(f"{spec.name}: only real-valued hyperparameters can be scheduled; "
                              f"{name} is {what}")
-
-
-def _mix(*parts: int) -> int:
-    """A seed from integers (seed, tick, size): distinct inputs give unrelated streams."""
-    h = 0
-    for p in parts:
-        h = (h * 1_000_003 + int(p) + 0x9E3779B9) % (2**63 - 1)
-    return h
 
 
 class _Lane:
@@ -375,9 +355,10 @@ class _Lane:
             rows = [[t.clone().requires_grad_(True) for t in _split(row, self.shapes)] for row in points]
         params = [p for row in rows for p in row]
         if spec.closure_driven or spec.per_trajectory:  # one optimizer per start
-            optimizers = [spec.build(row, values, seed=self._row_seed(i)) for i, row in enumerate(rows)]
+            optimizers = [spec.build(row, values, seed=trajectory_seed(self.seed, self.id, i))
+                          for i, row in enumerate(rows)]
         else:
-            optimizers = [spec.build(params, values, seed=self._row_seed(0))]
+            optimizers = [spec.build(params, values, seed=trajectory_seed(self.seed, self.id, 0))]
         self._check_clip(spec, optimizers, self.clip)
         if self.fused:
             for opt in optimizers:
@@ -417,10 +398,6 @@ class _Lane:
         self.clipped = None
         self._hand_clip()
 
-    def _row_seed(self, row: int) -> int:
-        """A seeded optimizer's seed for one trajectory: fixed by the run's seed, lane and row."""
-        return (self.seed * 1_000_003 + self.id * 10_007 + row) % (2**31)
-
     @property
     def optimizer(self) -> torch.optim.Optimizer:
         """The (first) optimizer: what reads of live hyperparameters and state look at."""
@@ -456,7 +433,7 @@ class _Lane:
         for name, sched in self.schedules.items():
             value = sched.value(self.step, self.values[name])
             for opt in self.optimizers:
-                _write_live(self.spec, opt, name, value)
+                self.spec.write(opt, name, value)  # unchecked: a schedule may go below the range
 
     def switch(self, spec: OptimizerSpec, config: LaneConfig, keep: tuple[bool, bool]) -> None:
         """New optimizer (fresh state) from the current positions; ``keep`` says whether the
@@ -898,7 +875,7 @@ class Run:
                 out[lane.id] = (default, default_size, None)
                 continue
             if size not in drawn:
-                gen = make_generator(_mix(self.config.seed, self.tick, size))
+                gen = make_generator(minibatch_seed(self.config.seed, self.tick, size))
                 drawn[size] = self.problem.sample_batch(gen, batch_size=size)
             out[lane.id] = (drawn[size], size, size)
         return out

@@ -44,3 +44,21 @@ def trajectory_seed(seed: int, lane: int, row: int) -> int:
     ``seed``: :math:`(\text{seed}\cdot 1\,000\,003 + 10\,007\,\text{lane} + \text{row}) \bmod 2^{31}`
     (the value ``engine.run`` has always used, so recorded runs replay)."""
     return derive_seed(seed, lane * 10_007 + row)
+
+
+def minibatch_seed(seed: int, tick: int, size: int) -> int:
+    r"""The seed of the minibatch of ``size`` samples drawn at tick ``tick`` of a run seeded with
+    ``seed``, for lanes whose batch size differs from the problem's default (lanes of one size
+    share it): :math:`h_0 = 0,\; h_{j+1} = (1\,000\,003\, h_j + p_j + \text{0x9E3779B9}) \bmod
+    (2^{63} - 1)` over :math:`p = (\text{seed}, \text{tick}, \text{size})` (the value
+    ``engine.run`` has always used, so recorded runs replay)."""
+    h = 0
+    for p in (seed, tick, size):
+        h = (h * _FIRST + int(p) + 0x9E3779B9) % (2**63 - 1)
+    return h
+
+
+def probe_noise_seed(seed: int, step: int) -> int:
+    r"""The seed of a probe's gradient-noise subset at step ``step`` of a probe configuration seeded
+    with ``seed``: :math:`(\text{seed}\cdot 1\,000\,003 + \text{step}) \bmod 2^{63}`."""
+    return derive_seed(seed, step, modulus=2**63)

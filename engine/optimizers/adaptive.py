@@ -314,10 +314,9 @@ SPECS = [
                      r"\theta_{t+1} = \theta_t(1-\eta\lambda)"
                      r" - \eta\,\frac{\hat m_t}{\sqrt{\hat s_t} + \epsilon}"),
         paper=_ADABELIEF, oracle=Oracle.GRADIENTS, row_separable=True,
-        # No stability fields, though s_t ("exp_avg_var") is an Adam-type preconditioner: the library
-        # keeps the step count in the param group, and engine.instruments.second_moment reads
-        # state["step"]. Declare stability=adam_preconditioned, second_moment_key="exp_avg_var" once
-        # it reads the group's count.
+        # s_t ("exp_avg_var") is an Adam-type preconditioner (its step count lives in the group,
+        # which engine.instruments.second_moment reads).
+        stability=adam_preconditioned, second_moment_key="exp_avg_var",
         fixed={"rectify": False, "weight_decouple": True, "fixed_decay": False, "ams_bound": False},
     ),
     # Hand-written AdamP above (pytorch_optimizer.AdamP moves eps inside the bias correction).

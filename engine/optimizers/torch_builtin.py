@@ -22,7 +22,7 @@ from engine.specs import (
     lr,
     weight_decay,
 )
-from engine.stability import adam_preconditioned, gradient_descent, heavy_ball, nesterov
+from engine.stability import adam_preconditioned, gradient_descent, heavy_ball, nesterov, rms_preconditioned
 
 _HEAVY_BALL = Paper("Some methods of speeding up the convergence of iteration methods",
                     "B. T. Polyak", 1964, "https://doi.org/10.1016/0041-5553(64)90137-5")
@@ -35,9 +35,8 @@ _ADAM = Paper("Adam: A Method for Stochastic Optimization", "D. P. Kingma, J. Ba
 # ones on lambda_max; Adam, AdamW and AMSGrad the preconditioned one of Cohen et al. (2022), with
 # P_t built from the state entry named by second_moment_key (AMSGrad: the running max, which its
 # step divides by). RMSprop and Adagrad have a preconditioned threshold too (2/eta on
-# lambda_max(diag(sqrt(v) + eps)^-1 H): no momentum, no bias correction), but the instrument builds
-# P_t as Adam's (1 - beta1^t) diag(sqrt(v_hat) + eps) from beta1/beta2 hyperparameters they do not
-# have, so they declare neither field rather than a wrong sharpness.
+# lambda_max(diag(sqrt(v) + eps)^-1 H): no momentum, no bias correction; engine.stability's
+# rms_preconditioned carries that P_t).
 SPECS = [
     OptimizerSpec(
         name="sgd", label="SGD", factory=torch.optim.SGD,
@@ -97,7 +96,7 @@ SPECS = [
                      r"\theta_{t+1} = \theta_t - \eta\,\frac{g_t}{\sqrt{v_t} + \epsilon}"),
         paper=Paper("Lecture 6.5 - RMSProp (Neural Networks for Machine Learning)",
                     "T. Tieleman, G. Hinton", 2012),
-        row_separable=True,
+        row_separable=True, stability=rms_preconditioned, second_moment_key="square_avg",
     ),
     OptimizerSpec(
         name="adagrad", label="Adagrad", factory=torch.optim.Adagrad,
@@ -107,7 +106,7 @@ SPECS = [
         paper=Paper("Adaptive Subgradient Methods for Online Learning and Stochastic Optimization",
                     "J. Duchi, E. Hazan, Y. Singer", 2011,
                     "https://jmlr.org/papers/v12/duchi11a.html"),
-        row_separable=True,
+        row_separable=True, stability=rms_preconditioned, second_moment_key="sum",
     ),
 ]
 

@@ -13,7 +13,8 @@ import torch
 
 from engine.batching import BatchSize, norm_test_size
 from engine.events import LoggedEvent, SetBatchSize, SwitchOptimizer
-from engine.run import LaneConfig, Run, RunConfig, _mix
+from engine.run import LaneConfig, Run, RunConfig
+from engine.seeds import minibatch_seed
 from landscapes import get_landscape, get_network
 
 
@@ -83,7 +84,7 @@ def test_a_minibatch_of_size_b_is_the_mean_over_those_samples() -> None:
     x0 = run.starts[0]
     (rec,) = run.step()
     step = (x0 - torch.as_tensor(run.positions(0)[0])) / 0.5  # x1 = x0 - lr * mean per-sample gradient
-    used = problem.sample_batch(torch.Generator().manual_seed(_mix(1, 0, 20)), batch_size=20)  # seed, tick, b
+    used = problem.sample_batch(torch.Generator().manual_seed(minibatch_seed(1, 0, 20)), batch_size=20)
     assert len(used) == 20 and len(set(used.tolist())) == 20
     torch.testing.assert_close(step, problem.per_sample_grads(x0, used).mean(0), rtol=1e-10, atol=1e-12)
     assert rec.batch_size == 20 and rec.loss[0] == pytest.approx(float(problem.loss(x0, used)), rel=1e-12)
@@ -102,7 +103,7 @@ def test_norm_test_grows_the_batch_as_computed_from_per_sample_gradients() -> No
     bs = BatchSize("norm_test", size=8, theta=0.2)
     run = run_of(problem, LaneConfig("sgd", {"lr": 0.05}, batch_size=bs), n_starts=2, seed=5)
     starts = run.starts.clone()
-    batch0 = problem.sample_batch(torch.Generator().manual_seed(_mix(5, 0, 8)), batch_size=8)
+    batch0 = problem.sample_batch(torch.Generator().manual_seed(minibatch_seed(5, 0, 8)), batch_size=8)
     want = max(norm_test_size(problem.per_sample_grads(x, batch0), 0.2) for x in starts)
     records = run.run(30)
     assert records[0].batch_size == 8 and records[1].batch_size == min(max(8, want), problem.n_train)

@@ -62,6 +62,32 @@ def test_adam_preconditioned_sharpness_matches_a_dense_computation() -> None:
     assert recs[-1].curvature.threshold.value == pytest.approx((2 + 2 * 0.8) / (0.2 * 0.01))
 
 
+@pytest.mark.parametrize("name, key", [("rmsprop", "square_avg"), ("adagrad", "sum"),
+                                       ("adabelief", "exp_avg_var")])
+def test_rms_type_preconditioned_sharpness_matches_a_dense_computation(name: str, key: str) -> None:
+    """RMSprop and Adagrad step by g / (sqrt(v) + eps): P = diag(sqrt(v) + eps), threshold 2/eta.
+    AdaBelief is Adam's P on its s_t (step count kept in the param group). Before, none of the three
+    declared a preconditioner and their probes had no preconditioned sharpness."""
+    problem = get_landscape("rosenbrock")
+    run = run_with(problem, (name, {"lr": 0.01}))
+    recs = run.run(4)
+    opt = run.lanes[0].optimizer
+    v = opt.state[run.lanes[0].params[0]][key][0].double()
+    eps = opt.param_groups[0]["eps"]
+    if name == "adabelief":
+        t = 4  # pytorch_optimizer counts in the group
+        b1, b2 = opt.param_groups[0]["betas"]
+        P = (1 - b1**t) * ((v / (1 - b2**t)).sqrt() + eps)
+        threshold = (2 + 2 * b1) / ((1 - b1) * 0.01)
+    else:
+        P, threshold = v.sqrt() + eps, 2 / 0.01
+    H = dense_hessian(lambda z: problem.loss(z[None])[0], torch.tensor(recs[-1].position[0]))
+    expected = torch.linalg.eigvals(torch.diag(1 / P) @ H).real.max().item()
+    assert recs[-1].curvature.preconditioned == pytest.approx(expected, rel=1e-6)
+    assert recs[-1].curvature.threshold.quantity == "preconditioned"
+    assert recs[-1].curvature.threshold.value == pytest.approx(threshold)
+
+
 def test_network_lambda_max_matches_the_dense_hessian() -> None:
     problem = get_network("logistic_regression")  # 31 parameters: exact eigenvalues come along
     run = run_with(problem, ("sgd", {"lr": 0.5}), probes=ProbeConfig(every=5, top_k=3, tol=1e-10))
@@ -138,20 +164,50 @@ def test_presets_trade_detail_for_cost() -> None:
 
 
 def test_probes_compute_in_the_runs_dtype_unless_told() -> None:
-    """logistic regression (31 parameters): every probe carries the exact (float64) spectrum."""
-    problem = get_network("logistic_regression")
+    """moons MLP (354 parameters; density probes bring the exact float64 spectrum)."""
+    problem = get_network("moons_mlp", batch_size=None)
     # error relative to lambda_max: the tolerance (1e-8) for float64 products, rounding for float32
     cases = [("float64", None, "float64", 2e-8), ("float64", "float32", "float32", 2e-5),
              ("float32", None, "float32", 2e-5), ("float32", "float64", "float64", 2e-8)]
     for run_dtype, probe_dtype, used, rtol in cases:
         run = run_with(problem, ("sgd", {"lr": 0.5}), dtype=run_dtype,
-                       probes=ProbeConfig(every=2, top_k=3, tol=1e-8, dtype=probe_dtype))
+                       probes=ProbeConfig(every=2, top_k=3, tol=1e-8, dtype=probe_dtype, density=True,
+                                          density_probes=1, density_steps=2))
         recs = [r for r in run.run(5) if r.curvature is not None]
         assert len(recs) == 3
         for r in recs:
             assert r.curvature.dtype == used
             exact = r.curvature.exact[::-1][:3]
             np.testing.assert_allclose(r.curvature.top_k, exact, rtol=0, atol=rtol * exact[0])
+
+
+def test_tiny_problems_probe_with_the_dense_hessian_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """logistic regression (31 parameters) and a 2-D landscape: no Lanczos, every value from the
+    float64 eigendecomposition, whatever the run's dtype (before, Lanczos ran and a dense Hessian too)."""
+    import engine.instruments
+
+    def no_lanczos(*args, **kwargs):
+        raise AssertionError("a tiny problem ran Lanczos")
+
+    monkeypatch.setattr(engine.instruments, "lanczos", no_lanczos)
+    problem = get_network("logistic_regression")
+    for run_dtype in ("float64", "float32"):
+        run = run_with(problem, ("adam", {"lr": 0.05}), dtype=run_dtype,
+                       probes=ProbeConfig(every=2, top_k=3, trace=True, density=True))
+        assert sum(r.curvature is not None for r in run.run(4)) == 2
+        x = torch.as_tensor(run.positions(0)[0], dtype=torch.float64)
+        (r,) = run.step()  # step 4 probes at x, where its gradient is taken
+        p = r.curvature
+        w = torch.linalg.eigvalsh(dense_hessian(lambda z: problem.loss(z[None])[0], x)).numpy()
+        assert p.dtype == "float64" and p.hvps == 31
+        np.testing.assert_allclose(p.top_k, w[::-1][:3], rtol=1e-5 if run_dtype == "float32" else 1e-12)
+        assert p.lambda_max_residual < 1e-10 * p.lambda_max
+        assert p.trace == pytest.approx(w.sum(), rel=1e-5) and p.trace_stderr == 0.0
+        np.testing.assert_allclose(p.density_nodes[0], p.exact)
+        assert p.preconditioned is not None  # Adam's P_t, through the dense path too
+    bowl = get_landscape("quadratic", dim=2, kappa=10.0)
+    (rec,) = run_with(bowl, ("sgd", {"lr": 0.05})).run(1)
+    assert rec.curvature.lambda_max == 10.0 and rec.curvature.hvps == 2
 
 
 def test_warm_started_probes_match_the_dense_spectrum_along_a_run() -> None:
@@ -167,6 +223,23 @@ def test_warm_started_probes_match_the_dense_spectrum_along_a_run() -> None:
         np.testing.assert_allclose(p.top_k, exact, rtol=1e-6)
         assert abs(p.lambda_max - exact[0]) <= p.lambda_max_residual
     assert max(p.hvps for p in found[1:]) < found[0].hvps  # warm starts are cheaper than the cold one
+
+
+def test_a_budget_of_products_stops_probes_early_and_says_so() -> None:
+    """max_hvps caps each probe's products; the Ritz value is a Rayleigh quotient (never above the
+    dense lambda_max), its residual is reported, and a probe stopped short says so in its notes."""
+    problem = get_network("moons_mlp", batch_size=None)
+    probes = ProbeConfig(every=1, top_k=1, tol=1e-10, max_hvps=3)
+    run = run_with(problem, ("sgd", {"lr": 0.5}), probes=probes)
+    for _ in range(3):
+        x = torch.as_tensor(run.positions(0)[0], dtype=torch.float64)
+        (r,) = run.step()
+        p = r.curvature
+        exact = torch.linalg.eigvalsh(dense_hessian(lambda z: problem.loss(z[None])[0], x))[-1].item()
+        assert p.hvps == 3 and p.lambda_max <= exact + 1e-10
+        assert p.lambda_max_residual > 0 and "budget of 3" in p.notes["lambda_max"]
+    with pytest.raises(ValueError, match="max_hvps must be an integer >= 3"):
+        ProbeConfig(max_hvps=2)
 
 
 def test_a_lanes_first_probe_starts_from_another_lanes_vectors() -> None:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from engine.registry import get_spec
-from engine.run import Run, RunConfig, _Lane
+from engine.run import Run, RunConfig
 from landscapes.networks import get_network
 from tests.engine.optimizer_cases import (
     NET,
@@ -64,7 +64,7 @@ def test_race_on_a_network_equals_single_runs(name: str, device: str,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """Both specs are per_trajectory: each start of a race has its own optimizer (own output layer,
     own subsets), so with one seed for every row, row i is the run from start i alone."""
-    monkeypatch.setattr(_Lane, "_row_seed", lambda self, row: 77)
+    monkeypatch.setattr("engine.run.trajectory_seed", lambda seed, lane, row: 77)
     assert get_spec(name).per_trajectory
     problem = get_network("moons_mlp", width=8)
     hp = {"lr": 0.01, "rho": 0.5, "update_gap": 2} if name == "frugal" else {"lr": 0.01}

@@ -177,14 +177,18 @@ def test_every_threshold_is_infinite_at_a_learning_rate_annealed_to_zero() -> No
 @pytest.mark.parametrize("name", [n for n in BUILTIN_NAMES if get_spec(n).second_moment_key])
 def test_the_second_moment_key_names_a_state_entry_with_a_step_count(name: str) -> None:
     """What :func:`engine.instruments.second_moment` reads: ``state[p][key]`` shaped like ``p`` and
-    ``state[p]["step"]`` (the bias-correction count) for every parameter."""
+    ``state[p]["step"]`` or, where the library counts per group (pytorch_optimizer's AdaBelief), the
+    group's ``"step"`` (the bias-correction count) for every parameter."""
     case = CASES[name]
     rp = PROBLEMS[case.problems[0]]
     key = get_spec(name).second_moment_key
     seen: list[bool] = []
 
     def check(opt: torch.optim.Optimizer, params: list[torch.Tensor]) -> None:
-        seen.extend(opt.state[p][key].shape == p.shape and int(opt.state[p]["step"]) >= 1 for p in params)
+        group = {id(q): g for g in opt.param_groups for q in g["params"]}
+        seen.extend(opt.state[p][key].shape == p.shape
+                    and int(opt.state[p]["step"] if "step" in opt.state[p] else group[id(p)]["step"]) >= 1
+                    for p in params)
 
     run_case(name, schedule(name, [{}] * 2), rp, case.seed, on_step=check)
     assert seen and all(seen)

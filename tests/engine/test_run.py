@@ -28,7 +28,7 @@ from engine.instruments import ProbeConfig
 from engine.problem import Bounds, Problem
 from engine.records import OracleCounts, make_record, parse_statuses, status_step, statuses
 from engine.registry import HyperparameterError, available, get_spec, register_optimizer, unregister
-from engine.run import LaneConfig, Run, RunConfig, _Lane
+from engine.run import LaneConfig, Run, RunConfig
 from engine.schedules import Schedule
 from landscapes import get_landscape, get_network
 
@@ -76,7 +76,7 @@ def test_problem_protocol_is_satisfied_by_test_problem() -> None:
 def test_race_rows_equal_independent_runs(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Rows of one lane are exactly the runs one would get one start at a time (a seeded optimizer
     gets the same seed in every row here, so that its random draws are the same too)."""
-    monkeypatch.setattr(_Lane, "_row_seed", lambda self, row: 123)
+    monkeypatch.setattr("engine.run.trajectory_seed", lambda seed, lane, row: 123)
     if get_spec(name).requires:  # Sophia-G and SSO need a network, the bilevel methods a bilevel problem
         problem = (get_landscape("bilevel_toy") if "lower_loss" in get_spec(name).requires
                    else get_network("logistic_regression"))

@@ -33,7 +33,7 @@ from torch import nn
 from engine.events import SetHyperparameter
 from engine.oracles import Oracles
 from engine.registry import get_spec
-from engine.run import LaneConfig, Run, RunConfig, _Lane
+from engine.run import LaneConfig, Run, RunConfig
 from landscapes.catalog import get_landscape
 from landscapes.networks import binary_cross_entropy, get_network, mse_one_hot, problem_from_module, seeded
 from tests.engine.optimizer_cases import (
@@ -368,7 +368,7 @@ def test_counts_of_adahessian_newton_grn_and_mfac(device: str) -> None:
 @pytest.mark.parametrize("name", HVP_FREE)
 def test_race_rows_equal_independent_runs(name: str, device: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Rows of one lane equal single-start runs (same seed in every row, as test_run does)."""
-    monkeypatch.setattr(_Lane, "_row_seed", lambda self, row: 123)
+    monkeypatch.setattr("engine.run.trajectory_seed", lambda seed, lane, row: 123)
     problem = get_landscape("rosenbrock")
     race = Run(problem, RunConfig(lanes=(LaneConfig(name, {}),), n_starts=3, seed=2, device=device))
     batched = race.run(5)

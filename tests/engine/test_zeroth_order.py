@@ -35,7 +35,7 @@ from engine.oracles import HUMAN, Oracles, seeded_direction
 from engine.problem import Bounds, Minimum
 from engine.registry import get_spec
 from engine.run import Run, RunConfig
-from engine.seeds import step_seed
+from engine.seeds import step_seed, trajectory_seed
 from landscapes.analytic import AnalyticFunction
 from landscapes.catalog import get_landscape
 from landscapes.games import bilinear_game
@@ -424,7 +424,7 @@ def test_a_person_ranks_zo_ranksgd_candidates_in_a_run(device: str) -> None:
     run = Run(problem, RunConfig(lanes=({"optimizer": "zo_ranksgd", "hyperparameters": {HUMAN: True}},),
                                  seed=1, device=device))
     v = get_spec("zo_ranksgd").validate({HUMAN: True})
-    row_seed = run.lanes[0]._row_seed(0)
+    row_seed = trajectory_seed(1, 0, 0)  # the run's seed, lane 0, row 0
     theta0 = np.array(problem.start)
     like = [torch.zeros(2, dtype=torch.float64)]
     xi = np.stack([seeded_direction(seed_rule(row_seed, 0, i), like)[0].numpy() for i in range(v["m"])])
