@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import panel as pn
 from bokeh.events import Tap
-from bokeh.models import ColumnDataSource, LinearColorMapper, Whisker
+from bokeh.models import ColumnDataSource, LinearColorMapper, LogScale, LogTicker, LogTickFormatter, Whisker
 from bokeh.palettes import Category10_10
 
 from app.experiments import ExperimentModel
@@ -38,7 +38,8 @@ def sensitivity_figure(model: ExperimentModel) -> Any:
     """Final loss vs lr per optimizer: the median over seeds, the 25-75% seed band."""
     s = model.sensitivity()
     fig = make_figure("sensitivity: final loss vs lr", 260, log_y=True, x_label="lr", y_label="final loss")
-    fig.x_scale = type(fig.y_scale)()  # log x too
+    fig.x_scale = LogScale()  # learning rates span decades
+    fig.xaxis.ticker, fig.xaxis.formatter = LogTicker(), LogTickFormatter()
     if not len(s):
         return fig
     s = s[s["hyperparameter"] == "lr"]
@@ -60,16 +61,17 @@ def tuned_figure(model: ExperimentModel) -> Any:
     fig = make_figure("tuned vs default (log10 final loss)", 260, x_label="", y_label="mean log10 loss")
     if not entries:
         return fig
-    from bokeh.models import FactorRange
-
-    fig.x_range = FactorRange(*entries)
+    x = np.arange(len(entries), dtype=float)
+    fig.xaxis.ticker = list(x)
+    fig.xaxis.major_label_overrides = {float(i): e for i, e in enumerate(entries)}
+    fig.x_range.range_padding = 0.5
     d = t["default_score"].to_numpy(dtype=float)
     tu = t["tuned_score"].to_numpy(dtype=float)
     lo = d - t["ci_high"].to_numpy(dtype=float)  # tuned score implied by the interval's ends
     hi = d - t["ci_low"].to_numpy(dtype=float)
-    fig.scatter(entries, d, size=9, marker="square", color="#999999", legend_label="default")
-    fig.scatter(entries, tu, size=9, color="#1f77b4", legend_label="tuned (95% bootstrap)")
-    src = ColumnDataSource({"x": entries, "lo": lo, "hi": hi})
+    fig.scatter(x, d, size=9, marker="square", color="#999999", legend_label="default")
+    fig.scatter(x, tu, size=9, color="#1f77b4", legend_label="tuned (95% bootstrap)")
+    src = ColumnDataSource({"x": x, "lo": lo, "hi": hi})
     fig.add_layout(Whisker(base="x", lower="lo", upper="hi", source=src, line_color="#1f77b4"))
     fig.legend.location = "top_right"
     return fig
@@ -109,8 +111,11 @@ class ExperimentsView(View):
             self.model,
             parameters=["seeds", "lr_points", "lr_decades", "budget", "target", "n_workers"],
             show_name=False,
-            width=220,
-            widgets={"target": pn.widgets.FloatInput},
+            width=250,
+            widgets={
+                "budget": {"type": pn.widgets.FloatInput, "width": 200},
+                "target": {"type": pn.widgets.FloatInput, "width": 200},
+            },
         )
         self.run_button = pn.widgets.Button(label="Run experiment", color="primary", width=140)
         self.cancel_button = pn.widgets.Button(label="Cancel", width=80, disabled=True)
