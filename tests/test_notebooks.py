@@ -31,6 +31,7 @@ NAMES = (
     "03_edge_of_stability",
     "04_zeroth_order_and_memory",
     "05_second_order_and_mirror_descent",
+    "06_experiments",
 )
 KERNEL = "python3"
 """ipykernel's own kernelspec: jupyter_client starts it with ``sys.executable`` (the venv's python)."""
@@ -210,3 +211,15 @@ def test_second_order_on_the_saddle_and_mirror_prox_on_the_game() -> None:
     assert game["optimistic_md"]["distance ratio"] < 1
     assert [game[n]["gradients per step"] for n in ("sgd", "mirror_prox", "optimistic_md")] == [1, 2, 1]
     assert r["workers_alive"] == [False, False]
+
+
+def test_experiment_notebook_has_one_row_per_trial_and_a_row_replays_exactly() -> None:
+    r = run_fast("06_experiments")
+    e = r["experiment"]
+    assert e["complete"] and e["rows"] == e["unique_trials"] == e["expected_rows"] == 2 * 6 * 2 * 2
+    assert e["replay_equal"]  # the best row, reopened alone as a race, bit for bit
+    assert e["units_spent_max"] <= e["budget"]
+    assert set(r["basins"]) == {"sgd", "adam"}
+    for fractions in r["basins"].values():
+        assert abs(sum(fractions.values()) - 1.0) < 1e-12
+    assert r["running_after_close"] is False

@@ -4,6 +4,7 @@
 from app.views.base import View
 from app.views.curvature import CurvatureView
 from app.views.curves import GradView, LossView
+from app.views.experiments import ExperimentsView
 from app.views.landscape import LandscapeView
 from app.views.leaderboard import LeaderboardView
 from app.views.memory import MemoryView
@@ -22,6 +23,7 @@ VIEWS: tuple[type[View], ...] = (
     CurvatureView,
     MemoryView,
     SliceView,
+    ExperimentsView,  # issue 15: tuned, seeded comparisons and basin maps around the race
     ShareView,
 )
 

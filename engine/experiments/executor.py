@@ -179,7 +179,8 @@ def _execute(
                 rows_by_task[task.key] = [
                     r
                     for r in kept
-                    if (r["problem"], r["entry"], r["seed"]) == (task.problem, task.entry, task.seed)
+                    if (r["problem"], r["entry"]) == (task.problem, task.entry)
+                    and r["seed"] in task.seeds
                     and any(r["config"] == c.index for c in task.configs)
                 ]
     todo = [t for t in tasks if t.key not in rows_by_task]

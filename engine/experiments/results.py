@@ -8,7 +8,8 @@ Columns: ``problem, problem_options`` (JSON), ``entry`` (the optimizer entry's l
 (oracle units spent) and the per-trajectory oracle counts ``function_values, gradients, hvps,
 jvps, rankings``; ``steps_to_target, units_to_target, seconds_to_target`` (-1 / NaN when not
 reached), ``diverged_at`` (-1 when not), ``wall_time`` (seconds of its lane: a batched run's time
-is shared equally among the lanes stepping), ``device, dtype, run_device`` and ``versions`` (JSON).
+is shared equally among the lanes stepping), ``device, dtype, run_device``, ``fused``
+(``RunConfig.fused`` of its race: False where seeds were rows of one Run) and ``versions`` (JSON).
 
 A Parquet file holds the table with the spec and metadata as JSON under the schema metadata key
 ``b"optiscope-experiment"``. :func:`row_to_race` turns any row back into a race.
@@ -113,5 +114,6 @@ def row_to_race(
         start=None if start is None else tuple(start),
         device=device or r["run_device"],
         dtype=r["dtype"],
+        fused=bool(r.get("fused", True)),  # tables from before the column: the default
     )
     return r["problem"], json.loads(r["problem_options"]), rc

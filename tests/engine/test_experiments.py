@@ -188,9 +188,10 @@ def _same(a, b) -> bool:
 
 
 def test_batched_tasks_equal_each_configuration_run_alone_as_a_race(tmp_path) -> None:
-    """Bit for bit on CPU, every record: configurations batched as lanes (Adam, heavy ball on a
-    landscape), one Run each (a seeded optimizer; a network with minibatches), seeds as runs,
-    starts as rows. Rows written to Parquet reopen as those races (row_to_race)."""
+    """Bit for bit on CPU, every record of every row: configurations batched as lanes and seeds as
+    rows of one Run (Adam, heavy ball on a landscape), one Run each (a seeded optimizer; a network
+    with minibatches, its seeds as Runs), starts as rows. Each (configuration, seed) is compared
+    with its own independent Run. Rows written to Parquet reopen as those races (row_to_race)."""
     spec = ExperimentSpec(
         problems=(
             {"name": "rosenbrock"},
@@ -203,7 +204,7 @@ def test_batched_tasks_equal_each_configuration_run_alone_as_a_race(tmp_path) ->
         ),
         budget=24,
         target=1.0,
-        seeds=(0, 5),
+        seeds=(0, 5, 7),
         starts=3,
         device="cpu",
     )
@@ -212,21 +213,38 @@ def test_batched_tasks_equal_each_configuration_run_alone_as_a_race(tmp_path) ->
     layouts = {(t.problem, t.optimizer): t.layout for t in tasks}
     assert layouts[("rosenbrock", "adam")] == "lanes" and layouts[("rosenbrock", "zo_sgd")] == "separate"
     assert layouts[("digits_mlp", "adam")] == "separate"
-    assert max(len(t.configs) for t in tasks if t.layout == "lanes") == 4  # defaults + 3: one Run
-    rows = []
+    # Adam on Rosenbrock: defaults + 3 configurations x 3 seeds x 3 starts are one Run of 4 lanes x 9 rows
+    (adam,) = [t for t in tasks if (t.problem, t.optimizer) == ("rosenbrock", "adam")]
+    assert len(adam.configs) == 4 and adam.seeds == (0, 5, 7) and adam.n_rows == 36 and not adam.fused
+    assert all(len(t.seeds) == 1 for t in tasks if t.layout == "separate" or t.problem == "digits_mlp")
+    rows, compared = [], 0
     for task in tasks:
         res = run_task(task, problems[task.problem], keep_records=True)
         rows += res.rows
         for config in task.configs:
-            mine = res.records[config.index]
-            rc = race_config(
-                config, seed=task.seed, starts=task.starts, start=None, device="cpu", dtype="float64"
-            )
-            alone = Run(problems[task.problem], rc).run(len(mine))
-            assert all(_same(a, b) for a, b in zip(mine, alone, strict=True)), (task.key, config.index)
+            for seed in task.seeds:
+                mine = res.records[(config.index, seed)]
+                rc = race_config(
+                    config,
+                    seed=seed,
+                    starts=task.starts,
+                    start=None,
+                    device="cpu",
+                    dtype="float64",
+                    fused=task.fused,  # False where seeds are rows (the fused kernel rounds by position)
+                )
+                alone = Run(problems[task.problem], rc).run(len(mine))
+                assert len(alone) == len(mine) > 2
+                assert all(_same(a, b) for a, b in zip(mine, alone, strict=True)), (
+                    task.key,
+                    config.index,
+                    seed,
+                )
+                compared += 1
+    assert compared == 2 * (4 + 3 + 3) * 3
     frame = frame_from_rows(rows)
     assert len(frame) == len(frame.drop_duplicates(["problem", "entry", "config", "seed", "start"]))
-    assert len(frame) == 2 * (4 + 3 + 3) * 2 * 3
+    assert len(frame) == 2 * (4 + 3 + 3) * 3 * 3
     path = ExperimentResult(spec, frame, {"complete": True}).to_parquet(tmp_path / "r.parquet")
     back = ExperimentResult.read_parquet(path)
     assert back.spec == spec and back.complete

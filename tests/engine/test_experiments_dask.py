@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from engine.experiments import ExperimentResult, ExperimentSpec, SchedulerError, SpecError, plan, run_task
+from engine.experiments.batching import expected_keys
 from engine.experiments.cli import main
 from engine.experiments.executor import connect, run_experiment
 from engine.experiments.results import KEY_COLUMNS
@@ -73,7 +74,7 @@ def expected(spec: ExperimentSpec) -> set[tuple]:
 
 def direct(spec: ExperimentSpec, key: str) -> pd.DataFrame:
     problems = spec.validate(CATALOGS)
-    (task,) = [t for t in plan(spec, problems) if t.key == key]
+    (task,) = [t for t in plan(spec, problems, min_tasks=4) if t.key == key]  # as on 2 workers
     return pd.DataFrame(run_task(task, problems[task.problem]).rows)
 
 
@@ -127,11 +128,11 @@ def test_a_worker_killed_mid_experiment_loses_no_row_and_doubles_none(client) ->
     assert set(got) == expected(spec) and result.complete and result.metadata["duplicated"] == 0
     assert killed["addr"] not in client.scheduler_info()["workers"]  # it really died (the nanny restarted it)
     task_key = str(killed["task"])[len("task-") :].rsplit("-", 1)[0]
-    _problem, entry, seed, configs = task_key.split("|")
+    _problem, entry, seeds, configs = task_key.split("|")
     lo, hi = (int(v) for v in configs.split("=")[1].split("-"))
     mine = result.frame[
         (result.frame["entry"] == entry)
-        & (result.frame["seed"] == int(seed.split("=")[1]))
+        & result.frame["seed"].isin([int(s) for s in seeds.split("=")[1].split(",")])
         & result.frame["config"].between(lo, hi)
     ]
     pd.testing.assert_frame_equal(
@@ -148,7 +149,10 @@ def test_cancel_keeps_what_finished_and_resume_runs_only_the_rest(client) -> Non
     assert partial.metadata["cancelled"] and not partial.complete
     got = keys(partial.frame)
     assert 0 < len(got) < len(expected(spec)) and len(got) == len(set(got)) and set(got) <= expected(spec)
-    assert len(got) % (5 * 8) == 0  # whole tasks only: 5 configurations x 8 starts each
+    tasks = plan(spec, spec.validate(CATALOGS), min_tasks=4)
+    assert len(tasks) == 4 and all(t.seeds == (0, 1) for t in tasks)  # seeds are rows of each task's Run
+    finished = [t for t in tasks if expected_keys([t]) <= set(got)]
+    assert set(got) == expected_keys(finished)  # whole tasks only
     ran = []
     full = run_experiment(
         spec, client=client, catalogs=CATALOGS, resume=partial, on_result=lambda r: ran.append(r.key)
@@ -156,7 +160,7 @@ def test_cancel_keeps_what_finished_and_resume_runs_only_the_rest(client) -> Non
     assert (
         full.complete and set(keys(full.frame)) == expected(spec) and len(full.frame) == len(expected(spec))
     )
-    assert len(ran) == 4 - len(got) // 40
+    assert sorted(ran) == sorted(t.key for t in tasks if t not in finished)
     before = partial.frame.set_index(list(KEY_COLUMNS))[OUTCOMES]
     after = full.frame.set_index(list(KEY_COLUMNS))[OUTCOMES].loc[before.index]
     pd.testing.assert_frame_equal(after, before)

@@ -1,0 +1,112 @@
+"""The experiments panel's model: an experiment built from the race, cancel leaves nothing
+running, and a result row (or a basin pixel) reopens as a race with its configuration."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from app.experiments import ExperimentModel
+from app.model import RaceSession
+from app.views.experiments import ExperimentsView, profile_figure, sensitivity_figure, tuned_figure
+from engine.experiments import row_to_race
+from engine.registry import get_spec
+from engine.run import Run
+from landscapes import get_landscape
+
+
+@pytest.fixture
+def race() -> Iterator[RaceSession]:
+    s = RaceSession(problem="rosenbrock", optimizers=["sgd", "adam"], n_starts=2, seed=4, speed=500)
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def client():
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=40
+    )
+    c = Client(cluster)
+    yield c
+    c.close()
+    cluster.close()
+
+
+def test_an_experiment_built_from_the_race_has_its_lanes_seeds_and_a_grid_around_each_lr(race) -> None:
+    lrs = {lane.optimizer: lane.values()["lr"] for lane in race.lanes}
+    model = ExperimentModel(race, seeds=3, lr_points=5, lr_decades=1.0, budget=90.0)
+    spec = model.build()
+    assert [p.name for p in spec.problems] == ["rosenbrock"] and spec.budget == 90.0
+    assert spec.seeds == (4, 5, 6) and spec.starts == 2
+    assert [e.name for e in spec.optimizers] == ["sgd", "adam"]
+    for entry in spec.optimizers:
+        got = [c.hyperparameters["lr"] for c in spec.configurations(entry)]
+        lr = lrs[entry.name]
+        want = [lr * 10 ** (k / 2 - 1) for k in range(5)]  # 1/10 .. 10x, the lane's own in the middle
+        hp = get_spec(entry.name).hyperparameter("lr")
+        want = [v for v in want if (hp.low is None or v >= hp.low) and (hp.high is None or v <= hp.high)]
+        assert got[0] == lr and np.allclose(got[1:], want, rtol=1e-12)  # defaults (the lane's) first
+
+
+def test_bad_settings_fail_before_anything_runs(race) -> None:
+    model = ExperimentModel(race)
+    for lane in list(race.lanes):
+        race.remove_lane(lane)
+    with pytest.raises(ValueError, match="no lanes"):
+        model.build()
+    assert model.handle is None
+
+
+def test_cancel_keeps_finished_rows_and_leaves_nothing_running(race) -> None:
+    model = ExperimentModel(race, seeds=4, lr_points=16, budget=3e5, n_workers=1)  # minutes if not cancelled
+    model.start()
+    threading.Event().wait(0.5)
+    assert model.running
+    model.cancel(wait=60)
+    assert not model.running and model.handle is None and model.result is not None
+    assert model.result.metadata["cancelled"] and not model.result.complete
+    assert not [t for t in threading.enumerate() if t.name == "optiscope-experiment"]
+
+
+def test_results_give_figures_and_a_row_reopens_as_its_race(race, client) -> None:
+    model = ExperimentModel(race, seeds=2, lr_points=3, budget=60.0, target=10.0)
+    model.start(client=client)
+    assert model.poll(120) and model.result is not None and model.result.complete
+    f = model.frame
+    assert len(f) == 2 * (1 + 3) * 2 * 2  # optimizers x (default + 3 lrs) x seeds x starts
+    assert "oracle units" in model.cost() and f"{len(f)} rows" in model.cost()
+    for make in (sensitivity_figure, tuned_figure, profile_figure):
+        assert make(model).renderers  # each figure draws something
+    row = f.sort_values("final_loss").iloc[0]
+    race_spec = model.race_of_row(row)
+    name, options, rc = row_to_race(row, device="cpu")
+    assert race_spec.params.seed == rc.seed == int(row["seed"]) and race_spec.params.n_starts == 2
+    assert race_spec.lanes == rc.lanes and dict(race_spec.lanes[0].hyperparameters) == {
+        k: v for k, v in __import__("json").loads(row["hyperparameters"]).items()
+    }
+    # the reopened race reproduces the row (same config, seed and start row)
+    records = Run(get_landscape(name, **options), race_spec.config()).run(int(row["steps"]) + 1)
+    assert np.isclose(records[-1].loss[int(row["start"])], row["final_loss"], rtol=1e-12)
+    assert model.open(race_spec)
+    assert race.seed == rc.seed and [ln.optimizer for ln in race.lanes] == [row["optimizer"]]
+    assert race.lanes[0].values()["lr"] == rc.lanes[0].hyperparameters["lr"]
+
+
+def test_a_basin_pixel_reopens_as_the_race_from_its_start(race) -> None:
+    model = ExperimentModel(race, basin_grid=8, basin_steps=20)
+    job = model.start_basins()
+    assert job is not None and job.wait(60) and not job.error
+    assert [m.optimizer for m in model.basins] == ["sgd", "adam"]
+    view = ExperimentsView(race, lambda _m: None, model)
+    view.refresh()
+    assert len(view.basin_row.objects) == 2
+    bmap = model.basins[1]
+    x, y = bmap.start(3, 5)
+    view.open_pixel(bmap, x + 1e-9, y)
+    assert (race.start_x, race.start_y) == (x, y) and [ln.optimizer for ln in race.lanes] == ["adam"]
