@@ -18,8 +18,10 @@ from typing import Any
 
 import param
 
-from app.batch import Batch, Mark, axis_row
-from app.lanes import MAX_LANES, Lane, free_slot, relabel
+from app.batch import Batch, Mark
+from app.lanes import MAX_LANES, SCHEDULED, Lane, free_slot, relabel
+from app.mirror import Mirror, describe
+from app.mirror import show as _show
 from app.ranking import Ranking
 from app.sharing import CUSTOM, X_AXES, RaceError, RaceSpec, RunParams, check_race, lanes_of
 from engine.events import (
@@ -30,8 +32,11 @@ from engine.events import (
     RequestProbe,
     Reset,
     Resume,
+    SetBatchSize,
+    SetClip,
     SetHyperparameter,
     SetProbes,
+    SetSchedule,
     SwitchOptimizer,
 )
 from engine.instruments import LANDSCAPE_PROBES, NETWORK_PROBES, SCHEDULES, ProbeConfig
@@ -74,7 +79,7 @@ def make_problem(p: RunParams) -> Problem:
     return get_landscape(p.problem, **options)
 
 
-class RaceSession(param.Parameterized):
+class RaceSession(Mirror, param.Parameterized):
     """One page's race: its settings, its lanes, its run and the worker thread stepping it."""
 
     problem = param.Selector(default="rosenbrock", objects=[*available_landscapes(), CUSTOM,
@@ -169,7 +174,8 @@ class RaceSession(param.Parameterized):
         else:  # lanes in the same colour slots are reused (their cards and widgets stay on the page)
             by_slot = {lane.slot: lane for lane in self.lanes}
             lanes = [by_slot[i].become(config) if i in by_slot else
-                     Lane.from_config(config, slot=i, on_change=self._on_lane_change)
+                     Lane.from_config(config, slot=i, on_change=self._on_lane_change,
+                                      on_wrap=self._on_lane_wrap)
                      for i, config in enumerate(spec.lanes)]
         for i, lane in enumerate(lanes):
             lane.engine_id = i
@@ -290,11 +296,13 @@ class RaceSession(param.Parameterized):
             spec = get_spec(optimizer)
             spec.check_problem(self.problem_obj)
             lane = Lane(optimizer, values, slot=free_slot(self.lanes, self._recent_slots),
-                        on_change=self._on_lane_change)
+                        on_change=self._on_lane_change, on_wrap=self._on_lane_wrap)
         except (HyperparameterError, ValueError) as exc:
             self.message = str(exc)
             return None
-        event = AddLane(optimizer, lane.values())
+        config = lane.config()
+        event = AddLane(optimizer, config.hyperparameters, config.schedules, _plain(config.clip),
+                        _plain(config.batch_size))
         self._pending_adds.append((lane, self.worker.call(lambda run: run.apply(event))))
         self._set_lanes([*self.lanes, lane])
         self.mark(f"+ {lane.label}", lane)
@@ -324,8 +332,11 @@ class RaceSession(param.Parameterized):
             return False
         old = lane.label
         lane.switch(optimizer)
-        self.worker.submit(SwitchOptimizer(lane.engine_id, optimizer, lane.values(),
-                                           keep_position=self.on_switch == "continue from here"))
+        config = lane.config()  # the lr schedule goes on with the new optimizer, as do clip and batch
+        self.worker.submit(SwitchOptimizer(lane.engine_id, optimizer, config.hyperparameters,
+                                           keep_position=self.on_switch == "continue from here",
+                                           schedules=config.schedules, clip=_plain(config.clip),
+                                           batch_size=_plain(config.batch_size)))
         self._set_lanes(list(self.lanes))
         self.mark(f"{old} → {lane.label}" + (" (restart)" if self.on_switch == "restart" else ""), lane)
         return True
@@ -334,6 +345,15 @@ class RaceSession(param.Parameterized):
         """A lane's hyperparameter changed (its widget): the engine gets it as an event."""
         self.worker.submit(SetHyperparameter(lane.engine_id, name, value))
         self.mark(f"{lane.label}: {name} {_show(old)} → {_show(value)}", lane)
+
+    def _on_lane_wrap(self, lane: Lane, what: str, old: Any, new: Any) -> None:
+        """A lane's lr schedule, clipping or batch size changed (its card): one engine event."""
+        plain = _plain(new)
+        event = {"schedule": lambda: SetSchedule(lane.engine_id, SCHEDULED, plain),
+                 "clip": lambda: SetClip(lane.engine_id, plain),
+                 "batch": lambda: SetBatchSize(lane.engine_id, plain)}[what]()
+        self.worker.submit(event)
+        self.mark(f"{lane.label}: {describe(what, old)} → {describe(what, new)}", lane)
 
     def _set_lanes(self, lanes: list[Lane]) -> None:
         relabel(lanes)
@@ -346,107 +366,6 @@ class RaceSession(param.Parameterized):
     def lane(self, lane_id: int) -> Lane | None:
         return next((ln for ln in self.lanes if ln.id == lane_id), None)
 
-    # -- reading ---------------------------------------------------------------------------------
-    def drain(self) -> Batch:
-        """Records and marks since the last call, per lane, with replayed events mirrored into the
-        lanes as the run reaches them (called by the page's periodic pump)."""
-        batch = Batch(origin=self.origin)
-        worker = self.worker
-        if self._pending_reset is not None:
-            if not self._pending_reset.done():
-                return batch  # the records wait in the worker until the reset has a tick
-            self.origin = batch.origin = self._pending_reset.result()
-            self._pending_reset, batch.reset = None, True
-            records = [r for r in worker.drain() if r.tick >= self.origin]
-            self._marks = [Mark(self.origin, "reset")]
-        else:
-            records = worker.drain()
-        for lane, future in list(self._pending_adds):
-            if future.done():
-                self._pending_adds.remove((lane, future))
-                if future.exception() is not None:
-                    self.message = f"{lane.label} could not join: {future.exception()}"
-                    self._set_lanes([ln for ln in self.lanes if ln is not lane])
-                else:
-                    lane.engine_id = future.result()
-                    if lane.id in self._removed:
-                        self.worker.submit(RemoveLane(lane.engine_id))
-        by_engine = {ln.engine_id: ln for ln in self.lanes if ln.engine_id >= 0}
-        for r in records:
-            if self._scheduled and self._scheduled[0].tick <= r.tick:
-                self._mirror(r.tick, batch)
-                by_engine = {ln.engine_id: ln for ln in self.lanes if ln.engine_id >= 0}
-            lane = by_engine.get(r.lane) or self._bind(r)
-            if lane is not None:
-                batch.records.setdefault(lane.id, []).append(r)
-        self._mirror(worker.tick, batch)
-        if batch.reset:
-            self.latest = {}
-        for lane_id, recs in batch.records.items():
-            self.latest[lane_id] = recs[-1]
-        batch.marks = [self._place(m) for m in self._marks]
-        self._marks = []
-        errors = worker.errors()
-        if errors:
-            self.message = errors[-1]
-        if self.running and worker.run.paused and worker.tick > self._resumed_at:
-            self.running = False  # a replayed race reached the step where it was saved paused
-        return batch
-
-    def _place(self, mark: Mark) -> Mark:
-        """A mark's position on every x-axis: its lane's counts (or the race's furthest) now."""
-        if mark.lane is not None:
-            row = axis_row(self.latest.get(mark.lane), mark.tick, self.origin)
-        else:
-            rows = [axis_row(r, mark.tick, self.origin) for r in self.latest.values()] or \
-                [axis_row(None, mark.tick, self.origin)]
-            row = {k: max(r[k] for r in rows) for k in rows[0]}
-        return replace(mark, at=row)
-
-    def _bind(self, record: Record) -> Lane | None:
-        """A lane a replayed event added: it gets the engine id of its first record."""
-        for lane in self.lanes:
-            if lane.engine_id == -2 and lane.optimizer == record.optimizer:
-                lane.engine_id = record.lane
-                return lane
-        return None
-
-    def _mirror(self, tick: int, batch: Batch) -> None:
-        """Show the replayed events the run applied up to ``tick`` in the lanes (not sent back)."""
-        lanes = list(self.lanes)
-        changed = False
-        while self._scheduled and self._scheduled[0].tick <= tick:
-            e = self._scheduled.pop(0)
-            ev = e.event
-            lane = next((ln for ln in lanes if ln.engine_id == getattr(ev, "lane", None)), None)
-            if isinstance(ev, SetHyperparameter) and lane is not None:
-                before = getattr(lane.hyperparameters, ev.name)
-                lane.mirror(ev.name, ev.value)
-                text = f"{lane.label}: {ev.name} {_show(before)} → {_show(ev.value)}"
-                self._marks.append(Mark(e.tick, text, lane.id))
-            elif isinstance(ev, SwitchOptimizer) and lane is not None:
-                old = lane.label
-                lane.switch(ev.optimizer, ev.hyperparameters)
-                self._marks.append(Mark(e.tick, f"{old} → {lane.spec.display_name}", lane.id))
-                changed = True
-            elif isinstance(ev, AddLane):
-                new = Lane(ev.optimizer, ev.hyperparameters, slot=free_slot(lanes, self._recent_slots),
-                           on_change=self._on_lane_change)
-                new.engine_id = -2  # bound to the engine's id by its first record
-                lanes.append(new)
-                self._marks.append(Mark(e.tick, f"+ {new.spec.display_name}", new.id))
-                changed = True
-            elif isinstance(ev, RemoveLane) and lane is not None:
-                lanes.remove(lane)
-                self._marks.append(Mark(e.tick, f"− {lane.label}"))
-                changed = True
-            elif isinstance(ev, Reset):  # what came before it is gone from the page
-                self.origin = batch.origin = e.tick
-                batch.reset, batch.records = True, {}
-                self._marks = [Mark(e.tick, "reset")]
-        if changed:
-            self._set_lanes(lanes)
-
     def private_problem(self) -> Future[Problem]:
         """A copy of the run's problem for another thread, taken by the worker between two steps
         (a network step swaps its module's parameters while it runs: never share or copy mid-step)."""
@@ -458,8 +377,8 @@ class RaceSession(param.Parameterized):
             self.worker.stop()
 
 
-def _show(value: Any) -> str:
-    return f"{value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+def _plain(wrapper: Any) -> dict[str, Any] | None:
+    return None if wrapper is None else wrapper.to_dict()
 
 
 def _message(exc: Exception, source: str) -> str:
