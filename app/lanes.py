@@ -82,7 +82,7 @@ class Wrappers(param.Parameterized):
                                                            "linear"], label="lr schedule")
     warmup = param.Integer(default=0, bounds=(0, 1_000_000), label="warm-up steps")
     steps = param.Integer(default=1000, bounds=(1, 1_000_000), label="horizon T (steps)")
-    gamma = param.Number(default=0.5, bounds=(0.0, 1.0), inclusive_bounds=(False, True), label="gamma")
+    gamma = param.Number(default=0.1, bounds=(0.0, 1.0), inclusive_bounds=(False, True), label="gamma")
     every = param.Integer(default=100, bounds=(1, 1_000_000), label="every k steps")
     final = param.Number(default=0.0, bounds=(0.0, 1.0), label="final factor")
     clip = param.Selector(default=NO_CLIP, objects=[NO_CLIP, "norm", "value", "coordinate"],
@@ -213,7 +213,7 @@ class Lane(param.Parameterized):
         return {"schedule": w.schedules(self.spec).get(SCHEDULED), "clip": w.clipping(),
                 "batch": w.batch_size()}
 
-    def _wrap_changed(self, _: Any) -> None:
+    def _wrap_changed(self, *_: Any) -> None:
         try:
             now = self._wrapped()
         except ValueError:  # a combination the engine refuses: nothing is sent
