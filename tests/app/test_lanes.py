@@ -119,3 +119,20 @@ def test_a_link_and_a_replayed_log_carry_the_wrappers(sgd: RaceSession) -> None:
         assert not any(isinstance(e, (SetSchedule, SetClip)) for e in logged(other)[len(back.events):])
     finally:
         other.close()
+
+
+def test_the_card_draws_the_schedule_and_writes_the_live_lr(explorer) -> None:
+    """Cosine over 20 steps from lr 1e-3: at step 4 the card says 1e-3 * (1 + cos(pi/5)) / 2."""
+    from tests.app.conftest import steps
+    lane = explorer.session.lanes[0]
+    card = explorer.sidebar.cards[lane.id]
+    card.card.collapsed = False
+    lane.hyperparameters.lr = 1e-3
+    lane.wrap.param.update(schedule="cosine", steps=20, clip="norm")
+    steps(explorer, 5)
+    explorer._refresh()
+    controls = card.wrappers
+    assert controls.live.object == "lr now <b>0.0009045</b> at step 4"
+    assert "<polyline" in controls.curve.object and "<circle" in controls.curve.object
+    shown = {n for n, w in controls.fields.items() if w.visible}
+    assert shown == {"warmup", "steps", "final", "threshold"}  # cosine's fields and the norm clip's
