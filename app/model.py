@@ -65,6 +65,9 @@ DEFAULT_RACE: tuple[tuple[str, dict[str, Any]], ...] = (
 RUN_PARAMS = ("problem", "problem_options", "expression", "start_x", "start_y", "n_starts", "seed",
               "batch_size")
 PROBE_PARAMS = ("probe_schedule", "probe_every", "probe_top_k", "probe_density", "probe_trace")
+PROBE_PRESETS = ("default", "economy", "business", "full")
+"""The probe presets the page offers: the problem kind's own default, or Cockpit's three
+(:meth:`engine.instruments.ProbeConfig.economy` / ``business`` / ``full``)."""
 
 
 def make_problem(p: RunParams) -> Problem:
@@ -96,6 +99,8 @@ class RaceSession(Mirror, param.Parameterized):
     speed = param.Number(default=60.0, bounds=(1.0, 1000.0), doc="steps per second asked of the worker")
     x_axis = param.Selector(default="step", objects=list(X_AXES))
     on_switch = param.Selector(default="continue from here", objects=["continue from here", "restart"])
+    probe_preset = param.Selector(default="default", objects=list(PROBE_PRESETS),
+                                  doc="what the probes measure and at what cost (Cockpit's presets)")
     probe_schedule = param.Selector(default="every", objects=list(SCHEDULES))
     probe_every = param.Integer(default=LANDSCAPE_PROBES.every, bounds=(1, 10_000))
     probe_top_k = param.Integer(default=1, bounds=(1, 10))
@@ -126,6 +131,8 @@ class RaceSession(Mirror, param.Parameterized):
         self._pending_reset: Future | None = None
         self._pending_adds: list[tuple[Lane, Future]] = []
         self.origin = 0
+        self._probe_base: ProbeConfig | None = None  # the probes running: widgets change only their fields
+        self._quiet_probes = False
         if not self.load(RaceSpec(self._requested(), lanes_of(lanes)), "this race"):
             raise ValueError(self.message)
 
@@ -136,20 +143,28 @@ class RaceSession(Mirror, param.Parameterized):
                          expression=self.expression, start=start, n_starts=self.n_starts, seed=self.seed,
                          batch_size=self.batch_size)
 
+    def _preset_probes(self, network: bool) -> ProbeConfig:
+        if self.probe_preset == "default":
+            return NETWORK_PROBES if network else LANDSCAPE_PROBES
+        return getattr(ProbeConfig, self.probe_preset)()
+
     def _probe_config(self, network: bool) -> ProbeConfig:
-        base = NETWORK_PROBES if network else LANDSCAPE_PROBES
-        return ProbeConfig(schedule=self.probe_schedule, every=self.probe_every, top_k=self.probe_top_k,
-                           density=self.probe_density, trace=self.probe_trace, tol=base.tol, seed=self.seed)
+        """The probes the widgets describe, on the running (or preset) config: ``replace`` keeps what
+        no widget shows (tol, dtype, noise, estimate cosine, probe counts)."""
+        same = network == self.is_network and self._probe_base is not None
+        base = self._probe_base if same else self._preset_probes(network)
+        fields = dict(schedule=self.probe_schedule, top_k=self.probe_top_k, density=self.probe_density,
+                      trace=self.probe_trace, seed=self.seed)
+        if same:  # a new kind of problem starts from its own default interval
+            fields["every"] = self.probe_every
+        return replace(base, **fields)
 
     def load(self, spec: RaceSpec, source: str = "this race", *, keep_lanes: bool = False) -> bool:
         """Open ``spec``: check it, build its problem and run, and only then replace the running
         race. False, with the reason in ``message`` and nothing changed, if any part fails."""
         network = spec.params.is_network
         if spec.probes is None:  # the page's probe settings; each kind of problem has its own default
-            probes = self._probe_config(network)
-            if network != self.is_network:
-                probes = replace(probes, every=(NETWORK_PROBES if network else LANDSCAPE_PROBES).every)
-            spec = replace(spec, probes=probes.to_dict())
+            spec = replace(spec, probes=self._probe_config(network).to_dict())
         try:
             spec = check_race(spec, source)
             problem = make_problem(spec.params)
@@ -188,7 +203,7 @@ class RaceSession(Mirror, param.Parameterized):
         """Each lane's newest record (by the app's lane id), as drained."""
         self._resumed_at = 0
         self.worker = RunWorker(run, steps_per_second=spec.speed or self.speed).start()
-        probes = run.config.probes
+        probes = self._probe_base = run.config.probes
         x0 = run.starts[0].cpu().numpy()
         start = (float(x0[0]), float(x0[1])) if problem.dim == 2 else (None, None)
         updates = dict(problem=spec.params.problem, problem_options=spec.params.option_dict,
@@ -203,7 +218,11 @@ class RaceSession(Mirror, param.Parameterized):
             updates["x_axis"] = spec.x_axis
         self._applied = replace(spec.params, start=start if problem.dim == 2 else None)
         # the parameters now describe the run that is running: the rebuild watcher finds nothing to do
-        self.param.update(**updates, lanes=lanes, revision=self.revision + 1)
+        self._quiet_probes = True
+        try:
+            self.param.update(**updates, lanes=lanes, revision=self.revision + 1)
+        finally:
+            self._quiet_probes = False
         if spec.paused and spec.ticks == 0:
             self.running = False
         if self.running:
@@ -232,11 +251,29 @@ class RaceSession(Mirror, param.Parameterized):
 
     @param.depends(*PROBE_PARAMS, watch=True)
     def _on_probes(self) -> None:
+        if self._quiet_probes:
+            return
         try:
             config = self._probe_config(self.is_network)
         except ValueError as exc:
             self.message = str(exc)
             return
+        if config != self._probe_base:
+            self._probe_base = config
+            self.worker.submit(SetProbes(config.to_dict()))
+
+    @param.depends("probe_preset", watch=True)
+    def _on_probe_preset(self) -> None:
+        """A preset replaces the whole probe config (its widgets show its values)."""
+        config = replace(self._preset_probes(self.is_network), seed=self.seed)
+        self._quiet_probes = True
+        try:
+            self.param.update(probe_schedule=config.schedule, probe_every=config.every,
+                              probe_top_k=config.top_k, probe_density=config.density,
+                              probe_trace=config.trace)
+        finally:
+            self._quiet_probes = False
+        self._probe_base = config
         self.worker.submit(SetProbes(config.to_dict()))
 
     @param.depends("speed", watch=True)

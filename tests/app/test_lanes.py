@@ -136,3 +136,33 @@ def test_the_card_draws_the_schedule_and_writes_the_live_lr(explorer) -> None:
     assert "<polyline" in controls.curve.object and "<circle" in controls.curve.object
     shown = {n for n, w in controls.fields.items() if w.visible}
     assert shown == {"warmup", "steps", "final", "threshold"}  # cosine's fields and the norm clip's
+
+
+def probes_sent(s: RaceSession) -> list[dict]:
+    from engine.events import SetProbes
+    return [dict(e.config) for e in logged(s) if isinstance(e, SetProbes)]
+
+
+def test_a_probe_preset_sends_the_whole_preset_and_widgets_change_only_their_fields(sgd) -> None:
+    """Business = economy + top-3 at tol 1e-4, a trace, gradient noise, float32 products: choosing it
+    sends all of that, and a later widget change keeps tol, dtype, noise and the estimate cosine."""
+    from engine.instruments import ProbeConfig
+    sgd.probe_preset = "business"
+    assert probes_sent(sgd)[-1] == ProbeConfig.business(seed=sgd.seed).to_dict()
+    assert (sgd.probe_top_k, sgd.probe_trace, sgd.probe_every) == (3, True, 50)
+    sgd.probe_every = 7
+    assert probes_sent(sgd)[-1] == ProbeConfig.business(every=7, seed=sgd.seed).to_dict()
+
+
+def test_a_links_probes_survive_a_widget_change(sgd) -> None:
+    """A link carrying noise probes and float32 products keeps them when a probe widget changes."""
+    from engine.instruments import ProbeConfig
+    spec = replace_probes(sgd.spec(), ProbeConfig.full(every=9))
+    assert sgd.load(spec, "the link")
+    sgd.probe_top_k = 2
+    assert probes_sent(sgd)[-1] == ProbeConfig.full(every=9, top_k=2, seed=sgd.seed).to_dict()
+
+
+def replace_probes(spec, probes):
+    from dataclasses import replace
+    return replace(spec, probes=probes.to_dict())
