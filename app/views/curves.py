@@ -15,11 +15,23 @@ from app.figures import FLOOR, Marks, Slots, live_range, make_figure, scale_font
 from app.lanes import Lane
 from app.views.base import View, html_escape, swatch
 from engine.records import RUNNING, Record
+from engine.registry import get_spec
 
 
 def _median(values: np.ndarray) -> float:
     live = values[np.isfinite(values)]
     return float(np.median(live)) if live.size else float("nan")
+
+
+def _union(a: tuple[float, float] | None, b: tuple[float, float]) -> tuple[float, float]:
+    return b if a is None else (min(a[0], b[0]), max(a[1], b[1]))
+
+
+def _display(optimizer: str) -> str:
+    try:
+        return get_spec(optimizer).display_name
+    except ValueError:
+        return optimizer
 
 
 class CurveView(View):
@@ -38,6 +50,9 @@ class CurveView(View):
         self.marks = Marks(self.figure)
         self.f_star: float | None = None
         self._optimizer: dict[int, str] = {}  # lane -> optimizer of its last streamed row
+        self._bounds: dict[int, tuple[float, float]] = {}  # lane -> y extent of its running segment
+        self._kept: dict[int, tuple[float, float]] = {}  # lane -> extent of segments it left while running
+        self._stopped: dict[int, str] = {}  # lane -> the optimizer whose segment stopped (diverged)
         self._base_title = self.title
         self.panel = pn.pane.Bokeh(self.figure, sizing_mode="stretch_width")
 
@@ -51,6 +66,9 @@ class CurveView(View):
         self.slots.show(lanes)
         ids = {lane.id for lane in lanes}
         self._optimizer = {k: v for k, v in self._optimizer.items() if k in ids}
+        self._bounds = {k: v for k, v in self._bounds.items() if k in ids}
+        self._kept = {k: v for k, v in self._kept.items() if k in ids}
+        self._stopped = {k: v for k, v in self._stopped.items() if k in ids}
 
     def set_x(self, column: str, label: str) -> None:
         self.slots.set_x(column)
@@ -65,8 +83,11 @@ class CurveView(View):
             names = [r.optimizer for r in recs]
             if self._optimizer.get(lane_id, names[0]) != names[0]:  # a new segment: break the line
                 self._stream(slot, [recs[0]], gap=True)
+                if lane_id in self._bounds:  # the segment left while running keeps its place on the axis
+                    self._kept[lane_id] = _union(self._kept.get(lane_id), self._bounds.pop(lane_id))
             self._optimizer[lane_id] = names[-1]
             self._stream(slot, recs)
+            self._extend(lane_id, recs)
         self.marks.add(batch.marks)
 
     def _stream(self, slot: int, recs: list[Record], gap: bool = False) -> None:
@@ -74,6 +95,33 @@ class CurveView(View):
         data[self.y] = [float("nan")] * len(recs) if gap else [self.value(r) for r in recs]
         data["optimizer"] = [r.optimizer for r in recs]
         self.slots.sources[slot].stream(data, rollover=50_000)
+
+    def _extend(self, lane_id: int, recs: list[Record]) -> None:
+        """Widen the lane's y extent by its rows that were running: a diverged row (or the blown-up
+        segment of a lane that later switched optimizer) never stretches the axis."""
+        log = self.figure.y_scale.__class__.__name__ == "LogScale"
+        for r in recs:
+            if not any(s == RUNNING for s in r.status):  # its segment diverged: its run-up is off the axis
+                if lane_id not in self._stopped:
+                    self._stopped[lane_id] = r.optimizer
+                self._bounds.pop(lane_id, None)
+                continue
+            self._stopped.pop(lane_id, None)
+            x = self.value(r)
+            if np.isfinite(x) and (x > 0 or not log):
+                self._bounds[lane_id] = _union(self._bounds.get(lane_id), (x, x))
+
+    def y_extent(self) -> tuple[float, float] | None:
+        """The y-axis range: the finite, non-diverged data of the lanes shown, padded."""
+        ids = {lane.id for lane in self.session.lanes}
+        spans = [b for k, b in [*self._bounds.items(), *self._kept.items()] if k in ids]
+        if not spans:
+            return None
+        lo, hi = min(b[0] for b in spans), max(b[1] for b in spans)
+        if self.figure.y_scale.__class__.__name__ == "LogScale":
+            return lo / 2, hi * 2
+        pad = 0.05 * (hi - lo) or 0.05 * max(abs(hi), 1.0)
+        return lo - pad, hi + pad
 
     def refresh(self) -> None:
         """Fit the y-axis to the lanes still running, and say which are off the scale."""
@@ -86,9 +134,14 @@ class CurveView(View):
                 continue
             if any(s == RUNNING for s in r.status):
                 live += self.slots.renderers[slot]
-            else:
-                off.append(lane.label)
+            else:  # the divergence belongs to the optimizer that diverged, not to the one after it
+                who = _display(self._stopped.get(lane.id, r.optimizer))
+                off.append(who if who == lane.label else f"{who} (lane now {lane.label})")
         live_range(self.figure, live)
+        extent = self.y_extent()
+        y = self.figure.y_range
+        if extent is not None and (y.start, y.end) != extent:
+            y.start, y.end = extent
         title = self._base_title + (f" (axis fits the running lanes; {', '.join(off)} stopped or diverged)"
                                     if off and live else "")
         if self.figure.title.text != title:
@@ -98,6 +151,9 @@ class CurveView(View):
         self.slots.clear()
         self.marks.clear()
         self._optimizer.clear()
+        self._bounds.clear()
+        self._kept.clear()
+        self._stopped.clear()
 
     def present(self, big: bool) -> None:
         scale_fonts(self.figure, big)

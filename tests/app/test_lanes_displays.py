@@ -1,0 +1,55 @@
+"""Displays that never mislead (issue 14): a diverged segment never stretches the loss axis, and
+its divergence is written against the optimizer that diverged, on the curves and the leaderboard."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from app.explorer import Explorer
+from app.views.curves import LossView
+from app.views.leaderboard import LeaderboardView
+from tests.app.conftest import steps
+
+
+@pytest.fixture
+def blown() -> Iterator[Explorer]:
+    """SGD at lr 1 on the quadratic diverges at step 4 (|loss| 8.6e8 > 1e6 x start); Adam runs."""
+    ex = Explorer(landscape="quadratic", lanes=[("sgd", {"lr": 1.0}), ("adam", {"lr": 0.1})], speed=500)
+    yield ex
+    ex.close()
+
+
+def view(ex: Explorer, kind: type):
+    return next(v for v in ex.views if type(v) is kind)
+
+
+def test_a_diverged_lane_switched_to_another_optimizer_keeps_the_axis_and_its_own_name(blown) -> None:
+    s = blown.session
+    steps(blown, 12)
+    assert "diverged" in s.latest[s.lanes[0].id].status[0]
+    s.switch_optimizer(s.lanes[0], "adam")
+    steps(blown, 5)
+    blown._refresh()
+    loss = view(blown, LossView)
+    drawn = np.concatenate([np.asarray(src.data["loss"], dtype=float) for src in loss.slots.sources])
+    assert np.nanmax(drawn) > 1e8  # the blown-up curve is still drawn ...
+    adam = np.asarray(loss.slots.sources[loss.slots.slot_of(s.lanes[1].id)].data["loss"], dtype=float)
+    y = loss.figure.y_range
+    assert (y.start, y.end) == pytest.approx((adam.min() / 2, adam.max() * 2))  # ... but fits the others
+    assert "SGD (lane now Adam #1)" in loss.figure.title.text
+    board = {r["optimizer"]: r["status"] for r in view(blown, LeaderboardView).rows()}
+    assert board["Adam #1"].startswith("SGD diverged at step 4")
+
+
+def test_a_segment_left_while_running_stays_on_the_axis(blown) -> None:
+    """Adam (lane 2) switched to SGD while running: its first segment still counts for the axis."""
+    s = blown.session
+    steps(blown, 3)
+    loss = view(blown, LossView)
+    before = loss._bounds[s.lanes[1].id]
+    s.switch_optimizer(s.lanes[1], "momentum")
+    steps(blown, 2)
+    assert loss._kept[s.lanes[1].id] == before
