@@ -151,8 +151,8 @@ class RaceSession(Mirror, param.Parameterized):
     def _probe_config(self, network: bool) -> ProbeConfig:
         """The probes the widgets describe, on the running (or preset) config: ``replace`` keeps what
         no widget shows (tol, dtype, noise, estimate cosine, probe counts)."""
-        same = network == self.is_network and self._probe_base is not None
-        base = self._probe_base if same else self._preset_probes(network)
+        same = network == self.is_network or self.problem_obj is None
+        base = self._probe_base if same and self._probe_base is not None else self._preset_probes(network)
         fields = dict(schedule=self.probe_schedule, top_k=self.probe_top_k, density=self.probe_density,
                       trace=self.probe_trace, seed=self.seed)
         if same:  # a new kind of problem starts from its own default interval

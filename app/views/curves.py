@@ -3,6 +3,7 @@ x-axis, with change markers that carry their text and a y-axis fitted to the lan
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -118,8 +119,8 @@ class CurveView(View):
         if not spans:
             return None
         lo, hi = min(b[0] for b in spans), max(b[1] for b in spans)
-        if self.figure.y_scale.__class__.__name__ == "LogScale":
-            return lo / 2, hi * 2
+        if self.figure.y_scale.__class__.__name__ == "LogScale":  # whole decades: two labelled ticks at least
+            return 10.0 ** math.floor(math.log10(lo / 1.2)), 10.0 ** math.ceil(math.log10(hi * 1.2))
         pad = 0.05 * (hi - lo) or 0.05 * max(abs(hi), 1.0)
         return lo - pad, hi + pad
 
@@ -136,14 +137,14 @@ class CurveView(View):
                 live += self.slots.renderers[slot]
             else:  # the divergence belongs to the optimizer that diverged, not to the one after it
                 who = _display(self._stopped.get(lane.id, r.optimizer))
-                off.append(who if who == lane.label else f"{who} (lane now {lane.label})")
+                off.append(who if who == lane.label else f"{who} (now {lane.label})")
         live_range(self.figure, live)
         extent = self.y_extent()
         y = self.figure.y_range
         if extent is not None and (y.start, y.end) != extent:
             y.start, y.end = extent
-        title = self._base_title + (f" (axis fits the running lanes; {', '.join(off)} stopped or diverged)"
-                                    if off and live else "")
+        note = f" · {', '.join(off)} stopped or diverged: axis fits the rest" if off and live else ""
+        title = self._base_title + note
         if self.figure.title.text != title:
             self.figure.title.text = title
 

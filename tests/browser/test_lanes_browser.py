@@ -84,9 +84,9 @@ def test_a_diverged_lane_switched_keeps_its_name_and_the_axis_stays_readable(
         wait_until(lambda: "SGD diverged at step 4" in board.inner_text(), REACT,
                    "the divergence named SGD's", board.inner_text)
         axis = lambda: s.page.evaluate(_AXIS_JS)  # noqa: E731
-        wait_until(lambda: "SGD (lane now Adam #1)" in (axis() or {}).get("title", ""), REACT,
+        wait_until(lambda: "SGD (now Adam #1) stopped or diverged" in (axis() or {}).get("title", ""), REACT,
                    "the curve's title to name SGD", axis)
-        wait_until(lambda: (axis() or {}).get("end") is not None and axis()["end"] < 100, REACT,
+        wait_until(lambda: (axis() or {}).get("end") is not None and axis()["end"] <= 100, REACT,
                    "a y-axis fitted to the running lane", axis)
         s.screenshot("lanes-diverged-switched-1280x720")
         assert s.unexpected_errors() == []
