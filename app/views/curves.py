@@ -13,7 +13,7 @@ from bokeh.models import HoverTool
 
 from app.batch import Batch, axis_columns
 from app.figures import FLOOR, Marks, Slots, live_range, make_figure, scale_fonts, set_log_y
-from app.lanes import Lane
+from app.lanes import OWN_BATCH, Lane
 from app.views.base import View, html_escape, swatch
 from engine.records import RUNNING, Record
 from engine.registry import get_spec
@@ -188,9 +188,7 @@ class LossView(CurveView):
         unbounded = getattr(p, "ascent", None) is not None or getattr(p, "geometry", None) is not None
         self.f_star = min(m.value for m in p.minima) if p.minima and not unbounded else None
         if s.is_network:
-            batch = getattr(p, "batch_size", None)
-            label = (f"minibatch training loss ({batch} samples)" if batch else "training loss (full batch)")
-            log = True
+            label, log = self._network_label(), True
         else:
             known = self.f_star is not None
             label, log = ("f(x) − f*" if known else "f(x)"), known
@@ -202,10 +200,30 @@ class LossView(CurveView):
 
     def show_lanes(self, lanes: Sequence[Lane]) -> None:
         super().show_lanes(lanes)
+        for lane in lanes:  # a card's batch size changes what the title may say
+            if not getattr(lane, "_loss_title_watch", False):
+                lane.wrap.param.watch(lambda *_: self._retitle(), "batch")
+                lane._loss_title_watch = True
         html = " ".join(f'<span style="white-space:nowrap;margin-right:10px">{swatch(ln.color)}'
                         f"{html_escape(ln.label)}</span>" for ln in lanes)
         if self.legend.object != html:
             self.legend.object = html
+
+
+    def _network_label(self) -> str:
+        """Minibatch only of minibatch curves; a lane's card may set its own batch size."""
+        s = self.session
+        batch = getattr(s.problem_obj, "batch_size", None)
+        if any(lane.wrap.batch != OWN_BATCH for lane in s.lanes):
+            return "training loss (each lane's batch size: see its card)"
+        return f"minibatch training loss ({batch} samples)" if batch else "training loss (full batch)"
+
+    def _retitle(self) -> None:
+        """A lane's batch size changed: the network's loss title again, curves kept."""
+        s = self.session
+        if s.is_network:
+            label = self._network_label() + (" · median over starts" if s.n_starts > 1 else "")
+            self._base_title = self.figure.title.text = label
 
 
 class GradView(CurveView):

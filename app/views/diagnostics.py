@@ -96,6 +96,9 @@ class DiagnosticsView(View):
             if r is not None and r.optimizer == lane.optimizer:
                 row["values"] = {name: _mean(v) for name, v in r.diagnostics.items()}
                 row["step"] = r.step
+            latest = self.session.latest.get(lane.id)
+            if latest is not None and latest.batch_size is not None:
+                row["batch"] = latest.batch_size  # samples its last gradient saw (networks)
             p = self.probes.get(lane.id)
             if p is not None:
                 row["noise"] = noise_cells(p.curvature)
@@ -106,17 +109,20 @@ class DiagnosticsView(View):
     def refresh(self) -> None:
         rows = self.rows()
         names = list(dict.fromkeys(n for row in rows for n in row["values"]))
+        batch = any("batch" in row for row in rows)
         noise = [c for c in NOISE_COLUMNS if any(row["noise"].get(c, "—") != "—" for row in rows)]
         glossary = {}
         for lane in self.session.lanes:
             glossary.update({k: v for k, v in meanings(lane.optimizer).items() if k in names})
-        head = "".join(f'<th title="{html_escape(glossary.get(n, n))}">{html_escape(n.replace("_", " "))}'
+        head = '<th title="samples its last gradient saw">batch</th>' if batch else ""
+        head += "".join(f'<th title="{html_escape(glossary.get(n, n))}">{html_escape(n.replace("_", " "))}'
                        "</th>" for n in names)
         head += "".join(f'<th title="{html_escape(NOISE_COLUMNS[c])}">{c}</th>' for c in noise)
         body = ""
         for row in rows:
             values = row["values"]
-            cells = "".join(f"<td>{_number(values[n]) if n in values else ''}</td>" for n in names)
+            cells = f"<td>{row.get('batch', '')}</td>" if batch else ""
+            cells += "".join(f"<td>{_number(values[n]) if n in values else ''}</td>" for n in names)
             cells += "".join(f"<td>{row['noise'].get(c, '')}</td>" for c in noise)
             body += (f"<tr><td>{swatch(row['color'])}{html_escape(row['optimizer'])}</td>"
                      f"<td>{row.get('step', '')}</td>{cells}<td>{row.get('probe step', '')}</td></tr>")

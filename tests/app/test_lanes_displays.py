@@ -55,3 +55,21 @@ def test_a_segment_left_while_running_stays_on_the_axis(blown) -> None:
     s.switch_optimizer(s.lanes[1], "momentum")
     steps(blown, 2)
     assert loss._kept[s.lanes[1].id] == before
+
+
+def test_a_lanes_own_batch_size_reaches_the_run_and_the_loss_title() -> None:
+    """Full batch on digits, then a card asks for batches of 16: the title stops saying "full batch",
+    and the lane's records say 16 samples."""
+    from tests.app.conftest import pump_until
+    ex = Explorer(landscape="digits_mlp", optimizers=["sgd"], batch_size=0, speed=500)
+    try:
+        loss = view(ex, LossView)
+        assert loss.figure.title.text == "training loss (full batch)"
+        lane = ex.session.lanes[0]
+        lane.wrap.param.update(batch="constant", size=16)
+        assert loss.figure.title.text == "training loss (each lane's batch size: see its card)"
+        ex.session.step()
+        pump_until(ex, lambda: lane.id in ex.session.latest, 30)
+        assert ex.session.latest[lane.id].batch_size == 16
+    finally:
+        ex.close()
