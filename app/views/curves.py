@@ -54,6 +54,7 @@ class CurveView(View):
         self._bounds: dict[int, tuple[float, float]] = {}  # lane -> y extent of its running segment
         self._kept: dict[int, tuple[float, float]] = {}  # lane -> extent of segments it left while running
         self._stopped: dict[int, str] = {}  # lane -> the optimizer whose segment stopped (diverged)
+        self._sent: tuple[float, float] | None = None  # the y-axis ends last sent to the page
         self._base_title = self.title
         self.panel = pn.pane.Bokeh(self.figure, sizing_mode="stretch_width")
 
@@ -141,8 +142,10 @@ class CurveView(View):
         live_range(self.figure, live)
         extent = self.y_extent()
         y = self.figure.y_range
-        if extent is not None and (y.start, y.end) != extent:
-            y.start, y.end = extent
+        if extent is not None and extent != self._sent:
+            if (y.start, y.end) == extent:  # the same ends as before a reset: a change Bokeh will send
+                y.start = extent[0] * (1 - 1e-9)
+            y.start, y.end = self._sent = extent
         note = f" · {', '.join(off)} stopped or diverged: axis fits the rest" if off and live else ""
         title = self._base_title + note
         if self.figure.title.text != title:
@@ -155,6 +158,7 @@ class CurveView(View):
         self._bounds.clear()
         self._kept.clear()
         self._stopped.clear()
+        self._sent = None  # the browser's range computes its own ends until the next fit is sent
 
     def present(self, big: bool) -> None:
         scale_fonts(self.figure, big)

@@ -60,6 +60,7 @@ def test_a_schedule_picked_on_a_card_moves_the_live_lr(browser: object, server: 
         first = live_lr(card)
         wait_until(lambda: (live_lr(card) or first) < first, REACT, "the live lr to move on")
         assert card.locator("svg.lr-schedule polyline").count() == 1
+        wait_until(lambda: s.step() > 40, REACT, "a few seconds of the race for the screenshot")
         card.scroll_into_view_if_needed()
         s.screenshot("lanes-card-schedule-clip-1280x720")
         s.tab("diagnostics")
