@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import panel as pn
-from bokeh.models import HoverTool
+from bokeh.models import HoverTool, Range1d
 
 from app.batch import Batch, axis_columns
 from app.figures import FLOOR, Marks, Slots, live_range, make_figure, scale_fonts, set_log_y
@@ -141,11 +141,13 @@ class CurveView(View):
                 off.append(who if who == lane.label else f"{who} (now {lane.label})")
         live_range(self.figure, live)
         extent = self.y_extent()
-        y = self.figure.y_range
         if extent is not None and extent != self._sent:
-            if (y.start, y.end) == extent:  # the same ends as before a reset: a change Bokeh will send
-                y.start = extent[0] * (1 - 1e-9)
-            y.start, y.end = self._sent = extent
+            y = self.figure.y_range
+            if isinstance(y, Range1d):
+                y.start, y.end = extent
+            else:  # the page's DataRange1d recomputes its own ends from the data: a fixed range holds
+                self.figure.y_range = Range1d(*extent)
+            self._sent = extent
         note = f" · {', '.join(off)} stopped or diverged: axis fits the rest" if off and live else ""
         title = self._base_title + note
         if self.figure.title.text != title:
@@ -158,7 +160,7 @@ class CurveView(View):
         self._bounds.clear()
         self._kept.clear()
         self._stopped.clear()
-        self._sent = None  # the browser's range computes its own ends until the next fit is sent
+        self._sent = None
 
     def present(self, big: bool) -> None:
         scale_fonts(self.figure, big)
