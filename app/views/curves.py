@@ -49,6 +49,7 @@ class CurveView(View):
         self.figure.add_tools(HoverTool(renderers=lines, tooltips=[("", "@optimizer"), ("",
                                                                                         f"@{self.y}{{0.000e}}")]))
         self.marks = Marks(self.figure)
+        self.figure.toolbar_location = "right"  # a long title (a lane off the axis) never runs under it
         self.f_star: float | None = None
         self._optimizer: dict[int, str] = {}  # lane -> optimizer of its last streamed row
         self._bounds: dict[int, tuple[float, float]] = {}  # lane -> y extent of its running segment
@@ -121,7 +122,8 @@ class CurveView(View):
             return None
         lo, hi = min(b[0] for b in spans), max(b[1] for b in spans)
         if self.figure.y_scale.__class__.__name__ == "LogScale":  # whole decades: two labelled ticks at least
-            return 10.0 ** math.floor(math.log10(lo / 1.2)), 10.0 ** math.ceil(math.log10(hi * 1.2))
+            lo_dec, hi_dec = 10.0 ** math.floor(math.log10(lo / 1.2)), 10.0 ** math.ceil(math.log10(hi * 1.2))
+            return lo_dec / 1.25, hi_dec * 1.25  # the decades' own ticks inside the frame
         pad = 0.05 * (hi - lo) or 0.05 * max(abs(hi), 1.0)
         return lo - pad, hi + pad
 

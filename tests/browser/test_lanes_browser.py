@@ -87,7 +87,7 @@ def test_a_diverged_lane_switched_keeps_its_name_and_the_axis_stays_readable(
         axis = lambda: s.page.evaluate(_AXIS_JS)  # noqa: E731
         wait_until(lambda: "SGD (now Adam #1) stopped or diverged" in (axis() or {}).get("title", ""), REACT,
                    "the curve's title to name SGD", axis)
-        wait_until(lambda: (axis() or {}).get("end") is not None and axis()["end"] <= 100, REACT,
+        wait_until(lambda: (axis() or {}).get("end") is not None and axis()["end"] <= 125, REACT,
                    "a y-axis fitted to the running lane", axis)
         s.screenshot("lanes-diverged-switched-1280x720")
         assert s.unexpected_errors() == []
