@@ -310,6 +310,7 @@ class Explorer(pn.viewable.Viewer):
         for v in shown:
             if v.applies():
                 v.refresh()
+        self.sidebar.refresh()
         self._update_counter()
 
     def close(self) -> None:

@@ -18,8 +18,10 @@ from typing import Any
 
 import param
 
-from app.batch import Batch, Mark, axis_row
-from app.lanes import MAX_LANES, Lane, free_slot, relabel
+from app.batch import Batch, Mark
+from app.lanes import MAX_LANES, SCHEDULED, Lane, free_slot, relabel
+from app.mirror import Mirror, describe
+from app.mirror import show as _show
 from app.ranking import Ranking
 from app.sharing import CUSTOM, X_AXES, RaceError, RaceSpec, RunParams, check_race, lanes_of
 from engine.events import (
@@ -30,8 +32,11 @@ from engine.events import (
     RequestProbe,
     Reset,
     Resume,
+    SetBatchSize,
+    SetClip,
     SetHyperparameter,
     SetProbes,
+    SetSchedule,
     SwitchOptimizer,
 )
 from engine.instruments import LANDSCAPE_PROBES, NETWORK_PROBES, SCHEDULES, ProbeConfig
@@ -60,6 +65,9 @@ DEFAULT_RACE: tuple[tuple[str, dict[str, Any]], ...] = (
 RUN_PARAMS = ("problem", "problem_options", "expression", "start_x", "start_y", "n_starts", "seed",
               "batch_size")
 PROBE_PARAMS = ("probe_schedule", "probe_every", "probe_top_k", "probe_density", "probe_trace")
+PROBE_PRESETS = ("default", "economy", "business", "full")
+"""The probe presets the page offers: the problem kind's own default, or Cockpit's three
+(:meth:`engine.instruments.ProbeConfig.economy` / ``business`` / ``full``)."""
 
 
 def make_problem(p: RunParams) -> Problem:
@@ -74,7 +82,7 @@ def make_problem(p: RunParams) -> Problem:
     return get_landscape(p.problem, **options)
 
 
-class RaceSession(param.Parameterized):
+class RaceSession(Mirror, param.Parameterized):
     """One page's race: its settings, its lanes, its run and the worker thread stepping it."""
 
     problem = param.Selector(default="rosenbrock", objects=[*available_landscapes(), CUSTOM,
@@ -91,6 +99,8 @@ class RaceSession(param.Parameterized):
     speed = param.Number(default=60.0, bounds=(1.0, 1000.0), doc="steps per second asked of the worker")
     x_axis = param.Selector(default="step", objects=list(X_AXES))
     on_switch = param.Selector(default="continue from here", objects=["continue from here", "restart"])
+    probe_preset = param.Selector(default="default", objects=list(PROBE_PRESETS),
+                                  doc="what the probes measure and at what cost (Cockpit's presets)")
     probe_schedule = param.Selector(default="every", objects=list(SCHEDULES))
     probe_every = param.Integer(default=LANDSCAPE_PROBES.every, bounds=(1, 10_000))
     probe_top_k = param.Integer(default=1, bounds=(1, 10))
@@ -121,6 +131,8 @@ class RaceSession(param.Parameterized):
         self._pending_reset: Future | None = None
         self._pending_adds: list[tuple[Lane, Future]] = []
         self.origin = 0
+        self._probe_base: ProbeConfig | None = None  # the probes running: widgets change only their fields
+        self._quiet_probes = False
         if not self.load(RaceSpec(self._requested(), lanes_of(lanes)), "this race"):
             raise ValueError(self.message)
 
@@ -131,20 +143,28 @@ class RaceSession(param.Parameterized):
                          expression=self.expression, start=start, n_starts=self.n_starts, seed=self.seed,
                          batch_size=self.batch_size)
 
+    def _preset_probes(self, network: bool) -> ProbeConfig:
+        if self.probe_preset == "default":
+            return NETWORK_PROBES if network else LANDSCAPE_PROBES
+        return getattr(ProbeConfig, self.probe_preset)()
+
     def _probe_config(self, network: bool) -> ProbeConfig:
-        base = NETWORK_PROBES if network else LANDSCAPE_PROBES
-        return ProbeConfig(schedule=self.probe_schedule, every=self.probe_every, top_k=self.probe_top_k,
-                           density=self.probe_density, trace=self.probe_trace, tol=base.tol, seed=self.seed)
+        """The probes the widgets describe, on the running (or preset) config: ``replace`` keeps what
+        no widget shows (tol, dtype, noise, estimate cosine, probe counts)."""
+        same = network == self.is_network or self.problem_obj is None
+        base = self._probe_base if same and self._probe_base is not None else self._preset_probes(network)
+        fields = dict(schedule=self.probe_schedule, top_k=self.probe_top_k, density=self.probe_density,
+                      trace=self.probe_trace, seed=self.seed)
+        if same:  # a new kind of problem starts from its own default interval
+            fields["every"] = self.probe_every
+        return replace(base, **fields)
 
     def load(self, spec: RaceSpec, source: str = "this race", *, keep_lanes: bool = False) -> bool:
         """Open ``spec``: check it, build its problem and run, and only then replace the running
         race. False, with the reason in ``message`` and nothing changed, if any part fails."""
         network = spec.params.is_network
         if spec.probes is None:  # the page's probe settings; each kind of problem has its own default
-            probes = self._probe_config(network)
-            if network != self.is_network:
-                probes = replace(probes, every=(NETWORK_PROBES if network else LANDSCAPE_PROBES).every)
-            spec = replace(spec, probes=probes.to_dict())
+            spec = replace(spec, probes=self._probe_config(network).to_dict())
         try:
             spec = check_race(spec, source)
             problem = make_problem(spec.params)
@@ -169,7 +189,8 @@ class RaceSession(param.Parameterized):
         else:  # lanes in the same colour slots are reused (their cards and widgets stay on the page)
             by_slot = {lane.slot: lane for lane in self.lanes}
             lanes = [by_slot[i].become(config) if i in by_slot else
-                     Lane.from_config(config, slot=i, on_change=self._on_lane_change)
+                     Lane.from_config(config, slot=i, on_change=self._on_lane_change,
+                                      on_wrap=self._on_lane_wrap)
                      for i, config in enumerate(spec.lanes)]
         for i, lane in enumerate(lanes):
             lane.engine_id = i
@@ -182,7 +203,7 @@ class RaceSession(param.Parameterized):
         """Each lane's newest record (by the app's lane id), as drained."""
         self._resumed_at = 0
         self.worker = RunWorker(run, steps_per_second=spec.speed or self.speed).start()
-        probes = run.config.probes
+        probes = self._probe_base = run.config.probes
         x0 = run.starts[0].cpu().numpy()
         start = (float(x0[0]), float(x0[1])) if problem.dim == 2 else (None, None)
         updates = dict(problem=spec.params.problem, problem_options=spec.params.option_dict,
@@ -197,7 +218,11 @@ class RaceSession(param.Parameterized):
             updates["x_axis"] = spec.x_axis
         self._applied = replace(spec.params, start=start if problem.dim == 2 else None)
         # the parameters now describe the run that is running: the rebuild watcher finds nothing to do
-        self.param.update(**updates, lanes=lanes, revision=self.revision + 1)
+        self._quiet_probes = True
+        try:
+            self.param.update(**updates, lanes=lanes, revision=self.revision + 1)
+        finally:
+            self._quiet_probes = False
         if spec.paused and spec.ticks == 0:
             self.running = False
         if self.running:
@@ -226,11 +251,29 @@ class RaceSession(param.Parameterized):
 
     @param.depends(*PROBE_PARAMS, watch=True)
     def _on_probes(self) -> None:
+        if self._quiet_probes:
+            return
         try:
             config = self._probe_config(self.is_network)
         except ValueError as exc:
             self.message = str(exc)
             return
+        if config != self._probe_base:
+            self._probe_base = config
+            self.worker.submit(SetProbes(config.to_dict()))
+
+    @param.depends("probe_preset", watch=True)
+    def _on_probe_preset(self) -> None:
+        """A preset replaces the whole probe config (its widgets show its values)."""
+        config = replace(self._preset_probes(self.is_network), seed=self.seed)
+        self._quiet_probes = True
+        try:
+            self.param.update(probe_schedule=config.schedule, probe_every=config.every,
+                              probe_top_k=config.top_k, probe_density=config.density,
+                              probe_trace=config.trace)
+        finally:
+            self._quiet_probes = False
+        self._probe_base = config
         self.worker.submit(SetProbes(config.to_dict()))
 
     @param.depends("speed", watch=True)
@@ -290,11 +333,13 @@ class RaceSession(param.Parameterized):
             spec = get_spec(optimizer)
             spec.check_problem(self.problem_obj)
             lane = Lane(optimizer, values, slot=free_slot(self.lanes, self._recent_slots),
-                        on_change=self._on_lane_change)
+                        on_change=self._on_lane_change, on_wrap=self._on_lane_wrap)
         except (HyperparameterError, ValueError) as exc:
             self.message = str(exc)
             return None
-        event = AddLane(optimizer, lane.values())
+        config = lane.config()
+        event = AddLane(optimizer, config.hyperparameters, config.schedules, _plain(config.clip),
+                        _plain(config.batch_size))
         self._pending_adds.append((lane, self.worker.call(lambda run: run.apply(event))))
         self._set_lanes([*self.lanes, lane])
         self.mark(f"+ {lane.label}", lane)
@@ -324,8 +369,11 @@ class RaceSession(param.Parameterized):
             return False
         old = lane.label
         lane.switch(optimizer)
-        self.worker.submit(SwitchOptimizer(lane.engine_id, optimizer, lane.values(),
-                                           keep_position=self.on_switch == "continue from here"))
+        config = lane.config()  # the lr schedule goes on with the new optimizer, as do clip and batch
+        self.worker.submit(SwitchOptimizer(lane.engine_id, optimizer, config.hyperparameters,
+                                           keep_position=self.on_switch == "continue from here",
+                                           schedules=config.schedules, clip=_plain(config.clip),
+                                           batch_size=_plain(config.batch_size)))
         self._set_lanes(list(self.lanes))
         self.mark(f"{old} → {lane.label}" + (" (restart)" if self.on_switch == "restart" else ""), lane)
         return True
@@ -334,6 +382,15 @@ class RaceSession(param.Parameterized):
         """A lane's hyperparameter changed (its widget): the engine gets it as an event."""
         self.worker.submit(SetHyperparameter(lane.engine_id, name, value))
         self.mark(f"{lane.label}: {name} {_show(old)} → {_show(value)}", lane)
+
+    def _on_lane_wrap(self, lane: Lane, what: str, old: Any, new: Any) -> None:
+        """A lane's lr schedule, clipping or batch size changed (its card): one engine event."""
+        plain = _plain(new)
+        event = {"schedule": lambda: SetSchedule(lane.engine_id, SCHEDULED, plain),
+                 "clip": lambda: SetClip(lane.engine_id, plain),
+                 "batch": lambda: SetBatchSize(lane.engine_id, plain)}[what]()
+        self.worker.submit(event)
+        self.mark(f"{lane.label}: {describe(what, old)} → {describe(what, new)}", lane)
 
     def _set_lanes(self, lanes: list[Lane]) -> None:
         relabel(lanes)
@@ -346,107 +403,6 @@ class RaceSession(param.Parameterized):
     def lane(self, lane_id: int) -> Lane | None:
         return next((ln for ln in self.lanes if ln.id == lane_id), None)
 
-    # -- reading ---------------------------------------------------------------------------------
-    def drain(self) -> Batch:
-        """Records and marks since the last call, per lane, with replayed events mirrored into the
-        lanes as the run reaches them (called by the page's periodic pump)."""
-        batch = Batch(origin=self.origin)
-        worker = self.worker
-        if self._pending_reset is not None:
-            if not self._pending_reset.done():
-                return batch  # the records wait in the worker until the reset has a tick
-            self.origin = batch.origin = self._pending_reset.result()
-            self._pending_reset, batch.reset = None, True
-            records = [r for r in worker.drain() if r.tick >= self.origin]
-            self._marks = [Mark(self.origin, "reset")]
-        else:
-            records = worker.drain()
-        for lane, future in list(self._pending_adds):
-            if future.done():
-                self._pending_adds.remove((lane, future))
-                if future.exception() is not None:
-                    self.message = f"{lane.label} could not join: {future.exception()}"
-                    self._set_lanes([ln for ln in self.lanes if ln is not lane])
-                else:
-                    lane.engine_id = future.result()
-                    if lane.id in self._removed:
-                        self.worker.submit(RemoveLane(lane.engine_id))
-        by_engine = {ln.engine_id: ln for ln in self.lanes if ln.engine_id >= 0}
-        for r in records:
-            if self._scheduled and self._scheduled[0].tick <= r.tick:
-                self._mirror(r.tick, batch)
-                by_engine = {ln.engine_id: ln for ln in self.lanes if ln.engine_id >= 0}
-            lane = by_engine.get(r.lane) or self._bind(r)
-            if lane is not None:
-                batch.records.setdefault(lane.id, []).append(r)
-        self._mirror(worker.tick, batch)
-        if batch.reset:
-            self.latest = {}
-        for lane_id, recs in batch.records.items():
-            self.latest[lane_id] = recs[-1]
-        batch.marks = [self._place(m) for m in self._marks]
-        self._marks = []
-        errors = worker.errors()
-        if errors:
-            self.message = errors[-1]
-        if self.running and worker.run.paused and worker.tick > self._resumed_at:
-            self.running = False  # a replayed race reached the step where it was saved paused
-        return batch
-
-    def _place(self, mark: Mark) -> Mark:
-        """A mark's position on every x-axis: its lane's counts (or the race's furthest) now."""
-        if mark.lane is not None:
-            row = axis_row(self.latest.get(mark.lane), mark.tick, self.origin)
-        else:
-            rows = [axis_row(r, mark.tick, self.origin) for r in self.latest.values()] or \
-                [axis_row(None, mark.tick, self.origin)]
-            row = {k: max(r[k] for r in rows) for k in rows[0]}
-        return replace(mark, at=row)
-
-    def _bind(self, record: Record) -> Lane | None:
-        """A lane a replayed event added: it gets the engine id of its first record."""
-        for lane in self.lanes:
-            if lane.engine_id == -2 and lane.optimizer == record.optimizer:
-                lane.engine_id = record.lane
-                return lane
-        return None
-
-    def _mirror(self, tick: int, batch: Batch) -> None:
-        """Show the replayed events the run applied up to ``tick`` in the lanes (not sent back)."""
-        lanes = list(self.lanes)
-        changed = False
-        while self._scheduled and self._scheduled[0].tick <= tick:
-            e = self._scheduled.pop(0)
-            ev = e.event
-            lane = next((ln for ln in lanes if ln.engine_id == getattr(ev, "lane", None)), None)
-            if isinstance(ev, SetHyperparameter) and lane is not None:
-                before = getattr(lane.hyperparameters, ev.name)
-                lane.mirror(ev.name, ev.value)
-                text = f"{lane.label}: {ev.name} {_show(before)} → {_show(ev.value)}"
-                self._marks.append(Mark(e.tick, text, lane.id))
-            elif isinstance(ev, SwitchOptimizer) and lane is not None:
-                old = lane.label
-                lane.switch(ev.optimizer, ev.hyperparameters)
-                self._marks.append(Mark(e.tick, f"{old} → {lane.spec.display_name}", lane.id))
-                changed = True
-            elif isinstance(ev, AddLane):
-                new = Lane(ev.optimizer, ev.hyperparameters, slot=free_slot(lanes, self._recent_slots),
-                           on_change=self._on_lane_change)
-                new.engine_id = -2  # bound to the engine's id by its first record
-                lanes.append(new)
-                self._marks.append(Mark(e.tick, f"+ {new.spec.display_name}", new.id))
-                changed = True
-            elif isinstance(ev, RemoveLane) and lane is not None:
-                lanes.remove(lane)
-                self._marks.append(Mark(e.tick, f"− {lane.label}"))
-                changed = True
-            elif isinstance(ev, Reset):  # what came before it is gone from the page
-                self.origin = batch.origin = e.tick
-                batch.reset, batch.records = True, {}
-                self._marks = [Mark(e.tick, "reset")]
-        if changed:
-            self._set_lanes(lanes)
-
     def private_problem(self) -> Future[Problem]:
         """A copy of the run's problem for another thread, taken by the worker between two steps
         (a network step swaps its module's parameters while it runs: never share or copy mid-step)."""
@@ -458,8 +414,8 @@ class RaceSession(param.Parameterized):
             self.worker.stop()
 
 
-def _show(value: Any) -> str:
-    return f"{value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+def _plain(wrapper: Any) -> dict[str, Any] | None:
+    return None if wrapper is None else wrapper.to_dict()
 
 
 def _message(exc: Exception, source: str) -> str:

@@ -4,6 +4,7 @@
 from app.views.base import View
 from app.views.curvature import CurvatureView
 from app.views.curves import GradView, LossView
+from app.views.diagnostics import DiagnosticsView
 from app.views.experiments import ExperimentsView
 from app.views.landscape import LandscapeView
 from app.views.leaderboard import LeaderboardView
@@ -21,6 +22,7 @@ VIEWS: tuple[type[View], ...] = (
     LeaderboardView,  # instruments, one tab each
     GradView,
     CurvatureView,
+    DiagnosticsView,  # per-optimizer diagnostics, clipping, gradient noise
     MemoryView,
     SliceView,
     ExperimentsView,  # issue 15: tuned, seeded comparisons and basin maps around the race

@@ -3,23 +3,36 @@ x-axis, with change markers that carry their text and a y-axis fitted to the lan
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 import panel as pn
-from bokeh.models import HoverTool
+from bokeh.models import HoverTool, Range1d
 
 from app.batch import Batch, axis_columns
 from app.figures import FLOOR, Marks, Slots, live_range, make_figure, scale_fonts, set_log_y
-from app.lanes import Lane
+from app.lanes import OWN_BATCH, Lane
 from app.views.base import View, html_escape, swatch
 from engine.records import RUNNING, Record
+from engine.registry import get_spec
 
 
 def _median(values: np.ndarray) -> float:
     live = values[np.isfinite(values)]
     return float(np.median(live)) if live.size else float("nan")
+
+
+def _union(a: tuple[float, float] | None, b: tuple[float, float]) -> tuple[float, float]:
+    return b if a is None else (min(a[0], b[0]), max(a[1], b[1]))
+
+
+def _display(optimizer: str) -> str:
+    try:
+        return get_spec(optimizer).display_name
+    except ValueError:
+        return optimizer
 
 
 class CurveView(View):
@@ -36,8 +49,13 @@ class CurveView(View):
         self.figure.add_tools(HoverTool(renderers=lines, tooltips=[("", "@optimizer"), ("",
                                                                                         f"@{self.y}{{0.000e}}")]))
         self.marks = Marks(self.figure)
+        self.figure.toolbar_location = "right"  # a long title (a lane off the axis) never runs under it
         self.f_star: float | None = None
         self._optimizer: dict[int, str] = {}  # lane -> optimizer of its last streamed row
+        self._bounds: dict[int, tuple[float, float]] = {}  # lane -> y extent of its running segment
+        self._kept: dict[int, tuple[float, float]] = {}  # lane -> extent of segments it left while running
+        self._stopped: dict[int, str] = {}  # lane -> the optimizer whose segment stopped (diverged)
+        self._sent: tuple[float, float] | None = None  # the y-axis ends last sent to the page
         self._base_title = self.title
         self.panel = pn.pane.Bokeh(self.figure, sizing_mode="stretch_width")
 
@@ -51,6 +69,9 @@ class CurveView(View):
         self.slots.show(lanes)
         ids = {lane.id for lane in lanes}
         self._optimizer = {k: v for k, v in self._optimizer.items() if k in ids}
+        self._bounds = {k: v for k, v in self._bounds.items() if k in ids}
+        self._kept = {k: v for k, v in self._kept.items() if k in ids}
+        self._stopped = {k: v for k, v in self._stopped.items() if k in ids}
 
     def set_x(self, column: str, label: str) -> None:
         self.slots.set_x(column)
@@ -65,8 +86,11 @@ class CurveView(View):
             names = [r.optimizer for r in recs]
             if self._optimizer.get(lane_id, names[0]) != names[0]:  # a new segment: break the line
                 self._stream(slot, [recs[0]], gap=True)
+                if lane_id in self._bounds:  # the segment left while running keeps its place on the axis
+                    self._kept[lane_id] = _union(self._kept.get(lane_id), self._bounds.pop(lane_id))
             self._optimizer[lane_id] = names[-1]
             self._stream(slot, recs)
+            self._extend(lane_id, recs)
         self.marks.add(batch.marks)
 
     def _stream(self, slot: int, recs: list[Record], gap: bool = False) -> None:
@@ -74,6 +98,34 @@ class CurveView(View):
         data[self.y] = [float("nan")] * len(recs) if gap else [self.value(r) for r in recs]
         data["optimizer"] = [r.optimizer for r in recs]
         self.slots.sources[slot].stream(data, rollover=50_000)
+
+    def _extend(self, lane_id: int, recs: list[Record]) -> None:
+        """Widen the lane's y extent by its rows that were running: a diverged row (or the blown-up
+        segment of a lane that later switched optimizer) never stretches the axis."""
+        log = self.figure.y_scale.__class__.__name__ == "LogScale"
+        for r in recs:
+            if not any(s == RUNNING for s in r.status):  # its segment diverged: its run-up is off the axis
+                if lane_id not in self._stopped:
+                    self._stopped[lane_id] = r.optimizer
+                self._bounds.pop(lane_id, None)
+                continue
+            self._stopped.pop(lane_id, None)
+            x = self.value(r)
+            if np.isfinite(x) and (x > 0 or not log):
+                self._bounds[lane_id] = _union(self._bounds.get(lane_id), (x, x))
+
+    def y_extent(self) -> tuple[float, float] | None:
+        """The y-axis range: the finite, non-diverged data of the lanes shown, padded."""
+        ids = {lane.id for lane in self.session.lanes}
+        spans = [b for k, b in [*self._bounds.items(), *self._kept.items()] if k in ids]
+        if not spans:
+            return None
+        lo, hi = min(b[0] for b in spans), max(b[1] for b in spans)
+        if self.figure.y_scale.__class__.__name__ == "LogScale":  # whole decades: two labelled ticks at least
+            lo_dec, hi_dec = 10.0 ** math.floor(math.log10(lo / 1.2)), 10.0 ** math.ceil(math.log10(hi * 1.2))
+            return lo_dec / 1.25, hi_dec * 1.25  # the decades' own ticks inside the frame
+        pad = 0.05 * (hi - lo) or 0.05 * max(abs(hi), 1.0)
+        return lo - pad, hi + pad
 
     def refresh(self) -> None:
         """Fit the y-axis to the lanes still running, and say which are off the scale."""
@@ -86,11 +138,20 @@ class CurveView(View):
                 continue
             if any(s == RUNNING for s in r.status):
                 live += self.slots.renderers[slot]
-            else:
-                off.append(lane.label)
+            else:  # the divergence belongs to the optimizer that diverged, not to the one after it
+                who = _display(self._stopped.get(lane.id, r.optimizer))
+                off.append(who if who == lane.label else f"{who} (now {lane.label})")
         live_range(self.figure, live)
-        title = self._base_title + (f" (axis fits the running lanes; {', '.join(off)} stopped or diverged)"
-                                    if off and live else "")
+        extent = self.y_extent()
+        if extent is not None and extent != self._sent:
+            y = self.figure.y_range
+            if isinstance(y, Range1d):
+                y.start, y.end = extent
+            else:  # the page's DataRange1d recomputes its own ends from the data: a fixed range holds
+                self.figure.y_range = Range1d(*extent)
+            self._sent = extent
+        note = f" · {', '.join(off)} stopped or diverged: axis fits the rest" if off and live else ""
+        title = self._base_title + note
         if self.figure.title.text != title:
             self.figure.title.text = title
 
@@ -98,6 +159,10 @@ class CurveView(View):
         self.slots.clear()
         self.marks.clear()
         self._optimizer.clear()
+        self._bounds.clear()
+        self._kept.clear()
+        self._stopped.clear()
+        self._sent = None
 
     def present(self, big: bool) -> None:
         scale_fonts(self.figure, big)
@@ -131,9 +196,7 @@ class LossView(CurveView):
         unbounded = getattr(p, "ascent", None) is not None or getattr(p, "geometry", None) is not None
         self.f_star = min(m.value for m in p.minima) if p.minima and not unbounded else None
         if s.is_network:
-            batch = getattr(p, "batch_size", None)
-            label = (f"minibatch training loss ({batch} samples)" if batch else "training loss (full batch)")
-            log = True
+            label, log = self._network_label(), True
         else:
             known = self.f_star is not None
             label, log = ("f(x) − f*" if known else "f(x)"), known
@@ -145,10 +208,30 @@ class LossView(CurveView):
 
     def show_lanes(self, lanes: Sequence[Lane]) -> None:
         super().show_lanes(lanes)
+        for lane in lanes:  # a card's batch size changes what the title may say
+            if not getattr(lane, "_loss_title_watch", False):
+                lane.wrap.param.watch(lambda *_: self._retitle(), "batch")
+                lane._loss_title_watch = True
         html = " ".join(f'<span style="white-space:nowrap;margin-right:10px">{swatch(ln.color)}'
                         f"{html_escape(ln.label)}</span>" for ln in lanes)
         if self.legend.object != html:
             self.legend.object = html
+
+
+    def _network_label(self) -> str:
+        """Minibatch only of minibatch curves; a lane's card may set its own batch size."""
+        s = self.session
+        batch = getattr(s.problem_obj, "batch_size", None)
+        if any(lane.wrap.batch != OWN_BATCH for lane in s.lanes):
+            return "training loss (each lane's batch size: see its card)"
+        return f"minibatch training loss ({batch} samples)" if batch else "training loss (full batch)"
+
+    def _retitle(self) -> None:
+        """A lane's batch size changed: the network's loss title again, curves kept."""
+        s = self.session
+        if s.is_network:
+            label = self._network_label() + (" · median over starts" if s.n_starts > 1 else "")
+            self._base_title = self.figure.title.text = label
 
 
 class GradView(CurveView):

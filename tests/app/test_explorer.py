@@ -221,7 +221,7 @@ def test_a_diverged_lane_never_stretches_the_loss_axis() -> None:
         view = ex.view(LossView)
         view.refresh()
         adam = ex.session.lanes[1]
-        assert set(view.figure.y_range.renderers) == set(view.slots.renderers[adam.slot])
+        assert view.figure.y_range.end <= 125 and adam.id not in view._stopped  # Adam: loss 28 at its start
         assert "SGD stopped or diverged" in view.figure.title.text
         ex.view(LeaderboardView).refresh()
         status = {r["optimizer"]: r["status"] for r in ex.view(LeaderboardView).rows()}

@@ -1,0 +1,168 @@
+"""A lane's lr schedule, gradient clipping and batch size: widgets on the lane, one engine event per
+change, carried by the lane's LaneConfig into links and logs, and mirrored back on replay."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from app import sharing
+from app.lanes import Lane
+from app.model import RaceSession
+from engine.clipping import Clip
+from engine.events import SetClip, SetSchedule, SwitchOptimizer
+from engine.run import LaneConfig
+from engine.schedules import Schedule
+from tests.app.conftest import wait_for
+
+
+def drain_until(s: RaceSession, cond, timeout: float = 20.0) -> None:
+    def check() -> bool:
+        s.drain()
+        return cond()
+    wait_for(check, timeout)
+
+
+def logged(s: RaceSession) -> list:
+    return s.worker.call(lambda run: [e.event for e in run.log]).result(timeout=10)
+
+
+def run_steps(s: RaceSession, n: int) -> None:
+    for _ in range(n):
+        tick = s.worker.tick
+        s.step()
+        wait_for(lambda tick=tick: s.worker.tick == tick + 1)
+    s.drain()
+
+
+def test_a_lanes_widgets_build_its_config() -> None:
+    lane = Lane("sgd", {"lr": 0.1}, slot=0)
+    plain = lane.config()  # constant lr, no clip: nothing added
+    assert (dict(plain.schedules), plain.clip, plain.batch_size) == ({}, None, None)
+    lane.wrap.param.update(schedule="linear", steps=50, warmup=5)
+    lane.wrap.param.update(clip="coordinate", fraction=0.25)
+    config = lane.config()
+    assert config.schedules["lr"] == Schedule("linear", steps=50, warmup=5)
+    assert config.clip == Clip("coordinate", 1.0, 0.25)
+    assert Lane.from_config(config, slot=1).config() == config  # the widgets show what a link holds
+
+
+def test_a_refined_schedule_from_a_link_is_kept() -> None:
+    refined = Schedule("refined", values=(1.0, 0.5, 0.0))
+    lane = Lane.from_config(LaneConfig("sgd", {"lr": 0.1}, schedules={"lr": refined}), slot=0)
+    assert lane.wrap.schedule == "refined" and lane.config().schedules["lr"] == refined
+
+
+@pytest.fixture
+def sgd() -> Iterator[RaceSession]:
+    s = RaceSession(problem="quadratic", optimizers=["sgd"], speed=500)
+    yield s
+    s.close()
+
+
+def test_a_schedule_picked_on_a_lane_reaches_the_engine_and_may_anneal_to_zero(sgd: RaceSession) -> None:
+    """Linear decay to 0 over 4 steps: the live lr goes 0.01 * (1, 3/4, 1/2, 1/4, 0, 0) — values below
+    the lr's typed range are what a schedule reaches, and the app does not refuse them."""
+    lane = sgd.lanes[0]
+    lane.hyperparameters.lr = 0.01
+    lane.wrap.param.update(schedule="linear", steps=4)
+    marks = [m.label for m in sgd.drain().marks]
+    assert marks[-1] == "SGD: constant lr → lr linear decay over 4 steps to 0"
+    events = logged(sgd)
+    assert isinstance(events[-1], SetSchedule) and events[-1].schedule == {"kind": "linear", "steps": 4}
+
+    lrs = []
+    for _ in range(6):
+        run_steps(sgd, 1)
+        lrs.append(sgd.latest[lane.id].hyperparameters["lr"])
+    assert lrs == pytest.approx([0.01, 0.0075, 0.005, 0.0025, 0.0, 0.0])
+    assert sgd.message == ""
+
+
+def test_clipping_is_one_event_and_shows_in_the_diagnostics(sgd: RaceSession) -> None:
+    lane = sgd.lanes[0]
+    lane.wrap.param.update(clip="norm", threshold=1e-9)
+    assert logged(sgd)[-1] == SetClip(0, {"kind": "norm", "threshold": 1e-9, "fraction": 0.1})
+    run_steps(sgd, 2)
+    assert sgd.latest[lane.id].diagnostics["clipped_fraction"].tolist() == [1.0]
+
+
+def test_a_switch_keeps_the_lanes_schedule_and_clip(sgd: RaceSession) -> None:
+    lane = sgd.lanes[0]
+    lane.wrap.param.update(schedule="cosine", steps=100, clip="value", threshold=0.5)
+    sgd.switch_optimizer(lane, "adam")
+    event = logged(sgd)[-1]
+    assert isinstance(event, SwitchOptimizer) and event.optimizer == "adam"
+    assert event.schedules == {"lr": {"kind": "cosine", "steps": 100}}
+    assert event.clip == {"kind": "value", "threshold": 0.5, "fraction": 0.1}
+
+
+def test_a_link_and_a_replayed_log_carry_the_wrappers(sgd: RaceSession) -> None:
+    lane = sgd.lanes[0]
+    run_steps(sgd, 2)
+    lane.wrap.param.update(schedule="step", every=3, gamma=0.5)
+    lane.wrap.param.update(clip="norm", threshold=2.0)
+    run_steps(sgd, 3)
+    spec = sgd.spec()
+    back = sharing.decode(sharing.encode(spec))
+    assert back.events == spec.events and back.lanes == spec.lanes
+    other = RaceSession(problem="quadratic", optimizers=["sgd"], speed=500)
+    try:
+        assert other.load(back, "the link")
+        run_steps(other, 5)
+        drain_until(other, lambda: other.lanes[0].wrap.clip == "norm")
+        w = other.lanes[0].wrap
+        assert (w.schedule, w.every, w.gamma, w.threshold) == ("step", 3, 0.5, 2.0)
+        assert other.latest[other.lanes[0].id].hyperparameters["lr"] == \
+            sgd.latest[lane.id].hyperparameters["lr"]
+        assert not any(isinstance(e, (SetSchedule, SetClip)) for e in logged(other)[len(back.events):])
+    finally:
+        other.close()
+
+
+def test_the_card_draws_the_schedule_and_writes_the_live_lr(explorer) -> None:
+    """Cosine over 20 steps from lr 1e-3: at step 4 the card says 1e-3 * (1 + cos(pi/5)) / 2."""
+    from tests.app.conftest import steps
+    lane = explorer.session.lanes[0]
+    card = explorer.sidebar.cards[lane.id]
+    card.card.collapsed = False
+    lane.hyperparameters.lr = 1e-3
+    lane.wrap.param.update(schedule="cosine", steps=20, clip="norm")
+    steps(explorer, 5)
+    explorer._refresh()
+    controls = card.wrappers
+    assert controls.live.object == "lr now <b>0.0009045</b> at step 4"
+    assert "<polyline" in controls.curve.object and "<circle" in controls.curve.object
+    shown = {n for n, w in controls.fields.items() if w.visible}
+    assert shown == {"warmup", "steps", "final", "threshold"}  # cosine's fields and the norm clip's
+
+
+def probes_sent(s: RaceSession) -> list[dict]:
+    from engine.events import SetProbes
+    return [dict(e.config) for e in logged(s) if isinstance(e, SetProbes)]
+
+
+def test_a_probe_preset_sends_the_whole_preset_and_widgets_change_only_their_fields(sgd) -> None:
+    """Business = economy + top-3 at tol 1e-4, a trace, gradient noise, float32 products: choosing it
+    sends all of that, and a later widget change keeps tol, dtype, noise and the estimate cosine."""
+    from engine.instruments import ProbeConfig
+    sgd.probe_preset = "business"
+    assert probes_sent(sgd)[-1] == ProbeConfig.business(seed=sgd.seed).to_dict()
+    assert (sgd.probe_top_k, sgd.probe_trace, sgd.probe_every) == (3, True, 50)
+    sgd.probe_every = 7
+    assert probes_sent(sgd)[-1] == ProbeConfig.business(every=7, seed=sgd.seed).to_dict()
+
+
+def test_a_links_probes_survive_a_widget_change(sgd) -> None:
+    """A link carrying noise probes and float32 products keeps them when a probe widget changes."""
+    from engine.instruments import ProbeConfig
+    spec = replace_probes(sgd.spec(), ProbeConfig.full(every=9))
+    assert sgd.load(spec, "the link")
+    sgd.probe_top_k = 2
+    assert probes_sent(sgd)[-1] == ProbeConfig.full(every=9, top_k=2, seed=sgd.seed).to_dict()
+
+
+def replace_probes(spec, probes):
+    from dataclasses import replace
+    return replace(spec, probes=probes.to_dict())
