@@ -26,6 +26,7 @@ from app.views import (
     SliceView,
 )
 from engine.events import RemoveLane, SetHyperparameter, SwitchOptimizer
+from landscapes.defaults import problem_defaults
 from tests.app.conftest import pump_until, steps, wait_for, widget
 
 
@@ -378,5 +379,29 @@ def test_presenter_rules_with_inequalities_survive_the_html_of_the_latex_pane() 
         ex.presenter = True
         rule = next(iter(ex.rules.select(pn.pane.LaTeX)))
         assert "<" not in rule.object and r"\lt" in rule.object
+    finally:
+        ex.close()
+
+
+def test_a_network_gives_its_lanes_its_own_defaults_and_a_landscape_takes_them_back() -> None:
+    """Issue 14: networks no longer inherit Rosenbrock's learning rates (landscapes/defaults.py):
+    switching the problem, adding a lane and switching a lane's optimizer all take the problem's row."""
+    ex = Explorer(landscape="rosenbrock", speed=500)
+    try:
+        s = ex.session
+        assert [ln.values()["lr"] for ln in s.lanes] == [1e-3, 1e-3, 0.1]  # Rosenbrock's race
+        widget(ex.controls, "Problem").value = "digits_mlp"
+        assert s.problem == "digits_mlp" and s.message == ""
+        want = [problem_defaults("digits_mlp", ln.optimizer)["lr"] for ln in s.lanes]
+        assert [ln.values()["lr"] for ln in s.lanes] == want == [1.0, 0.3, 0.03]
+        run_lrs = s.worker.call(lambda run: [ln.optimizer.param_groups[0]["lr"]
+                                             for ln in run.lanes.values()]).result(timeout=30)
+        assert run_lrs == want  # the engine runs them (they were not only shown)
+        lane = s.add_lane("adamw")
+        assert lane.values()["lr"] == problem_defaults("digits_mlp", "adam")["lr"]
+        assert s.switch_optimizer(s.lanes[0], "nesterov")
+        assert s.lanes[0].values()["lr"] == problem_defaults("digits_mlp", "momentum")["lr"]
+        widget(ex.controls, "Problem").value = "himmelblau"  # no row: each optimizer's own lr
+        assert s.lanes[1].values()["lr"] == 1e-3 and s.lanes[2].values()["lr"] == 1e-3
     finally:
         ex.close()
