@@ -34,9 +34,10 @@ def test_presets_are_data_that_name_real_problems_and_optimizers() -> None:
     table = presets()
     assert PRESETS_FILE.suffix == ".toml" and len(table) >= 8
     for p in table.values():
-        assert p.problem in (*available_landscapes(), *available_networks()), p.name
+        assert p.problem in (*available_landscapes(), *available_networks(), sharing.CUSTOM), p.name
+        assert (p.expression is not None) == (p.problem == sharing.CUSTOM), p.name
         assert all(name in available() for name, _ in p.lanes), p.name
-        assert p.explanation and p.title
+        assert p.explanation and p.title and p.claim, p.name  # each states what a class will see
 
 
 @pytest.mark.parametrize("name", list(presets()))
@@ -48,6 +49,11 @@ def test_every_preset_loads_from_its_menu_and_runs(ex: Explorer, name: str) -> N
     for lane, (_, values) in zip(ex.session.lanes, preset.lanes, strict=True):
         assert all(lane.values()[h] == v for h, v in values.items())
     assert ex.session.problem == preset.problem and ex.session.x_axis == preset.x_axis
+    assert preset.claim in ex.preset_note.object
+    if preset.tab is not None:  # the instrument the claim is about is the one on screen
+        assert ex.instruments._names[ex.instruments.active] == preset.tab
+    if preset.probe_every is not None:
+        assert ex.worker.run.config.probes.every == preset.probe_every
     human = any(v.get("human") for _, v in preset.lanes)
     steps(ex, 2)
     waiting = {lane.id for lane in ex.session.lanes if lane.engine_id in ex.worker.run.awaiting}

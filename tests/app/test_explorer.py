@@ -405,3 +405,81 @@ def test_a_network_gives_its_lanes_its_own_defaults_and_a_landscape_takes_them_b
         assert s.lanes[1].values()["lr"] == 1e-3 and s.lanes[2].values()["lr"] == 1e-3
     finally:
         ex.close()
+
+
+def test_rastrigin_trap_counts_trajectories_per_basin_and_at_the_global_minimum() -> None:
+    """Issue 14: the Rastrigin preset asks to count trajectories, so the picture counts them: per
+    basin (numbers that sum to every start of every lane) and per lane at the global minimum."""
+    ex = Explorer(landscape="rosenbrock", speed=500)
+    try:
+        assert ex.apply_preset("rastrigin_trap")
+        s, view = ex.session, ex.view(LandscapeView)
+        ex.session.play()
+        pump_until(ex, lambda: s.worker.tick > 300, timeout=60)
+        s.pause()
+        ex.pump()
+        view.refresh()
+        n = s.n_starts
+        assert sum(int(t) for t in view.basins.data["text"]) == n * len(s.lanes) == 24
+        ends = {ln.label: s.latest[ln.id].position for ln in s.lanes}
+        # by hand: a trajectory is at the global minimum (0, 0) when it ends within 0.1 of it
+        want = [f"{label} {int((np.hypot(p[:, 0], p[:, 1]) < 0.1).sum())}/{n}" for label, p in ends.items()]
+        assert " · ".join(want) in view.basin_title.text
+        # the markers tell the global minimum (star) from the listed local one (triangle)
+        assert sorted(view.minima.data["marker"]) == ["star", "triangle"]
+        # each basin's number sits where its trajectories ended: every end is near one of them
+        centres = np.c_[view.basins.data["x"], view.basins.data["y"]]
+        for p in ends.values():
+            assert (np.linalg.norm(p[:, None, :] - centres[None], axis=2).min(axis=1) < 0.3).all()
+    finally:
+        ex.close()
+
+
+def test_a_path_fades_behind_its_bright_trail() -> None:
+    """Fading trails: the whole path is drawn faint, the newest TRAIL segments per start bright."""
+    from app.views.landscape import TRAIL
+
+    ex = Explorer(landscape="rosenbrock", optimizers=["adam"], speed=500)
+    try:
+        view, s = ex.view(LandscapeView), ex.session
+        s.play()
+        slot = s.lanes[0].slot
+        pump_until(ex, lambda: len(view.paths.sources[slot].data["x0"]) > 2 * TRAIL, timeout=60)
+        s.pause()
+        ex.pump()
+        path, trail = view.paths.sources[slot].data, view.trails.sources[slot].data
+        assert len(trail["x0"]) == TRAIL and trail["x1"][-1] == path["x1"][-1]
+        assert trail["x0"] == path["x0"][-TRAIL:]
+        faint, bright = view.paths.renderers[slot][0].glyph, view.trails.renderers[slot][0].glyph
+        assert faint.line_alpha < 0.5 < bright.line_alpha
+    finally:
+        ex.close()
+
+
+def test_a_preset_shows_its_own_learning_rates_on_the_sliders() -> None:
+    """A card reused for a preset's lane shows the preset's lr (0.019), not its slider's first
+    option (before: "1e-06", the old grid lacked 0.019)."""
+    ex = Explorer(landscape="rosenbrock", speed=500)
+    try:
+        assert ex.apply_preset("valley")
+        card = ex.sidebar.cards[ex.session.lanes[0].id].card
+        lr = widget(card, "lr")
+        assert lr.value == 0.019 and 0.019 in lr.values and lr.value_throttled == 0.019
+    finally:
+        ex.close()
+
+
+def test_keyboard_shortcuts_run_pause_and_step(explorer: Explorer) -> None:
+    """What the page's key listener reports (app.keys.Shortcuts.press) runs, pauses and steps."""
+    s = explorer.session
+    assert not s.running
+    explorer.shortcuts.press = "space:1.1"
+    assert s.running
+    explorer.shortcuts.press = "space:2.2"
+    assert not s.running
+    wait_for(lambda: s.worker.paused)
+    tick = s.worker.tick
+    explorer.shortcuts.press = "right:3.3"
+    wait_for(lambda: s.worker.tick == tick + 1)
+    explorer.shortcuts.press = "x:4.4"  # not a shortcut: nothing happens
+    assert not s.running and s.worker.tick == tick + 1
