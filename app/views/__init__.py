@@ -7,7 +7,7 @@ from app.views.curves import GradView, LossView
 from app.views.landscape import LandscapeView
 from app.views.leaderboard import LeaderboardView
 from app.views.memory import MemoryView
-from app.views.network import NetworkView
+from app.views.network import LearnedView, NetworkView
 from app.views.rate import RateView
 from app.views.share import ShareView
 from app.views.slice import SliceView
@@ -22,6 +22,7 @@ VIEWS: tuple[type[View], ...] = (
     CurvatureView,
     MemoryView,
     SliceView,
+    LearnedView,  # a network's decision boundary or predictions
     ShareView,
 )
 

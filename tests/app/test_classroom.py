@@ -5,6 +5,7 @@ the export, driven through the explorer's widgets and public methods."""
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import zipfile
 from urllib.parse import parse_qs, urlsplit
@@ -255,7 +256,7 @@ def test_the_saddle_preset_newton_stays_on_the_saddle_sgd_stalls_then_escapes_so
     sgd, newton, sophia = ([float(r.loss[0]) for r in lanes[i]] for i in range(3))
     assert all(v == pytest.approx(saddle, abs=1e-9) for v in newton[1:])  # one step, and stays
     assert all(abs(v - saddle) < 0.05 for v in sgd[150:220]) and sgd[-1] < 1e-6  # stalls, escapes
-    assert all(b <= a + 1e-12 for a, b in zip(sophia[:300], sophia[1:300], strict=False))  # never stalls
+    assert all(b <= a + 1e-12 for a, b in itertools.pairwise(sophia[:300]))  # never stalls
     assert sophia[250] < saddle - 0.3 and sophia[-1] < 1e-3
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import time
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import panel as pn
 import param
 import pytest
+import torch
 from bokeh.document import Document
 from bokeh.models import LabelSet, Legend, LinearScale, LogScale, LogTicker
 from panel.io.state import set_curdoc
@@ -21,10 +23,12 @@ from app.views import (
     GradView,
     LandscapeView,
     LeaderboardView,
+    LearnedView,
     LossView,
     NetworkView,
     SliceView,
 )
+from app.views.network import DIGITS_SHOWN, GRID
 from engine.events import RemoveLane, SetHyperparameter, SwitchOptimizer
 from landscapes.defaults import problem_defaults
 from tests.app.conftest import pump_until, steps, wait_for, widget
@@ -483,3 +487,71 @@ def test_keyboard_shortcuts_run_pause_and_step(explorer: Explorer) -> None:
     wait_for(lambda: s.worker.tick == tick + 1)
     explorer.shortcuts.press = "x:4.4"  # not a shortcut: nothing happens
     assert not s.running and s.worker.tick == tick + 1
+
+
+def _learned(ex: Explorer) -> Any:
+    view = ex.view(LearnedView)
+    assert view.applies()
+    s = ex.session
+    s.pause()
+    wait_for(lambda: s.worker.paused)
+    ex.pump()
+    if view._future is not None:  # one asked earlier (when the lane was shown): drawn first
+        wait_for(view._future.done)
+        view.refresh()
+    view._ask()  # the picture of the paused race
+    wait_for(lambda: view._future is not None and view._future.done())
+    view.refresh()
+    return view
+
+
+def test_what_a_moons_network_learned_is_its_decision_boundary() -> None:
+    """The two-moons picture: P(class 1) on a grid over the data; the training points it classifies
+    right (read off the picture, nearest grid cell) match the run's own train accuracy."""
+    ex = Explorer(landscape="moons_mlp", optimizers=["adam"], speed=500)
+    try:
+        s = ex.session
+        s.play()
+        pump_until(ex, lambda: s.worker.tick > 150, timeout=60)
+        view = _learned(ex)
+        d = view.image.data
+        prob = np.asarray(d["image"][0])
+        assert prob.shape == (GRID, GRID) and 0 <= prob.min() and prob.max() <= 1
+        p = s.problem_obj
+        X, y = p.X_train.numpy(), p.y_train.numpy()
+        col = np.rint((X[:, 0] - d["x"][0]) / d["dw"][0] * (GRID - 1)).astype(int)
+        row = np.rint((X[:, 1] - d["y"][0]) / d["dh"][0] * (GRID - 1)).astype(int)
+        read = (prob[row, col] > 0.5).astype(int)
+        theta = torch.as_tensor(s.worker.run.positions(s.lanes[0].engine_id)[0])
+        model = p.make_module(0).double()  # an independent path: the module's own forward
+        for name, value in p.unflatten(theta).items():
+            model.get_parameter(name).data.copy_(value)
+        truth_acc = float((model(p.X_train.double()).argmax(-1).numpy() == y).mean())
+        assert truth_acc > 0.8  # it learned the moons
+        assert abs(float((read == y).mean()) - truth_acc) < 0.05  # the picture shows that model
+        assert len(view.points.data["x"]) == len(X)
+    finally:
+        ex.close()
+
+
+def test_what_a_digits_network_learned_is_its_predictions() -> None:
+    ex = Explorer(landscape="digits_mlp", optimizers=["sgd"], speed=500)
+    try:
+        s = ex.session
+        s.play()
+        pump_until(ex, lambda: s.worker.tick > 100, timeout=60)
+        view = _learned(ex)
+        p = s.problem_obj
+        theta = torch.as_tensor(s.worker.run.positions(s.lanes[0].engine_id)[0])
+        model = p.make_module(0).double()
+        for name, value in p.unflatten(theta).items():
+            model.get_parameter(name).data.copy_(value)
+        X = p.X_test[:DIGITS_SHOWN].double()
+        want = model(X).argmax(-1).numpy()
+        assert view.labels.data["text"] == [str(int(k)) for k in want]
+        right = want == p.y_test[:DIGITS_SHOWN].numpy()
+        assert view.labels.data["color"] == ["#1a7f37" if r else "#d62728" for r in right]
+        assert f"{int(right.sum())}/{DIGITS_SHOWN} right" in view.fig.title.text
+        assert len(view.image.data["image"]) == DIGITS_SHOWN
+    finally:
+        ex.close()
