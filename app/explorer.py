@@ -19,8 +19,10 @@ from typing import Any
 
 import panel as pn
 import param
+from bokeh.models import LogScale
 
 from app import sharing
+from app.axes import AxisControls, find, set_axes
 from app.batch import AXES
 from app.controls import Sidebar, inline_math
 from app.keys import Shortcuts
@@ -101,8 +103,10 @@ class Explorer(pn.viewable.Viewer):
         status = pn.Row(*[v.panel for v in self._area("status")], margin=0)
         self.controls.insert(2, status)
         self.shortcuts = Shortcuts(self.on_key)  # space: run / pause; right arrow: one step
-        self.controls.append(self.shortcuts)
+        self.axes = AxisControls(self.figures)
+        self.controls.extend([self.axes.panel, self.shortcuts])
         self._callback: Any = None
+        self._preset_axes: list[tuple[Any, bool]] = []  # (figure, was log) a preset changed
         self._doc: Any = None
         self._pumps = 0
         self._closed = False
@@ -140,6 +144,12 @@ class Explorer(pn.viewable.Viewer):
         """The page's view of class ``cls`` (e.g. ``explorer.view(MemoryView)``)."""
         return next(v for v in self.views if isinstance(v, cls))
 
+    def figures(self) -> list[Any]:
+        """The Bokeh figures of the views on the page now (for the axis controls)."""
+        shown = [v for v in self.views if v.applies()]
+        return [p.object for v in shown for p in v.panel.select(pn.pane.Bokeh)
+                if hasattr(p.object, "y_scale")]
+
     def _area(self, area: str) -> list[View]:
         return [v for v in self.views if v.area == area]
 
@@ -171,6 +181,9 @@ class Explorer(pn.viewable.Viewer):
             self._show_rules()
             self._update_counter()
             self._fit_sliders()
+            for fig, log in self._preset_axes:  # a preset's axes were for its own race
+                set_axes(fig, log=log, auto=True)
+            self._preset_axes = []
 
     def _fit_sliders(self) -> None:
         """A lane card reused for a new race (a preset, a link) keeps its sliders, whose log grids were
@@ -253,6 +266,12 @@ class Explorer(pn.viewable.Viewer):
         titles = list(self.instruments._names)
         if preset.tab in titles:
             self.instruments.active = titles.index(preset.tab)
+        for prefix, axes in preset.axes.items():  # e.g. a linear sharpness axis over 2 .. 9
+            fig = find(self.figures(), prefix)
+            if fig is not None:
+                self._preset_axes.append((fig, isinstance(fig.y_scale, LogScale)))
+                set_axes(fig, log=axes.get("log"), y=axes.get("y"))
+        self.axes.list_plots()
         return True
 
     def apply_query(self, query: dict[str, str]) -> bool:

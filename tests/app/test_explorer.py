@@ -555,3 +555,35 @@ def test_what_a_digits_network_learned_is_its_predictions() -> None:
         assert len(view.image.data["image"]) == DIGITS_SHOWN
     finally:
         ex.close()
+
+
+def test_each_plot_has_log_linear_and_range_controls_and_a_preset_can_set_them() -> None:
+    from bokeh.models import DataRange1d, Range1d
+
+    ex = Explorer(landscape="rosenbrock", speed=500)
+    try:
+        ax = ex.axes
+        ax.panel.collapsed = False  # opening the card lists the page's plots
+        loss = ex.view(LossView).figure
+        ax.plot.value = ex.figures().index(loss)
+        was_log = isinstance(loss.y_scale, LogScale)
+        ax.log.value = not was_log
+        assert isinstance(loss.y_scale, LogScale) == (not was_log)
+        ax.log.value = False
+        ax.low.value, ax.high.value = 0.5, 40.0
+        assert isinstance(loss.y_range, Range1d) and (loss.y_range.start, loss.y_range.end) == (0.5, 40.0)
+        ax.log.value = True
+        ax.low.value = -1.0  # a log axis cannot show it: refused, said why, range kept
+        assert "log axis" in ax.note.object and loss.y_range.start == 0.5
+        ax.auto.clicks += 1
+        assert isinstance(loss.y_range, DataRange1d) and ax.low.value is None
+        # the edge-of-stability preset reads its sharpness on a linear axis over 2.5 .. 9 ...
+        assert ex.apply_preset("edge_of_stability")
+        sharp = ex.view(CurvatureView).sharpness_fig
+        assert isinstance(sharp.y_scale, LinearScale)
+        assert (sharp.y_range.start, sharp.y_range.end) == (2.5, 9.0)
+        # ... and gives the axis back when another race starts
+        assert ex.apply_preset("valley")
+        assert isinstance(sharp.y_scale, LogScale) and isinstance(sharp.y_range, DataRange1d)
+    finally:
+        ex.close()
