@@ -113,7 +113,7 @@ class LearnedView(View):
         self.lane_select.param.watch(lambda _: self._ask(), "value")
         self.fig = make_figure("what it learned", 250, tools="save", x_label="")
         self.fig.grid.visible = False
-        self.mapper = LinearColorMapper(palette=RdBu11[::-1], low=0.0, high=1.0)
+        self.mapper = LinearColorMapper(palette=RdBu11, low=0.0, high=1.0)  # blue (0) .. red (1)
         self.image = ColumnDataSource(empty(("image", "x", "y", "dw", "dh")))
         self.fig.image("image", x="x", y="y", dw="dw", dh="dh", source=self.image, color_mapper=self.mapper)
         self.points = ColumnDataSource(empty(("x", "y", "color")))

@@ -588,3 +588,14 @@ def test_each_plot_has_log_linear_and_range_controls_and_a_preset_can_set_them()
         assert isinstance(sharp.y_scale, LogScale) and isinstance(sharp.y_range, DataRange1d)
     finally:
         ex.close()
+
+
+def test_the_decision_boundary_colours_class_1_like_its_points() -> None:
+    """P(class 1) = 1 is drawn in the colour of class 1's points (red), 0 in class 0's (blue)."""
+    view = LearnedView.__new__(LearnedView)
+    LearnedView.__init__(view, SimpleNamespace(), lambda _: None)
+    palette = view.mapper.palette
+    view._draw("boundary", "Adam", 1, np.zeros((GRID, GRID)), ((0, 1), (0, 1)), np.zeros((2, 2)),
+               np.array([0, 1]))
+    assert view.points.data["color"] == [palette[1], palette[-2]]  # near the low end, near the high end
+    assert palette[0].startswith("#05") and palette[-1].startswith("#67")  # dark blue .. dark red

@@ -8,8 +8,10 @@ Fixtures (the served app, Chromium, a page) are ``tests/browser/test_app_browser
 
 from __future__ import annotations
 
+import json
 import re
 import time
+from urllib.parse import urlencode
 
 import pytest
 
@@ -141,5 +143,32 @@ def test_a_preset_switch_shows_its_claim_within_a_second_without_reference_error
         errors = s.unexpected_errors()
         assert not [e for e in errors if "isn't known" in e or "reference" in e], errors
         assert errors == []
+    finally:
+        s.close()
+
+
+def test_what_a_network_learned_shows_in_its_tab(browser: object, server: Server) -> None:
+    """Two moons: the "what it learned" tab draws the decision boundary (an image) with the data."""
+    lanes = json.dumps([["adam", {}], ["sgd", {}]])
+    url = server.url + "?" + urlencode({"problem": "moons_mlp", "lanes": lanes})
+    s = Session(browser, url)
+    try:
+        wait_until(lambda: s.step() > 50, REACT * 2, "the race to run", s.counter)
+        s.tab("what it learned")
+        has_image = """() => {
+          for (const m of Bokeh.documents[0]._all_models.values())
+            if (m.type === "GlyphRenderer" && m.glyph.type === "Image" && m.data_source.get_length() > 0
+                && m.data_source.data.x.length === 1) return true;  // one image: the boundary
+          return false;
+        }"""
+        wait_until(lambda: s.page.evaluate(has_image), REACT, "the decision boundary")
+        titled = """() => Array.from(Bokeh.documents[0]._all_models.values()).some(
+          m => m.type === "Title" && typeof m.text === "string"
+               && m.text.includes("P(class 1) over the plane"))"""
+        wait_until(lambda: s.page.evaluate(titled), REACT, "the picture's title")
+        time.sleep(3)
+        (ARTIFACTS / "presets").mkdir(parents=True, exist_ok=True)
+        s.page.screenshot(path=str(ARTIFACTS / "presets" / "moons_learned.png"))
+        assert s.unexpected_errors() == []
     finally:
         s.close()
