@@ -104,7 +104,7 @@ class LearnedView(View):
     images with the predicted label (green right, red wrong). Computed on the worker thread between
     two steps (a step swaps the module's parameters), at most once a second, for one chosen lane."""
 
-    title = "what it learned"
+    title = "learned"
     EVERY = 3  # refreshes (~3 Hz) between two pictures
 
     def __init__(self, session: Any, notify: Any) -> None:

@@ -148,13 +148,13 @@ def test_a_preset_switch_shows_its_claim_within_a_second_without_reference_error
 
 
 def test_what_a_network_learned_shows_in_its_tab(browser: object, server: Server) -> None:
-    """Two moons: the "what it learned" tab draws the decision boundary (an image) with the data."""
+    """Two moons: the "learned" tab draws the decision boundary (an image) with the data."""
     lanes = json.dumps([["adam", {}], ["sgd", {}]])
     url = server.url + "?" + urlencode({"problem": "moons_mlp", "lanes": lanes})
     s = Session(browser, url)
     try:
         wait_until(lambda: s.step() > 50, REACT * 2, "the race to run", s.counter)
-        s.tab("what it learned")
+        s.tab("learned")
         has_image = """() => {
           for (const m of Bokeh.documents[0]._all_models.values())
             if (m.type === "GlyphRenderer" && m.glyph.type === "Image" && m.data_source.get_length() > 0
