@@ -4,7 +4,9 @@ Panel has no global key handler, so a zero-size :class:`~panel.reactive.Reactive
 listens on the document (one listener per page, replaced when the element is rendered again) and
 reports each press as one string property, ``"space:<time>.<count>"`` (so a repeated key is a new
 value). Keys typed into a field, a drop-down, a button or a slider handle are theirs, not
-the page's (a focused slider moves with the arrows; a focused button already clicks on space).
+the page's (a focused slider moves with the arrows; a focused button already clicks on space): the
+check walks the event's composed path, since Panel's widgets live in shadow roots, where
+``event.target`` is only the shadow host.
 """
 
 from __future__ import annotations
@@ -29,10 +31,11 @@ class Shortcuts(ReactiveHTML):
           if (window.__optiscopeKeys) document.removeEventListener('keydown', window.__optiscopeKeys);
           let count = 0;
           const handler = (e) => {
-            const t = e.target;
             if (e.ctrlKey || e.metaKey || e.altKey) return;
-            if (t && t.closest && t.closest('input, textarea, select, button, [contenteditable], '
-                                            + '[role=slider], .noUi-target')) return;
+            // the real target: widgets live in shadow roots, where e.target is only their host
+            const own = 'input, textarea, select, button, [contenteditable], [role=slider], .noUi-target';
+            const path = e.composedPath ? e.composedPath() : [e.target];
+            if (path.some((el) => el instanceof Element && el.closest(own))) return;
             const key = e.code === 'Space' ? 'space' : (e.key === 'ArrowRight' ? 'right' : null);
             if (key === null) return;
             e.preventDefault();

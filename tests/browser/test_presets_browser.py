@@ -172,3 +172,21 @@ def test_what_a_network_learned_shows_in_its_tab(browser: object, server: Server
         assert s.unexpected_errors() == []
     finally:
         s.close()
+
+
+def test_arrow_keys_on_a_focused_slider_move_the_slider_not_the_race(browser: object, server: Server) -> None:
+    """The shortcuts leave a focused widget's keys alone (its handle sits in a shadow root)."""
+    s = Session(browser, server.url)
+    try:
+        s.slow_down()
+        card = s.open_card("SGD")
+        handle = card.locator(".noUi-handle").first
+        handle.focus()
+        handle.press("ArrowRight", no_wait_after=True)
+        label = card.get_by_text(re.compile(r"^lr: "))
+        wait_until(lambda: label.inner_text() == "lr: 0.0015", REACT, "the slider to move", label.inner_text)
+        time.sleep(1.0)
+        assert "running" in s.counter()  # not paused by a "step"
+        assert s.unexpected_errors() == []
+    finally:
+        s.close()
