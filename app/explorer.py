@@ -19,10 +19,13 @@ from typing import Any
 
 import panel as pn
 import param
+from bokeh.models import LogScale
 
 from app import sharing
+from app.axes import AxisControls, find, set_axes
 from app.batch import AXES
 from app.controls import Sidebar, inline_math
+from app.keys import Shortcuts
 from app.model import DEFAULT_RACE, RaceSession
 from app.presets import presets
 from app.sharing import CUSTOM
@@ -81,6 +84,7 @@ class Explorer(pn.viewable.Viewer):
         self.sidebar = Sidebar(s, self.apply_preset)
         self.sidebar.presenter.link(self, value="presenter", bidirectional=True)
         self.preset_note = pn.pane.Alert("", alert_type="info", visible=False, margin=(0, 0),
+                                         css_classes=["preset-claim"],
                                          sizing_mode="stretch_width", styles={"font-size": "0.85em"})
         self.formula = pn.pane.LaTeX("", styles={"font-size": "1.05em"}, margin=(0, 10))
         self.description = pn.pane.Markdown("", margin=(0, 10), styles={"font-size": "0.85em"},
@@ -98,7 +102,11 @@ class Explorer(pn.viewable.Viewer):
         self.controls = self.sidebar.panel
         status = pn.Row(*[v.panel for v in self._area("status")], margin=0)
         self.controls.insert(2, status)
+        self.shortcuts = Shortcuts(self.on_key)  # space: run / pause; right arrow: one step
+        self.axes = AxisControls(self.figures)
+        self.controls.extend([self.axes.panel, self.shortcuts])
         self._callback: Any = None
+        self._preset_axes: list[tuple[Any, bool]] = []  # (figure, was log) a preset changed
         self._doc: Any = None
         self._pumps = 0
         self._closed = False
@@ -136,6 +144,12 @@ class Explorer(pn.viewable.Viewer):
         """The page's view of class ``cls`` (e.g. ``explorer.view(MemoryView)``)."""
         return next(v for v in self.views if isinstance(v, cls))
 
+    def figures(self) -> list[Any]:
+        """The Bokeh figures of the views on the page now (for the axis controls)."""
+        shown = [v for v in self.views if v.applies()]
+        return [p.object for v in shown for p in v.panel.select(pn.pane.Bokeh)
+                if hasattr(p.object, "y_scale")]
+
     def _area(self, area: str) -> list[View]:
         return [v for v in self.views if v.area == area]
 
@@ -166,6 +180,20 @@ class Explorer(pn.viewable.Viewer):
             self.description.object = getattr(p, "description", "")
             self._show_rules()
             self._update_counter()
+            self._fit_sliders()
+            for fig, log in self._preset_axes:  # a preset's axes were for its own race
+                set_axes(fig, log=log, auto=True)
+            self._preset_axes = []
+
+    def _fit_sliders(self) -> None:
+        """A lane card reused for a new race (a preset, a link) keeps its sliders, whose log grids were
+        made around the old values: one whose value is off its grid would show its first option
+        (lr "1e-06" for 0.019) -- such a card's widgets are built again around the values now."""
+        for card in self.sidebar.cards.values():
+            values = card.lane.values()
+            if any(values.get(w.name, w.value) not in w.values
+                   for w in card.body.select(pn.widgets.DiscreteSlider)):
+                card._build(force=True)
 
     def _show_lanes(self) -> None:
         lanes = list(self.session.lanes)
@@ -196,17 +224,54 @@ class Explorer(pn.viewable.Viewer):
         if text != self.sidebar.counter.object:
             self.sidebar.counter.object = text
 
+    def on_key(self, key: str) -> None:
+        """A keyboard shortcut (:mod:`app.keys`): "space" runs or pauses, "right" takes one step."""
+        s = self.session
+        if key == "space":
+            s.pause() if s.running else s.play()
+        elif key == "right":
+            s.step()
+
     # -- presets and links -------------------------------------------------------------------------
     def apply_preset(self, name: str) -> bool:
-        """Load a classroom preset (``app/presets.toml``): problem, race, starts, speed, x-axis."""
+        """Load a classroom preset (``app/presets.toml``): problem, race, starts, speed, x-axis. On a
+        live page its claim is shown at once, in a message of its own, and the race follows on the
+        next tick (a new problem's plots take the browser seconds to lay out; the claim does not wait)."""
         preset = presets().get(name)
         if preset is None:
             self.show_error(f"unknown preset {name!r}; presets: {', '.join(presets())}")
             return False
+        doc = self._doc
+        if doc is None or doc.session_context is None or self._callback is None:
+            return self._open_preset(preset)
+        before = (self.preset_note.object, self.preset_note.visible)
+        self._show_preset(preset)
+
+        def later() -> None:
+            with self._hold():
+                if not self._open_preset(preset):
+                    self.preset_note.object, self.preset_note.visible = before
+        doc.add_next_tick_callback(later)
+        return True
+
+    def _show_preset(self, preset: Any) -> None:
+        claim = f" **Watch: {preset.claim}**" if preset.claim else ""
+        self.preset_note.object = f"**{preset.title}.**{claim} {preset.explanation}"
+        self.preset_note.visible = True
+
+    def _open_preset(self, preset: Any) -> bool:
         if not self.session.load(preset.spec(), f"the preset {preset.title!r}"):
             return False
-        self.preset_note.object = f"**{preset.title}.** {preset.explanation}"
-        self.preset_note.visible = True
+        self._show_preset(preset)
+        titles = list(self.instruments._names)
+        if preset.tab in titles:
+            self.instruments.active = titles.index(preset.tab)
+        for prefix, axes in preset.axes.items():  # e.g. a linear sharpness axis over 2 .. 9
+            fig = find(self.figures(), prefix)
+            if fig is not None:
+                self._preset_axes.append((fig, isinstance(fig.y_scale, LogScale)))
+                set_axes(fig, log=axes.get("log"), y=axes.get("y"))
+        self.axes.list_plots()
         return True
 
     def apply_query(self, query: dict[str, str]) -> bool:

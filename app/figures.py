@@ -18,6 +18,7 @@ from bokeh.models import (
     BasicTicker,
     BasicTickFormatter,
     ColumnDataSource,
+    CustomJSTickFormatter,
     DataRange1d,
     GlyphRenderer,
     HoverTool,
@@ -25,7 +26,6 @@ from bokeh.models import (
     LinearScale,
     LogScale,
     LogTicker,
-    LogTickFormatter,
 )
 from bokeh.plotting import figure
 
@@ -55,11 +55,21 @@ def make_figure(title: str, height: int, *, log_y: bool = False, x_label: str = 
     return fig
 
 
+_TICK_LABEL = """
+  // two significant digits: 0.2, 0.25, 300 as they are; 1e-16, 2e5 beyond 1e-3 .. 1e4
+  const v = Number(tick.toPrecision(2)), a = Math.abs(v);
+  return a === 0 || (a >= 1e-3 && a < 1e4) ? String(v) : v.toExponential().replace("e+", "e");
+"""
+
+
 def quiet_log_ticks(fig: figure) -> None:
-    """Decades only, a few of them: a narrow range otherwise gets "0.9 0.8 0.7 ..." stacked."""
+    """A few ticks: decades over a wide range; over less than a decade (where BokehJS's log ticker
+    falls back to linear steps) steps of 1, 2 or 5 x 10^k, about four of them, each labelled (a
+    log formatter labels powers of ten only: such an axis showed no numbers at all), never the
+    crowded "0.9 0.8 0.7 ..." of every mantissa."""
     axis = fig.yaxis[0]
-    axis.ticker = LogTicker(desired_num_ticks=4, num_minor_ticks=10, mantissas=[1])
-    axis.formatter = LogTickFormatter(min_exponent=3)
+    axis.ticker = LogTicker(desired_num_ticks=4, num_minor_ticks=10, mantissas=[1, 2, 5])
+    axis.formatter = CustomJSTickFormatter(code=_TICK_LABEL)
 
 
 def set_log_y(fig: figure, log: bool) -> None:

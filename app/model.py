@@ -55,12 +55,10 @@ from landscapes import (
     get_network,
     parse_expression,
 )
+from landscapes.defaults import problem_defaults, retune
 
-DEFAULT_RACE: tuple[tuple[str, dict[str, Any]], ...] = (
-    ("sgd", {"lr": 1e-3}),  # Rosenbrock's curvature is ~1900 at the start: larger lr diverges
-    ("momentum", {"lr": 1e-3}),
-    ("adam", {"lr": 0.1}),
-)
+DEFAULT_RACE: tuple[tuple[str, dict[str, Any]], ...] = tuple(
+    (name, problem_defaults("rosenbrock", name)) for name in ("sgd", "momentum", "adam"))
 """The race a new page opens with: learning rates a student can watch reach the valley."""
 RUN_PARAMS = ("problem", "problem_options", "expression", "start_x", "start_y", "n_starts", "seed",
               "batch_size")
@@ -120,6 +118,8 @@ class RaceSession(Mirror, param.Parameterized):
         self.param.watch(self._rebuild, list(RUN_PARAMS), precedence=1_000_000)
         if lanes is None:
             lanes = [(n, {}) for n in optimizers] if optimizers is not None else DEFAULT_RACE
+            problem = params.get("problem", "rosenbrock")  # the page's defaults, tuned to its problem
+            lanes = [(n, retune(n, v, "rosenbrock", problem)) for n, v in lanes]
         self.worker: RunWorker | None = None
         self.latest: dict[int, Record] = {}
         self.ranking = Ranking()
@@ -241,7 +241,14 @@ class RaceSession(Mirror, param.Parameterized):
         if new_problem:  # a new problem starts from its own start point
             requested = replace(requested, start=None)
         lanes = tuple(lane.config() for lane in self.lanes)
-        if not self.load(RaceSpec(requested, lanes), "this setting", keep_lanes=True):
+        if requested.problem != before.problem:  # each lane takes the new problem's defaults
+            lanes = tuple(replace(c, hyperparameters=retune(c.optimizer, c.hyperparameters, before.problem,
+                                                            requested.problem)) for c in lanes)
+        if self.load(RaceSpec(requested, lanes), "this setting", keep_lanes=True):
+            for lane, config in zip(self.lanes, lanes, strict=True):
+                for name, value in config.hyperparameters.items():
+                    lane.mirror(name, value)  # the run has them already: shown, not sent
+        else:
             message = self.message
             start = before.start or (None, None)
             self.param.update(problem=before.problem, problem_options=before.option_dict,
@@ -332,6 +339,7 @@ class RaceSession(Mirror, param.Parameterized):
                 raise ValueError(f"a race holds at most {MAX_LANES} optimizers")
             spec = get_spec(optimizer)
             spec.check_problem(self.problem_obj)
+            values = {**problem_defaults(self.problem, optimizer), **(values or {})}
             lane = Lane(optimizer, values, slot=free_slot(self.lanes, self._recent_slots),
                         on_change=self._on_lane_change, on_wrap=self._on_lane_wrap)
         except (HyperparameterError, ValueError) as exc:
@@ -368,7 +376,7 @@ class RaceSession(Mirror, param.Parameterized):
             self.message = str(exc)
             return False
         old = lane.label
-        lane.switch(optimizer)
+        lane.switch(optimizer, problem_defaults(self.problem, optimizer))
         config = lane.config()  # the lr schedule goes on with the new optimizer, as do clip and batch
         self.worker.submit(SwitchOptimizer(lane.engine_id, optimizer, config.hyperparameters,
                                            keep_position=self.on_switch == "continue from here",

@@ -119,6 +119,7 @@ def test_tour_steers_a_live_race_that_replays_exactly() -> None:
     assert r["closed_form"]["max_abs_err"] <= 1e-12
     himmelblau = [row for row in r["race"] if row["landscape"] == "himmelblau"]
     assert len(himmelblau) == 3 and all(row["reached a global minimum"] == 1.0 for row in himmelblau)
+    assert r["running_at_end"] is True  # "Run All" ends with the live race streaming, not paused
     assert r["workers_alive"] == [False]
 
 

@@ -9,7 +9,7 @@ from app.views.experiments import ExperimentsView
 from app.views.landscape import LandscapeView
 from app.views.leaderboard import LeaderboardView
 from app.views.memory import MemoryView
-from app.views.network import NetworkView
+from app.views.network import LearnedView, NetworkView
 from app.views.rate import RateView
 from app.views.share import ShareView
 from app.views.slice import SliceView
@@ -26,6 +26,7 @@ VIEWS: tuple[type[View], ...] = (
     MemoryView,
     SliceView,
     ExperimentsView,  # issue 15: tuned, seeded comparisons and basin maps around the race
+    LearnedView,  # a network's decision boundary or predictions
     ShareView,
 )
 

@@ -1,6 +1,8 @@
 """The landscape: heatmap and contours of a 2-D problem (a simplex problem on its triangle), its
 known minima (a star for the global ones, a triangle for local ones), the start (click to move it),
-each lane's path and head, a population's particles, and a ranking lane's candidates to click."""
+each lane's path (faint) with its last steps bright (a fading trail) and its head, a population's
+particles, a ranking lane's candidates to click, and, for a race from many starts, how many
+trajectories ended in each basin (numbers on the picture; the global count per lane above it)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,16 @@ from typing import Any
 import numpy as np
 import panel as pn
 from bokeh.events import DoubleTap, Tap
-from bokeh.models import Arrow, ColorBar, ColumnDataSource, HoverTool, LinearColorMapper, Range1d, VeeHead
+from bokeh.models import (
+    Arrow,
+    ColorBar,
+    ColumnDataSource,
+    HoverTool,
+    LinearColorMapper,
+    Range1d,
+    Title,
+    VeeHead,
+)
 from bokeh.palettes import Viridis256
 from bokeh.plotting.contour import contour_data
 
@@ -24,6 +35,22 @@ from engine.views import plane_grid, to_plane
 GRID = 200
 N_LEVELS = 14
 SEGMENT_ROLLOVER = 20_000  # per lane
+TRAIL = 40
+"""Segments per start drawn bright at the head of a path (the rest of the path fades)."""
+BASIN = 0.02
+"""Trajectories whose ends are closer than this fraction of the view's diagonal share a basin."""
+
+
+def basins(points: np.ndarray, radius: float) -> list[tuple[np.ndarray, int]]:
+    """Group end points (``[N, 2]``, non-finite ones left out) greedily within ``radius`` of each
+    group's first point: each group's mean and size, largest first."""
+    left = points[np.isfinite(points).all(axis=1)]
+    out = []
+    while len(left):
+        near = np.linalg.norm(left - left[0], axis=1) <= radius
+        out.append((left[near].mean(axis=0), int(near.sum())))
+        left = left[~near]
+    return sorted(out, key=lambda g: -g[1])
 
 
 def _color_values(z: np.ndarray, log: bool) -> tuple[np.ndarray, str]:
@@ -63,7 +90,17 @@ class LandscapeView(View):
                                     line_color="white", line_alpha=0.45, line_width=0.8)
         self.paths = Slots(("x0", "y0", "x1", "y1"), with_x=False)
         self.paths.renderer(lambda slot, src, color: fig.segment(
-            "x0", "y0", "x1", "y1", source=src, line_color=color, line_width=2, line_alpha=0.9))
+            "x0", "y0", "x1", "y1", source=src, line_color=color, line_width=1.5, line_alpha=0.35))
+        self.trails = Slots(("x0", "y0", "x1", "y1"), with_x=False)  # the newest segments, bright
+        self.trails.renderer(lambda slot, src, color: fig.segment(
+            "x0", "y0", "x1", "y1", source=src, line_color=color, line_width=2.5, line_alpha=0.95))
+        self.basins = ColumnDataSource(empty(("x", "y", "text")))
+        fig.text("x", "y", text="text", source=self.basins, text_align="left", text_baseline="top",
+                 text_font_size="11px", text_font_style="bold", x_offset=6, y_offset=6, padding=2,
+                 background_fill_color="white", background_fill_alpha=0.85, border_line_color="black",
+                 border_radius=3)
+        self.basin_title = Title(text="", text_font_size="11px", text_font_style="normal")
+        fig.add_layout(self.basin_title, "above")
         stars = fig.scatter("x", "y", source=self.minima, marker="marker", size=16, fill_color="white",
                             line_color="black")
         fig.scatter("x", "y", source=self.start, marker="circle_cross", size=13, fill_alpha=0,
@@ -139,10 +176,13 @@ class LandscapeView(View):
         self.min_move = 0.002 * float(np.hypot(b.high[0] - b.low[0], b.high[1] - b.low[1]))
         title = getattr(p, "title", p.name)
         click = " (click to move)" if p.dim == 2 else ""
-        self.figure.title.text = f"{title} · ☆ minimum · △ local · ⊕ start{click}"
+        keys = {"star": "☆ global minimum", "triangle": "△ local minimum"}  # those on the picture
+        shown = [text for marker, text in keys.items() if marker in self.minima.data["marker"]]
+        self.figure.title.text = " · ".join([title, *shown, f"⊕ start{click}"])
 
     def show_lanes(self, lanes: Sequence[Lane]) -> None:
         self.paths.show(lanes)  # a lane that left takes its path with it
+        self.trails.show(lanes)
         ids = {lane.id for lane in lanes}
         self._drawn = {k: v for k, v in self._drawn.items() if k in ids}
         self._heads()
@@ -157,6 +197,8 @@ class LandscapeView(View):
             seg = self._segments(lane_id, recs)
             if seg["x0"]:
                 self.paths.sources[slot].stream(seg, rollover=SEGMENT_ROLLOVER)
+                rows = len(recs[-1].position) if recs[-1].position is not None else 1
+                self.trails.sources[slot].stream(seg, rollover=TRAIL * rows)
                 self.points_drawn += len(seg["x0"])
         if batch.records:
             self._heads()
@@ -287,12 +329,49 @@ class LandscapeView(View):
                               f"{len(ranking.ranked)} of {m}.")
         self.prompt.visible = self.undo.visible = True
 
+    def refresh(self) -> None:
+        if self.applies():
+            self._show_basins()
+
+    def _show_basins(self) -> None:
+        """A race from many starts: trajectories per basin (numbers beside their ends) and, per lane,
+        how many of its starts are at a global minimum (the line above the picture)."""
+        s = self.session
+        p = s.problem_obj
+        ends = {lane.label: self.project(s.latest[lane.id].position) for lane in s.lanes
+                if lane.id in s.latest and s.latest[lane.id].position is not None}
+        if s.n_starts < 2 or not ends:
+            if self.basins.data["x"] or self.basin_title.text:
+                self.basins.data, self.basin_title.text = empty(("x", "y", "text")), ""
+            return
+        x, y = self.figure.x_range, self.figure.y_range
+        radius = BASIN * float(np.hypot(x.end - x.start, y.end - y.start))
+        groups = basins(np.concatenate(list(ends.values()))[:, :2], radius)
+        data = dict(x=[float(c[0]) for c, _ in groups], y=[float(c[1]) for c, _ in groups],
+                    text=[str(n) for _, n in groups])
+        if data != self.basins.data:
+            self.basins.data = data
+        best = min((m.value for m in p.minima), default=None)
+        glob = self.project(np.array([m.x for m in p.minima if m.value == best]).reshape(-1, p.dim)) \
+            if best is not None else np.empty((0, 2))
+        parts = []
+        for label, pts in ends.items():
+            at = (np.linalg.norm(pts[:, None, :2] - glob[None, :, :2], axis=2) <= radius).any(axis=1) \
+                if len(glob) else np.zeros(len(pts), bool)
+            parts.append(f"{label} {int(at.sum())}/{len(pts)}")
+        text = (f"at the global minimum ☆: {' · '.join(parts)}   ({len(groups)} basins reached; "
+                "numbers: trajectories ending in each)") if len(glob) else \
+            f"{len(groups)} end points (numbers: trajectories ending at each)"
+        if text != self.basin_title.text:
+            self.basin_title.text = text
+
     def clear(self) -> None:
         self.paths.clear()
+        self.trails.clear()
         self._drawn.clear()
         self._before = {}
         self.points_drawn = 0
-        for src in (self.heads, self.cloud, self.updates):
+        for src in (self.heads, self.cloud, self.updates, self.basins):
             if next(iter(src.data.values()), None):
                 src.data = empty(src.data)
 

@@ -5,6 +5,7 @@ the export, driven through the explorer's widgets and public methods."""
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import zipfile
 from urllib.parse import parse_qs, urlsplit
@@ -12,6 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from app import sharing
 from app.explorer import Explorer
@@ -34,9 +36,10 @@ def test_presets_are_data_that_name_real_problems_and_optimizers() -> None:
     table = presets()
     assert PRESETS_FILE.suffix == ".toml" and len(table) >= 8
     for p in table.values():
-        assert p.problem in (*available_landscapes(), *available_networks()), p.name
+        assert p.problem in (*available_landscapes(), *available_networks(), sharing.CUSTOM), p.name
+        assert (p.expression is not None) == (p.problem == sharing.CUSTOM), p.name
         assert all(name in available() for name, _ in p.lanes), p.name
-        assert p.explanation and p.title
+        assert p.explanation and p.title and p.claim, p.name  # each states what a class will see
 
 
 @pytest.mark.parametrize("name", list(presets()))
@@ -48,6 +51,11 @@ def test_every_preset_loads_from_its_menu_and_runs(ex: Explorer, name: str) -> N
     for lane, (_, values) in zip(ex.session.lanes, preset.lanes, strict=True):
         assert all(lane.values()[h] == v for h, v in values.items())
     assert ex.session.problem == preset.problem and ex.session.x_axis == preset.x_axis
+    assert preset.claim in ex.preset_note.object
+    if preset.tab is not None:  # the instrument the claim is about is the one on screen
+        assert ex.instruments._names[ex.instruments.active] == preset.tab
+    if preset.probe_every is not None:
+        assert ex.worker.run.config.probes.every == preset.probe_every
     human = any(v.get("human") for _, v in preset.lanes)
     steps(ex, 2)
     waiting = {lane.id for lane in ex.session.lanes if lane.engine_id in ex.worker.run.awaiting}
@@ -212,3 +220,53 @@ def test_an_export_can_be_cancelled(ex: Explorer) -> None:
     pump_until(ex, lambda: job.fraction > 0, 30)
     widget(share.panel, "Cancel").clicks += 1
     assert job.wait(10) and job.error == "export cancelled"  # the replay stopped at a checkpoint
+
+
+def _run_preset(name: str, steps: int) -> tuple[dict[int, list], object]:
+    """The preset's race, stepped synchronously (what the page shows, without the page)."""
+    from app.model import make_problem
+    from engine.run import Run
+
+    spec = presets()[name].spec()
+    problem = make_problem(spec.params)
+    run = Run(problem, spec.config())
+    by_lane: dict[int, list] = {}
+    for r in run.run(steps):
+        by_lane.setdefault(r.lane, []).append(r)
+    return by_lane, problem
+
+
+def test_the_edge_of_stability_preset_reaches_2_over_eta_within_its_claim() -> None:
+    """Claim: each lane's sharpness climbs from ~3.7 to its 2/eta (5 by step ~150 for eta = 0.4, 6.7
+    by step ~400 for eta = 0.3) and then hovers there."""
+    lanes, _ = _run_preset("edge_of_stability", 601)
+    for lane, (eta, by) in enumerate(((0.4, 250), (0.3, 450))):
+        probes = [(r.step, r.curvature.sharpness) for r in lanes[lane] if r.curvature is not None]
+        assert probes[0][1] < 0.8 * 2 / eta  # it starts well below the threshold
+        reached = next(step for step, s in probes if s >= 2 / eta)
+        assert reached <= by, (eta, reached)
+        late = [s for step, s in probes if step >= reached + 150]
+        assert late and all(0.8 * 2 / eta < s < 1.5 * 2 / eta for s in late), (eta, late)  # hovers
+
+
+def test_the_saddle_preset_newton_stays_on_the_saddle_sgd_stalls_then_escapes_sophia_never_stalls() -> None:
+    lanes, problem = _run_preset("saddle_escape", 601)
+    saddle = float(problem.loss(torch.zeros(1, 2, dtype=torch.float64))[0])
+    assert saddle == pytest.approx(1.62)
+    sgd, newton, sophia = ([float(r.loss[0]) for r in lanes[i]] for i in range(3))
+    assert all(v == pytest.approx(saddle, abs=1e-9) for v in newton[1:])  # one step, and stays
+    assert all(abs(v - saddle) < 0.05 for v in sgd[150:220]) and sgd[-1] < 1e-6  # stalls, escapes
+    assert all(b <= a + 1e-12 for a, b in itertools.pairwise(sophia[:300]))  # never stalls
+    assert sophia[250] < saddle - 0.3 and sophia[-1] < 1e-3
+
+
+def test_the_adam_vs_sgd_preset_shows_a_real_difference() -> None:
+    lanes, _ = _run_preset("adam_vs_sgd", 1001)
+    sgd, adam = ([float(r.loss[0]) for r in lanes[i]] for i in range(2))
+    assert adam[300] < 1e-10 and 0.05 < sgd[1000] < 0.5  # the claim's numbers
+
+
+def test_the_rastrigin_preset_traps_gradient_methods_and_cbo_finds_the_global_minimum() -> None:
+    lanes, _ = _run_preset("rastrigin_trap", 101)
+    at_global = [int((np.hypot(*lanes[i][-1].position.T) < 0.05).sum()) for i in range(3)]
+    assert at_global == [0, 0, 8]  # SGD, Adam, CBO (of 8 starts each)

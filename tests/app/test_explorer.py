@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import time
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import panel as pn
 import param
 import pytest
+import torch
 from bokeh.document import Document
-from bokeh.models import LabelSet, Legend, LinearScale, LogScale, LogTicker
+from bokeh.models import CustomJSTickFormatter, LabelSet, Legend, LinearScale, LogScale, LogTicker
 from panel.io.state import set_curdoc
 
 from app.explorer import CUSTOM, Explorer
@@ -21,11 +23,14 @@ from app.views import (
     GradView,
     LandscapeView,
     LeaderboardView,
+    LearnedView,
     LossView,
     NetworkView,
     SliceView,
 )
+from app.views.network import DIGITS_SHOWN, GRID
 from engine.events import RemoveLane, SetHyperparameter, SwitchOptimizer
+from landscapes.defaults import problem_defaults
 from tests.app.conftest import pump_until, steps, wait_for, widget
 
 
@@ -195,7 +200,8 @@ def test_two_explorers_are_independent_sessions() -> None:
 def test_a_problem_without_known_minima_plots_raw_loss_on_a_linear_axis(explorer: Explorer) -> None:
     fig = explorer.view(LossView).figure
     assert isinstance(fig.y_scale, LogScale)
-    assert isinstance(fig.yaxis[0].ticker, LogTicker) and list(fig.yaxis[0].ticker.mantissas) == [1]
+    assert isinstance(fig.yaxis[0].ticker, LogTicker) and list(fig.yaxis[0].ticker.mantissas) == [1, 2, 5]
+    assert isinstance(fig.yaxis[0].formatter, CustomJSTickFormatter)  # labels inside a decade too
     explorer.session.problem = "saddle"  # x^2 - y^2: losses go negative
     assert isinstance(fig.y_scale, LinearScale)
     steps(explorer, 1)
@@ -380,3 +386,216 @@ def test_presenter_rules_with_inequalities_survive_the_html_of_the_latex_pane() 
         assert "<" not in rule.object and r"\lt" in rule.object
     finally:
         ex.close()
+
+
+def test_a_network_gives_its_lanes_its_own_defaults_and_a_landscape_takes_them_back() -> None:
+    """Issue 14: networks no longer inherit Rosenbrock's learning rates (landscapes/defaults.py):
+    switching the problem, adding a lane and switching a lane's optimizer all take the problem's row."""
+    ex = Explorer(landscape="rosenbrock", speed=500)
+    try:
+        s = ex.session
+        assert [ln.values()["lr"] for ln in s.lanes] == [1e-3, 1e-3, 0.1]  # Rosenbrock's race
+        widget(ex.controls, "Problem").value = "digits_mlp"
+        assert s.problem == "digits_mlp" and s.message == ""
+        want = [problem_defaults("digits_mlp", ln.optimizer)["lr"] for ln in s.lanes]
+        assert [ln.values()["lr"] for ln in s.lanes] == want == [1.0, 0.3, 0.03]
+        run_lrs = s.worker.call(lambda run: [ln.optimizer.param_groups[0]["lr"]
+                                             for ln in run.lanes.values()]).result(timeout=30)
+        assert run_lrs == want  # the engine runs them (they were not only shown)
+        lane = s.add_lane("adamw")
+        assert lane.values()["lr"] == problem_defaults("digits_mlp", "adam")["lr"]
+        assert s.switch_optimizer(s.lanes[0], "nesterov")
+        assert s.lanes[0].values()["lr"] == problem_defaults("digits_mlp", "momentum")["lr"]
+        widget(ex.controls, "Problem").value = "himmelblau"  # no row: each optimizer's own lr
+        assert s.lanes[1].values()["lr"] == 1e-3 and s.lanes[2].values()["lr"] == 1e-3
+    finally:
+        ex.close()
+
+
+def test_rastrigin_trap_counts_trajectories_per_basin_and_at_the_global_minimum() -> None:
+    """Issue 14: the Rastrigin preset asks to count trajectories, so the picture counts them: per
+    basin (numbers that sum to every start of every lane) and per lane at the global minimum."""
+    ex = Explorer(landscape="rosenbrock", speed=500)
+    try:
+        assert ex.apply_preset("rastrigin_trap")
+        s, view = ex.session, ex.view(LandscapeView)
+        ex.session.play()
+        pump_until(ex, lambda: s.worker.tick > 300, timeout=60)
+        s.pause()
+        ex.pump()
+        view.refresh()
+        n = s.n_starts
+        assert sum(int(t) for t in view.basins.data["text"]) == n * len(s.lanes) == 24
+        ends = {ln.label: s.latest[ln.id].position for ln in s.lanes}
+        # by hand: a trajectory is at the global minimum (0, 0) when it ends within 0.1 of it
+        want = [f"{label} {int((np.hypot(p[:, 0], p[:, 1]) < 0.1).sum())}/{n}" for label, p in ends.items()]
+        assert " · ".join(want) in view.basin_title.text
+        # the markers tell the global minimum (star) from the listed local one (triangle)
+        assert sorted(view.minima.data["marker"]) == ["star", "triangle"]
+        # each basin's number sits where its trajectories ended: every end is near one of them
+        centres = np.c_[view.basins.data["x"], view.basins.data["y"]]
+        for p in ends.values():
+            assert (np.linalg.norm(p[:, None, :] - centres[None], axis=2).min(axis=1) < 0.3).all()
+    finally:
+        ex.close()
+
+
+def test_a_path_fades_behind_its_bright_trail() -> None:
+    """Fading trails: the whole path is drawn faint, the newest TRAIL segments per start bright."""
+    from app.views.landscape import TRAIL
+
+    ex = Explorer(landscape="rosenbrock", optimizers=["adam"], speed=500)
+    try:
+        view, s = ex.view(LandscapeView), ex.session
+        s.play()
+        slot = s.lanes[0].slot
+        pump_until(ex, lambda: len(view.paths.sources[slot].data["x0"]) > 2 * TRAIL, timeout=60)
+        s.pause()
+        ex.pump()
+        path, trail = view.paths.sources[slot].data, view.trails.sources[slot].data
+        assert len(trail["x0"]) == TRAIL and trail["x1"][-1] == path["x1"][-1]
+        assert trail["x0"] == path["x0"][-TRAIL:]
+        faint, bright = view.paths.renderers[slot][0].glyph, view.trails.renderers[slot][0].glyph
+        assert faint.line_alpha < 0.5 < bright.line_alpha
+    finally:
+        ex.close()
+
+
+def test_a_preset_shows_its_own_learning_rates_on_the_sliders() -> None:
+    """A card reused for a preset's lane shows the preset's lr (0.019), not its slider's first
+    option (before: "1e-06", the old grid lacked 0.019)."""
+    ex = Explorer(landscape="rosenbrock", speed=500)
+    try:
+        assert ex.apply_preset("valley")
+        card = ex.sidebar.cards[ex.session.lanes[0].id].card
+        lr = widget(card, "lr")
+        assert lr.value == 0.019 and 0.019 in lr.values and lr.value_throttled == 0.019
+    finally:
+        ex.close()
+
+
+def test_keyboard_shortcuts_run_pause_and_step(explorer: Explorer) -> None:
+    """What the page's key listener reports (app.keys.Shortcuts.press) runs, pauses and steps."""
+    s = explorer.session
+    assert not s.running
+    explorer.shortcuts.press = "space:1.1"
+    assert s.running
+    explorer.shortcuts.press = "space:2.2"
+    assert not s.running
+    wait_for(lambda: s.worker.paused)
+    tick = s.worker.tick
+    explorer.shortcuts.press = "right:3.3"
+    wait_for(lambda: s.worker.tick == tick + 1)
+    explorer.shortcuts.press = "x:4.4"  # not a shortcut: nothing happens
+    assert not s.running and s.worker.tick == tick + 1
+
+
+def _learned(ex: Explorer) -> Any:
+    view = ex.view(LearnedView)
+    assert view.applies()
+    s = ex.session
+    s.pause()
+    wait_for(lambda: s.worker.paused)
+    ex.pump()
+    if view._future is not None:  # one asked earlier (when the lane was shown): drawn first
+        wait_for(view._future.done)
+        view.refresh()
+    view._ask()  # the picture of the paused race
+    wait_for(lambda: view._future is not None and view._future.done())
+    view.refresh()
+    return view
+
+
+def test_what_a_moons_network_learned_is_its_decision_boundary() -> None:
+    """The two-moons picture: P(class 1) on a grid over the data; the training points it classifies
+    right (read off the picture, nearest grid cell) match the run's own train accuracy."""
+    ex = Explorer(landscape="moons_mlp", optimizers=["adam"], speed=500)
+    try:
+        s = ex.session
+        s.play()
+        pump_until(ex, lambda: s.worker.tick > 150, timeout=60)
+        view = _learned(ex)
+        d = view.image.data
+        prob = np.asarray(d["image"][0])
+        assert prob.shape == (GRID, GRID) and 0 <= prob.min() and prob.max() <= 1
+        p = s.problem_obj
+        X, y = p.X_train.numpy(), p.y_train.numpy()
+        col = np.rint((X[:, 0] - d["x"][0]) / d["dw"][0] * (GRID - 1)).astype(int)
+        row = np.rint((X[:, 1] - d["y"][0]) / d["dh"][0] * (GRID - 1)).astype(int)
+        read = (prob[row, col] > 0.5).astype(int)
+        theta = torch.as_tensor(s.worker.run.positions(s.lanes[0].engine_id)[0])
+        model = p.make_module(0).double()  # an independent path: the module's own forward
+        for name, value in p.unflatten(theta).items():
+            model.get_parameter(name).data.copy_(value)
+        truth_acc = float((model(p.X_train.double()).argmax(-1).numpy() == y).mean())
+        assert truth_acc > 0.8  # it learned the moons
+        assert abs(float((read == y).mean()) - truth_acc) < 0.05  # the picture shows that model
+        assert len(view.points.data["x"]) == len(X)
+    finally:
+        ex.close()
+
+
+def test_what_a_digits_network_learned_is_its_predictions() -> None:
+    ex = Explorer(landscape="digits_mlp", optimizers=["sgd"], speed=500)
+    try:
+        s = ex.session
+        s.play()
+        pump_until(ex, lambda: s.worker.tick > 100, timeout=60)
+        view = _learned(ex)
+        p = s.problem_obj
+        theta = torch.as_tensor(s.worker.run.positions(s.lanes[0].engine_id)[0])
+        model = p.make_module(0).double()
+        for name, value in p.unflatten(theta).items():
+            model.get_parameter(name).data.copy_(value)
+        X = p.X_test[:DIGITS_SHOWN].double()
+        want = model(X).argmax(-1).numpy()
+        assert view.labels.data["text"] == [str(int(k)) for k in want]
+        right = want == p.y_test[:DIGITS_SHOWN].numpy()
+        assert view.labels.data["color"] == ["#1a7f37" if r else "#d62728" for r in right]
+        assert f"{int(right.sum())}/{DIGITS_SHOWN} right" in view.fig.title.text
+        assert len(view.image.data["image"]) == DIGITS_SHOWN
+    finally:
+        ex.close()
+
+
+def test_each_plot_has_log_linear_and_range_controls_and_a_preset_can_set_them() -> None:
+    from bokeh.models import DataRange1d, Range1d
+
+    ex = Explorer(landscape="rosenbrock", speed=500)
+    try:
+        ax = ex.axes
+        ax.panel.collapsed = False  # opening the card lists the page's plots
+        loss = ex.view(LossView).figure
+        ax.plot.value = ex.figures().index(loss)
+        was_log = isinstance(loss.y_scale, LogScale)
+        ax.log.value = not was_log
+        assert isinstance(loss.y_scale, LogScale) == (not was_log)
+        ax.log.value = False
+        ax.low.value, ax.high.value = 0.5, 40.0
+        assert isinstance(loss.y_range, Range1d) and (loss.y_range.start, loss.y_range.end) == (0.5, 40.0)
+        ax.log.value = True
+        ax.low.value = -1.0  # a log axis cannot show it: refused, said why, range kept
+        assert "log axis" in ax.note.object and loss.y_range.start == 0.5
+        ax.auto.clicks += 1
+        assert isinstance(loss.y_range, DataRange1d) and ax.low.value is None
+        # the edge-of-stability preset reads its sharpness on a linear axis over 2.5 .. 9 ...
+        assert ex.apply_preset("edge_of_stability")
+        sharp = ex.view(CurvatureView).sharpness_fig
+        assert isinstance(sharp.y_scale, LinearScale)
+        assert (sharp.y_range.start, sharp.y_range.end) == (2.5, 9.0)
+        # ... and gives the axis back when another race starts
+        assert ex.apply_preset("valley")
+        assert isinstance(sharp.y_scale, LogScale) and isinstance(sharp.y_range, DataRange1d)
+    finally:
+        ex.close()
+
+
+def test_the_decision_boundary_colours_class_1_like_its_points() -> None:
+    """P(class 1) = 1 is drawn in the colour of class 1's points (red), 0 in class 0's (blue)."""
+    view = LearnedView.__new__(LearnedView)
+    LearnedView.__init__(view, SimpleNamespace(), lambda _: None)
+    palette = view.mapper.palette
+    view._draw("boundary", "Adam", 1, np.zeros((GRID, GRID)), ((0, 1), (0, 1)), np.zeros((2, 2)),
+               np.array([0, 1]))
+    assert view.points.data["color"] == [palette[1], palette[-2]]  # near the low end, near the high end
+    assert palette[0].startswith("#05") and palette[-1].startswith("#67")  # dark blue .. dark red
