@@ -14,8 +14,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from app.curves_image import curves_png
 from app.jobs import Job
-from app.race_image import curves_png, race_gif, race_png
+from app.race_image import race_gif, race_png
 from engine.export import export_log
 from engine.problem import Problem
 

@@ -19,7 +19,8 @@ from typing import Any
 
 import torch
 
-from app.race_image import curves_png, race_gif, race_png
+from app.curves_image import curves_png
+from app.race_image import race_gif, race_png
 from engine.export import export_json, export_log, export_parquet, replay_log
 from engine.instruments import LANDSCAPE_PROBES
 from engine.run import Run, RunConfig

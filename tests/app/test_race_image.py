@@ -15,10 +15,9 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from PIL import Image
 
+from app.curves_image import curves_figure, curves_png
 from app.race_image import (
     FINAL_FRAME_MS,
-    curves_figure,
-    curves_png,
     frame_ticks,
     legend_overlaps,
     race_figure,
