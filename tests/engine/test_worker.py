@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from engine import instruments
 from engine.events import SetHyperparameter
 from engine.instruments import ProbeConfig
 from engine.run import LaneConfig, Run, RunConfig
@@ -119,16 +120,22 @@ class CountingValley(Valley):
         return super().loss(x, batch)
 
 
-def long_probe_worker() -> tuple[RunWorker, CountingValley]:
-    """A worker whose first step probes with a million Hutchinson products (minutes of work)."""
+def long_probe_worker(monkeypatch: pytest.MonkeyPatch | None = None) -> tuple[RunWorker, CountingValley]:
+    """A worker whose first step probes with a million Hutchinson products (minutes of work); a 2-D
+    problem would take the dense Hessian instead, so the dense path is switched off (for the test, or
+    for good in a child process)."""
+    if monkeypatch is None:
+        instruments.EXACT_MAX_DIM = 0
+    else:
+        monkeypatch.setattr(instruments, "EXACT_MAX_DIM", 0)
     problem = CountingValley()
     probes = ProbeConfig(every=1, trace=True, trace_probes=10**6)
     run = Run(problem, RunConfig(lanes=(LaneConfig("sgd", {"lr": 0.01}),), device="cpu", probes=probes))
     return RunWorker(run).start(), problem
 
 
-def test_stop_ends_a_worker_mid_way_through_a_long_probe() -> None:
-    w, problem = long_probe_worker()
+def test_stop_ends_a_worker_mid_way_through_a_long_probe(monkeypatch: pytest.MonkeyPatch) -> None:
+    w, problem = long_probe_worker(monkeypatch)
     w.step_once()
     wait_for(lambda: problem.calls >= 2, timeout=30)  # the step's pass, then the probe's operator
     w.stop()
