@@ -513,7 +513,8 @@ def test_an_eight_lane_race_answers_every_control_quickly(browser: object, serve
             n = len(s.sources()["events"])
             took["slider"].append(timed(lambda: handle.press("ArrowRight", no_wait_after=True),
                                         lambda n=n: len(s.sources()["events"]) > n, "a slider's marker"))
-        select = card.locator("select:has(option[value='lion'])").first  # the switch menu (cards hold more selects)
+        # the switch menu: lane cards also hold schedule and clip selects
+        select = card.locator("select:has(option[value='lion'])").first
         took["switch"] = [timed(lambda: select.select_option("lion"), lambda: "Lion" in s.legend(), "Lion")]
         remove = s.open_card("Adagrad").get_by_role("button", name="✕ remove")
         took["remove"] = [timed(lambda: remove.click(no_wait_after=True), lambda: "Adagrad" not in s.legend(),
