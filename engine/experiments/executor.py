@@ -135,7 +135,9 @@ def run_experiment(
     """Validate ``spec``, run it on Dask and return the table (see the module docstring).
 
     ``min_tasks`` (default: twice the workers) splits configurations into more chunks when there
-    are fewer tasks than that, so every worker has work. ``on_result`` sees each task's rows as
+    are fewer tasks than that, so every worker has work. A resumed run splits as the run it resumes
+    did (its ``metadata["min_tasks"]``), so a cluster that shrank or grew in between still runs only
+    the tasks that did not finish. ``on_result`` sees each task's rows as
     they arrive (a view drawing as the table fills)."""
     problems = spec.validate(catalogs)  # every bad input raises here, before any work
     catalogs = list(catalogs) if catalogs else None
@@ -144,9 +146,14 @@ def run_experiment(
     if own:
         client, cluster = connect(scheduler, n_workers=n_workers, connect_timeout=connect_timeout)
     try:
-        workers = max(1, len(client.scheduler_info().get("workers", {})))
-        tasks = plan(spec, problems, min_tasks=2 * workers if min_tasks is None else min_tasks)
-        return _execute(spec, tasks, client, catalogs, progress, cancel, resume, on_result)
+        if min_tasks is None and resume is not None:
+            min_tasks = resume.metadata.get("min_tasks")
+        if min_tasks is None:
+            min_tasks = 2 * max(1, len(client.scheduler_info().get("workers", {})))
+        tasks = plan(spec, problems, min_tasks=min_tasks)
+        result = _execute(spec, tasks, client, catalogs, progress, cancel, resume, on_result)
+        result.metadata["min_tasks"] = min_tasks
+        return result
     finally:
         if own:
             client.close()
