@@ -16,7 +16,7 @@ from bokeh.models import ColumnDataSource, LinearColorMapper, LogScale, LogTicke
 from bokeh.palettes import Category10_10
 
 from app.experiments import ExperimentModel
-from app.figures import make_figure
+from app.figures import legend_below, make_figure
 from app.views.base import View, html_escape
 
 DIVERGED_COLOR = "#222222"
@@ -49,7 +49,7 @@ def sensitivity_figure(model: ExperimentModel) -> Any:
         fig.varea(x="value", y1="low", y2="high", source=src, fill_alpha=0.2, color=_color(k))
         fig.line(x="value", y="median", source=src, color=_color(k), line_width=2, legend_label=str(entry))
         fig.scatter(x="value", y="median", source=src, color=_color(k), size=5)
-    fig.legend.location = "top_left"
+    legend_below(fig)
     return fig
 
 
@@ -73,7 +73,7 @@ def tuned_figure(model: ExperimentModel) -> Any:
     fig.scatter(x, tu, size=9, color="#1f77b4", legend_label="tuned (95% bootstrap)")
     src = ColumnDataSource({"x": x, "lo": lo, "hi": hi})
     fig.add_layout(Whisker(base="x", lower="lo", upper="hi", source=src, line_color="#1f77b4"))
-    fig.legend.location = "top_right"
+    legend_below(fig)
     return fig
 
 
@@ -96,7 +96,7 @@ def profile_figure(model: ExperimentModel) -> Any:
             legend_label=str(entry),
         )
     fig.y_range.start, fig.y_range.end = 0, 1.02
-    fig.legend.location = "bottom_right"
+    legend_below(fig)
     return fig
 
 
