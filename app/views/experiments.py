@@ -18,6 +18,7 @@ from bokeh.palettes import Category10_10
 from app.experiments import ExperimentModel
 from app.figures import legend_below, make_figure
 from app.views.base import View, html_escape
+from engine.experiments.basins import DIVERGED, NOT_CONVERGED
 
 DIVERGED_COLOR = "#222222"
 
@@ -98,6 +99,20 @@ def profile_figure(model: ExperimentModel) -> Any:
     fig.y_range.start, fig.y_range.end = 0, 1.02
     legend_below(fig)
     return fig
+
+
+def basin_summary(bmap: Any) -> str:
+    """What a basin map's colours mean and how many starts each class holds: a map mostly white
+    says "not there yet after N steps" (raise the steps), not "no basin"."""
+    share = {k: 100.0 * bmap.fractions().get(k, 0.0) for k in (DIVERGED, NOT_CONVERGED)}
+    hp = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                   for k, v in bmap.hyperparameters.items())
+    return (
+        f"{bmap.optimizer}{f' ({hp})' if hp else ''}: colour = the known minimum a start is within "
+        f"{bmap.tol:g} of after {bmap.n_steps} steps; "
+        f"white = not there ({share[NOT_CONVERGED]:.0f}% of starts), "
+        f"black = diverged ({share[DIVERGED]:.0f}%). Click a pixel to race from it."
+    )
 
 
 class ExperimentsView(View):
@@ -217,11 +232,8 @@ class ExperimentsView(View):
             panes.append(
                 pn.Column(
                     pn.pane.Bokeh(self.basin_figure(bmap)),
-                    _caption(
-                        f"{bmap.optimizer}: colour = minimum reached (black diverged, white not converged); "
-                        "click a pixel to race from it",
-                        f"{bmap.filled:,} starts x {bmap.n_steps} steps, {bmap.seconds:.1f} s",
-                    ),
+                    _caption(basin_summary(bmap), f"{bmap.filled:,} starts x {bmap.n_steps} steps, "
+                             f"{bmap.seconds:.1f} s"),
                 )
             )
         self.basin_row.objects = panes

@@ -111,6 +111,10 @@ def test_a_basin_pixel_reopens_as_the_race_from_its_start(race) -> None:
     view = ExperimentsView(race, lambda _m: None, model)
     view.refresh()
     assert len(view.basin_row.objects) == 2
+    for bmap, pane in zip(model.basins, view.basin_row.objects, strict=True):
+        caption = pane.objects[1].object  # what the colours mean, with the share of each kind
+        white = 100 * np.count_nonzero(bmap.label == -1) / bmap.label.size
+        assert f"after 20 steps; white = not there ({white:.0f}% of starts)" in caption
     bmap = model.basins[1]
     x, y = bmap.start(3, 5)
     view.open_pixel(bmap, x + 1e-9, y)
