@@ -34,8 +34,29 @@ def _floored(y: np.ndarray) -> np.ndarray:
     return np.maximum(np.asarray(y, dtype=np.float64), FLOOR)
 
 
+SHORT = {"implicit_hypergradient": "exact (implicit)", "penalty_bilevel": "penalty", "bo_rep": "BO-REP",
+         "lv_hba": "LV-HBA"}
+"""Short names: the panel sits in a ~470 px column beside the race."""
+
+
+def short(method: str) -> str:
+    return SHORT.get(method, get_spec(method).label)
+
+
+def _legend_below(fig: Any) -> Any:
+    """The legend under the plot, one row (clicking an entry hides its curve): none over the data."""
+    if fig.legend:
+        leg = fig.legend[0]
+        leg.orientation, leg.click_policy, leg.label_text_font_size = "horizontal", "hide", "9pt"
+        leg.spacing, leg.padding, leg.margin = 4, 2, 2
+        fig.add_layout(leg, "below")
+    return fig
+
+
 def legend(run: model.MethodRun) -> str:
-    label = get_spec(run.optimizer).label
+    label = short(run.optimizer)
+    if run.hyperparameters.get("closed_form"):
+        label += " (closed form: cost not counted)"
     if "sigma" in run.hyperparameters:
         label += f" σ={run.hyperparameters['sigma']:g}"
     return label + (f" — {run.status.split(':')[0]}" if run.diverged else "")
@@ -60,10 +81,7 @@ def _curves(fig: Any, result: model.BilevelResult, xy: Any) -> Any:
         if not run.diverged:
             live.append(r)
     live_range(fig, live)  # a diverged method never stretches the axis
-    if result.methods:
-        fig.legend.location, fig.legend.click_policy = "top_right", "hide"
-        fig.legend.label_text_font_size = "9pt"
-    return fig
+    return _legend_below(fig)
 
 
 def objective_figure(result: model.BilevelResult, problem: Any) -> Any:
@@ -107,9 +125,7 @@ def trajectory_figure(result: model.BilevelResult, problem: Any) -> Any:
     fig.scatter([x_star], [problem.minima[0].x[1]], marker="star", size=16, color="gold", line_color="black")
     for k, run in enumerate(result.methods):
         _curve(fig, run.upper[:, 0], run.lower[:, 0], run, PALETTE[k % len(PALETTE)])
-    if result.methods:
-        fig.legend.location, fig.legend.label_text_font_size = "bottom_right", "9pt"
-    return fig
+    return _legend_below(fig)
 
 
 def sweep_figure(sweep: model.Sweep) -> Any:
@@ -122,8 +138,7 @@ def sweep_figure(sweep: model.Sweep) -> Any:
     fig.scatter(sweep.sigmas, _floored(sweep.bias), color=PALETTE[1], size=8)
     ref = sweep.bias[0] * sweep.sigmas / sweep.sigmas[0]
     fig.line(sweep.sigmas, _floored(ref), color="black", line_dash="dashed", legend_label="∝ σ (O(σ) bias)")
-    fig.legend.location = "top_left"
-    return fig
+    return _legend_below(fig)
 
 
 def sso_figure(traces: tuple[Any, Any], column: str, label: str) -> Any:
@@ -133,8 +148,7 @@ def sso_figure(traces: tuple[Any, Any], column: str, label: str) -> Any:
         x = getattr(tr, column)
         fig.line(x, _floored(tr.loss), color=PALETTE[k], line_width=2, legend_label=tr.optimizer.upper(),
                  name=tr.optimizer)
-    fig.legend.location = "top_right"
-    return fig
+    return _legend_below(fig)
 
 
 def counts_table(counts: list[model.SSOCounts]) -> str:
@@ -153,44 +167,45 @@ class BilevelView(View):
     def __init__(self, session: Any, notify: Any) -> None:
         super().__init__(session, notify)
         first = model.PROBLEMS[0]
-        w = dict(width=130)
-        self.problem = pn.widgets.Select(name="bilevel problem", options=list(model.PROBLEMS), value=first,
-                                         **w)
-        self.methods = pn.widgets.CheckBoxGroup(
-            name="methods", options={get_spec(m).label: m for m in model.METHODS}, value=list(model.METHODS),
-            inline=False)
-        self.steps = pn.widgets.IntInput(name="steps", value=model.STEPS.get(first, 200), width=90)
-        self.sigma = pn.widgets.FloatInput(name="penalty σ", value=0.1, width=90)
-        self.run_button = pn.widgets.Button(name="Run methods", button_type="primary", width=120)
-        self.sweep_steps = pn.widgets.IntInput(name="sweep steps", value=800, width=90)
-        self.sweep_button = pn.widgets.Button(name="Bias vs σ", width=100)
-        self.sso_problem = pn.widgets.Select(name="SSO problem", options=list(model.SSO_PROBLEMS), **w)
-        self.sso_inner = pn.widgets.IntInput(name="inner steps m", value=10, width=90)
-        self.sso_eta = pn.widgets.FloatInput(name="η", value=get_spec("sso").defaults()["eta"], width=90)
-        self.sso_steps = pn.widgets.IntInput(name="SSO steps", value=60, width=90)
-        self.sso_button = pn.widgets.Button(name="SSO vs SGD", width=110)
+        self.problem = pn.widgets.Select(label="bilevel problem", options=list(model.PROBLEMS), value=first,
+                                         width=140)
+        self.methods = pn.widgets.CheckBoxGroup(label="methods", options={short(m): m for m in model.METHODS},
+                                                value=list(model.METHODS), inline=True)
+        self.steps = pn.widgets.IntInput(label="steps", value=model.STEPS.get(first, 200), width=90)
+        self.sigma = pn.widgets.FloatInput(label="penalty σ", value=0.1, width=90)
+        self.run_button = pn.widgets.Button(label="Run methods", color="primary", width=110,
+                                            margin=(22, 5, 5, 5))
+        self.sweep_steps = pn.widgets.IntInput(label="sweep steps", value=800, width=90)
+        self.sweep_button = pn.widgets.Button(label="Bias vs σ", width=90, margin=(22, 5, 5, 5))
+        self.sso_problem = pn.widgets.Select(label="SSO problem", options=list(model.SSO_PROBLEMS), width=140)
+        self.sso_inner = pn.widgets.IntInput(label="inner steps m", value=10, width=90)
+        self.sso_eta = pn.widgets.FloatInput(label="η", value=model.SSO_ETA[self.sso_problem.value], width=70)
+        self.sso_steps = pn.widgets.IntInput(label="SSO steps", value=60, width=80)
+        self.sso_button = pn.widgets.Button(label="SSO vs SGD", width=100, margin=(22, 5, 5, 5))
         self.run_button.on_click(lambda _: self.run())
         self.sweep_button.on_click(lambda _: self.sweep())
         self.sso_button.on_click(lambda _: self.sso())
         self.problem.param.watch(lambda e: setattr(self.steps, "value", model.STEPS.get(e.new, 200)), "value")
+        self.sso_problem.param.watch(lambda e: setattr(self.sso_eta, "value", model.SSO_ETA[e.new]), "value")
         self.jobs = JobStrip()
         self.message = pn.pane.Str("", styles={"font-size": "0.85em", "color": "#b00"})
-        self.figures = pn.GridBox(ncols=2, sizing_mode="stretch_width")
+        self.figures = pn.Column(sizing_mode="stretch_width")
         self.sweep_row = pn.Column(sizing_mode="stretch_width")
         self.sso_row = pn.Column(sizing_mode="stretch_width")
         self.shown: dict[str, Any] = {}
         """The figures drawn last, by name ("objective", "gap", "error", "trajectory", "sweep", "sso_*")."""
         self.counts: list[model.SSOCounts] = []
-        controls = pn.Column(
-            pn.pane.Markdown("**Bilevel** min_x f(x, y*(x)), y* = argmin_y g", margin=(0, 5)),
-            self.problem, self.methods, pn.Row(self.steps, self.sigma), self.run_button,
-            pn.Row(self.sweep_steps, self.sweep_button),
-            pn.pane.Markdown("**SSO** (target-space surrogate)", margin=(0, 5)),
-            self.sso_problem, pn.Row(self.sso_inner, self.sso_eta), pn.Row(self.sso_steps, self.sso_button),
-            width=240)
-        self.panel = pn.Row(controls, pn.Column(self.jobs.panel, self.message, self.figures, self.sweep_row,
-                                                self.sso_row, sizing_mode="stretch_width"),
-                            sizing_mode="stretch_width")
+        head = {"font-size": "0.9em"}
+        self.panel = pn.Column(
+            pn.pane.HTML("<b>Bilevel</b>: min<sub>x</sub> f(x, y*(x)), y*(x) = argmin<sub>y</sub> g(x, y)",
+                         styles=head, margin=(0, 5)),
+            pn.Row(self.problem, self.steps, self.sigma), self.methods,
+            pn.Row(self.run_button, self.sweep_steps, self.sweep_button),
+            self.jobs.panel, self.message, self.figures, self.sweep_row,
+            pn.pane.HTML("<b>SSO</b> (target-space surrogate) beside SGD, same minibatches", styles=head,
+                         margin=(10, 5, 0, 5)),
+            pn.Row(self.sso_problem, self.sso_inner, self.sso_eta), pn.Row(self.sso_steps, self.sso_button),
+            self.sso_row, sizing_mode="stretch_width")
 
     # -- actions ------------------------------------------------------------------------------------
     def _start(self, title: str, work: Any, wait: bool) -> Job | None:
@@ -275,8 +290,7 @@ class BilevelView(View):
         hvps = sum(int(r.hvps[-1]) for r in result.methods if r.steps)
         diverged = [legend(r) for r in result.methods if r.diverged]
         cost = (f"{len(result.methods)} methods x {result.steps} steps on {problem.title}: {units:,.0f} "
-                f"oracle units ({grads:,} gradients, {hvps:,} HVPs) in {result.seconds:.1f} s. "
-                f"Units: {model.UNIT}.")
+                f"oracle units ({grads:,} gradients, {hvps:,} HVPs), {result.seconds:.1f} s.")
         if diverged:
             cost += f" Diverged (dashed, x at the last finite state): {', '.join(diverged)}."
         floor = f"; values below {FLOOR:g} drawn at {FLOOR:g}"
@@ -291,8 +305,10 @@ class BilevelView(View):
                            "lies on y = y*(x), not at the minimum of f" if problem.dim == 2 else
                            "the upper variable x = log λ; dashed: the bilevel solution x*"),
         }
-        self.figures.objects = [pn.Column(pn.pane.Bokeh(fig), _caption(what[k], cost))
-                                for k, fig in self.shown.items()]
+        panes: list[Any] = [pn.pane.HTML(f"<small>x-axes: {html_escape(model.UNIT)}.</small>", margin=(0, 8))]
+        for k, fig in self.shown.items():
+            panes += [pn.pane.Bokeh(fig, sizing_mode="stretch_width"), _caption(what[k], cost)]
+        self.figures.objects = panes
 
     def draw_sweep(self, sweep: model.Sweep) -> None:
         fig = self.shown["sweep"] = sweep_figure(sweep)
@@ -316,11 +332,10 @@ class BilevelView(View):
                 + ". A model step is a backward pass through the model on SSO's surrogate, never the loss.")
         self.sso_row.objects = [
             pn.pane.HTML(counts_table(self.counts), sizing_mode="stretch_width"),
-            pn.GridBox(pn.Column(pn.pane.Bokeh(a), _caption("full training loss against loss gradients only: "
-                                                            "SSO's inner steps look free here", cost)),
-                       pn.Column(pn.pane.Bokeh(b), _caption("the same runs against every backward pass: "
-                                                            "what SSO's inner steps cost", cost)),
-                       ncols=2, sizing_mode="stretch_width")]
+            pn.pane.Bokeh(a), _caption("full training loss against loss gradients only: SSO's inner steps "
+                                       "look free here", cost),
+            pn.pane.Bokeh(b), _caption("the same runs against every backward pass: what SSO's inner steps "
+                                       "cost", cost)]
 
     def close(self) -> None:
         self.jobs.close()
