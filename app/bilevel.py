@@ -63,6 +63,12 @@ DIVERGENCE = 1e6
 Progress = Callable[[float, str], None]
 
 
+def settings_text(hyperparameters: Mapping[str, Any]) -> str:
+    """``lr=0.05 sigma=0.1 ...``: the numbers and switches a run used, for captions."""
+    return " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in hyperparameters.items()
+                    if k != "seed")
+
+
 def method_settings(problem: str, method: str) -> dict[str, Any]:
     """The hyperparameters a method starts with on ``problem``: its defaults and the panel's row."""
     return {**get_spec(method).defaults(), **SETTINGS.get(problem, {}).get(method, {})}
@@ -165,6 +171,8 @@ class BilevelResult:
     steps: int
     methods: list[MethodRun] = field(default_factory=list)
     seconds: float = 0.0
+    landscape: Any = None
+    """The problem itself (built in the job, so that drawing never builds it on the page's loop)."""
 
 
 def build_problem(name: str) -> Any:
@@ -203,7 +211,7 @@ def run_methods(problem: str, methods: Sequence[tuple[str, Mapping[str, Any]]], 
 
     t0 = time.perf_counter()
     p = build_problem(problem)
-    result = BilevelResult(problem, steps)
+    result = BilevelResult(problem, steps, landscape=p)
     total = len(methods) * steps
     for k, (name, hp) in enumerate(methods):
         def tick(t: int, k: int = k, name: str = name) -> None:
@@ -227,8 +235,15 @@ class Sweep:
 
 
 def sweep_sigmas(sigma: float, points: int = 4) -> list[float]:
-    """σ and ``points - 1`` smaller values, half a decade apart (largest first)."""
-    return [check_sigma(sigma) * 10.0 ** (-k / 2) for k in range(points)]
+    """σ and ``points - 1`` smaller values, half a decade apart (largest first), each in the penalty
+    method's range."""
+    sigmas = [check_sigma(sigma) * 10.0 ** (-k / 2) for k in range(points)]
+    hp = get_spec("penalty_bilevel").hyperparameter("sigma")
+    if hp.low is not None and sigmas[-1] < hp.low:
+        span = 10 ** ((points - 1) / 2)
+        raise ValueError(f"the sweep goes down to σ/{span:.3g} = {sigmas[-1]:.3g}, below the penalty "
+                         f"method's smallest σ ({hp.low:g}): start it from σ >= {hp.low * span:.3g}")
+    return sigmas
 
 
 def penalty_sweep(problem: str, sigmas: Sequence[float], steps: int, hyperparameters: Mapping[str, Any],

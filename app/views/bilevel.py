@@ -284,7 +284,7 @@ class BilevelView(View):
             self.draw_sso(result)
 
     def draw(self, result: model.BilevelResult) -> None:
-        problem = model.build_problem(result.problem)
+        problem = result.landscape if result.landscape is not None else model.build_problem(result.problem)
         units = sum(float(r.units[-1]) for r in result.methods if len(r.units))
         grads = sum(int(r.gradients[-1]) for r in result.methods if r.steps)
         hvps = sum(int(r.hvps[-1]) for r in result.methods if r.steps)
@@ -305,7 +305,10 @@ class BilevelView(View):
                            "lies on y = y*(x), not at the minimum of f" if problem.dim == 2 else
                            "the upper variable x = log λ; dashed: the bilevel solution x*"),
         }
-        panes: list[Any] = [pn.pane.HTML(f"<small>x-axes: {html_escape(model.UNIT)}.</small>", margin=(0, 8))]
+        used = "; ".join(f"{short(r.optimizer)}: {model.settings_text(r.hyperparameters)}"
+                         for r in result.methods)
+        panes: list[Any] = [pn.pane.HTML(f"<small>x-axes: {html_escape(model.UNIT)}.<br>settings: "
+                                         f"{html_escape(used)}</small>", margin=(0, 8))]
         for k, fig in self.shown.items():
             panes += [pn.pane.Bokeh(fig, sizing_mode="stretch_width"), _caption(what[k], cost)]
         self.figures.objects = panes
@@ -327,8 +330,10 @@ class BilevelView(View):
         a = self.shown["sso_gradients"] = sso_figure(traces, "loss_gradients", "loss gradients")
         b = self.shown["sso_passes"] = sso_figure(traces, "model_passes",
                                                   "backward passes (loss + model steps)")
+        used = " | ".join(f"{t.optimizer.upper()} {model.settings_text(t.hyperparameters)}" for t in traces)
         cost = (" | ".join(f"{c.optimizer.upper()}: {c.loss_gradients:,} loss gradients, {c.model_steps:,} "
                            f"model steps, {c.function_values:,} function values" for c in self.counts)
+                + f" ({len(traces[0].loss) - 1} steps each; {used})"
                 + ". A model step is a backward pass through the model on SSO's surrogate, never the loss.")
         self.sso_row.objects = [
             pn.pane.HTML(counts_table(self.counts), sizing_mode="stretch_width"),

@@ -127,6 +127,12 @@ def test_a_non_positive_penalty_parameter_gets_a_message_and_loses_nothing(view,
     assert view.run() is None and "steps must be a whole number from 1" in view.message.object
 
 
+def test_a_sweep_below_the_penalty_methods_range_is_refused_before_it_starts(view) -> None:
+    view.sigma.value = 1e-4  # the smallest sigma the method takes; the sweep would go 1.5 decades below
+    assert view.sweep() is None and not view.jobs.busy
+    assert "below the penalty method's smallest σ (0.0001): start it from σ >= 0.00316" in view.message.object
+
+
 def test_the_sweep_draws_the_engines_penalty_bias(view, toy) -> None:
     view.sigma.value, view.sweep_steps.value = 1.0, 8
     view.sweep(wait=True)
