@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import panel as pn
-from bokeh.models import ColumnDataSource, LogScale, LogTicker, LogTickFormatter
+from bokeh.models import ColumnDataSource, FixedTicker, LogScale, PrintfTickFormatter
 
 from app import bilevel as model
 from app.figures import FLOOR, live_range, make_figure
@@ -132,7 +132,8 @@ def sweep_figure(sweep: model.Sweep) -> Any:
     fig = make_figure("penalty bias |x_σ − x*| vs σ", 250, log_y=True, x_label="penalty parameter σ",
                       y_label="|x_σ − x*|")
     fig.x_scale = LogScale()
-    fig.xaxis.ticker, fig.xaxis.formatter = LogTicker(), LogTickFormatter()
+    fig.xaxis.ticker = FixedTicker(ticks=sweep.sigmas.tolist())  # each sigma labelled
+    fig.xaxis.formatter = PrintfTickFormatter(format="%.3g")
     fig.line(sweep.sigmas, _floored(sweep.bias), color=PALETTE[1], line_width=2, legend_label="measured",
              name="bias")
     fig.scatter(sweep.sigmas, _floored(sweep.bias), color=PALETTE[1], size=8)
@@ -175,7 +176,7 @@ class BilevelView(View):
         self.sigma = pn.widgets.FloatInput(label="penalty σ", value=0.1, width=90)
         self.run_button = pn.widgets.Button(label="Run methods", color="primary", width=110,
                                             margin=(22, 5, 5, 5))
-        self.sweep_steps = pn.widgets.IntInput(label="sweep steps", value=800, width=90)
+        self.sweep_steps = pn.widgets.IntInput(label="sweep steps", value=model.SWEEP_STEPS, width=90)
         self.sweep_button = pn.widgets.Button(label="Bias vs σ", width=90, margin=(22, 5, 5, 5))
         self.sso_problem = pn.widgets.Select(label="SSO problem", options=list(model.SSO_PROBLEMS), width=140)
         self.sso_inner = pn.widgets.IntInput(label="inner steps m", value=10, width=90)
@@ -202,7 +203,7 @@ class BilevelView(View):
             pn.Row(self.problem, self.steps, self.sigma), self.methods,
             pn.Row(self.run_button, self.sweep_steps, self.sweep_button),
             self.jobs.panel, self.message, self.figures, self.sweep_row,
-            pn.pane.HTML("<b>SSO</b> (target-space surrogate) beside SGD, same minibatches", styles=head,
+            pn.pane.HTML("<b>SSO</b> (target-space surrogate) beside SGD, full batch", styles=head,
                          margin=(10, 5, 0, 5)),
             pn.Row(self.sso_problem, self.sso_inner, self.sso_eta), pn.Row(self.sso_steps, self.sso_button),
             self.sso_row, sizing_mode="stretch_width")
@@ -320,8 +321,9 @@ class BilevelView(View):
         below = f"; values below {FLOOR:g} drawn at {FLOOR:g}" if sweep.bias.min() < FLOOR else ""
         units = model.COSTS.units({"gradients": g, "function_values": g})  # each gradient with its forward
         self.sweep_row.objects = [pn.Column(pn.pane.Bokeh(fig), _caption(
-            f"where the penalty method stops after {sweep.steps} steps, for each σ: distance from the "
-            f"bilevel solution x* (log-log slope {slope:.2f}; Kwon et al.: O(σ), slope 1){below}",
+            f"where the penalty method stops after {sweep.steps} upper steps of {model.SWEEP_LR:g}, per σ: "
+            f"distance from the bilevel solution x* (log-log slope {slope:.2f}; Kwon et al.: O(σ), slope 1)"
+            f"{below}",
             f"{len(sweep.sigmas)} runs x {sweep.steps} steps, {g:,} gradients ({units:,.0f} oracle units) in "
             f"{sweep.seconds:.1f} s"))]
 

@@ -138,7 +138,7 @@ def test_the_sweep_draws_the_engines_penalty_bias(view, toy) -> None:
     view.sweep(wait=True)
     view.refresh()
     sigmas = [1.0, 10 ** -0.5, 0.1, 10 ** -1.5]
-    pb = penalty_bias(toy, sigmas, steps=8)
+    pb = penalty_bias(toy, sigmas, steps=8, hyperparameters={"lr": 0.5})  # app.bilevel.SWEEP_LR
     drawn = line(view.shown["sweep"], "bias")
     np.testing.assert_allclose(drawn["x"], sigmas, rtol=1e-15)
     np.testing.assert_array_equal(drawn["y"], np.maximum(pb.bias, FLOOR))
