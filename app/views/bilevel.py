@@ -238,6 +238,7 @@ class BilevelView(View):
         """The penalty method's bias at σ and three smaller values, half a decade apart."""
         name, steps = self.problem.value, self.sweep_steps.value
         try:
+            model.check_sweep_problem(name)
             sigmas = model.sweep_sigmas(self.sigma.value)
             model.check_steps(steps, "sweep steps")
             hp = model.plan(name, ["penalty_bilevel"], 1, self.sigma.value)[0][1]

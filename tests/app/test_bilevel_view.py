@@ -131,6 +131,8 @@ def test_a_sweep_below_the_penalty_methods_range_is_refused_before_it_starts(vie
     view.sigma.value = 1e-4  # the smallest sigma the method takes; the sweep would go 1.5 decades below
     assert view.sweep() is None and not view.jobs.busy
     assert "below the penalty method's smallest σ (0.0001): start it from σ >= 0.00316" in view.message.object
+    view.sigma.value, view.problem.value = 0.1, "ridge_bilevel"
+    assert view.sweep() is None and view.message.object.startswith("the bias sweep runs on bilevel_toy")
 
 
 def test_the_sweep_draws_the_engines_penalty_bias(view, toy) -> None:
