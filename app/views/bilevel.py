@@ -15,7 +15,7 @@ import panel as pn
 from bokeh.models import ColumnDataSource, FixedTicker, LogScale, PrintfTickFormatter
 
 from app import bilevel as model
-from app.figures import FLOOR, live_range, make_figure
+from app.figures import FLOOR, live_range, make_figure, scale_fonts
 from app.jobs import Job
 from app.lanes import PALETTE
 from app.views.base import JobStrip, View, html_escape
@@ -196,6 +196,7 @@ class BilevelView(View):
         self.shown: dict[str, Any] = {}
         """The figures drawn last, by name ("objective", "gap", "error", "trajectory", "sweep", "sso_*")."""
         self.counts: list[model.SSOCounts] = []
+        self.big = False
         head = {"font-size": "0.9em"}
         self.panel = pn.Column(
             pn.pane.HTML("<b>Bilevel</b>: min<sub>x</sub> f(x, y*(x)), y*(x) = argmin<sub>y</sub> g(x, y)",
@@ -284,6 +285,8 @@ class BilevelView(View):
             self.draw_sweep(result)
         else:
             self.draw_sso(result)
+        if self.big:
+            self.present(True)
 
     def draw(self, result: model.BilevelResult) -> None:
         problem = result.landscape if result.landscape is not None else model.build_problem(result.problem)
@@ -344,6 +347,11 @@ class BilevelView(View):
                                        "look free here", cost),
             pn.pane.Bokeh(b), _caption("the same runs against every backward pass: what SSO's inner steps "
                                        "cost", cost)]
+
+    def present(self, big: bool) -> None:
+        self.big = big
+        for fig in self.shown.values():
+            scale_fonts(fig, big)
 
     def close(self) -> None:
         self.jobs.close()
