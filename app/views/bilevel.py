@@ -53,6 +53,12 @@ def _legend_below(fig: Any) -> Any:
     return fig
 
 
+def color(method: str) -> str:
+    """A method keeps its colour whichever others are ticked."""
+    k = model.METHODS.index(method) if method in model.METHODS else len(model.METHODS)
+    return PALETTE[k % len(PALETTE)]
+
+
 def legend(run: model.MethodRun) -> str:
     label = short(run.optimizer)
     if run.hyperparameters.get("closed_form"):
@@ -75,9 +81,9 @@ def _curve(fig: Any, x: np.ndarray, y: np.ndarray, run: model.MethodRun, color: 
 
 def _curves(fig: Any, result: model.BilevelResult, xy: Any) -> Any:
     live = []
-    for k, run in enumerate(result.methods):
+    for run in result.methods:
         x, y = xy(run)
-        r = _curve(fig, x, y, run, PALETTE[k % len(PALETTE)])
+        r = _curve(fig, x, y, run, color(run.optimizer))
         if not run.diverged:
             live.append(r)
     live_range(fig, live)  # a diverged method never stretches the axis
@@ -123,8 +129,8 @@ def trajectory_figure(result: model.BilevelResult, problem: Any) -> Any:
         curve = problem.lower_solution(grid)[:, 0].numpy()
     fig.line(grid[:, 0].numpy(), curve, color="#999999", line_width=3)
     fig.scatter([x_star], [problem.minima[0].x[1]], marker="star", size=16, color="gold", line_color="black")
-    for k, run in enumerate(result.methods):
-        _curve(fig, run.upper[:, 0], run.lower[:, 0], run, PALETTE[k % len(PALETTE)])
+    for run in result.methods:
+        _curve(fig, run.upper[:, 0], run.lower[:, 0], run, color(run.optimizer))
     return _legend_below(fig)
 
 
