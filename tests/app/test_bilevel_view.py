@@ -105,7 +105,7 @@ def test_cancel_stops_the_run_and_leaves_the_panel_usable(view) -> None:
     assert job.wait(10) and job.error.endswith("cancelled")
     view.refresh()
     assert not view.jobs.busy and "cancelled" in view.message.object
-    assert not [t for t in threading.enumerate() if t.name.startswith("optiscope-job-") and t.is_alive()]
+    assert not [t for t in threading.enumerate() if t.name == f"optiscope-job-{job.title}" and t.is_alive()]
     view.steps.value = 5
     again = view.run(wait=True)
     view.refresh()
