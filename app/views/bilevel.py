@@ -18,7 +18,7 @@ from app import bilevel as model
 from app.figures import FLOOR, live_range, make_figure, scale_fonts
 from app.jobs import Job
 from app.lanes import PALETTE
-from app.views.base import JobStrip, View, html_escape
+from app.views.base import JobStrip, View, html_escape, swatch
 from engine.registry import get_spec
 from landscapes.defaults import problem_defaults
 
@@ -158,6 +158,26 @@ def sso_figure(traces: tuple[Any, Any], column: str, label: str) -> Any:
     return _legend_below(fig)
 
 
+def methods_table(result: model.BilevelResult) -> str:
+    """Per method: how it ended, what it spent (and the lower level's share), where it got to."""
+    rows = []
+    for r in result.methods:
+        calls = int(r.gradients[-1] + r.hvps[-1]) if r.steps else 0
+        inner = int(r.inner_oracles[-1]) if r.steps else 0
+        share = f" ({inner / calls:.0%})" if calls else ""
+        x_star = np.asarray(result.landscape.solution)
+        dist = float(np.linalg.norm(r.upper[-1] - x_star)) if len(r.upper) else float("nan")
+        err = float(r.hypergradient_error[-1]) if r.steps else float("nan")
+        end = r.status.split(":")[0] if r.diverged else f"{r.steps} steps"
+        rows.append(f"<tr><td>{swatch(color(r.optimizer))}{html_escape(short(r.optimizer))}</td><td>{end}</td>"
+                    f"<td>{float(r.units[-1]) if len(r.units) else 0:,.0f}</td><td>{calls:,}</td>"
+                    f"<td>{inner:,}{share}</td><td>{dist:.3g}</td><td>{err:.3g}</td></tr>")
+    return ("<table class='bilevel-methods' style='font-size:0.8em;border-collapse:collapse'><tr>"
+            "<th>method</th><th>ran</th><th>oracle units</th><th>gradients + HVPs</th>"
+            "<th>lower-level calls</th>"
+            f"<th>|x_T − x*|</th><th>last hypergradient error</th></tr>{''.join(rows)}</table>")
+
+
 def counts_table(counts: list[model.SSOCounts]) -> str:
     rows = "".join(f"<tr><td>{c.optimizer.upper()}</td><td>{c.loss_gradients:,}</td>"
                    f"<td>{c.model_steps:,}</td><td>{c.function_values:,}</td><td>{c.final_loss:.4g}</td></tr>"
@@ -295,7 +315,9 @@ class BilevelView(View):
             self.present(True)
 
     def draw(self, result: model.BilevelResult) -> None:
-        problem = result.landscape if result.landscape is not None else model.build_problem(result.problem)
+        if result.landscape is None:
+            result.landscape = model.build_problem(result.problem)
+        problem = result.landscape
         units = sum(float(r.units[-1]) for r in result.methods if len(r.units))
         grads = sum(int(r.gradients[-1]) for r in result.methods if r.steps)
         hvps = sum(int(r.hvps[-1]) for r in result.methods if r.steps)
@@ -318,7 +340,8 @@ class BilevelView(View):
         }
         used = "; ".join(f"{short(r.optimizer)}: {model.settings_text(r.hyperparameters)}"
                          for r in result.methods)
-        panes: list[Any] = [pn.pane.HTML(f"<small>x-axes: {html_escape(model.UNIT)}.<br>settings: "
+        panes: list[Any] = [pn.pane.HTML(methods_table(result), sizing_mode="stretch_width"),
+                            pn.pane.HTML(f"<small>x-axes: {html_escape(model.UNIT)}.<br>settings: "
                                          f"{html_escape(used)}</small>", margin=(0, 8))]
         for k, fig in self.shown.items():
             panes += [pn.pane.Bokeh(fig, sizing_mode="stretch_width"), _caption(what[k], cost)]

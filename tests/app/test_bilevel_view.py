@@ -65,6 +65,8 @@ def test_the_drawn_curves_are_the_engines_trace(view, toy) -> None:
         gap = line(view.shown["gap"], name)  # g(x, y) - min_y g(x, .) = mu/2 (y - sin x)^2 on the toy
         want = 0.5 * MU * (tr.lower[:, 0] - np.sin(tr.upper[:, 0])) ** 2
         np.testing.assert_allclose(gap["y"], np.maximum(want, FLOOR), rtol=1e-9, atol=1e-15)
+        table = view.figures.objects[0].object  # the lower level's work, as the engine counts it
+        assert f"<td>{int(tr.gradients[-1] + tr.hvps[-1]):,}</td><td>{int(tr.inner_oracles[-1]):,} (" in table
         path = line(view.shown["trajectory"], name)
         np.testing.assert_array_equal(path["x"], tr.upper[:, 0])
         np.testing.assert_array_equal(path["y"], tr.lower[:, 0])
@@ -93,6 +95,7 @@ def test_a_diverged_method_is_marked_and_does_not_stretch_the_axis(view, toy) ->
     assert [r.name for r in fig.y_range.renderers] == ["lv_hba"]  # only the live method fits the axis
     labels = [item.label["value"] for item in fig.legend[0].items]
     assert any(lbl.endswith(f"diverged at step {k}") for lbl in labels)
+    assert f"<td>diverged at step {k}</td>" in view.figures.objects[0].object  # the table says so too
 
 
 def test_cancel_stops_the_run_and_leaves_the_panel_usable(view) -> None:
