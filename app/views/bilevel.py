@@ -168,14 +168,19 @@ def methods_table(result: model.BilevelResult) -> str:
         x_star = np.asarray(result.landscape.solution)
         dist = float(np.linalg.norm(r.upper[-1] - x_star)) if len(r.upper) else float("nan")
         err = float(r.hypergradient_error[-1]) if r.steps else float("nan")
-        end = r.status.split(":")[0] if r.diverged else f"{r.steps} steps"
+        end = r.status.split(":")[0] if r.diverged else f"{r.steps}"
         rows.append(f"<tr><td>{swatch(color(r.optimizer))}{html_escape(short(r.optimizer))}</td><td>{end}</td>"
                     f"<td>{float(r.units[-1]) if len(r.units) else 0:,.0f}</td><td>{calls:,}</td>"
                     f"<td>{inner:,}{share}</td><td>{dist:.3g}</td><td>{err:.3g}</td></tr>")
-    return ("<table class='bilevel-methods' style='font-size:0.8em;border-collapse:collapse'><tr>"
-            "<th>method</th><th>ran</th><th>oracle units</th><th>gradients + HVPs</th>"
-            "<th>lower-level calls</th>"
-            f"<th>|x_T − x*|</th><th>last hypergradient error</th></tr>{''.join(rows)}</table>")
+    return ("<style>.bilevel-methods td{white-space:nowrap;padding:1px 5px}"
+            ".bilevel-methods th{padding:1px 5px;text-align:left}</style>"
+            "<table class='bilevel-methods' style='font-size:0.8em;border-collapse:collapse'><tr>"
+            "<th>method</th><th>steps</th><th title='oracle units'>units</th>"
+            "<th title='gradients and Hessian-vector products'>calls</th>"
+            "<th title='calls spent on the lower level (share)'>lower level</th><th>|x_T − x*|</th>"
+            "<th title='|h_T - grad Phi(x_T)|, the last step'>hypergrad. error</th></tr>"
+            f"{''.join(rows)}</table>"
+            "<small>calls: gradients + HVPs; lower level: the calls spent on it (share)</small>")
 
 
 def counts_table(counts: list[model.SSOCounts]) -> str:
