@@ -2,6 +2,7 @@
 :class:`~app.views.base.View`; a new panel is one more file and one more entry here."""
 
 from app.views.base import View
+from app.views.bilevel import BilevelView
 from app.views.curvature import CurvatureView
 from app.views.curves import GradView, LossView
 from app.views.diagnostics import DiagnosticsView
@@ -27,6 +28,7 @@ VIEWS: tuple[type[View], ...] = (
     SliceView,
     ExperimentsView,  # issue 15: tuned, seeded comparisons and basin maps around the race
     LearnedView,  # a network's decision boundary or predictions
+    BilevelView,  # issue 18: bilevel methods, the penalty's bias, SSO's two oracle counts
     ShareView,
 )
 
