@@ -242,6 +242,8 @@ def _flatten(tensors: Sequence[torch.Tensor], n_lead: int) -> torch.Tensor:
     """Inverse of :func:`_split`: concatenate parameters over their trailing dimensions."""
     if len(tensors) == 1 and tensors[0].dim() == n_lead + 1:
         return tensors[0]
+    if n_lead == 1:
+        return torch.cat([t.flatten(1) if t.dim() > 1 else t[:, None] for t in tensors], dim=-1)
     return torch.cat([t.reshape(*t.shape[:n_lead], -1) for t in tensors], dim=-1)
 
 
@@ -261,6 +263,14 @@ _ONE_GRADIENT = OracleCounts(function_values=1, gradients=1)  # what the batched
 
 def _columns(values: Mapping[str, torch.Tensor | np.ndarray]) -> Mapping[str, np.ndarray]:
     return MappingProxyType({k: _column(v) for k, v in values.items()}) if values else _NONE
+
+
+def _total(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Sum of every entry of ``tensors`` (non-finite when any entry is), without concatenating them."""
+    total = tensors[0].sum()
+    for t in tensors[1:]:
+        total = total + t.sum()
+    return total
 
 
 def _norms(rows: torch.Tensor) -> torch.Tensor:
@@ -1077,8 +1087,7 @@ class Run:
                 lo, hi = (float(v) for v in torch.aminmax(f))
             bound = math.inf if c is None else lane.lowest_limit
             if math.isfinite(lo) and math.isfinite(hi) and -bound <= lo and hi <= bound and (
-                    grads is None or math.isfinite(float((lane.flat_grads(grads) if gnorm is None
-                                                          else gnorm).sum()))):
+                    grads is None or math.isfinite(float(_total(grads) if gnorm is None else gnorm.sum()))):
                 return None  # ...and every gradient finite (a finite sum): no row diverges now
         if c is None:
             ok = f.abs() < math.inf  # False for NaN too (one kernel; isfinite takes three)
