@@ -380,6 +380,10 @@ class _Lane:
         self.separable, self.rows, self.optimizers = separable, rows, optimizers
         self.params = [p for row in rows for p in row]
         self.uses_gradient = _uses_gradient(self.spec)
+        self.atomic = not self.spec.closure_driven and all(
+            type(opt).__module__.startswith("torch.optim.") for opt in optimizers)
+        """Its optimizers are torch's own, which check what they are given before they write: one
+        that raises leaves the leaves as they were, so a step needs no copy of where it began."""
         self.dense_grads = any(g.get("fused") for opt in optimizers for g in opt.param_groups)
         """Its gradients must be laid out as its (contiguous) leaves: torch's fused CPU Adam reads
         a gradient with other strides wrongly (torch 2.13: wrong steps, no error), and gradients
@@ -518,13 +522,22 @@ class _Lane:
 
 
 class _Eval:
-    """One lane's share of this tick's batched pass."""
+    """One lane's share of this tick's batched pass. ``x``: the points ``[M, P]`` it was taken at,
+    flattened on first use when the pass took the leaves as they are (read it before the step)."""
 
-    __slots__ = ("batch", "f", "grads", "size", "x")
+    __slots__ = ("_lane", "_x", "batch", "f", "grads", "size")
 
-    def __init__(self, x: torch.Tensor, f: torch.Tensor, grads: list[torch.Tensor] | None, batch: Any,
+    def __init__(self, x: torch.Tensor | _Lane, f: torch.Tensor, grads: list[torch.Tensor] | None, batch: Any,
                  size: int | None) -> None:
-        self.x, self.f, self.grads, self.batch, self.size = x, f, grads, batch, size
+        self._x, self._lane = (None, x) if isinstance(x, _Lane) else (x, None)
+        self.f, self.grads, self.batch, self.size = f, grads, batch, size
+
+    @property
+    def x(self) -> torch.Tensor:
+        if self._x is None:
+            with torch.no_grad():  # (flattening several leaves builds no graph)
+                self._x = self._lane.points()
+        return self._x
 
 
 class Run:
@@ -747,12 +760,15 @@ class Run:
             keep = record or probe_due or lane.id in metrics
             g = lane.flat_grads(grads) if grads is not None and keep else None
             gnorm = _norms(g) if g is not None else None
-            # where a frozen row stays and a stopped lane goes back: a copy, unless the batched pass
-            # made one already (the leaves flattened); the lane's own buffer when no record keeps it
-            x_old = ev.x.detach()
-            if ev.x is lane.params[0]:
-                x_old = x_old.clone() if keep else lane.scratch(x_old).copy_(x_old)
             frozen = self._mark_divergence(lane, ev.f, grads, gnorm)
+            # where a frozen row stays and a stopped lane goes back: a copy, unless the batched pass
+            # made one already (the leaves flattened); the lane's own buffer when no record keeps it;
+            # none when nothing reads it (no record, no frozen row, no snapshot, and an optimizer
+            # that writes nothing before it could raise)
+            snapshot = self.problem.dim > POSITION_MAX_DIM and step_t % self.config.snapshot_every == 0
+            x_old = None
+            if keep or frozen is not None or snapshot or not lane.atomic:
+                x_old = self._where_from(lane, ev, keep)
             t = time.perf_counter()
             if lane.schedules:
                 lane.apply_schedules()  # the values of step t, which its record reads back
@@ -765,6 +781,8 @@ class Run:
                 else:
                     self._take_step(lane, grads, frozen, x_old)
             except Exception as exc:  # this lane stops; the others go on
+                if x_old is None:  # an atomic optimizer raised before it wrote: the leaves are x_t
+                    x_old = self._where_from(lane, ev, True)
                 self._stop(lane, step_t, exc, x_old)
                 x_old = x_old.clone() if x_old is lane._scratch else x_old  # its record keeps it
                 if gnorm is None and grads is not None:
@@ -781,7 +799,7 @@ class Run:
                 if probe_due and lane.diverged_at[0] < 0:
                     probes[lane.id] = self._probe(lane, x_old[0], x_new[0] - x_old[0], ev.batch)
             out.append((lane, step_t, ev, gnorm, update, x_old))
-            if self.problem.dim > POSITION_MAX_DIM:
+            if snapshot:
                 self._snapshot(lane, x_old)
         self.tick += 1
         self.compute_time += time.perf_counter() - t0
@@ -790,6 +808,16 @@ class Run:
                    if record or item[0].id in metrics or item[0].id in probes or item[0].error is not None]
         self._apply_due()  # after the records: they describe the step as it was taken
         return records
+
+    @staticmethod
+    def _where_from(lane: _Lane, ev: _Eval, keep: bool) -> torch.Tensor:
+        """``x_t [M, P]`` as the step is about to leave it: a tensor the step does not change (the
+        flattened copy the batched pass made, or a copy of the leaf; the lane's reused buffer unless
+        a record ``keep``s it)."""
+        x = ev.x
+        if x is lane.params[0]:
+            return x.detach().clone() if keep else lane.scratch(x).copy_(x.detach())
+        return x.detach()
 
     def _evaluate(self, lanes: list[_Lane]) -> dict[int, _Eval]:
         """This tick's losses (and gradients) of every lane, one batched call per group of lanes
@@ -814,9 +842,8 @@ class Run:
                 points = [lane.points() for lane in group]
                 x = points[0] if len(points) == 1 else torch.cat(points)  # one lane: no copy
                 loss = lambda x=x, batch=batch: self.problem.loss(x, batch)  # noqa: E731
-            else:  # the leaves as they are, one tensor per parameter (a network)
-                with torch.no_grad():
-                    points = [lane.points() for lane in group]  # what the records and probes see
+            else:  # the leaves as they are, one tensor per parameter (a network); flattened only if read
+                points = group
                 parts = group[0].parts() if len(group) == 1 else \
                     [torch.cat(p) for p in zip(*(lane.parts() for lane in group), strict=True)]
                 loss = lambda parts=parts, batch=batch: by_parts(parts, batch)  # noqa: E731
@@ -1052,8 +1079,6 @@ class Run:
 
     def _snapshot(self, lane: _Lane, x: torch.Tensor) -> None:
         t = lane.step - 1  # the step x was taken from
-        if t % self.config.snapshot_every:
-            return
         kept = self._snapshots.setdefault(lane.id, [])
         kept.append((t, x[0].cpu().numpy().copy()))
         if len(kept) > TRAJECTORY_CAP:
