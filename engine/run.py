@@ -45,8 +45,10 @@ Events change a live run between steps and are logged, so ``Run.replay(problem, 
 reproduces the same records exactly on CPU.
 
 **Cost.** A step costs what its tensor program costs plus a few whole-array reductions (the
-divergence check); a step that yields a record adds two row norms, and the record's columns are
-the step's own arrays, never a Python object per row (a row's status text is made on demand).
+divergence check); a step that yields a record adds two row norms and a copy of where it began,
+and the record's columns are the step's own arrays, never a Python object per row (a row's status
+text is made on demand). A step without a record copies nothing when the lane's optimizer is one of
+torch's own (which raises, if at all, before it writes: ``_Lane.atomic``) and no row is frozen.
 Adam-type lanes use torch's fused kernel (``RunConfig.fused``). A problem that takes its
 parameters as they are (``loss_parts``: a network) is evaluated on the leaves directly, not on a
 flattened copy. ``benchmarks/race.py`` measures all this against the least a plain program costs.
