@@ -419,15 +419,15 @@ def section_presets(args: argparse.Namespace) -> dict[str, tuple[float, float]]:
              "business": ProbeConfig.business(), "full": ProbeConfig.full()}
     out = {}
     for label, probes in cases.items():
-        shares = {100: [], 1000: []}
+        shares: dict[int, list[float]] = {100: [], args.steps: []}  # (after the run's length, not 1,000)
         for _ in range(max(1, args.repeats - 1)):
             run = Run(problem, RunConfig(lanes=lanes, device="cpu", probes=probes))
             for i in range(args.steps):
                 run.step()
                 if i + 1 in shares:
                     shares[i + 1].append(run.probe_overhead)
-        s100 = median(shares[100])
-        s1000 = median(shares[1000]) if shares[1000] else math.nan
+        s100 = median(shares[100]) if shares[100] else math.nan
+        s1000 = median(shares[args.steps]) if shares[args.steps] else math.nan
         out[label] = (s100, s1000)
         print(f"  {label:26s}: {s100:5.1%} of compute after 100 steps, {s1000:5.1%} after {args.steps}")
     return out

@@ -45,8 +45,10 @@ Events change a live run between steps and are logged, so ``Run.replay(problem, 
 reproduces the same records exactly on CPU.
 
 **Cost.** A step costs what its tensor program costs plus a few whole-array reductions (the
-divergence check); a step that yields a record adds two row norms, and the record's columns are
-the step's own arrays, never a Python object per row (a row's status text is made on demand).
+divergence check); a step that yields a record adds two row norms and a copy of where it began,
+and the record's columns are the step's own arrays, never a Python object per row (a row's status
+text is made on demand). A step without a record copies nothing when the lane's optimizer is one of
+torch's own (which raises, if at all, before it writes: ``_Lane.atomic``) and no row is frozen.
 Adam-type lanes use torch's fused kernel (``RunConfig.fused``). A problem that takes its
 parameters as they are (``loss_parts``: a network) is evaluated on the leaves directly, not on a
 flattened copy. ``benchmarks/race.py`` measures all this against the least a plain program costs.
@@ -242,6 +244,8 @@ def _flatten(tensors: Sequence[torch.Tensor], n_lead: int) -> torch.Tensor:
     """Inverse of :func:`_split`: concatenate parameters over their trailing dimensions."""
     if len(tensors) == 1 and tensors[0].dim() == n_lead + 1:
         return tensors[0]
+    if n_lead == 1:
+        return torch.cat([t.flatten(1) if t.dim() > 1 else t[:, None] for t in tensors], dim=-1)
     return torch.cat([t.reshape(*t.shape[:n_lead], -1) for t in tensors], dim=-1)
 
 
@@ -261,6 +265,14 @@ _ONE_GRADIENT = OracleCounts(function_values=1, gradients=1)  # what the batched
 
 def _columns(values: Mapping[str, torch.Tensor | np.ndarray]) -> Mapping[str, np.ndarray]:
     return MappingProxyType({k: _column(v) for k, v in values.items()}) if values else _NONE
+
+
+def _total(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Sum of every entry of ``tensors`` (non-finite when any entry is), without concatenating them."""
+    total = tensors[0].sum()
+    for t in tensors[1:]:
+        total = total + t.sum()
+    return total
 
 
 def _norms(rows: torch.Tensor) -> torch.Tensor:
@@ -370,6 +382,10 @@ class _Lane:
         self.separable, self.rows, self.optimizers = separable, rows, optimizers
         self.params = [p for row in rows for p in row]
         self.uses_gradient = _uses_gradient(self.spec)
+        self.atomic = not self.spec.closure_driven and all(
+            type(opt).__module__.startswith("torch.optim.") for opt in optimizers)
+        """Its optimizers are torch's own, which check what they are given before they write: one
+        that raises leaves the leaves as they were, so a step needs no copy of where it began."""
         self.dense_grads = any(g.get("fused") for opt in optimizers for g in opt.param_groups)
         """Its gradients must be laid out as its (contiguous) leaves: torch's fused CPU Adam reads
         a gradient with other strides wrongly (torch 2.13: wrong steps, no error), and gradients
@@ -508,13 +524,22 @@ class _Lane:
 
 
 class _Eval:
-    """One lane's share of this tick's batched pass."""
+    """One lane's share of this tick's batched pass. ``x``: the points ``[M, P]`` it was taken at,
+    flattened on first use when the pass took the leaves as they are (read it before the step)."""
 
-    __slots__ = ("batch", "f", "grads", "size", "x")
+    __slots__ = ("_lane", "_x", "batch", "f", "grads", "size")
 
-    def __init__(self, x: torch.Tensor, f: torch.Tensor, grads: list[torch.Tensor] | None, batch: Any,
+    def __init__(self, x: torch.Tensor | _Lane, f: torch.Tensor, grads: list[torch.Tensor] | None, batch: Any,
                  size: int | None) -> None:
-        self.x, self.f, self.grads, self.batch, self.size = x, f, grads, batch, size
+        self._x, self._lane = (None, x) if isinstance(x, _Lane) else (x, None)
+        self.f, self.grads, self.batch, self.size = f, grads, batch, size
+
+    @property
+    def x(self) -> torch.Tensor:
+        if self._x is None:
+            with torch.no_grad():  # (flattening several leaves builds no graph)
+                self._x = self._lane.points()
+        return self._x
 
 
 class Run:
@@ -737,12 +762,15 @@ class Run:
             keep = record or probe_due or lane.id in metrics
             g = lane.flat_grads(grads) if grads is not None and keep else None
             gnorm = _norms(g) if g is not None else None
-            # where a frozen row stays and a stopped lane goes back: a copy, unless the batched pass
-            # made one already (the leaves flattened); the lane's own buffer when no record keeps it
-            x_old = ev.x.detach()
-            if ev.x is lane.params[0]:
-                x_old = x_old.clone() if keep else lane.scratch(x_old).copy_(x_old)
             frozen = self._mark_divergence(lane, ev.f, grads, gnorm)
+            # where a frozen row stays and a stopped lane goes back: a copy, unless the batched pass
+            # made one already (the leaves flattened); the lane's own buffer when no record keeps it;
+            # none when nothing reads it (no record, no frozen row, no snapshot, and an optimizer
+            # that writes nothing before it could raise)
+            snapshot = self.problem.dim > POSITION_MAX_DIM and step_t % self.config.snapshot_every == 0
+            x_old = None
+            if keep or frozen is not None or snapshot or not lane.atomic:
+                x_old = self._where_from(lane, ev, keep)
             t = time.perf_counter()
             if lane.schedules:
                 lane.apply_schedules()  # the values of step t, which its record reads back
@@ -755,6 +783,8 @@ class Run:
                 else:
                     self._take_step(lane, grads, frozen, x_old)
             except Exception as exc:  # this lane stops; the others go on
+                if x_old is None:  # an atomic optimizer raised before it wrote: the leaves are x_t
+                    x_old = self._where_from(lane, ev, True)
                 self._stop(lane, step_t, exc, x_old)
                 x_old = x_old.clone() if x_old is lane._scratch else x_old  # its record keeps it
                 if gnorm is None and grads is not None:
@@ -771,7 +801,7 @@ class Run:
                 if probe_due and lane.diverged_at[0] < 0:
                     probes[lane.id] = self._probe(lane, x_old[0], x_new[0] - x_old[0], ev.batch)
             out.append((lane, step_t, ev, gnorm, update, x_old))
-            if self.problem.dim > POSITION_MAX_DIM:
+            if snapshot:
                 self._snapshot(lane, x_old)
         self.tick += 1
         self.compute_time += time.perf_counter() - t0
@@ -780,6 +810,16 @@ class Run:
                    if record or item[0].id in metrics or item[0].id in probes or item[0].error is not None]
         self._apply_due()  # after the records: they describe the step as it was taken
         return records
+
+    @staticmethod
+    def _where_from(lane: _Lane, ev: _Eval, keep: bool) -> torch.Tensor:
+        """``x_t [M, P]`` as the step is about to leave it: a tensor the step does not change (the
+        flattened copy the batched pass made, or a copy of the leaf; the lane's reused buffer unless
+        a record ``keep``s it)."""
+        x = ev.x
+        if x is lane.params[0]:
+            return x.detach().clone() if keep else lane.scratch(x).copy_(x.detach())
+        return x.detach()
 
     def _evaluate(self, lanes: list[_Lane]) -> dict[int, _Eval]:
         """This tick's losses (and gradients) of every lane, one batched call per group of lanes
@@ -804,9 +844,8 @@ class Run:
                 points = [lane.points() for lane in group]
                 x = points[0] if len(points) == 1 else torch.cat(points)  # one lane: no copy
                 loss = lambda x=x, batch=batch: self.problem.loss(x, batch)  # noqa: E731
-            else:  # the leaves as they are, one tensor per parameter (a network)
-                with torch.no_grad():
-                    points = [lane.points() for lane in group]  # what the records and probes see
+            else:  # the leaves as they are, one tensor per parameter (a network); flattened only if read
+                points = group
                 parts = group[0].parts() if len(group) == 1 else \
                     [torch.cat(p) for p in zip(*(lane.parts() for lane in group), strict=True)]
                 loss = lambda parts=parts, batch=batch: by_parts(parts, batch)  # noqa: E731
@@ -1042,8 +1081,6 @@ class Run:
 
     def _snapshot(self, lane: _Lane, x: torch.Tensor) -> None:
         t = lane.step - 1  # the step x was taken from
-        if t % self.config.snapshot_every:
-            return
         kept = self._snapshots.setdefault(lane.id, [])
         kept.append((t, x[0].cpu().numpy().copy()))
         if len(kept) > TRAJECTORY_CAP:
@@ -1077,8 +1114,7 @@ class Run:
                 lo, hi = (float(v) for v in torch.aminmax(f))
             bound = math.inf if c is None else lane.lowest_limit
             if math.isfinite(lo) and math.isfinite(hi) and -bound <= lo and hi <= bound and (
-                    grads is None or math.isfinite(float((lane.flat_grads(grads) if gnorm is None
-                                                          else gnorm).sum()))):
+                    grads is None or math.isfinite(float(_total(grads) if gnorm is None else gnorm.sum()))):
                 return None  # ...and every gradient finite (a finite sum): no row diverges now
         if c is None:
             ok = f.abs() < math.inf  # False for NaN too (one kernel; isfinite takes three)

@@ -147,6 +147,11 @@ class NetworkProblem:
         them, at a cost on every call)."""
         self._x0 = self.flatten({n: p.detach() for n, p in named}).to(torch.float64)
         self._vmap_ok = True
+        self._slots = None if self._tied or self.buffers else [
+            (module.get_submodule(n.rpartition(".")[0]), n.rpartition(".")[2]) for n in self.param_names]
+        """Where each parameter lives (submodule, name), for a module without buffers or shared
+        tensors: :meth:`_call` then puts the given tensors in those slots itself, what
+        ``functional_call`` does with checks that cost a small network's forward pass again."""
 
     # -- the flat view -------------------------------------------------------------------------
     def flatten(self, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -174,6 +179,15 @@ class NetworkProblem:
     def _call(self, params: dict[str, torch.Tensor], X: torch.Tensor) -> torch.Tensor:
         """The module on ``X`` with ``params`` (name -> tensor) in place of its own."""
         dtype = next(iter(params.values())).dtype
+        if self._slots is not None and len(params) == len(self._slots):
+            own = [m._parameters[k] for m, k in self._slots]
+            try:
+                for (m, k), name in zip(self._slots, self.param_names, strict=True):
+                    m._parameters[k] = params[name]
+                return self.module(X.to(dtype))
+            finally:
+                for (m, k), p in zip(self._slots, own, strict=True):
+                    m._parameters[k] = p
         buffers = {k: v.to(dtype) if v.is_floating_point() else v for k, v in self.buffers.items()}
         return functional_call(self.module, (params, buffers), (X.to(dtype),), tie_weights=self._tied)
 

@@ -896,3 +896,73 @@ def test_a_lane_that_stops_between_records_reports_where_its_step_began() -> Non
         np.testing.assert_array_equal(got[0].position, began)
     finally:
         unregister("flaky")
+
+
+def test_oracle_counts_add_every_field():
+    """Counts add field by field: every field of OracleCounts, including any added later."""
+    import dataclasses
+    names = [f.name for f in dataclasses.fields(OracleCounts)]
+    a = OracleCounts(**{n: i + 1 for i, n in enumerate(names)})
+    b = OracleCounts(**{n: 10 * (i + 1) for i, n in enumerate(names)})
+    assert (a + b).as_dict() == {n: 11 * (i + 1) for i, n in enumerate(names)}
+
+
+def test_network_loss_without_functional_call_matches_the_module():
+    """A network's loss puts the run's tensors in the module's own slots (not functional_call): values
+    and gradients equal functional_call's, for one row and for several (vmapped), and the module
+    keeps its own parameters."""
+    import torch.nn.functional as F
+    problem = get_network("digits_mlp")
+    own = [p.detach().clone() for p in problem.module.parameters()]
+    idx = torch.arange(64)
+    X, y = problem.X_train[idx], problem.y_train[idx]
+    for x in (problem.x0()[None], torch.stack([problem.x0(), problem.x0() * 0.5])):
+        x = x.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(problem.loss(x, idx).sum(), x)
+        for row in range(len(x)):
+            theta = x[row].detach().clone().requires_grad_(True)
+            out = torch.func.functional_call(problem.module, problem.unflatten(theta), (X,))
+            ref = F.cross_entropy(out, y)
+            (g_ref,) = torch.autograd.grad(ref, theta)
+            assert float(problem.loss(x[row].detach()[None], idx)[0]) == float(ref)
+            # one row: the same kernels; several: vmap's batched ones (rounded differently)
+            torch.testing.assert_close(g[row], g_ref, rtol=0 if len(x) == 1 else 1e-12, atol=1e-16)
+    assert all(torch.equal(p, q) for p, q in zip(problem.module.parameters(), own, strict=True))
+    assert all(isinstance(p, torch.nn.Parameter) for p in problem.module.parameters())
+
+
+class HalfWay(torch.optim.SGD):
+    """SGD that takes its third step and then raises (its parameters moved before the error)."""
+
+    def step(self, closure=None):
+        self.calls = getattr(self, "calls", 0) + 1
+        out = super().step(closure)
+        if self.calls == 3:
+            raise RuntimeError("diverging preconditioner")
+        return out
+
+
+def test_a_raising_lane_goes_back_where_its_step_began_on_steps_without_records() -> None:
+    """Steps that yield no record keep no copy of x_t for torch's own optimizers (which raise
+    before they write); a lane still ends where its failing step began: for one of torch's (its step
+    made to raise), and for an optimizer that wrote before raising (a copy is kept for it)."""
+    register_optimizer(HalfWay, name="halfway", row_separable=True)
+    try:
+        for problem, lane in ((Valley(), ("adam", {"lr": 0.05})), (get_network("digits_mlp"), ("adam", {})),
+                              (Valley(), ("halfway", {"lr": 0.01}))):
+            run = Run(problem, config(lane, n_starts=2 if isinstance(problem, Valley) else 1))
+            assert run.lanes[0].atomic is (lane[0] == "adam")
+            run.run(2, record_every=100)  # no records kept (but a network's metrics at step 0)
+            if lane[0] == "adam":
+                def fail(*args, **kwargs):
+                    raise RuntimeError("diverging preconditioner")
+                run.lanes[0].optimizer.step = fail
+            before = run.positions(0).copy()
+            (rec,) = run.step(record=False)  # the stop yields a record
+            assert rec.step == 2 and rec.stopped.startswith("stopped at step 2: ")
+            assert rec.stopped.endswith(" failed: diverging preconditioner")
+            np.testing.assert_array_equal(run.positions(0), before)
+            if rec.position is not None:
+                np.testing.assert_array_equal(rec.position, before)
+    finally:
+        unregister("halfway")
