@@ -3,7 +3,7 @@
 ``Explorer`` is a ``pn.viewable.Viewer`` on a :class:`app.model.RaceSession` (the model, which
 never imports Panel): the served app (``app/main.py``) and the notebooks embed the very same
 object. The sidebar (:mod:`app.controls`) changes the session; the panels (:data:`app.views.VIEWS`)
-show it. A worker thread computes; a periodic pump (10 Hz, a background callback: it never turns
+show it. A worker thread computes; a periodic pump (25 Hz, a background callback: it never turns
 the page's busy indicator on) drains its records into the views as one message. Closing the page
 stops the pump, the worker and every slow action.
 
@@ -23,21 +23,27 @@ from bokeh.models import LogScale
 
 from app import sharing
 from app.axes import AxisControls, find, set_axes
-from app.batch import AXES
+from app.batch import AXES, Batch
 from app.controls import Sidebar, inline_math
 from app.keys import Shortcuts
 from app.model import DEFAULT_RACE, RaceSession
 from app.presets import presets
 from app.sharing import CUSTOM
+from app.stream import merge
 from app.views import VIEWS, View
 
 log = logging.getLogger(__name__)
 
-PUMP_MS = 100
-"""10 Hz: smooth enough to watch, and few enough messages that a 2-core server and a software-painted
-page keep up with an 8-lane race (``benchmarks/stream.py``)."""
-REFRESH_EVERY = 3
+PUMP_MS = 40
+"""25 Hz at most: the curves of an 8-lane race reach the page >= 20 times a second on a 2-core server
+with a software-painted page (``benchmarks/stream.py``: each pump is one message; the page paints
+what changed once per animation frame)."""
+REFRESH_EVERY = 8
 """Pumps between refreshes of what is not streamed (tables, text, ranges): ~3 Hz."""
+RACE_EVERY = 3
+"""Pumps between updates of the race's picture while it runs (~8 Hz): it repaints its heatmap,
+contours and every path for each update, the costliest repaint of the page, while the curves carry
+the race's pace. Paused (single steps, a presenter), it is updated at every pump."""
 MAX_LANES = 8
 __all__ = ["CUSTOM", "DEFAULT_RACE", "MAX_LANES", "Explorer"]
 
@@ -109,6 +115,7 @@ class Explorer(pn.viewable.Viewer):
         self._preset_axes: list[tuple[Any, bool]] = []  # (figure, was log) a preset changed
         self._doc: Any = None
         self._pumps = 0
+        self._later = Batch()  # drained, not yet sent to the race's picture (RACE_EVERY)
         self._closed = False
         s.param.watch(lambda _: self._new_run(), "revision")
         s.param.watch(lambda e: self._show_lanes(), "lanes")
@@ -340,13 +347,16 @@ class Explorer(pn.viewable.Viewer):
 
     def pump(self) -> int:
         """Move what the worker produced into the views, as one message; returns the records moved.
-        Paused and idle, it sends nothing."""
+        The race's picture gets what several pumps drained, every :data:`RACE_EVERY` pumps while the
+        race runs. Paused and idle, it sends nothing."""
         if self._closed or not self._connected():
             return 0
         batch = self.session.drain()
         self._pumps += 1
         refresh = self._pumps % REFRESH_EVERY == 0
-        if not batch and not refresh:
+        race = merge(self._later, batch)
+        race_due = bool(race) and (refresh or not self.session.running or self._pumps % RACE_EVERY == 0)
+        if not batch and not refresh and not race_due:
             return 0
         if batch.reset:  # a message of its own: a source emptied and streamed to in one message would be
             with self._hold():  # sent with its new rows twice (Bokeh serializes ``data`` when it sends)
@@ -354,7 +364,12 @@ class Explorer(pn.viewable.Viewer):
                     v.clear()
         with self._hold():
             for v in self.views:
-                v.consume(batch)
+                if v.area != "race":
+                    v.consume(batch)
+                elif race_due:
+                    v.consume(race)
+            if race_due:
+                self._later = Batch(origin=batch.origin)
             if refresh:
                 self._refresh()
         return sum(len(r) for r in batch.records.values())
