@@ -56,7 +56,7 @@ LANES = tuple((name, {}) for name in available(oracle=Oracle.GRADIENTS)[:8])
 MB = 2**20
 
 # JS: every visible loss-curve source asks for a frame when it changes; the frame notes
-# [wall-clock ms, newest step shown, rows held by the first source].
+# [wall-clock ms, newest step shown, rows held by the first source]; messages that change them are counted.
 _LISTEN_JS = """() => {
   const doc = Bokeh.documents[0];
   const srcs = [];
@@ -85,8 +85,9 @@ _LISTEN_JS = """() => {
       window.__frames.push([performance.timeOrigin + performance.now(), step, srcs[0].data.step.length]);
     }
   };
+  let inTask = false;  // the sources one message changes fire in one task: count it once
   const changed = () => {
-    window.__arrivals += 1;
+    if (!inTask) { inTask = true; window.__arrivals += 1; setTimeout(() => { inTask = false; }, 0); }
     if (!pending) { pending = true; requestAnimationFrame(frame); }
   };
   for (const s of srcs) { s.streaming.connect(changed); s.change.connect(changed); }
@@ -272,7 +273,8 @@ def main() -> None:
     warm = b["warm_latency"]
     print(f"(b) Chromium, asked {args.speed:g} steps/s, shown {b['steps_per_s']:.1f}/s; "
           f"{b['elapsed']:.0f} s: "
-          f"{b['updates']} screen updates ({b['hz']:.1f} Hz) from {b['arrivals']} source changes; "
+          f"{b['updates']} screen updates ({b['hz']:.1f} Hz) from {b['arrivals']} messages "
+          f"({b['arrivals'] / b['elapsed']:.1f}/s); "
           f"first source holds {b['rows_end']} rows, {b['models']} models")
     if warm:
         print(f"    first {args.warmup:g} s after the page loaded: {len(warm)} updates, "
