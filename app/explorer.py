@@ -39,7 +39,9 @@ PUMP_MS = 40
 with a software-painted page (``benchmarks/stream.py``: each pump is one message; the page paints
 what changed once per animation frame)."""
 REFRESH_EVERY = 8
-"""Pumps between refreshes of what is not streamed (tables, text, ranges): ~3 Hz."""
+"""Pumps between two refreshes of each thing that is not streamed (a table, a text, a range): ~3 Hz.
+Each pump refreshes one of them in turn, so that no pump does them all (a pump that did took ~3x a
+plain one and made the next ones late)."""
 RACE_EVERY = 3
 """Pumps between updates of the race's picture while it runs (~8 Hz): it repaints its heatmap,
 contours and every path for each update, the costliest repaint of the page, while the curves carry
@@ -353,11 +355,8 @@ class Explorer(pn.viewable.Viewer):
             return 0
         batch = self.session.drain()
         self._pumps += 1
-        refresh = self._pumps % REFRESH_EVERY == 0
         race = merge(self._later, batch)
-        race_due = bool(race) and (refresh or not self.session.running or self._pumps % RACE_EVERY == 0)
-        if not batch and not refresh and not race_due:
-            return 0
+        race_due = bool(race) and (not self.session.running or self._pumps % RACE_EVERY == 0)
         if batch.reset:  # a message of its own: a source emptied and streamed to in one message would be
             with self._hold():  # sent with its new rows twice (Bokeh serializes ``data`` when it sends)
                 for v in self.views:
@@ -370,8 +369,7 @@ class Explorer(pn.viewable.Viewer):
                     v.consume(race)
             if race_due:
                 self._later = Batch(origin=batch.origin)
-            if refresh:
-                self._refresh()
+            self._refresh(self._pumps % REFRESH_EVERY)
         return sum(len(r) for r in batch.records.values())
 
     def _connected(self) -> bool:
@@ -381,17 +379,17 @@ class Explorer(pn.viewable.Viewer):
         session = getattr(context, "_session", None)
         return session is None or session.connection_count > 0
 
-    def _refresh(self) -> None:
-        """Redraw what is not streamed, for the views on screen."""
+    def _refresh(self, part: int | None = None) -> None:
+        """Redraw what is not streamed, for the views on screen: all of it, or only its ``part``-th
+        share of :data:`REFRESH_EVERY` (a pump's turn)."""
         shown = [v for v in self.views if v.area != "instrument"]
         tabs = [v for v in self._area("instrument") if v.applies()]
         if tabs and 0 <= self.instruments.active < len(tabs):
             shown.append(tabs[self.instruments.active])
-        for v in shown:
-            if v.applies():
-                v.refresh()
-        self.sidebar.refresh()
-        self._update_counter()
+        redraws = [v.refresh for v in shown if v.applies()] + [self.sidebar.refresh, self._update_counter]
+        for i, redraw in enumerate(redraws):
+            if part is None or i % REFRESH_EVERY == part:
+                redraw()
 
     def close(self) -> None:
         """Stop the pump, the worker and every slow action (the page closed). Touches no document."""

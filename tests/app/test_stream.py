@@ -116,8 +116,15 @@ def test_merged_batches_keep_every_record_in_order_and_a_reset_drops_what_came_b
 
 
 class FakeView:
-    def __init__(self, area: str) -> None:
+    def __init__(self, area: str, applies: bool = True) -> None:
         self.area, self.seen, self.cleared = area, {}, 0  # lane -> ticks consumed
+        self.refreshed, self._applies = 0, applies
+
+    def applies(self) -> bool:
+        return self._applies
+
+    def refresh(self) -> None:
+        self.refreshed += 1
 
     def consume(self, batch: Batch) -> None:
         for lane, recs in batch.records.items():
@@ -133,7 +140,7 @@ def _pumped(batches: list[Batch], running: list[bool]) -> tuple[FakeView, FakeVi
     queue = list(batches)
     session = SimpleNamespace(drain=lambda: queue.pop(0), running=True)
     ex = SimpleNamespace(_closed=False, _connected=lambda: True, session=session, _pumps=0, _later=Batch(),
-                         views=[curves, race], _hold=lambda: nullcontext(), _refresh=lambda: None)
+                         views=[curves, race], _hold=lambda: nullcontext(), _refresh=lambda part: None)
     moved = []
     for now in running:
         session.running = now
@@ -144,7 +151,6 @@ def _pumped(batches: list[Batch], running: list[bool]) -> tuple[FakeView, FakeVi
 def test_the_pump_sends_every_record_in_order_and_the_race_picture_every_few_pumps(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(explorer_module, "RACE_EVERY", 3)
-    monkeypatch.setattr(explorer_module, "REFRESH_EVERY", 100)
     batches = [Batch(records={0: [record(t, [1.0])], 1: [record(t, [1.0], lane=1)]}) for t in range(7)]
     curves, race, moved = _pumped(batches, [True] * 7)
     assert moved == [2] * 7 and curves.seen == {0: [*range(7)], 1: [*range(7)]}  # each once, in order
@@ -188,3 +194,28 @@ def test_a_long_curve_stays_a_few_points_per_pixel_with_its_extremes(monkeypatch
     gap = [i for i, v in enumerate(loss) if math.isnan(v)]
     assert len(gap) == 1 and src.data["optimizer"][gap[0]] == "adam" and steps[gap[0]] == 1500
     assert steps == sorted(steps)
+
+
+def test_each_pump_refreshes_its_share_and_every_view_on_screen_is_refreshed_once_per_round(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(explorer_module, "REFRESH_EVERY", 4)
+    views = [FakeView("race"), FakeView("curves"), FakeView("race", applies=False), FakeView("status"),
+             FakeView("instrument"), FakeView("instrument"), FakeView("instrument")]
+    counted = {"sidebar": 0, "counter": 0}
+
+    def count(name: str) -> None:
+        counted[name] += 1
+    ex = SimpleNamespace(views=views, _area=lambda area: [v for v in views if v.area == area],
+                         instruments=SimpleNamespace(active=1),
+                         sidebar=SimpleNamespace(refresh=lambda: count("sidebar")),
+                         _update_counter=lambda: count("counter"))
+    done = []
+    for part in range(4):
+        before = sum(v.refreshed for v in views) + sum(counted.values())
+        Explorer._refresh(ex, part)  # type: ignore[arg-type]
+        done.append(sum(v.refreshed for v in views) + sum(counted.values()) - before)
+    # on screen: race, curves, status, the active (second) instrument tab; then sidebar and counter
+    assert [v.refreshed for v in views] == [1, 1, 0, 1, 0, 1, 0] and counted == {"sidebar": 1, "counter": 1}
+    assert done == [2, 2, 1, 1]  # six redraws over four pumps: never all in one
+    Explorer._refresh(ex)  # type: ignore[arg-type]  # all at once (a tab was switched)
+    assert [v.refreshed for v in views] == [2, 2, 0, 2, 0, 2, 0] and counted == {"sidebar": 2, "counter": 2}
