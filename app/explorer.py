@@ -35,9 +35,10 @@ from app.views import VIEWS, View
 log = logging.getLogger(__name__)
 
 PUMP_MS = 40
-"""25 Hz at most: the curves of an 8-lane race reach the page >= 20 times a second on a 2-core server
-with a software-painted page (``benchmarks/stream.py``: each pump is one message; the page paints
-what changed once per animation frame)."""
+"""25 Hz at most, for the goal of >= 20 screen updates a second of an 8-lane race: each pump is one
+message, and the page paints what changed once per animation frame. ``benchmarks/stream.py``
+measures what reaches the screen (fewer on a loaded machine: the pump, the worker and Bokeh's
+serialization share the server's GIL)."""
 REFRESH_EVERY = 8
 """Pumps between two refreshes of each thing that is not streamed (a table, a text, a range): ~3 Hz.
 Each pump refreshes one of them in turn, so that no pump does them all (a pump that did took ~3x a
