@@ -28,7 +28,7 @@ def axis_row(record: Record | None, tick: int, origin: int) -> dict[str, float]:
 
 def axis_columns(records: Sequence[Record], origin: int) -> dict[str, list]:
     """The x-axis columns of a lane's records (every plotted source carries them all)."""
-    counts = [r.counts.as_dict() for r in records]
+    counts = [vars(r.counts) for r in records]  # the counts' fields (``as_dict`` copies them deeply)
     data: dict[str, list] = {"step": [r.tick - origin for r in records],
                              "wall_time": [r.wall_time for r in records]}
     for col in COUNTS:

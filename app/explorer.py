@@ -3,7 +3,7 @@
 ``Explorer`` is a ``pn.viewable.Viewer`` on a :class:`app.model.RaceSession` (the model, which
 never imports Panel): the served app (``app/main.py``) and the notebooks embed the very same
 object. The sidebar (:mod:`app.controls`) changes the session; the panels (:data:`app.views.VIEWS`)
-show it. A worker thread computes; a periodic pump (10 Hz, a background callback: it never turns
+show it. A worker thread computes; a periodic pump (25 Hz, a background callback: it never turns
 the page's busy indicator on) drains its records into the views as one message. Closing the page
 stops the pump, the worker and every slow action.
 
@@ -23,21 +23,30 @@ from bokeh.models import LogScale
 
 from app import sharing
 from app.axes import AxisControls, find, set_axes
-from app.batch import AXES
+from app.batch import AXES, Batch
 from app.controls import Sidebar, inline_math
 from app.keys import Shortcuts
 from app.model import DEFAULT_RACE, RaceSession
 from app.presets import presets
 from app.sharing import CUSTOM
+from app.stream import merge
 from app.views import VIEWS, View
 
 log = logging.getLogger(__name__)
 
-PUMP_MS = 100
-"""10 Hz: smooth enough to watch, and few enough messages that a 2-core server and a software-painted
-page keep up with an 8-lane race (``benchmarks/stream.py``)."""
-REFRESH_EVERY = 3
-"""Pumps between refreshes of what is not streamed (tables, text, ranges): ~3 Hz."""
+PUMP_MS = 40
+"""25 Hz at most, for the goal of >= 20 screen updates a second of an 8-lane race: each pump is one
+message, and the page paints what changed once per animation frame. ``benchmarks/stream.py``
+measures what reaches the screen (fewer on a loaded machine: the pump, the worker and Bokeh's
+serialization share the server's GIL)."""
+REFRESH_EVERY = 8
+"""Pumps between two refreshes of each thing that is not streamed (a table, a text, a range): ~3 Hz.
+Each pump refreshes one of them in turn, so that no pump does them all (a pump that did took ~3x a
+plain one and made the next ones late)."""
+RACE_EVERY = 3
+"""Pumps between updates of the race's picture while it runs (~8 Hz): it repaints its heatmap,
+contours and every path for each update, the costliest repaint of the page, while the curves carry
+the race's pace. Paused (single steps, a presenter), it is updated at every pump."""
 MAX_LANES = 8
 __all__ = ["CUSTOM", "DEFAULT_RACE", "MAX_LANES", "Explorer"]
 
@@ -109,6 +118,7 @@ class Explorer(pn.viewable.Viewer):
         self._preset_axes: list[tuple[Any, bool]] = []  # (figure, was log) a preset changed
         self._doc: Any = None
         self._pumps = 0
+        self._later = Batch()  # drained, not yet sent to the race's picture (RACE_EVERY)
         self._closed = False
         s.param.watch(lambda _: self._new_run(), "revision")
         s.param.watch(lambda e: self._show_lanes(), "lanes")
@@ -340,23 +350,27 @@ class Explorer(pn.viewable.Viewer):
 
     def pump(self) -> int:
         """Move what the worker produced into the views, as one message; returns the records moved.
-        Paused and idle, it sends nothing."""
+        The race's picture gets what several pumps drained, every :data:`RACE_EVERY` pumps while the
+        race runs. Paused and idle, it sends nothing."""
         if self._closed or not self._connected():
             return 0
         batch = self.session.drain()
         self._pumps += 1
-        refresh = self._pumps % REFRESH_EVERY == 0
-        if not batch and not refresh:
-            return 0
+        race = merge(self._later, batch)
+        race_due = bool(race) and (not self.session.running or self._pumps % RACE_EVERY == 0)
         if batch.reset:  # a message of its own: a source emptied and streamed to in one message would be
             with self._hold():  # sent with its new rows twice (Bokeh serializes ``data`` when it sends)
                 for v in self.views:
                     v.clear()
         with self._hold():
             for v in self.views:
-                v.consume(batch)
-            if refresh:
-                self._refresh()
+                if v.area != "race":
+                    v.consume(batch)
+                elif race_due:
+                    v.consume(race)
+            if race_due:
+                self._later = Batch(origin=batch.origin)
+            self._refresh(self._pumps % REFRESH_EVERY)
         return sum(len(r) for r in batch.records.values())
 
     def _connected(self) -> bool:
@@ -366,17 +380,17 @@ class Explorer(pn.viewable.Viewer):
         session = getattr(context, "_session", None)
         return session is None or session.connection_count > 0
 
-    def _refresh(self) -> None:
-        """Redraw what is not streamed, for the views on screen."""
+    def _refresh(self, part: int | None = None) -> None:
+        """Redraw what is not streamed, for the views on screen: all of it, or only its ``part``-th
+        share of :data:`REFRESH_EVERY` (a pump's turn)."""
         shown = [v for v in self.views if v.area != "instrument"]
         tabs = [v for v in self._area("instrument") if v.applies()]
         if tabs and 0 <= self.instruments.active < len(tabs):
             shown.append(tabs[self.instruments.active])
-        for v in shown:
-            if v.applies():
-                v.refresh()
-        self.sidebar.refresh()
-        self._update_counter()
+        redraws = [v.refresh for v in shown if v.applies()] + [self.sidebar.refresh, self._update_counter]
+        for i, redraw in enumerate(redraws):
+            if part is None or i % REFRESH_EVERY == part:
+                redraw()
 
     def close(self) -> None:
         """Stop the pump, the worker and every slow action (the page closed). Touches no document."""

@@ -14,14 +14,10 @@ from bokeh.models import HoverTool, Range1d
 from app.batch import Batch, axis_columns
 from app.figures import FLOOR, Marks, Slots, live_range, make_figure, scale_fonts, set_log_y
 from app.lanes import OWN_BATCH, Lane
+from app.stream import medians, running, stream_capped
 from app.views.base import View, html_escape, swatch
 from engine.records import RUNNING, Record
 from engine.registry import get_spec
-
-
-def _median(values: np.ndarray) -> float:
-    live = values[np.isfinite(values)]
-    return float(np.median(live)) if live.size else float("nan")
 
 
 def _union(a: tuple[float, float] | None, b: tuple[float, float]) -> tuple[float, float]:
@@ -59,8 +55,9 @@ class CurveView(View):
         self._base_title = self.title
         self.panel = pn.pane.Bokeh(self.figure, sizing_mode="stretch_width")
 
-    def value(self, r: Record) -> float:
-        return max(_median(r.grad_norm), FLOOR)
+    def values(self, recs: list[Record]) -> np.ndarray:
+        """The plotted value of each record (median over its starts)."""
+        return np.maximum(medians(recs, "grad_norm"), FLOOR)
 
     def set_problem(self) -> None:
         self.clear()
@@ -83,34 +80,32 @@ class CurveView(View):
             slot = self.slots.slot_of(lane_id)
             if slot is None:
                 continue
-            names = [r.optimizer for r in recs]
-            if self._optimizer.get(lane_id, names[0]) != names[0]:  # a new segment: break the line
-                self._stream(slot, [recs[0]], gap=True)
+            values = self.values(recs)
+            data = axis_columns(recs, self.session.origin)
+            data[self.y] = values.tolist()
+            data["optimizer"] = [r.optimizer for r in recs]
+            if self._optimizer.get(lane_id, recs[0].optimizer) != recs[0].optimizer:
+                # a new segment: break the line with a gap row (one stream per source per message)
+                data = {k: [v[0], *v] for k, v in data.items()}
+                data[self.y][0] = float("nan")
                 if lane_id in self._bounds:  # the segment left while running keeps its place on the axis
                     self._kept[lane_id] = _union(self._kept.get(lane_id), self._bounds.pop(lane_id))
-            self._optimizer[lane_id] = names[-1]
-            self._stream(slot, recs)
-            self._extend(lane_id, recs)
+            self._optimizer[lane_id] = recs[-1].optimizer
+            stream_capped(self.slots.sources[slot], data, "step", self.y)
+            self._extend(lane_id, recs, values)
         self.marks.add(batch.marks)
 
-    def _stream(self, slot: int, recs: list[Record], gap: bool = False) -> None:
-        data = axis_columns(recs, self.session.origin)
-        data[self.y] = [float("nan")] * len(recs) if gap else [self.value(r) for r in recs]
-        data["optimizer"] = [r.optimizer for r in recs]
-        self.slots.sources[slot].stream(data, rollover=50_000)
-
-    def _extend(self, lane_id: int, recs: list[Record]) -> None:
+    def _extend(self, lane_id: int, recs: list[Record], values: np.ndarray) -> None:
         """Widen the lane's y extent by its rows that were running: a diverged row (or the blown-up
         segment of a lane that later switched optimizer) never stretches the axis."""
         log = self.figure.y_scale.__class__.__name__ == "LogScale"
-        for r in recs:
-            if not any(s == RUNNING for s in r.status):  # its segment diverged: its run-up is off the axis
+        for r, x in zip(recs, values.tolist(), strict=True):
+            if not running(r):  # its segment diverged: its run-up is off the axis
                 if lane_id not in self._stopped:
                     self._stopped[lane_id] = r.optimizer
                 self._bounds.pop(lane_id, None)
                 continue
             self._stopped.pop(lane_id, None)
-            x = self.value(r)
             if np.isfinite(x) and (x > 0 or not log):
                 self._bounds[lane_id] = _union(self._bounds.get(lane_id), (x, x))
 
@@ -183,9 +178,9 @@ class LossView(CurveView):
         self.panel = pn.Column(self.legend, pn.pane.Bokeh(self.figure, sizing_mode="stretch_width"),
                                sizing_mode="stretch_width")
 
-    def value(self, r: Record) -> float:
-        v = _median(r.loss)
-        return max(v - self.f_star, FLOOR) if self.f_star is not None and np.isfinite(v) else v
+    def values(self, recs: list[Record]) -> np.ndarray:
+        v = medians(recs, "loss")
+        return v if self.f_star is None else np.where(np.isfinite(v), np.maximum(v - self.f_star, FLOOR), v)
 
     def set_problem(self) -> None:
         super().set_problem()

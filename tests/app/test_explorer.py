@@ -16,7 +16,7 @@ from bokeh.document import Document
 from bokeh.models import CustomJSTickFormatter, LabelSet, Legend, LinearScale, LogScale, LogTicker
 from panel.io.state import set_curdoc
 
-from app.explorer import CUSTOM, Explorer
+from app.explorer import CUSTOM, REFRESH_EVERY, Explorer
 from app.lanes import PALETTE
 from app.views import (
     CurvatureView,
@@ -84,7 +84,7 @@ def test_pause_stops_stepping_and_the_counter_says_so(explorer: Explorer) -> Non
     tick = explorer.worker.tick
     time.sleep(0.1)
     assert explorer.worker.tick == tick
-    for _ in range(3):
+    for _ in range(REFRESH_EVERY):  # one round of refreshes
         explorer.pump()
     assert "paused" in explorer.sidebar.counter.object and f"step {tick}" in explorer.sidebar.counter.object
 
