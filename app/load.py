@@ -62,12 +62,21 @@ def pump_every(n: int | None = None) -> int:
     return max(1, math.ceil(n * PUMP_HZ / PUMPS_PER_SECOND))
 
 
-def throttled(pump: Callable[[], Any]) -> Callable[[], Any]:
-    """``pump`` run on one call in :func:`pump_every` (the others return 0 at once)."""
+def throttled(explorer: Any) -> Callable[[], Any]:
+    """The explorer's pump, run on one call in :func:`pump_every` (the others return 0 at once);
+    once the page that was there has gone (its websocket closed), it closes the explorer at once:
+    its worker stops now rather than when the server ends the session (seconds to minutes later)."""
+    pump = explorer.pump
     calls = 0
+    seen = False
 
     def call() -> Any:
-        nonlocal calls
+        nonlocal calls, seen
+        if explorer._connected():
+            seen = True
+        elif seen:
+            explorer.close()
+            return 0
         calls += 1
         if calls % pump_every() and calls > 1:
             return 0
@@ -84,7 +93,7 @@ def join(explorer: Any) -> None:
     key = id(explorer)
     with _lock:
         _live.add(key)
-    explorer.pump = throttled(explorer.pump)  # the pump's periodic callback is made on load
+    explorer.pump = throttled(explorer)  # the pump's periodic callback is made on load
 
     def leave(_context: Any) -> None:
         with _lock:

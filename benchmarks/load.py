@@ -45,13 +45,15 @@ from typing import Any
 import psutil
 from bokeh.protocol import Protocol
 from bokeh.protocol.receiver import Receiver
-from tornado.httpclient import AsyncHTTPClient
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.websocket import websocket_connect
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_SESSIONS = 64
-SERVE_OPTIONS = ["--check-unused-sessions", "1000", "--unused-session-lifetime", "6000"]
-"""As ``./dev serve``: a closed page's session ends within ~7 s (see tests/browser/test_app_browser.py)."""
+SERVE_OPTIONS = ["--check-unused-sessions", "1000", "--unused-session-lifetime", "20000"]
+"""As ``./dev serve``: a closed page's session ends within ~21 s (its worker stops at once: app/load.py);
+a page whose websocket waits behind other pages' builds keeps its session for 20 s (shorter, and it
+is discarded and built twice)."""
 _ids = itertools.count()
 
 
@@ -95,10 +97,12 @@ class Page:
 
     async def open(self, timeout: float) -> None:
         t0 = time.monotonic()
-        resp = await AsyncHTTPClient().fetch(f"{self.base}/app", request_timeout=timeout)
+        resp = await AsyncHTTPClient().fetch(f"{self.base}/app", request_timeout=timeout,
+                                             connect_timeout=timeout)
         token = re.search(r'"token":"([^"]+)"', resp.body.decode()).group(1)
         ws_url = self.base.replace("http", "ws") + "/app/ws"
-        self.ws = await asyncio.wait_for(websocket_connect(ws_url, subprotocols=["bokeh", token]), timeout)
+        request = HTTPRequest(ws_url, connect_timeout=timeout, request_timeout=timeout)  # tornado's own: 20 s
+        self.ws = await asyncio.wait_for(websocket_connect(request, subprotocols=["bokeh", token]), timeout)
         await asyncio.wait_for(self._receive(), timeout)  # ACK
         await self._send("PULL-DOC-REQ", {})
         reply = await asyncio.wait_for(self._receive(), timeout)
