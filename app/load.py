@@ -34,9 +34,9 @@ from engine.worker import StepBudget
 
 log = logging.getLogger(__name__)
 
-STEP_CORES = float(os.environ.get("OPTISCOPE_STEP_CORES", "0.6"))
+STEP_CORES = float(os.environ.get("OPTISCOPE_STEP_CORES", "0.8"))
 """CPU seconds per second all races together may spend stepping (the rest: pumps, new pages).
-The default race's step costs ~1.7 ms here, so 0.6 core keeps 20 races at ~17 steps/s each."""
+Measured (benchmarks/load.py, 20 sessions, 2 cores): 0.6 core gave 8.5-9.8 steps/s each, 0.8 gave 9.7-11."""
 PUMPS_PER_SECOND = float(os.environ.get("OPTISCOPE_PUMPS_PER_SECOND", "60"))
 """Pumps (Bokeh messages) per second over all sessions: 6 pages at 10 Hz, 20 pages at 2.5 Hz."""
 PUMP_HZ = 10.0
