@@ -11,6 +11,11 @@ computes under that token (:mod:`engine.cancel`), so a step ends at its next che
 lanes, between the Hessian-vector products of a probe -- and the thread is gone within a fraction
 of a second even mid-way through a long probe; :meth:`join` waits for it where a caller must
 know (tests). A stopped step is abandoned, not finished: its run is not used again.
+
+Many workers in one process (a server with a class on it) share the CPU through one
+:class:`StepBudget`: each running worker gets an equal share of a stated fraction of a core and
+steps at ``min(asked, share / cost of its steps)``, so twenty races degrade together instead of
+some stalling, and a costly race (a network) gets fewer steps of the same CPU time as a cheap one.
 """
 
 from __future__ import annotations
@@ -44,12 +49,51 @@ class _Call:
 _counter = itertools.count()
 
 
-class RunWorker:
-    """One thread stepping one run at ``steps_per_second`` (paused until :meth:`resume`)."""
+class StepBudget:
+    """A process-wide budget of ``cores`` (CPU seconds per second) for stepping, shared equally by
+    the workers running now: a worker whose steps cost ``c`` CPU seconds each may take
+    ``cores / n_running / c`` steps per second (never fewer than ``floor``). Thread-safe."""
 
-    def __init__(self, run: Run, steps_per_second: float = 30.0, *, max_records: int = 200_000) -> None:
+    def __init__(self, cores: float, floor: float = 1.0) -> None:
+        if cores <= 0:
+            raise ValueError(f"a step budget needs a positive number of cores, not {cores}")
+        self.cores = cores
+        self.floor = floor
+        self._running: set[int] = set()
+        self._lock = threading.Lock()
+
+    def running(self, worker: object, on: bool) -> None:
+        with self._lock:
+            (self._running.add if on else self._running.discard)(id(worker))
+
+    @property
+    def n_running(self) -> int:
+        return len(self._running)
+
+    def share(self) -> float:
+        """CPU seconds per second each running worker may use."""
+        return self.cores / max(1, len(self._running))
+
+    def cap(self, step_seconds: float) -> float:
+        """Steps per second for a worker whose steps take ``step_seconds`` of CPU each."""
+        return max(self.floor, self.share() / max(step_seconds, 1e-6))
+
+
+class RunWorker:
+    """One thread stepping one run at ``steps_per_second`` (paused until :meth:`resume`), or at
+    its fair share of ``budget`` where that is lower (:attr:`rate`)."""
+
+    budget: StepBudget | None = None
+    """The budget workers share when none is given (None: each steps at its asked rate). A server
+    sets it once (``app/main.py``); notebooks and tests leave it unset."""
+
+    def __init__(self, run: Run, steps_per_second: float = 30.0, *, max_records: int = 200_000,
+                 budget: StepBudget | None = None) -> None:
         self.run = run  # touch only from the worker thread while it is alive
         self.steps_per_second = steps_per_second
+        if budget is not None:
+            self.budget = budget
+        self.step_seconds = 0.0  # CPU seconds per step (a moving average), for the budget
         self._commands: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._records: deque[Record] = deque(maxlen=max_records)
         self._errors: deque[str] = deque(maxlen=50)
@@ -102,6 +146,14 @@ class RunWorker:
         return out
 
     @property
+    def rate(self) -> float:
+        """Steps per second the worker aims at now: the asked rate, or its share of the budget."""
+        asked = max(self.steps_per_second, 1e-3)
+        if self.budget is None or not self.step_seconds:
+            return asked
+        return min(asked, self.budget.cap(self.step_seconds))
+
+    @property
     def alive(self) -> bool:
         return self._thread.is_alive()
 
@@ -132,12 +184,15 @@ class RunWorker:
 
     # -- worker thread ---------------------------------------------------------------------------
     def _step(self) -> None:
+        cpu = time.thread_time()
         try:
             self._records.extend(self.run.step())
         except Exception as exc:  # a broken step pauses the run and reports; it never kills the thread
             log.exception("run step failed")
             self.run.apply(Pause())
             self._errors.append(f"step failed and the run was paused: {exc}")
+        cost = time.thread_time() - cpu  # this thread's CPU only: waiting for the GIL is not a cost
+        self.step_seconds = cost if not self.step_seconds else 0.9 * self.step_seconds + 0.1 * cost
         self.tick = self.run.tick
 
     def _apply_commands(self) -> int:
@@ -175,19 +230,23 @@ class RunWorker:
         except Cancelled:
             pass
         finally:
+            if self.budget is not None:
+                self.budget.running(self, False)
             self._cancel_calls()  # commands that came after stop()
 
     def _pace(self) -> None:
         deadline = time.perf_counter()
         while not self._thread.cancelled:
             self._apply_commands()
+            if self.budget is not None:
+                self.budget.running(self, not self.run.paused)
             if self.run.paused:
                 self._wake.wait(0.5)
                 self._wake.clear()
                 deadline = time.perf_counter()
                 continue
             self._step()
-            interval = 1.0 / max(self.steps_per_second, 1e-3)
+            interval = 1.0 / self.rate
             deadline = max(deadline + interval, time.perf_counter() - 0.25)  # don't bank a backlog
             remaining = deadline - time.perf_counter()
             if remaining > 0:

@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from engine import instruments
 from engine.events import SetHyperparameter
 from engine.instruments import ProbeConfig
 from engine.run import LaneConfig, Run, RunConfig
-from engine.worker import RunWorker
+from engine.worker import RunWorker, StepBudget
 from tests.engine.test_run import Valley
 
 
@@ -31,7 +32,7 @@ def wait_for(cond, timeout: float = 5.0) -> None:
         time.sleep(0.005)
 
 
-def make_worker(**kw: float) -> RunWorker:
+def make_worker(**kw: Any) -> RunWorker:
     run = Run(Valley(), RunConfig(lanes=(LaneConfig("sgd", {"lr": 0.01}),), device="cpu"))
     return RunWorker(run, **kw).start()
 
@@ -167,7 +168,7 @@ def test_stop_never_waits_for_the_work() -> None:
 
 EXIT_WHILE_BUSY = """
 import sys, time
-from engine.worker import RunWorker
+from engine.worker import RunWorker, StepBudget
 from tests.engine.test_worker import long_probe_worker
 w, problem = long_probe_worker()
 w.step_once()
@@ -186,3 +187,57 @@ def test_the_interpreter_exits_cleanly_while_a_worker_computes() -> None:
     assert "exiting while the worker computes" in out.stdout
     assert out.returncode == 0, out.stderr[-2000:]
     assert "terminate called" not in out.stderr
+
+
+def test_a_step_budget_shares_its_cores_equally_among_running_workers() -> None:
+    budget = StepBudget(0.6, floor=2.0)
+    a, b, c = object(), object(), object()
+    assert budget.share() == 0.6 and budget.cap(0.002) == pytest.approx(300.0)  # none running: all of it
+    budget.running(a, True)
+    budget.running(b, True)
+    budget.running(b, True)  # said twice: still one worker
+    budget.running(c, True)
+    assert budget.n_running == 3 and budget.share() == pytest.approx(0.2)
+    assert budget.cap(0.002) == pytest.approx(100.0)  # 0.2 CPU s/s at 2 ms a step
+    assert budget.cap(1.0) == 2.0  # never below the floor
+    budget.running(a, False)
+    assert budget.cap(0.002) == pytest.approx(150.0)
+    with pytest.raises(ValueError, match="positive number of cores"):
+        StepBudget(0.0)
+
+
+def test_a_worker_steps_at_the_lower_of_its_asked_rate_and_its_share() -> None:
+    budget = StepBudget(0.05)
+    w = make_worker(steps_per_second=30.0, budget=budget)  # paused: it counts itself once it runs
+    others = [object(), object()]
+    try:
+        assert w.rate == 30.0  # no step measured yet: the asked rate
+        w.step_seconds = 0.01  # 10 ms of CPU a step: alone, 0.05 / 0.01 = 5 steps/s
+        assert w.rate == pytest.approx(5.0)
+        budget.running(others[0], True)
+        budget.running(others[1], True)
+        assert w.rate == pytest.approx(2.5)  # its share of a budget two others use
+        w.step_seconds = 1e-4
+        assert w.rate == 30.0  # a cheap step: the asked rate binds
+        w.resume()
+        wait_for(lambda: budget.n_running == 3)
+        w.pause()
+        wait_for(lambda: budget.n_running == 2)
+        w.resume()
+        wait_for(lambda: budget.n_running == 3)
+    finally:
+        w.stop()
+    assert w.join(5)
+    assert budget.n_running == 2  # a stopped worker leaves the budget
+
+
+def test_a_worker_measures_the_cpu_cost_of_its_steps() -> None:
+    w = make_worker()
+    try:
+        for _ in range(5):
+            w.step_once()
+        wait_for(lambda: w.tick == 5)
+        assert 0 < w.step_seconds < 1.0
+        assert w.rate == 30.0 and w.budget is None  # no budget unless one is given (or set by a server)
+    finally:
+        w.stop()

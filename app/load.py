@@ -1,0 +1,123 @@
+"""A class on one server: the sessions of one ``panel serve`` process share its CPU fairly.
+
+The server is one Python interpreter: every page's run worker, every page's pump (its Bokeh messages)
+and every new page's document share one core's worth of GIL. Two server-wide budgets, computed here
+and nowhere else, shrink each session's share as sessions join, so that all of them keep stepping
+and answering instead of a few running at full speed while the rest stall:
+
+- steps: :data:`BUDGET`, a :class:`engine.worker.StepBudget` of :data:`STEP_CORES` CPU seconds per
+  second shared equally by the races running now (each race steps at the lower of its asked rate
+  and its share over the CPU cost of its steps);
+- messages: the pumps of all sessions together run at most :data:`PUMPS_PER_SECOND` times per
+  second; with more sessions, each page's 10 Hz pump skips calls (:func:`pump_every`).
+
+A page's rate meter shows the rate really taken (it measures the counter), so a shrunk share is
+visible. When a session ends, its worker is stopped (:meth:`app.explorer.Explorer.close`) and,
+shortly after the last of a burst of closes, the process collects its cycles and gives freed
+memory back to the system (:func:`tidy`), so RSS and threads return to idle.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import logging
+import math
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from tornado.ioloop import IOLoop
+
+from engine.worker import StepBudget
+
+log = logging.getLogger(__name__)
+
+STEP_CORES = float(os.environ.get("OPTISCOPE_STEP_CORES", "0.8"))
+"""CPU seconds per second all races together may spend stepping (the rest: pumps, new pages).
+Measured (benchmarks/load.py, 20 sessions, 2 cores): 0.6 core gave 8.5-9.8 steps/s each, 0.8 gave 9.7-11."""
+PUMPS_PER_SECOND = float(os.environ.get("OPTISCOPE_PUMPS_PER_SECOND", "60"))
+"""Pumps (Bokeh messages) per second over all sessions: 6 pages at 10 Hz, 20 pages at 2.5 Hz."""
+PUMP_HZ = 10.0
+"""The pump's own cadence (:data:`app.explorer.PUMP_MS` = 100 ms)."""
+TIDY_AFTER_S = 2.0
+"""Seconds after a session ends before the process collects and trims (one tidy per burst)."""
+
+BUDGET = StepBudget(STEP_CORES)
+_live: set[int] = set()
+_lock = threading.Lock()
+_tidy_call: Any = None
+
+
+def sessions() -> int:
+    """Sessions of this process now."""
+    return len(_live)
+
+
+def pump_every(n: int | None = None) -> int:
+    """Each page runs one pump call in this many, so that ``n`` pages pump at most
+    :data:`PUMPS_PER_SECOND` times per second together."""
+    n = sessions() if n is None else n
+    return max(1, math.ceil(n * PUMP_HZ / PUMPS_PER_SECOND))
+
+
+def throttled(explorer: Any) -> Callable[[], Any]:
+    """The explorer's pump, run on one call in :func:`pump_every` (the others return 0 at once);
+    once the page that was there has gone (its websocket closed), it closes the explorer at once:
+    its worker stops now rather than when the server ends the session (seconds to minutes later)."""
+    pump = explorer.pump
+    calls = 0
+    seen = False
+
+    def call() -> Any:
+        nonlocal calls, seen
+        if explorer._connected():
+            seen = True
+        elif seen:
+            explorer.close()
+            return 0
+        calls += 1
+        if calls % pump_every() and calls > 1:
+            return 0
+        return pump()
+
+    return call
+
+
+def join(explorer: Any) -> None:
+    """Count a served page's explorer among the sessions, throttle its pump, and let it go (and
+    tidy up) when its session ends. Call before the page has loaded (the pump starts then)."""
+    import panel as pn
+
+    key = id(explorer)
+    with _lock:
+        _live.add(key)
+    explorer.pump = throttled(explorer)  # the pump's periodic callback is made on load
+
+    def leave(_context: Any) -> None:
+        with _lock:
+            _live.discard(key)
+        schedule_tidy()  # the explorer's own hook (registered first) has stopped its worker
+
+    pn.state.on_session_destroyed(leave)
+
+
+def schedule_tidy(delay: float = TIDY_AFTER_S) -> None:
+    """:func:`tidy` on the server's loop, ``delay`` seconds after the last call (a burst of closes:
+    one tidy). Call on the loop's thread (a session-destroyed hook is)."""
+    global _tidy_call
+    loop = IOLoop.current()
+    if _tidy_call is not None:
+        loop.remove_timeout(_tidy_call)
+    _tidy_call = loop.call_later(delay, tidy)
+
+
+def tidy() -> None:
+    """Collect reference cycles (a closed page's models, watchers and run) and return freed heap
+    to the system (glibc keeps it otherwise, and RSS stays high after a class has left)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the memory is reused, just not returned
+        pass
