@@ -2,10 +2,12 @@
 :class:`~app.views.base.View`; a new panel is one more file and one more entry here."""
 
 from app.views.base import View
+from app.views.connectivity import ConnectivityView
 from app.views.curvature import CurvatureView
 from app.views.curves import GradView, LossView
 from app.views.diagnostics import DiagnosticsView
 from app.views.experiments import ExperimentsView
+from app.views.game import GameView
 from app.views.landscape import LandscapeView
 from app.views.leaderboard import LeaderboardView
 from app.views.memory import MemoryView
@@ -26,6 +28,8 @@ VIEWS: tuple[type[View], ...] = (
     MemoryView,
     SliceView,
     ExperimentsView,  # issue 15: tuned, seeded comparisons and basin maps around the race
+    GameView,  # issue 18: a simplex game's strategies on their triangles, duality gap and KL
+    ConnectivityView,  # issue 18: linear mode connectivity before and after weight matching
     LearnedView,  # a network's decision boundary or predictions
     ShareView,
 )
