@@ -100,18 +100,18 @@ class ConnectivityView(View):
 
     def __init__(self, session: Any, notify: Any) -> None:
         super().__init__(session, notify)
-        self.width = pn.widgets.IntInput(name="hidden width", value=32, start=1, end=1024, width=100)
+        self.width = pn.widgets.IntInput(label="hidden width", value=32, start=1, end=1024, width=100)
         self.steps = pn.widgets.IntInput(
-            name="SGD steps each", value=300, start=1, end=MAX_STEPS, step=50, width=110
+            label="SGD steps each", value=300, start=1, end=MAX_STEPS, step=50, width=110
         )
         self.lr = pn.widgets.FloatInput(
-            name="SGD step size", value=0.1, start=1e-4, end=10.0, step=0.01, width=100
+            label="SGD step size", value=0.1, start=1e-4, end=10.0, step=0.01, width=100
         )
-        self.seed_a = pn.widgets.IntInput(name="seed A", value=1, start=0, width=70)
-        self.seed_b = pn.widgets.IntInput(name="seed B", value=2, start=0, width=70)
-        self.points = pn.widgets.IntInput(name="points", value=21, start=3, end=MAX_POINTS, width=70)
+        self.seed_a = pn.widgets.IntInput(label="seed A", value=1, start=0, width=70)
+        self.seed_b = pn.widgets.IntInput(label="seed B", value=2, start=0, width=70)
+        self.points = pn.widgets.IntInput(label="points", value=21, start=3, end=MAX_POINTS, width=70)
         self.button = pn.widgets.Button(
-            name="Train two and match", button_type="primary", width=150, margin=(22, 5, 5, 5)
+            label="Train two and match", color="primary", width=150, margin=(22, 5, 5, 5)
         )
         self.button.on_click(lambda _: self.request(self.study()))
         self.jobs = JobStrip()

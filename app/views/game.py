@@ -117,20 +117,20 @@ class GameView(View):
 
     def __init__(self, session: Any, notify: Any) -> None:
         super().__init__(session, notify)
-        self.game = pn.widgets.Select(name="game", options={v: k for k, v in GAMES.items()}, width=180)
+        self.game = pn.widgets.Select(label="game", options={v: k for k, v in GAMES.items()}, width=180)
         self.tau = pn.widgets.FloatInput(
-            name="tau (entropic reg.)", value=0.0, start=0.0, end=MAX_TAU, step=0.05, width=130
+            label="tau (entropic reg.)", value=0.0, start=0.0, end=MAX_TAU, step=0.05, width=130
         )
         self.methods = pn.widgets.MultiChoice(
-            name="methods", value=list(METHODS), width=330, options={SHORT[m]: m for m in METHODS}
+            label="methods", value=list(METHODS), width=330, options={SHORT[m]: m for m in METHODS}
         )
         self.lr = pn.widgets.FloatInput(
-            name="step size η", value=0.1, start=1e-4, end=10.0, step=0.01, width=100
+            label="step size η", value=0.1, start=1e-4, end=10.0, step=0.01, width=100
         )
         self.steps = pn.widgets.IntInput(
-            name="steps", value=1_000, start=1, end=MAX_STEPS, step=100, width=100
+            label="steps", value=1_000, start=1, end=MAX_STEPS, step=100, width=100
         )
-        self.button = pn.widgets.Button(name="Play", button_type="primary", width=80, margin=(22, 5, 5, 5))
+        self.button = pn.widgets.Button(label="Play", color="primary", width=80, margin=(22, 5, 5, 5))
         self.button.on_click(lambda _: self.request(self.study()))
         self.jobs = JobStrip()
         self.triangles = {who: self._triangle(who) for who in ("row", "column")}
