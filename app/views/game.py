@@ -24,7 +24,8 @@ from bokeh.models import ColumnDataSource, Label
 
 from app.figures import make_figure
 from app.jobs import Job
-from app.views.base import JobStrip, View, html_escape
+from app.lanes import PALETTE
+from app.views.base import JobStrip, View, html_escape, swatch
 from engine.limits import check_run
 from engine.registry import get_spec
 from engine.run import LaneConfig, RunConfig
@@ -37,7 +38,12 @@ ACTIONS = ("rock", "paper", "scissors")
 """Rows and columns of both built-in payoff matrices, in order (landscapes.simplex_games.RPS)."""
 METHODS = ("exp_gradient", "optimistic_mw", "mirror_prox_entropic")
 """The entropic methods: each keeps both players on their simplices (the Euclidean ones leave it)."""
-COLORS = {"exp_gradient": "#d62728", "optimistic_mw": "#1f77b4", "mirror_prox_entropic": "#2ca02c"}
+COLORS = dict(zip(METHODS, PALETTE, strict=False))
+"""The race's lane colours in the classroom presets' order (multiplicative weights blue, optimistic
+orange, mirror prox green), so the tab and the race's curves agree."""
+WIDTHS = {"exp_gradient": 2.0, "optimistic_mw": 4.0, "mirror_prox_entropic": 1.5}
+"""Optimistic weights and mirror prox nearly coincide on these games: the one drawn first is wider,
+so both stay visible where they overlap."""
 SHORT = {
     "exp_gradient": "multiplicative weights",
     "optimistic_mw": "optimistic MW",
@@ -122,7 +128,7 @@ class GameView(View):
             label="tau (entropic reg.)", value=0.0, start=0.0, end=MAX_TAU, step=0.05, width=130
         )
         self.methods = pn.widgets.MultiChoice(
-            label="methods", value=list(METHODS), width=330, options={SHORT[m]: m for m in METHODS}
+            label="methods", value=list(METHODS), width=310, options={SHORT[m]: m for m in METHODS}
         )
         self.lr = pn.widgets.FloatInput(
             label="step size η", value=0.1, start=1e-4, end=10.0, step=0.01, width=100
@@ -136,23 +142,23 @@ class GameView(View):
         self.triangles = {who: self._triangle(who) for who in ("row", "column")}
         self.curves = {m: ColumnDataSource(_empty_curves()) for m in METHODS}
         self.gap_fig = make_figure(
-            "duality gap (last iterate; dashed: running average)", 240, log_y=True, y_label="gap"
+            "duality gap: last iterate (solid), running average (dashed)", 210, log_y=True, y_label="gap"
         )
-        self.kl_fig = make_figure("KL to the equilibrium (last iterate)", 240, log_y=True, y_label="KL")
+        self.kl_fig = make_figure("KL to the equilibrium (last iterate)", 210, log_y=True, y_label="KL")
         for m in METHODS:
-            src = self.curves[m]
+            src, color, width = self.curves[m], COLORS[m], WIDTHS[m]
+            self.gap_fig.line("step", "gap_drawn", source=src, color=color, line_width=width, alpha=0.9)
             self.gap_fig.line(
-                "step", "gap_drawn", source=src, color=COLORS[m], line_width=2, legend_label=SHORT[m]
+                "step", "average_drawn", source=src, color=color, line_dash="dashed", line_width=1
             )
-            self.gap_fig.line(
-                "step", "average_drawn", source=src, color=COLORS[m], line_dash="dashed", line_width=1
-            )
-            self.kl_fig.line(
-                "step", "kl_drawn", source=src, color=COLORS[m], line_width=2, legend_label=SHORT[m]
-            )
-        for fig in (self.gap_fig, self.kl_fig):
-            fig.legend.location = "bottom_left"
-            fig.legend.background_fill_alpha = 0.6
+            self.kl_fig.line("step", "kl_drawn", source=src, color=color, line_width=width, alpha=0.9)
+        self.legend = pn.pane.HTML(
+            "<small>"
+            + " &nbsp; ".join(f"{swatch(COLORS[m])}{SHORT[m]}" for m in METHODS)
+            + " &nbsp; ★ Nash equilibrium &nbsp; ○ start</small>",
+            margin=(0, 8),
+            sizing_mode="stretch_width",
+        )
         self.caption = pn.pane.Markdown(
             "Pick methods and a step size, then press Play.",
             sizing_mode="stretch_width",
@@ -161,28 +167,25 @@ class GameView(View):
         self.plays: dict[str, GamePlay] = {}
         self.shown: GameStudy | None = None
         self._stale = True  # nothing drawn for this problem yet: the first refresh on screen plays
-        pictures = pn.GridBox(
-            *(
-                pn.pane.Bokeh(f, sizing_mode="stretch_width")
-                for f in (*(t[0] for t in self.triangles.values()), self.gap_fig, self.kl_fig)
-            ),
-            ncols=2,
+        triangles = pn.Row(
+            *(pn.pane.Bokeh(t[0], sizing_mode="stretch_width") for t in self.triangles.values()),
             sizing_mode="stretch_width",
         )
         self.panel = pn.Column(
-            pn.Row(self.game, self.tau, self.lr, self.steps, self.button),
-            self.methods,
+            pn.FlexBox(self.game, self.tau, self.lr, self.steps, self.methods, self.button),
             self.jobs.panel,
-            pictures,
+            self.legend,
+            triangles,
+            pn.pane.Bokeh(self.gap_fig, sizing_mode="stretch_width"),
+            pn.pane.Bokeh(self.kl_fig, sizing_mode="stretch_width"),
             self.caption,
             sizing_mode="stretch_width",
         )
 
     def _triangle(self, who: str) -> tuple[Any, dict[str, ColumnDataSource], tuple[ColumnDataSource, ...]]:
-        player = "row player x (minimizes)" if who == "row" else "column player y (maximizes)"
         fig = make_figure(
-            f"{player}: strategy on the triangle",
-            250,
+            "row player x (minimizes)" if who == "row" else "column player y (maximizes)",
+            220,
             x_label="",
             tools="pan,wheel_zoom,reset,save",
             match_aspect=True,
@@ -197,7 +200,7 @@ class GameView(View):
             fig.add_layout(Label(x=x, y=y + dy, text=name, text_align="center", text_font_size="11px"))
         paths = {m: ColumnDataSource({"x": [], "y": [], "step": []}) for m in METHODS}
         for m in METHODS:
-            fig.line("x", "y", source=paths[m], color=COLORS[m], line_width=1.5, alpha=0.85)
+            fig.line("x", "y", source=paths[m], color=COLORS[m], line_width=WIDTHS[m] / 2 + 0.5, alpha=0.85)
         nash = ColumnDataSource({"x": [], "y": []})
         fig.scatter(
             "x",
@@ -207,13 +210,9 @@ class GameView(View):
             size=16,
             color="gold",
             line_color="black",
-            legend_label="Nash equilibrium",
         )
         start = ColumnDataSource({"x": [], "y": []})
-        fig.scatter("x", "y", source=start, size=7, color="white", line_color="black", legend_label="start")
-        fig.legend.location = "top_right"
-        fig.legend.label_text_font_size = "9px"
-        fig.legend.background_fill_alpha = 0.5
+        fig.scatter("x", "y", source=start, size=7, color="white", line_color="black")
         return fig, paths, (nash, start)
 
     # -- what the page tells the view ---------------------------------------------------------------
@@ -328,7 +327,7 @@ class GameView(View):
                 f"{p.duality_gap[-1]:.3g}, running-average gap {p.average_gap[-1]:.3g}"
             )
         lines.append(
-            f"Log axes; values below {FLOOR:.1e} (float64 machine epsilon: rounding noise) are drawn "
+            f"\nLog axes; values below {FLOOR:.1e} (float64 machine epsilon: rounding noise) are drawn "
             f"at that floor. Computed in {seconds:.1f} s."
         )
         return "\n".join(lines)
