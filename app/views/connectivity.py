@@ -21,7 +21,7 @@ from bokeh.models import ColumnDataSource
 
 from app.figures import make_figure
 from app.jobs import Job
-from app.views.base import JobStrip, View, html_escape
+from app.views.base import JobStrip, View, html_escape, swatch
 from engine.limits import check_run
 from engine.run import LaneConfig, RunConfig
 from landscapes.connectivity import Connectivity, mlp_permutation_spec, mode_connectivity, train_pair
@@ -33,6 +33,7 @@ MAX_STEPS = 5_000
 MAX_POINTS = 101
 """Points along each path (two full-set evaluations of the network per point)."""
 CURVES = {"loss": "training loss (full set)", "test_loss": "test loss"}
+COLORS = {"naive": "#d62728", "matched": "#1f77b4"}
 
 
 @dataclass(frozen=True)
@@ -123,28 +124,25 @@ class ConnectivityView(View):
         fig = make_figure(
             "loss along the linear path θ(α) = (1 − α) θ_A + α θ_B", 300, x_label="α", y_label="loss"
         )
-        styles = {
-            "naive": ("#d62728", "before matching: θ_B as trained"),
-            "matched": ("#1f77b4", "after matching: π(θ_B)"),
-        }
         for (kind, curve), src in self.paths.items():
-            color, label = styles[kind]
             dash = "solid" if curve == "loss" else "dashed"
-            fig.line(
-                "alpha",
-                "value",
-                source=src,
-                color=color,
-                line_width=2,
-                line_dash=dash,
-                legend_label=f"{label}, {CURVES[curve]}",
-            )
-            fig.scatter("alpha", "value", source=src, color=color, size=4)
-        fig.legend.location = "top_left"
-        fig.legend.label_text_font_size = "10px"
-        fig.legend.background_fill_alpha = 0.6
+            fig.line("alpha", "value", source=src, color=COLORS[kind], line_width=2, line_dash=dash)
+            fig.scatter("alpha", "value", source=src, color=COLORS[kind], size=4)
         self.figure = fig
-        self.picture = pn.pane.Bokeh(fig, sizing_mode="stretch_width", visible=False)
+        legend = pn.pane.HTML(
+            f"<small>{swatch(COLORS['naive'])}before matching: θ_B as trained &nbsp; "
+            f"{swatch(COLORS['matched'])}after matching: π(θ_B), B's hidden units permuted &nbsp; "
+            "solid: training loss (full set), dashed: test loss</small>",
+            margin=(0, 8),
+            sizing_mode="stretch_width",
+        )
+        # shown and hidden as a column: toggling a served Bokeh pane's visibility fails in Panel
+        self.picture = pn.Column(
+            legend,
+            pn.pane.Bokeh(fig, sizing_mode="stretch_width"),
+            visible=False,
+            sizing_mode="stretch_width",
+        )
         self.caption = pn.pane.Markdown(
             "Train two networks from two seeds, then compare the straight path "
             "between them before and after weight matching.",
@@ -155,7 +153,7 @@ class ConnectivityView(View):
         self.shown: ConnectivityStudy | None = None
         self._stale = True  # nothing computed for this problem yet: the first refresh on screen starts one
         self.panel = pn.Column(
-            pn.Row(self.width, self.steps, self.lr, self.seed_a, self.seed_b, self.points, self.button),
+            pn.FlexBox(self.width, self.steps, self.lr, self.seed_a, self.seed_b, self.points, self.button),
             self.jobs.panel,
             self.picture,
             self.caption,
