@@ -124,3 +124,20 @@ def test_it_applies_to_mlps_only_and_takes_the_sessions_width() -> None:
     linear = SimpleNamespace(problem_obj=get_network("logistic_regression"), lanes=[], _applied=None)
     assert not ConnectivityView(linear, print).applies()  # one linear layer: no hidden units to permute
     assert not ConnectivityView(SimpleNamespace(problem_obj=None), print).applies()
+
+
+@pytest.mark.slow
+def test_the_lmc_presets_claim_holds_at_the_views_defaults() -> None:
+    """Barrier ~0.38 -> ~0.05, distance ~10.6 -> ~6.9 (digits MLP, width 32, 300 SGD steps each)."""
+    from app.presets import presets
+    from app.views.connectivity import run_study
+
+    preset = presets()["lmc_weight_matching"]
+    ((optimizer, hyperparameters),) = preset.lanes
+    assert optimizer == "sgd"  # the tab trains with SGD at the race's step size
+    study = ConnectivityStudy(problem=preset.problem, width=preset.options["width"], lr=hyperparameters["lr"])
+    assert (study.steps, study.seeds, study.points) == (300, (1, 2), 21)  # the tab's defaults
+    result, _ = run_study(study)
+    assert result.barrier_naive["loss"] == pytest.approx(0.38, abs=0.03)
+    assert result.barrier_matched["loss"] == pytest.approx(0.05, abs=0.02)
+    assert (result.l2_naive, result.l2_matched) == (pytest.approx(10.6, abs=0.2), pytest.approx(6.9, abs=0.2))

@@ -133,3 +133,54 @@ def test_cancel_stops_the_play_and_the_view_plays_again() -> None:
     job = view.request(GameStudy(methods=("optimistic_mw",), steps=5), wait=True)
     view.refresh()
     assert not job.error and len(view.curves["optimistic_mw"].data["step"]) == 6
+
+
+def test_a_game_preset_opens_the_tab_with_the_races_game_tau_methods_and_step_size() -> None:
+    from app.explorer import Explorer
+    from app.views.connectivity import ConnectivityView
+
+    ex = Explorer(landscape="rosenbrock")
+    try:
+        assert not ex.view(GameView).applies()  # no game, no tab
+        assert ex.apply_preset("rps_regularized")
+        view = ex.view(GameView)
+        assert view.applies() and not ex.view(ConnectivityView).applies()
+        assert ex.instruments._names[ex.instruments.active] == "game"
+        study = view.study()
+        assert (study.game, study.tau, study.methods, study.lr) == ("rps_game", 0.1, METHODS, 0.1)
+    finally:
+        ex.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["rps_cycles", "rps_regularized"])
+def test_the_game_presets_claims_hold_at_the_views_defaults(name: str) -> None:
+    """The numbers the presets' claims state, at the tab's 1,000 steps."""
+    from app.presets import presets
+    from app.views.game import run_study
+
+    preset = presets()[name]
+    study = GameStudy(
+        game=preset.problem,
+        tau=preset.options.get("tau", 0.0),
+        methods=tuple(n for n, _ in preset.lanes),
+        lr=0.1,
+        steps=GameStudy().steps,
+    )
+    _, plays, _ = run_study(study)
+    mw, om, mp = (plays[m] for m in METHODS)
+    assert mw.kl_to_equilibrium[0] == pytest.approx(0.14, abs=0.005)
+    if name == "rps_cycles":  # KL 0.14 -> 2.3 and gap 1.7 for MW; KL 0.005, gap 0.09 for the others
+        assert mw.kl_to_equilibrium[-1] == pytest.approx(2.3, abs=0.1) and mw.duality_gap[
+            -1
+        ] == pytest.approx(1.7, abs=0.1)
+        for p in (om, mp):
+            assert p.kl_to_equilibrium[-1] == pytest.approx(0.005, abs=0.001)
+            assert p.duality_gap[-1] == pytest.approx(0.09, abs=0.01)
+    else:  # every method converges: MW to ~1e-8, the others to ~1e-11, straight on a log axis
+        assert 1e-9 < mw.kl_to_equilibrium[-1] < 1e-7
+        for p in (om, mp):
+            assert 1e-12 < p.kl_to_equilibrium[-1] < 1e-10
+        for p in (mw, om, mp):  # linear convergence: equal log-decrements over the two halves
+            k = np.log(p.kl_to_equilibrium[[200, 600, 1000]])
+            assert (k[1] - k[0]) == pytest.approx(k[2] - k[1], rel=0.2)
