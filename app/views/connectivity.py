@@ -236,7 +236,7 @@ class ConnectivityView(View):
             src.data = {"alpha": result.alphas, "value": path.curves[curve]}
         bn, bm = result.barrier_naive["loss"], result.barrier_matched["loss"]
         self.figure.title.text = (
-            f"barrier {bn:.3g} → {bm:.3g} after matching; "
+            f"training-loss barrier {bn:.3g} → {bm:.3g} after matching; "
             f"‖θ_A − θ_B‖ {result.l2_naive:.3g} → {result.l2_matched:.3g}"
         )
         self.picture.visible = True
