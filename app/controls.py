@@ -103,7 +103,9 @@ def schedule_svg(s: Schedule | None, base: float, step: int | None, color: str,
         dot = (f'<circle cx="{left + w * t / (horizon - 1):.1f}" cy="{top + h * (1 - s.factor(step)):.1f}" '
                f'r="3.5" fill="{color}" stroke="black" stroke-width="0.8"/>')
     label = "font-size:9px;fill:#555;font-family:sans-serif"
-    return (f'<svg width="{width}" height="{height}" class="lr-schedule">'
+    why = ("lr = base x the schedule's factor at the lane's own step, counted from the lane's start: "
+           "a schedule picked at step 400 takes its value at step 400 at once")
+    return (f'<svg width="{width}" height="{height}" class="lr-schedule"><title>{why}</title>'
             f'<line x1="{left}" y1="{top + h}" x2="{left + w}" y2="{top + h}" stroke="#bbb"/>'
             f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + h}" stroke="#bbb"/>'
             f'<text x="{left - 3}" y="{top + 7}" text-anchor="end" style="{label}">{base:.2g}</text>'

@@ -1,5 +1,6 @@
 """Curves as pictures: a record column against a step or oracle axis, one thick median line per lane
-over thin lines per start, drawn by matplotlib (Agg) with the race picture's figure helpers."""
+over thin lines per start, drawn by matplotlib (Agg) with the helpers every picture shares
+(:mod:`app.pictures`)."""
 
 from __future__ import annotations
 
@@ -11,16 +12,16 @@ from matplotlib.ticker import NullFormatter
 
 from app.batch import AXES as X_AXES
 from app.lanes import lane_color
-from app.race_image import (
+from app.pictures import (
     Records,
-    _broken,
-    _figure,
-    _font,
-    _lane_labels,
-    _place_legend,
-    _png,
-    _segments,
-    _table,
+    broken,
+    font_points,
+    lane_labels,
+    new_figure,
+    place_legend,
+    record_table,
+    save_png,
+    segments,
 )
 from engine.export import COUNT_COLUMNS
 from engine.records import RUNNING
@@ -54,7 +55,7 @@ def curves_figure(records: Records, y: str = "loss", x: str = "step", log_y: boo
     The y-range fits the trajectories that did not diverge: a diverged one leaves the plot (and a
     note says so) rather than flattening every other curve. Curve lines carry the gid
     ``"curve lane=<k> start=<j>"`` (``start=median`` for the thick line)."""
-    frame = _table(records)
+    frame = record_table(records)
     xcol = X_AXES.get(x, x)
     if xcol == "oracle_calls" and xcol not in frame.columns:
         frame["oracle_calls"] = frame[list(COUNT_COLUMNS)].sum(axis=1)
@@ -66,11 +67,11 @@ def curves_figure(records: Records, y: str = "loss", x: str = "step", log_y: boo
     values[~np.isfinite(values) | ((values <= 0) if log_y else False)] = np.nan
     frame = frame.assign(_y=values)
 
-    fig = _figure(size)
+    fig = new_figure(size)
     ax = fig.add_subplot()
-    font = _font(size) * 1.2  # a curve plot is wider than tall: its text may be a little larger
+    font = font_points(size) * 1.2  # a curve plot is wider than tall: its text may be a little larger
     lw = font / 5
-    labels = _lane_labels(frame)
+    labels = lane_labels(frame)
     live: list[np.ndarray] = []  # values of the trajectory segments that did not diverge
     gone: list[np.ndarray] = []  # and of those that did
     handles = []
@@ -78,18 +79,18 @@ def curves_figure(records: Records, y: str = "loss", x: str = "step", log_y: boo
         color = lane_color(int(lane))
         starts = sub["start"].nunique()
         for start, one in sub.groupby("start", sort=True):
-            segment = _segments(one["step"].to_numpy())
+            segment = segments(one["step"].to_numpy())
             yv = one["_y"].to_numpy(float)
             for s in np.unique(segment):
                 part = segment == s
                 (live if one["status"].to_numpy()[part][-1] == RUNNING else gone).append(yv[part])
             if starts > 1:
-                ax.plot(_broken(one[xcol].to_numpy(float), segment), _broken(yv, segment), color=color,
+                ax.plot(broken(one[xcol].to_numpy(float), segment), broken(yv, segment), color=color,
                         lw=lw / 3, alpha=0.45, zorder=2, gid=f"curve lane={lane} start={start}")
         med = sub.groupby("tick").agg(x=(xcol, "first"), y=("_y", "median"), step=("step", "first"))
-        segment = _segments(med["step"].to_numpy())
-        (line,) = ax.plot(_broken(med["x"].to_numpy(float), segment),
-                          _broken(med["y"].to_numpy(float), segment), color=color, lw=lw, zorder=3,
+        segment = segments(med["step"].to_numpy())
+        (line,) = ax.plot(broken(med["x"].to_numpy(float), segment),
+                          broken(med["y"].to_numpy(float), segment), color=color, lw=lw, zorder=3,
                           gid=f"curve lane={lane} start=median")
         handles.append(line)
     lo, hi = _y_range(live or gone, log_y)
@@ -108,7 +109,7 @@ def curves_figure(records: Records, y: str = "loss", x: str = "step", log_y: boo
     ax.grid(True, which="major", color="0.9", lw=0.8)
     ax.margins(x=0)
     fig.suptitle(title or f"{y_name} vs {x_name}", fontsize=1.1 * font)
-    _place_legend(ax, handles, list(labels.values()), 0.8 * font)
+    place_legend(ax, handles, list(labels.values()), 0.8 * font)
     return fig
 
 
@@ -116,4 +117,4 @@ def curves_png(records: Records, path: str | Path, y: str = "loss", x: str = "st
                size: tuple[int, int] = (900, 560), f_star: float | None = None,
                title: str | None = None) -> Path:
     """:func:`curves_figure` as a PNG of ``size`` pixels."""
-    return _png(curves_figure(records, y, x, log_y, size, f_star, title), path)
+    return save_png(curves_figure(records, y, x, log_y, size, f_star, title), path)

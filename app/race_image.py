@@ -27,27 +27,30 @@ from pathlib import Path
 
 import matplotlib as mpl
 import numpy as np
-import pandas as pd
 from matplotlib import patheffects
-from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
-from matplotlib.legend import Legend
 from matplotlib.lines import Line2D
 from matplotlib.text import Text
 from PIL import Image
 
 from app.figures import wants_log
 from app.lanes import lane_color
-from engine.export import records_frame
+from app.pictures import (
+    Records,
+    broken,
+    font_points,
+    lane_labels,
+    new_figure,
+    place_legend,
+    record_table,
+    save_png,
+    segments,
+)
 from engine.problem import Problem
-from engine.records import RUNNING, Record
-from engine.registry import HyperparameterError, get_spec
+from engine.records import RUNNING
 from engine.views import grid_values
 
-DPI = 100
-"""Figures are ``size / DPI`` inches at this resolution, so a picture has exactly ``size`` pixels."""
 GRID = 300
 """Landscape grid per side (the image is interpolated between grid points)."""
 LEVELS = 14
@@ -58,96 +61,6 @@ FINAL_FRAME_MS = 2000
 """How long the last frame of a GIF stays up before it loops (the finish is the point)."""
 CMAP = mpl.colormaps["viridis"].with_extremes(bad="#404040")  # grey where f is not finite
 
-Records = Sequence[Record] | pd.DataFrame
-
-
-def _figure(size: tuple[int, int]) -> Figure:
-    w, h = size
-    if w < 120 or h < 120:
-        raise ValueError(f"a picture needs at least 120 x 120 pixels, got {w} x {h}")
-    fig = Figure(figsize=(w / DPI, h / DPI), dpi=DPI, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _font(size: tuple[int, int]) -> float:
-    """Body text in points: 1/40 of the picture's smaller side, so it reads on a projector."""
-    return min(size) / 40 * 72 / DPI
-
-
-def _png(fig: Figure, path: str | Path) -> Path:
-    path = Path(path)
-    fig.savefig(path, format="png", dpi=DPI)
-    return path
-
-
-def _table(records: Records) -> pd.DataFrame:
-    frame = records if isinstance(records, pd.DataFrame) else records_frame(records)
-    return frame.sort_values(["lane", "start", "tick"], kind="stable").reset_index(drop=True)
-
-
-def _display_name(optimizer: str) -> str:
-    try:
-        return get_spec(optimizer).display_name
-    except HyperparameterError:  # records of an optimizer this process has not registered
-        return optimizer
-
-
-def _lane_labels(frame: pd.DataFrame) -> dict[int, str]:
-    """Per lane: its optimizer(s), learning rate (and where it went) and how many starts diverged."""
-    labels: dict[int, str] = {}
-    for lane, sub in frame.groupby("lane", sort=True):
-        sub = sub.sort_values("tick", kind="stable")
-        label = " -> ".join(dict.fromkeys(map(_display_name, sub["optimizer"])))
-        lrs = sub["hp_lr"].dropna().to_numpy(float) if "hp_lr" in sub else np.zeros(0)
-        if lrs.size:
-            label += f"  lr {lrs[0]:g}" + (f" -> {lrs[-1]:g}" if lrs[-1] != lrs[0] else "")
-        last = sub[sub["tick"] == sub["tick"].max()]
-        bad = int((last["status"] != RUNNING).sum())
-        if bad:
-            label += f"  ({bad}/{len(last)} diverged)"
-        labels[int(lane)] = label
-    return labels
-
-
-def _segments(steps: np.ndarray) -> np.ndarray:
-    """Segment number of each row of one trajectory: a restart (Reset, or a switch back to the
-    starts: the lane's step goes back) begins a new one."""
-    return np.concatenate([[0], np.cumsum(np.diff(steps) <= 0)]) if steps.size else steps
-
-
-def _broken(values: np.ndarray, segment: np.ndarray) -> np.ndarray:
-    """``values`` ``[T, ...]`` with a NaN row between segments, so one line shows separate pieces."""
-    cuts = np.flatnonzero(np.diff(segment)) + 1
-    return np.insert(values.astype(float), cuts, np.nan, axis=0)
-
-
-def _place_legend(ax: Axes, handles: list, labels: list[str], fontsize: float) -> Legend:
-    """``loc="best"`` in the axes, which matplotlib puts where the fewest line vertices and crossings
-    are; when every place inside covers a path, the legend goes below the axes instead."""
-    legend = ax.legend(handles, labels, loc="best", fontsize=fontsize, framealpha=0.85)
-    fig = ax.get_figure()
-    fig.draw_without_rendering()  # lays out the figure and chooses the legend's place
-    if legend_overlaps(ax, legend):
-        legend.remove()
-        legend = fig.legend(handles, labels, loc="outside lower center", fontsize=fontsize,
-                            ncols=min(len(labels), 2), frameon=False)
-        fig.draw_without_rendering()
-    # the layout is done: keep it (each later draw, a GIF frame or the PNG, would redo it)
-    fig.set_layout_engine("none")
-    return legend
-
-
-def legend_overlaps(ax: Axes, legend: Legend) -> int:
-    """How many vertices of the axes' data lines lie under ``legend``, or segments cross it."""
-    box = legend.get_window_extent()
-    count = 0
-    for line in ax.get_lines():
-        if line.get_gid() is None:  # only the data (paths, curves) has a gid
-            continue
-        path = line.get_transform().transform_path(line.get_path())
-        count += box.count_contains(path.vertices) + int(path.intersects_bbox(box, filled=False))
-    return count
 
 
 # -- the race on its landscape -----------------------------------------------------------------------
@@ -172,12 +85,12 @@ class _Race:
         if problem.dim != 2 or problem.bounds is None:
             raise ValueError(f"{problem.name}: a race picture needs a 2-D problem with bounds "
                              f"(dim={problem.dim})")
-        frame = _table(records)
+        frame = record_table(records)
         if not {"x0", "x1"} <= set(frame.columns):
             raise ValueError("these records carry no positions to draw")
-        self.figure = fig = _figure(size)
+        self.figure = fig = new_figure(size)
         self.ax = ax = fig.add_subplot()
-        font = _font(size)
+        font = font_points(size)
         low, high = problem.bounds.low, problem.bounds.high
         ax.set_xlim(low[0], high[0])
         ax.set_ylim(low[1], high[1])
@@ -191,11 +104,11 @@ class _Race:
         self.paths: list[_Path] = []
         firsts: set[tuple[float, float]] = set()  # every segment's first point: the starts
         for (lane, start), sub in frame.groupby(["lane", "start"], sort=True):
-            segment = _segments(sub["step"].to_numpy())
+            segment = segments(sub["step"].to_numpy())
             cuts = np.flatnonzero(np.diff(segment)) + 1
             points = sub[["x0", "x1"]].to_numpy(float)
             firsts |= {(a, b) for a, b in points[np.r_[0, cuts]] if np.isfinite(a) and np.isfinite(b)}
-            xy = _broken(points, segment)
+            xy = broken(points, segment)
             xy[~np.isfinite(xy).all(axis=1)] = np.nan  # a non-finite position breaks the line
             ticks = np.insert(sub["tick"].to_numpy(float), cuts, sub["tick"].to_numpy(float)[cuts])
             status = np.insert(sub["status"].to_numpy(object), cuts, RUNNING)
@@ -215,7 +128,7 @@ class _Race:
                        path_effects=outline)
         handles: list = []
         labels: list[str] = []
-        for lane, text in _lane_labels(frame).items():
+        for lane, text in lane_labels(frame).items():
             handles.append(Line2D([], [], color=lane_color(lane), lw=1.5 * lw))
             labels.append(text)
         for is_global, style, text in ((True, star, "global minimum"), (False, diamond, "local minimum")):
@@ -245,7 +158,7 @@ class _Race:
                      f"start{'s' if n_starts > 1 else ''}, {ticks.size} steps", fontsize=1.15 * font)
         self.clock: Text = ax.set_title("", loc="right", fontsize=0.9 * font)
         self.show(None)
-        _place_legend(ax, handles, labels, 0.8 * font)
+        place_legend(ax, handles, labels, 0.8 * font)
 
     def _landscape(self, problem: Problem, font: float) -> None:
         xs, ys, z = grid_values(problem, GRID)
@@ -304,7 +217,7 @@ def race_figure(problem: Problem, records: Records, size: tuple[int, int] = (800
 def race_png(problem: Problem, records: Records, path: str | Path, size: tuple[int, int] = (800, 800),
              title: str | None = None) -> Path:
     """The whole race on ``problem``'s landscape, as a PNG of ``size`` pixels."""
-    return _png(race_figure(problem, records, size, title), path)
+    return save_png(race_figure(problem, records, size, title), path)
 
 
 def frame_ticks(ticks: np.ndarray, times: np.ndarray, frames: int) -> tuple[np.ndarray, np.ndarray]:

@@ -32,6 +32,7 @@ NAMES = (
     "04_zeroth_order_and_memory",
     "05_second_order_and_mirror_descent",
     "06_experiments",
+    "07_bilevel_and_surrogates",
 )
 KERNEL = "python3"
 """ipykernel's own kernelspec: jupyter_client starts it with ``sys.executable`` (the venv's python)."""
@@ -224,3 +225,43 @@ def test_experiment_notebook_has_one_row_per_trial_and_a_row_replays_exactly() -
     for fractions in r["basins"].values():
         assert abs(sum(fractions.values()) - 1.0) < 1e-12
     assert r["running_after_close"] is False
+
+
+def test_bilevel_notebook_penalty_bias_is_linear_in_sigma_and_sso_counts_its_model_steps_apart() -> None:
+    r = run_fast("07_bilevel_and_surrogates")
+    mu, rho = 2.0, 0.1  # the toy: f = (y - 1)^2/2 + rho x^2/2, g = mu y^2/2 - mu y sin x
+
+    def stationary(sigma: float) -> float:
+        """psi_sigma'(x) = rho x + mu/(sigma + mu) cos x (sin x - 1) = 0, with y_sigma = (sigma + mu sin x) /
+        (sigma + mu); Newton's method near x* ~ 0.97."""
+        k, x = mu / (sigma + mu), 1.0
+        for _ in range(100):
+            x -= (rho * x + k * math.cos(x) * (math.sin(x) - 1)) / (rho + k * (math.cos(2 * x) + math.sin(x)))
+        return x
+
+    exact = r["exact"]
+    assert exact["distance"] < 1e-10 and exact["hvps"] > 0
+    # y* by 50 gradient steps of 0.1 from the last y: each contracts the error by 1 - 0.1 mu = 0.8, |y| <= 1
+    assert exact["max_curve_error"] < 2 * 0.8**50
+    # gradient descent on f (lr 0.5) from (-1.2, 1.5): x_t = (1 - 0.5 rho)^t x_0, y_t - 1 = 0.5^t (y_0 - 1),
+    # towards argmin f = (0, 1), off the curve y = sin x
+    t = r["steps"]
+    np.testing.assert_allclose(r["plain_gd"], [-1.2 * (1 - 0.5 * rho) ** t, 1 + 0.5 * 0.5**t], rtol=1e-12)
+    pen = r["penalty"]
+    for sigma, x in zip(pen["sigmas"], pen["x"], strict=True):
+        assert abs(x - stationary(sigma)) < 1e-9, (sigma, x)
+    bias, sigmas = np.array(pen["bias"]), np.array(pen["sigmas"])
+    assert np.all(np.diff(bias) < 0) and (bias / sigmas).max() / (bias / sigmas).min() < 1.25  # O(sigma)
+    assert 0.9 < pen["slope"] < 1.1
+    bo = r["bo_rep"]
+    assert bo["median_last"] < bo["median_first"] < bo["first"] and bo["median_last"] < 0.1 * bo["first"]
+    assert bo["cold_first"] > 1.5 * bo["first"]  # the initialization refinement helps
+    sso = r["sso"]
+    assert 1.5 * sso["sso_loss_gradients"] <= sso["sgd_loss_gradients"] < math.inf
+    assert sso["sso_loss_gradients"] < sso["sso_model_passes"] <= 10 * sso["sso_loss_gradients"]
+    assert sso["sso_loss_gradients_total"] == sso["steps"] and sso["sso_model_steps_total"] > 0
+    assert sso["one_inner_step_is_sgd"] <= 1e-13
+    panel = r["panel"]
+    assert panel["figures"] == ["error", "gap", "objective", "sso_gradients", "sso_passes", "trajectory"]
+    assert panel["sso_shown"] == panel["sso_engine"]  # the panel shows the engine's two counts
+    assert r["busy_after_close"] is False

@@ -2,6 +2,7 @@
 :class:`~app.views.base.View`; a new panel is one more file and one more entry here."""
 
 from app.views.base import View
+from app.views.bilevel import BilevelView
 from app.views.connectivity import ConnectivityView
 from app.views.curvature import CurvatureView
 from app.views.curves import GradView, LossView
@@ -31,6 +32,7 @@ VIEWS: tuple[type[View], ...] = (
     GameView,  # issue 18: a simplex game's strategies on their triangles, duality gap and KL
     ConnectivityView,  # issue 18: linear mode connectivity before and after weight matching
     LearnedView,  # a network's decision boundary or predictions
+    BilevelView,  # issue 18: bilevel methods, the penalty's bias, SSO's two oracle counts
     ShareView,
 )
 

@@ -16,8 +16,9 @@ from bokeh.models import ColumnDataSource, LinearColorMapper, LogScale, LogTicke
 from bokeh.palettes import Category10_10
 
 from app.experiments import ExperimentModel
-from app.figures import make_figure
+from app.figures import legend_below, make_figure
 from app.views.base import View, html_escape
+from engine.experiments.basins import DIVERGED, NOT_CONVERGED
 
 DIVERGED_COLOR = "#222222"
 
@@ -49,7 +50,7 @@ def sensitivity_figure(model: ExperimentModel) -> Any:
         fig.varea(x="value", y1="low", y2="high", source=src, fill_alpha=0.2, color=_color(k))
         fig.line(x="value", y="median", source=src, color=_color(k), line_width=2, legend_label=str(entry))
         fig.scatter(x="value", y="median", source=src, color=_color(k), size=5)
-    fig.legend.location = "top_left"
+    legend_below(fig)
     return fig
 
 
@@ -73,7 +74,7 @@ def tuned_figure(model: ExperimentModel) -> Any:
     fig.scatter(x, tu, size=9, color="#1f77b4", legend_label="tuned (95% bootstrap)")
     src = ColumnDataSource({"x": x, "lo": lo, "hi": hi})
     fig.add_layout(Whisker(base="x", lower="lo", upper="hi", source=src, line_color="#1f77b4"))
-    fig.legend.location = "top_right"
+    legend_below(fig)
     return fig
 
 
@@ -96,8 +97,22 @@ def profile_figure(model: ExperimentModel) -> Any:
             legend_label=str(entry),
         )
     fig.y_range.start, fig.y_range.end = 0, 1.02
-    fig.legend.location = "bottom_right"
+    legend_below(fig)
     return fig
+
+
+def basin_summary(bmap: Any) -> str:
+    """What a basin map's colours mean and how many starts each class holds: a map mostly white
+    says "not there yet after N steps" (raise the steps), not "no basin"."""
+    share = {k: 100.0 * bmap.fractions().get(k, 0.0) for k in (DIVERGED, NOT_CONVERGED)}
+    hp = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                   for k, v in bmap.hyperparameters.items())
+    return (
+        f"{bmap.optimizer}{f' ({hp})' if hp else ''}: colour = the known minimum a start is within "
+        f"{bmap.tol:g} of after {bmap.n_steps} steps; "
+        f"white = not there ({share[NOT_CONVERGED]:.0f}% of starts), "
+        f"black = diverged ({share[DIVERGED]:.0f}%). Click a pixel to race from it."
+    )
 
 
 class ExperimentsView(View):
@@ -217,11 +232,8 @@ class ExperimentsView(View):
             panes.append(
                 pn.Column(
                     pn.pane.Bokeh(self.basin_figure(bmap)),
-                    _caption(
-                        f"{bmap.optimizer}: colour = minimum reached (black diverged, white not converged); "
-                        "click a pixel to race from it",
-                        f"{bmap.filled:,} starts x {bmap.n_steps} steps, {bmap.seconds:.1f} s",
-                    ),
+                    _caption(basin_summary(bmap), f"{bmap.filled:,} starts x {bmap.n_steps} steps, "
+                             f"{bmap.seconds:.1f} s"),
                 )
             )
         self.basin_row.objects = panes

@@ -1,5 +1,6 @@
 """The landscape: heatmap and contours of a 2-D problem (a simplex problem on its triangle), its
-known minima (a star for the global ones, a triangle for local ones), the start (click to move it),
+known minima (a star for the global ones, a triangle for local ones), the start (click or drag
+it: the race re-runs from where it lands),
 each lane's path (faint) with its last steps bright (a fading trail) and its head, a population's
 particles, a ranking lane's candidates to click, and, for a race from many starts, how many
 trajectories ended in each basin (numbers on the picture; the global count per lane above it)."""
@@ -18,6 +19,7 @@ from bokeh.models import (
     ColumnDataSource,
     HoverTool,
     LinearColorMapper,
+    PointDrawTool,
     Range1d,
     Title,
     VeeHead,
@@ -103,8 +105,15 @@ class LandscapeView(View):
         fig.add_layout(self.basin_title, "above")
         stars = fig.scatter("x", "y", source=self.minima, marker="marker", size=16, fill_color="white",
                             line_color="black")
-        fig.scatter("x", "y", source=self.start, marker="circle_cross", size=13, fill_alpha=0,
-                    line_color="white", line_width=2)
+        start = fig.scatter("x", "y", source=self.start, marker="circle_cross", size=13, fill_alpha=0,
+                            line_color="white", line_width=2)
+        # Dragging the start moves it (the race re-runs from where it is dropped); dragging elsewhere
+        # does nothing, so panning is the toolbar's pan tool. add=False: a click is handled below.
+        self.drag = PointDrawTool(renderers=[start], add=False, drag=True, description="drag the start")
+        fig.add_tools(self.drag)
+        fig.toolbar.active_drag = self.drag
+        self.start.on_change("data", self._on_start_dragged)
+        self._start_from_server = False
         heads = fig.scatter("x", "y", source=self.heads, size=9, fill_color="color", line_color="white",
                             fill_alpha="alpha", line_alpha="alpha")
         fig.scatter("x", "y", source=self.cloud, size=5, fill_color="color", line_color="black",
@@ -145,10 +154,8 @@ class LandscapeView(View):
         p = self.session.problem_obj
         if not self.applies():
             return
-        x0 = self.session.worker.run.starts[0].cpu().numpy()
         self.project = to_plane(p)
-        start = self.project(x0)
-        self.start.data = dict(x=[float(start[0])], y=[float(start[1])])
+        self._show_start()
         key = (p.name, getattr(p, "params", None), getattr(p, "latex", None))
         if key == self._shown:  # the same picture (a new start or seed): nothing to redraw
             return
@@ -175,7 +182,7 @@ class LandscapeView(View):
         self.figure.y_range.update(start=b.low[1], end=b.high[1])
         self.min_move = 0.002 * float(np.hypot(b.high[0] - b.low[0], b.high[1] - b.low[1]))
         title = getattr(p, "title", p.name)
-        click = " (click to move)" if p.dim == 2 else ""
+        click = " (click or drag to move)" if p.dim == 2 else ""
         keys = {"star": "☆ global minimum", "triangle": "△ local minimum"}  # those on the picture
         shown = [text for marker, text in keys.items() if marker in self.minima.data["marker"]]
         self.figure.title.text = " · ".join([title, *shown, f"⊕ start{click}"])
@@ -292,6 +299,26 @@ class LandscapeView(View):
                 self.tap(x, y)
         doc.add_next_tick_callback(later)
 
+    def _show_start(self) -> None:
+        start = self.project(self.session.worker.run.starts[0].cpu().numpy())
+        self._start_from_server = True  # this change is ours, not a drag
+        try:
+            self.start.data = dict(x=[float(start[0])], y=[float(start[1])])
+        finally:
+            self._start_from_server = False
+
+    def _on_start_dragged(self, _attr: str, old: dict, new: dict) -> None:
+        """The browser moved the start marker (the drag tool): a click where it was dropped."""
+        if self._start_from_server or not len(new.get("x", ())):
+            return
+        x, y = float(new["x"][0]), float(new["y"][0])
+        if len(old.get("x", ())) and (x, y) == (float(old["x"][0]), float(old["y"][0])):
+            return
+        if self.session.ranking.waiting is not None:  # a drag is never a ranking click
+            self._show_start()
+            return
+        self._on_tap_event(x, y)
+
     def tap(self, x: float, y: float) -> None:
         """A click ranks the nearest candidate while a person is the oracle, else moves the start."""
         s = self.session
@@ -303,6 +330,7 @@ class LandscapeView(View):
             return
         if s.problem_obj.dim != 2:
             self.notify(f"{s.problem_obj.name} starts from its own start point (set random starts with M)")
+            self._show_start()  # a dragged marker goes back where the race starts
             return
         s.param.update(start_x=round(x, 4), start_y=round(y, 4))
 

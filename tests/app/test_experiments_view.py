@@ -83,7 +83,11 @@ def test_results_give_figures_and_a_row_reopens_as_its_race(race, client) -> Non
     assert len(f) == 2 * (1 + 3) * 2 * 2  # optimizers x (default + 3 lrs) x seeds x starts
     assert "oracle units" in model.cost() and f"{len(f)} rows" in model.cost()
     for make in (sensitivity_figure, tuned_figure, profile_figure):
-        assert make(model).renderers  # each figure draws something
+        fig = make(model)
+        assert fig.renderers  # each figure draws something
+        # its legend sits under the plot, never over the points and whiskers it names
+        assert fig.legend and all(lg in fig.below for lg in fig.legend)
+        assert not set(fig.legend) & set(fig.center)
     row = f.sort_values("final_loss").iloc[0]
     race_spec = model.race_of_row(row)
     name, options, rc = row_to_race(row, device="cpu")
@@ -107,6 +111,10 @@ def test_a_basin_pixel_reopens_as_the_race_from_its_start(race) -> None:
     view = ExperimentsView(race, lambda _m: None, model)
     view.refresh()
     assert len(view.basin_row.objects) == 2
+    for bmap, pane in zip(model.basins, view.basin_row.objects, strict=True):
+        caption = pane.objects[1].object  # what the colours mean, with the share of each kind
+        white = 100 * np.count_nonzero(bmap.label == -1) / bmap.label.size
+        assert f"after 20 steps; white = not there ({white:.0f}% of starts)" in caption
     bmap = model.basins[1]
     x, y = bmap.start(3, 5)
     view.open_pixel(bmap, x + 1e-9, y)

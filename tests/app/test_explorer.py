@@ -185,6 +185,15 @@ def test_a_click_on_the_landscape_moves_the_start(explorer: Explorer) -> None:
     assert explorer.view(LandscapeView).start.data == {"x": [0.5], "y": [-0.25]}
 
 
+def test_dragging_the_start_marker_reruns_the_race_from_where_it_lands(explorer: Explorer) -> None:
+    landscape = explorer.view(LandscapeView)
+    assert landscape.figure.toolbar.active_drag is landscape.drag  # a drag on the picture drags the start
+    before = explorer.worker.run
+    landscape.start.data = {"x": [-0.75], "y": [1.25]}  # what the browser's drag tool sends on drop
+    assert explorer.worker.run is not before and explorer.worker.run.starts[0].tolist() == [-0.75, 1.25]
+    assert landscape.start.data == {"x": [-0.75], "y": [1.25]}
+
+
 def test_two_explorers_are_independent_sessions() -> None:
     a, b = Explorer(optimizers=["sgd"]), Explorer(optimizers=["adam"])
     try:

@@ -16,10 +16,10 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from app.curves_image import curves_figure, curves_png
+from app.pictures import legend_overlaps
 from app.race_image import (
     FINAL_FRAME_MS,
     frame_ticks,
-    legend_overlaps,
     race_figure,
     race_gif,
     race_png,

@@ -66,7 +66,7 @@ _START_JS = """(target) => {
 }"""
 
 
-def test_a_click_on_the_landscape_moves_the_start_and_the_race_reruns_from_it(
+def test_a_click_or_a_drag_on_the_landscape_moves_the_start_and_the_race_reruns_from_it(
         browser: object, server: Server) -> None:
     s = Session(browser, server.url)
     try:
@@ -95,6 +95,24 @@ def test_a_click_on_the_landscape_moves_the_start_and_the_race_reruns_from_it(
             }""")
         wait_until(lambda: len(firsts()) == 3, REACT, "three paths", firsts)
         assert all(abs(a - 0.5) < 1e-6 and abs(b - 2.0) < 1e-6 for a, b in firsts()), firsts()
+        # dragging the start marker moves it too (the drop point, to a pixel), and the race re-runs
+        there = [-1.0, 1.5]
+        x1, y1 = s.page.evaluate(_START_JS, there)["at"]
+        before = s.step()
+        s.page.mouse.move(x, y)
+        s.page.mouse.down()
+        for k in range(1, 9):
+            s.page.mouse.move(x + (x1 - x) * k / 8, y + (y1 - y) * k / 8)
+        s.page.mouse.up()
+
+        def near_there() -> bool:
+            got = s.page.evaluate(_START_JS, None)["start"]
+            return all(abs(a - b) < 0.05 for a, b in zip(got, there, strict=True))
+        wait_until(near_there, REACT, "the start to follow the drag",
+                   lambda: s.page.evaluate(_START_JS, None))
+        wait_until(lambda: s.step() < before, REACT, "a fresh race from the dropped start", s.counter)
+        wait_until(lambda: len(firsts()) == 3 and all(abs(a + 1.0) < 0.05 for a, _ in firsts()), REACT,
+                   "the paths to start at the drop", firsts)
         assert s.unexpected_errors() == []
     finally:
         s.close()
