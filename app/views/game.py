@@ -101,9 +101,13 @@ class GameStudy:
         return get_landscape(self.game, tau=float(self.tau))
 
 
-def run_study(study: GameStudy, job: Job | None = None) -> tuple[SimplexGame, dict[str, GamePlay], float]:
+def run_study(
+    study: GameStudy, job: Job | None = None, done: list | None = None
+) -> tuple[SimplexGame, dict[str, GamePlay], float]:
     """Play every method of ``study`` (checked first) from the game's start; returns the game, the
-    plays by method and the seconds taken. ``job`` gets progress; Cancel stops it between steps."""
+    plays by method and the seconds taken. ``job`` gets progress; Cancel stops it between steps;
+    each finished ``(method, play)`` is appended to ``done`` (a list: appends are atomic), so the
+    page can draw it before the others finish."""
     game = study.check()
     t0 = time.perf_counter()
     plays = {}
@@ -111,6 +115,8 @@ def run_study(study: GameStudy, job: Job | None = None) -> tuple[SimplexGame, di
         if job is not None:
             job.progress(i / len(study.methods), f"{SHORT[method]}: {study.steps:,} steps")
         plays[method] = play(game, method, study.steps, {"lr": float(study.lr)})
+        if done is not None:
+            done.append((method, plays[method]))
     return game, plays, time.perf_counter() - t0
 
 
@@ -167,6 +173,7 @@ class GameView(View):
         self.plays: dict[str, GamePlay] = {}
         self.shown: GameStudy | None = None
         self._stale = True  # nothing drawn for this problem yet: the first refresh on screen plays
+        self._partial: tuple[GameStudy, SimplexGame, list] | None = None
         triangles = pn.Row(
             *(pn.pane.Bokeh(t[0], sizing_mode="stretch_width") for t in self.triangles.values()),
             sizing_mode="stretch_width",
@@ -246,7 +253,7 @@ class GameView(View):
     def request(self, study: GameStudy, wait: bool = False) -> Job | None:
         """Play ``study`` off the event loop; bad input is refused with a message, the plot kept."""
         try:
-            study.check()
+            game = study.check()
         except ValueError as exc:
             self.notify(f"game: {exc}")
             self.caption.object = f"**Not played:** {html_escape(exc)} (the picture is the last study's)."
@@ -255,7 +262,9 @@ class GameView(View):
             self.notify("game: a study is already being played (Cancel it first)")
             return None
         self._stale = False
-        job = self.jobs.start(Job("game study", lambda job: (study, *run_study(study, job))))
+        done: list = []
+        self._partial = (study, game, done)
+        job = self.jobs.start(Job("game study", lambda job: (study, *run_study(study, job, done))))
         if wait:
             job.wait()
         return job
@@ -263,18 +272,28 @@ class GameView(View):
     def refresh(self) -> None:
         if self._stale and not self.jobs.busy:
             self.request(self.study())
+        if self.jobs.busy and self._partial is not None:  # draw each method as soon as it has played
+            study, game, done = self._partial
+            if done and (
+                self.shown is not study or len(done) > len(self.plays)
+            ):  # else keep the last picture
+                self.show(study, game, dict(done[: len(done)]), None)
         job = self.jobs.refresh()
         if job is None:
             return
+        self._partial = None
         if job.error:
             if not job.cancelled:
                 self.notify(job.error)
-            self.caption.object = f"**{html_escape(job.error)}**; the picture is the last finished study's."
+            self.caption.object = f"**{html_escape(job.error)}**; drawn: the methods that finished playing."
             return
         self.show(*job.result)
 
-    def show(self, study: GameStudy, game: SimplexGame, plays: dict[str, GamePlay], seconds: float) -> None:
-        """Draw finished plays: both triangles, the gap and the KL, and a caption with the numbers."""
+    def show(
+        self, study: GameStudy, game: SimplexGame, plays: dict[str, GamePlay], seconds: float | None
+    ) -> None:
+        """Draw finished plays (``seconds`` None: the study is still playing the others): both
+        triangles, the gap and the KL, and a caption with the numbers."""
         self.plays, self.shown = plays, study
         star = np.asarray(game.equilibrium)
         for who, (_fig, paths, (nash, start)) in self.triangles.items():
@@ -310,7 +329,7 @@ class GameView(View):
         self.caption.object = self.describe(study, game, plays, seconds)
 
     def describe(
-        self, study: GameStudy, game: SimplexGame, plays: dict[str, GamePlay], seconds: float
+        self, study: GameStudy, game: SimplexGame, plays: dict[str, GamePlay], seconds: float | None
     ) -> str:
         eq = np.asarray(game.equilibrium)
         fmt = ", ".join
@@ -328,7 +347,12 @@ class GameView(View):
             )
         lines.append(
             f"\nLog axes; values below {FLOOR:.1e} (float64 machine epsilon: rounding noise) are drawn "
-            f"at that floor. Computed in {seconds:.1f} s."
+            "at that floor. "
+            + (
+                f"Computed in {seconds:.1f} s."
+                if seconds is not None
+                else f"Still playing: {len(plays)} of {len(study.methods)} methods drawn so far."
+            )
         )
         return "\n".join(lines)
 

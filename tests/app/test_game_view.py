@@ -5,6 +5,7 @@ and Cancel."""
 from __future__ import annotations
 
 import math
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -184,3 +185,35 @@ def test_the_game_presets_claims_hold_at_the_views_defaults(name: str) -> None:
         for p in (mw, om, mp):  # linear convergence: equal log-decrements over the two halves
             k = np.log(p.kl_to_equilibrium[[200, 600, 1000]])
             assert (k[1] - k[0]) == pytest.approx(k[2] - k[1], rel=0.2)
+
+
+def test_each_method_is_drawn_as_soon_as_it_has_played(monkeypatch) -> None:
+    """The second method is held until the page has drawn the first (no timing involved)."""
+    import threading
+
+    from app.views import game as game_view
+
+    release, real = threading.Event(), game_view.play
+
+    def held(game, method, steps, hyperparameters):
+        if method == "exp_gradient":
+            assert release.wait(10)
+        return real(game, method, steps, hyperparameters)
+
+    monkeypatch.setattr(game_view, "play", held)
+    view, _ = _view()
+    job = view.request(GameStudy(methods=("optimistic_mw", "exp_gradient"), steps=20))
+    done = view._partial[2]
+    deadline = time.monotonic() + 10
+    while not done and time.monotonic() < deadline:
+        time.sleep(0.01)
+    view.refresh()
+    assert (
+        len(view.curves["optimistic_mw"].data["step"]) == 21
+        and view.curves["exp_gradient"].data["step"] == []
+    )
+    assert "Still playing: 1 of 2 methods" in view.caption.object
+    release.set()
+    assert job.wait(10) and not job.error
+    view.refresh()
+    assert len(view.curves["exp_gradient"].data["step"]) == 21 and "Computed in" in view.caption.object
