@@ -3,10 +3,12 @@
 
 from app.views.base import View
 from app.views.bilevel import BilevelView
+from app.views.connectivity import ConnectivityView
 from app.views.curvature import CurvatureView
 from app.views.curves import GradView, LossView
 from app.views.diagnostics import DiagnosticsView
 from app.views.experiments import ExperimentsView
+from app.views.game import GameView
 from app.views.landscape import LandscapeView
 from app.views.leaderboard import LeaderboardView
 from app.views.memory import MemoryView
@@ -27,6 +29,8 @@ VIEWS: tuple[type[View], ...] = (
     MemoryView,
     SliceView,
     ExperimentsView,  # issue 15: tuned, seeded comparisons and basin maps around the race
+    GameView,  # issue 18: a simplex game's strategies on their triangles, duality gap and KL
+    ConnectivityView,  # issue 18: linear mode connectivity before and after weight matching
     LearnedView,  # a network's decision boundary or predictions
     BilevelView,  # issue 18: bilevel methods, the penalty's bias, SSO's two oracle counts
     ShareView,
