@@ -170,6 +170,7 @@ class Explorer(pn.viewable.Viewer):
     # -- reacting to the session -------------------------------------------------------------------
     def _new_run(self) -> None:
         """A new run is in: every view starts over on its problem; the page shows what applies."""
+        self._later = Batch()  # the old race's records the picture had not been sent: never drawn
         with self._hold(freeze=True):
             s = self.session
             for v in self.views:

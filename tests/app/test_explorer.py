@@ -16,6 +16,7 @@ from bokeh.document import Document
 from bokeh.models import CustomJSTickFormatter, LabelSet, Legend, LinearScale, LogScale, LogTicker
 from panel.io.state import set_curdoc
 
+import app.explorer as explorer_module
 from app.explorer import CUSTOM, REFRESH_EVERY, Explorer
 from app.lanes import PALETTE
 from app.views import (
@@ -608,3 +609,19 @@ def test_the_decision_boundary_colours_class_1_like_its_points() -> None:
                np.array([0, 1]))
     assert view.points.data["color"] == [palette[1], palette[-2]]  # near the low end, near the high end
     assert palette[0].startswith("#05") and palette[-1].startswith("#67")  # dark blue .. dark red
+
+
+def test_a_new_start_drops_the_old_race_the_picture_had_not_drawn_yet(
+        explorer: Explorer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While a race runs the picture is sent what several pumps drained (RACE_EVERY); a new start
+    in between must not draw the old race's waiting records onto the new paths."""
+    monkeypatch.setattr(explorer_module, "RACE_EVERY", 10**6)  # running, the picture always waits
+    landscape = explorer.view(LandscapeView)
+    explorer.session.play()
+    pump_until(explorer, lambda: explorer.worker.tick > 3)
+    assert explorer._later.records  # drained, waiting for the picture
+    landscape.start.data = {"x": [-0.75], "y": [1.25]}  # a drop: a new race from there
+    explorer.session.pause()
+    steps(explorer, 5)  # paused: the picture is sent at once
+    firsts = [(src.data["x0"][0], src.data["y0"][0]) for src in landscape.paths.sources if src.data["x0"]]
+    assert firsts and all(f == (-0.75, 1.25) for f in firsts), firsts
