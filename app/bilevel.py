@@ -1,10 +1,9 @@
 r"""The bilevel panel's model (no Panel here): bilevel methods raced on a catalog problem, the penalty
 method's bias swept over its penalty parameter, and SSO's two oracle counts beside SGD's.
 
-* :func:`run_method` steps one method as :func:`engine.bilevel.trace` does (same run configuration,
-  same arrays), one :class:`~engine.run.Run` step at a time so that a job reports progress between
-  steps, stops at a cancel (the run's own checkpoint) and keeps what it had when the method diverges
-  (``trace`` raises there): a diverged method is shown as diverged, up to the step it left.
+* :func:`run_method` is :func:`engine.bilevel.trace` under the race's divergence rule: a job reports
+  progress between steps, stops at a cancel (the run's own checkpoint), and a diverged method is shown
+  as diverged, up to the step it left.
 * Cost is counted in the experiments' **oracle units** (:class:`engine.experiments.budget.OracleCosts`:
   one unit = one forward pass; a gradient of f or g with respect to (x, y) is 3 with its forward, a
   Hessian-vector product of g is 4). Closed forms count nothing: the exact method with closed forms is
@@ -23,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.bilevel import HYPERGRADIENT_ERROR, INNER_ORACLES, INNER_STEPS, BilevelProblem, penalty_bias
+from engine.bilevel import BilevelProblem, penalty_bias, trace
 from engine.experiments.budget import OracleCosts
 from engine.records import RUNNING
 from engine.registry import available, get_spec
@@ -126,41 +125,17 @@ class MethodRun:
 
 def run_method(problem: Any, optimizer: str, hyperparameters: Mapping[str, Any], steps: int,
                progress: Callable[[int], None] | None = None) -> MethodRun:
-    """Step ``optimizer`` on ``problem`` (see the module docstring); ``progress(t)`` after each step."""
-    from engine.run import LaneConfig, Run, RunConfig  # the run imports every optimizer
-
-    config = RunConfig(lanes=(LaneConfig(optimizer, dict(hyperparameters)),), device="cpu", seed=0,
-                       metrics_every=1, divergence_factor=DIVERGENCE)
-    run = Run(problem, config)
-    points = [run.positions(0)[0].copy()]
-    rows: list[tuple[float, float, float, float, int, int, int]] = []
-    status = RUNNING
-    for t in range(steps):
-        (record,) = run.step()  # checks the job's cancel token between lanes
-        if record.status[0] != RUNNING:  # x_t itself left the finite or bounded region
-            status = record.status[0]
-            points.pop()
-            break
-        d, c = record.diagnostics, record.counts
-        rows.append((float(d[HYPERGRADIENT_ERROR][0]), float(d[INNER_STEPS][0]), float(d[INNER_ORACLES][0]),
-                     COSTS.units(c), c.gradients, c.hvps, c.function_values))
-        points.append(run.positions(0)[0].copy())
-        if progress is not None:
-            progress(t + 1)
-    if status != RUNNING and rows:
-        rows.pop()  # the step that led to the diverged state: its state is not drawn
-    n = problem.upper_dim
-    theta = np.stack(points) if points else np.empty((0, problem.dim))
+    """Step ``optimizer`` on ``problem`` (:func:`engine.bilevel.trace` under the race's divergence rule);
+    ``progress(t)`` after each step."""
+    tr = trace(problem, optimizer, hyperparameters, steps, divergence_factor=DIVERGENCE, on_step=progress)
+    theta = np.concatenate([tr.upper, tr.lower], axis=1)
     with torch.no_grad():
-        m = problem.metrics(torch.as_tensor(theta)) if len(theta) else {}
-    a = np.array(rows, dtype=np.float64).reshape(-1, 7)
-    gap = m.get("lower_gap")
-    phi = m.get("hyperobjective")
-    return MethodRun(optimizer, dict(run.lanes[0].values), theta[:, :n], theta[:, n:],
-                     np.full(len(theta), math.nan) if phi is None else phi.numpy().astype(np.float64),
+        gap = problem.metrics(torch.as_tensor(theta)).get("lower_gap") if len(theta) else None
+    units = np.array([0.0, *(COSTS.units(c) for c in tr.counts)])[:len(theta)]
+    return MethodRun(optimizer, tr.hyperparameters, tr.upper, tr.lower, tr.hyperobjective,
                      np.full(len(theta), math.nan) if gap is None else gap.numpy().astype(np.float64),
-                     np.concatenate([[0.0], a[:, 3]])[:len(theta)], a[:, 0], a[:, 1], a[:, 2],
-                     a[:, 4].astype(np.int64), a[:, 5].astype(np.int64), a[:, 6].astype(np.int64), status)
+                     units, tr.hypergradient_error, tr.inner_steps, tr.inner_oracles, tr.gradients, tr.hvps,
+                     np.array([c.function_values for c in tr.counts], dtype=np.int64), tr.status)
 
 
 @dataclass

@@ -42,7 +42,7 @@ The data API for views and notebooks (:func:`trace`, :func:`penalty_bias`) runs 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -216,8 +216,11 @@ class BilevelTrace:
     row: after the last step); ``hyperobjective [T+1]`` is :math:`\Phi(x_t)` (NaN without a closed
     form). Per step ``[T]``: ``hypergradient_error`` (the method's estimate at :math:`x_t` against
     :math:`\nabla\Phi(x_t)`), cumulative ``inner_steps`` and ``inner_oracles`` (lower-level work), and
-    cumulative ``gradients`` and ``hvps`` (all oracle calls, both levels, as the records count them).
-    ``solution`` is the known :math:`x^\star` (the first listed minimum's upper part) or None."""
+    cumulative ``gradients`` and ``hvps`` (all oracle calls, both levels, as the records count them)
+    and every cumulative ``counts`` (:class:`engine.records.OracleCounts`, to price in oracle units).
+    ``solution`` is the known :math:`x^\star` (the first listed minimum's upper part) or None.
+    ``status`` is "running" for a run that took all its steps, else the race's "diverged at step N:
+    ..." (states then stop before step N, and the step that led there is left out)."""
 
     optimizer: str
     hyperparameters: Mapping[str, Any]
@@ -230,6 +233,12 @@ class BilevelTrace:
     gradients: np.ndarray
     hvps: np.ndarray
     solution: np.ndarray | None
+    counts: tuple[Any, ...] = ()
+    status: str = "running"
+
+    @property
+    def diverged(self) -> bool:
+        return self.status != "running"
 
     @property
     def steps(self) -> np.ndarray:
@@ -248,9 +257,13 @@ def solution(problem: Any) -> np.ndarray | None:
 
 
 def trace(problem: Any, optimizer: str, hyperparameters: Mapping[str, Any] | None = None, steps: int = 200,
-          start: Sequence[float] | None = None, seed: int = 0) -> BilevelTrace:
+          start: Sequence[float] | None = None, seed: int = 0, *, divergence_factor: float | None = None,
+          on_step: Callable[[int], None] | None = None) -> BilevelTrace:
     """Run ``optimizer`` on the bilevel ``problem`` for ``steps`` steps (one start: ``start`` or the
-    problem's) and return its :class:`BilevelTrace`."""
+    problem's) and return its :class:`BilevelTrace`. Without ``divergence_factor`` a state that is not
+    finite raises; with it (the race's rule, ``RunConfig.divergence_factor``) the trace stops there and
+    says so in its ``status``. ``on_step(t)`` after each step t = 1..steps (a job's progress; a cancel
+    stops the run at its own checkpoint)."""
     from engine.run import LaneConfig, Run, RunConfig  # the run imports every optimizer: not at module load
 
     if not isinstance(problem, BilevelProblem):
@@ -259,30 +272,41 @@ def trace(problem: Any, optimizer: str, hyperparameters: Mapping[str, Any] | Non
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
     config = RunConfig(lanes=(LaneConfig(optimizer, dict(hyperparameters or {})),), device="cpu", seed=seed,
-                       start=None if start is None else tuple(start), metrics_every=1, divergence_factor=None)
+                       start=None if start is None else tuple(start), metrics_every=1,
+                       divergence_factor=divergence_factor)
     run = Run(problem, config)
     n = problem.upper_dim
-    points, errors, inner_steps, inner_oracles, grads, hvps = [], [], [], [], [], []
-    for _ in range(steps):
+    points, errors, inner_steps, inner_oracles, counts = [], [], [], [], []
+    status = "running"
+    for t in range(steps):
         points.append(run.positions(0)[0].copy())
         (record,) = run.step()
-        if record.status[0] != "running":
-            raise RuntimeError(f"{optimizer} on {problem.name}: {record.status[0]}")
+        if record.status[0] != "running":  # x_t itself left the finite (or bounded) region
+            if divergence_factor is None:
+                raise RuntimeError(f"{optimizer} on {problem.name}: {record.status[0]}")
+            status = record.status[0]
+            points.pop()
+            del errors[-1:], inner_steps[-1:], inner_oracles[-1:], counts[-1:]  # the step that led there
+            break
         d = record.diagnostics
         errors.append(float(d[HYPERGRADIENT_ERROR][0]))
         inner_steps.append(float(d[INNER_STEPS][0]))
         inner_oracles.append(float(d[INNER_ORACLES][0]))
-        grads.append(record.counts.gradients)
-        hvps.append(record.counts.hvps)
-    points.append(run.positions(0)[0].copy())
-    theta = np.stack(points)
+        counts.append(record.counts)
+        if on_step is not None:
+            on_step(t + 1)
+    else:
+        points.append(run.positions(0)[0].copy())
+    theta = np.stack(points) if points else np.empty((0, problem.dim))
     phi = getattr(problem, "hyperobjective", None)
     with torch.no_grad():
-        values = (np.full(theta.shape[0], math.nan) if phi is None
+        values = (np.full(theta.shape[0], math.nan) if phi is None or not len(theta)
                   else phi(torch.as_tensor(theta[:, :n])).cpu().numpy().astype(np.float64))
     return BilevelTrace(optimizer, dict(run.lanes[0].values), theta[:, :n], theta[:, n:], values,
                         np.array(errors), np.array(inner_steps), np.array(inner_oracles),
-                        np.array(grads, dtype=np.int64), np.array(hvps, dtype=np.int64), solution(problem))
+                        np.array([c.gradients for c in counts], dtype=np.int64),
+                        np.array([c.hvps for c in counts], dtype=np.int64), solution(problem),
+                        tuple(counts), status)
 
 
 @dataclass(frozen=True)
