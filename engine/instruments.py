@@ -328,9 +328,10 @@ def probe(f: Any, x: torch.Tensor, update: torch.Tensor, *, stability: Stability
     start = [warm["top"].sum(0) if "top" in warm else _random_start(op, generator)]
     if moves:
         start.append(u)
+    cold = None if "top" in warm else max(2 * config.top_k + 1, 20)  # a random start (see lanczos)
     top = lanczos(op, config.top_k, warm=torch.stack(start), generator=generator, tol=config.tol,
                   ritz_vectors=True, max_basis=_max_basis(config.top_k, dim),
-                  max_iter=config.max_hvps)
+                  max_iter=config.max_hvps, min_basis=cold)
     notes = {}
     if not top.converged and config.max_hvps is not None:
         notes["lambda_max"] = (f"stopped at the budget of {config.max_hvps} products before tol "
