@@ -1024,8 +1024,9 @@ class Run:
         at K*M = 2 and ~6x at 4 (a vmapped backward over every row), while building one row's graph
         costs ~1.2 gradients once per probe (benchmarks/hessian.py, section b); at K*M = 1 reuse
         saves that setup (~15% of a sharpness probe every step, section d). Also only for problems
-        whose loss sees a copy of the leaves (several parameter tensors, concatenated): a single
-        leaf is saved by the loss itself and the optimizer's in-place step would invalidate it.
+        whose loss sees a copy of the leaves (several parameter tensors, cloned by
+        :meth:`_evaluate`, or concatenated where the problem has no ``loss_parts``): a single leaf
+        is saved by the loss itself and the optimizer's in-place step would invalidate it.
         The step's gradient is then taken with ``create_graph=True`` (a few % more for that step)."""
         self._step_graph = None
         if self.probes is None or len(lanes) != 1:
