@@ -14,7 +14,8 @@ interleaved rounds and printed as ratios measured side by side.
 (c) Warm vs cold probes along a training run: the edge-of-stability setting (``digits_mlp_mse``,
     full-batch gradient descent at lr 0.2, float64) probed every 1 / 16 / 50 steps with the run's
     own probes, warm-started as usual or cold (its Ritz vectors forgotten before every probe), at
-    the same tolerance: HVPs per probe.
+    the same tolerance: HVPs per probe, and for top-1 each probe's lambda_max against a reference
+    to 1e-10 (worst relative error; probes above tol and above their reported residual).
 (d) Instrument overhead: a plain run vs sharpness (top-1, tol 1e-4) every 1 / 16 / 50 steps
     (single-lane ``digits_mlp`` gradient descent at lr 0.1, full batch, float64 and float32 runs);
     Cockpit 1.0.2's HessMaxEV beside a plain loop in float32 (it fails in float64).
