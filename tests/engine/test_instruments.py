@@ -230,7 +230,8 @@ def test_economy_probes_along_a_run_are_within_their_tolerance_of_the_dense_lamb
     """Sharpness every step at tol 1e-3 (warm after the first), in the run's dtype, on the step's
     own graph: each lambda_max within 1e-3 of the dense Hessian's and within its reported residual."""
     problem = get_network("moons_mlp", batch_size=None)
-    run = run_with(problem, ("sgd", {"lr": 0.5}), probes=ProbeConfig.economy(every=1, dtype=None), dtype=dtype)
+    run = run_with(problem, ("sgd", {"lr": 0.5}), probes=ProbeConfig.economy(every=1, dtype=None),
+                   dtype=dtype)
     hvps = []
     for _ in range(12):
         x = torch.as_tensor(run.positions(0)[0], dtype=torch.float64)
