@@ -50,6 +50,13 @@ EXACT_MAX_DIM = 64
 probe); density probes do so up to ``EXACT_DENSITY_MAX_DIM``."""
 EXACT_DENSITY_MAX_DIM = 600
 SCHEDULES = ("every", "log", "manual")
+WARM_GUARD = 1
+"""Ritz vectors a top-1 probe keeps beyond lambda_max's for the next probe's start block (its own
+row, one product): on the edge-of-stability run (digits_mlp_mse, GD lr 0.2, tol 1e-3) it cuts a
+warm probe every 16 steps from 11.7 to 9.5 products and every 50 from 16.3 to 12.3, and leaves one
+every step as it was (5.1-6.3 products; benchmarks/hessian.py, section c): it resolves the
+neighbour whose gap the error bound divides by. Top-3 and top-5 probes, whose summed start already
+spans several directions, spent 3-6% more with it and keep none."""
 PROBE_DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
@@ -291,12 +298,13 @@ def probe(f: Any, x: torch.Tensor, update: torch.Tensor, *, stability: Stability
     operator for this point built by the caller (e.g. :meth:`HVP.from_gradient` on the training
     step's own graph), in place of building one from ``f`` (which costs ~1.2 gradients).
 
-    ``warm`` holds the previous probe's Ritz vectors (``"top"`` ``[k, P]``, ``"preconditioned"``):
-    Lanczos starts from a block of their sum and the update ``u`` (whose product gives the
-    directional sharpness for free), so a slowly drifting Hessian costs a few HVPs instead of
-    dozens (measured in ``benchmarks/hessian.py``: 2-8x fewer along a digits-MLP run, more the
-    more often it probes). Without it the block is a random vector from ``generator`` and ``u``.
-    The new vectors come back with the probe.
+    ``warm`` holds the previous probe's Ritz vectors (``"top"`` ``[k, P]``, plus ``WARM_GUARD`` for
+    top-1; ``"preconditioned"``): Lanczos starts from a block of the top-k's sum, the guard and the
+    update ``u`` (whose product gives the directional sharpness for free), so a slowly drifting
+    Hessian costs a few HVPs instead of dozens (measured in ``benchmarks/hessian.py``: 2-8x fewer
+    along a digits-MLP run, more the more often it probes). Without it the block is a random
+    vector from ``generator`` and ``u``, and Lanczos tests convergence only after 20 products (see
+    :func:`engine.curvature.lanczos`'s ``min_basis``). The new vectors come back with the probe.
 
     Gradient noise (``config.noise`` / ``config.estimate_cosine``, :func:`engine.noise.measure`)
     needs ``problem`` and the step's minibatch ``batch``; ``estimate`` is the lane's flat gradient
@@ -325,12 +333,18 @@ def probe(f: Any, x: torch.Tensor, update: torch.Tensor, *, stability: Stability
     assert op is not None
     u = update.detach().reshape(-1).to(device=op.device, dtype=torch.float64)
     moves = bool(torch.isfinite(u).all()) and float(u @ u) > 0
-    start = [warm["top"].sum(0) if "top" in warm else _random_start(op, generator)]
+    guard = WARM_GUARD if config.top_k == 1 else 0
+    if "top" in warm:  # the previous top-k as one vector, and its next Ritz vector (see WARM_GUARD)
+        k = config.top_k
+        start = [warm["top"][:k].sum(0), *warm["top"][k:k + guard]]
+    else:
+        start = [_random_start(op, generator)]
     if moves:
         start.append(u)
+    cold = None if "top" in warm else max(2 * config.top_k + 1, 20)  # a random start (see lanczos)
     top = lanczos(op, config.top_k, warm=torch.stack(start), generator=generator, tol=config.tol,
                   ritz_vectors=True, max_basis=_max_basis(config.top_k, dim),
-                  max_iter=config.max_hvps)
+                  max_iter=config.max_hvps, min_basis=cold, guard=guard)
     notes = {}
     if not top.converged and config.max_hvps is not None:
         notes["lambda_max"] = (f"stopped at the budget of {config.max_hvps} products before tol "

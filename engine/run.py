@@ -834,9 +834,10 @@ class Run:
             groups.setdefault((batches[lane.id][2], need), []).append(lane)
         out: dict[int, _Eval] = {}
         reuse = self._probe_reuses_graph(lanes)  # a due probe differentiates this gradient again
-        # a reused graph must hold a copy of the leaves (the step changes them in place): the
-        # flattened view; otherwise a network is evaluated on its leaves as they are
-        by_parts = None if reuse else getattr(self.problem, "loss_parts", None)
+        # a network is evaluated on its leaves as they are; a reused graph must hold a copy of them
+        # (the step changes them in place): clones of the parts, which cost 3-9% less per step and
+        # per product than the flattened rows (benchmarks/hessian.py, section b)
+        by_parts = getattr(self.problem, "loss_parts", None)
         for (_, need), group in groups.items():
             t = time.perf_counter()
             batch, size, _ = batches[group[0].id]
@@ -848,6 +849,8 @@ class Run:
                 points = group
                 parts = group[0].parts() if len(group) == 1 else \
                     [torch.cat(p) for p in zip(*(lane.parts() for lane in group), strict=True)]
+                if reuse:
+                    parts = [p.clone() for p in parts]
                 loss = lambda parts=parts, batch=batch: by_parts(parts, batch)  # noqa: E731
             grads: list[torch.Tensor] | None = None
             if need == 2:
@@ -1021,8 +1024,9 @@ class Run:
         at K*M = 2 and ~6x at 4 (a vmapped backward over every row), while building one row's graph
         costs ~1.2 gradients once per probe (benchmarks/hessian.py, section b); at K*M = 1 reuse
         saves that setup (~15% of a sharpness probe every step, section d). Also only for problems
-        whose loss sees a copy of the leaves (several parameter tensors, concatenated): a single
-        leaf is saved by the loss itself and the optimizer's in-place step would invalidate it.
+        whose loss sees a copy of the leaves (several parameter tensors, cloned by
+        :meth:`_evaluate`, or concatenated where the problem has no ``loss_parts``): a single leaf
+        is saved by the loss itself and the optimizer's in-place step would invalidate it.
         The step's gradient is then taken with ``create_graph=True`` (a few % more for that step)."""
         self._step_graph = None
         if self.probes is None or len(lanes) != 1:

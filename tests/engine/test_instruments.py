@@ -225,6 +225,27 @@ def test_warm_started_probes_match_the_dense_spectrum_along_a_run() -> None:
     assert max(p.hvps for p in found[1:]) < found[0].hvps  # warm starts are cheaper than the cold one
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_economy_probes_along_a_run_are_within_their_tolerance_of_the_dense_lambda_max(dtype: str) -> None:
+    """Sharpness every step at tol 1e-3 (warm after the first), in the run's dtype, on the step's
+    own graph: each lambda_max within 1e-3 of the dense Hessian's and within its reported residual."""
+    problem = get_network("moons_mlp", batch_size=None)
+    run = run_with(problem, ("sgd", {"lr": 0.5}), probes=ProbeConfig.economy(every=1, dtype=None),
+                   dtype=dtype)
+    hvps = []
+    for _ in range(12):
+        x = torch.as_tensor(run.positions(0)[0], dtype=torch.float64)
+        (r,) = run.step()
+        p = r.curvature
+        exact = torch.linalg.eigvalsh(dense_hessian(lambda z: problem.loss(z[None])[0], x))[-1].item()
+        slack = 1e-5 * exact if dtype == "float32" else 1e-12 * exact  # float32 products' own error
+        assert abs(p.lambda_max - exact) <= 1e-3 * exact + slack
+        assert abs(p.lambda_max - exact) <= p.lambda_max_residual + slack
+        assert p.dtype == dtype
+        hvps.append(p.hvps)
+    assert max(hvps[1:]) < hvps[0]  # warm probes cost less than the cold first one
+
+
 def test_a_budget_of_products_stops_probes_early_and_says_so() -> None:
     """max_hvps caps each probe's products; the Ritz value is a Rayleigh quotient (never above the
     dense lambda_max), its residual is reported, and a probe stopped short says so in its notes."""
