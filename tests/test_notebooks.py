@@ -33,6 +33,7 @@ NAMES = (
     "05_second_order_and_mirror_descent",
     "06_experiments",
     "07_bilevel_and_surrogates",
+    "08_games_and_mode_connectivity",
 )
 KERNEL = "python3"
 """ipykernel's own kernelspec: jupyter_client starts it with ``sys.executable`` (the venv's python)."""
@@ -265,3 +266,34 @@ def test_bilevel_notebook_penalty_bias_is_linear_in_sigma_and_sso_counts_its_mod
     assert panel["figures"] == ["error", "gap", "objective", "sso_gradients", "sso_passes", "trajectory"]
     assert panel["sso_shown"] == panel["sso_engine"]  # the panel shows the engine's two counts
     assert r["busy_after_close"] is False
+
+
+def test_games_cycle_or_converge_and_weight_matching_removes_the_barrier() -> None:
+    from landscapes import get_landscape
+    from landscapes.simplex_games import play
+
+    r = run_fast("08_games_and_mode_connectivity")
+    game = r["game"]
+    for m, g in game.items():
+        np.testing.assert_allclose(g["equilibrium"], [1 / 3] * 6, atol=1e-15)  # rock-paper-scissors' Nash
+    mw = game["exp_gradient"]
+    # simultaneous multiplicative weights in a zero-sum game: the KL to an interior equilibrium never
+    # decreases (Bailey & Piliouras 2018); only the running average approaches it
+    assert min(mw["kl_steps"]) > 0 and mw["kl_last"] > 2 * mw["kl_first"]
+    assert mw["average_gap_last"] < 0.1 * mw["gap_last"]
+    for m in ("optimistic_mw", "mirror_prox_entropic"):  # last-iterate convergence
+        assert game[m]["kl_last"] < 0.5 * game[m]["kl_first"], (m, game[m])
+    for m, g in r["regularized"].items():  # tau > 0: every method converges, MW included
+        assert g["kl_last"] < 0.05 * g["kl_first"], (m, g)
+    lmc = r["lmc"]
+    # a permutation of hidden units computes the same function: both paths start and end at equal losses
+    assert lmc["end_matched"] == pytest.approx(lmc["end_naive"], rel=1e-9)
+    assert lmc["start_matched"] == lmc["start_naive"]
+    assert lmc["l2_naive"] == pytest.approx(lmc["l2_check"], rel=1e-12)
+    assert lmc["l2_matched"] < lmc["l2_naive"]
+    assert lmc["barrier_matched"]["train_loss"] < 0.5 * lmc["barrier_naive"]["train_loss"]
+    # the app's game tab shows what the engine plays for its study
+    s = r["tab_study"]
+    rps = get_landscape("rps_game", tau=s["tau"])
+    for m, kl in r["tab"].items():
+        assert kl == play(rps, m, s["steps"], {"lr": s["lr"]}).kl_to_equilibrium[-1]
