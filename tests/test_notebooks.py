@@ -274,7 +274,7 @@ def test_games_cycle_or_converge_and_weight_matching_removes_the_barrier() -> No
 
     r = run_fast("08_games_and_mode_connectivity")
     game = r["game"]
-    for m, g in game.items():
+    for g in game.values():
         np.testing.assert_allclose(g["equilibrium"], [1 / 3] * 6, atol=1e-15)  # rock-paper-scissors' Nash
     mw = game["exp_gradient"]
     # simultaneous multiplicative weights in a zero-sum game: the KL to an interior equilibrium never

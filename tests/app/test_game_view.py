@@ -138,6 +138,7 @@ def test_cancel_stops_the_play_and_the_view_plays_again() -> None:
 
 def test_a_game_preset_opens_the_tab_with_the_races_game_tau_methods_and_step_size() -> None:
     from app.explorer import Explorer
+    from app.views import LandscapeView
     from app.views.connectivity import ConnectivityView
 
     ex = Explorer(landscape="rosenbrock")
@@ -147,6 +148,9 @@ def test_a_game_preset_opens_the_tab_with_the_races_game_tau_methods_and_step_si
         view = ex.view(GameView)
         assert view.applies() and not ex.view(ConnectivityView).applies()
         assert ex.instruments._names[ex.instruments.active] == "game"
+        # two players, each on its own triangle (this tab): no single landscape picture of the race
+        landscape = ex.view(LandscapeView)
+        assert not landscape.applies() and all(obj is not landscape.panel for obj in ex.race_area.objects)
         study = view.study()
         assert (study.game, study.tau, study.methods, study.lr) == ("rps_game", 0.1, METHODS, 0.1)
     finally:
