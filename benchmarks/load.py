@@ -272,9 +272,12 @@ async def run(args: argparse.Namespace) -> str:
         pages = [Page(server.base) for _ in range(args.sessions)]
         t_open = time.monotonic()
 
+        listeners: list[asyncio.Future] = []
+
         async def arrive(i: int, page: Page) -> None:  # page i of N comes i/N of the arrival later
             await asyncio.sleep(args.arrival * i / args.sessions)
             await page.open(args.page_timeout)
+            listeners.append(asyncio.ensure_future(page.listen()))  # a browser reads its page at once
 
         results = await asyncio.gather(*(arrive(i, p) for i, p in enumerate(pages)), return_exceptions=True)
         for p, r in zip(pages, results, strict=True):
@@ -282,7 +285,6 @@ async def run(args: argparse.Namespace) -> str:
                 p.error = f"open: {r!r}"
         how = f"spread over {args.arrival:g} s" if args.arrival else "at once"
         print(f"{args.sessions} pages opened ({how}) in {time.monotonic() - t_open:.1f} s", flush=True)
-        listeners = [asyncio.ensure_future(p.listen()) for p in pages if p.ws is not None]
         await asyncio.sleep(args.warmup)
         t0 = time.monotonic()
         await asyncio.sleep(args.seconds / 2)
