@@ -30,7 +30,7 @@ from app.model import DEFAULT_RACE, RaceSession
 from app.presets import presets
 from app.sharing import CUSTOM
 from app.stream import merge
-from app.views import VIEWS, View
+from app.views import VIEWS, View, applies, build, deferred, live, on_page, streams
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,9 @@ class Explorer(pn.viewable.Viewer):
             params["problem"] = params.pop("landscape")
         super().__init__(**own)
         self.session = s = RaceSession(lanes=lanes, optimizers=optimizers, **params)
-        self.views: list[View] = [cls(s, self.show_error) for cls in VIEWS]
+        # built when first shown (app.views.deferred): the curves and the status meter always are
+        self.views: list[View] = [cls(s, self.show_error) if cls.area in ("curves", "status")
+                                  else deferred(cls, s, self.show_error) for cls in VIEWS]
         self.sidebar = Sidebar(s, self.apply_preset)
         self.sidebar.presenter.link(self, value="presenter", bidirectional=True)
         self.preset_note = pn.pane.Alert("", alert_type="info", visible=False, margin=(0, 0),
@@ -101,7 +103,7 @@ class Explorer(pn.viewable.Viewer):
                                             visible=self.preset_note.param.visible.rx.not_())
         self.rules = pn.Column(sizing_mode="stretch_width", visible=False)
         self.instruments = pn.Tabs(dynamic=True, sizing_mode="stretch_width", margin=(0, 0))
-        self.instruments.param.watch(lambda _: self._refresh(), "active")
+        self.instruments.param.watch(lambda _: self._show_tab(), "active")
         self.race_area = pn.Column(sizing_mode="stretch_width", margin=0)
         self.main = pn.Column(
             self.preset_note, pn.Row(self.formula, self.description, sizing_mode="stretch_width"), self.rules,
@@ -151,12 +153,14 @@ class Explorer(pn.viewable.Viewer):
         return self.session.running
 
     def view(self, cls: type) -> Any:
-        """The page's view of class ``cls`` (e.g. ``explorer.view(MemoryView)``)."""
-        return next(v for v in self.views if isinstance(v, cls))
+        """The page's view of class ``cls`` (e.g. ``explorer.view(MemoryView)``), built if it was not."""
+        view = next(v for v in self.views if isinstance(v, cls))
+        self._build(view)
+        return view
 
     def figures(self) -> list[Any]:
         """The Bokeh figures of the views on the page now (for the axis controls)."""
-        shown = [v for v in self.views if v.applies()]
+        shown = [v for v in live(self.views) if v.applies()]
         return [p.object for v in shown for p in v.panel.select(pn.pane.Bokeh)
                 if hasattr(p.object, "y_scale")]
 
@@ -173,19 +177,23 @@ class Explorer(pn.viewable.Viewer):
         self._later = Batch()  # the old race's records the picture had not been sent: never drawn
         with self._hold(freeze=True):
             s = self.session
-            for v in self.views:
+            for v in self.views:  # a view that streams the race is built when it applies: it misses nothing
+                if not v.built and (v.area == "race" or streams(v)) and applies(v):
+                    build(v)
+            for v in live(self.views):
                 v.set_problem()
             self._show_lanes()
             self._set_x()
-            shown = [v.panel for v in self._area("race") if v.applies()]  # only these are on the page
+            shown = [on_page(v) for v in self._area("race") if applies(v)]  # only these are on the page
             if list(self.race_area.objects) != shown:
                 self.race_area.objects = shown
             self.race_area.visible = bool(shown)
-            tabs = [(v.title, v.panel) for v in self._area("instrument") if v.applies()]
+            tabs = [(v.title, on_page(v)) for v in self._area("instrument") if applies(v)]
             if [t for t, _ in tabs] != list(self.instruments._names):
                 active = self.instruments.active
                 self.instruments[:] = tabs
                 self.instruments.active = min(active, len(tabs) - 1)
+            self._build(self._tab())
             p = s.problem_obj
             self.formula.object = inline_math(p.latex) if getattr(p, "latex", "") else ""
             self.description.object = getattr(p, "description", "")
@@ -206,17 +214,42 @@ class Explorer(pn.viewable.Viewer):
                    for w in card.body.select(pn.widgets.DiscreteSlider)):
                 card._build(force=True)
 
+    def _tab(self) -> View | None:
+        """The instrument whose tab is open."""
+        tabs = [v for v in self._area("instrument") if applies(v)]
+        return tabs[self.instruments.active] if 0 <= self.instruments.active < len(tabs) else None
+
+    def _show_tab(self) -> None:
+        """A tab was opened: build its view if it was a shell, and draw what is on screen."""
+        self._build(self._tab())
+        self._refresh()
+
+    def _build(self, view: View | None) -> None:
+        """Build a shell (:func:`app.views.build`) and bring it to where the page is: its run, lanes,
+        x-axis, presenter view; the axis controls then list its figures."""
+        if view is None or view.built:
+            return
+        with self._hold(freeze=True):
+            build(view)
+            view.set_problem()
+            view.show_lanes(list(self.session.lanes))
+            label = self.session.x_axis
+            view.set_x(AXES[label], label)
+            if self.presenter:
+                view.present(True)
+        self.axes.list_plots()
+
     def _show_lanes(self) -> None:
         lanes = list(self.session.lanes)
         with self._hold(freeze=False):
             self.sidebar.show_lanes(lanes)
-            for v in self.views:
+            for v in live(self.views):
                 v.show_lanes(lanes)
             self._show_rules()
 
     def _set_x(self) -> None:
         label = self.session.x_axis
-        for v in self.views:
+        for v in live(self.views):
             v.set_x(AXES[label], label)
 
     def show_error(self, text: str) -> None:
@@ -229,7 +262,7 @@ class Explorer(pn.viewable.Viewer):
     def _update_counter(self) -> None:
         s = self.session
         state = "running" if s.running else "paused"
-        drawn = [v for v in self.views if hasattr(v, "points_drawn")]
+        drawn = [v for v in live(self.views) if hasattr(v, "points_drawn")]
         points = f" · {drawn[0].points_drawn:,} points drawn" if drawn and s.is_drawn else ""
         text = f"**step {s.worker.tick - s.origin}** · {state}{points}"
         if text != self.sidebar.counter.object:
@@ -308,7 +341,7 @@ class Explorer(pn.viewable.Viewer):
         size = {"font-size": "1.3em"} if big else {"font-size": "1em"}
         self.controls.styles = size
         self.main.styles = size
-        for v in self.views:
+        for v in live(self.views):
             v.present(big)
         self.sidebar.step_button.width = 140 if big else 60
         self.sidebar.step_button.label = "Step ▸" if big else "Step"
@@ -361,10 +394,10 @@ class Explorer(pn.viewable.Viewer):
         race_due = bool(race) and (not self.session.running or self._pumps % RACE_EVERY == 0)
         if batch.reset:  # a message of its own: a source emptied and streamed to in one message would be
             with self._hold():  # sent with its new rows twice (Bokeh serializes ``data`` when it sends)
-                for v in self.views:
+                for v in live(self.views):
                     v.clear()
         with self._hold():
-            for v in self.views:
+            for v in live(self.views):
                 if v.area != "race":
                     v.consume(batch)
                 elif race_due:
@@ -384,10 +417,10 @@ class Explorer(pn.viewable.Viewer):
     def _refresh(self, part: int | None = None) -> None:
         """Redraw what is not streamed, for the views on screen: all of it, or only its ``part``-th
         share of :data:`REFRESH_EVERY` (a pump's turn)."""
-        shown = [v for v in self.views if v.area != "instrument"]
-        tabs = [v for v in self._area("instrument") if v.applies()]
+        shown = [v for v in live(self.views) if v.area != "instrument"]
+        tabs = [v for v in self._area("instrument") if applies(v)]
         if tabs and 0 <= self.instruments.active < len(tabs):
-            shown.append(tabs[self.instruments.active])
+            shown.extend(live([tabs[self.instruments.active]]))
         redraws = [v.refresh for v in shown if v.applies()] + [self.sidebar.refresh, self._update_counter]
         for i, redraw in enumerate(redraws):
             if part is None or i % REFRESH_EVERY == part:
@@ -399,6 +432,6 @@ class Explorer(pn.viewable.Viewer):
         if self._callback is not None:
             self._callback.stop()
             self._callback = None
-        for v in self.views:
+        for v in live(self.views):
             v.close()
         self.session.close()

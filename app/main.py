@@ -11,7 +11,10 @@ from engine.worker import RunWorker
 
 torch.set_num_threads(1)  # many sessions share this server: one thread per run worker
 RunWorker.budget = load.BUDGET  # the races of all pages share this process's CPU fairly (app/load.py)
-pn.extension("katex", "filedropper", notifications=True)
+# The template's design from the first render on: without it, a pane is rendered without the design's
+# stylesheets and its first update sends them (a 10 kB message, and a walk over the whole document) --
+# once per pane that changes (the counter, the rate meter, each lane card's live lr) as the page starts.
+pn.extension("katex", "filedropper", notifications=True, design="bootstrap")
 
 doc = pn.state.curdoc
 # One walk over the document's ~800 models at the end instead of one per model added: a page is

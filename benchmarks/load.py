@@ -12,6 +12,13 @@ page: the step counter (``.step-counter``: "step 123 · running") and the rate m
 - shown: the rate meter's last figure (the rate the page shows, to compare with the real one);
 - control: a click on "Pause" -> the counter says "paused" (the page answers its controls).
 
+Three page loads are measured: the N pages opened at once (``page_load_s_max``: the last of N documents
+built one after another by one interpreter), or spread over ``--arrival`` seconds (a class arriving);
+and, with the N sessions open and racing, one more page opened halfway through the measuring window
+(``late_page_load_s``: what the goal "pages load in under 5 s with 20 sessions open" names).
+``--build K`` measures instead what one page costs an idle server: K pages opened one after another
+(each closed before the next), alternating with a second server on ``--baseline-root`` when given.
+
 Then every websocket closes, and the server's Python threads and RSS (its children too with
 ``--num-procs``) are sampled each second until they are back within 10 % of idle or ``--drain``
 seconds pass. Idle = after one warm-up session has opened and closed (the code is imported).
@@ -20,10 +27,12 @@ Loopback only; bounded: at most ``MAX_SESSIONS`` sessions, each step waits at mo
 whole run at most ``--limit`` seconds. Figures on a 2-core machine shared with other work are
 pessimistic: compare runs side by side.
 
-    python benchmarks/load.py [--sessions 20] [--seconds 40] [--num-procs 1] [--speed 60]
+    python benchmarks/load.py [--sessions 20] [--seconds 40] [--num-procs 1] [--speed 60] [--arrival 0]
+    python benchmarks/load.py --build 8 [--baseline-root ../main]
 
 Last line: ``sessions=<n> steps_per_s_min=<n> page_load_s_max=<n> rss_after_close_mb=<n>
-threads_after_close=<n>``.
+threads_after_close=<n> late_page_load_s=<n>``; with ``--build``: ``page_build_s_median=<n>`` (and
+``baseline_page_build_s_median=<n> ratio=<n>``).
 """
 
 from __future__ import annotations
@@ -262,12 +271,20 @@ async def run(args: argparse.Namespace) -> str:
 
         pages = [Page(server.base) for _ in range(args.sessions)]
         t_open = time.monotonic()
-        results = await asyncio.gather(*(p.open(args.page_timeout) for p in pages), return_exceptions=True)
+
+        listeners: list[asyncio.Future] = []
+
+        async def arrive(i: int, page: Page) -> None:  # page i of N comes i/N of the arrival later
+            await asyncio.sleep(args.arrival * i / args.sessions)
+            await page.open(args.page_timeout)
+            listeners.append(asyncio.ensure_future(page.listen()))  # a browser reads its page at once
+
+        results = await asyncio.gather(*(arrive(i, p) for i, p in enumerate(pages)), return_exceptions=True)
         for p, r in zip(pages, results, strict=True):
             if isinstance(r, BaseException):
                 p.error = f"open: {r!r}"
-        print(f"{args.sessions} pages opened in {time.monotonic() - t_open:.1f} s", flush=True)
-        listeners = [asyncio.ensure_future(p.listen()) for p in pages if p.ws is not None]
+        how = f"spread over {args.arrival:g} s" if args.arrival else "at once"
+        print(f"{args.sessions} pages opened ({how}) in {time.monotonic() - t_open:.1f} s", flush=True)
         await asyncio.sleep(args.warmup)
         t0 = time.monotonic()
         await asyncio.sleep(args.seconds / 2)
@@ -310,8 +327,9 @@ async def run(args: argparse.Namespace) -> str:
                   f"{'-' if ans is None else f'{ans:.2f}':>8}  {p.error}")
         print(f"\nsteps/s: min {min(rates):.1f}, median {statistics.median(rates):.1f} "
               f"(asked {args.speed:g}; window {t1 - t0:.0f} s after {args.warmup:.0f} s)")
-        print(f"page load: max {max(loads):.1f} s, median {statistics.median(loads):.1f} s (all at once); "
-              f"one more page while they race: {late.load_s or float('nan'):.1f} s {late.error}")
+        late_s = late.load_s if late.load_s is not None else float("inf")
+        print(f"page load: max {max(loads):.1f} s, median {statistics.median(loads):.1f} s ({how}); "
+              f"one more page while they race: {late_s:.1f} s {late.error}")
         print(f"pause answered: {len(answer)}/{len(clicked)}, max "
               f"{max(answer.values(), default=float('nan')):.2f} s")
         print(f"server with {args.sessions} sessions: {busy[0]:.0f} MB, {busy[1]} threads; "
@@ -319,9 +337,49 @@ async def run(args: argparse.Namespace) -> str:
         print(f"after close: {rss:.0f} MB, {threads} threads, {took:.0f} s after the last page closed "
               f"({'within' if took <= args.drain else 'NOT within'} 10 % of idle)", flush=True)
         return (f"sessions={args.sessions} steps_per_s_min={min(rates):.1f} page_load_s_max={max(loads):.1f} "
-                f"rss_after_close_mb={rss:.0f} threads_after_close={threads}")
+                f"rss_after_close_mb={rss:.0f} threads_after_close={threads} late_page_load_s={late_s:.1f}")
     finally:
         server.stop()
+
+
+async def build(args: argparse.Namespace) -> str:
+    """What a page costs an idle server: ``--build`` pages opened one after another (GET -> document
+    pulled), each closed and its session left to end before the next; with ``--baseline-root``, a
+    second server from that checkout gets a page between two of ours (same load, side by side)."""
+    AsyncHTTPClient.configure(None, max_clients=MAX_SESSIONS)
+    roots = {"this": Path(args.app_root).resolve()}
+    if args.baseline_root:
+        roots["baseline"] = Path(args.baseline_root).resolve()
+    log = Path(args.log)
+    servers = {name: Server(1, log.with_name(f"{log.stem}-{name}{log.suffix}"), root)
+               for name, root in roots.items()}
+    loads: dict[str, list[float]] = {name: [] for name in servers}
+    try:
+        for server in servers.values():
+            await wait_up(server, 120)
+            warm = Page(server.base)  # imports everything: not counted
+            await warm.open(120)
+            warm.close()
+        await asyncio.sleep(10)
+        for _ in range(args.build):
+            for name, server in servers.items():
+                page = Page(server.base)
+                await page.open(args.page_timeout)
+                page.close()
+                loads[name].append(page.load_s)
+                await asyncio.sleep(args.build_gap)  # its worker stops, its session ends: idle again
+        for name, values in loads.items():
+            print(f"{name} ({roots[name]}): " + " ".join(f"{v:.2f}" for v in values)
+                  + f"  median {statistics.median(values):.2f} s", flush=True)
+    finally:
+        for server in servers.values():
+            server.stop()
+    this = statistics.median(loads["this"])
+    line = f"page_build_s_median={this:.2f}"
+    if "baseline" in loads:
+        base = statistics.median(loads["baseline"])
+        line += f" baseline_page_build_s_median={base:.2f} ratio={this / base:.2f}"
+    return line
 
 
 def main() -> None:
@@ -334,13 +392,23 @@ def main() -> None:
     ap.add_argument("--page-timeout", type=float, default=120.0)
     ap.add_argument("--drain", type=float, default=60.0, help="seconds to wait for threads and RSS")
     ap.add_argument("--limit", type=float, default=900.0, help="the whole run, seconds")
+    ap.add_argument("--arrival", type=float, default=0.0,
+                    help="seconds over which the N pages open, evenly (0: all at once)")
+    ap.add_argument("--build", type=int, default=0,
+                    help="only measure K page loads one after another on an idle server")
+    ap.add_argument("--build-gap", type=float, default=4.0, help="seconds between two --build pages")
+    ap.add_argument("--baseline-root", default="", help="with --build: a second checkout, side by side")
     ap.add_argument("--app-root", default=str(ROOT), help="the checkout served (compare with main's)")
     ap.add_argument("--log", default=str(ROOT / "artifacts" / "load-serve.log"))
     args = ap.parse_args()
     if not 1 <= args.sessions <= MAX_SESSIONS:
         raise SystemExit(f"--sessions must be 1..{MAX_SESSIONS}")
+    if not 0 <= args.build <= MAX_SESSIONS:
+        raise SystemExit(f"--build must be 0..{MAX_SESSIONS}")
+    if not 0 <= args.arrival <= args.limit / 2:
+        raise SystemExit("--arrival must be between 0 and half of --limit")
     Path(args.log).parent.mkdir(parents=True, exist_ok=True)
-    line = asyncio.run(asyncio.wait_for(run(args), args.limit))
+    line = asyncio.run(asyncio.wait_for(build(args) if args.build else run(args), args.limit))
     print(line)
 
 

@@ -6,6 +6,10 @@ produced (:meth:`View.consume`, every pump: stream it, nothing else) and to redr
 streamed (:meth:`View.refresh`, a few times a second while it is on screen), and to forget the
 race's data on a reset (:meth:`View.clear`). Adding a panel is a new view file and one entry in
 :data:`app.views.VIEWS`.
+
+A page builds only the views it shows (:func:`app.views.deferred`): one that does not apply to the
+problem, or a tab never opened, is a shell until then (``built`` False; the page calls none of its
+methods but :meth:`View.applies`, which must therefore read only ``self.session``).
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ class View:
     area: ClassVar[str] = "instrument"
     """Where the page puts it: "race" (the large left area), "curves" (beside it, always shown),
     "instrument" (a tab below the curves: one shown at a time), "status" (beside the step counter)."""
+    built: bool = True
+    """False while it is a shell (:func:`app.views.deferred`): its ``__init__`` has not run yet."""
 
     def __init__(self, session: RaceSession, notify: Callable[[str], None]) -> None:
         self.session = session
