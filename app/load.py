@@ -9,7 +9,7 @@ and answering instead of a few running at full speed while the rest stall:
   second shared equally by the races running now (each race steps at the lower of its asked rate
   and its share over the CPU cost of its steps);
 - messages: the pumps of all sessions together run at most :data:`PUMPS_PER_SECOND` times per
-  second; with more sessions, each page's 10 Hz pump skips calls (:func:`pump_every`).
+  second; with more sessions, each page's pump skips calls (:func:`pump_every`).
 
 A page's rate meter shows the rate really taken (it measures the counter), so a shrunk share is
 visible. When a session ends, its worker is stopped (:meth:`app.explorer.Explorer.close`) and,
@@ -30,6 +30,7 @@ from typing import Any
 
 from tornado.ioloop import IOLoop
 
+from app.explorer import PUMP_MS
 from engine.worker import StepBudget
 
 log = logging.getLogger(__name__)
@@ -38,9 +39,9 @@ STEP_CORES = float(os.environ.get("OPTISCOPE_STEP_CORES", "0.8"))
 """CPU seconds per second all races together may spend stepping (the rest: pumps, new pages).
 Measured (benchmarks/load.py, 20 sessions, 2 cores): 0.6 core gave 8.5-9.8 steps/s each, 0.8 gave 9.7-11."""
 PUMPS_PER_SECOND = float(os.environ.get("OPTISCOPE_PUMPS_PER_SECOND", "60"))
-"""Pumps (Bokeh messages) per second over all sessions: 6 pages at 10 Hz, 20 pages at 2.5 Hz."""
-PUMP_HZ = 10.0
-"""The pump's own cadence (:data:`app.explorer.PUMP_MS` = 100 ms)."""
+"""Pumps (Bokeh messages) per second over all sessions: 2 pages at 25 Hz, 20 pages at ~2.8 Hz."""
+PUMP_HZ = 1000.0 / PUMP_MS
+"""The pump's own cadence (:data:`app.explorer.PUMP_MS`)."""
 TIDY_AFTER_S = 2.0
 """Seconds after a session ends before the process collects and trims (one tidy per burst)."""
 
