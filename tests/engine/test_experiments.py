@@ -358,3 +358,23 @@ def test_tuned_vs_default_reselects_the_best_in_every_bootstrap_resample() -> No
     assert out["default_spread"] == pytest.approx(math.sqrt(2))
     budget1 = tuned_vs_default(_frame(rows), tuning_budget=1, n_boot=100).iloc[0]
     assert budget1["n_configs"] == 1 and budget1["tuned_config"] == 1
+
+
+def test_a_task_whose_every_trajectory_diverged_ends_there_not_at_its_step_cap() -> None:
+    """Frozen (diverged) rows call no oracle, so their budget is never reached: the task ends at the
+    record where no row runs any more (it used to step to max_steps, 100,000 steps doing nothing)."""
+    spec = ExperimentSpec(problems=({"name": "rosenbrock"},),
+                          optimizers=(OptimizerEntry("sgd", {"lr": [1.0]}),),
+                          budget=600, seeds=(0,), starts=3, device="cpu")
+    problems = spec.validate(CATALOGS)
+    (task,) = [t for t in plan(spec, problems) if t.configs[-1].hyperparameters.get("lr") == 1.0]
+    res = run_task(task, problems[task.problem], keep_records=True)
+    records = res.records[(task.configs[-1].index, 0)]
+    last = records[-1]
+    # it ends where the last row froze
+    assert (last.diverged_at >= 0).all() and (records[-2].diverged_at < 0).any()
+    assert len(records) < 100 and task.max_steps > 1_000
+    rc = race_config(task.configs[-1], seed=0, starts=task.starts, start=None, device="cpu", dtype="float64",
+                     fused=task.fused)
+    alone = Run(problems[task.problem], rc).run(len(records))
+    assert all(_same(a, b) for a, b in zip(records, alone, strict=True))
