@@ -297,13 +297,10 @@ class _Trajectories:
         units = self.costs.units(record.counts)
         if units > self.budget or record.step >= self.max_steps:
             return True
-        if record.stopped is not None or not (np.asarray(record.diverged_at) < 0).any():
-            # no row runs on (every one diverged, or the lane raised): frozen rows call no oracle, so
-            # the budget would never be reached and the task would run to max_steps doing nothing
-            self.spent, self.units = record.counts, units
-            return True
         self.spent, self.units = record.counts, units
-        return False
+        # no row runs on (every one diverged, or the lane raised): frozen rows call no oracle, so the
+        # budget would never be reached and the task would step to max_steps doing nothing
+        return record.stopped is not None or not (np.asarray(record.diverged_at) < 0).any()
 
     def rows(self) -> list[dict[str, Any]]:
         rec = self.last
