@@ -19,7 +19,6 @@ import json
 import os
 import re
 import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -490,10 +489,10 @@ def test_two_pages_are_independent_and_closing_one_ends_its_worker(
     assert page.unexpected_errors() == []
 
 
-def test_an_eight_lane_race_answers_every_control_quickly(browser: object, server: Server) -> None:
-    """With 8 lanes streaming: Step, a slider, a switch to Lion, removing a lane, Reset and a preset
-    show their effect, and the page's main thread never stalls for long. Bounds are generous (a loaded
-    2-core machine); the figures are printed, and benchmarks/stream.py measures them precisely."""
+def test_an_eight_lane_race_answers_every_control(browser: object, server: Server) -> None:
+    """With 8 lanes streaming: Pause, Step, a slider, a switch to Lion, removing a lane, Reset and a
+    preset each show their effect. How long each took, and the page's longest stall, are printed;
+    benchmarks/controls.py measures them (timings are never asserted in tests: shared machines)."""
     s = Session(browser, link(server.url, EIGHT, speed=60))
     try:
         s.page.evaluate(_WATCH_JS)
@@ -535,8 +534,6 @@ def test_an_eight_lane_race_answers_every_control_quickly(browser: object, serve
         gap = max(s.page.evaluate("() => window.__gaps")) / 1000
         print("seconds to show the effect:", {k: [round(t, 2) for t in v] for k, v in took.items()},
               f"longest stall of the page: {gap:.2f} s")
-        assert statistics.median(took["step"]) < 3.0 and max(max(v) for v in took.values()) < 10.0
-        assert gap < 5.0
         assert s.unexpected_errors() == []
     finally:
         s.close()

