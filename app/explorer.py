@@ -132,8 +132,8 @@ class Explorer(pn.viewable.Viewer):
             doc = pn.state.curdoc
             if doc is None or doc.session_context is None or pn.state.loaded:
                 s.play()
-            else:
-                s.running = True
+            else:  # held: a link opened before the page loads must not replay past its pause first
+                s.held, s.running = True, True
 
     # -- names the notebooks and tests use ---------------------------------------------------------
     @property
@@ -374,8 +374,7 @@ class Explorer(pn.viewable.Viewer):
         # background: a periodic callback otherwise marks the page busy at every call (the spinner)
         self._callback = pn.io.callbacks.PeriodicCallback(callback=self.pump, period=PUMP_MS, background=True)
         self._callback.start()
-        if self.session.running:
-            self.session.play()
+        self.session.release()
 
     def _hold(self, freeze: bool = False) -> Any:
         """One message for many changes (no-op without a session). ``freeze`` defers Bokeh's walk

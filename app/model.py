@@ -120,6 +120,8 @@ class RaceSession(Mirror, param.Parameterized):
             lanes = [(n, {}) for n in optimizers] if optimizers is not None else DEFAULT_RACE
             problem = params.get("problem", "rosenbrock")  # the page's defaults, tuned to its problem
             lanes = [(n, retune(n, v, "rosenbrock", problem)) for n, v in lanes]
+        self.held = False
+        """Running but not stepping until :meth:`release` (a served page that has not loaded yet)."""
         self.worker: RunWorker | None = None
         self.latest: dict[int, Record] = {}
         self.ranking = Ranking()
@@ -225,7 +227,7 @@ class RaceSession(Mirror, param.Parameterized):
             self._quiet_probes = False
         if spec.paused and spec.ticks == 0:
             self.running = False
-        if self.running:
+        if self.running and not self.held:
             self.worker.resume()
 
     def _rebuild(self, *_: Any) -> None:
@@ -307,6 +309,14 @@ class RaceSession(Mirror, param.Parameterized):
                         x_axis=self.x_axis)
 
     # -- actions ---------------------------------------------------------------------------------
+    def release(self) -> None:
+        """The page has loaded: a race held until then (:attr:`held`) starts stepping. Only a held
+        race is resumed: a link's race that has replayed to its pause stays paused."""
+        if self.held:
+            self.held = False
+            if self.running:
+                self.play()
+
     def play(self) -> None:
         self.running = True
         self._resumed_at = self.worker.tick

@@ -4,6 +4,7 @@ public methods, and check what reaches the views' sources and the run's event lo
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any
 
@@ -17,6 +18,7 @@ from bokeh.models import CustomJSTickFormatter, LabelSet, Legend, LinearScale, L
 from panel.io.state import set_curdoc
 
 import app.explorer as explorer_module
+from app import sharing
 from app.explorer import CUSTOM, REFRESH_EVERY, Explorer
 from app.lanes import PALETTE
 from app.views import (
@@ -104,6 +106,29 @@ def test_a_served_race_starts_when_its_page_has_loaded() -> None:
             assert ex.running and ex.worker.tick == 0
             pn.state._on_load(doc)  # what Panel runs when the page says it is ready
             wait_for(lambda: ex.worker.tick > 10)
+        finally:
+            ex.close()
+
+
+def test_a_link_opened_before_its_page_loads_replays_to_its_pause_and_stays_there() -> None:
+    """A share link of a race paused at step 10, opened by a served page: nothing steps before the
+    page has loaded; then the race replays to step 10 and stays paused there (it used to start
+    before the page loaded, pause at 10, and be resumed past it when the page loaded)."""
+    doc = Document()
+    session = SimpleNamespace(id="test", request=SimpleNamespace(arguments={}, cookies={}, headers={}))
+    doc._session_context = lambda: session
+    with set_curdoc(doc):
+        ex = Explorer(landscape="quadratic", optimizers=["sgd"], speed=500, autostart=True)
+        try:
+            spec = replace(ex.session.spec(), ticks=10, paused=True)
+            assert ex.apply_query({"race": sharing.encode(spec)})
+            ex.start_streaming()
+            time.sleep(0.3)
+            assert ex.worker.tick == 0
+            pn.state._on_load(doc)
+            pump_until(ex, lambda: not ex.running)
+            time.sleep(0.3)
+            assert ex.worker.tick == 10 and not ex.running and "paused" in ex.sidebar.counter.object
         finally:
             ex.close()
 
