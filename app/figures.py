@@ -18,6 +18,7 @@ from bokeh.models import (
     BasicTicker,
     BasicTickFormatter,
     ColumnDataSource,
+    CustomJSTicker,
     CustomJSTickFormatter,
     DataRange1d,
     GlyphRenderer,
@@ -25,7 +26,6 @@ from bokeh.models import (
     LabelSet,
     LinearScale,
     LogScale,
-    LogTicker,
 )
 from bokeh.plotting import figure
 
@@ -75,13 +75,46 @@ _TICK_LABEL = """
 """
 
 
+LOG_TICKS_JS = """
+  // major ticks of a log axis: decades (every k-th, at most ~6) over more than 3 decades; else the
+  // first of 1, 1-2-5, 1-2-3-5, 1..9 x 10^k that puts at least 3 ticks inside the range
+  const lo = Math.min(cb_data.start, cb_data.end), hi = Math.max(cb_data.start, cb_data.end);
+  if (!(lo > 0) || !isFinite(hi) || !(hi > lo)) return [];
+  const k0 = Math.floor(Math.log10(lo)), k1 = Math.ceil(Math.log10(hi));
+  const inside = (t) => t >= lo * (1 - 1e-9) && t <= hi * (1 + 1e-9);
+  if (k1 - k0 > 3) {
+    const every = Math.ceil((k1 - k0) / 6), out = [];
+    for (let k = Math.ceil(k0 / every) * every; k <= k1; k += every) out.push(Number(`1e${k}`));
+    return out.filter(inside);
+  }
+  let out = [];
+  for (const mantissas of [[1], [1, 2, 5], [1, 2, 3, 5], [1, 2, 3, 4, 5, 6, 7, 8, 9]]) {
+    out = [];
+    for (let k = k0; k <= k1; k++)
+      for (const m of mantissas) out.push(Number(`${m}e${k}`));
+    out = out.filter(inside);
+    if (out.length >= 3) return out;
+  }
+  return out;
+"""
+LOG_MINOR_TICKS_JS = """
+  const lo = Math.min(cb_data.start, cb_data.end), hi = Math.max(cb_data.start, cb_data.end);
+  if (!(lo > 0) || !isFinite(hi) || !(hi > lo)) return [];
+  const k0 = Math.floor(Math.log10(lo)), k1 = Math.ceil(Math.log10(hi)), out = [];
+  if (k1 - k0 > 12) return out;
+  for (let k = k0; k <= k1; k++)
+    for (let m = 1; m <= 9; m++) out.push(Number(`${m}e${k}`));
+  return out.filter((t) => t >= lo && t <= hi);
+"""
+
+
 def quiet_log_ticks(fig: figure) -> None:
-    """A few ticks: decades over a wide range; over less than a decade (where BokehJS's log ticker
-    falls back to linear steps) steps of 1, 2 or 5 x 10^k, about four of them, each labelled (a
-    log formatter labels powers of ten only: such an axis showed no numbers at all), never the
-    crowded "0.9 0.8 0.7 ..." of every mantissa."""
+    """A few labelled ticks on a log y-axis: decades (every k-th) over a wide range; over 3 decades
+    or fewer 1, 2, 5 x 10^k (or finer) so that at least three are labelled. BokehJS's own
+    log ticker turns linear under 2 decades: a loss from 0.04 to 0.9 was labelled 0.2, 0.4, 0.6,
+    0.8 only, the bottom half of the plot unreadable; its log formatter labels powers of ten only."""
     axis = fig.yaxis[0]
-    axis.ticker = LogTicker(desired_num_ticks=4, num_minor_ticks=10, mantissas=[1, 2, 5])
+    axis.ticker = CustomJSTicker(major_code=LOG_TICKS_JS, minor_code=LOG_MINOR_TICKS_JS)
     axis.formatter = CustomJSTickFormatter(code=_TICK_LABEL)
 
 

@@ -14,7 +14,7 @@ import param
 import pytest
 import torch
 from bokeh.document import Document
-from bokeh.models import CustomJSTickFormatter, LabelSet, Legend, LinearScale, LogScale, LogTicker
+from bokeh.models import CustomJSTicker, CustomJSTickFormatter, LabelSet, Legend, LinearScale, LogScale
 from panel.io.state import set_curdoc
 
 import app.explorer as explorer_module
@@ -235,7 +235,7 @@ def test_two_explorers_are_independent_sessions() -> None:
 def test_a_problem_without_known_minima_plots_raw_loss_on_a_linear_axis(explorer: Explorer) -> None:
     fig = explorer.view(LossView).figure
     assert isinstance(fig.y_scale, LogScale)
-    assert isinstance(fig.yaxis[0].ticker, LogTicker) and list(fig.yaxis[0].ticker.mantissas) == [1, 2, 5]
+    assert isinstance(fig.yaxis[0].ticker, CustomJSTicker)  # app.figures.quiet_log_ticks
     assert isinstance(fig.yaxis[0].formatter, CustomJSTickFormatter)  # labels inside a decade too
     explorer.session.problem = "saddle"  # x^2 - y^2: losses go negative
     assert isinstance(fig.y_scale, LinearScale)
