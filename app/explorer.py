@@ -102,7 +102,10 @@ class Explorer(pn.viewable.Viewer):
                                             sizing_mode="stretch_width",
                                             visible=self.preset_note.param.visible.rx.not_())
         self.rules = pn.Column(sizing_mode="stretch_width", visible=False)
-        self.instruments = pn.Tabs(dynamic=True, sizing_mode="stretch_width", margin=(0, 0))
+        # eleven tabs do not fit one row beside the race at 1280 px: the headers wrap onto a second
+        # row instead of scrolling out of sight (a preset's tab, e.g. connectivity, was off-screen)
+        self.instruments = pn.Tabs(dynamic=True, sizing_mode="stretch_width", margin=(0, 0),
+                                   stylesheets=[":host .bk-headers-wrapper {flex-wrap: wrap;}"])
         self.instruments.param.watch(lambda _: self._show_tab(), "active")
         self.race_area = pn.Column(sizing_mode="stretch_width", margin=0)
         self.main = pn.Column(
