@@ -29,8 +29,6 @@ def to_plane(problem: Problem) -> Callable[[np.ndarray], np.ndarray] | None:
     the problem's own ``barycentric`` map for a simplex problem; None if it cannot be drawn."""
     if problem.dim == 2:
         return lambda p: np.asarray(p, dtype=np.float64)[..., :2]
-    if getattr(problem, "geometry", None) == "simplex_game":
-        return None  # one point per player, each on its own triangle: not one picture (the game view's)
     project = getattr(problem, "barycentric", None)
     if project is None:
         return None

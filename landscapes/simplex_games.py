@@ -82,7 +82,9 @@ class SimplexGame(GameProblem):
     tau: float = 0.0
 
     geometry: ClassVar[str] = "simplex_game"
-    """What a view reads to draw each player on its own triangle (:meth:`players`, :meth:`barycentric`)."""
+    """What a view reads to draw each player on its own triangle (:meth:`players`, then
+    :func:`landscapes.simplex.barycentric` per player). No ``barycentric`` method: the game as a
+    whole is not one picture in the plane (one point per player)."""
 
     @property
     def sizes(self) -> tuple[int, int]:
@@ -99,11 +101,6 @@ class SimplexGame(GameProblem):
         """``z [..., m + n]`` -> ``(x [..., m], y [..., n])`` (numpy arrays or tensors)."""
         m, _ = self.sizes
         return z[..., :m], z[..., m:]
-
-    def barycentric(self, p: Any) -> Any:
-        """A player's strategies ``[..., 3]`` -> drawing coordinates ``[..., 2]`` on the triangle
-        (:func:`landscapes.simplex.barycentric`)."""
-        return barycentric(p)
 
     def random_starts(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """``n`` starts ``[n, m + n]`` with each player drawn uniformly from its simplex
