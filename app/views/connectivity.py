@@ -235,9 +235,10 @@ class ConnectivityView(View):
             path = result.naive if kind == "naive" else result.matched
             src.data = {"alpha": result.alphas, "value": path.curves[curve]}
         bn, bm = result.barrier_naive["loss"], result.barrier_matched["loss"]
+        # two short lines: one line of both figures was cut off beside the race at 1024 px
         self.figure.title.text = (
-            f"training-loss barrier {bn:.3g} → {bm:.3g} after matching; "
-            f"‖θ_A − θ_B‖ {result.l2_naive:.3g} → {result.l2_matched:.3g}"
+            f"training-loss barrier {bn:.3g} → {bm:.3g}\n"
+            f"‖θ_A − θ_B‖ {result.l2_naive:.3g} → {result.l2_matched:.3g} (matched)"
         )
         self.picture.visible = True
         self.caption.object = self.describe(study, result, seconds)
