@@ -43,8 +43,10 @@ it, so one exact zero does not stretch the axis over 300 decades."""
 
 def make_figure(title: str, height: int, *, log_y: bool = False, x_label: str = "step", y_label: str = "",
                 tools: str = TOOLS, **kw: object) -> figure:
+    # "auto", not "linear": a FactorRange y (the memory bars) then gets its categorical axis, named
+    # bars, where a linear axis numbered them 0 .. 3
     fig = figure(height=height, sizing_mode="stretch_width", title=title, tools=tools,
-                 toolbar_location="above", y_axis_type="log" if log_y else "linear", **kw)
+                 toolbar_location="above", y_axis_type="log" if log_y else "auto", **kw)
     fig.xaxis.axis_label = x_label
     fig.yaxis.axis_label = y_label
     fig.toolbar.logo = None

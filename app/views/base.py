@@ -82,7 +82,9 @@ class JobStrip:
         self.job: Job | None = None
         self.bar = pn.indicators.Progress(value=0, max=100, width=160, height=18, visible=False,
                                           margin=(8, 5))
-        self.text = pn.pane.Str("", margin=(5, 5), styles={"font-size": "0.85em"})
+        # wrapping text in the rest of the row (a Str is a <pre>: a long status ran past the window)
+        self.text = pn.pane.HTML("", margin=(5, 5), sizing_mode="stretch_width",
+                                 styles={"font-size": "0.85em", "font-family": "monospace"})
         self.cancel = pn.widgets.Button(label="Cancel", width=70, visible=False, margin=(2, 5))
         self.cancel.on_click(lambda _: self.job is not None and self.job.cancel())
         self.panel = pn.Row(self.bar, self.cancel, self.text, sizing_mode="stretch_width")
@@ -90,7 +92,7 @@ class JobStrip:
     def start(self, job: Job) -> Job:
         self.job = job.start()
         self.bar.visible = self.cancel.visible = True
-        self.bar.value, self.text.object = 0, f"{job.title}: starting…"
+        self.bar.value, self.text.object = 0, html_escape(f"{job.title}: starting…")
         return job
 
     @property
@@ -105,8 +107,9 @@ class JobStrip:
         value = int(100 * job.fraction)
         if self.bar.value != value:
             self.bar.value = value
-        if self.text.object != job.status:
-            self.text.object = job.status
+        status = html_escape(job.status)
+        if self.text.object != status:
+            self.text.object = status
         if not job.done:
             return None
         self.bar.visible = self.cancel.visible = False

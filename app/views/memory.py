@@ -62,7 +62,7 @@ class MemoryView(View):
         super().__init__(session, notify)
         self.source = ColumnDataSource({"lane": [], **{c: [] for c in COLUMNS}, "total": []})
         self.peaks = ColumnDataSource(dict(lane=[], peak=[], kind=[]))
-        fig = make_figure("memory of one step, per trajectory (bars: accounted, exact bytes)", 200,
+        fig = make_figure("one step's memory per trajectory (bars: accounted)", 200,
                           y_range=FactorRange(), tools="save", x_label="")
         bars = fig.hbar_stack(list(COLUMNS), y="lane", height=0.6, source=self.source, color=list(COLORS))
         fig.scatter("peak", "lane", source=self.peaks, marker="diamond", size=16, fill_color="black",
@@ -71,7 +71,7 @@ class MemoryView(View):
         self.figure = fig
         legend = " ".join(f"{swatch(c)}{p}" for c, p in zip(COLORS, PARTS, strict=True))
         self.legend = pn.pane.HTML(legend + f" {swatch('#000')}measured peak above baseline",
-                                   styles={"font-size": "0.85em"}, margin=(0, 5))
+                                   styles={"font-size": "0.85em"}, margin=(0, 5), sizing_mode="stretch_width")
         self.plot = pn.Column(self.legend, pn.pane.Bokeh(fig, sizing_mode="stretch_width"), visible=False,
                               sizing_mode="stretch_width")
         self.note = pn.pane.HTML("<p><i>Accounting one step of each lane…</i></p>",
@@ -85,7 +85,9 @@ class MemoryView(View):
         self._accounting: Job | None = None
         self._drawn: tuple = ()
         self.asked = False  # a measurement finished (a lane left out of it is said to be)
-        self.panel = pn.Column(self.plot, self.note, pn.Row(self.measure, self.jobs.panel),
+        # the job strip under the button, as in the other views: beside it, the row's 530 px minimum
+        # widened the whole tab past the window at 1280 px (bars, axis and notes cut off)
+        self.panel = pn.Column(self.plot, self.note, self.measure, self.jobs.panel,
                                sizing_mode="stretch_width")
 
     def _key(self, lane: Any) -> tuple:

@@ -187,7 +187,8 @@ class LearnedView(View):
             self.labels.data = empty(("x", "y", "text", "color"))
             self.fig.x_range.update(start=x0, end=x1)
             self.fig.y_range.update(start=y0, end=y1)
-            self.fig.title.text = (f"{label} at step {step}: P(class 1) over the plane (red 1, blue 0); "
+            # two lines: as one, the title ran ~570 px past a 460-px column beside the race
+            self.fig.title.text = (f"{label} at step {step}: P(class 1) over the plane (red 1, blue 0);\n"
                                    "dots: training points by their class")
             return
         images, predicted, truth = data
@@ -204,7 +205,7 @@ class LearnedView(View):
                                 color=["#1a7f37" if r else "#d62728" for r in right])
         self.fig.x_range.update(start=-1, end=9.0 * cols)
         self.fig.y_range.update(start=-10.0 * (n // cols - 1) - 1, end=10.5)
-        self.fig.title.text = (f"{label} at step {step}: the first {n} test digits and the label it "
+        self.fig.title.text = (f"{label} at step {step}: the first {n} test digits,\nthe label it "
                                f"predicts (green right, red wrong): {int(right.sum())}/{n} right")
 
 

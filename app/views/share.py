@@ -49,7 +49,8 @@ class ShareView(View):
         self.jobs = JobStrip()
         self.panel = pn.Column(
             pn.Row(share, self.link, sizing_mode="stretch_width"),
-            pn.Row(self.log_download, self.export, self.download, sizing_mode="stretch_width"),
+            # wraps: one row of the three buttons (600 px) widened the tab past a 1280-px window
+            pn.FlexBox(self.log_download, self.export, self.download, sizing_mode="stretch_width"),
             self.jobs.panel,
             pn.pane.Markdown(f"**Replay a saved session**: drop its event log here (a .json file of at most "
                              f"{sharing.UPLOAD_LIMIT}).", margin=(0, 5), sizing_mode="stretch_width"),

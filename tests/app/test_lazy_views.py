@@ -85,7 +85,7 @@ def test_the_default_race_builds_what_it_shows_and_a_tab_when_it_is_opened() -> 
         ex.instruments.active = ex.instruments._names.index("memory")  # opened: built, told the race
         assert memory.built and list(memory.frame.objects) == [memory.panel]
         pump_until(ex, lambda: memory.refresh() or set(memory.source.data["lane"]) == {"SGD", "Adam"}, 30)
-        assert "memory of one step" in str(ex.axes.plot.options)  # the axis controls list its figure
+        assert "one step's memory" in str(ex.axes.plot.options)  # the axis controls list its figure
     finally:
         ex.close()
 
