@@ -220,7 +220,7 @@ class BilevelView(View):
         self.problem.param.watch(lambda e: setattr(self.steps, "value", model.STEPS.get(e.new, 200)), "value")
         self.sso_problem.param.watch(lambda e: setattr(self.sso_eta, "value", model.SSO_ETA[e.new]), "value")
         self.jobs = JobStrip()
-        self.message = pn.pane.Str("", styles={"font-size": "0.85em", "color": "#b00"})
+        self.message = pn.pane.Str("", styles={"font-size": "0.85em", "color": "#b00"}, visible=False)
         self.figures = pn.Column(sizing_mode="stretch_width")
         self.sweep_row = pn.Column(sizing_mode="stretch_width")
         self.sso_row = pn.Column(sizing_mode="stretch_width")
@@ -245,14 +245,14 @@ class BilevelView(View):
         if self.jobs.busy:
             self._refuse("a bilevel or SSO run is already going: wait for it or cancel it")
             return None
-        self.message.object = ""
+        self.message.object, self.message.visible = "", False
         job = self.jobs.start(Job(title, work))
         if wait:
             job.wait()
         return job
 
     def _refuse(self, text: str) -> None:
-        self.message.object = text
+        self.message.object, self.message.visible = text, True
         self.notify(text)
 
     def run(self, wait: bool = False) -> Job | None:
