@@ -353,9 +353,13 @@ class Explorer(pn.viewable.Viewer):
     def _show_rules(self) -> None:
         self.rules.visible = self.presenter
         if self.presenter:
+            # one line per equation (the rules separate them with ",\;"): on one line Adam's three
+            # ran past a 1024-px projector's edge in big type
             self.rules.objects = [
                 pn.Row(pn.pane.Markdown(f"**{lane.label}**", width=200, styles={"color": lane.color}),
-                       pn.pane.LaTeX(inline_math(lane.spec.update_rule), sizing_mode="stretch_width"),
+                       pn.Column(*[pn.pane.LaTeX(inline_math(eq.strip()), margin=(2, 10))
+                                   for eq in lane.spec.update_rule.split(r",\;")],
+                                 sizing_mode="stretch_width"),
                        sizing_mode="stretch_width") for lane in self.session.lanes]
 
     # -- streaming ---------------------------------------------------------------------------------

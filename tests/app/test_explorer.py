@@ -423,6 +423,22 @@ def test_presenter_rules_with_inequalities_survive_the_html_of_the_latex_pane() 
         ex.close()
 
 
+def test_presenter_rules_put_each_equation_of_a_rule_on_its_own_line() -> None:
+    """Adam's rule is three equations (m_t, v_t, theta): three lines, each one whole formula, which
+    together are the registered rule (none lost, none split inside)."""
+    from engine.registry import get_spec
+
+    ex = Explorer(landscape="quadratic", lanes=[("adam", {}), ("sgd", {})])
+    try:
+        ex.presenter = True
+        adam, sgd = ([q.object for q in row.select(pn.pane.LaTeX)] for row in ex.rules.objects)
+        assert [line.split(" =")[0] for line in adam] == ["$m_t", "$v_t", r"$\theta_{t+1}"]
+        assert ",\\;".join(line.strip("$") for line in adam) == get_spec("adam").update_rule
+        assert sgd == ["$" + get_spec("sgd").update_rule + "$"]
+    finally:
+        ex.close()
+
+
 def test_a_network_gives_its_lanes_its_own_defaults_and_a_landscape_takes_them_back() -> None:
     """Issue 14: networks no longer inherit Rosenbrock's learning rates (landscapes/defaults.py):
     switching the problem, adding a lane and switching a lane's optimizer all take the problem's row."""
