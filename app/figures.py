@@ -138,6 +138,8 @@ def scale_fonts(fig: figure, big: bool) -> None:
     for axis in (*fig.xaxis, *fig.yaxis):
         axis.major_label_text_font_size = ticks
         axis.axis_label_text_font_size = labels
+        if isinstance(axis.ticker, BasicTicker):  # big labels, fewer of them: "-2-1.5-1-0.5 0" ran together
+            axis.ticker.desired_num_ticks = 4 if big else 6
 
 
 def empty(columns: Iterable[str]) -> dict[str, list]:
