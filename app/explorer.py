@@ -30,7 +30,7 @@ from app.model import DEFAULT_RACE, RaceSession
 from app.presets import presets
 from app.sharing import CUSTOM
 from app.stream import merge
-from app.views import VIEWS, View, applies, build, deferred, live, on_page, streams
+from app.views import VIEWS, View, applies, build, deferred, live, on_page, repaint, streams
 
 log = logging.getLogger(__name__)
 
@@ -366,6 +366,7 @@ class Explorer(pn.viewable.Viewer):
         if self._doc is not None and self._doc.session_context is not None:
             pn.state.on_session_destroyed(lambda _ctx: self.close())
             quiet_closed_sockets()
+            repaint.install(self._doc)
         pn.state.onload(self._begin_streaming)
 
     def _begin_streaming(self) -> None:
@@ -405,6 +406,8 @@ class Explorer(pn.viewable.Viewer):
             if race_due:
                 self._later = Batch(origin=batch.origin)
             self._refresh(self._pumps % REFRESH_EVERY)
+            if batch.records and not self.session.running:  # a step of a paused race: its number now,
+                self._update_counter()  # not at the counter's turn (up to REFRESH_EVERY pumps later)
         return sum(len(r) for r in batch.records.values())
 
     def _connected(self) -> bool:

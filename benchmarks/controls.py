@@ -84,11 +84,66 @@ _TITLE = """(title) => {  // the preset's claim (an Alert pane: its model's HTML
 }"""
 
 
+# --trace: the page notes its inputs (when created, when its listener ran), every websocket frame sent
+# and received (when the page's main thread took it, its size), and when the effect showed
+_TRACE_JS = """() => {
+  window.__t = {inputs: [], ws: [], shown: null};
+  const note = (e) => window.__t.inputs.push([e.type, e.timeStamp, performance.now()]);
+  for (const type of ["pointerdown", "keydown", "change"]) document.addEventListener(type, note, true);
+  const size = (d) => typeof d === "string" ? d.length : (d.byteLength ?? d.size ?? 0);
+  const Orig = window.WebSocket;
+  window.WebSocket = class extends Orig {
+    constructor(...a) {
+      super(...a);
+      this.addEventListener("message", (e) => window.__t.ws.push(["recv", performance.now(), size(e.data)]));
+    }
+    send(d) { window.__t.ws.push(["send", performance.now(), size(d)]); return super.send(d); }
+  };
+}"""
+_TAKE_TRACE_JS = "() => { const t = window.__t; window.__t = {inputs: [], ws: [], shown: null}; return t; }"
+_SHOWN_JS = """(f) => (arg) => {
+  if (!f(arg)) return false;
+  if (window.__t) window.__t.shown = performance.now();
+  return true;
+}"""
+
+
+def breakdown(t: dict) -> str:
+    """Where a control's time went, from the page's notes: input -> its listener ran (the main thread
+    was busy), -> the event sent, -> the last frame received before the effect showed (the server and
+    the frames queued before it: count, kB), -> shown (applying and painting)."""
+    if not t["inputs"] or t["shown"] is None:
+        return "no trace"
+    created, ran = t["inputs"][0][1], t["inputs"][0][2]
+    sent = next((w[1] for w in t["ws"] if w[0] == "send" and w[1] >= ran), None)
+    if sent is None:
+        return f"input delay {ran - created:.0f} ms, nothing sent"
+    recv = [w for w in t["ws"] if w[0] == "recv" and sent <= w[1] <= t["shown"]]
+    last = recv[-1][1] if recv else sent
+    return (f"input {ran - created:.0f} ms, to send {sent - ran:.0f}, to reply {last - sent:.0f} "
+            f"({len(recv)} frames {sum(w[2] for w in recv) / 1e3:.0f} kB), to shown {t['shown'] - last:.0f}")
+
+
 class Page:
     """One browser page on the race, with the controls a user touches."""
 
-    def __init__(self, browser: Any, url: str) -> None:
-        self.s = Session(browser, url)
+    def __init__(self, browser: Any, url: str, trace: bool = False) -> None:
+        self.trace = trace
+        self.notes: list[tuple[str, str]] = []
+        if trace:  # before the page's scripts: a context-wide init script
+            orig = browser.new_context
+
+            def new_context(**kw: Any) -> Any:
+                ctx = orig(**kw)
+                ctx.add_init_script(f"({_TRACE_JS})()")
+                return ctx
+            browser.new_context = new_context
+            try:
+                self.s = Session(browser, url)
+            finally:
+                del browser.new_context
+        else:
+            self.s = Session(browser, url)
         self.page = self.s.page
 
     def step(self) -> int:
@@ -96,10 +151,17 @@ class Page:
 
     def timed(self, act: Callable[[], Any], cond: str, arg: Any) -> float:
         """Seconds from ``act`` (the input) to the page holding ``cond(arg)`` at an animation frame."""
+        if self.trace:
+            self.page.evaluate(_TAKE_TRACE_JS)
+            cond = f"({_SHOWN_JS})({cond})"
         t0 = time.perf_counter()
+        self._t0 = time.time()
         act()
         self.page.wait_for_function(cond, arg=arg, polling="raf", timeout=TIMEOUT_S * 1000)
-        return time.perf_counter() - t0
+        took = time.perf_counter() - t0
+        if self.trace:
+            self.notes.append((f"{took:.2f} s", breakdown(self.page.evaluate(_TAKE_TRACE_JS))))
+        return took
 
     def wait(self, cond: str, arg: Any = None) -> None:
         self.page.wait_for_function(cond, arg=arg, polling=100, timeout=TIMEOUT_S * 1000)
@@ -115,9 +177,10 @@ class Page:
         return self.clicker(self.page.get_by_role("button", name=label, exact=True))
 
 
-def one_round(browser: Any, base: str, speed: float, settle: float) -> dict[str, list[float]]:
+def one_round(browser: Any, base: str, speed: float, settle: float,
+              trace: bool = False) -> dict[str, list[float]]:
     """One page, every control once or a few times: seconds each took."""
-    p = Page(browser, link(f"{base}/app", EIGHT, speed=int(speed)))
+    p = Page(browser, link(f"{base}/app", EIGHT, speed=int(speed)), trace)
     took: dict[str, list[float]] = {k: [] for k in ("pause", "run", "step", "slider", "switch", "remove",
                                                    "add", "reset", "preset")}
     try:
@@ -166,6 +229,8 @@ def one_round(browser: Any, base: str, speed: float, settle: float) -> dict[str,
             time.sleep(2.0)
             value = presets.locator("option", has_text=title).get_attribute("value")
             took["preset"].append(p.timed(lambda value=value: presets.select_option(value), _TITLE, title))
+        for took_s, note in p.notes:
+            print(f"    {took_s}: {note}")
         errors = p.s.unexpected_errors()
         if errors:
             print("    page errors:", errors, flush=True)
@@ -189,6 +254,7 @@ def main() -> None:
     ap.add_argument("--settle", type=float, default=3.0, help="seconds of racing before the first control")
     ap.add_argument("--app-root", default=str(ROOT), help="the checkout served")
     ap.add_argument("--baseline-root", default="", help="a second checkout, measured in alternate rounds")
+    ap.add_argument("--trace", action="store_true", help="print where each control's time went")
     ap.add_argument("--log", default=str(ROOT / "artifacts" / "controls-serve.log"))
     args = ap.parse_args()
     if not os.access(CHROMIUM, os.X_OK):
@@ -213,7 +279,7 @@ def main() -> None:
             try:
                 for r in range(args.rounds):
                     for name, server in servers.items():
-                        got = one_round(browser, server.base, args.speed, args.settle)
+                        got = one_round(browser, server.base, args.speed, args.settle, args.trace)
                         print(f"round {r + 1} {name} (load {os.getloadavg()[0]:.1f}): " + "  ".join(
                             f"{k} {' '.join(f'{t:.2f}' for t in v)}" for k, v in got.items()), flush=True)
                         for k, v in got.items():
