@@ -619,7 +619,7 @@ def test_a_new_start_drops_the_old_race_the_picture_had_not_drawn_yet(
     landscape = explorer.view(LandscapeView)
     explorer.session.play()
     pump_until(explorer, lambda: explorer.worker.tick > 3)
-    assert explorer._later.records  # drained, waiting for the picture
+    assert explorer._later[id(landscape)].records  # drained, waiting for the picture
     landscape.start.data = {"x": [-0.75], "y": [1.25]}  # a drop: a new race from there
     explorer.session.pause()
     steps(explorer, 5)  # paused: the picture is sent at once
