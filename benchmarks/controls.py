@@ -259,6 +259,7 @@ def main() -> None:
     args = ap.parse_args()
     if not os.access(CHROMIUM, os.X_OK):
         raise SystemExit(f"{CHROMIUM} is missing (apt-get install chromium)")
+    from playwright.sync_api import Error as PlaywrightError
     from playwright.sync_api import sync_playwright
 
     roots = {"this": Path(args.app_root).resolve()}
@@ -279,7 +280,12 @@ def main() -> None:
             try:
                 for r in range(args.rounds):
                     for name, server in servers.items():
-                        got = one_round(browser, server.base, args.speed, args.settle, args.trace)
+                        try:
+                            got = one_round(browser, server.base, args.speed, args.settle, args.trace)
+                        except PlaywrightError as exc:  # a click that never landed (a saturated machine)
+                            print(f"round {r + 1} {name} (load {os.getloadavg()[0]:.1f}) failed: "
+                                  f"{str(exc).splitlines()[0]}", flush=True)
+                            continue
                         print(f"round {r + 1} {name} (load {os.getloadavg()[0]:.1f}): " + "  ".join(
                             f"{k} {' '.join(f'{t:.2f}' for t in v)}" for k, v in got.items()), flush=True)
                         for k, v in got.items():
@@ -291,14 +297,14 @@ def main() -> None:
         for server in servers.values():
             server.stop()
     lines = {}
-    for name in servers:
+    for name in [n for n in servers if took[n]]:
         med, lines[name] = summary(took[name])
         print(f"{name} ({roots[name]}), seconds to show, median per control: "
               + "  ".join(f"{k} {v:.3f}" for k, v in med.items()))
     print(f"load at the end {os.getloadavg()[0]:.1f}")
     if "baseline" in lines:
         print("baseline: " + lines["baseline"])
-    print(lines["this"])
+    print(lines.get("this", "controls_median_s=nan controls_max_s=nan over_300ms=nan"))
 
 
 if __name__ == "__main__":
