@@ -20,7 +20,11 @@ Clicks are mouse events at the button's centre (its box read before the clock st
 own ``click`` first waits for the element to be stable over animation frames, which on a busy page
 adds its own delay. Each figure is the median over ``--rounds`` rounds of the control's tries.
 
-    python benchmarks/controls.py [--rounds 3] [--baseline-root /work/main] [--speed 60]
+    python benchmarks/controls.py [--rounds 3] [--baseline-root /work/main] [--speed 60] [--trace]
+
+``--trace`` prints, per input, where its time went as the page saw it: the input waiting for the
+page's main thread, the event sent, the server's reply (and the frames of streamed updates that came
+before it), and applying and painting the reply.
 
 Last line: ``controls_median_s=<median over controls> controls_max_s=<slowest control's median>
 over_300ms=<controls whose median is over 0.3 s>`` (this checkout's; the baseline's beside it).
