@@ -30,7 +30,7 @@ from app.model import DEFAULT_RACE, RaceSession
 from app.presets import presets
 from app.sharing import CUSTOM
 from app.stream import merge
-from app.views import VIEWS, View, applies, build, deferred, live, on_page, streams
+from app.views import VIEWS, View, applies, build, deferred, live, on_page, repaint, streams
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ class Explorer(pn.viewable.Viewer):
         self._preset_axes: list[tuple[Any, bool]] = []  # (figure, was log) a preset changed
         self._doc: Any = None
         self._pumps = 0
-        self._later = Batch()  # drained, not yet sent to the race's picture (RACE_EVERY)
+        self._later: dict[int, Batch] = {}  # id(view) -> drained, not yet sent to it (see pump)
         self._closed = False
         s.param.watch(lambda _: self._new_run(), "revision")
         s.param.watch(lambda e: self._show_lanes(), "lanes")
@@ -177,7 +177,7 @@ class Explorer(pn.viewable.Viewer):
     # -- reacting to the session -------------------------------------------------------------------
     def _new_run(self) -> None:
         """A new run is in: every view starts over on its problem; the page shows what applies."""
-        self._later = Batch()  # the old race's records the picture had not been sent: never drawn
+        self._later = {}  # the old race's records not yet sent: never drawn
         with self._hold(freeze=True):
             s = self.session
             for v in self.views:  # a view that streams the race is built when it applies: it misses nothing
@@ -223,9 +223,14 @@ class Explorer(pn.viewable.Viewer):
         return tabs[self.instruments.active] if 0 <= self.instruments.active < len(tabs) else None
 
     def _show_tab(self) -> None:
-        """A tab was opened: build its view if it was a shell, and draw what is on screen."""
-        self._build(self._tab())
-        self._refresh()
+        """A tab opened: build its view if it was a shell, send it what waited (:meth:`pump`), draw it."""
+        view = self._tab()
+        self._build(view)
+        waiting = self._later.pop(id(view), None)
+        with self._hold():
+            if view is not None and waiting:
+                view.consume(waiting)
+            self._refresh()
 
     def _build(self, view: View | None) -> None:
         """Build a shell (:func:`app.views.build`) and bring it to where the page is: its run, lanes,
@@ -373,6 +378,7 @@ class Explorer(pn.viewable.Viewer):
         if self._doc is not None and self._doc.session_context is not None:
             pn.state.on_session_destroyed(lambda _ctx: self.close())
             quiet_closed_sockets()
+            repaint.install(self._doc)
         pn.state.onload(self._begin_streaming)
 
     def _begin_streaming(self) -> None:
@@ -384,33 +390,40 @@ class Explorer(pn.viewable.Viewer):
         self.session.release()
 
     def _hold(self, freeze: bool = False) -> Any:
-        """One message for many changes (no-op without a session). ``freeze`` defers Bokeh's walk
-        over the document's models to the end: worth it only when models are added."""
+        """One message for many changes (no-op without a session); ``freeze``: one walk over the models."""
         return pn.io.hold(self._doc, freeze=freeze)
 
     def pump(self) -> int:
-        """Move what the worker produced into the views, as one message; returns the records moved.
-        The race's picture gets what several pumps drained, every :data:`RACE_EVERY` pumps while the
-        race runs. Paused and idle, it sends nothing."""
+        """Move what the worker produced into the views, as one message; returns the records moved. While
+        the race runs, the race's picture gets what several pumps drained every :data:`RACE_EVERY` pumps,
+        an instrument whose tab is closed every :data:`REFRESH_EVERY` pumps or when its tab opens (fewer,
+        larger streams); paused, every view gets every pump's records. Paused and idle, it sends nothing."""
         if self._closed or not self._connected():
             return 0
         batch = self.session.drain()
         self._pumps += 1
-        race = merge(self._later, batch)
-        race_due = bool(race) and (not self.session.running or self._pumps % RACE_EVERY == 0)
         if batch.reset:  # a message of its own: a source emptied and streamed to in one message would be
             with self._hold():  # sent with its new rows twice (Bokeh serializes ``data`` when it sends)
                 for v in live(self.views):
                     v.clear()
+        running = self.session.running
+        tab = self._tab() if running else None
         with self._hold():
             for v in live(self.views):
-                if v.area != "race":
+                every = 1 if not running else RACE_EVERY if v.area == "race" else \
+                    REFRESH_EVERY if v.area == "instrument" and v is not tab else 1
+                waiting = self._later.pop(id(v), None)
+                if waiting is None and every == 1:
                     v.consume(batch)
-                elif race_due:
-                    v.consume(race)
-            if race_due:
-                self._later = Batch(origin=batch.origin)
+                    continue
+                waiting = merge(waiting or Batch(), batch)  # a reset drops what waited (the views cleared)
+                if self._pumps % every:
+                    self._later[id(v)] = waiting
+                elif waiting.records or waiting.marks:
+                    v.consume(waiting)
             self._refresh(self._pumps % REFRESH_EVERY)
+            if batch.records and not running:  # a step of a paused race: its number now,
+                self._update_counter()  # not at the counter's turn (up to REFRESH_EVERY pumps later)
         return sum(len(r) for r in batch.records.values())
 
     def _connected(self) -> bool:

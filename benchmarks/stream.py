@@ -32,12 +32,15 @@ Needs /usr/bin/chromium (Debian's) for (b).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import statistics
 import threading
 import time
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import panel as pn
 import torch
@@ -157,7 +160,7 @@ def _heap_mb(cdp: Any) -> float:
 
 
 def in_browser(pump_ms: float, speed: float, minutes: float, warmup: float,
-               heap_every: float) -> dict[str, Any]:
+               heap_every: float, served_app: bool = False) -> dict[str, Any]:
     from playwright.sync_api import sync_playwright
 
     explorer_module.PUMP_MS = pump_ms  # read by Explorer._begin_streaming
@@ -165,8 +168,7 @@ def in_browser(pump_ms: float, speed: float, minutes: float, warmup: float,
     lock = threading.Lock()
     explorers: list[Explorer] = []
 
-    def page() -> Any:
-        ex = Explorer(lanes=LANES, speed=speed)
+    def stamp(ex: Explorer) -> None:
         explorers.append(ex)
         run = ex.worker.run
         step = run.step
@@ -180,12 +182,30 @@ def in_browser(pump_ms: float, speed: float, minutes: float, warmup: float,
             return out
 
         run.step = stamped_step  # the worker looks it up on every step
+
+    def page() -> Any:
+        ex = Explorer(lanes=LANES, speed=speed)
+        stamp(ex)
         ex.session.play()
         return ex
 
-    pn.extension("katex", "tabulator", notifications=True)
+    query = ""
+    if served_app:  # app/main.py's page: its template, the link's race, the load module's pump
+        start = Explorer.start_streaming
+
+        def start_streaming(self: Explorer) -> None:  # main.py calls it once the link's race is loaded
+            if self not in explorers:
+                stamp(self)
+            start(self)
+        Explorer.start_streaming = start_streaming  # type: ignore[method-assign]
+        app: Any = str(Path(explorer_module.__file__).with_name("main.py"))
+        query = "?" + urlencode({"problem": "rosenbrock", "lanes": json.dumps([[n, {}] for n, _ in LANES]),
+                                 "speed": int(speed)})
+    else:
+        pn.extension("katex", "tabulator", notifications=True)
+        app = page
     port = _free_port()
-    server = pn.serve({"app": page}, port=port, address="127.0.0.1", websocket_origin=[f"127.0.0.1:{port}"],
+    server = pn.serve({"app": app}, port=port, address="127.0.0.1", websocket_origin=[f"127.0.0.1:{port}"],
                       threaded=True, show=False, start=True)
     frames: list[list[float]] = []
     heap: list[tuple[float, float]] = []  # (seconds into the race, MB)
@@ -197,7 +217,7 @@ def in_browser(pump_ms: float, speed: float, minutes: float, warmup: float,
                 tab = browser.new_page(viewport={"width": 1400, "height": 1000})
                 cdp = tab.context.new_cdp_session(tab)
                 cdp.send("Performance.enable")
-                tab.goto(f"http://127.0.0.1:{port}/app")
+                tab.goto(f"http://127.0.0.1:{port}/app{query}")
                 tab.wait_for_function("() => window.Bokeh && Bokeh.documents.length > 0", timeout=60_000)
                 tab.wait_for_function(_LISTEN_JS, timeout=60_000)  # retried until the curve sources exist
                 time.sleep(warmup)
@@ -248,6 +268,8 @@ def main() -> None:
                     help="(b): seconds after the page has loaded that are reported apart")
     ap.add_argument("--heap-every", type=float, default=60.0, help="(b): seconds between heap samples")
     ap.add_argument("--no-browser", action="store_true", help="skip (b)")
+    ap.add_argument("--served-app", action="store_true",
+                    help="(b): serve app/main.py (template, share link, load throttle), not a bare Explorer")
     args = ap.parse_args()
     torch.set_num_threads(1)  # as the served app
     print(f"{len(LANES)} lanes: {', '.join(n for n, _ in LANES)}; rosenbrock, 1 start; pump every "
@@ -265,7 +287,7 @@ def main() -> None:
         return
     if not os.access(CHROMIUM, os.X_OK):
         raise SystemExit(f"{CHROMIUM} is missing (apt-get install chromium), or pass --no-browser")
-    b = in_browser(args.pump_ms, args.speed, args.minutes, args.warmup, args.heap_every)
+    b = in_browser(args.pump_ms, args.speed, args.minutes, args.warmup, args.heap_every, args.served_app)
     lat = b["latency"]
     if len(lat) < 20:
         raise SystemExit(f"(b) only {len(lat)} timed screen updates in {b['elapsed']:.0f} s")

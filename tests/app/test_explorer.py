@@ -660,9 +660,23 @@ def test_a_new_start_drops_the_old_race_the_picture_had_not_drawn_yet(
     landscape = explorer.view(LandscapeView)
     explorer.session.play()
     pump_until(explorer, lambda: explorer.worker.tick > 3)
-    assert explorer._later.records  # drained, waiting for the picture
+    assert explorer._later[id(landscape)].records  # drained, waiting for the picture
     landscape.start.data = {"x": [-0.75], "y": [1.25]}  # a drop: a new race from there
     explorer.session.pause()
     steps(explorer, 5)  # paused: the picture is sent at once
     firsts = [(src.data["x0"][0], src.data["y0"][0]) for src in landscape.paths.sources if src.data["x0"]]
     assert firsts and all(f == (-0.75, 1.25) for f in firsts), firsts
+
+
+def test_an_instrument_tab_opened_mid_race_shows_every_step_so_far(explorer: Explorer) -> None:
+    """The gradient-norm tab is closed while the race runs (it is sent records every few pumps); opened,
+    it holds the same steps as the loss curve, each once."""
+    grad, loss = explorer.view(GradView), explorer.view(LossView)
+    explorer.session.play()
+    pump_until(explorer, lambda: explorer.worker.tick > 30)
+    explorer.session.pause()
+    titles = list(explorer.instruments._names)
+    explorer.instruments.active = titles.index(GradView.title)
+    for slot in (0, 1):
+        steps_loss, steps_grad = loss.slots.sources[slot].data["step"], grad.slots.sources[slot].data["step"]
+        assert steps_grad == steps_loss and steps_loss == sorted(set(steps_loss)) and len(steps_loss) > 30

@@ -134,13 +134,18 @@ class FakeView:
         self.cleared += 1
 
 
-def _pumped(batches: list[Batch], running: list[bool]) -> tuple[FakeView, FakeView, list[int]]:
-    """Explorer.pump itself, on a stand-in explorer whose session drains ``batches`` one per pump."""
+def _pumped(batches: list[Batch], running: list[bool], counted: list[int] | None = None,
+            tabs: tuple[FakeView, ...] = ()) -> tuple[FakeView, FakeView, list[int]]:
+    """Explorer.pump itself, on a stand-in explorer whose session drains ``batches`` one per pump;
+    ``counted`` gets the pumps (from 1) that updated the step counter outside the refresh turns;
+    ``tabs``: instrument views, the first one's tab open."""
     curves, race = FakeView("curves"), FakeView("race")
     queue = list(batches)
     session = SimpleNamespace(drain=lambda: queue.pop(0), running=True)
-    ex = SimpleNamespace(_closed=False, _connected=lambda: True, session=session, _pumps=0, _later=Batch(),
-                         views=[curves, race], _hold=lambda: nullcontext(), _refresh=lambda part: None)
+    ex = SimpleNamespace(_closed=False, _connected=lambda: True, session=session, _pumps=0, _later={},
+                         views=[curves, race, *tabs], _hold=lambda: nullcontext(), _refresh=lambda part: None,
+                         _tab=lambda: tabs[0] if tabs else None)
+    ex._update_counter = lambda: counted is not None and counted.append(ex._pumps)
     moved = []
     for now in running:
         session.running = now
@@ -155,13 +160,31 @@ def test_the_pump_sends_every_record_in_order_and_the_race_picture_every_few_pum
     curves, race, moved = _pumped(batches, [True] * 7)
     assert moved == [2] * 7 and curves.seen == {0: [*range(7)], 1: [*range(7)]}  # each once, in order
     assert race.seen == {0: [*range(6)], 1: [*range(6)]}  # pumps 3 and 6: what pumps 1-3 and 4-6 drained
-    # paused (a single step, a presenter), the picture is sent at once, with what waited
-    curves, race, _ = _pumped(batches[:5], [True, True, True, True, False])
+    # paused (a single step, a presenter), the picture is sent at once, with what waited, and the
+    # step counter shows the step at that pump (running, it is refreshed in turn with the rest)
+    counted: list[int] = []
+    curves, race, _ = _pumped(batches[:5], [True, True, True, True, False], counted)
     assert race.seen == curves.seen == {0: [*range(5)], 1: [*range(5)]}
+    assert counted == [5]
     # a reset: every view clears, and what the picture had not been sent is dropped
     reset = Batch(records={0: [record(9, [1.0])]}, reset=True, origin=9)
     curves, race, _ = _pumped([batches[0], batches[1], reset], [True] * 3)
     assert race.cleared == curves.cleared == 1 and race.seen == {0: [9]}
+
+
+def test_an_instrument_whose_tab_is_closed_gets_every_record_every_few_pumps(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """While the race runs, an instrument in a closed tab is sent what REFRESH_EVERY pumps drained, all
+    of it in order; the open tab's instrument every pump; paused, every view at once."""
+    monkeypatch.setattr(explorer_module, "REFRESH_EVERY", 4)
+    monkeypatch.setattr(explorer_module, "RACE_EVERY", 3)
+    batches = [Batch(records={0: [record(t, [1.0])]}) for t in range(10)]
+    shown, hidden = FakeView("instrument"), FakeView("instrument")
+    seen = []
+    hidden.consume = lambda batch: seen.append([r.tick for r in batch.records[0]])  # type: ignore[method-assign]
+    _pumped(batches, [True] * 9 + [False], tabs=(shown, hidden))
+    assert shown.seen == {0: [*range(10)]}
+    assert seen == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]  # pumps 4 and 8, then the paused pump 10
 
 
 class _Lane:
