@@ -31,8 +31,12 @@ def pump_until(ex: Explorer, cond: Callable[[], bool], timeout: float = 10.0) ->
 
 def steps(ex: Explorer, n: int) -> None:
     """``n`` single steps, each awaited (a paused explorer, as a presenter drives it)."""
+    if ex.session.running:
+        ex.session.pause()
     for _ in range(n):
-        tick = ex.worker.tick
+        # the worker answers a call after every command queued before it: a step that was under way
+        # when Pause was asked has reached the tick by then (read before it, the tick was one short)
+        tick = ex.worker.call(lambda run: run.tick).result(timeout=10)
         ex.session.step()
         pump_until(ex, lambda tick=tick: ex.worker.tick == tick + 1)
     ex.pump()
