@@ -50,13 +50,16 @@ EXACT_MAX_DIM = 64
 probe); density probes do so up to ``EXACT_DENSITY_MAX_DIM``."""
 EXACT_DENSITY_MAX_DIM = 600
 SCHEDULES = ("every", "log", "manual")
-WARM_GUARD = 1
-"""Ritz vectors a top-1 probe keeps beyond lambda_max's for the next probe's start block (its own
-row, one product): on the edge-of-stability run (digits_mlp_mse, GD lr 0.2, tol 1e-3) it cuts a
-warm probe every 16 steps from 11.7 to 9.5 products and every 50 from 16.3 to 12.3, and leaves one
-every step as it was (5.1-6.3 products; benchmarks/hessian.py, section c): it resolves the
-neighbour whose gap the error bound divides by. Top-3 and top-5 probes, whose summed start already
-spans several directions, spent 3-6% more with it and keep none."""
+WARM_GUARD = 0
+"""Ritz vectors a top-1 probe keeps beyond lambda_max's for the next probe's start block (each
+one row, one product): it resolves the neighbour whose gap the error bound divides by. With one
+(before warm starts were extrapolated, :func:`_extrapolated`) a warm probe of the
+edge-of-stability run (digits_mlp_mse, GD lr 0.2, tol 1e-3) every 16 steps took 9.5 products
+instead of 11.7. From an extrapolated start none is best: on the digits-MLP runs of
+benchmarks/hessian.py (tol 1e-3, float64) warm probes every 1 / 16 / 50 steps need 3.60 / 3.92 /
+4.74 products at lr 0.1 (digits_mlp) against 4.15 / 4.48 / 5.79 with one, and 2.85 / 5.08 / 8.21
+against 3.68 / 5.15 / 7.95 on the edge-of-stability run, every value within its residual of a
+reference to 1e-10 either way."""
 PROBE_DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
@@ -432,10 +435,11 @@ def _extrapolated(now: torch.Tensor, before: torch.Tensor | None) -> torch.Tenso
     the last two probes', :math:`2 v_t - v_{t-1}` (signs aligned; a vector whose cosine with its
     predecessor is below ``EXTRAPOLATE_MIN_COSINE`` stays as it is). Eigenvectors of a Hessian along
     a training run drift smoothly, so the guess is off by the drift's change rather than the drift:
-    on the digits-MLP runs of benchmarks/hessian.py (sections c and d) warm probes then need 18-24%
-    fewer products every step and every 16 steps (5.08 -> 4.15 and 5.37 -> 4.48 at lr 0.1; 4.84
-    -> 3.73 and 6.74 -> 5.13 on the edge-of-stability run), with every value still within its
-    residual of the dense one. A guess costs no product: it only starts Lanczos elsewhere."""
+    on the digits-MLP runs of benchmarks/hessian.py (sections c and d; a guard vector in the block,
+    as then) warm probes need 18-24% fewer products every step and every 16 steps (5.08 -> 4.15
+    and 5.37 -> 4.48 at lr 0.1; 4.84 -> 3.73 and 6.74 -> 5.13 on the edge-of-stability run), and
+    without the guard fewer still (``WARM_GUARD``), every value within its residual of a
+    reference to 1e-10. A guess costs no product: it only starts Lanczos elsewhere."""
     if before is None or before.shape != now.shape:
         return now
     norms = torch.linalg.vector_norm(now, dim=1) * torch.linalg.vector_norm(before, dim=1)
