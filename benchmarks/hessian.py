@@ -47,9 +47,10 @@ torch; Cockpit needs backpack and ``json-tricks``)::
 Cockpit 1.0.2 imports ``pkg_resources``, which current setuptools no longer ships: a shim is
 installed here for the import. A peer that is missing is reported and left out.
 
-Section (d) reports wall-clock ratios and process-time ratios (the CPU time this process used:
-what a probe costs whatever else the machine runs; on a shared machine the wall clock also counts
-the time other processes held the core).
+Section (d) steps its runs in interleaved chunks (10 steps for the short runs, 50 for the long
+ones) and reports wall-clock and process-time ratios (the CPU time this process used: what a
+probe costs whatever else the machine runs; on a shared machine the wall clock also counts the
+time other processes held the core).
 
 Last line: ``warm_hvp_ratio=<cold/warm HVPs, every 16> probe_every1_overhead=<x plain>
 probe_every16_overhead=<x plain> probe_every1_cpu=<x plain, process time> probe_every16_cpu=<...>
@@ -345,18 +346,20 @@ def section_overhead(args: argparse.Namespace) -> dict[str, float]:
         times: dict[str, list[float]] = {c: [] for c in cases}
         cpu: dict[str, list[float]] = {c: [] for c in cases}  # process time: robust to other load
         for _ in range(args.repeats):
+            runs = {}
             for label, probes in cases.items():
                 config = RunConfig(lanes=(LaneConfig("sgd", {"lr": 0.1}),), device="cpu", dtype=dtype,
                                    probes=probes)
-                run = Run(problem, config)
+                runs[label] = run = Run(problem, config)
                 if label.endswith("graph rebuilt"):  # what a probe costs without the step's graph
                     run._probe_reuses_graph = lambda lanes, run=run: False
-                short = label.split(",")[0] == "every 1" or label == "plain short"
-                steps = args.steps_every1 if short else args.steps
-                c0 = time.process_time()
-                t, _ = timed(lambda run=run, steps=steps: run.run(steps))
-                cpu[label].append(time.process_time() - c0)
-                times[label].append(t)
+            short = [c for c in cases if c.split(",")[0] == "every 1" or c == "plain short"]
+            for group, steps, chunk in ((short, args.steps_every1, 10),
+                                        ([c for c in cases if c not in short], args.steps, 50)):
+                wall, used = _interleaved({c: runs[c] for c in group}, steps, chunk)
+                for c in group:
+                    times[c].append(wall[c])
+                    cpu[c].append(used[c])
         for clock, table in (("wall", times), ("cpu", cpu)):
             short, long = median(table["plain short"]), median(table["plain long"])
             ratios = {c: median(table[c]) / (short if c.split(",")[0] == "every 1" else long)
@@ -371,6 +374,22 @@ def section_overhead(args: argparse.Namespace) -> dict[str, float]:
             budget_accuracy(problem, args)
     cockpit_overhead(args)
     return headline
+
+
+def _interleaved(runs: dict[str, Run], steps: int, chunk: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Wall and process seconds of each run over ``steps`` steps, the runs stepped ``chunk`` steps
+    at a time in turn (order reversed every other turn): a change in the machine's other load
+    then falls on all of them alike instead of on whichever ran at the time."""
+    wall = dict.fromkeys(runs, 0.0)
+    used = dict.fromkeys(runs, 0.0)
+    for i in range(0, steps, chunk):
+        order = list(runs) if (i // chunk) % 2 == 0 else list(runs)[::-1]
+        for label in order:
+            t0, c0 = time.perf_counter(), time.process_time()
+            runs[label].run(min(chunk, steps - i))
+            wall[label] += time.perf_counter() - t0
+            used[label] += time.process_time() - c0
+    return wall, used
 
 
 def budget_accuracy(problem: Any, args: argparse.Namespace) -> None:
