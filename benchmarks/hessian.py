@@ -47,7 +47,13 @@ torch; Cockpit needs backpack and ``json-tricks``)::
 Cockpit 1.0.2 imports ``pkg_resources``, which current setuptools no longer ships: a shim is
 installed here for the import. A peer that is missing is reported and left out.
 
+Section (d) steps its runs in interleaved chunks (10 steps for the short runs, 50 for the long
+ones) and reports wall-clock and process-time ratios (the CPU time this process used: what a
+probe costs whatever else the machine runs; on a shared machine the wall clock also counts the
+time other processes held the core).
+
 Last line: ``warm_hvp_ratio=<cold/warm HVPs, every 16> probe_every1_overhead=<x plain>
+probe_every16_overhead=<x plain> probe_every1_cpu=<x plain, process time> probe_every16_cpu=<...>
 slq_vs_best_peer=<fastest peer's time / ours>``.
 
     python benchmarks/hessian.py [--repeats 3] [--quick]
@@ -318,13 +324,13 @@ def section_warm(args: argparse.Namespace) -> float:
     return ratio16
 
 
-def section_overhead(args: argparse.Namespace) -> float:
+def section_overhead(args: argparse.Namespace) -> dict[str, float]:
     print("(d) sharpness probes (economy: top-1, tol 1e-3; also with a budget of max_hvps products per "
           "probe) vs a plain run: digits_mlp, GD lr 0.1, "
           "full batch, "
           "one lane")
     problem = get_network("digits_mlp", batch_size=None)
-    every1 = math.nan
+    headline: dict[str, float] = {}
     for dtype in ("float64", "float32"):
         # products in the run's dtype (then a probe reuses the step's gradient graph); each probed
         # run against a plain run of the same length (early steps differ from later ones)
@@ -338,27 +344,52 @@ def section_overhead(args: argparse.Namespace) -> float:
                 cases[f"every 1, max_hvps {cap}"] = ProbeConfig.economy(every=1, dtype=None, max_hvps=cap)
                 cases[f"every 16, max_hvps {cap}"] = ProbeConfig.economy(every=16, dtype=None, max_hvps=cap)
         times: dict[str, list[float]] = {c: [] for c in cases}
+        cpu: dict[str, list[float]] = {c: [] for c in cases}  # process time: robust to other load
         for _ in range(args.repeats):
+            runs = {}
             for label, probes in cases.items():
                 config = RunConfig(lanes=(LaneConfig("sgd", {"lr": 0.1}),), device="cpu", dtype=dtype,
                                    probes=probes)
-                run = Run(problem, config)
+                runs[label] = run = Run(problem, config)
                 if label.endswith("graph rebuilt"):  # what a probe costs without the step's graph
                     run._probe_reuses_graph = lambda lanes, run=run: False
-                short = label.split(",")[0] == "every 1" or label == "plain short"
-                steps = args.steps_every1 if short else args.steps
-                t, _ = timed(lambda run=run, steps=steps: run.run(steps))
-                times[label].append(t)
-        short, long = median(times["plain short"]), median(times["plain long"])
-        ratios = {c: median(times[c]) / (short if c.split(",")[0] == "every 1" else long)
-                  for c in cases if not c.startswith("plain")}
-        text = ", ".join(f"{c} {r:.2f}x" for c, r in ratios.items())
-        print(f"  {dtype}: plain {long / args.steps * 1e3:.1f} ms/step; {text}")
+            short = [c for c in cases if c.split(",")[0] == "every 1" or c == "plain short"]
+            for group, steps, chunk in ((short, args.steps_every1, 10),
+                                        ([c for c in cases if c not in short], args.steps, 50)):
+                wall, used = _interleaved({c: runs[c] for c in group}, steps, chunk)
+                for c in group:
+                    times[c].append(wall[c])
+                    cpu[c].append(used[c])
+        for clock, table in (("wall", times), ("cpu", cpu)):
+            short, long = median(table["plain short"]), median(table["plain long"])
+            ratios = {c: median(table[c]) / (short if c.split(",")[0] == "every 1" else long)
+                      for c in cases if not c.startswith("plain")}
+            text = ", ".join(f"{c} {r:.2f}x" for c, r in ratios.items())
+            print(f"  {dtype} ({clock} time): plain {long / args.steps * 1e3:.1f} ms/step; {text}")
+            if dtype == "float64":
+                suffix = "" if clock == "wall" else "_cpu"
+                headline[f"every1{suffix}"] = ratios["every 1"]
+                headline[f"every16{suffix}"] = ratios["every 16"]
         if dtype == "float64":
-            every1 = ratios["every 1"]
             budget_accuracy(problem, args)
     cockpit_overhead(args)
-    return every1
+    return headline
+
+
+def _interleaved(runs: dict[str, Run], steps: int, chunk: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Wall and process seconds of each run over ``steps`` steps, the runs stepped ``chunk`` steps
+    at a time in turn (order reversed every other turn): a change in the machine's other load
+    then falls on all of them alike instead of on whichever ran at the time."""
+    wall = dict.fromkeys(runs, 0.0)
+    used = dict.fromkeys(runs, 0.0)
+    for i in range(0, steps, chunk):
+        order = list(runs) if (i // chunk) % 2 == 0 else list(runs)[::-1]
+        for label in order:
+            t0, c0 = time.perf_counter(), time.process_time()
+            runs[label].run(min(chunk, steps - i))
+            wall[label] += time.perf_counter() - t0
+            used[label] += time.process_time() - c0
+    return wall, used
 
 
 def budget_accuracy(problem: Any, args: argparse.Namespace) -> None:
@@ -608,7 +639,8 @@ def main() -> None:
     print(f"cpu, {torch.get_num_threads()} thread, torch {torch.__version__}; "
           f"medians of {args.repeats} rounds")
 
-    warm = every1 = slq = math.nan
+    warm = slq = math.nan
+    overhead: dict[str, float] = {}
     if "a" in args.only or "f" in args.only:
         model, X, y = digits_mlp(args.train_steps)
         eigs = torch.linalg.eigvalsh(dense_hessian(*flat_loss(model, X, y))).numpy()  # ~30 s
@@ -619,14 +651,18 @@ def main() -> None:
     if "c" in args.only:
         warm = section_warm(args)
     if "d" in args.only:
-        every1 = section_overhead(args)
+        overhead = section_overhead(args)
     if "e" in args.only:
         section_presets(args)
     if "g" in args.only:
         section_noise(args)
     if "f" in args.only:
         slq = section_slq(args, eigs)
-    print(f"warm_hvp_ratio={warm:.2f} probe_every1_overhead={every1:.2f} slq_vs_best_peer={slq:.2f}")
+    nan = math.nan
+    print(f"warm_hvp_ratio={warm:.2f} probe_every1_overhead={overhead.get('every1', nan):.2f} "
+          f"probe_every16_overhead={overhead.get('every16', nan):.2f} "
+          f"probe_every1_cpu={overhead.get('every1_cpu', nan):.2f} "
+          f"probe_every16_cpu={overhead.get('every16_cpu', nan):.2f} slq_vs_best_peer={slq:.2f}")
 
 
 if __name__ == "__main__":

@@ -50,13 +50,16 @@ EXACT_MAX_DIM = 64
 probe); density probes do so up to ``EXACT_DENSITY_MAX_DIM``."""
 EXACT_DENSITY_MAX_DIM = 600
 SCHEDULES = ("every", "log", "manual")
-WARM_GUARD = 1
-"""Ritz vectors a top-1 probe keeps beyond lambda_max's for the next probe's start block (its own
-row, one product): on the edge-of-stability run (digits_mlp_mse, GD lr 0.2, tol 1e-3) it cuts a
-warm probe every 16 steps from 11.7 to 9.5 products and every 50 from 16.3 to 12.3, and leaves one
-every step as it was (5.1-6.3 products; benchmarks/hessian.py, section c): it resolves the
-neighbour whose gap the error bound divides by. Top-3 and top-5 probes, whose summed start already
-spans several directions, spent 3-6% more with it and keep none."""
+WARM_GUARD = 0
+"""Ritz vectors a top-1 probe keeps beyond lambda_max's for the next probe's start block (each
+one row, one product): it resolves the neighbour whose gap the error bound divides by. With one
+(before warm starts were extrapolated, :func:`_extrapolated`) a warm probe of the
+edge-of-stability run (digits_mlp_mse, GD lr 0.2, tol 1e-3) every 16 steps took 9.5 products
+instead of 11.7. From an extrapolated start none is best: on the digits-MLP runs of
+benchmarks/hessian.py (tol 1e-3, float64) warm probes every 1 / 16 / 50 steps need 3.60 / 3.92 /
+4.74 products at lr 0.1 (digits_mlp) against 4.15 / 4.48 / 5.79 with one, and 2.85 / 5.08 / 8.21
+against 3.68 / 5.15 / 7.95 on the edge-of-stability run, every value within its residual of a
+reference to 1e-10 either way."""
 PROBE_DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
@@ -299,12 +302,14 @@ def probe(f: Any, x: torch.Tensor, update: torch.Tensor, *, stability: Stability
     step's own graph), in place of building one from ``f`` (which costs ~1.2 gradients).
 
     ``warm`` holds the previous probe's Ritz vectors (``"top"`` ``[k, P]``, plus ``WARM_GUARD`` for
-    top-1; ``"preconditioned"``): Lanczos starts from a block of the top-k's sum, the guard and the
-    update ``u`` (whose product gives the directional sharpness for free), so a slowly drifting
-    Hessian costs a few HVPs instead of dozens (measured in ``benchmarks/hessian.py``: 2-8x fewer
-    along a digits-MLP run, more the more often it probes). Without it the block is a random
-    vector from ``generator`` and ``u``, and Lanczos tests convergence only after 20 products (see
-    :func:`engine.curvature.lanczos`'s ``min_basis``). The new vectors come back with the probe.
+    top-1; ``"preconditioned"``; ``"before"``: the top-k the previous probe started from): Lanczos
+    starts from a block of the top-k's sum (each extrapolated along its drift from ``"before"``,
+    see :func:`_extrapolated`), the guard and the update ``u`` (whose product gives the directional
+    sharpness for free), so a slowly drifting Hessian costs a few HVPs instead of dozens (measured
+    in ``benchmarks/hessian.py``: 2-8x fewer along a digits-MLP run, more the more often it
+    probes). Without it the block is a random vector from ``generator`` and ``u``, and Lanczos
+    tests convergence only after 20 products (see :func:`engine.curvature.lanczos`'s
+    ``min_basis``). The new vectors come back with the probe.
 
     Gradient noise (``config.noise`` / ``config.estimate_cosine``, :func:`engine.noise.measure`)
     needs ``problem`` and the step's minibatch ``batch``; ``estimate`` is the lane's flat gradient
@@ -334,9 +339,9 @@ def probe(f: Any, x: torch.Tensor, update: torch.Tensor, *, stability: Stability
     u = update.detach().reshape(-1).to(device=op.device, dtype=torch.float64)
     moves = bool(torch.isfinite(u).all()) and float(u @ u) > 0
     guard = WARM_GUARD if config.top_k == 1 else 0
+    k = config.top_k
     if "top" in warm:  # the previous top-k as one vector, and its next Ritz vector (see WARM_GUARD)
-        k = config.top_k
-        start = [warm["top"][:k].sum(0), *warm["top"][k:k + guard]]
+        start = [_extrapolated(warm["top"][:k], warm.get("before")).sum(0), *warm["top"][k:k + guard]]
     else:
         start = [_random_start(op, generator)]
     if moves:
@@ -350,6 +355,8 @@ def probe(f: Any, x: torch.Tensor, update: torch.Tensor, *, stability: Stability
         notes["lambda_max"] = (f"stopped at the budget of {config.max_hvps} products before tol "
                                f"{config.tol:g}: error bound {float(top.top_error_bounds[0]):.3g}")
     vectors = {"top": top.warm_vectors}
+    if "top" in warm:  # where this probe started from: the next one extrapolates along the drift
+        vectors["before"] = warm["top"][:k]
     directional = float(top.start_rayleigh[-1]) if moves else float("nan")
     pre = None
     if diagonal is not None:
@@ -416,6 +423,29 @@ def _dense(f: Any, x: torch.Tensor, update: torch.Tensor, config: ProbeConfig,
                   density_weights=np.full((1, dim), 1.0 / dim) if config.density else None,
                   exact=exact, hvps=dim, dtype="float64")
     return values, vectors
+
+
+EXTRAPOLATE_MIN_COSINE = 0.5
+"""A previous Ritz vector extrapolates only when it still points along the one after it: below
+this |cosine| its eigenvalue has crossed another (the order of the Ritz vectors changed)."""
+
+
+def _extrapolated(now: torch.Tensor, before: torch.Tensor | None) -> torch.Tensor:
+    r"""The next probe's guess of the top Ritz vectors ``[k, P]``: each extrapolated linearly from
+    the last two probes', :math:`2 v_t - v_{t-1}` (signs aligned; a vector whose cosine with its
+    predecessor is below ``EXTRAPOLATE_MIN_COSINE`` stays as it is). Eigenvectors of a Hessian along
+    a training run drift smoothly, so the guess is off by the drift's change rather than the drift:
+    on the digits-MLP runs of benchmarks/hessian.py (sections c and d; a guard vector in the block,
+    as then) warm probes need 18-24% fewer products every step and every 16 steps (5.08 -> 4.15
+    and 5.37 -> 4.48 at lr 0.1; 4.84 -> 3.73 and 6.74 -> 5.13 on the edge-of-stability run), and
+    without the guard fewer still (``WARM_GUARD``), every value within its residual of a
+    reference to 1e-10. A guess costs no product: it only starts Lanczos elsewhere."""
+    if before is None or before.shape != now.shape:
+        return now
+    norms = torch.linalg.vector_norm(now, dim=1) * torch.linalg.vector_norm(before, dim=1)
+    cos = (now * before).sum(1) / norms.clamp_min(1e-300)
+    step = torch.where(cos.abs()[:, None] >= EXTRAPOLATE_MIN_COSINE, now - cos.sign()[:, None] * before, 0.0)
+    return now + step
 
 
 def _random_start(op: HVP, generator: torch.Generator) -> torch.Tensor:

@@ -299,3 +299,41 @@ def test_a_single_start_probe_reuses_the_steps_graph_with_the_same_results(monke
     monkeypatch.setattr(HVP, "from_gradient", classmethod(spy))
     run_with(problem, *lanes, ("sgd", {"lr": 0.1}), probes=probes).run(2)  # two lanes: no reuse
     assert len(built) == 6
+
+
+def test_warm_starts_extrapolate_each_ritz_vector_along_its_drift() -> None:
+    """2 v_t - v_(t-1) with the signs of v_(t-1) aligned to v_t: exact for a vector moving on a line,
+    second-order close to one turning at a constant rate; left alone where the order changed."""
+    from engine.instruments import _extrapolated
+
+    def turn(angle: float) -> torch.Tensor:
+        return torch.tensor([np.cos(angle), np.sin(angle), 0.0], dtype=torch.float64)
+
+    a, b = torch.tensor([1.0, 0.0, 0.0]).double(), torch.tensor([1.0, 0.5, 0.0]).double()
+    assert torch.equal(_extrapolated(b[None], a[None])[0], torch.tensor([1.0, 1.0, 0.0]).double())
+    assert torch.equal(_extrapolated(b[None], -a[None])[0], torch.tensor([1.0, 1.0, 0.0]).double())  # sign
+    guess = _extrapolated(torch.stack([turn(0.1), -turn(1.6)]), torch.stack([turn(0.0), turn(1.5)]))
+    for g, want in zip(guess, (turn(0.2), -turn(1.7)), strict=True):
+        cos = float(g @ want / g.norm())
+        assert 1 - cos < 1e-4 and 1 - float(turn(0.1) @ want) > 4e-3  # O(h^4) against O(h^2) unmoved
+    crossed = torch.stack([turn(0.0), turn(1.5)])  # cosine 0.07 with its predecessor: kept
+    assert torch.equal(_extrapolated(crossed, torch.stack([turn(1.5), turn(0.0)])), crossed)
+    assert _extrapolated(crossed, None) is crossed
+
+
+def test_warm_probes_keep_where_they_started_for_the_next_one() -> None:
+    """Each warm probe hands on its start (the previous top-k) beside its Ritz vectors, and every
+    probe still lies within its residual of the dense lambda_max."""
+    problem = get_network("moons_mlp", batch_size=None)
+    run = run_with(problem, ("sgd", {"lr": 0.5}), probes=ProbeConfig(every=1, tol=1e-6))
+    previous = None
+    for i in range(6):
+        x = torch.as_tensor(run.positions(0)[0], dtype=torch.float64)
+        (r,) = run.step()
+        warm = run._warm[0]
+        assert ("before" in warm) == (i > 0)
+        if previous is not None:
+            torch.testing.assert_close(warm["before"], previous[:1], rtol=0, atol=0)
+        previous = warm["top"]
+        exact = torch.linalg.eigvalsh(dense_hessian(lambda z: problem.loss(z[None])[0], x))[-1].item()
+        assert abs(r.curvature.lambda_max - exact) <= r.curvature.lambda_max_residual + 1e-12 * exact
