@@ -716,7 +716,9 @@ def _moment_cost(moment: _Moment, size: ProblemSize, M: int,
         memory["trajectory snapshots"] = moment.created * SNAPSHOTS_KEPT * P * BYTES
     probe_ops, probe_bytes = 0.0, 0.0
     if moment.probes is not None:
-        memory["probe warm starts"] = moment.created * 2 * P * BYTES
+        # each lane keeps its top-k Ritz vectors (and a guard), the k it started from (the drift the
+        # next probe extrapolates along) and the preconditioned probe's (at most 2): 2 P undercounted
+        memory["probe warm starts"] = moment.created * (2 * moment.probes.top_k + 3) * P * BYTES
         for ln, b in zip(lanes, batches, strict=True):
             pc = _probe_cost(moment.probes, size, get_spec(ln.optimizer).second_moment_key is not None, b)
             probe_ops = max(probe_ops, pc.ops)
