@@ -63,6 +63,10 @@ SERVE_OPTIONS = ["--check-unused-sessions", "1000", "--unused-session-lifetime",
 """As ``./dev serve``: a closed page's session ends within ~21 s (its worker stops at once: app/load.py);
 a page whose websocket waits behind other pages' builds keeps its session for 20 s (shorter, and it
 is discarded and built twice)."""
+SERVE_ENV = {"PYTHONMALLOC": "malloc"}
+"""As ``./dev serve`` (where the environment does not say otherwise): Python objects in glibc's heap,
+whose freed pages ``malloc_trim`` returns, rather than in pymalloc's 1 MiB arenas, which a few
+long-lived objects keep (a class that had left kept ~15 % over idle RSS that way)."""
 _ids = itertools.count()
 
 
@@ -195,14 +199,15 @@ class Page:
 class Server:
     """``panel serve app`` on a loopback port; its process tree's Python threads and RSS."""
 
-    def __init__(self, num_procs: int, log: Path, root: Path = ROOT) -> None:
+    def __init__(self, num_procs: int, log: Path, root: Path = ROOT, extra: tuple[str, ...] = ()) -> None:
         self.port = _free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         cmd = [sys.executable, "-m", "panel", "serve", "app", "--port", str(self.port), "--address",
                "127.0.0.1", f"--allow-websocket-origin=127.0.0.1:{self.port}", *SERVE_OPTIONS]
         if num_procs > 1:
             cmd += ["--num-procs", str(num_procs)]
-        env = {**os.environ, "PYTHONPATH": str(root)}
+        cmd += extra
+        env = {**SERVE_ENV, **os.environ, "PYTHONPATH": str(root)}
         self.log = open(log, "w")  # closed in stop()
         self.proc = subprocess.Popen(cmd, cwd=root, stdout=self.log, stderr=subprocess.STDOUT, env=env)
 
@@ -259,7 +264,8 @@ async def settle(server: Server, idle: tuple[float, int], limit: float) -> tuple
 
 async def run(args: argparse.Namespace) -> str:
     AsyncHTTPClient.configure(None, max_clients=MAX_SESSIONS)
-    server = Server(args.num_procs, Path(args.log), Path(args.app_root).resolve())
+    extra = tuple(args.serve_args.split())
+    server = Server(args.num_procs, Path(args.log), Path(args.app_root).resolve(), extra)
     try:
         await wait_up(server, 120)
         warm = Page(server.base)  # imports everything and builds one page: idle is measured after it
@@ -351,7 +357,8 @@ async def build(args: argparse.Namespace) -> str:
     if args.baseline_root:
         roots["baseline"] = Path(args.baseline_root).resolve()
     log = Path(args.log)
-    servers = {name: Server(1, log.with_name(f"{log.stem}-{name}{log.suffix}"), root)
+    extra = tuple(args.serve_args.split())
+    servers = {name: Server(1, log.with_name(f"{log.stem}-{name}{log.suffix}"), root, extra)
                for name, root in roots.items()}
     loads: dict[str, list[float]] = {name: [] for name in servers}
     try:
@@ -399,6 +406,7 @@ def main() -> None:
     ap.add_argument("--build-gap", type=float, default=4.0, help="seconds between two --build pages")
     ap.add_argument("--baseline-root", default="", help="with --build: a second checkout, side by side")
     ap.add_argument("--app-root", default=str(ROOT), help="the checkout served (compare with main's)")
+    ap.add_argument("--serve-args", default="", help="more panel serve options (split on spaces)")
     ap.add_argument("--log", default=str(ROOT / "artifacts" / "load-serve.log"))
     args = ap.parse_args()
     if not 1 <= args.sessions <= MAX_SESSIONS:
