@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -227,12 +228,25 @@ class Server:
         return rss / 1e6, threads
 
     def stop(self) -> None:
+        """End the server and its ``--num-procs`` children (terminating the parent alone left them
+        running, orphaned, after the benchmark)."""
+        try:
+            children = psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            children = []
         self.proc.terminate()
+        for child in children:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.terminate()
         try:
             self.proc.wait(10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(10)
+        _, alive = psutil.wait_procs(children, timeout=10)
+        for child in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
         self.log.close()
 
 
