@@ -113,7 +113,9 @@ def pump_every(n: int | None = None) -> int:
 def throttled(explorer: Any) -> Callable[[], Any]:
     """The explorer's pump, run on one call in :func:`pump_every` (the others return 0 at once);
     once the page that was there has gone (its websocket closed), it closes the explorer at once:
-    its worker stops now rather than when the server ends the session (seconds to minutes later)."""
+    its worker stops now, and the server ends the session at its next check for unused sessions
+    (a second) rather than ``--unused-session-lifetime`` later (20 s), so a class that has left gives
+    its memory back within seconds. A page still waiting to connect keeps its session."""
     pump = explorer.pump
     calls = 0
     seen = False
@@ -124,6 +126,9 @@ def throttled(explorer: Any) -> Callable[[], Any]:
             seen = True
         elif seen:
             explorer.close()
+            session = getattr(getattr(explorer._doc, "session_context", None), "_session", None)
+            if session is not None:
+                session.request_expiration()  # Bokeh ends it once it has no connection
             return 0
         calls += 1
         if calls % pump_every() and calls > 1:

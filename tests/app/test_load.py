@@ -69,3 +69,47 @@ def test_warming_up_builds_a_page_and_leaves_no_race_session_or_thread_behind() 
     wait_for(lambda: not [t for t in threading.enumerate()
                           if t.name.startswith(load.WORKER_THREAD) and t.name not in before])
     assert load.sessions() == 0 and not load.BUDGET.building and load.BUDGET.n_running == 0
+
+
+class _Session:
+    """What a pump sees of Bokeh's ServerSession: its connections and the expiration request."""
+
+    def __init__(self) -> None:
+        self.connection_count = 0
+        self.expiration_requested = False
+
+    def request_expiration(self) -> None:
+        self.expiration_requested = True
+
+
+class _Page:
+    """An explorer as :func:`app.load.throttled` sees it: a pump, a session, a close."""
+
+    def __init__(self) -> None:
+        self.session = _Session()
+        self._doc = type("Doc", (), {"session_context": type("Ctx", (), {"_session": self.session})()})()
+        self.pumped = 0
+        self.closed = False
+
+    def _connected(self) -> bool:
+        return self.session.connection_count > 0
+
+    def pump(self) -> int:
+        self.pumped += 1
+        return 1
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_page_that_has_gone_closes_its_explorer_and_asks_bokeh_to_end_its_session_now() -> None:
+    page = _Page()
+    call = load.throttled(page)
+    call()  # not connected yet (a page still loading): nothing ends
+    assert not page.closed and not page.session.expiration_requested
+    page.session.connection_count = 1
+    call()
+    assert not page.closed and page.pumped >= 1
+    page.session.connection_count = 0  # the websocket closed
+    assert call() == 0
+    assert page.closed and page.session.expiration_requested
