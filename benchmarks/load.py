@@ -185,11 +185,16 @@ class Page:
             self.error = repr(exc)
 
     def steps_per_s(self, t0: float, t1: float) -> float:
-        """The counter's rate over [t0, t1] (its samples nearest inside the window)."""
-        inside = [(t, k) for t, k in self.steps if t0 <= t <= t1]
-        if len(inside) < 2 or inside[-1][0] <= inside[0][0]:
+        """The counter's rate over [t0, t1], from its last sample at or before t0 (else its first in
+        the window) to its last in the window. Under load a page's counter changes only every few
+        seconds (it is redrawn on one pump in ``REFRESH_EVERY``, and pumps are throttled): samples
+        inside the window alone were often fewer than two, and the rate read 0 while the rate meter
+        showed 35-47 steps/s."""
+        before = [(t, k) for t, k in self.steps if t <= t0][-1:]
+        samples = before + [(t, k) for t, k in self.steps if t0 < t <= t1]
+        if len(samples) < 2 or samples[-1][0] <= samples[0][0]:
             return 0.0
-        (ta, ka), (tb, kb) = inside[0], inside[-1]
+        (ta, ka), (tb, kb) = samples[0], samples[-1]
         return (kb - ka) / (tb - ta)
 
     def close(self) -> None:
