@@ -64,10 +64,6 @@ SERVE_OPTIONS = ["--check-unused-sessions", "1000", "--unused-session-lifetime",
 """As ``./dev serve``: a closed page's session ends within ~21 s (its worker stops at once: app/load.py);
 a page whose websocket waits behind other pages' builds keeps its session for 20 s (shorter, and it
 is discarded and built twice)."""
-SERVE_ENV = {"PYTHONMALLOC": "malloc"}
-"""As ``./dev serve`` (where the environment does not say otherwise): Python objects in glibc's heap,
-whose freed pages ``malloc_trim`` returns, rather than in pymalloc's 1 MiB arenas, which a few
-long-lived objects keep (a class that had left kept ~15 % over idle RSS that way)."""
 _ids = itertools.count()
 
 
@@ -213,7 +209,7 @@ class Server:
         if num_procs > 1:
             cmd += ["--num-procs", str(num_procs)]
         cmd += extra
-        env = {**SERVE_ENV, **os.environ, "PYTHONPATH": str(root)}
+        env = {**os.environ, "PYTHONPATH": str(root)}  # PYTHONMALLOC=malloc here: see ./dev serve
         self.log = open(log, "w")  # closed in stop()
         self.proc = subprocess.Popen(cmd, cwd=root, stdout=self.log, stderr=subprocess.STDOUT, env=env)
 
