@@ -11,6 +11,10 @@ and answering instead of a few running at full speed while the rest stall:
 - messages: the pumps of all sessions together run at most :data:`PUMPS_PER_SECOND` times per
   second; with more sessions, each page's pump skips calls (:func:`pump_every`).
 
+A page being built comes first (:meth:`ServerBudget.page_build`): while one is, every race of the
+process waits up to :data:`BUILD_WAIT_S` after each step, so the build has the interpreter to itself
+(with 20 races at 0.8 core it got ~0.2 of it, and a page opened while a class raced took 5-6 s).
+
 A page's rate meter shows the rate really taken (it measures the counter), so a shrunk share is
 visible. When a session ends, its worker is stopped (:meth:`app.explorer.Explorer.close`) and,
 shortly after the last of a burst of closes, the process collects its cycles and gives freed
@@ -25,7 +29,8 @@ import logging
 import math
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from tornado.ioloop import IOLoop
@@ -44,8 +49,50 @@ PUMP_HZ = 1000.0 / PUMP_MS
 """The pump's own cadence (:data:`app.explorer.PUMP_MS`)."""
 TIDY_AFTER_S = 2.0
 """Seconds after a session ends before the process collects and trims (one tidy per burst)."""
+BUILD_WAIT_S = 1.0
+"""Longest a race waits (after a step) for the pages being built: a race keeps stepping, at least
+once a second, and a stopped worker ends within a second, whatever the builds."""
 
-BUDGET = StepBudget(STEP_CORES)
+
+class ServerBudget(StepBudget):
+    """:class:`engine.worker.StepBudget` that gives way to page builds: a run worker asking for its
+    rate (after each step) while a page is being built waits until no page is, or
+    :data:`BUILD_WAIT_S`. Only run workers' threads wait (a page reading a rate never does)."""
+
+    def __init__(self, cores: float, floor: float = 1.0) -> None:
+        super().__init__(cores, floor)
+        self._builds = 0
+        self._no_build = threading.Event()
+        self._no_build.set()
+        self._build_lock = threading.Lock()
+
+    @contextmanager
+    def page_build(self) -> Iterator[None]:
+        """The races of this process wait while the block runs (a page is being built)."""
+        with self._build_lock:
+            self._builds += 1
+            self._no_build.clear()
+        try:
+            yield
+        finally:
+            with self._build_lock:
+                self._builds -= 1
+                if not self._builds:
+                    self._no_build.set()
+
+    @property
+    def building(self) -> bool:
+        return not self._no_build.is_set()
+
+    def cap(self, step_seconds: float) -> float:
+        if threading.current_thread().name.startswith(WORKER_THREAD):
+            self._no_build.wait(BUILD_WAIT_S)
+        return super().cap(step_seconds)
+
+
+WORKER_THREAD = "optiscope-run-"
+"""How :class:`engine.worker.RunWorker` names its threads."""
+BUDGET = ServerBudget(STEP_CORES)
 _live: set[int] = set()
 _lock = threading.Lock()
 _tidy_call: Any = None
@@ -66,7 +113,9 @@ def pump_every(n: int | None = None) -> int:
 def throttled(explorer: Any) -> Callable[[], Any]:
     """The explorer's pump, run on one call in :func:`pump_every` (the others return 0 at once);
     once the page that was there has gone (its websocket closed), it closes the explorer at once:
-    its worker stops now rather than when the server ends the session (seconds to minutes later)."""
+    its worker stops now, and the server ends the session at its next check for unused sessions
+    (a second) rather than ``--unused-session-lifetime`` later (20 s), so a class that has left gives
+    its memory back within seconds. A page still waiting to connect keeps its session."""
     pump = explorer.pump
     calls = 0
     seen = False
@@ -77,6 +126,9 @@ def throttled(explorer: Any) -> Callable[[], Any]:
             seen = True
         elif seen:
             explorer.close()
+            session = getattr(getattr(explorer._doc, "session_context", None), "_session", None)
+            if session is not None:
+                session.request_expiration()  # Bokeh ends it once it has no connection
             return 0
         calls += 1
         if calls % pump_every() and calls > 1:

@@ -1,12 +1,11 @@
 """`panel serve app` entry point: compose the explorer into a page (logic lives in modules)."""
 
-import contextlib
-
 import panel as pn
 import torch
 
 from app import load
 from app.explorer import Explorer
+from app.page import frozen, template
 from engine.worker import RunWorker
 
 torch.set_num_threads(1)  # many sessions share this server: one thread per run worker
@@ -17,9 +16,9 @@ RunWorker.budget = load.BUDGET  # the races of all pages share this process's CP
 pn.extension("katex", "filedropper", notifications=True, design="bootstrap")
 
 doc = pn.state.curdoc
-# One walk over the document's ~800 models at the end instead of one per model added: a page is
-# built in ~2/3 of the CPU time, and every other page waits less (one interpreter serves them all).
-with doc.models.freeze() if doc is not None else contextlib.nullcontext():
+# The races of this process step slowly while the page is built (load.BUDGET.page_build): a page
+# opened while a class races loads at the speed of an idle server. One walk over the document's models.
+with load.BUDGET.page_build(), frozen(doc):
     explorer = Explorer(autostart=True)
     # a share link (?race=... or ?problem=...&lanes=...) opens its race; a bad one says why over the default
     link = {k: v[0].decode() for k, v in (pn.state.session_args or {}).items() if v}
@@ -30,12 +29,4 @@ with doc.models.freeze() if doc is not None else contextlib.nullcontext():
     explorer.start_streaming()
     if doc is not None and doc.session_context is not None:
         load.join(explorer)  # before the page loads: its pump starts then
-    # Bootstrap: its design loads nothing from the network (Fast and Material fetch Google Fonts).
-    pn.template.BootstrapTemplate(
-        title="Optiscope — optimizers racing, live",
-        sidebar=[explorer.controls],
-        main=[explorer.main],
-        sidebar_width=330,
-        header_background="#1f4e79",
-        header_color="white",
-    ).servable()
+    template(explorer).servable()

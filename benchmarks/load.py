@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -180,11 +181,16 @@ class Page:
             self.error = repr(exc)
 
     def steps_per_s(self, t0: float, t1: float) -> float:
-        """The counter's rate over [t0, t1] (its samples nearest inside the window)."""
-        inside = [(t, k) for t, k in self.steps if t0 <= t <= t1]
-        if len(inside) < 2 or inside[-1][0] <= inside[0][0]:
+        """The counter's rate over [t0, t1], from its last sample at or before t0 (else its first in
+        the window) to its last in the window. Under load a page's counter changes only every few
+        seconds (it is redrawn on one pump in ``REFRESH_EVERY``, and pumps are throttled): samples
+        inside the window alone were often fewer than two, and the rate read 0 while the rate meter
+        showed 35-47 steps/s."""
+        before = [(t, k) for t, k in self.steps if t <= t0][-1:]
+        samples = before + [(t, k) for t, k in self.steps if t0 < t <= t1]
+        if len(samples) < 2 or samples[-1][0] <= samples[0][0]:
             return 0.0
-        (ta, ka), (tb, kb) = inside[0], inside[-1]
+        (ta, ka), (tb, kb) = samples[0], samples[-1]
         return (kb - ka) / (tb - ta)
 
     def close(self) -> None:
@@ -195,14 +201,15 @@ class Page:
 class Server:
     """``panel serve app`` on a loopback port; its process tree's Python threads and RSS."""
 
-    def __init__(self, num_procs: int, log: Path, root: Path = ROOT) -> None:
+    def __init__(self, num_procs: int, log: Path, root: Path = ROOT, extra: tuple[str, ...] = ()) -> None:
         self.port = _free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         cmd = [sys.executable, "-m", "panel", "serve", "app", "--port", str(self.port), "--address",
                "127.0.0.1", f"--allow-websocket-origin=127.0.0.1:{self.port}", *SERVE_OPTIONS]
         if num_procs > 1:
             cmd += ["--num-procs", str(num_procs)]
-        env = {**os.environ, "PYTHONPATH": str(root)}
+        cmd += extra
+        env = {**os.environ, "PYTHONPATH": str(root)}  # PYTHONMALLOC=malloc here: see ./dev serve
         self.log = open(log, "w")  # closed in stop()
         self.proc = subprocess.Popen(cmd, cwd=root, stdout=self.log, stderr=subprocess.STDOUT, env=env)
 
@@ -222,12 +229,25 @@ class Server:
         return rss / 1e6, threads
 
     def stop(self) -> None:
+        """End the server and its ``--num-procs`` children (terminating the parent alone left them
+        running, orphaned, after the benchmark)."""
+        try:
+            children = psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            children = []
         self.proc.terminate()
+        for child in children:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.terminate()
         try:
             self.proc.wait(10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(10)
+        _, alive = psutil.wait_procs(children, timeout=10)
+        for child in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
         self.log.close()
 
 
@@ -259,7 +279,8 @@ async def settle(server: Server, idle: tuple[float, int], limit: float) -> tuple
 
 async def run(args: argparse.Namespace) -> str:
     AsyncHTTPClient.configure(None, max_clients=MAX_SESSIONS)
-    server = Server(args.num_procs, Path(args.log), Path(args.app_root).resolve())
+    extra = tuple(args.serve_args.split())
+    server = Server(args.num_procs, Path(args.log), Path(args.app_root).resolve(), extra)
     try:
         await wait_up(server, 120)
         warm = Page(server.base)  # imports everything and builds one page: idle is measured after it
@@ -351,7 +372,8 @@ async def build(args: argparse.Namespace) -> str:
     if args.baseline_root:
         roots["baseline"] = Path(args.baseline_root).resolve()
     log = Path(args.log)
-    servers = {name: Server(1, log.with_name(f"{log.stem}-{name}{log.suffix}"), root)
+    extra = tuple(args.serve_args.split())
+    servers = {name: Server(1, log.with_name(f"{log.stem}-{name}{log.suffix}"), root, extra)
                for name, root in roots.items()}
     loads: dict[str, list[float]] = {name: [] for name in servers}
     try:
@@ -399,6 +421,7 @@ def main() -> None:
     ap.add_argument("--build-gap", type=float, default=4.0, help="seconds between two --build pages")
     ap.add_argument("--baseline-root", default="", help="with --build: a second checkout, side by side")
     ap.add_argument("--app-root", default=str(ROOT), help="the checkout served (compare with main's)")
+    ap.add_argument("--serve-args", default="", help="more panel serve options (split on spaces)")
     ap.add_argument("--log", default=str(ROOT / "artifacts" / "load-serve.log"))
     args = ap.parse_args()
     if not 1 <= args.sessions <= MAX_SESSIONS:

@@ -1,0 +1,115 @@
+"""A class on one server (app/load.py, app/page.py): a page being built comes first, and a server
+process warms up without leaving a race or a session behind. Behaviour only, never a speed
+(benchmarks/load.py measures the figures)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from app import load
+from app.explorer import Explorer
+from app.page import warm
+from engine.worker import RunWorker
+from tests.app.conftest import wait_for
+
+
+def _cap_in_thread(budget: load.ServerBudget, name: str) -> threading.Event:
+    """Ask ``budget`` for a rate from a thread called ``name``; the event is set once it has one."""
+    done = threading.Event()
+    threading.Thread(target=lambda: (budget.cap(0.01), done.set()), name=name, daemon=True).start()
+    return done
+
+
+def test_a_run_worker_waits_while_a_page_is_built_and_goes_on_when_it_is(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(load, "BUILD_WAIT_S", 30.0)
+    budget = load.ServerBudget(0.8)
+    with budget.page_build():
+        with budget.page_build():  # two pages at once: the races wait for both
+            waiting = _cap_in_thread(budget, f"{load.WORKER_THREAD}7")
+            assert budget.cap(0.01) == pytest.approx(80.0)  # the page's own thread never waits
+            assert not waiting.wait(0.2)
+        assert budget.building and not waiting.wait(0.2)
+    assert not budget.building
+    assert waiting.wait(10), "the run worker still waits after the builds ended"
+    assert _cap_in_thread(budget, f"{load.WORKER_THREAD}8").wait(10)  # no build: no wait
+
+
+def test_a_run_worker_waits_for_a_build_at_most_build_wait_s(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(load, "BUILD_WAIT_S", 0.05)
+    budget = load.ServerBudget(0.8)
+    with budget.page_build():  # a build that never ends (a page that never loads)
+        assert _cap_in_thread(budget, f"{load.WORKER_THREAD}9").wait(10)
+
+
+def test_a_racing_explorer_steps_no_more_while_a_page_is_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(load, "BUILD_WAIT_S", 30.0)
+    budget = load.ServerBudget(4.0)
+    monkeypatch.setattr(RunWorker, "budget", budget)
+    ex = Explorer(landscape="quadratic", optimizers=["sgd"], speed=200, autostart=True)
+    try:
+        assert ex.worker._thread.name.startswith(load.WORKER_THREAD)  # the name the gate knows
+        wait_for(lambda: ex.worker.tick > 2)
+        with budget.page_build():
+            time.sleep(0.1)  # a step under way when the build began ends, then the worker waits
+            held = ex.worker.tick
+            time.sleep(0.4)
+            assert ex.worker.tick == held
+        wait_for(lambda: ex.worker.tick > held + 2)
+    finally:
+        ex.close()
+
+
+def test_warming_up_builds_a_page_and_leaves_no_race_session_or_thread_behind() -> None:
+    before = {t.name for t in threading.enumerate()}
+    assert warm() > 0
+    wait_for(lambda: not [t for t in threading.enumerate()
+                          if t.name.startswith(load.WORKER_THREAD) and t.name not in before])
+    assert load.sessions() == 0 and not load.BUDGET.building and load.BUDGET.n_running == 0
+
+
+class _Session:
+    """What a pump sees of Bokeh's ServerSession: its connections and the expiration request."""
+
+    def __init__(self) -> None:
+        self.connection_count = 0
+        self.expiration_requested = False
+
+    def request_expiration(self) -> None:
+        self.expiration_requested = True
+
+
+class _Page:
+    """An explorer as :func:`app.load.throttled` sees it: a pump, a session, a close."""
+
+    def __init__(self) -> None:
+        self.session = _Session()
+        self._doc = type("Doc", (), {"session_context": type("Ctx", (), {"_session": self.session})()})()
+        self.pumped = 0
+        self.closed = False
+
+    def _connected(self) -> bool:
+        return self.session.connection_count > 0
+
+    def pump(self) -> int:
+        self.pumped += 1
+        return 1
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_page_that_has_gone_closes_its_explorer_and_asks_bokeh_to_end_its_session_now() -> None:
+    page = _Page()
+    call = load.throttled(page)
+    call()  # not connected yet (a page still loading): nothing ends
+    assert not page.closed and not page.session.expiration_requested
+    page.session.connection_count = 1
+    call()
+    assert not page.closed and page.pumped >= 1
+    page.session.connection_count = 0  # the websocket closed
+    assert call() == 0
+    assert page.closed and page.session.expiration_requested
