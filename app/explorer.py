@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import panel as pn
@@ -43,6 +44,8 @@ REFRESH_EVERY = 8
 """Pumps between two refreshes of each thing that is not streamed (a table, a text, a range): ~3 Hz.
 Each pump refreshes one of them in turn, so that no pump does them all (a pump that did took ~3x a
 plain one and made the next ones late)."""
+COUNTER_S = 0.25
+"""Seconds between two updates of a running race's step counter (it moves with the curves, ~4 Hz)."""
 RACE_EVERY = 3
 """Pumps between updates of the race's picture while it runs (~8 Hz): it repaints its heatmap,
 contours and every path for each update, the costliest repaint of the page, while the curves carry
@@ -123,6 +126,7 @@ class Explorer(pn.viewable.Viewer):
         self._preset_axes: list[tuple[Any, bool]] = []  # (figure, was log) a preset changed
         self._doc: Any = None
         self._pumps = 0
+        self._counted_at = 0.0  # when the step counter was last brought up to date (time.monotonic)
         self._later: dict[int, Batch] = {}  # id(view) -> drained, not yet sent to it (see pump)
         self._closed = False
         s.param.watch(lambda _: self._new_run(), "revision")
@@ -422,8 +426,12 @@ class Explorer(pn.viewable.Viewer):
                 elif waiting.records or waiting.marks:
                     v.consume(waiting)
             self._refresh(self._pumps % REFRESH_EVERY)
-            if batch.records and not running:  # a step of a paused race: its number now,
-                self._update_counter()  # not at the counter's turn (up to REFRESH_EVERY pumps later)
+            # the counter by the clock, not by pump turns: a paused race's step at once; a running
+            # race's every COUNTER_S (throttled under load, 8 pumps took ~4 s: the counter looked frozen)
+            now = time.monotonic()
+            if batch.records and (not running or now - self._counted_at >= COUNTER_S):
+                self._counted_at = now
+                self._update_counter()
         return sum(len(r) for r in batch.records.values())
 
     def _connected(self) -> bool:
@@ -440,10 +448,12 @@ class Explorer(pn.viewable.Viewer):
         tabs = [v for v in self._area("instrument") if applies(v)]
         if tabs and 0 <= self.instruments.active < len(tabs):
             shown.extend(live([tabs[self.instruments.active]]))
-        redraws = [v.refresh for v in shown if v.applies()] + [self.sidebar.refresh, self._update_counter]
+        redraws = [v.refresh for v in shown if v.applies()] + [self.sidebar.refresh]
         for i, redraw in enumerate(redraws):
             if part is None or i % REFRESH_EVERY == part:
                 redraw()
+        if part is None:
+            self._update_counter()
 
     def close(self) -> None:
         """Stop the pump, the worker and every slow action (the page closed). Touches no document."""

@@ -143,8 +143,8 @@ def _pumped(batches: list[Batch], running: list[bool], counted: list[int] | None
     queue = list(batches)
     session = SimpleNamespace(drain=lambda: queue.pop(0), running=True)
     ex = SimpleNamespace(_closed=False, _connected=lambda: True, session=session, _pumps=0, _later={},
-                         views=[curves, race, *tabs], _hold=lambda: nullcontext(), _refresh=lambda part: None,
-                         _tab=lambda: tabs[0] if tabs else None)
+                         _counted_at=0.0, views=[curves, race, *tabs], _hold=lambda: nullcontext(),
+                         _refresh=lambda part: None, _tab=lambda: tabs[0] if tabs else None)
     ex._update_counter = lambda: counted is not None and counted.append(ex._pumps)
     moved = []
     for now in running:
@@ -161,11 +161,19 @@ def test_the_pump_sends_every_record_in_order_and_the_race_picture_every_few_pum
     assert moved == [2] * 7 and curves.seen == {0: [*range(7)], 1: [*range(7)]}  # each once, in order
     assert race.seen == {0: [*range(6)], 1: [*range(6)]}  # pumps 3 and 6: what pumps 1-3 and 4-6 drained
     # paused (a single step, a presenter), the picture is sent at once, with what waited, and the
-    # step counter shows the step at that pump (running, it is refreshed in turn with the rest)
+    # step counter shows the step at that pump; running, the counter moves by the clock (COUNTER_S:
+    # the first pump, then none of the next three, which come within it here)
+    monkeypatch.setattr(explorer_module, "COUNTER_S", 60.0)
     counted: list[int] = []
     curves, race, _ = _pumped(batches[:5], [True, True, True, True, False], counted)
     assert race.seen == curves.seen == {0: [*range(5)], 1: [*range(5)]}
-    assert counted == [5]
+    assert counted == [1, 5]
+    # however few the pumps (throttled under load), each that moves records once COUNTER_S has passed
+    # updates the counter: it used to wait for its turn, one pump in REFRESH_EVERY (~4 s under load)
+    monkeypatch.setattr(explorer_module, "COUNTER_S", 0.0)
+    counted = []
+    _pumped(batches[:4], [True] * 4, counted)
+    assert counted == [1, 2, 3, 4]
     # a reset: every view clears, and what the picture had not been sent is dropped
     reset = Batch(records={0: [record(9, [1.0])]}, reset=True, origin=9)
     curves, race, _ = _pumped([batches[0], batches[1], reset], [True] * 3)
@@ -237,8 +245,9 @@ def test_each_pump_refreshes_its_share_and_every_view_on_screen_is_refreshed_onc
         before = sum(v.refreshed for v in views) + sum(counted.values())
         Explorer._refresh(ex, part)  # type: ignore[arg-type]
         done.append(sum(v.refreshed for v in views) + sum(counted.values()) - before)
-    # on screen: race, curves, status, the active (second) instrument tab; then sidebar and counter
-    assert [v.refreshed for v in views] == [1, 1, 0, 1, 0, 1, 0] and counted == {"sidebar": 1, "counter": 1}
-    assert done == [2, 2, 1, 1]  # six redraws over four pumps: never all in one
-    Explorer._refresh(ex)  # type: ignore[arg-type]  # all at once (a tab was switched)
-    assert [v.refreshed for v in views] == [2, 2, 0, 2, 0, 2, 0] and counted == {"sidebar": 2, "counter": 2}
+    # on screen: race, curves, status, the active (second) instrument tab; then the sidebar (the step
+    # counter goes by the clock in pump, not in these turns)
+    assert [v.refreshed for v in views] == [1, 1, 0, 1, 0, 1, 0] and counted == {"sidebar": 1, "counter": 0}
+    assert done == [2, 1, 1, 1]  # five redraws over four pumps: never all in one
+    Explorer._refresh(ex)  # type: ignore[arg-type]  # all at once (a tab was switched), the counter too
+    assert [v.refreshed for v in views] == [2, 2, 0, 2, 0, 2, 0] and counted == {"sidebar": 2, "counter": 1}
