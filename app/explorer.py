@@ -426,10 +426,11 @@ class Explorer(pn.viewable.Viewer):
                 elif waiting.records or waiting.marks:
                     v.consume(waiting)
             self._refresh(self._pumps % REFRESH_EVERY)
-            # the counter by the clock, not by pump turns: a paused race's step at once; a running
-            # race's every COUNTER_S (throttled under load, 8 pumps took ~4 s: the counter looked frozen)
+            # the counter also by the clock, not only in its refresh turn: a paused race's step or
+            # reset at once; a running race's every COUNTER_S (throttled under load, a turn in 8
+            # pumps took ~4 s: the counter looked frozen)
             now = time.monotonic()
-            if batch.records and (not running or now - self._counted_at >= COUNTER_S):
+            if (batch.records or batch.reset) and (not running or now - self._counted_at >= COUNTER_S):
                 self._counted_at = now
                 self._update_counter()
         return sum(len(r) for r in batch.records.values())
@@ -448,12 +449,10 @@ class Explorer(pn.viewable.Viewer):
         tabs = [v for v in self._area("instrument") if applies(v)]
         if tabs and 0 <= self.instruments.active < len(tabs):
             shown.extend(live([tabs[self.instruments.active]]))
-        redraws = [v.refresh for v in shown if v.applies()] + [self.sidebar.refresh]
+        redraws = [v.refresh for v in shown if v.applies()] + [self.sidebar.refresh, self._update_counter]
         for i, redraw in enumerate(redraws):
             if part is None or i % REFRESH_EVERY == part:
                 redraw()
-        if part is None:
-            self._update_counter()
 
     def close(self) -> None:
         """Stop the pump, the worker and every slow action (the page closed). Touches no document."""
