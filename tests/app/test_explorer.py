@@ -4,6 +4,8 @@ public methods, and check what reaches the views' sources and the run's event lo
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any
@@ -92,45 +94,46 @@ def test_pause_stops_stepping_and_the_counter_says_so(explorer: Explorer) -> Non
     assert "paused" in explorer.sidebar.counter.object and f"step {tick}" in explorer.sidebar.counter.object
 
 
-def test_a_served_race_starts_when_its_page_has_loaded() -> None:
-    """Under ``panel serve`` an autostarted race takes no step before the page reports it has
-    loaded: updates sent while the browser still builds the page pile up, and it runs seconds late."""
+@contextmanager
+def served_page() -> Iterator[tuple[Document, Explorer]]:
+    """A document as ``panel serve`` gives a page (a session context) and its autostarted explorer,
+    built before the page has loaded (``pn.state._on_load(doc)`` is the page saying it has)."""
     doc = Document()
     session = SimpleNamespace(id="test", request=SimpleNamespace(arguments={}, cookies={}, headers={}))
     doc._session_context = lambda: session
     with set_curdoc(doc):
         ex = Explorer(landscape="quadratic", optimizers=["sgd"], speed=500, autostart=True)
         try:
-            ex.start_streaming()
-            time.sleep(0.3)
-            assert ex.running and ex.worker.tick == 0
-            pn.state._on_load(doc)  # what Panel runs when the page says it is ready
-            wait_for(lambda: ex.worker.tick > 10)
+            yield doc, ex
         finally:
             ex.close()
+
+
+def test_a_served_race_starts_when_its_page_has_loaded() -> None:
+    """Under ``panel serve`` an autostarted race takes no step before the page reports it has
+    loaded: updates sent while the browser still builds the page pile up, and it runs seconds late."""
+    with served_page() as (doc, ex):
+        ex.start_streaming()
+        time.sleep(0.3)
+        assert ex.running and ex.worker.tick == 0
+        pn.state._on_load(doc)  # what Panel runs when the page says it is ready
+        wait_for(lambda: ex.worker.tick > 10)
 
 
 def test_a_link_opened_before_its_page_loads_replays_to_its_pause_and_stays_there() -> None:
     """A share link of a race paused at step 10, opened by a served page: nothing steps before the
     page has loaded; then the race replays to step 10 and stays paused there (it used to start
     before the page loaded, pause at 10, and be resumed past it when the page loaded)."""
-    doc = Document()
-    session = SimpleNamespace(id="test", request=SimpleNamespace(arguments={}, cookies={}, headers={}))
-    doc._session_context = lambda: session
-    with set_curdoc(doc):
-        ex = Explorer(landscape="quadratic", optimizers=["sgd"], speed=500, autostart=True)
-        try:
-            spec = replace(ex.session.spec(), ticks=10, paused=True)
-            assert ex.apply_query({"race": sharing.encode(spec)})
-            ex.start_streaming()
-            time.sleep(0.3)
-            assert ex.worker.tick == 0
-            pn.state._on_load(doc)
-            pump_until(ex, lambda: not ex.running)
-            time.sleep(0.3)
-            assert ex.worker.tick == 10 and not ex.running and "paused" in ex.sidebar.counter.object
-        finally:
-            ex.close()
+    with served_page() as (doc, ex):
+        spec = replace(ex.session.spec(), ticks=10, paused=True)
+        assert ex.apply_query({"race": sharing.encode(spec)})
+        ex.start_streaming()
+        time.sleep(0.3)
+        assert ex.worker.tick == 0
+        pn.state._on_load(doc)
+        pump_until(ex, lambda: not ex.running)
+        time.sleep(0.3)
+        assert ex.worker.tick == 10 and not ex.running and "paused" in ex.sidebar.counter.object
 
 
 def test_close_stops_the_worker_and_the_pump(explorer: Explorer) -> None:
