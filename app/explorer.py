@@ -13,7 +13,6 @@ active instrument in a tab under the curve, everything else in the sidebar's car
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import Any
@@ -30,6 +29,7 @@ from app.keys import Shortcuts
 from app.model import DEFAULT_RACE, RaceSession
 from app.presets import presets
 from app.sharing import CUSTOM
+from app.sockets import quiet_closed_sockets
 from app.stream import merge
 from app.views import VIEWS, View, applies, build, deferred, live, on_page, repaint, streams
 
@@ -52,31 +52,6 @@ contours and every path for each update, the costliest repaint of the page, whil
 the race's pace. Paused (single steps, a presenter), it is updated at every pump."""
 MAX_LANES = 8
 __all__ = ["CUSTOM", "DEFAULT_RACE", "MAX_LANES", "Explorer"]
-
-
-def quiet_closed_sockets() -> None:
-    """Let a page close in the middle of a message without a traceback in the server's log.
-
-    Tornado writes each message as a task; when the browser goes away mid-message the task fails
-    with ``WebSocketClosedError``, and Panel does not always await it, so asyncio logs "Task
-    exception was never retrieved" with two tracebacks (measured: 10 per 16 pages closed while
-    streaming, before this app stopped writing to closed pages; 1 per 16 after). Nothing is lost:
-    the page is gone. Every other exception still reaches asyncio's default handler."""
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        return
-    if getattr(loop, "_optiscope_quiet", False):
-        return
-    from tornado.websocket import WebSocketClosedError
-
-    def handler(loop: asyncio.AbstractEventLoop, context: dict) -> None:
-        if isinstance(context.get("exception"), WebSocketClosedError):
-            return
-        loop.default_exception_handler(context)
-
-    loop.set_exception_handler(handler)
-    loop._optiscope_quiet = True  # type: ignore[attr-defined]
 
 
 class Explorer(pn.viewable.Viewer):
