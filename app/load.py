@@ -36,7 +36,7 @@ from typing import Any
 from tornado.ioloop import IOLoop
 
 from app.explorer import PUMP_MS
-from engine.worker import StepBudget
+from engine.worker import THREAD_PREFIX, StepBudget
 
 log = logging.getLogger(__name__)
 
@@ -85,13 +85,11 @@ class ServerBudget(StepBudget):
         return not self._no_build.is_set()
 
     def cap(self, step_seconds: float) -> float:
-        if threading.current_thread().name.startswith(WORKER_THREAD):
+        if threading.current_thread().name.startswith(THREAD_PREFIX):
             self._no_build.wait(BUILD_WAIT_S)
         return super().cap(step_seconds)
 
 
-WORKER_THREAD = "optiscope-run-"
-"""How :class:`engine.worker.RunWorker` names its threads."""
 BUDGET = ServerBudget(STEP_CORES)
 _live: set[int] = set()
 _lock = threading.Lock()

@@ -79,6 +79,10 @@ class StepBudget:
         return max(self.floor, self.share() / max(step_seconds, 1e-6))
 
 
+THREAD_PREFIX = "optiscope-run-"
+"""Every run worker's thread name starts so (a server tells its race threads from its own by it)."""
+
+
 class RunWorker:
     """One thread stepping one run at ``steps_per_second`` (paused until :meth:`resume`), or at
     its fair share of ``budget`` where that is lower (:attr:`rate`)."""
@@ -98,7 +102,7 @@ class RunWorker:
         self._records: deque[Record] = deque(maxlen=max_records)
         self._errors: deque[str] = deque(maxlen=50)
         self._wake = threading.Event()
-        self._thread = CancellableThread(self._loop, name=f"optiscope-run-{next(_counter)}",
+        self._thread = CancellableThread(self._loop, name=f"{THREAD_PREFIX}{next(_counter)}",
                                          on_cancel=self._wake.set)
         self.tick = run.tick  # last tick published (read by other threads)
         self.paused = True

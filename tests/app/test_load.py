@@ -12,7 +12,7 @@ import pytest
 from app import load
 from app.explorer import Explorer
 from app.page import warm
-from engine.worker import RunWorker
+from engine.worker import THREAD_PREFIX, RunWorker
 from tests.app.conftest import wait_for
 
 
@@ -29,20 +29,20 @@ def test_a_run_worker_waits_while_a_page_is_built_and_goes_on_when_it_is(
     budget = load.ServerBudget(0.8)
     with budget.page_build():
         with budget.page_build():  # two pages at once: the races wait for both
-            waiting = _cap_in_thread(budget, f"{load.WORKER_THREAD}7")
+            waiting = _cap_in_thread(budget, f"{THREAD_PREFIX}7")
             assert budget.cap(0.01) == pytest.approx(80.0)  # the page's own thread never waits
             assert not waiting.wait(0.2)
         assert budget.building and not waiting.wait(0.2)
     assert not budget.building
     assert waiting.wait(10), "the run worker still waits after the builds ended"
-    assert _cap_in_thread(budget, f"{load.WORKER_THREAD}8").wait(10)  # no build: no wait
+    assert _cap_in_thread(budget, f"{THREAD_PREFIX}8").wait(10)  # no build: no wait
 
 
 def test_a_run_worker_waits_for_a_build_at_most_build_wait_s(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(load, "BUILD_WAIT_S", 0.05)
     budget = load.ServerBudget(0.8)
     with budget.page_build():  # a build that never ends (a page that never loads)
-        assert _cap_in_thread(budget, f"{load.WORKER_THREAD}9").wait(10)
+        assert _cap_in_thread(budget, f"{THREAD_PREFIX}9").wait(10)
 
 
 def test_a_racing_explorer_steps_no_more_while_a_page_is_built(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -51,7 +51,7 @@ def test_a_racing_explorer_steps_no_more_while_a_page_is_built(monkeypatch: pyte
     monkeypatch.setattr(RunWorker, "budget", budget)
     ex = Explorer(landscape="quadratic", optimizers=["sgd"], speed=200, autostart=True)
     try:
-        assert ex.worker._thread.name.startswith(load.WORKER_THREAD)  # the name the gate knows
+        assert ex.worker._thread.name.startswith(THREAD_PREFIX)  # the name the gate knows
         wait_for(lambda: ex.worker.tick > 2)
         with budget.page_build():
             time.sleep(0.1)  # a step under way when the build began ends, then the worker waits
@@ -67,7 +67,7 @@ def test_warming_up_builds_a_page_and_leaves_no_race_session_or_thread_behind() 
     before = {t.name for t in threading.enumerate()}
     assert warm() > 0
     wait_for(lambda: not [t for t in threading.enumerate()
-                          if t.name.startswith(load.WORKER_THREAD) and t.name not in before])
+                          if t.name.startswith(THREAD_PREFIX) and t.name not in before])
     assert load.sessions() == 0 and not load.BUDGET.building and load.BUDGET.n_running == 0
 
 
