@@ -234,9 +234,10 @@ class ExperimentModel(param.Parameterized):
             out = []
             for k, lane in enumerate(lanes):
                 job.check()
-                m = basin_map(
-                    problem, lane.optimizer, dict(lane.hyperparameters), grid=grid, steps=steps, device="cpu"
-                )
+                # the lane as it races: its lr schedule and clipping change where it ends up
+                wraps = {"schedules": dict(lane.schedules), "clip": lane.clip}
+                m = basin_map(problem, lane.optimizer, dict(lane.hyperparameters), grid=grid, steps=steps,
+                              device="cpu", lane_options=wraps)
                 m.problem, m.options = name, dict(options)
                 out.append(m)
                 self.basins = list(out)

@@ -119,3 +119,26 @@ def test_a_basin_pixel_reopens_as_the_race_from_its_start(race) -> None:
     x, y = bmap.start(3, 5)
     view.open_pixel(bmap, x + 1e-9, y)
     assert (race.start_x, race.start_y) == (x, y) and [ln.optimizer for ln in race.lanes] == ["adam"]
+
+
+def test_a_basin_map_runs_each_lane_as_it_races_with_its_schedule_and_clipping(race) -> None:
+    """A lane whose lr drops 100-fold every 5 steps and clipped to norm 1 must map as that lane, not as
+    its bare optimizer (which the old code drew): each map is the engine's map of the lane's own
+    configuration, and says so."""
+    from engine.experiments import basin_map
+
+    race.lanes[0].wrap.param.update(schedule="step", every=5, gamma=0.01)
+    race.lanes[1].wrap.param.update(clip="norm", threshold=1.0)
+    model = ExperimentModel(race, basin_grid=8, basin_steps=30)
+    rc = model.race()[2]
+    job = model.start_basins()
+    assert job is not None and job.wait(60) and not job.error
+    problem = get_landscape("rosenbrock")
+    for lane, got in zip(rc.lanes, model.basins, strict=True):
+        assert lane.schedules or lane.clip is not None
+        wraps = {"schedules": dict(lane.schedules), "clip": lane.clip}
+        own = basin_map(problem, lane.optimizer, dict(lane.hyperparameters), grid=8, steps=30,
+                        device="cpu", lane_options=wraps)
+        np.testing.assert_array_equal(got.label, own.label)
+        np.testing.assert_array_equal(got.steps, own.steps)
+        assert got.lane_options == own.lane_options == wraps

@@ -8,8 +8,9 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
-from engine.experiments import DIVERGED, BasinMap, basin_chunks, basin_map
+from engine.experiments import DIVERGED, NOT_CONVERGED, BasinMap, basin_chunks, basin_map
 from engine.experiments.basins import new_map
 from engine.run import Run
 from landscapes import get_landscape
@@ -46,6 +47,38 @@ def test_gradient_descent_near_each_of_himmelblaus_minima_ends_in_it(k: int) -> 
         extent=((x - 0.3, x + 0.3), (y - 0.3, y + 0.3)),
     )
     assert (m.label == k).all() and (m.steps > 0).all()
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "hyperparameters", "reference"),
+    [
+        ("sgd", {"lr": 0.01}, lambda z: torch.optim.SGD([z], lr=0.01)),
+        ("adam", {"lr": 0.02}, lambda z: torch.optim.Adam([z], lr=0.02)),
+        ("momentum", {"lr": 0.005, "momentum": 0.9}, lambda z: torch.optim.SGD([z], lr=0.005, momentum=0.9)),
+    ],
+)
+def test_every_pixel_matches_its_own_plain_torch_loop(optimizer, hyperparameters, reference) -> None:
+    """Each start of a Himmelblau grid, run alone with torch's optimizer on the closed form
+    f = (x^2 + y - 11)^2 + (x + y^2 - 7)^2 and classified by hand (nearest minimum within tol, else
+    not converged), gets the label the batched map gives it: the map's "not converged" areas are the
+    optimizer's, not the map's. Adam at 0.02 for 60 steps leaves most starts on the way."""
+    problem = get_landscape("himmelblau")
+    steps, tol = 60, 5e-2
+    m = basin_map(problem, optimizer, hyperparameters, grid=9, steps=steps, tol=tol, device="cpu")
+    minima = torch.tensor([p.x for p in problem.minima], dtype=torch.float64)
+    expected = np.empty_like(m.label)
+    for i, y in enumerate(m.ys):
+        for j, x in enumerate(m.xs):
+            z = torch.tensor([x, y], dtype=torch.float64, requires_grad=True)
+            opt = reference(z)
+            for _ in range(steps):
+                opt.zero_grad()
+                ((z[0] ** 2 + z[1] - 11) ** 2 + (z[0] + z[1] ** 2 - 7) ** 2).backward()
+                opt.step()
+            d, k = torch.cdist(z.detach()[None], minima).min(dim=1)
+            expected[i, j] = int(k) if float(d) <= tol else NOT_CONVERGED
+    np.testing.assert_array_equal(m.label, expected)
+    assert len(np.unique(expected)) >= 3  # the grid shows several outcomes, not one trivial answer
 
 
 def test_a_step_size_past_the_stability_limit_is_labelled_diverged() -> None:
