@@ -50,7 +50,8 @@ class ExperimentModel(param.Parameterized):
     lr_points = param.Integer(default=9, bounds=(1, 64), doc="learning rates per optimizer")
     lr_decades = param.Number(default=2.0, bounds=(0.0, 4.0), doc="the grid spans lr x 10^(+-decades)")
     budget = param.Number(default=600.0, bounds=(1.0, 1e7), doc="oracle units per trajectory (gradient = 3)")
-    target = param.Number(default=None, allow_None=True, doc="loss to reach (None: 1e-3 above the min found)")
+    target = param.Number(default=None, allow_None=True,
+                          doc="loss to reach (empty: 1e-3 above the known minimum, where one is known)")
     n_workers = param.Integer(default=2, bounds=(1, 16), doc="processes of the local Dask cluster")
     basin_grid = param.Integer(default=60, bounds=(8, 1000), doc="starts per side of a basin map")
     basin_steps = param.Integer(default=200, bounds=(1, 100_000))
@@ -92,13 +93,20 @@ class ExperimentModel(param.Parameterized):
             options,
             dataclasses_replace(rc, device="cpu"),
             budget=float(self.budget),
-            target=self.target,
+            target=self.target if self.target is not None else self.known_target(),
             search=self._search,
             seeds=tuple(range(rc.seed, rc.seed + self.seeds)),
         )
         spec.validate(CATALOGS)
         self.spec = spec
         return spec
+
+    def known_target(self) -> float | None:
+        """Without a typed target: 1e-3 above the problem's known global minimum (a performance
+        profile needs a loss to reach); None where no minimum is known (networks: type one)."""
+        problem = self.session.problem_obj if self.session is not None else None
+        minima = [m.value for m in getattr(problem, "minima", None) or () if math.isfinite(m.value)]
+        return min(minima) + 1e-3 if minima else None
 
     def _search(self, lane: LaneConfig) -> dict[str, list[float]]:
         """``lr`` on a log grid of ``lr_points`` around the lane's own value, inside the spec's range."""
@@ -194,9 +202,10 @@ class ExperimentModel(param.Parameterized):
         if self.result is None or not len(f):
             return "nothing run yet"
         meta = self.result.metadata
+        devices = ", ".join(map(str, meta.get("devices") or ["?"]))
         return (
             f"{len(f):,} rows (configuration x seed x start), {f['units'].sum():,.0f} oracle units, "
-            f"{meta.get('seconds', math.nan):.1f} s wall on {meta.get('devices') or ['?']}"
+            f"{meta.get('seconds', math.nan):.1f} s wall on {devices}"
         )
 
     # -- reopening as races -----------------------------------------------------------------------

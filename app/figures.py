@@ -66,6 +66,11 @@ def legend_below(fig: figure) -> None:
     fig.center = [r for r in fig.center if r is not legend]  # move it, not copy it
     legend.orientation = "horizontal"
     legend.location = "center"
+    # as many columns as fit an instrument column (~400 px: a glyph and ~7 px a character), so 8
+    # lanes wrap onto rows instead of running off the figure's right edge
+    labels = [str(getattr(item.label, "value", item.label) or "") for item in legend.items]
+    widest = 30 + 7 * max((len(t) for t in labels), default=0)
+    legend.ncols = max(1, min(len(labels), 400 // widest))
     legend.click_policy = "hide"
     fig.add_layout(legend, "below")
 
@@ -100,13 +105,16 @@ LOG_TICKS_JS = """
   return out;
 """
 LOG_MINOR_TICKS_JS = """
+  // every mantissa up to 3 decades; beyond, the decades only: 8 ticks a decade over 5 decades of a
+  // 260-px figure were 2 px apart, a black comb on the axis
   const lo = Math.min(cb_data.start, cb_data.end), hi = Math.max(cb_data.start, cb_data.end);
   if (!(lo > 0) || !isFinite(hi) || !(hi > lo)) return [];
   const k0 = Math.floor(Math.log10(lo)), k1 = Math.ceil(Math.log10(hi)), out = [];
-  if (k1 - k0 > 12) return out;
+  if (k1 - k0 > 30) return out;
+  const mantissas = k1 - k0 > 3 ? [1] : [1, 2, 3, 4, 5, 6, 7, 8, 9];
   for (let k = k0; k <= k1; k++)
-    for (let m = 1; m <= 9; m++) out.push(Number(`${m}e${k}`));
-  return out.filter((t) => t >= lo && t <= hi);
+    for (const m of mantissas) out.push(Number(`${m}e${k}`));
+  return out.filter((t) => t >= lo * (1 - 1e-9) && t <= hi * (1 + 1e-9));
 """
 
 

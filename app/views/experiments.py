@@ -14,6 +14,7 @@ import panel as pn
 from bokeh.events import Tap
 from bokeh.models import ColumnDataSource, LinearColorMapper, LogScale, LogTicker, LogTickFormatter, Whisker
 from bokeh.palettes import Category10_10
+from panel.io.state import set_curdoc
 
 from app.experiments import ExperimentModel
 from app.figures import legend_below, make_figure
@@ -36,7 +37,11 @@ def _caption(what: str, cost: str) -> pn.pane.HTML:
 
 
 def sensitivity_figure(model: ExperimentModel) -> Any:
-    """Final loss vs lr per optimizer: the median over seeds, the 25-75% seed band."""
+    """Final loss vs lr per optimizer: the median over seeds, the 25-75% seed band. A configuration
+    whose median trial diverged is an "x" on the top edge, not a point: its "loss" is where the run
+    was stopped (1e20 or more), and drawn as a value it would stretch the axis over 20 decades and
+    read as a result. The axis spans the configurations that did not diverge; a band reaching past
+    it is cut at the edge."""
     s = model.sensitivity()
     fig = make_figure("sensitivity: final loss vs lr", 260, log_y=True, x_label="lr", y_label="final loss")
     fig.x_scale = LogScale()  # learning rates span decades
@@ -44,12 +49,28 @@ def sensitivity_figure(model: ExperimentModel) -> Any:
     if not len(s):
         return fig
     s = s[s["hyperparameter"] == "lr"]
+    lost = 2 * s["diverged"].to_numpy() > s["n"].to_numpy()
+    kept = s[~lost]
+    if len(kept):
+        low, high = np.nanmin(kept[["low", "median"]].to_numpy()), np.nanmax(kept["median"].to_numpy())
+        low, high = max(low, 1e-300) / 3, max(high, low) * 30
+        fig.y_range.start, fig.y_range.end = low, high
+    else:
+        fig.y_range.start, fig.y_range.end = 1e-3, 1e3
+    top = fig.y_range.end / 2
     for k, (entry, e) in enumerate(s.groupby("entry", sort=False)):
         e = e.sort_values("value")
-        src = ColumnDataSource({c: e[c].to_numpy() for c in ("value", "median", "low", "high")})
+        out = (2 * e["diverged"] > e["n"]).to_numpy()
+        cols = {c: e[c].to_numpy(dtype=float) for c in ("value", "median", "low", "high")}
+        for c in ("median", "low", "high"):
+            cols[c] = np.where(out, np.nan, np.clip(cols[c], fig.y_range.start, fig.y_range.end))
+        src = ColumnDataSource(cols)
         fig.varea(x="value", y1="low", y2="high", source=src, fill_alpha=0.2, color=_color(k))
         fig.line(x="value", y="median", source=src, color=_color(k), line_width=2, legend_label=str(entry))
         fig.scatter(x="value", y="median", source=src, color=_color(k), size=5)
+        if out.any():
+            fig.scatter(cols["value"][out], np.full(int(out.sum()), top / 2**k), marker="x", size=10,
+                        line_width=2, color=_color(k), legend_label=f"{entry} diverged")
     legend_below(fig)
     return fig
 
@@ -86,19 +107,34 @@ def profile_figure(model: ExperimentModel) -> Any:
     )
     if not len(p):
         return fig
+    # each curve runs on to the right edge at its last value: rho is a step function of every tau,
+    # and with one corner (all the solved ratios 1) nothing was drawn at all
+    finite = p["tau"][np.isfinite(p["tau"])]
+    end = max(2.0, 1.2 * float(finite.max())) if len(finite) else 2.0
     for k, (entry, e) in enumerate(p.groupby("entry", sort=False)):
-        tau = e["tau"].to_numpy(dtype=float)
+        e = e[np.isfinite(e["tau"])]
+        tau = np.append(e["tau"].to_numpy(dtype=float), end)
         fig.step(
-            np.where(np.isfinite(tau), tau, np.nan),
-            e["fraction"].to_numpy(),
+            tau,
+            np.append(e["fraction"].to_numpy(), e["fraction"].to_numpy()[-1:]),
             mode="after",
             color=_color(k),
             line_width=2,
             legend_label=str(entry),
         )
-    fig.y_range.start, fig.y_range.end = 0, 1.02
+    fig.y_range.start, fig.y_range.end = -0.03, 1.03  # a line at 0 or 1 shows, not hidden by the frame
     legend_below(fig)
     return fig
+
+
+def profile_caption(model: ExperimentModel) -> str:
+    """What the profile shows, or why it is empty (no target, or none reached)."""
+    target = model.spec.target if model.spec is not None else None
+    if target is None:
+        return "no performance profile: this problem has no known minimum; type a target loss"
+    if not len(model.profile()):
+        return f"no performance profile: no trial reached the target loss {target:.4g}"
+    return f"fraction of seeds reaching loss {target:.4g} within tau x the fastest (oracle units)"
 
 
 def basin_summary(bmap: Any) -> str:
@@ -108,8 +144,8 @@ def basin_summary(bmap: Any) -> str:
     hp = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
                    for k, v in bmap.hyperparameters.items())
     return (
-        f"{bmap.optimizer}{f' ({hp})' if hp else ''}: colour = the known minimum a start is within "
-        f"{bmap.tol:g} of after {bmap.n_steps} steps; "
+        f"{bmap.optimizer}{f' ({hp})' if hp else ''}: a start's colour is the known minimum (star) "
+        f"it is within {bmap.tol:g} of after {bmap.n_steps} steps; "
         f"white = not there ({share[NOT_CONVERGED]:.0f}% of starts), "
         f"black = diverged ({share[DIVERGED]:.0f}%). Click a pixel to race from it."
     )
@@ -126,10 +162,9 @@ class ExperimentsView(View):
             self.model,
             parameters=["seeds", "lr_points", "lr_decades", "budget", "target", "n_workers"],
             show_name=False,
-            width=250,
             widgets={
-                "budget": {"type": pn.widgets.FloatInput, "width": 200},
-                "target": {"type": pn.widgets.FloatInput, "width": 200},
+                "budget": {"type": pn.widgets.FloatInput, "width": 180},
+                "target": {"type": pn.widgets.FloatInput, "width": 180},
             },
         )
         self.run_button = pn.widgets.Button(label="Run experiment", color="primary", width=140)
@@ -142,19 +177,20 @@ class ExperimentsView(View):
         self.cancel_button.on_click(lambda _: self.cancel())
         self.basin_button.on_click(lambda _: self.start_basins())
         self.best_button.on_click(lambda _: self.open_best())
-        self.figures = pn.GridBox(ncols=2, sizing_mode="stretch_width")
-        self.basin_row = pn.Row(sizing_mode="stretch_width")
-        controls = pn.Column(
-            settings,
-            pn.Row(self.run_button, self.cancel_button),
-            pn.Row(self.basin_button, self.best_button),
+        # one figure a row and the settings in two columns above them: the instrument column is
+        # ~460 px wide, and settings beside two figures a row squeezed each figure to ~150 px
+        self.figures = pn.Column(sizing_mode="stretch_width")
+        self.basin_row = pn.GridBox(ncols=2, sizing_mode="stretch_width")
+        for w in settings.layout.objects:
+            w.width = 200
+        self.panel = pn.Column(
+            pn.FlexBox(*settings.layout.objects, sizing_mode="stretch_width"),
+            pn.FlexBox(self.run_button, self.cancel_button, self.basin_button, self.best_button,
+                       sizing_mode="stretch_width"),
             self.bar,
             self.text,
-            width=300,
-        )
-        self.panel = pn.Row(
-            controls,
-            pn.Column(self.figures, self.basin_row, sizing_mode="stretch_width"),
+            self.figures,
+            self.basin_row,
             sizing_mode="stretch_width",
         )
         self._shown_basins = 0
@@ -209,19 +245,15 @@ class ExperimentsView(View):
     def draw(self) -> None:
         m = self.model
         cost = m.cost()
+        shown = [
+            (sensitivity_figure(m), "final loss vs learning rate: median over seeds, band 25-75%"),
+            (tuned_figure(m), "defaults vs best lr found (same budget), 95% bootstrap re-selecting"),
+            (profile_figure(m), profile_caption(m)),
+        ]
         self.figures.objects = [
-            pn.Column(
-                pn.pane.Bokeh(sensitivity_figure(m)),
-                _caption("final loss vs learning rate: median over seeds, band 25-75%", cost),
-            ),
-            pn.Column(
-                pn.pane.Bokeh(tuned_figure(m)),
-                _caption("defaults vs best lr found (same budget), 95% bootstrap re-selecting", cost),
-            ),
-            pn.Column(
-                pn.pane.Bokeh(profile_figure(m)),
-                _caption("fraction of seeds reaching the target within tau x the fastest", cost),
-            ),
+            pn.Column(pn.pane.Bokeh(fig, sizing_mode="stretch_width"), _caption(what, cost),
+                      sizing_mode="stretch_width")
+            for fig, what in shown
         ]
 
     def draw_basins(self) -> None:
@@ -231,25 +263,49 @@ class ExperimentsView(View):
         for bmap in maps:
             panes.append(
                 pn.Column(
-                    pn.pane.Bokeh(self.basin_figure(bmap)),
+                    pn.pane.Bokeh(self.basin_figure(bmap), width=210, height=220, sizing_mode="fixed"),
                     _caption(basin_summary(bmap), f"{bmap.filled:,} starts x {bmap.n_steps} steps, "
                              f"{bmap.seconds:.1f} s"),
+                    width=220,
                 )
             )
         self.basin_row.objects = panes
 
     def basin_figure(self, bmap: Any) -> Any:
-        fig = make_figure(f"basins: {bmap.optimizer}", 240, x_label="x", y_label="y")
-        fig.width = 260
+        fig = make_figure(f"basins: {bmap.optimizer}", 220, x_label="x", y_label="y")
+        fig.sizing_mode, fig.width = "fixed", 210  # two maps a row in the instrument column
+        fig.toolbar_location = None  # it covered the title; a tap needs no tool
         lab = bmap.label.astype(float)  # -2 diverged, -1 not converged, k: the k-th minimum
         n = max(1, len(bmap.minima))
         mapper = LinearColorMapper(
             palette=[DIVERGED_COLOR, "#ffffff", *[_color(k) for k in range(n)]], low=-2.5, high=n - 0.5
         )
-        x0, x1, y0, y1 = bmap.xs[0], bmap.xs[-1], bmap.ys[0], bmap.ys[-1]
-        fig.image(image=[lab], x=x0, y=y0, dw=x1 - x0, dh=y1 - y0, color_mapper=mapper)
-        fig.on_event(Tap, lambda ev, m=bmap: self.open_pixel(m, ev.x, ev.y))
+        # xs, ys are pixel centres: each pixel spans its centre +- half a spacing (drawn from the
+        # first centre to the last, every pixel sat up to half a pixel off its start)
+        dx = (bmap.xs[-1] - bmap.xs[0]) / max(1, len(bmap.xs) - 1)
+        dy = (bmap.ys[-1] - bmap.ys[0]) / max(1, len(bmap.ys) - 1)
+        fig.image(image=[lab], x=bmap.xs[0] - dx / 2, y=bmap.ys[0] - dy / 2, dw=dx * len(bmap.xs),
+                  dh=dy * len(bmap.ys), color_mapper=mapper)
+        if bmap.minima:
+            mx, my = zip(*[m[:2] for m in bmap.minima], strict=True)
+            fig.scatter(list(mx), list(my), marker="star", size=11, fill_color=[_color(k) for k in range(n)],
+                        line_color="black")
+        fig.on_event(Tap, lambda ev, m=bmap, f=fig: self._tapped(f, m, float(ev.x), float(ev.y)))
         return fig
+
+    def _tapped(self, fig: Any, bmap: Any, x: float, y: float) -> None:
+        """A click on a map, from Bokeh (outside Panel's session context): opened on the next tick
+        as the page's document, so that the new race's cards take the page's resources (built
+        without it they linked Panel's CSS from its CDN, which a classroom offline cannot reach)."""
+        doc = fig.document
+        if doc is None or doc.session_context is None:
+            self.open_pixel(bmap, x, y)
+            return
+
+        def later() -> None:
+            with set_curdoc(doc), pn.io.hold(doc):
+                self.open_pixel(bmap, x, y)
+        doc.add_next_tick_callback(later)
 
     def open_pixel(self, bmap: Any, x: float, y: float) -> None:
         i, j = bmap.pixel(x, y)

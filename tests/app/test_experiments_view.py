@@ -142,3 +142,92 @@ def test_a_basin_map_runs_each_lane_as_it_races_with_its_schedule_and_clipping(r
         np.testing.assert_array_equal(got.label, own.label)
         np.testing.assert_array_equal(got.steps, own.steps)
         assert got.lane_options == own.lane_options == wraps
+
+
+def test_a_diverged_learning_rate_is_marked_not_plotted_as_a_loss(race, monkeypatch) -> None:
+    """SGD at lr 0.1 diverges on every seed: its "final loss" (1e24, where the run was stopped) is an
+    "x" on the top edge, not a point of the curve, and the axis spans the losses that are results
+    (with it drawn as a value the axis ran over 24 decades and read as a result)."""
+    import pandas as pd
+
+    rows = [
+        {"entry": "sgd", "hyperparameter": "lr", "value": v, "median": m, "low": m / 2, "high": h,
+         "n": 3, "diverged": d}
+        for v, m, h, d in [(1e-3, 1.0, 2.0, 0), (1e-2, 0.1, 1e24, 1), (1e-1, 1e24, 1e24, 3)]
+    ]
+    model = ExperimentModel(race)
+    monkeypatch.setattr(model, "sensitivity", lambda: pd.DataFrame(rows))
+    fig = sensitivity_figure(model)
+    assert 0.1 / 2 >= fig.y_range.start > 0 and 2.0 <= fig.y_range.end < 1e3
+    line = next(r for r in fig.renderers if type(r.glyph).__name__ == "Line")
+    median = np.asarray(line.data_source.data["median"], dtype=float)
+    np.testing.assert_array_equal(median[:2], [1.0, 0.1])
+    assert np.isnan(median[2])  # the diverged configuration breaks the curve
+    high = np.asarray(line.data_source.data["high"], dtype=float)
+    assert high[1] == fig.y_range.end  # a band past the axis is cut at its edge, not stretched to
+    crosses = [r for r in fig.renderers if getattr(r.glyph, "marker", None) == "x"]
+    assert len(crosses) == 1
+    xs, ys = crosses[0].data_source.data["x"], crosses[0].data_source.data["y"]
+    assert list(xs) == [1e-1] and fig.y_range.start < ys[0] <= fig.y_range.end
+    assert "sgd diverged" in [item.label.value for item in fig.legend[0].items]
+
+
+def test_without_a_typed_target_the_profile_aims_1e_3_above_the_known_minimum(race) -> None:
+    """Rosenbrock's minimum is f(1, 1) = 0, so the profile's target is 1e-3 (the old model passed
+    None: no trial could reach anything and the profile was always empty); a typed target wins; a
+    problem with no known minimum has none, and the caption says to type one."""
+    model = ExperimentModel(race)
+    assert get_landscape("rosenbrock").minima[0].value == 0.0
+    assert model.build().target == pytest.approx(1e-3, abs=1e-15)
+    model.target = 0.5
+    assert model.build().target == 0.5
+    net = RaceSession(problem="digits_mlp", optimizers=["sgd"], n_starts=1, seed=0, speed=1)
+    try:
+        m = ExperimentModel(net)
+        assert m.build().target is None
+        from app.views.experiments import profile_caption
+
+        assert "type a target" in profile_caption(m)
+    finally:
+        net.close()
+
+
+def test_each_basin_pixel_is_drawn_centred_on_its_start(race) -> None:
+    """Pixel (i, j) holds the start (xs[j], ys[i]): drawn, its square must be centred there (the
+    old picture stretched the image from the first centre to the last, so pixels sat up to half a
+    pixel off their starts and a click near an edge opened the neighbour's race)."""
+    model = ExperimentModel(race, basin_grid=8, basin_steps=5)
+    job = model.start_basins()
+    assert job is not None and job.wait(60) and not job.error
+    view = ExperimentsView(race, lambda _m: None, model)
+    view.refresh()
+    for bmap, pane in zip(model.basins, view.basin_row.objects, strict=True):
+        fig = pane.objects[0].object
+        glyph = next(r.glyph for r in fig.renderers if type(r.glyph).__name__ == "Image")
+        nx, ny = len(bmap.xs), len(bmap.ys)
+        centres_x = glyph.x + (np.arange(nx) + 0.5) * glyph.dw / nx
+        centres_y = glyph.y + (np.arange(ny) + 0.5) * glyph.dh / ny
+        np.testing.assert_allclose(centres_x, bmap.xs, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(centres_y, bmap.ys, rtol=0, atol=1e-12)
+        # a click anywhere inside a drawn pixel opens that pixel's start
+        i, j = 2, nx - 1
+        assert bmap.pixel(centres_x[j] + 0.49 * glyph.dw / nx, centres_y[i] - 0.49 * glyph.dh / ny) == (i, j)
+
+
+def test_a_profile_with_one_corner_is_drawn_to_the_right_edge(race, monkeypatch) -> None:
+    """Adam fastest on all 3 seeds, SGD on none (every finite ratio is 1, so the profile's only tau
+    is 1): rho_adam = 1 and rho_sgd = 0 for every tau >= 1 must show as two lines across the plot
+    (the old figure drew one point each, i.e. nothing)."""
+    import pandas as pd
+
+    from app.views.experiments import profile_figure
+
+    model = ExperimentModel(race)
+    rows = pd.DataFrame({"entry": ["adam", "sgd"], "tau": [1.0, 1.0], "fraction": [1.0, 0.0]})
+    monkeypatch.setattr(model, "profile", lambda: rows)
+    fig = profile_figure(model)
+    steps = [r.data_source.data for r in fig.renderers if type(r.glyph).__name__ == "Step"]
+    assert len(steps) == 2
+    for data, rho in zip(steps, (1.0, 0.0), strict=True):
+        x, y = np.asarray(data["x"], dtype=float), np.asarray(data["y"], dtype=float)
+        assert x[0] == 1.0 and x[-1] >= 2.0 and len(x) >= 2 and (y == rho).all()
