@@ -185,7 +185,14 @@ class LandscapeView(View):
         click = " (click or drag to move)" if p.dim == 2 else ""
         keys = {"star": "☆ global minimum", "triangle": "△ local minimum"}  # those on the picture
         shown = [text for marker, text in keys.items() if marker in self.minima.data["marker"]]
-        self.figure.title.text = " · ".join([title, *shown, f"⊕ start{click}"])
+        self._title = (title, *shown, "⊕ start", click)
+        self._show_title()
+
+    def _show_title(self) -> None:
+        """The problem, then what the marks mean: one line; at a projector's font one line each and
+        no click hint (one line ran past the figure's right edge at 1024 px)."""
+        *parts, click = getattr(self, "_title", ("", ""))
+        self.figure.title.text = "\n".join(parts) if self.presenting else " · ".join(parts) + click
 
     def show_lanes(self, lanes: Sequence[Lane]) -> None:
         self.paths.show(lanes)  # a lane that left takes its path with it
@@ -406,6 +413,7 @@ class LandscapeView(View):
     def present(self, big: bool) -> None:
         self.presenting = big
         scale_fonts(self.figure, big)
+        self._show_title()
         if not big:
             self.updates.data = empty(("x0", "y0", "x1", "y1", "color"))
 

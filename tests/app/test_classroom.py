@@ -176,6 +176,10 @@ def test_presenter_view_steps_one_at_a_time_and_draws_each_update(ex: Explorer) 
     assert not ex.running and ex.rules.visible and len(ex.rules.objects) == len(ex.session.lanes)
     view = ex.view(LandscapeView)
     assert view.figure.title.text_font_size == "22px"
+    # at 22 px the title's parts (the problem; what each mark means) take a line each: one line ran
+    # past the figure's edge at 1024 px
+    lines = view.figure.title.text.split("\n")
+    assert lines == [ex.session.problem_obj.title, "☆ global minimum", "⊕ start"]
     steps(ex, 1)
     steps(ex, 1)
     arrows = view.updates.data
@@ -183,6 +187,7 @@ def test_presenter_view_steps_one_at_a_time_and_draws_each_update(ex: Explorer) 
     assert (arrows["x1"][0], arrows["y1"][0]) == tuple(ex.session.latest[ex.session.lanes[0].id].position[0])
     ex.presenter = False
     assert not ex.rules.visible and view.updates.data["x0"] == []
+    assert view.figure.title.text == " · ".join(lines) + " (click or drag to move)"
 
 
 def test_the_export_runs_off_the_loop_with_progress_and_holds_every_record(ex: Explorer) -> None:
