@@ -319,12 +319,14 @@ def probe(f: Any, x: torch.Tensor, update: torch.Tensor, *, stability: Stability
     ``warm`` holds the previous probe's Ritz vectors (``"top"`` ``[k, P]``, plus ``WARM_GUARD`` for
     top-1; ``"preconditioned"``; ``"before"``: the top-k the previous probe started from): Lanczos
     starts from a block of the top-k's sum (each extrapolated along its drift from ``"before"``,
-    see :func:`_extrapolated`), the guard and the update ``u`` (whose product gives the directional
-    sharpness for free), so a slowly drifting Hessian costs a few HVPs instead of dozens (measured
-    in ``benchmarks/hessian.py``: 2-8x fewer along a digits-MLP run, more the more often it
-    probes). Without it the block is a random vector from ``generator`` and ``u``, and Lanczos
-    tests convergence only after 20 products (see :func:`engine.curvature.lanczos`'s
-    ``min_basis``). The new vectors come back with the probe.
+    see :func:`_extrapolated`), the guard and the update ``u`` (its product gives the directional
+    sharpness; ``config.directional=False`` leaves it out: one product fewer, and a start of one vector
+    runs plain Lanczos: the Rayleigh quotient and residual of the extrapolated vector after one
+    product, more only while the residual is above ``tol``), so a slowly drifting Hessian costs a
+    few HVPs instead of dozens (measured in ``benchmarks/hessian.py``: 2-8x fewer along a
+    digits-MLP run, more the more often it probes). Without it the block is a random vector from
+    ``generator`` and ``u``, and Lanczos tests convergence only after 20 products (see
+    :func:`engine.curvature.lanczos`'s ``min_basis``). The new vectors come back with the probe.
 
     Gradient noise (``config.noise`` / ``config.estimate_cosine``, :func:`engine.noise.measure`)
     needs ``problem`` and the step's minibatch ``batch``; ``estimate`` is the lane's flat gradient
