@@ -19,6 +19,11 @@ interleaved rounds and printed as ratios measured side by side.
 (d) Instrument overhead: a plain run vs sharpness (top-1, tol 1e-4) every 1 / 16 / 50 steps
     (single-lane ``digits_mlp`` gradient descent at lr 0.1, full batch, float64 and float32 runs);
     Cockpit 1.0.2's HessMaxEV beside a plain loop in float32 (it fails in float64).
+(h) The runs of (d) later in training (float64): every run first takes ``--late`` steps (1,000;
+    the probed ones probing on their schedule, untimed), then plain, economy and sharpness-only
+    runs step side by side as in (d) for ``--steps-every1`` / ``--steps`` steps. The Hessian of
+    the digits MLP changes fast in the first few hundred steps (its top eigenvalues cross there:
+    a warm probe then needs 4-20 products) and slowly after, where a warm probe needs 1-2.
 (e) Presets on the edge-of-stability preset of the app (two lanes, lr 0.2 and 0.1): the share of
     compute in probes (``Run.probe_overhead``) after 100 and 1,000 steps for economy (the app's
     default), economy with float64 products, business and full.
@@ -59,7 +64,9 @@ Last line: ``warm_hvp_ratio=<cold/warm HVPs, every 16> probe_every1_overhead=<x 
 probe_every16_overhead=<x plain> probe_every1_cpu=<x plain, process time> probe_every16_cpu=<...>
 slq_vs_best_peer=<fastest peer's time / ours> probe_every1_sharpness_only=<x plain>
 probe_every16_sharpness_only=<...> probe_every1_sharpness_only_cpu=<...>
-probe_every16_sharpness_only_cpu=<...>``.
+probe_every16_sharpness_only_cpu=<...>`` and (h)'s ``probe_late_every1_cpu=<economy, x plain>
+probe_late_every1_sharpness_only_cpu=<...> probe_late_every16_cpu=<...>
+probe_late_every16_sharpness_only_cpu=<...>``.
 
     python benchmarks/hessian.py [--repeats 3] [--quick]
 """
@@ -392,6 +399,33 @@ def section_overhead(args: argparse.Namespace) -> dict[str, float]:
     return headline
 
 
+def section_late(args: argparse.Namespace) -> dict[str, float]:
+    print(f"(h) the runs of (d) after {args.late} steps (float64; process time, ratios to a plain run "
+          "stepped alongside)")
+    problem = get_network("digits_mlp", batch_size=None)
+    headline: dict[str, float] = {}
+    for every, steps, chunk in ((1, args.steps_every1, 10), (16, args.steps, 50)):
+        cases = {"plain": None, "economy": ProbeConfig.economy(every=every, dtype=None),
+                 "sharpness only": ProbeConfig.economy(every=every, dtype=None, directional=False)}
+        runs = {c: Run(problem, RunConfig(lanes=(LaneConfig("sgd", {"lr": 0.1}),), device="cpu",
+                                          dtype="float64", probes=p)) for c, p in cases.items()}
+        for run in runs.values():
+            run.run(args.late)
+        cpu: dict[str, list[float]] = {c: [] for c in cases}
+        hvps: dict[str, list[int]] = {c: [] for c in cases}
+        for _ in range(args.repeats):
+            _, used, products = _interleaved(runs, steps, chunk)
+            for c in cases:
+                cpu[c].append(used[c])
+                hvps[c] += products[c]
+        ratios = {c: median(cpu[c]) / median(cpu["plain"]) for c in cases if c != "plain"}
+        print(f"  every {every} (steps {args.late}-{args.late + steps * args.repeats}): " + ", ".join(
+            f"{c} {r:.2f}x ({np.mean(hvps[c]):.2f} products/probe)" for c, r in ratios.items()))
+        headline[f"late_every{every}_cpu"] = ratios["economy"]
+        headline[f"late_every{every}_sharpness_only_cpu"] = ratios["sharpness only"]
+    return headline
+
+
 def _interleaved(runs: dict[str, Run], steps: int, chunk: int
                  ) -> tuple[dict[str, float], dict[str, float], dict[str, list[int]]]:
     """Wall and process seconds of each run over ``steps`` steps, the runs stepped ``chunk`` steps
@@ -649,10 +683,11 @@ def main() -> None:
     ap.add_argument("--probes", type=int, default=10)
     ap.add_argument("--slq-steps", type=int, default=100)
     ap.add_argument("--quick", action="store_true", help="one round, shorter runs (a smoke test)")
-    ap.add_argument("--only", default="abcdefg", help="sections to run, e.g. 'cdf'")
+    ap.add_argument("--only", default="abcdefgh", help="sections to run, e.g. 'cdf'")
+    ap.add_argument("--late", type=int, default=1000, help="steps taken before (h) measures")
     args = ap.parse_args()
     if args.quick:
-        args.repeats, args.steps, args.steps_every1, args.slq_steps = 1, 200, 40, 30
+        args.repeats, args.steps, args.steps_every1, args.slq_steps, args.late = 1, 200, 40, 30, 100
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=UserWarning)
@@ -672,6 +707,9 @@ def main() -> None:
         warm = section_warm(args)
     if "d" in args.only:
         overhead = section_overhead(args)
+    late: dict[str, float] = {}
+    if "h" in args.only:
+        late = section_late(args)
     if "e" in args.only:
         section_presets(args)
     if "g" in args.only:
@@ -686,7 +724,8 @@ def main() -> None:
           f"probe_every1_sharpness_only={overhead.get('every1_sharpness', nan):.2f} "
           f"probe_every16_sharpness_only={overhead.get('every16_sharpness', nan):.2f} "
           f"probe_every1_sharpness_only_cpu={overhead.get('every1_sharpness_cpu', nan):.2f} "
-          f"probe_every16_sharpness_only_cpu={overhead.get('every16_sharpness_cpu', nan):.2f}")
+          f"probe_every16_sharpness_only_cpu={overhead.get('every16_sharpness_cpu', nan):.2f} "
+          + " ".join(f"probe_{k}={v:.2f}" for k, v in late.items()))
 
 
 if __name__ == "__main__":
