@@ -19,6 +19,11 @@ interleaved rounds and printed as ratios measured side by side.
 (d) Instrument overhead: a plain run vs sharpness (top-1, tol 1e-4) every 1 / 16 / 50 steps
     (single-lane ``digits_mlp`` gradient descent at lr 0.1, full batch, float64 and float32 runs);
     Cockpit 1.0.2's HessMaxEV beside a plain loop in float32 (it fails in float64).
+(h) The runs of (d) later in training (float64): every run first takes ``--late`` steps (1,000;
+    the probed ones probing on their schedule, untimed), then plain, economy and sharpness-only
+    runs step side by side as in (d) for ``--steps-every1`` / ``--steps`` steps. The Hessian of
+    the digits MLP changes fast in the first few hundred steps (its top eigenvalues cross there:
+    a warm probe then needs 4-20 products) and slowly after, where a warm probe needs 1-2.
 (e) Presets on the edge-of-stability preset of the app (two lanes, lr 0.2 and 0.1): the share of
     compute in probes (``Run.probe_overhead``) after 100 and 1,000 steps for economy (the app's
     default), economy with float64 products, business and full.
@@ -52,9 +57,16 @@ ones) and reports wall-clock and process-time ratios (the CPU time this process 
 probe costs whatever else the machine runs; on a shared machine the wall clock also counts the
 time other processes held the core).
 
+Section (d) also runs sharpness alone (``ProbeConfig.directional=False``: no product for the
+update's directional sharpness) and prints each case's products per warm probe (exact counts).
+
 Last line: ``warm_hvp_ratio=<cold/warm HVPs, every 16> probe_every1_overhead=<x plain>
 probe_every16_overhead=<x plain> probe_every1_cpu=<x plain, process time> probe_every16_cpu=<...>
-slq_vs_best_peer=<fastest peer's time / ours>``.
+slq_vs_best_peer=<fastest peer's time / ours> probe_every1_sharpness_only=<x plain>
+probe_every16_sharpness_only=<...> probe_every1_sharpness_only_cpu=<...>
+probe_every16_sharpness_only_cpu=<...>`` and (h)'s ``probe_late_every1_cpu=<economy, x plain>
+probe_late_every1_sharpness_only_cpu=<...> probe_late_every16_cpu=<...>
+probe_late_every16_sharpness_only_cpu=<...>``.
 
     python benchmarks/hessian.py [--repeats 3] [--quick]
 """
@@ -288,10 +300,11 @@ def section_warm(args: argparse.Namespace) -> float:
         per: dict[str, float] = {}
         lams: dict[str, np.ndarray] = {}
         honest: dict[str, tuple[float, int, int]] = {}
-        for mode in ("cold", "warm"):
-            # the economy preset's sharpness (tol 1e-3); the full preset's top-5 (tol 1e-6)
-            probes = (ProbeConfig.economy(every=every, dtype=None) if k == 1
-                      else ProbeConfig(every=every, top_k=k, tol=1e-6))
+        for mode in ("cold", "warm", "warm, sharpness only") if k == 1 else ("cold", "warm"):
+            # the economy preset's sharpness (tol 1e-3); the full preset's top-5 (tol 1e-6); sharpness
+            # only: the warm start without the update's product (ProbeConfig.directional=False)
+            probes = (ProbeConfig.economy(every=every, dtype=None, directional=mode != "warm, sharpness only")
+                      if k == 1 else ProbeConfig(every=every, top_k=k, tol=1e-6))
             config = RunConfig(lanes=(LaneConfig("sgd", {"lr": 0.2}),), device="cpu", probes=probes)
             run = Run(problem, config)
             found = []
@@ -316,7 +329,8 @@ def section_warm(args: argparse.Namespace) -> float:
             ratio16 = ratio
         print(f"  every {every:2d} steps, top-{k} at tol {probes.tol:g} ({steps} steps, "
               f"{len(found)} probes): "
-              f"cold {per['cold']:5.1f} HVPs/probe, warm {per['warm']:5.1f} -> {ratio:.2f}x fewer; "
+              f"cold {per['cold']:5.1f} HVPs/probe, warm {per['warm']:5.1f} -> {ratio:.2f}x fewer"
+              + (f" (sharpness only {per['warm, sharpness only']:5.2f})" if k == 1 else "") + "; "
               f"lambda_max differ by up to {agree:.0e}")
         for mode, (worst, above_tol, above_res) in honest.items():
             print(f"    {mode}: against lambda_max to 1e-10, worst relative error {worst:.1e}; above tol in "
@@ -336,6 +350,9 @@ def section_overhead(args: argparse.Namespace) -> dict[str, float]:
         # run against a plain run of the same length (early steps differ from later ones)
         cases = {"plain short": None, "plain long": None,
                  **{f"every {n}": ProbeConfig.economy(every=n, dtype=None) for n in (1, 16, 50)}}
+        # sharpness only: no product for the update's directional sharpness (ProbeConfig.directional)
+        for n in (1, 16):
+            cases[f"every {n}, sharpness only"] = ProbeConfig.economy(every=n, dtype=None, directional=False)
         if dtype == "float64":
             cases["every 1, float32 products"] = ProbeConfig.economy(every=1)
             cases["every 1, graph rebuilt"] = ProbeConfig.economy(every=1, dtype=None)
@@ -345,6 +362,7 @@ def section_overhead(args: argparse.Namespace) -> dict[str, float]:
                 cases[f"every 16, max_hvps {cap}"] = ProbeConfig.economy(every=16, dtype=None, max_hvps=cap)
         times: dict[str, list[float]] = {c: [] for c in cases}
         cpu: dict[str, list[float]] = {c: [] for c in cases}  # process time: robust to other load
+        hvps: dict[str, list[int]] = {c: [] for c in cases}  # products per probe (exact, load-free)
         for _ in range(args.repeats):
             runs = {}
             for label, probes in cases.items():
@@ -356,10 +374,11 @@ def section_overhead(args: argparse.Namespace) -> dict[str, float]:
             short = [c for c in cases if c.split(",")[0] == "every 1" or c == "plain short"]
             for group, steps, chunk in ((short, args.steps_every1, 10),
                                         ([c for c in cases if c not in short], args.steps, 50)):
-                wall, used = _interleaved({c: runs[c] for c in group}, steps, chunk)
+                wall, used, products = _interleaved({c: runs[c] for c in group}, steps, chunk)
                 for c in group:
                     times[c].append(wall[c])
                     cpu[c].append(used[c])
+                    hvps[c] += products[c][1:]  # each round's runs start cold
         for clock, table in (("wall", times), ("cpu", cpu)):
             short, long = median(table["plain short"]), median(table["plain long"])
             ratios = {c: median(table[c]) / (short if c.split(",")[0] == "every 1" else long)
@@ -370,26 +389,61 @@ def section_overhead(args: argparse.Namespace) -> dict[str, float]:
                 suffix = "" if clock == "wall" else "_cpu"
                 headline[f"every1{suffix}"] = ratios["every 1"]
                 headline[f"every16{suffix}"] = ratios["every 16"]
+                headline[f"every1_sharpness{suffix}"] = ratios["every 1, sharpness only"]
+                headline[f"every16_sharpness{suffix}"] = ratios["every 16, sharpness only"]
+        counts = ", ".join(f"{c} {np.mean(h):.2f}" for c, h in hvps.items() if h)
+        print(f"  {dtype}: products per warm probe (each run's first, cold, left out): {counts}")
         if dtype == "float64":
             budget_accuracy(problem, args)
     cockpit_overhead(args)
     return headline
 
 
-def _interleaved(runs: dict[str, Run], steps: int, chunk: int) -> tuple[dict[str, float], dict[str, float]]:
+def section_late(args: argparse.Namespace) -> dict[str, float]:
+    print(f"(h) the runs of (d) after {args.late} steps (float64; process time, ratios to a plain run "
+          "stepped alongside)")
+    problem = get_network("digits_mlp", batch_size=None)
+    headline: dict[str, float] = {}
+    for every, steps, chunk in ((1, args.steps_every1, 10), (16, args.steps, 50)):
+        cases = {"plain": None, "economy": ProbeConfig.economy(every=every, dtype=None),
+                 "sharpness only": ProbeConfig.economy(every=every, dtype=None, directional=False)}
+        runs = {c: Run(problem, RunConfig(lanes=(LaneConfig("sgd", {"lr": 0.1}),), device="cpu",
+                                          dtype="float64", probes=p)) for c, p in cases.items()}
+        for run in runs.values():
+            run.run(args.late)
+        cpu: dict[str, list[float]] = {c: [] for c in cases}
+        hvps: dict[str, list[int]] = {c: [] for c in cases}
+        for _ in range(args.repeats):
+            _, used, products = _interleaved(runs, steps, chunk)
+            for c in cases:
+                cpu[c].append(used[c])
+                hvps[c] += products[c]
+        ratios = {c: median(cpu[c]) / median(cpu["plain"]) for c in cases if c != "plain"}
+        print(f"  every {every} (steps {args.late}-{args.late + steps * args.repeats}): " + ", ".join(
+            f"{c} {r:.2f}x ({np.mean(hvps[c]):.2f} products/probe)" for c, r in ratios.items()))
+        headline[f"late_every{every}_cpu"] = ratios["economy"]
+        headline[f"late_every{every}_sharpness_only_cpu"] = ratios["sharpness only"]
+    return headline
+
+
+def _interleaved(runs: dict[str, Run], steps: int, chunk: int
+                 ) -> tuple[dict[str, float], dict[str, float], dict[str, list[int]]]:
     """Wall and process seconds of each run over ``steps`` steps, the runs stepped ``chunk`` steps
     at a time in turn (order reversed every other turn): a change in the machine's other load
-    then falls on all of them alike instead of on whichever ran at the time."""
+    then falls on all of them alike instead of on whichever ran at the time. Also each run's
+    products per probe, in order."""
     wall = dict.fromkeys(runs, 0.0)
     used = dict.fromkeys(runs, 0.0)
+    hvps: dict[str, list[int]] = {label: [] for label in runs}
     for i in range(0, steps, chunk):
         order = list(runs) if (i // chunk) % 2 == 0 else list(runs)[::-1]
         for label in order:
             t0, c0 = time.perf_counter(), time.process_time()
-            runs[label].run(min(chunk, steps - i))
+            records = runs[label].run(min(chunk, steps - i))
             wall[label] += time.perf_counter() - t0
             used[label] += time.process_time() - c0
-    return wall, used
+            hvps[label] += [r.curvature.hvps for r in records if r.curvature is not None]
+    return wall, used, hvps
 
 
 def budget_accuracy(problem: Any, args: argparse.Namespace) -> None:
@@ -629,10 +683,11 @@ def main() -> None:
     ap.add_argument("--probes", type=int, default=10)
     ap.add_argument("--slq-steps", type=int, default=100)
     ap.add_argument("--quick", action="store_true", help="one round, shorter runs (a smoke test)")
-    ap.add_argument("--only", default="abcdefg", help="sections to run, e.g. 'cdf'")
+    ap.add_argument("--only", default="abcdefgh", help="sections to run, e.g. 'cdf'")
+    ap.add_argument("--late", type=int, default=1000, help="steps taken before (h) measures")
     args = ap.parse_args()
     if args.quick:
-        args.repeats, args.steps, args.steps_every1, args.slq_steps = 1, 200, 40, 30
+        args.repeats, args.steps, args.steps_every1, args.slq_steps, args.late = 1, 200, 40, 30, 100
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=UserWarning)
@@ -652,6 +707,9 @@ def main() -> None:
         warm = section_warm(args)
     if "d" in args.only:
         overhead = section_overhead(args)
+    late: dict[str, float] = {}
+    if "h" in args.only:
+        late = section_late(args)
     if "e" in args.only:
         section_presets(args)
     if "g" in args.only:
@@ -662,7 +720,12 @@ def main() -> None:
     print(f"warm_hvp_ratio={warm:.2f} probe_every1_overhead={overhead.get('every1', nan):.2f} "
           f"probe_every16_overhead={overhead.get('every16', nan):.2f} "
           f"probe_every1_cpu={overhead.get('every1_cpu', nan):.2f} "
-          f"probe_every16_cpu={overhead.get('every16_cpu', nan):.2f} slq_vs_best_peer={slq:.2f}")
+          f"probe_every16_cpu={overhead.get('every16_cpu', nan):.2f} slq_vs_best_peer={slq:.2f} "
+          f"probe_every1_sharpness_only={overhead.get('every1_sharpness', nan):.2f} "
+          f"probe_every16_sharpness_only={overhead.get('every16_sharpness', nan):.2f} "
+          f"probe_every1_sharpness_only_cpu={overhead.get('every1_sharpness_cpu', nan):.2f} "
+          f"probe_every16_sharpness_only_cpu={overhead.get('every16_sharpness_cpu', nan):.2f} "
+          + " ".join(f"probe_{k}={v:.2f}" for k, v in late.items()))
 
 
 if __name__ == "__main__":

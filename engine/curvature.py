@@ -499,13 +499,17 @@ def _krylov(op: HVP, k: int, which: Which, raw: torch.Tensor, need: int, ritz_ve
     HR = op.matmat(raw)
     norms2 = (raw * raw).sum(1)
     start_rayleigh = ((raw * HR).sum(1) / norms2.clamp_min(1e-300)).cpu().double().numpy()
-    U, S, Vh = _wide_svd(raw)
-    # Directions the block hardly spans would amplify the products' rounding by S[0] / S[i]: drop them.
-    keep = S > S[0] * math.sqrt(eps) if raw.shape[0] > 1 else S > 0
-    if not bool(keep.any()):
-        raise ValueError("start vectors must not all be zero")
-    Y = Vh[keep]
-    HY = (U[:, keep] / S[keep]).T @ HR
+    if raw.shape[0] == 1:  # one start vector (a cold start, a top-1 warm probe): no SVD needed
+        s0 = torch.linalg.vector_norm(raw[0])
+        if not bool(s0 > 0):
+            raise ValueError("start vectors must not all be zero")
+        Y, HY = raw / s0, HR / s0
+    else:
+        U, S, Vh = _wide_svd(raw)
+        # Directions the block hardly spans would amplify the products' rounding by S[0] / S[i]: drop them.
+        keep = S > S[0] * math.sqrt(eps)
+        Y = Vh[keep]
+        HY = (U[:, keep] / S[keep]).T @ HR
     p = Y.shape[0]
     cap = min(P, max_basis if max_basis is not None else p + max_iter)
     V = Y.new_empty(max(cap, p), P)
@@ -517,7 +521,10 @@ def _krylov(op: HVP, k: int, which: Which, raw: torch.Tensor, need: int, ritz_ve
     T = np.zeros((V.shape[0], V.shape[0]))
     hs = (h + h2).cpu().double().numpy()
     T[:p, :p] = 0.5 * (hs + hs.T)
-    UR, SR, VhR = _wide_svd(R)
+    if p == 1:  # R = |R| (R / |R|): one open direction, the next Lanczos vector
+        UR, SR, VhR = R.new_ones(1, 1), torch.linalg.vector_norm(R, dim=1), R / torch.linalg.vector_norm(R)
+    else:
+        UR, SR, VhR = _wide_svd(R)
     anorm = float(np.abs(np.linalg.eigvalsh(T[:p, :p])).max()) + float(SR[0])  # ||T|| + ||R||
     tiny = 10.0 * eps * max(anorm, 1e-300)  # a residual below this is rounding: the subspace is invariant
     r = int((SR > tiny).sum())  # R = C^T F, F orthonormal rows spanning R's rows above tiny
@@ -556,25 +563,13 @@ def _krylov(op: HVP, k: int, which: Which, raw: torch.Tensor, need: int, ritz_ve
             restarts += 1
             continue
         # Expand by the residual direction of the least converged wanted pair.
-        lag = bounds / max(tol * scale, 1e-300) + res / max(sqrt_tol * scale, 1e-300)
-        c = RC[:, int(np.argmax(lag))]
-        if float(np.linalg.norm(c)) <= 1e-12 * float(np.linalg.norm(C)):
-            # the wanted pairs have (numerically) converged: go on along the largest open direction
-            c = np.zeros(C.shape[0])
-            c[int(np.linalg.norm(C, axis=1).argmax())] = 1.0
-        c = c / np.linalg.norm(c)
-        t = torch.from_numpy(c).to(F) @ F
-        t = t - (V[:m] @ t) @ V[:m]  # t is orthogonal to V in exact arithmetic; keep it so
-        t = t / torch.linalg.vector_norm(t)
-        coupling = c @ C  # T[m, :m]: the part of H V^T that t now captures
-        if c.size > 1:  # the open directions left: the complement of c (a Householder reflector's
-            # columns but the first, which is -sign(c_0) c)
-            hv = c.copy()
-            hv[0] += math.copysign(1.0, c[0])
-            rest = (np.eye(c.size) - (2.0 / float(hv @ hv)) * np.outer(hv, hv))[:, 1:]
-            F, C = torch.from_numpy(rest.T.copy()).to(F) @ F, rest.T @ C
-        else:
+        if C.shape[0] == 1:  # one open direction (plain Lanczos): it is the next vector, already
+            # orthonormal to V (two Gram-Schmidt passes made it); no choice, no reflector
+            t, coupling = F[0], C[0]
             F, C = F[:0], C[:0]
+        else:
+            t, coupling, F, C = _expand(V[:m], F, C, RC, bounds / max(tol * scale, 1e-300)
+                                        + res / max(sqrt_tol * scale, 1e-300))
         V[m] = t
         w = op(t)  # checkpoint
         products += 1
@@ -625,6 +620,28 @@ def _krylov(op: HVP, k: int, which: Which, raw: torch.Tensor, need: int, ritz_ve
         ritz_values=theta, projection=T[:m, :m].copy(), iterations=products,
         converged=converged, hvps=meter.hvps, seconds=meter.seconds, restarts=restarts,
         start_rayleigh=start_rayleigh, warm_vectors=warm_vectors)
+
+
+def _expand(V: torch.Tensor, F: torch.Tensor, C: np.ndarray, RC: np.ndarray,
+            lag: np.ndarray) -> tuple[torch.Tensor, np.ndarray, torch.Tensor, np.ndarray]:
+    """The next basis vector of a block Krylov decomposition (several open directions ``F``): the
+    residual direction of the least converged wanted pair (``lag``: its bounds over their targets),
+    its coupling ``T[m, :m]`` and the open directions left (the complement of the chosen one: a
+    Householder reflector's columns but the first, which is ``-sign(c_0) c``)."""
+    c = RC[:, int(np.argmax(lag))]
+    if float(np.linalg.norm(c)) <= 1e-12 * float(np.linalg.norm(C)):
+        # the wanted pairs have (numerically) converged: go on along the largest open direction
+        c = np.zeros(C.shape[0])
+        c[int(np.linalg.norm(C, axis=1).argmax())] = 1.0
+    c = c / np.linalg.norm(c)
+    t = torch.from_numpy(c).to(F) @ F
+    t = t - (V @ t) @ V  # t is orthogonal to V in exact arithmetic; keep it so
+    t = t / torch.linalg.vector_norm(t)
+    coupling = c @ C  # T[m, :m]: the part of H V^T that t now captures
+    hv = c.copy()
+    hv[0] += math.copysign(1.0, c[0])
+    rest = (np.eye(c.size) - (2.0 / float(hv @ hv)) * np.outer(hv, hv))[:, 1:]
+    return t, coupling, torch.from_numpy(rest.T.copy()).to(F) @ F, rest.T @ C
 
 
 def _wide_svd(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

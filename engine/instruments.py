@@ -82,6 +82,11 @@ class ProbeConfig:
     residual ``lambda_max_residual`` and, in ``notes["lambda_max"]``, its error bound. For probes
     every few steps, where the previous probe's Ritz vector is nearly the answer.
 
+    ``directional``: measure the update's directional sharpness ``u^T H u / |u|^2`` (one product of
+    its own every probe: it adds nothing to lambda_max's convergence, measured on the digits-MLP run
+    of benchmarks/hessian.py, 3.60 -> 2.59 products a warm probe every step without it). ``False``:
+    sharpness only, ``directional`` is nan and ``notes["directional"]`` says why.
+
     Three presets trade detail for cost, like Cockpit's (Schneider, Dangel & Hennig 2021)
     economy / business / full: :meth:`economy`, :meth:`business`, :meth:`full`.
     """
@@ -101,6 +106,7 @@ class ProbeConfig:
     noise_samples: int = 256
     estimate_cosine: bool = False
     max_hvps: int | None = None
+    directional: bool = True
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -117,7 +123,7 @@ class ProbeConfig:
         cap = self.max_hvps
         if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 3):
             raise ValueError(f"max_hvps must be an integer >= 3 or None (no cap), got {self.max_hvps!r}")
-        for name in ("noise", "estimate_cosine"):
+        for name in ("noise", "estimate_cosine", "directional"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
 
@@ -214,11 +220,20 @@ class Preconditioned:
 
 @dataclass(frozen=True, eq=False)
 class Probe:
-    """One curvature probe of one lane (plain floats and numpy arrays)."""
+    """One curvature probe of one lane (plain floats and numpy arrays).
+
+    What ``lambda_max`` and ``lambda_max_residual`` guarantee (``H`` symmetric, in the products'
+    arithmetic): ``lambda_max`` is the largest Ritz value of the probe's Krylov space, so it is a
+    lower bound of the true one; ``r = lambda_max_residual`` places SOME eigenvalue of ``H`` within
+    ``r`` of it (Weyl / Bauer-Fike). It is lambda_max's error bound when that eigenvalue is the top
+    one, i.e. when the Krylov space missed no eigenvalue above ``lambda_max + r``: what no
+    a-posteriori bound can see (a warm probe starts from the last probe's answer; a cold one tests
+    convergence only after ARPACK's 20 products). The tests hold probes to the dense Hessian's
+    eigenvalues."""
 
     step: int
-    lambda_max: float
-    lambda_max_residual: float
+    lambda_max: float  # a Ritz value: <= the true lambda_max (Rayleigh-Ritz, up to the products' rounding)
+    lambda_max_residual: float  # ||H y - lambda_max y||: SOME eigenvalue lies within it of lambda_max
     top_k: np.ndarray  # descending
     directional: float  # u^T H u / |u|^2 of the update u taken from x_t (nan if u = 0)
     threshold: Threshold | None
@@ -304,12 +319,14 @@ def probe(f: Any, x: torch.Tensor, update: torch.Tensor, *, stability: Stability
     ``warm`` holds the previous probe's Ritz vectors (``"top"`` ``[k, P]``, plus ``WARM_GUARD`` for
     top-1; ``"preconditioned"``; ``"before"``: the top-k the previous probe started from): Lanczos
     starts from a block of the top-k's sum (each extrapolated along its drift from ``"before"``,
-    see :func:`_extrapolated`), the guard and the update ``u`` (whose product gives the directional
-    sharpness for free), so a slowly drifting Hessian costs a few HVPs instead of dozens (measured
-    in ``benchmarks/hessian.py``: 2-8x fewer along a digits-MLP run, more the more often it
-    probes). Without it the block is a random vector from ``generator`` and ``u``, and Lanczos
-    tests convergence only after 20 products (see :func:`engine.curvature.lanczos`'s
-    ``min_basis``). The new vectors come back with the probe.
+    see :func:`_extrapolated`), the guard and the update ``u`` (its product gives the directional
+    sharpness; ``config.directional=False`` leaves it out: one product fewer, and a start of one vector
+    runs plain Lanczos: the Rayleigh quotient and residual of the extrapolated vector after one
+    product, more only while the residual is above ``tol``), so a slowly drifting Hessian costs a
+    few HVPs instead of dozens (measured in ``benchmarks/hessian.py``: 2-8x fewer along a
+    digits-MLP run, more the more often it probes). Without it the block is a random vector from
+    ``generator`` and ``u``, and Lanczos tests convergence only after 20 products (see
+    :func:`engine.curvature.lanczos`'s ``min_basis``). The new vectors come back with the probe.
 
     Gradient noise (``config.noise`` / ``config.estimate_cosine``, :func:`engine.noise.measure`)
     needs ``problem`` and the step's minibatch ``batch``; ``estimate`` is the lane's flat gradient
@@ -334,10 +351,11 @@ def probe(f: Any, x: torch.Tensor, update: torch.Tensor, *, stability: Stability
     if dense:
         values, vectors = _dense(f, x, update, config, diagonal)
         values["seconds"] = time.perf_counter() - t0
-        return Probe(step=step, threshold=threshold, **values, **_noise_fields(reading)), vectors
+        notes = None if config.directional else {"directional": DIRECTIONAL_OFF}
+        return Probe(step=step, threshold=threshold, **values, **_noise_fields(reading, notes)), vectors
     assert op is not None
     u = update.detach().reshape(-1).to(device=op.device, dtype=torch.float64)
-    moves = bool(torch.isfinite(u).all()) and float(u @ u) > 0
+    moves = config.directional and bool(torch.isfinite(u).all()) and float(u @ u) > 0
     guard = WARM_GUARD if config.top_k == 1 else 0
     k = config.top_k
     if "top" in warm:  # the previous top-k as one vector, and its next Ritz vector (see WARM_GUARD)
@@ -350,7 +368,7 @@ def probe(f: Any, x: torch.Tensor, update: torch.Tensor, *, stability: Stability
     top = lanczos(op, config.top_k, warm=torch.stack(start), generator=generator, tol=config.tol,
                   ritz_vectors=True, max_basis=_max_basis(config.top_k, dim),
                   max_iter=config.max_hvps, min_basis=cold, guard=guard)
-    notes = {}
+    notes = {} if config.directional else {"directional": DIRECTIONAL_OFF}
     if not top.converged and config.max_hvps is not None:
         notes["lambda_max"] = (f"stopped at the budget of {config.max_hvps} products before tol "
                                f"{config.tol:g}: error bound {float(top.top_error_bounds[0]):.3g}")
@@ -407,7 +425,7 @@ def _dense(f: Any, x: torch.Tensor, update: torch.Tensor, config: ProbeConfig,
     top, top_vecs = w.flip(0)[:k], V.flip(1)[:, :k]
     residual = torch.linalg.vector_norm(H @ top_vecs[:, 0] - top[0] * top_vecs[:, 0])
     u = update.detach().reshape(-1).to(H)
-    uu = float(u @ u) if bool(torch.isfinite(u).all()) else 0.0
+    uu = float(u @ u) if config.directional and bool(torch.isfinite(u).all()) else 0.0
     vectors = {"top": top_vecs.T.contiguous()}
     pre = None
     if diagonal is not None:
@@ -423,6 +441,9 @@ def _dense(f: Any, x: torch.Tensor, update: torch.Tensor, config: ProbeConfig,
                   density_weights=np.full((1, dim), 1.0 / dim) if config.density else None,
                   exact=exact, hvps=dim, dtype="float64")
     return values, vectors
+
+
+DIRECTIONAL_OFF = "not asked for (ProbeConfig.directional=False): it costs one product a probe"
 
 
 EXTRAPOLATE_MIN_COSINE = 0.5

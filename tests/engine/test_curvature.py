@@ -393,6 +393,33 @@ def test_block_start_residuals_and_bounds_hold_in_a_clustered_spectrum() -> None
         np.testing.assert_allclose(r.start_rayleigh, rayleigh, rtol=1e-12)
 
 
+def test_a_single_start_vector_is_plain_lanczos_with_honest_residuals() -> None:
+    """One start vector (a top-1 warm probe without the update, a cold start) takes the plain
+    Lanczos path: its projection is tridiagonal, its Ritz values never exceed lambda_max, its
+    reported residuals are the true ones and its values meet tol against the dense spectrum; an
+    exact eigenvector stops after its one product."""
+    eigs = torch.cat([torch.tensor([10.0, 9.9, 9.8, 9.7]), torch.linspace(0.0, 5.0, 196)]).double()
+    op, A = quadratic(eigs, seed=32)
+    _, U = torch.linalg.eigh(A)
+    z = torch.randn(200, generator=gen(33), dtype=torch.float64)
+    y = U[:, -1] + 0.05 * U[:, -2] + 0.05 * U[:, -3] + 0.01 * z / z.norm()
+    for tol in (1e-3, 1e-6, 1e-9):
+        r = lanczos(op, 1, warm=y[None], tol=tol, verify=True)
+        assert r.converged and r.top[0] <= 10.0 + 1e-12
+        assert abs(r.top[0] - 10.0) <= r.top_error_bounds[0] + 1e-12 <= tol * 10.0 + 1e-12
+        np.testing.assert_allclose(r.top_residuals, r.verified_top_residuals, rtol=1e-3, atol=1e-12)
+        np.testing.assert_allclose(r.start_rayleigh, [float(y @ A @ y / (y @ y))], rtol=1e-12)
+        T = r.projection
+        assert np.abs(np.triu(T, 2)).max(initial=0.0) == 0.0 and np.allclose(T, T.T)
+    exact = lanczos(op, 1, warm=U[:, -1][None], tol=1e-10)
+    assert exact.converged and exact.hvps == 1 and abs(exact.top[0] - 10.0) <= 1e-12
+    # through thick restarts (one open direction each time) to the dense top-3
+    r = lanczos(op, 3, v0=z, tol=1e-8, max_basis=8, verify=True)
+    assert r.converged and r.restarts >= 1
+    np.testing.assert_allclose(r.top, [10.0, 9.9, 9.8], rtol=1e-7)
+    np.testing.assert_allclose(r.top_residuals, r.verified_top_residuals, rtol=1e-3, atol=1e-12)
+
+
 def test_thick_restart_bounds_the_basis_and_matches_dense(mlp: MLP, mlp_op: HVP) -> None:
     exact = mlp.eigs[::-1][:5]
     r = lanczos(mlp_op, 5, max_basis=14, verify=True, generator=gen(35))

@@ -246,6 +246,40 @@ def test_economy_probes_along_a_run_are_within_their_tolerance_of_the_dense_lamb
     assert max(hvps[1:]) < hvps[0]  # warm probes cost less than the cold first one
 
 
+def test_sharpness_only_probes_skip_the_directional_product_and_keep_their_bounds() -> None:
+    """``directional=False`` (sharpness only): one product fewer a probe, lambda_max still a lower
+    bound of the dense lambda_max, within tol and its residual of it; the directional is nan and
+    says why. With it (the default), the directional is u^T H u / |u|^2 of the dense Hessian."""
+    problem = get_network("moons_mlp", batch_size=None)
+    runs = {d: run_with(problem, ("sgd", {"lr": 0.5}), probes=ProbeConfig.economy(every=1, dtype=None,
+                                                                                  directional=d))
+            for d in (True, False)}
+    hvps = {True: 0, False: 0}
+    for _ in range(6):
+        x = torch.as_tensor(runs[True].positions(0)[0], dtype=torch.float64)
+        H = dense_hessian(lambda z: problem.loss(z[None])[0], x)
+        exact = torch.linalg.eigvalsh(H)[-1].item()
+        for d, run in runs.items():
+            (r,) = run.step()
+            p = r.curvature
+            assert p.lambda_max <= exact + 1e-12 * exact
+            assert abs(p.lambda_max - exact) <= min(1e-3 * exact, p.lambda_max_residual) + 1e-12 * exact
+            hvps[d] += p.hvps
+            if d:
+                u = torch.as_tensor(run.positions(0)[0], dtype=torch.float64) - x
+                assert p.directional == pytest.approx(float(u @ H @ u / (u @ u)), rel=1e-9)
+                assert "directional" not in p.notes
+            else:
+                assert np.isnan(p.directional) and "directional=False" in p.notes["directional"]
+    assert hvps[False] < hvps[True]
+    tiny = run_with(get_network("logistic_regression"), ("sgd", {"lr": 0.5}),
+                    probes=ProbeConfig(every=1, directional=False))
+    p = tiny.run(1)[0].curvature  # the dense path (31 parameters) says the same
+    assert np.isnan(p.directional) and "directional" in p.notes and p.exact is not None
+    with pytest.raises(ValueError, match="directional must be True or False"):
+        ProbeConfig(directional=1)
+
+
 def test_a_budget_of_products_stops_probes_early_and_says_so() -> None:
     """max_hvps caps each probe's products; the Ritz value is a Rayleigh quotient (never above the
     dense lambda_max), its residual is reported, and a probe stopped short says so in its notes."""
