@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import panel as pn
+import param
 
 from app.lanes import MAX_LANES, OWN_BATCH, SCHEDULED, Lane
 from app.model import RaceSession
@@ -50,6 +51,21 @@ def _span(hp: Any) -> tuple[float, float]:
     return lo, hi
 
 
+class LogGridSlider(pn.widgets.DiscreteSlider):
+    """A ``DiscreteSlider`` whose label ("lr: 0.003") the page alone writes.
+
+    Panel's writes it twice: in the page (a link from the slider's position) and from the server on
+    each value it processes. Under load the server's write for an older key press or drag position
+    can reach the page after a newer one: the page then shows the old value while the run has the
+    new one, and nothing corrects it (the server believes the page shows its newest label). Here
+    the server keeps the label's text for itself (a page built later gets it) without sending it:
+    the page's link rewrites the label whenever the slider moves, by the user or by the server."""
+
+    def _update_value(self, event: param.parameterized.Event) -> None:
+        with param.parameterized.discard_events(self._text):
+            super()._update_value(event)
+
+
 def widget_specs(lane: Lane) -> dict[str, dict[str, Any]]:
     """``pn.Param`` widget settings for a lane's hyperparameters (types and grids from the spec)."""
     out: dict[str, dict[str, Any]] = {}
@@ -66,7 +82,7 @@ def widget_specs(lane: Lane) -> dict[str, dict[str, Any]]:
             out[hp.name] = {"type": pn.widgets.IntSlider, "start": int(lo), "end": int(hi), "throttled": True}
         elif hp.log:
             grid = log_grid(lo, hi, float(value))
-            out[hp.name] = {"type": pn.widgets.DiscreteSlider, "options": {f"{v:.3g}": v for v in grid},
+            out[hp.name] = {"type": LogGridSlider, "options": {f"{v:.3g}": v for v in grid},
                             "throttled": True}
         else:  # up to 4 decimals: beta2 = 0.999 must not read "1"
             out[hp.name] = {"type": pn.widgets.FloatSlider, "start": lo, "end": hi, "step": (hi - lo) / 1000,
