@@ -224,46 +224,94 @@ def optimizer_groups() -> dict[str, list[str]]:
 
 class LaneCard:
     """One lane in the sidebar: a card in its colour with its hyperparameters (``pn.Param``), the
-    optimizer it runs (switch it here) and a remove button."""
+    optimizer it runs (switch it here) and a remove button.
 
-    def __init__(self, session: RaceSession, lane: Lane, collapsed: bool) -> None:
-        self.session, self.lane = session, lane
-        self.switch = pn.widgets.Select(label="switch this lane to", groups=optimizer_groups(),
-                                        value=lane.optimizer, width=165)
+    A card is a place on the page that shows a lane (:meth:`bind`) or nothing (:meth:`hide`): the
+    sidebar keeps :data:`MAX_LANES` of them from the start, so that adding or removing a lane
+    changes properties of models the page already has. Putting a card in or taking one out of
+    the page made Bokeh walk the whole document (~800 models) before the click showed: 50 ms quiet,
+    a quarter second loaded."""
+
+    def __init__(self, session: RaceSession, lane: Lane | None, collapsed: bool,
+                 later: Callable[[Callable[[], None]], None] | None = None) -> None:
+        self.session = session
+        self.lane: Lane | None = None
+        self._later = later or (lambda f: f())
+        self._watchers: list[Any] = []
+        self._binding = False
+        # a hidden card gets the optimizers when it first shows a lane (a page's spare cards cost less)
+        self.switch = pn.widgets.Select(label="switch this lane to", options=[], width=165)
         self.switch.param.watch(self._switch, "value")
         self.remove = pn.widgets.Button(label="✕ remove", width=75, margin=(22, 0, 5, 5))
-        self.remove.on_click(lambda _: session.remove_lane(lane))
+        self.remove.on_click(lambda _: self.lane is not None and session.remove_lane(self.lane))
         # a collapsed card builds its widgets when first opened (8 lanes of sliders cost the page ~1 s)
         self.body = pn.Column(sizing_mode="stretch_width", margin=0)
         self.wrappers: WrapperControls | None = None
-        self.card = pn.Card(self.body, pn.Row(self.switch, self.remove), title=lane.label,
-                            collapsed=collapsed,
-                            header_background=lane.color, header_color="white", sizing_mode="stretch_width",
-                            margin=(3, 0))
+        self.card = pn.Card(self.body, pn.Row(self.switch, self.remove), title="", collapsed=collapsed,
+                            header_color="white", sizing_mode="stretch_width", margin=(3, 0), visible=False)
+        self.card.param.watch(self._opened, "collapsed")
+        if lane is not None:
+            self.bind(lane, collapsed)
+
+    def bind(self, lane: Lane, collapsed: bool) -> None:
+        """Show ``lane`` here (a card of no lane, or of one that left). The widgets of an open card
+        follow on the next tick: the card and the race show the change first."""
+        self._unwatch()
+        self.lane, self.wrappers = lane, None
+        self._watchers = [lane.param.watch(self._relabel, "label"),
+                          lane.param.watch(self._new_optimizer, "hyperparameters")]
+        self._binding = True
+        try:
+            if not self.switch.groups:
+                self.switch.groups = optimizer_groups()
+            self.switch.value = lane.optimizer
+            self.card.param.update(title=lane.label, header_background=lane.color, collapsed=collapsed,
+                                   visible=True)
+        finally:
+            self._binding = False
+        if self.body.objects:  # another lane's widgets: never shown for this one
+            self.body.visible = False
         if not collapsed:
+            self._later(lambda: self.lane is lane and not self.card.collapsed and self._build(force=True))
+
+    def hide(self) -> None:
+        """No lane here any more (its lane left): out of sight, its widgets kept until it shows another."""
+        self._unwatch()
+        self.lane = None
+        self.card.param.update(visible=False, title="")
+
+    def _unwatch(self) -> None:
+        if self.lane is not None:
+            for watcher in self._watchers:
+                self.lane.param.unwatch(watcher)
+        self._watchers = []
+
+    def _opened(self, event: Any) -> None:
+        if not event.new and not self._binding and self.lane is not None:
             self._build()
-        self.card.param.watch(lambda e: e.new or self._build(), "collapsed")
-        lane.param.watch(self._relabel, "label")
-        lane.param.watch(self._new_optimizer, "hyperparameters")
 
     def _build(self, force: bool = False) -> None:
-        if self.body.objects and not force:
+        if self.body.objects and self.body.visible and not force:
             return
-        if self.wrappers is None:  # one per card: its widgets are bound to the lane's wrappers for life
+        if self.wrappers is None:  # one per lane shown: its widgets are bound to the lane's wrappers
             self.wrappers = WrapperControls(self.lane, self.session.is_network)
         else:
             self.wrappers.show()
         self.body.objects = [pn.Param(self.lane.hyperparameters, widgets=widget_specs(self.lane),
                                       show_name=False,
                                       sizing_mode="stretch_width", margin=0), self.wrappers.panel]
+        self.body.visible = True
 
     def refresh(self) -> None:
-        if self.wrappers is not None and not self.card.collapsed:
+        if self.wrappers is not None and not self.card.collapsed and self.body.visible:
             self.wrappers.refresh(self.session.latest.get(self.lane.id))
 
     def _switch(self, event: Any) -> None:
-        if event.new != self.lane.optimizer and not self.session.switch_optimizer(self.lane, event.new):
-            self.switch.value = self.lane.optimizer  # refused (message shown): show what runs
+        lane = self.lane
+        if lane is None or self._binding or event.new == lane.optimizer:
+            return
+        if not self.session.switch_optimizer(lane, event.new):
+            self.switch.value = lane.optimizer  # refused (message shown): show what runs
 
     def _relabel(self, event: Any) -> None:
         self.card.title = event.new
@@ -305,6 +353,8 @@ class Sidebar:
                                    groups={"": ["choose…"], **optimizer_groups()}, value="choose…")
         self.add_select.param.watch(self._add, "value")
         self.cards: dict[int, LaneCard] = {}
+        """The card of each lane now (by lane id)."""
+        self._slots: list[LaneCard] = []  # every card on the page, in its order (hidden ones too)
         self.lanes = pn.Column(sizing_mode="stretch_width", margin=0)
         self.presenter = w.Checkbox(label="presenter view (big type, update rules, one step per click)")
         network = s.param.problem.rx().rx.pipe(lambda v: v in available_networks())
@@ -348,12 +398,52 @@ class Sidebar:
             card.refresh()
 
     def show_lanes(self, lanes: list[Lane]) -> None:
-        """Cards for the lanes now: existing ones kept (their widgets stay), new ones added."""
+        """Cards for the lanes now, in their order: a lane keeps its card (its widgets stay), a new
+        lane gets a hidden card placed after the one before it, a lane gone hides its card. Only
+        when no such card exists (lanes reordered, a new lane before a kept one) are the cards laid
+        out again, :data:`MAX_LANES` of them."""
         collapsed = len(lanes) > 3
-        # by lane object: a reused lane keeps its card
-        old = {card.lane: card for card in self.cards.values()}
-        cards = {lane.id: old.get(lane) or LaneCard(self.session, lane, collapsed) for lane in lanes}
-        self.cards = cards
-        objects = [cards[lane.id].card for lane in lanes]
-        if objects != list(self.lanes.objects):
-            self.lanes.objects = objects
+        slots, wanted = self._slots, set(lanes)
+        held = {card.lane: card for card in slots if card.lane is not None}
+        plan: list[LaneCard] = []
+        at = 0
+        for lane in lanes:
+            card = held.get(lane) or next(
+                (c for c in slots[at:] if c.lane not in wanted and c not in plan), None)
+            if card is None or slots.index(card) < at:
+                plan = self._lay_out(lanes, held, collapsed)
+                break
+            plan.append(card)
+            at = slots.index(card) + 1
+        for lane, card in zip(lanes, plan, strict=True):
+            if card.lane is not lane:
+                card.bind(lane, collapsed)
+        for card in self._slots:
+            if card not in plan and card.lane is not None:
+                card.hide()
+        self.cards = {lane.id: card for lane, card in zip(lanes, plan, strict=True)}
+
+    def _lay_out(self, lanes: list[Lane], held: dict[Lane, LaneCard], collapsed: bool) -> list[LaneCard]:
+        """Every card placed again: the lanes' in order, then hidden ones up to :data:`MAX_LANES`."""
+        free = [c for c in self._slots if c.lane not in set(lanes)]
+        plan = [held.get(lane) or (free.pop(0) if free else LaneCard(self.session, None, collapsed,
+                                                                     self._later))
+                for lane in lanes]
+        spare = free + [LaneCard(self.session, None, True, self._later)
+                        for _ in range(MAX_LANES - len(lanes) - len(free))]
+        self._slots = plan + spare[:max(MAX_LANES - len(lanes), 0)]
+        self.lanes.objects = [c.card for c in self._slots]
+        return plan
+
+    def _later(self, build: Callable[[], None]) -> None:
+        """``build`` on the served page's next tick (the click's effect goes first); now while the
+        page is being built, and off a server."""
+        doc = pn.state.curdoc
+        if doc is None or doc.session_context is None or not pn.state.loaded:
+            build()
+            return
+
+        def later() -> None:
+            with pn.io.hold(doc, freeze=True):
+                build()
+        doc.add_next_tick_callback(later)

@@ -401,11 +401,11 @@ class Explorer(pn.viewable.Viewer):
                 elif waiting.records or waiting.marks:
                     v.consume(waiting)
             self._refresh(self._pumps % REFRESH_EVERY)
-            # the counter also by the clock, not only in its refresh turn: a paused race's step or
-            # reset at once; a running race's every COUNTER_S (throttled under load, a turn in 8
+            # the counter also by the clock, not only in its refresh turn: a reset or a paused race's
+            # step at once; a running race's every COUNTER_S (throttled under load, a turn in 8
             # pumps took ~4 s: the counter looked frozen)
             now = time.monotonic()
-            if (batch.records or batch.reset) and (not running or now - self._counted_at >= COUNTER_S):
+            if batch.reset or (batch.records and (not running or now - self._counted_at >= COUNTER_S)):
                 self._counted_at = now
                 self._update_counter()
         return sum(len(r) for r in batch.records.values())
