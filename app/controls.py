@@ -226,11 +226,9 @@ class LaneCard:
     """One lane in the sidebar: a card in its colour with its hyperparameters (``pn.Param``), the
     optimizer it runs (switch it here) and a remove button.
 
-    A card is a place on the page that shows a lane (:meth:`bind`) or nothing (:meth:`hide`): the
-    sidebar keeps :data:`MAX_LANES` of them from the start, so that adding or removing a lane
-    changes properties of models the page already has. Putting a card in or taking one out of
-    the page made Bokeh walk the whole document (~800 models) before the click showed: 50 ms quiet,
-    a quarter second loaded."""
+    A card is a place that shows a lane (:meth:`bind`) or nothing (:meth:`hide`); the sidebar has
+    :data:`MAX_LANES` from the start: adding or removing a lane changes properties of models the page
+    has. A card put in or taken out made Bokeh walk the whole document (50-250 ms) in the click."""
 
     def __init__(self, session: RaceSession, lane: Lane | None, collapsed: bool,
                  later: Callable[[Callable[[], None]], None] | None = None) -> None:
@@ -241,6 +239,7 @@ class LaneCard:
         self._binding = False
         # a hidden card gets the optimizers when it first shows a lane (a page's spare cards cost less)
         self.switch = pn.widgets.Select(label="switch this lane to", options=[], width=165)
+        self.switch._debounce = 0  # a pick is one change: no 50 ms wait for more (Panel's, for typing)
         self.switch.param.watch(self._switch, "value")
         self.remove = pn.widgets.Button(label="✕ remove", width=75, margin=(22, 0, 5, 5))
         self.remove.on_click(lambda _: self.lane is not None and session.remove_lane(self.lane))
@@ -344,6 +343,7 @@ class Sidebar:
                                    sizing_mode="stretch_width")
         choices = {"choose a preset…": "", **{p.title: n for n, p in presets().items()}}
         self.preset_select = w.Select(label="Classroom presets", options=choices)
+        self.preset_select._debounce = 0  # as a card's switch
         self.preset_select.param.watch(lambda e: e.new and on_preset(e.new), "value")
         self.problem_select = w.Select(label="Problem", value=s.problem, groups={
             "2-D landscapes": [*available_landscapes(), CUSTOM], "networks": available_networks()})
@@ -351,6 +351,7 @@ class Sidebar:
         s.param.watch(lambda e: setattr(self.problem_select, "value", e.new), "problem")
         self.add_select = w.Select(label=f"add an optimizer (up to {MAX_LANES})",
                                    groups={"": ["choose…"], **optimizer_groups()}, value="choose…")
+        self.add_select._debounce = 0
         self.add_select.param.watch(self._add, "value")
         self.cards: dict[int, LaneCard] = {}
         """The card of each lane now (by lane id)."""

@@ -20,6 +20,7 @@ from typing import Any
 import panel as pn
 import param
 from bokeh.models import LogScale
+from panel.pane.markup import HTMLBasePane
 
 from app import sharing
 from app.axes import AxisControls, find, set_axes
@@ -367,6 +368,12 @@ class Explorer(pn.viewable.Viewer):
         self._callback = pn.io.callbacks.PeriodicCallback(callback=self.pump, period=PUMP_MS, background=True)
         self._callback.start()
         self.session.release()
+        # Panel renders an HTML pane with fewer stylesheets than its first update sends: that update
+        # changed model references, and Bokeh walked the whole document (~65 ms in process per pane)
+        # in the click that first retitled a card or the legend. All of them now, in one walk.
+        with self._hold(freeze=True):
+            for pane in [*self.controls.select(HTMLBasePane), *self.main.select(HTMLBasePane)]:
+                pane.param.trigger("object")
 
     def _hold(self, freeze: bool = False) -> Any:
         """One message for many changes (no-op without a session); ``freeze``: one walk over the models."""
