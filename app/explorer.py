@@ -13,6 +13,7 @@ active instrument in a tab under the curve, everything else in the sidebar's car
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from typing import Any
@@ -37,20 +38,17 @@ from app.views import VIEWS, View, applies, build, deferred, live, on_page, repa
 log = logging.getLogger(__name__)
 
 PUMP_MS = 40
-"""25 Hz at most, for the goal of >= 20 screen updates a second of an 8-lane race: each pump is one
-message, and the page paints what changed once per animation frame. ``benchmarks/stream.py``
-measures what reaches the screen (fewer on a loaded machine: the pump, the worker and Bokeh's
-serialization share the server's GIL)."""
+"""25 Hz at most, for >= 20 screen updates a second of an 8-lane race: a pump is one message, painted
+at the next animation frame. ``benchmarks/stream.py`` measures what reaches the screen (fewer on a
+loaded machine: the pump, the worker and Bokeh's serialization share the server's GIL)."""
 REFRESH_EVERY = 8
-"""Pumps between two refreshes of each thing that is not streamed (a table, a text, a range): ~3 Hz.
-Each pump refreshes one of them in turn, so that no pump does them all (a pump that did took ~3x a
-plain one and made the next ones late)."""
+"""Pumps between two refreshes of each thing not streamed (a table, a text, a range): ~3 Hz, each pump
+one of them in turn (a pump that did them all took ~3x a plain one and made the next ones late)."""
 COUNTER_S = 0.25
 """Seconds between two updates of a running race's step counter (it moves with the curves, ~4 Hz)."""
 RACE_EVERY = 3
-"""Pumps between updates of the race's picture while it runs (~8 Hz): it repaints its heatmap,
-contours and every path for each update, the costliest repaint of the page, while the curves carry
-the race's pace. Paused (single steps, a presenter), it is updated at every pump."""
+"""Pumps between updates of the race's picture while it runs (~8 Hz; the page's costliest repaint:
+heatmap, contours, every path; the curves carry the pace). Paused, it is updated at every pump."""
 MAX_LANES = 8
 __all__ = ["CUSTOM", "DEFAULT_RACE", "MAX_LANES", "Explorer"]
 
@@ -73,6 +71,7 @@ class Explorer(pn.viewable.Viewer):
                                   else deferred(cls, s, self.show_error) for cls in VIEWS]
         self.sidebar = Sidebar(s, self.apply_preset)
         self.sidebar.presenter.link(self, value="presenter", bidirectional=True)
+        self.sidebar.reset_button.on_click(lambda _: self._reset_shown())
         self.preset_note = pn.pane.Alert("", alert_type="info", visible=False, margin=(0, 0),
                                          css_classes=["preset-claim"],
                                          sizing_mode="stretch_width", styles={"font-size": "0.85em"})
@@ -368,9 +367,7 @@ class Explorer(pn.viewable.Viewer):
         self._callback = pn.io.callbacks.PeriodicCallback(callback=self.pump, period=PUMP_MS, background=True)
         self._callback.start()
         self.session.release()
-        # Panel renders an HTML pane with fewer stylesheets than its first update sends: that update
-        # changed model references, and Bokeh walked the whole document (~65 ms in process per pane)
-        # in the click that first retitled a card or the legend. All of them now, in one walk.
+        # a pane's first update sends more stylesheets than it was built with (Bokeh walks the page): now
         with self._hold(freeze=True):
             for pane in [*self.controls.select(HTMLBasePane), *self.main.select(HTMLBasePane)]:
                 pane.param.trigger("object")
@@ -416,6 +413,12 @@ class Explorer(pn.viewable.Viewer):
                 self._counted_at = now
                 self._update_counter()
         return sum(len(r) for r in batch.records.values())
+
+    def _reset_shown(self) -> None:
+        """A reset shown in its click's message, not a pump later (the worker takes it between steps)."""
+        with contextlib.suppress(TimeoutError, AttributeError):  # AttributeError: none pending
+            self.session._pending_reset.result(timeout=0.1)
+        self.pump()
 
     def _connected(self) -> bool:
         """Whether a page is there to send to: between a page's websocket closing and its session

@@ -125,9 +125,10 @@ def breakdown(t: dict) -> str:
     """Where a control's time went, from the page's notes: input -> its listener ran (the main thread
     was busy), -> the event sent, -> the last frame received before the effect showed (the server and
     the frames queued before it: count, kB), -> shown (applying and painting)."""
-    if not t["inputs"] or t["shown"] is None:
+    if t["shown"] is None or not (t["inputs"] or t.get("start")):
         return "no trace"
-    created, ran = t["inputs"][0][1], t["inputs"][0][2]
+    # a select's change happens in its shadow root (never seen by the page): from the act's start
+    created, ran = (t["inputs"][0][1], t["inputs"][0][2]) if t["inputs"] else (t["start"], t["start"])
     sent = next((w[1] for w in t["ws"] if w[0] == "send" and w[1] >= ran), None)
     if sent is None:
         return f"input delay {ran - created:.0f} ms, nothing sent"
@@ -166,6 +167,7 @@ class Page:
         """Seconds from ``act`` (the input) to the page holding ``cond(arg)`` at an animation frame."""
         if self.trace:
             self.page.evaluate(_TAKE_TRACE_JS)
+            self.page.evaluate("() => { window.__t.start = performance.now(); }")
             cond = f"({_SHOWN_JS})({cond})"
         t0 = time.perf_counter()
         self._t0 = time.time()

@@ -735,3 +735,15 @@ def test_the_cards_follow_the_lanes_through_removals_and_adds_in_the_same_places
         widget(sidebar.cards[lane.id].card, "✕ remove").clicks += 1
         shown()
     assert shown() == [("Lion", nesterov.color)]
+
+
+def test_reset_shows_step_zero_in_its_own_click(explorer: Explorer) -> None:
+    """Reset's click waits for the worker (it takes it between two steps) and shows the fresh start
+    at once: the counter and the curves, before any pump of the page's clock."""
+    steps(explorer, 3)
+    assert "step 3" in explorer.sidebar.counter.object
+    explorer.sidebar.reset_button.clicks += 1
+    assert "step 0" in explorer.sidebar.counter.object
+    assert all(len(src.data["step"]) == 0 for src in explorer.view(LossView).slots.sources)
+    steps(explorer, 1)
+    assert "step 1" in explorer.sidebar.counter.object
