@@ -222,6 +222,9 @@ def optimizer_groups() -> dict[str, list[str]]:
     return groups
 
 
+_HIDDEN = ["card", "lane-off"]  # a Card's visible=False did not hide it on the served page: a rule does
+
+
 class LaneCard:
     """One lane in the sidebar: a card in its colour with its hyperparameters (``pn.Param``), the
     optimizer it runs (switch it here) and a remove button.
@@ -247,7 +250,8 @@ class LaneCard:
         self.body = pn.Column(sizing_mode="stretch_width", margin=0)
         self.wrappers: WrapperControls | None = None
         self.card = pn.Card(self.body, pn.Row(self.switch, self.remove), title="", collapsed=collapsed,
-                            header_color="white", sizing_mode="stretch_width", margin=(3, 0), visible=False)
+                            header_color="white", sizing_mode="stretch_width", margin=(3, 0), visible=False,
+                            css_classes=_HIDDEN, stylesheets=[":host(.lane-off) {display: none !important;}"])
         self.card.param.watch(self._opened, "collapsed")
         if lane is not None:
             self.bind(lane, collapsed)
@@ -265,7 +269,7 @@ class LaneCard:
                 self.switch.groups = optimizer_groups()
             self.switch.value = lane.optimizer
             self.card.param.update(title=lane.label, header_background=lane.color, collapsed=collapsed,
-                                   visible=True)
+                                   visible=True, css_classes=["card"])
         finally:
             self._binding = False
         if self.body.objects:  # another lane's widgets: never shown for this one
@@ -277,7 +281,7 @@ class LaneCard:
         """No lane here any more (its lane left): out of sight, its widgets kept until it shows another."""
         self._unwatch()
         self.lane = None
-        self.card.param.update(visible=False, title="")
+        self.card.param.update(visible=False, title="", css_classes=_HIDDEN)
 
     def _unwatch(self) -> None:
         if self.lane is not None:
@@ -399,10 +403,9 @@ class Sidebar:
             card.refresh()
 
     def show_lanes(self, lanes: list[Lane]) -> None:
-        """Cards for the lanes now, in their order: a lane keeps its card (its widgets stay), a new
-        lane gets a hidden card placed after the one before it, a lane gone hides its card. Only
-        when no such card exists (lanes reordered, a new lane before a kept one) are the cards laid
-        out again, :data:`MAX_LANES` of them."""
+        """Cards for the lanes, in order: a lane keeps its card (its widgets stay), a new lane takes a
+        hidden card after the one before it, a lane gone hides its card; laid out again only when no
+        such card exists (lanes reordered, a new lane before a kept one)."""
         collapsed = len(lanes) > 3
         slots, wanted = self._slots, set(lanes)
         held = {card.lane: card for card in slots if card.lane is not None}
@@ -427,18 +430,15 @@ class Sidebar:
     def _lay_out(self, lanes: list[Lane], held: dict[Lane, LaneCard], collapsed: bool) -> list[LaneCard]:
         """Every card placed again: the lanes' in order, then hidden ones up to :data:`MAX_LANES`."""
         free = [c for c in self._slots if c.lane not in set(lanes)]
-        plan = [held.get(lane) or (free.pop(0) if free else LaneCard(self.session, None, collapsed,
-                                                                     self._later))
-                for lane in lanes]
-        spare = free + [LaneCard(self.session, None, True, self._later)
-                        for _ in range(MAX_LANES - len(lanes) - len(free))]
+        fresh = [LaneCard(self.session, None, collapsed, self._later) for _ in range(MAX_LANES - len(free))]
+        plan = [held.get(lane) or (free or fresh).pop(0) for lane in lanes]
+        spare = free + fresh
         self._slots = plan + spare[:max(MAX_LANES - len(lanes), 0)]
         self.lanes.objects = [c.card for c in self._slots]
         return plan
 
     def _later(self, build: Callable[[], None]) -> None:
-        """``build`` on the served page's next tick (the click's effect goes first); now while the
-        page is being built, and off a server."""
+        """``build`` at the served page's next tick (the click's effect first); now off a loaded page."""
         doc = pn.state.curdoc
         if doc is None or doc.session_context is None or not pn.state.loaded:
             build()
