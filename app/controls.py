@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import panel as pn
+import param
 
 from app.lanes import MAX_LANES, OWN_BATCH, SCHEDULED, Lane
 from app.model import RaceSession
@@ -50,6 +51,21 @@ def _span(hp: Any) -> tuple[float, float]:
     return lo, hi
 
 
+class LogGridSlider(pn.widgets.DiscreteSlider):
+    """A ``DiscreteSlider`` whose label ("lr: 0.003") the page alone writes.
+
+    Panel's writes it twice: in the page (a link from the slider's position) and from the server on
+    each value it processes. Under load the server's write for an older key press or drag position
+    can reach the page after a newer one: the page then shows the old value while the run has the
+    new one, and nothing corrects it (the server believes the page shows its newest label). Here
+    the server keeps the label's text for itself (a page built later gets it) without sending it:
+    the page's link rewrites the label whenever the slider moves, by the user or by the server."""
+
+    def _update_value(self, event: param.parameterized.Event) -> None:
+        with param.parameterized.discard_events(self._text):
+            super()._update_value(event)
+
+
 def widget_specs(lane: Lane) -> dict[str, dict[str, Any]]:
     """``pn.Param`` widget settings for a lane's hyperparameters (types and grids from the spec)."""
     out: dict[str, dict[str, Any]] = {}
@@ -66,7 +82,7 @@ def widget_specs(lane: Lane) -> dict[str, dict[str, Any]]:
             out[hp.name] = {"type": pn.widgets.IntSlider, "start": int(lo), "end": int(hi), "throttled": True}
         elif hp.log:
             grid = log_grid(lo, hi, float(value))
-            out[hp.name] = {"type": pn.widgets.DiscreteSlider, "options": {f"{v:.3g}": v for v in grid},
+            out[hp.name] = {"type": LogGridSlider, "options": {f"{v:.3g}": v for v in grid},
                             "throttled": True}
         else:  # up to 4 decimals: beta2 = 0.999 must not read "1"
             out[hp.name] = {"type": pn.widgets.FloatSlider, "start": lo, "end": hi, "step": (hi - lo) / 1000,
@@ -206,48 +222,99 @@ def optimizer_groups() -> dict[str, list[str]]:
     return groups
 
 
+_HIDDEN = ["card", "lane-off"]  # a Card's visible=False did not hide it on the served page: a rule does
+
+
 class LaneCard:
     """One lane in the sidebar: a card in its colour with its hyperparameters (``pn.Param``), the
-    optimizer it runs (switch it here) and a remove button."""
+    optimizer it runs (switch it here) and a remove button.
 
-    def __init__(self, session: RaceSession, lane: Lane, collapsed: bool) -> None:
-        self.session, self.lane = session, lane
-        self.switch = pn.widgets.Select(label="switch this lane to", groups=optimizer_groups(),
-                                        value=lane.optimizer, width=165)
+    A card is a place that shows a lane (:meth:`bind`) or nothing (:meth:`hide`); the sidebar has
+    :data:`MAX_LANES` from the start: adding or removing a lane changes properties of models the page
+    has. A card put in or taken out made Bokeh walk the whole document (50-250 ms) in the click."""
+
+    def __init__(self, session: RaceSession, lane: Lane | None, collapsed: bool,
+                 later: Callable[[Callable[[], None]], None] | None = None) -> None:
+        self.session = session
+        self.lane: Lane | None = None
+        self._later = later or (lambda f: f())
+        self._watchers: list[Any] = []
+        self._binding = False
+        # a hidden card gets the optimizers when it first shows a lane (a page's spare cards cost less)
+        self.switch = pn.widgets.Select(label="switch this lane to", options=[], width=165)
+        self.switch._debounce = 0  # a pick is one change: no 50 ms wait for more (Panel's, for typing)
         self.switch.param.watch(self._switch, "value")
         self.remove = pn.widgets.Button(label="✕ remove", width=75, margin=(22, 0, 5, 5))
-        self.remove.on_click(lambda _: session.remove_lane(lane))
+        self.remove.on_click(lambda _: self.lane is not None and session.remove_lane(self.lane))
         # a collapsed card builds its widgets when first opened (8 lanes of sliders cost the page ~1 s)
         self.body = pn.Column(sizing_mode="stretch_width", margin=0)
         self.wrappers: WrapperControls | None = None
-        self.card = pn.Card(self.body, pn.Row(self.switch, self.remove), title=lane.label,
-                            collapsed=collapsed,
-                            header_background=lane.color, header_color="white", sizing_mode="stretch_width",
-                            margin=(3, 0))
+        self.card = pn.Card(self.body, pn.Row(self.switch, self.remove), title="", collapsed=collapsed,
+                            header_color="white", sizing_mode="stretch_width", margin=(3, 0), visible=False,
+                            css_classes=_HIDDEN, stylesheets=[":host(.lane-off) {display: none !important;}"])
+        self.card.param.watch(self._opened, "collapsed")
+        if lane is not None:
+            self.bind(lane, collapsed)
+
+    def bind(self, lane: Lane, collapsed: bool) -> None:
+        """Show ``lane`` here (a card of no lane, or of one that left). The widgets of an open card
+        follow on the next tick: the card and the race show the change first."""
+        self._unwatch()
+        self.lane, self.wrappers = lane, None
+        self._watchers = [lane.param.watch(self._relabel, "label"),
+                          lane.param.watch(self._new_optimizer, "hyperparameters")]
+        self._binding = True
+        try:
+            if not self.switch.groups:
+                self.switch.groups = optimizer_groups()
+            self.switch.value = lane.optimizer
+            self.card.param.update(title=lane.label, header_background=lane.color, collapsed=collapsed,
+                                   visible=True, css_classes=["card"])
+        finally:
+            self._binding = False
+        if self.body.objects:  # another lane's widgets: never shown for this one
+            self.body.visible = False
         if not collapsed:
+            self._later(lambda: self.lane is lane and not self.card.collapsed and self._build(force=True))
+
+    def hide(self) -> None:
+        """No lane here any more (its lane left): out of sight, its widgets kept until it shows another."""
+        self._unwatch()
+        self.lane = None
+        self.card.param.update(visible=False, title="", css_classes=_HIDDEN)
+
+    def _unwatch(self) -> None:
+        if self.lane is not None:
+            for watcher in self._watchers:
+                self.lane.param.unwatch(watcher)
+        self._watchers = []
+
+    def _opened(self, event: Any) -> None:
+        if not event.new and not self._binding and self.lane is not None:
             self._build()
-        self.card.param.watch(lambda e: e.new or self._build(), "collapsed")
-        lane.param.watch(self._relabel, "label")
-        lane.param.watch(self._new_optimizer, "hyperparameters")
 
     def _build(self, force: bool = False) -> None:
-        if self.body.objects and not force:
+        if self.body.objects and self.body.visible and not force:
             return
-        if self.wrappers is None:  # one per card: its widgets are bound to the lane's wrappers for life
+        if self.wrappers is None:  # one per lane shown: its widgets are bound to the lane's wrappers
             self.wrappers = WrapperControls(self.lane, self.session.is_network)
         else:
             self.wrappers.show()
         self.body.objects = [pn.Param(self.lane.hyperparameters, widgets=widget_specs(self.lane),
                                       show_name=False,
                                       sizing_mode="stretch_width", margin=0), self.wrappers.panel]
+        self.body.visible = True
 
     def refresh(self) -> None:
-        if self.wrappers is not None and not self.card.collapsed:
+        if self.wrappers is not None and not self.card.collapsed and self.body.visible:
             self.wrappers.refresh(self.session.latest.get(self.lane.id))
 
     def _switch(self, event: Any) -> None:
-        if event.new != self.lane.optimizer and not self.session.switch_optimizer(self.lane, event.new):
-            self.switch.value = self.lane.optimizer  # refused (message shown): show what runs
+        lane = self.lane
+        if lane is None or self._binding or event.new == lane.optimizer:
+            return
+        if not self.session.switch_optimizer(lane, event.new):
+            self.switch.value = lane.optimizer  # refused (message shown): show what runs
 
     def _relabel(self, event: Any) -> None:
         self.card.title = event.new
@@ -280,6 +347,7 @@ class Sidebar:
                                    sizing_mode="stretch_width")
         choices = {"choose a preset…": "", **{p.title: n for n, p in presets().items()}}
         self.preset_select = w.Select(label="Classroom presets", options=choices)
+        self.preset_select._debounce = 0  # as a card's switch
         self.preset_select.param.watch(lambda e: e.new and on_preset(e.new), "value")
         self.problem_select = w.Select(label="Problem", value=s.problem, groups={
             "2-D landscapes": [*available_landscapes(), CUSTOM], "networks": available_networks()})
@@ -287,8 +355,11 @@ class Sidebar:
         s.param.watch(lambda e: setattr(self.problem_select, "value", e.new), "problem")
         self.add_select = w.Select(label=f"add an optimizer (up to {MAX_LANES})",
                                    groups={"": ["choose…"], **optimizer_groups()}, value="choose…")
+        self.add_select._debounce = 0
         self.add_select.param.watch(self._add, "value")
         self.cards: dict[int, LaneCard] = {}
+        """The card of each lane now (by lane id)."""
+        self._slots: list[LaneCard] = []  # every card on the page, in its order (hidden ones too)
         self.lanes = pn.Column(sizing_mode="stretch_width", margin=0)
         self.presenter = w.Checkbox(label="presenter view (big type, update rules, one step per click)")
         network = s.param.problem.rx().rx.pipe(lambda v: v in available_networks())
@@ -332,12 +403,48 @@ class Sidebar:
             card.refresh()
 
     def show_lanes(self, lanes: list[Lane]) -> None:
-        """Cards for the lanes now: existing ones kept (their widgets stay), new ones added."""
+        """Cards for the lanes, in order: a lane keeps its card (its widgets stay), a new lane takes a
+        hidden card after the one before it, a lane gone hides its card; laid out again only when no
+        such card exists (lanes reordered, a new lane before a kept one)."""
         collapsed = len(lanes) > 3
-        # by lane object: a reused lane keeps its card
-        old = {card.lane: card for card in self.cards.values()}
-        cards = {lane.id: old.get(lane) or LaneCard(self.session, lane, collapsed) for lane in lanes}
-        self.cards = cards
-        objects = [cards[lane.id].card for lane in lanes]
-        if objects != list(self.lanes.objects):
-            self.lanes.objects = objects
+        slots, wanted = self._slots, set(lanes)
+        held = {card.lane: card for card in slots if card.lane is not None}
+        plan: list[LaneCard] = []
+        at = 0
+        for lane in lanes:
+            card = held.get(lane) or next(
+                (c for c in slots[at:] if c.lane not in wanted and c not in plan), None)
+            if card is None or slots.index(card) < at:
+                plan = self._lay_out(lanes, held, collapsed)
+                break
+            plan.append(card)
+            at = slots.index(card) + 1
+        for lane, card in zip(lanes, plan, strict=True):
+            if card.lane is not lane:
+                card.bind(lane, collapsed)
+        for card in self._slots:
+            if card not in plan and card.lane is not None:
+                card.hide()
+        self.cards = {lane.id: card for lane, card in zip(lanes, plan, strict=True)}
+
+    def _lay_out(self, lanes: list[Lane], held: dict[Lane, LaneCard], collapsed: bool) -> list[LaneCard]:
+        """Every card placed again: the lanes' in order, then hidden ones up to :data:`MAX_LANES`."""
+        free = [c for c in self._slots if c.lane not in set(lanes)]
+        fresh = [LaneCard(self.session, None, collapsed, self._later) for _ in range(MAX_LANES - len(free))]
+        plan = [held.get(lane) or (free or fresh).pop(0) for lane in lanes]
+        spare = free + fresh
+        self._slots = plan + spare[:max(MAX_LANES - len(lanes), 0)]
+        self.lanes.objects = [c.card for c in self._slots]
+        return plan
+
+    def _later(self, build: Callable[[], None]) -> None:
+        """``build`` at the served page's next tick (the click's effect first); now off a loaded page."""
+        doc = pn.state.curdoc
+        if doc is None or doc.session_context is None or not pn.state.loaded:
+            build()
+            return
+
+        def later() -> None:
+            with pn.io.hold(doc, freeze=True):
+                build()
+        doc.add_next_tick_callback(later)

@@ -13,6 +13,7 @@ active instrument in a tab under the curve, everything else in the sidebar's car
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 import panel as pn
 import param
 from bokeh.models import LogScale
+from panel.pane.markup import HTMLBasePane
 
 from app import sharing
 from app.axes import AxisControls, find, set_axes
@@ -36,20 +38,17 @@ from app.views import VIEWS, View, applies, build, deferred, live, on_page, repa
 log = logging.getLogger(__name__)
 
 PUMP_MS = 40
-"""25 Hz at most, for the goal of >= 20 screen updates a second of an 8-lane race: each pump is one
-message, and the page paints what changed once per animation frame. ``benchmarks/stream.py``
-measures what reaches the screen (fewer on a loaded machine: the pump, the worker and Bokeh's
-serialization share the server's GIL)."""
+"""25 Hz at most, for >= 20 screen updates a second of an 8-lane race: a pump is one message, painted
+at the next animation frame. ``benchmarks/stream.py`` measures what reaches the screen (fewer on a
+loaded machine: the pump, the worker and Bokeh's serialization share the server's GIL)."""
 REFRESH_EVERY = 8
-"""Pumps between two refreshes of each thing that is not streamed (a table, a text, a range): ~3 Hz.
-Each pump refreshes one of them in turn, so that no pump does them all (a pump that did took ~3x a
-plain one and made the next ones late)."""
+"""Pumps between two refreshes of each thing not streamed (a table, a text, a range): ~3 Hz, each pump
+one of them in turn (a pump that did them all took ~3x a plain one and made the next ones late)."""
 COUNTER_S = 0.25
 """Seconds between two updates of a running race's step counter (it moves with the curves, ~4 Hz)."""
 RACE_EVERY = 3
-"""Pumps between updates of the race's picture while it runs (~8 Hz): it repaints its heatmap,
-contours and every path for each update, the costliest repaint of the page, while the curves carry
-the race's pace. Paused (single steps, a presenter), it is updated at every pump."""
+"""Pumps between updates of the race's picture while it runs (~8 Hz; the page's costliest repaint:
+heatmap, contours, every path; the curves carry the pace). Paused, it is updated at every pump."""
 MAX_LANES = 8
 __all__ = ["CUSTOM", "DEFAULT_RACE", "MAX_LANES", "Explorer"]
 
@@ -72,6 +71,7 @@ class Explorer(pn.viewable.Viewer):
                                   else deferred(cls, s, self.show_error) for cls in VIEWS]
         self.sidebar = Sidebar(s, self.apply_preset)
         self.sidebar.presenter.link(self, value="presenter", bidirectional=True)
+        self.sidebar.reset_button.on_click(lambda _: self._reset_shown())
         self.preset_note = pn.pane.Alert("", alert_type="info", visible=False, margin=(0, 0),
                                          css_classes=["preset-claim"],
                                          sizing_mode="stretch_width", styles={"font-size": "0.85em"})
@@ -367,6 +367,10 @@ class Explorer(pn.viewable.Viewer):
         self._callback = pn.io.callbacks.PeriodicCallback(callback=self.pump, period=PUMP_MS, background=True)
         self._callback.start()
         self.session.release()
+        # a pane's first update sends more stylesheets than it was built with (Bokeh walks the page): now
+        with self._hold(freeze=True):
+            for pane in [*self.controls.select(HTMLBasePane), *self.main.select(HTMLBasePane)]:
+                pane.param.trigger("object")
 
     def _hold(self, freeze: bool = False) -> Any:
         """One message for many changes (no-op without a session); ``freeze``: one walk over the models."""
@@ -401,14 +405,20 @@ class Explorer(pn.viewable.Viewer):
                 elif waiting.records or waiting.marks:
                     v.consume(waiting)
             self._refresh(self._pumps % REFRESH_EVERY)
-            # the counter also by the clock, not only in its refresh turn: a paused race's step or
-            # reset at once; a running race's every COUNTER_S (throttled under load, a turn in 8
+            # the counter also by the clock, not only in its refresh turn: a reset or a paused race's
+            # step at once; a running race's every COUNTER_S (throttled under load, a turn in 8
             # pumps took ~4 s: the counter looked frozen)
             now = time.monotonic()
-            if (batch.records or batch.reset) and (not running or now - self._counted_at >= COUNTER_S):
+            if batch.reset or (batch.records and (not running or now - self._counted_at >= COUNTER_S)):
                 self._counted_at = now
                 self._update_counter()
         return sum(len(r) for r in batch.records.values())
+
+    def _reset_shown(self) -> None:
+        """A reset shown in its click's message, not a pump later (the worker takes it between steps)."""
+        with contextlib.suppress(TimeoutError, AttributeError):  # AttributeError: none pending
+            self.session._pending_reset.result(timeout=0.1)
+        self.pump()
 
     def _connected(self) -> bool:
         """Whether a page is there to send to: between a page's websocket closing and its session

@@ -12,7 +12,10 @@ DOM or Bokeh models, checked at every animation frame, i.e. when the page could 
 - step: Step (paused) -> the counter shows a later step;
 - slider: the Adam card's lr slider, one key press -> a new change marker on the loss curve;
 - switch: the Adam card's "switch this lane to" -> Lion (then back) -> the legend says so;
-- remove / add: Adagrad's "✕ remove" -> gone from the legend; "add an optimizer" -> back;
+- open: a closed lane card's header (Adagrad's) -> its widgets are on the page (built when first
+  opened);
+- remove / add: Adagrad's "✕ remove" (its card open, its widgets in) -> gone from the legend; "add
+  an optimizer" -> back;
 - reset: Reset -> the counter shows an earlier step;
 - preset: a classroom preset -> its title on the page (the race follows on the next tick).
 
@@ -78,6 +81,12 @@ _LEGEND = """() => {
   }
   return "";
 }"""
+_SCHEDULES = """() => {  // lr schedule selects on the page: one per lane card whose widgets are built
+  let n = 0;
+  for (const m of Bokeh.documents[0]._all_models.values()) if (m.title === "lr schedule") n++;
+  return n;
+}"""
+_MORE_SCHEDULES = "(n) => (" + _SCHEDULES + ")() > n"
 _IN_LEGEND = "(label) => (" + _LEGEND + ")().includes(label)"
 _NOT_IN_LEGEND = "(label) => !(" + _LEGEND + ")().includes(label)"
 _TITLE = """(title) => {  // the preset's claim (an Alert pane: its model's HTML)
@@ -116,9 +125,10 @@ def breakdown(t: dict) -> str:
     """Where a control's time went, from the page's notes: input -> its listener ran (the main thread
     was busy), -> the event sent, -> the last frame received before the effect showed (the server and
     the frames queued before it: count, kB), -> shown (applying and painting)."""
-    if not t["inputs"] or t["shown"] is None:
+    if t["shown"] is None or not (t["inputs"] or t.get("start")):
         return "no trace"
-    created, ran = t["inputs"][0][1], t["inputs"][0][2]
+    # a select's change happens in its shadow root (never seen by the page): from the act's start
+    created, ran = (t["inputs"][0][1], t["inputs"][0][2]) if t["inputs"] else (t["start"], t["start"])
     sent = next((w[1] for w in t["ws"] if w[0] == "send" and w[1] >= ran), None)
     if sent is None:
         return f"input delay {ran - created:.0f} ms, nothing sent"
@@ -157,9 +167,11 @@ class Page:
         """Seconds from ``act`` (the input) to the page holding ``cond(arg)`` at an animation frame."""
         if self.trace:
             self.page.evaluate(_TAKE_TRACE_JS)
+            self.page.evaluate("() => { window.__t.start = performance.now(); }")
             cond = f"({_SHOWN_JS})({cond})"
         t0 = time.perf_counter()
         self._t0 = time.time()
+        self.waiting = f"{cond[:60]}... ({arg!r})"
         act()
         self.page.wait_for_function(cond, arg=arg, polling="raf", timeout=TIMEOUT_S * 1000)
         took = time.perf_counter() - t0
@@ -168,6 +180,7 @@ class Page:
         return took
 
     def wait(self, cond: str, arg: Any = None) -> None:
+        self.waiting = f"{cond[:60]}... ({arg!r})"
         self.page.wait_for_function(cond, arg=arg, polling=100, timeout=TIMEOUT_S * 1000)
 
     def clicker(self, locator: Any) -> Callable[[], None]:
@@ -185,8 +198,8 @@ def one_round(browser: Any, base: str, speed: float, settle: float,
               trace: bool = False) -> dict[str, list[float]]:
     """One page, every control once or a few times: seconds each took."""
     p = Page(browser, link(f"{base}/app", EIGHT, speed=int(speed)), trace)
-    took: dict[str, list[float]] = {k: [] for k in ("pause", "run", "step", "slider", "switch", "remove",
-                                                   "add", "reset", "preset")}
+    took: dict[str, list[float]] = {k: [] for k in ("pause", "run", "step", "slider", "switch", "open",
+                                                   "remove", "add", "reset", "preset")}
     try:
         p.wait(_AFTER, 20)
         time.sleep(settle)
@@ -219,7 +232,13 @@ def one_round(browser: Any, base: str, speed: float, settle: float,
         select = p.s.open_card("Lion").locator("select:has(option[value='adam'])").first
         took["switch"].append(p.timed(lambda: select.select_option("adam"), _IN_LEGEND, "Adam"))
         time.sleep(1.0)
-        remove = p.clicker(p.s.open_card("Adagrad").get_by_role("button", name="✕ remove"))
+        card = p.page.locator(".card").filter(has=p.page.get_by_text("Adagrad", exact=True)).filter(
+            has_text="switch this lane to").first
+        n = p.page.evaluate(_SCHEDULES)
+        took["open"].append(p.timed(p.clicker(card.locator(".card-header")), _MORE_SCHEDULES, n))
+        card.locator(".noUi-handle").first.wait_for(state="visible", timeout=TIMEOUT_S * 1000)
+        time.sleep(1.0)  # the card's widgets are in: the remove button stays where it is
+        remove = p.clicker(card.get_by_role("button", name="✕ remove"))
         took["remove"].append(p.timed(remove, _NOT_IN_LEGEND, "Adagrad"))
         time.sleep(1.0)
         add = p.page.locator("select").filter(has=p.page.locator("option", has_text="choose…")).first
@@ -238,6 +257,10 @@ def one_round(browser: Any, base: str, speed: float, settle: float,
         errors = p.s.unexpected_errors()
         if errors:
             print("    page errors:", errors, flush=True)
+    except Exception:
+        print(f"    waiting for {getattr(p, 'waiting', '?')}; page errors: {p.s.unexpected_errors()}",
+              flush=True)
+        raise
     finally:
         p.s.close()
     return took

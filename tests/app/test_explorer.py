@@ -683,3 +683,67 @@ def test_an_instrument_tab_opened_mid_race_shows_every_step_so_far(explorer: Exp
     for slot in (0, 1):
         steps_loss, steps_grad = loss.slots.sources[slot].data["step"], grad.slots.sources[slot].data["step"]
         assert steps_grad == steps_loss and steps_loss == sorted(set(steps_loss)) and len(steps_loss) > 30
+
+
+def test_the_cards_follow_the_lanes_through_removals_and_adds_in_the_same_places(explorer: Explorer) -> None:
+    """The sidebar holds eight cards from the start: a lane that leaves hides its card, a new lane
+    takes a hidden one (a card put in or taken out of the page made Bokeh walk the whole document).
+    The cards shown are the race's lanes, in its order and colours, and a reused card's widgets
+    drive its new lane only."""
+    s, sidebar = explorer.session, explorer.sidebar
+    column = list(sidebar.lanes.objects)
+    assert len(column) == explorer_module.MAX_LANES
+
+    def shown() -> list[tuple[str, str]]:
+        assert list(sidebar.lanes.objects) == column  # no card in, none out
+        cards = [c for c in sidebar.lanes.objects if c.visible]
+        assert [sidebar.cards[ln.id].card for ln in s.lanes] == cards
+        return [(c.title, c.header_background) for c in cards]
+
+    assert shown() == [("SGD", PALETTE[0]), ("Adam", PALETTE[1])]
+    add = widget(explorer.controls, "add an optimizer (up to 8)")
+    for name in ("rmsprop", "adam", "lion"):
+        add.value = name
+    assert shown() == [(ln.label, ln.color) for ln in s.lanes] == [
+        ("SGD", PALETTE[0]), ("Adam #1", PALETTE[1]), ("RMSprop", PALETTE[2]), ("Adam #2", PALETTE[3]),
+        ("Lion", PALETTE[4])]
+    rms = s.lanes[2]
+    widget(sidebar.cards[rms.id].card, "✕ remove").clicks += 1  # a card in the middle
+    assert shown() == [("SGD", PALETTE[0]), ("Adam #1", PALETTE[1]), ("Adam #2", PALETTE[3]),
+                       ("Lion", PALETTE[4])]
+    add.value = "nesterov"  # after Lion: a hidden card after Lion's
+    nesterov = s.lanes[-1]
+    assert shown()[-1] == ("Nesterov momentum", PALETTE[5])  # a colour not just left
+    steps(explorer, 1)  # it has joined the run
+    card = sidebar.cards[nesterov.id]
+    card.card.collapsed = False  # five lanes: cards start closed; opened, its widgets are Nesterov's
+    lr = widget(card.card, "lr")
+    others = {ln.id: ln.values() for ln in s.lanes if ln is not nesterov}
+    new = next(v for v in lr.values if v != nesterov.hyperparameters.lr)
+    with param.edit_constant(lr):  # a drag's end, as the browser sends it
+        lr.param.update(value=new, value_throttled=new)
+    steps(explorer, 1)
+    assert nesterov.hyperparameters.lr == new
+    assert {ln.id: ln.values() for ln in s.lanes if ln is not nesterov} == others
+    log = explorer.worker.call(lambda run: list(run.log)).result(timeout=10)
+    events = [e.event for e in log if isinstance(e.event, SetHyperparameter)]
+    assert events == [SetHyperparameter(nesterov.engine_id, "lr", new)]
+    assert explorer.session.latest[nesterov.id].hyperparameters["lr"] == new
+    widget(card.card, "switch this lane to").value = "lion"  # its switch drives it too
+    assert nesterov.optimizer == "lion" and shown()[-1] == ("Lion #2", nesterov.color)
+    for lane in list(s.lanes)[:-1]:  # all but one leave; the cards still match
+        widget(sidebar.cards[lane.id].card, "✕ remove").clicks += 1
+        shown()
+    assert shown() == [("Lion", nesterov.color)]
+
+
+def test_reset_shows_step_zero_in_its_own_click(explorer: Explorer) -> None:
+    """Reset's click waits for the worker (it takes it between two steps) and shows the fresh start
+    at once: the counter and the curves, before any pump of the page's clock."""
+    steps(explorer, 3)
+    assert "step 3" in explorer.sidebar.counter.object
+    explorer.sidebar.reset_button.clicks += 1
+    assert "step 0" in explorer.sidebar.counter.object
+    assert all(len(src.data["step"]) == 0 for src in explorer.view(LossView).slots.sources)
+    steps(explorer, 1)
+    assert "step 1" in explorer.sidebar.counter.object

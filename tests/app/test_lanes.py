@@ -3,11 +3,17 @@ change, carried by the lane's LaneConfig into links and logs, and mirrored back 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
+import panel as pn
 import pytest
+from bokeh.document import Document
+from bokeh.document.events import ModelChangedEvent
+from panel.io.state import set_curdoc
 
 from app import sharing
+from app.controls import widget_specs
 from app.lanes import Lane
 from app.model import RaceSession
 from engine.clipping import Clip
@@ -166,3 +172,83 @@ def test_a_links_probes_survive_a_widget_change(sgd) -> None:
 def replace_probes(spec, probes):
     from dataclasses import replace
     return replace(spec, probes=probes.to_dict())
+
+
+class _Page:
+    """A served lane card as the Bokeh server sees it, with the page's messages applied in an order
+    the test chooses: a patch from the page is applied at once (as the server does on receipt) and
+    Panel's debounced processing of it runs only at ``process()`` (a timer on the server's loop)."""
+
+    PAGE = object()  # the setter of the page's own patches (the server does not send them back)
+
+    def __init__(self) -> None:
+        lane = Lane("sgd", {"lr": 0.001}, slot=0, on_change=lambda *_: None)
+        self.lane = lane
+        view = pn.Param(lane.hyperparameters, widgets=widget_specs(lane), show_name=False)
+        self.doc = doc = Document()
+        with set_curdoc(doc):
+            root = view.get_root(doc)
+        doc.add_root(root)
+        self.pending: list = []
+        doc._session_context = lambda: object()  # served: Panel defers its processing to a timer
+        doc.add_timeout_callback = lambda cb, _ms: self.pending.append(cb)
+        doc.add_next_tick_callback = self.pending.append
+        self.widget = view._widgets["lr"]
+        ref = root.ref["id"]
+        self.slider = self.widget._slider._models[ref][0]
+        self.text = self.widget._text._models[ref][0]
+        self.sent: list[tuple[str, object]] = []  # what the server sends the page, in order
+        doc.on_change(lambda e: isinstance(e, ModelChangedEvent) and e.setter is not self.PAGE and
+                      self.sent.append(("text" if e.model is self.text else e.attr, e.new)))
+
+    def send(self, model, attr: str, new) -> None:
+        self.doc.apply_json_patch({"events": [{"kind": "ModelChanged", "model": {"id": model.id},
+                                               "attr": attr, "new": new}]}, setter=self.PAGE)
+
+    def press(self, index: int, processed_between: bool) -> None:
+        """A key press on the page: the slider moves, the page's link writes the label, the press
+        ends (``value_throttled``). ``processed_between``: the server's timer for the slider's value
+        fires before the label's message is read (a loaded server)."""
+        self.send(self.slider, "value", index)
+        if processed_between:
+            self.process()
+        self.send(self.text, "text", self.widget.labels[index])
+        self.send(self.slider, "value_throttled", index)
+
+    def process(self) -> None:
+        while self.pending:
+            with set_curdoc(self.doc):
+                done = self.pending.pop(0)()
+                if asyncio.iscoroutine(done):
+                    asyncio.run(done)
+
+
+def test_the_newest_key_press_on_an_lr_slider_keeps_its_label_on_a_loaded_server() -> None:
+    """Three quick presses; the server reads the first two between their value and their label.
+    Whatever it sends arrives after the third press: the page's label must end at the third
+    press's value, as the run does (Panel's DiscreteSlider sent the second press's label, which
+    then stayed: the page showed lr 0.002 while the run had 0.003)."""
+    page = _Page()
+    start = page.slider.value
+    assert page.widget.labels[start] == "lr: <b>0.001</b>"
+    page.press(start + 1, processed_between=True)
+    page.press(start + 2, processed_between=True)
+    page.press(start + 3, processed_between=False)
+    page.process()
+    assert page.lane.hyperparameters.lr == 0.003
+    texts = [new for what, new in page.sent if what == "text"]
+    shown = texts[-1] if texts else page.widget.labels[start + 3]  # the page's own link wrote this
+    assert shown == "lr: <b>0.003</b>"
+    assert [new for what, new in page.sent if what in ("value", "value_throttled")] == []
+    assert page.widget._text.value == "lr: <b>0.003</b>"  # a page built later shows the newest
+
+
+def test_a_value_the_server_sets_moves_the_lr_slider_and_its_label() -> None:
+    """A replayed event (``lane.mirror``) moves the page's slider; the page's link then rewrites
+    its label (the server keeps the label's text for a page built later)."""
+    page = _Page()
+    page.lane.mirror("lr", 0.05)
+    page.process()
+    index = page.widget.values.index(0.05)
+    assert ("value", index) in page.sent
+    assert page.widget._text.value == "lr: <b>0.05</b>" == page.widget.labels[index]

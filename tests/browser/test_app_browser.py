@@ -613,3 +613,35 @@ def test_a_person_ranks_the_candidates_by_clicking_them(browser: object, server:
         assert s.unexpected_errors() == []
     finally:
         s.close()
+
+
+def test_cards_shown_follow_the_lanes_and_a_new_lanes_card_drives_it(browser: object, server: Server) -> None:
+    """The sidebar's cards are there from the start (a lane added or removed shows or hides one):
+    after a removal in the middle and an add, the cards on screen are the legend's lanes in its
+    order, and the new lane's card (its widgets built after it shows) moves that lane."""
+    s = Session(browser, server.url)
+    try:
+        s.slow_down(30)
+        s.open_card("Heavy-ball momentum").get_by_role("button", name="✕ remove").click(no_wait_after=True)
+        wait_until(lambda: "Heavy-ball momentum" not in s.legend(), REACT, "momentum to leave the legend")
+        add = s.page.locator("select").filter(has=s.page.locator("option", has_text="choose…")).first
+        add.select_option("rmsprop")
+        wait_until(lambda: list(s.legend()) == ["SGD", "Adam", "RMSprop"], REACT, "RMSprop in the legend",
+                   s.legend)
+        cards = s.page.locator(".card").filter(has_text="switch this lane to")
+
+        def shown() -> list[str]:  # the title of each card on screen, top to bottom
+            names = ("SGD", "Heavy-ball momentum", "Adam", "RMSprop")
+            return [next((n for n in names if c.get_by_text(n, exact=True).count()), "?")
+                    for c in (cards.nth(i) for i in range(cards.count())) if c.is_visible()]
+        wait_until(lambda: shown() == list(s.legend()), REACT, "the cards on screen: the legend's", shown)
+        card = s.open_card("RMSprop")
+        handle = card.locator(".noUi-handle").first
+        handle.wait_for(state="visible", timeout=REACT * 1000)
+        handle.focus()
+        handle.press("ArrowRight", no_wait_after=True)
+        wait_until(lambda: any(e.startswith("RMSprop: lr ") for e in s.sources()["events"]), REACT,
+                   "RMSprop's lr marker", lambda: s.sources()["events"])
+        assert s.unexpected_errors() == []
+    finally:
+        s.close()
