@@ -41,8 +41,9 @@ def frozen(doc: Any) -> contextlib.AbstractContextManager:
 
 
 def warm() -> float:
-    """Build one page into a throwaway document, render its Bokeh models, and drop it; returns the
-    seconds it took. The race never starts (no worker steps, no session is counted)."""
+    """Build one page into a throwaway document, check it (Bokeh's integrity checks, which log what
+    they find), render its Bokeh models, and drop it; returns the seconds it took. The race never
+    starts (no worker steps, no session is counted)."""
     from bokeh.document import Document
 
     from app import load
@@ -57,6 +58,7 @@ def warm() -> float:
             explorer.close()
             raise
     try:
+        doc.validate()  # once per process: every page is this page (app/server_lifecycle.py)
         doc.to_json()  # what a page's first pull serializes
     finally:
         explorer.close()

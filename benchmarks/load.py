@@ -228,6 +228,15 @@ class Server:
                 pass
         return rss / 1e6, threads
 
+    def builds(self) -> dict[int, int]:
+        """Pages built so far, per server process (``app/main.py`` logs one line per page built)."""
+        self.log.flush()
+        text = Path(self.log.name).read_text(errors="replace")
+        out: dict[int, int] = {}
+        for pid in re.findall(r"optiscope: page built in [\d.]+ s by process (\d+)", text):
+            out[int(pid)] = out.get(int(pid), 0) + 1
+        return out
+
     def stop(self) -> None:
         """End the server and its ``--num-procs`` children (terminating the parent alone left them
         running, orphaned, after the benchmark)."""
@@ -337,6 +346,8 @@ async def run(args: argparse.Namespace) -> str:
         for task in listeners:
             task.cancel()
         took, rss, threads = await settle(server, idle, args.drain)
+        builds = server.builds()
+        opened = args.sessions + 2  # the warm-up page, the class, the late page
 
         rates = [p.steps_per_s(t0, t1) for p in pages]
         loads = [p.load_s if p.load_s is not None else float("inf") for p in pages]
@@ -357,8 +368,13 @@ async def run(args: argparse.Namespace) -> str:
               f"idle {idle[0]:.0f} MB, {idle[1]} threads")
         print(f"after close: {rss:.0f} MB, {threads} threads, {took:.0f} s after the last page closed "
               f"({'within' if took <= args.drain else 'NOT within'} 10 % of idle)", flush=True)
+        # a page whose websocket reached another process than its GET was built there again
+        split = "/".join(str(n) for n in sorted(builds.values(), reverse=True)) or "0"
+        print(f"page builds: {sum(builds.values())} for {opened} pages opened; per process {split}",
+              flush=True)
         return (f"sessions={args.sessions} steps_per_s_min={min(rates):.1f} page_load_s_max={max(loads):.1f} "
-                f"rss_after_close_mb={rss:.0f} threads_after_close={threads} late_page_load_s={late_s:.1f}")
+                f"rss_after_close_mb={rss:.0f} threads_after_close={threads} late_page_load_s={late_s:.1f} "
+                f"builds_per_page={sum(builds.values()) / opened:.2f} builds_by_process={split}")
     finally:
         server.stop()
 
