@@ -1,7 +1,8 @@
 """Bokeh's hooks for the ``panel serve app`` directory app (this file's name is Bokeh's convention).
 
-This module is executed once before the server forks its processes (``--num-procs``): it imports
-nothing heavy. :func:`on_server_loaded` runs in every server process once it serves.
+This module is executed once before the server binds its socket and forks its processes
+(``--num-procs``): it imports nothing heavy. :func:`on_server_loaded` runs in every server process
+once it serves.
 """
 
 from __future__ import annotations
@@ -10,8 +11,13 @@ import logging
 import os
 from typing import Any
 
+from app.sockets import sticky_processes
+
 # the app's own lines in the server's log beside Bokeh's (warm-up, each page built and by which process)
 logging.getLogger("app").setLevel(logging.INFO)
+# --num-procs N: a client's connections (a page's GET and its websocket) reach one process, which
+# builds the page once (app/sockets.py); before Bokeh binds its socket and forks, which is after this
+sticky_processes()
 
 
 def on_server_loaded(server_context: Any) -> None:

@@ -165,3 +165,40 @@ def test_a_server_process_checks_its_warm_up_page_and_then_no_page(monkeypatch: 
         assert settings.perform_document_validation() is True
     finally:
         settings.perform_document_validation.unset_value()
+
+
+def test_the_processes_sockets_pick_one_socket_per_client_address() -> None:
+    """Two processes' listening sockets on one port (app/sockets.py): every connection from one
+    address reaches the same socket, the (address mod 2)-th in bind order, so a page's GET and its
+    websocket reach the process that built it; two addresses a socket each."""
+    import ipaddress
+    import select
+    import socket
+
+    from app.sockets import listeners
+
+    first = listeners(socket.AF_INET, "127.0.0.1", 0, 2)[0]
+    port = first.getsockname()[1]
+    second = listeners(socket.AF_INET, "127.0.0.1", port, 2)[0]
+    group = (first, second)
+    try:
+        for s in group:
+            s.setblocking(False)
+
+        def reached(source: str) -> int:
+            with socket.socket() as client:
+                client.bind((source, 0))
+                client.connect(("127.0.0.1", port))
+                ready, _, _ = select.select(group, [], [], 5)
+                assert len(ready) == 1
+                conn, (address, _) = ready[0].accept()
+                conn.close()
+                assert address == source
+                return group.index(ready[0])
+
+        sources = ["127.0.0.2", "127.0.0.3", "127.0.0.10", "127.0.0.11", "127.0.0.2", "127.0.0.11"] * 2
+        for source in sources:
+            assert reached(source) == int(ipaddress.IPv4Address(source)) % 2
+    finally:
+        for s in group:
+            s.close()
