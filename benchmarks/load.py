@@ -64,10 +64,11 @@ from tornado.websocket import websocket_connect
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_SESSIONS = 64
-SERVE_OPTIONS = ["--check-unused-sessions", "1000", "--unused-session-lifetime", "20000"]
-"""As ``./dev serve``: a closed page's session ends within ~21 s (its worker stops at once: app/load.py);
-a page whose websocket waits behind other pages' builds keeps its session for 20 s (shorter, and it
-is discarded and built twice)."""
+SERVE_OPTIONS = ["--check-unused-sessions", "1000", "--unused-session-lifetime", "60000"]
+"""As ``./dev serve``: a closed page's session ends within seconds (its worker stops at once and it
+asks Bokeh to end it: app/load.py); a page whose websocket waits behind other pages' builds keeps its
+session for 60 s (shorter, and it is discarded and built twice: with 20 s, 9 of 20 pages opened at
+once on a loaded machine were; ``--serve-args "--unused-session-lifetime 20000"`` serves as before)."""
 _ids = itertools.count()
 
 
@@ -287,12 +288,18 @@ class Server:
 
 
 async def wait_up(server: Server, timeout: float) -> None:
+    """Until the server answers. It is asked for ``/`` without following its redirect to ``/app``: a GET
+    of the page would build one whose websocket never comes, a session that lives on for the
+    unused-session lifetime (and was counted in "idle")."""
     deadline = time.monotonic() + timeout
     while True:
         if server.proc.poll() is not None:
             raise SystemExit(f"panel serve exited with {server.proc.returncode}")
         try:
-            await AsyncHTTPClient().fetch(f"{server.base}/app", request_timeout=30)
+            resp = await AsyncHTTPClient().fetch(f"{server.base}/", request_timeout=30,
+                                                 follow_redirects=False, raise_error=False)
+            if resp.code == 599:  # no connection
+                raise ConnectionError(resp.error)
             return
         except Exception:  # not up yet
             if time.monotonic() > deadline:
