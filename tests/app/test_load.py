@@ -202,3 +202,24 @@ def test_the_processes_sockets_pick_one_socket_per_client_address() -> None:
     finally:
         for s in group:
             s.close()
+
+
+def test_the_warm_up_race_steps_probes_and_is_drawn_then_paused() -> None:
+    """The warm-up page's race takes its steps (probes included) and is drawn once, so what the first
+    steps and draws make once per process is made before any student's session (app/page.py)."""
+    from app.page import _race
+    from app.views.curvature import CurvatureView
+    from app.views.curves import LossView
+
+    ex = Explorer()
+    try:
+        assert ex.worker.tick == 0 and not ex.running
+        _race(ex, 10)
+        assert ex.worker.tick >= 10 and not ex.running
+        loss = ex.view(LossView)
+        drawn = [len(src.data["loss"]) for src in loss.slots.sources]
+        assert sum(drawn) >= 3 * 10, drawn  # three lanes, every step drawn
+        probed = [len(src.data["sharpness"]) for src in ex.view(CurvatureView).slots.sources]
+        assert sum(probed) >= 3 * 2, probed  # a probe every 5 steps: two per lane at least
+    finally:
+        ex.close()
