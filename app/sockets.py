@@ -53,6 +53,12 @@ def listeners(family: int, address: str, port: int, n: int) -> list[socket.socke
 
 
 _bound: list[socket.socket] = []  # the sockets Bokeh bound (before it forks)
+_processes = 1
+
+
+def processes() -> int:
+    """Server processes sharing this one's port (``--num-procs``; 1 when not forked)."""
+    return _processes
 
 
 def sticky_processes() -> None:
@@ -74,7 +80,9 @@ def sticky_processes() -> None:
         return socks, port
 
     def start_(self: TCPServer, num_processes: int | None = 1, max_restarts: int | None = None) -> None:
+        global _processes
         n = num_processes if num_processes and num_processes > 0 else process.cpu_count()
+        _processes = max(1, n)  # inherited by the processes forked below
         if n > 1 and _bound:
             where = [(s.family, s.getsockname()[0], s.getsockname()[1]) for s in _bound]
             try:  # the group must form before any process listens: try it here, on a spare port
@@ -127,4 +135,4 @@ def quiet_closed_sockets() -> None:
     loop._optiscope_quiet = True  # type: ignore[attr-defined]
 
 
-__all__ = ["by_address", "listeners", "quiet_closed_sockets", "sticky_processes"]
+__all__ = ["by_address", "listeners", "processes", "quiet_closed_sockets", "sticky_processes"]

@@ -223,3 +223,14 @@ def test_the_warm_up_race_steps_probes_and_is_drawn_then_paused() -> None:
         assert sum(probed) >= 3 * 2, probed  # a probe every 5 steps: two per lane at least
     finally:
         ex.close()
+
+
+def test_the_races_of_all_server_processes_share_one_step_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``STEP_CORES`` is what all races together may take: each of ``--num-procs`` processes takes its
+    share (each had taken all of it: 1.6 of 2 cores with two processes)."""
+    from app import sockets
+
+    monkeypatch.setattr(sockets, "_processes", 2)
+    assert load.step_cores() == pytest.approx(load.STEP_CORES / 2)
+    monkeypatch.setattr(sockets, "_processes", 1)
+    assert load.step_cores() == pytest.approx(load.STEP_CORES)
