@@ -135,17 +135,19 @@ def test_two_server_processes_build_each_page_once_and_share_a_class() -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     server = LoadServer(2, ARTIFACTS / "panel-serve-procs.log", ROOT)
 
-    async def class_of_six() -> tuple[dict[int, int], list[Page]]:
-        await wait_up(server, 180)  # its GET that answered built a page: counted before the class
-        before = server.builds()
+    async def class_of_six() -> dict[int, int]:
+        await wait_up(server, 180)
+        before = server.builds()  # (none: the processes' warm-up pages are not served pages)
         pages = [Page(server.base, f"127.0.0.{20 + i}") for i in range(6)]
-        await asyncio.gather(*(p.open(120) for p in pages))
-        return before, pages
+        try:
+            await asyncio.gather(*(p.open(120) for p in pages))
+        finally:
+            for p in pages:
+                p.close()
+        return before
 
     try:
-        before, pages = asyncio.run(class_of_six())
-        for p in pages:
-            p.close()
+        before = asyncio.run(class_of_six())
         after = server.builds()
         builds = {pid: n - before.get(pid, 0) for pid, n in after.items() if n > before.get(pid, 0)}
         print(f"\npages built per process for six pages: {builds}")
