@@ -5,7 +5,7 @@ and every new page's document share one core's worth of GIL. Two server-wide bud
 and nowhere else, shrink each session's share as sessions join, so that all of them keep stepping
 and answering instead of a few running at full speed while the rest stall:
 
-- steps: :data:`BUDGET`, a :class:`engine.worker.StepBudget` of :data:`STEP_CORES` CPU seconds per
+- steps: :data:`BUDGET`, a :class:`engine.worker.StepBudget` of :func:`step_cores` CPU seconds per
   second shared equally by the races running now (each race steps at the lower of its asked rate
   and its share over the CPU cost of its steps);
 - messages: the pumps of all sessions together run at most :data:`PUMPS_PER_SECOND` times per
@@ -41,8 +41,9 @@ from engine.worker import THREAD_PREFIX, StepBudget
 log = logging.getLogger(__name__)
 
 STEP_CORES = float(os.environ.get("OPTISCOPE_STEP_CORES", "0.8"))
-"""CPU seconds per second all races together may spend stepping (the rest: pumps, new pages).
-Measured (benchmarks/load.py, 20 sessions, 2 cores): 0.6 core gave 8.5-9.8 steps/s each, 0.8 gave 9.7-11."""
+"""CPU seconds per second all races together may spend stepping (the rest: pumps, new pages), over
+all the server's processes (:func:`step_cores`: each process's share). Measured (benchmarks/load.py,
+20 sessions, 2 cores, one process): 0.6 core gave 8.5-9.8 steps/s each, 0.8 gave 9.7-11."""
 PUMPS_PER_SECOND = float(os.environ.get("OPTISCOPE_PUMPS_PER_SECOND", "60"))
 """Pumps (Bokeh messages) per second over all sessions: 2 pages at 25 Hz, 20 pages at ~2.8 Hz."""
 PUMP_HZ = 1000.0 / PUMP_MS
@@ -90,7 +91,16 @@ class ServerBudget(StepBudget):
         return super().cap(step_seconds)
 
 
-BUDGET = ServerBudget(STEP_CORES)
+def step_cores() -> float:
+    """This process's share of :data:`STEP_CORES`: with ``--num-procs 2`` each process had taken
+    0.8 core for its races, 1.6 of the machine's 2 cores, and a page opened while 20 raced loaded in
+    8.7-12.1 s; at 0.4 each in 4.8 s, every race still >= 17 steps/s (benchmarks/load.py, N = 20)."""
+    from app.sockets import processes
+
+    return STEP_CORES / processes()
+
+
+BUDGET = ServerBudget(step_cores())
 _live: set[int] = set()
 _lock = threading.Lock()
 _tidy_call: Any = None

@@ -1,5 +1,9 @@
 """`panel serve app` entry point: compose the explorer into a page (logic lives in modules)."""
 
+import logging
+import os
+import time
+
 import panel as pn
 import torch
 
@@ -16,6 +20,7 @@ RunWorker.budget = load.BUDGET  # the races of all pages share this process's CP
 pn.extension("katex", "filedropper", notifications=True, design="bootstrap")
 
 doc = pn.state.curdoc
+t0 = time.perf_counter()
 # The races of this process step slowly while the page is built (load.BUDGET.page_build): a page
 # opened while a class races loads at the speed of an idle server. One walk over the document's models.
 with load.BUDGET.page_build(), frozen(doc):
@@ -30,3 +35,7 @@ with load.BUDGET.page_build(), frozen(doc):
     if doc is not None and doc.session_context is not None:
         load.join(explorer)  # before the page loads: its pump starts then
     template(explorer).servable()
+# one line per page built (benchmarks/load.py counts them per process: a page whose websocket reaches
+# another server process than its GET is built twice)
+logging.getLogger("app.main").info("optiscope: page built in %.2f s by process %d",
+                                   time.perf_counter() - t0, os.getpid())

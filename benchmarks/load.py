@@ -17,7 +17,9 @@ built one after another by one interpreter), or spread over ``--arrival`` second
 and, with the N sessions open and racing, one more page opened halfway through the measuring window
 (``late_page_load_s``: what the goal "pages load in under 5 s with 20 sessions open" names).
 ``--build K`` measures instead what one page costs an idle server: K pages opened one after another
-(each closed before the next), alternating with a second server on ``--baseline-root`` when given.
+(each closed before the next), alternating with a second server on ``--baseline-root`` when given;
+in seconds to load and in the server's CPU seconds (GET -> document pulled: what the page cost the
+server, less sensitive than seconds to what else the machine runs).
 
 Then every websocket closes, and the server's Python threads and RSS (its children too with
 ``--num-procs``) are sampled each second until they are back within 10 % of idle or ``--drain``
@@ -31,8 +33,10 @@ pessimistic: compare runs side by side.
     python benchmarks/load.py --build 8 [--baseline-root ../main]
 
 Last line: ``sessions=<n> steps_per_s_min=<n> page_load_s_max=<n> rss_after_close_mb=<n>
-threads_after_close=<n> late_page_load_s=<n>``; with ``--build``: ``page_build_s_median=<n>`` (and
-``baseline_page_build_s_median=<n> ratio=<n>``).
+threads_after_close=<n> late_page_load_s=<n> builds_per_page=<n> builds_by_process=<n/n>`` (pages
+built per page opened, and per server process: app/main.py logs each build); with ``--build``:
+``page_build_s_median=<n>`` (and ``baseline_page_build_s_median=<n> ratio=<n>``, and the same in CPU
+seconds).
 """
 
 from __future__ import annotations
@@ -60,10 +64,11 @@ from tornado.websocket import websocket_connect
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_SESSIONS = 64
-SERVE_OPTIONS = ["--check-unused-sessions", "1000", "--unused-session-lifetime", "20000"]
-"""As ``./dev serve``: a closed page's session ends within ~21 s (its worker stops at once: app/load.py);
-a page whose websocket waits behind other pages' builds keeps its session for 20 s (shorter, and it
-is discarded and built twice)."""
+SERVE_OPTIONS = ["--check-unused-sessions", "1000", "--unused-session-lifetime", "60000"]
+"""As ``./dev serve``: a closed page's session ends within seconds (its worker stops at once and it
+asks Bokeh to end it: app/load.py); a page whose websocket waits behind other pages' builds keeps its
+session for 60 s (shorter, and it is discarded and built twice: with 20 s, 9 of 20 pages opened at
+once on a loaded machine were; ``--serve-args "--unused-session-lifetime 20000"`` serves as before)."""
 _ids = itertools.count()
 
 
@@ -90,11 +95,22 @@ def _models(node: Any, out: dict[str, dict]) -> dict[str, dict]:
     return out
 
 
-class Page:
-    """One protocol-level session of the app."""
+_machines = itertools.count(10)
 
-    def __init__(self, base: str) -> None:
+
+def machine(one_address: bool = False) -> str:
+    """A source address for the next page's connections: each page of a class comes from its own
+    machine (127.0.0.10, .11, ... on loopback), as a class's browsers do; ``one_address``: all from
+    127.0.0.1 (one machine, or a class behind one NAT address)."""
+    return "127.0.0.1" if one_address else f"127.0.0.{next(_machines) % 240 + 10}"
+
+
+class Page:
+    """One protocol-level session of the app, from the source address ``source``."""
+
+    def __init__(self, base: str, source: str = "127.0.0.1") -> None:
         self.base = base
+        self.source = source
         self.load_s: float | None = None
         self.steps: list[tuple[float, int]] = []  # (monotonic time, counter's step)
         self.shown: list[float] = []  # the rate meter's figures
@@ -107,11 +123,13 @@ class Page:
 
     async def open(self, timeout: float) -> None:
         t0 = time.monotonic()
-        resp = await AsyncHTTPClient().fetch(f"{self.base}/app", request_timeout=timeout,
-                                             connect_timeout=timeout)
+        get = HTTPRequest(f"{self.base}/app", request_timeout=timeout, connect_timeout=timeout,
+                          network_interface=self.source)
+        resp = await AsyncHTTPClient().fetch(get)
         token = re.search(r'"token":"([^"]+)"', resp.body.decode()).group(1)
         ws_url = self.base.replace("http", "ws") + "/app/ws"
-        request = HTTPRequest(ws_url, connect_timeout=timeout, request_timeout=timeout)  # tornado's own: 20 s
+        request = HTTPRequest(ws_url, connect_timeout=timeout, request_timeout=timeout,  # tornado's own: 20 s
+                              network_interface=self.source)
         self.ws = await asyncio.wait_for(websocket_connect(request, subprotocols=["bokeh", token]), timeout)
         await asyncio.wait_for(self._receive(), timeout)  # ACK
         await self._send("PULL-DOC-REQ", {})
@@ -228,6 +246,24 @@ class Server:
                 pass
         return rss / 1e6, threads
 
+    def cpu(self) -> float:
+        """CPU seconds (user + system) the server's processes have used so far."""
+        total = 0.0
+        for p in self.processes():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                t = p.cpu_times()
+                total += t.user + t.system
+        return total
+
+    def builds(self) -> dict[int, int]:
+        """Pages built so far, per server process (``app/main.py`` logs one line per page built)."""
+        self.log.flush()
+        text = Path(self.log.name).read_text(errors="replace")
+        out: dict[int, int] = {}
+        for pid in re.findall(r"optiscope: page built in [\d.]+ s by process (\d+)", text):
+            out[int(pid)] = out.get(int(pid), 0) + 1
+        return out
+
     def stop(self) -> None:
         """End the server and its ``--num-procs`` children (terminating the parent alone left them
         running, orphaned, after the benchmark)."""
@@ -252,12 +288,18 @@ class Server:
 
 
 async def wait_up(server: Server, timeout: float) -> None:
+    """Until the server answers. It is asked for ``/`` without following its redirect to ``/app``: a GET
+    of the page would build one whose websocket never comes, a session that lives on for the
+    unused-session lifetime (and was counted in "idle")."""
     deadline = time.monotonic() + timeout
     while True:
         if server.proc.poll() is not None:
             raise SystemExit(f"panel serve exited with {server.proc.returncode}")
         try:
-            await AsyncHTTPClient().fetch(f"{server.base}/app", request_timeout=30)
+            resp = await AsyncHTTPClient().fetch(f"{server.base}/", request_timeout=30,
+                                                 follow_redirects=False, raise_error=False)
+            if resp.code == 599:  # no connection
+                raise ConnectionError(resp.error)
             return
         except Exception:  # not up yet
             if time.monotonic() > deadline:
@@ -283,14 +325,14 @@ async def run(args: argparse.Namespace) -> str:
     server = Server(args.num_procs, Path(args.log), Path(args.app_root).resolve(), extra)
     try:
         await wait_up(server, 120)
-        warm = Page(server.base)  # imports everything and builds one page: idle is measured after it
+        warm = Page(server.base, machine(args.one_address))  # imports everything; idle is measured after it
         await warm.open(120)
         warm.close()
         await asyncio.sleep(10)  # its session ends ~7 s after its page closed
         idle = server.usage()
         print(f"idle: {idle[0]:.0f} MB, {idle[1]} threads", flush=True)
 
-        pages = [Page(server.base) for _ in range(args.sessions)]
+        pages = [Page(server.base, machine(args.one_address)) for _ in range(args.sessions)]
         t_open = time.monotonic()
 
         listeners: list[asyncio.Future] = []
@@ -309,7 +351,7 @@ async def run(args: argparse.Namespace) -> str:
         await asyncio.sleep(args.warmup)
         t0 = time.monotonic()
         await asyncio.sleep(args.seconds / 2)
-        late = Page(server.base)  # one more page while the class is racing
+        late = Page(server.base, machine(args.one_address))  # one more page while the class is racing
         try:
             await late.open(args.page_timeout)
         except Exception as exc:  # reported, never hidden
@@ -337,6 +379,8 @@ async def run(args: argparse.Namespace) -> str:
         for task in listeners:
             task.cancel()
         took, rss, threads = await settle(server, idle, args.drain)
+        builds = server.builds()
+        opened = args.sessions + 2  # the warm-up page, the class, the late page
 
         rates = [p.steps_per_s(t0, t1) for p in pages]
         loads = [p.load_s if p.load_s is not None else float("inf") for p in pages]
@@ -357,8 +401,13 @@ async def run(args: argparse.Namespace) -> str:
               f"idle {idle[0]:.0f} MB, {idle[1]} threads")
         print(f"after close: {rss:.0f} MB, {threads} threads, {took:.0f} s after the last page closed "
               f"({'within' if took <= args.drain else 'NOT within'} 10 % of idle)", flush=True)
+        # a page whose websocket reached another process than its GET was built there again
+        split = "/".join(str(n) for n in sorted(builds.values(), reverse=True)) or "0"
+        print(f"page builds: {sum(builds.values())} for {opened} pages opened; per process {split}",
+              flush=True)
         return (f"sessions={args.sessions} steps_per_s_min={min(rates):.1f} page_load_s_max={max(loads):.1f} "
-                f"rss_after_close_mb={rss:.0f} threads_after_close={threads} late_page_load_s={late_s:.1f}")
+                f"rss_after_close_mb={rss:.0f} threads_after_close={threads} late_page_load_s={late_s:.1f} "
+                f"builds_per_page={sum(builds.values()) / opened:.2f} builds_by_process={split}")
     finally:
         server.stop()
 
@@ -376,6 +425,7 @@ async def build(args: argparse.Namespace) -> str:
     servers = {name: Server(1, log.with_name(f"{log.stem}-{name}{log.suffix}"), root, extra)
                for name, root in roots.items()}
     loads: dict[str, list[float]] = {name: [] for name in servers}
+    cpus: dict[str, list[float]] = {name: [] for name in servers}  # the server's CPU seconds per page
     try:
         for server in servers.values():
             await wait_up(server, 120)
@@ -386,21 +436,26 @@ async def build(args: argparse.Namespace) -> str:
         for _ in range(args.build):
             for name, server in servers.items():
                 page = Page(server.base)
+                before = server.cpu()
                 await page.open(args.page_timeout)
+                cpus[name].append(server.cpu() - before)  # GET -> pulled (the race has not stepped yet)
                 page.close()
                 loads[name].append(page.load_s)
                 await asyncio.sleep(args.build_gap)  # its worker stops, its session ends: idle again
         for name, values in loads.items():
             print(f"{name} ({roots[name]}): " + " ".join(f"{v:.2f}" for v in values)
-                  + f"  median {statistics.median(values):.2f} s", flush=True)
+                  + f"  median {statistics.median(values):.2f} s; server CPU "
+                  + " ".join(f"{v:.2f}" for v in cpus[name])
+                  + f"  median {statistics.median(cpus[name]):.2f} s", flush=True)
     finally:
         for server in servers.values():
             server.stop()
-    this = statistics.median(loads["this"])
-    line = f"page_build_s_median={this:.2f}"
-    if "baseline" in loads:
-        base = statistics.median(loads["baseline"])
-        line += f" baseline_page_build_s_median={base:.2f} ratio={this / base:.2f}"
+    this, this_cpu = statistics.median(loads["this"]), statistics.median(cpus["this"])
+    line = f"page_build_s_median={this:.2f} page_build_cpu_s_median={this_cpu:.2f}"
+    if "baseline" in loads:  # CPU seconds: what a page costs the server, whatever else the machine runs
+        base, base_cpu = statistics.median(loads["baseline"]), statistics.median(cpus["baseline"])
+        line += (f" baseline_page_build_s_median={base:.2f} baseline_page_build_cpu_s_median={base_cpu:.2f}"
+                 f" ratio={this / base:.2f} cpu_ratio={this_cpu / base_cpu:.2f}")
     return line
 
 
@@ -414,6 +469,8 @@ def main() -> None:
     ap.add_argument("--page-timeout", type=float, default=120.0)
     ap.add_argument("--drain", type=float, default=60.0, help="seconds to wait for threads and RSS")
     ap.add_argument("--limit", type=float, default=900.0, help="the whole run, seconds")
+    ap.add_argument("--one-address", action="store_true",
+                    help="every page from 127.0.0.1 (default: each from its own loopback address)")
     ap.add_argument("--arrival", type=float, default=0.0,
                     help="seconds over which the N pages open, evenly (0: all at once)")
     ap.add_argument("--build", type=int, default=0,

@@ -21,6 +21,7 @@ from bokeh.models import (
     LinearColorMapper,
     PointDrawTool,
     Range1d,
+    Segment,
     Title,
     VeeHead,
 )
@@ -28,7 +29,7 @@ from bokeh.palettes import Viridis256
 from bokeh.plotting.contour import contour_data
 
 from app.batch import Batch
-from app.figures import Slots, empty, make_figure, scale_fonts, wants_log
+from app.figures import Slots, empty, glyph_renderer, make_figure, scale_fonts, wants_log
 from app.lanes import Lane
 from app.views.base import View
 from engine.records import RUNNING
@@ -91,11 +92,11 @@ class LandscapeView(View):
         self.contours = fig.contour(np.zeros((2, 2)), np.zeros((2, 2)), np.ones((2, 2)), levels=[0.5],
                                     line_color="white", line_alpha=0.45, line_width=0.8)
         self.paths = Slots(("x0", "y0", "x1", "y1"), with_x=False)
-        self.paths.renderer(lambda slot, src, color: fig.segment(
-            "x0", "y0", "x1", "y1", source=src, line_color=color, line_width=1.5, line_alpha=0.35))
+        self.paths.renderer(lambda slot, src, color: glyph_renderer(fig, Segment(
+            x0="x0", y0="y0", x1="x1", y1="y1", line_color=color, line_width=1.5, line_alpha=0.35), src))
         self.trails = Slots(("x0", "y0", "x1", "y1"), with_x=False)  # the newest segments, bright
-        self.trails.renderer(lambda slot, src, color: fig.segment(
-            "x0", "y0", "x1", "y1", source=src, line_color=color, line_width=2.5, line_alpha=0.95))
+        self.trails.renderer(lambda slot, src, color: glyph_renderer(fig, Segment(
+            x0="x0", y0="y0", x1="x1", y1="y1", line_color=color, line_width=2.5, line_alpha=0.95), src))
         self.basins = ColumnDataSource(empty(("x", "y", "text")))
         fig.text("x", "y", text="text", source=self.basins, text_align="left", text_baseline="top",
                  text_font_size="11px", text_font_style="bold", x_offset=6, y_offset=6, padding=2,

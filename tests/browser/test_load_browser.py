@@ -118,3 +118,40 @@ def test_pages_share_the_step_budget_show_their_real_rate_and_give_threads_back(
             p.close()
     wait_until(lambda: len(server.python_threads()) <= len(idle), SESSION_END + REACT,
                "the closed pages' threads to end", lambda: (len(idle), len(server.python_threads())))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_two_server_processes_build_each_page_once_and_share_a_class() -> None:
+    """``--num-procs 2`` (``./dev serve``): six machines open the page at once (protocol level, as
+    benchmarks/load.py does). Each page's GET and websocket reach the same process (app/sockets.py),
+    so six pages are six builds (app/main.py logs each), and both processes build some. A count of
+    builds, never a time. Before: a websocket that reached the other process built its page again."""
+    import asyncio
+
+    from benchmarks.load import Page, wait_up
+    from benchmarks.load import Server as LoadServer
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    server = LoadServer(2, ARTIFACTS / "panel-serve-procs.log", ROOT)
+
+    async def class_of_six() -> dict[int, int]:
+        await wait_up(server, 180)
+        before = server.builds()  # (none: the processes' warm-up pages are not served pages)
+        pages = [Page(server.base, f"127.0.0.{20 + i}") for i in range(6)]
+        try:
+            await asyncio.gather(*(p.open(120) for p in pages))
+        finally:
+            for p in pages:
+                p.close()
+        return before
+
+    try:
+        before = asyncio.run(class_of_six())
+        after = server.builds()
+        builds = {pid: n - before.get(pid, 0) for pid, n in after.items() if n > before.get(pid, 0)}
+        print(f"\npages built per process for six pages: {builds}")
+        assert sum(builds.values()) == 6, builds
+        assert len(builds) == 2, builds  # the class is shared by both processes
+    finally:
+        server.stop()
