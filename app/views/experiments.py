@@ -19,6 +19,7 @@ from panel.io.state import set_curdoc
 from app.experiments import ExperimentModel
 from app.figures import legend_below, make_figure
 from app.views.base import View, html_escape
+from engine.experiments.analysis import LOG_FLOOR
 from engine.experiments.basins import DIVERGED, NOT_CONVERGED
 
 DIVERGED_COLOR = "#222222"
@@ -53,7 +54,8 @@ def sensitivity_figure(model: ExperimentModel) -> Any:
     kept = s[~lost]
     if len(kept):
         low, high = np.nanmin(kept[["low", "median"]].to_numpy()), np.nanmax(kept["median"].to_numpy())
-        low, high = max(low, 1e-300) / 3, max(high, low) * 30
+        low = max(low, LOG_FLOOR)  # an exact 0 (a minimum reached) sits on the bottom edge
+        low, high = low / 3, max(high, low) * 30
         fig.y_range.start, fig.y_range.end = low, high
     else:
         fig.y_range.start, fig.y_range.end = 1e-3, 1e3

@@ -231,3 +231,20 @@ def test_a_profile_with_one_corner_is_drawn_to_the_right_edge(race, monkeypatch)
     for data, rho in zip(steps, (1.0, 0.0), strict=True):
         x, y = np.asarray(data["x"], dtype=float), np.asarray(data["y"], dtype=float)
         assert x[0] == 1.0 and x[-1] >= 2.0 and len(x) >= 2 and (y == rho).all()
+
+
+def test_a_loss_of_exactly_zero_does_not_stretch_the_sensitivity_axis(race, monkeypatch) -> None:
+    """A configuration that reached the minimum exactly (loss 0) sits on the bottom edge of a log axis
+    that starts near the analysis' floor (1e-16), not 300 decades down."""
+    import pandas as pd
+
+    from engine.experiments.analysis import LOG_FLOOR
+
+    rows = [{"entry": "sgd", "hyperparameter": "lr", "value": v, "median": m, "low": m, "high": m, "n": 1,
+             "diverged": 0} for v, m in [(1e-2, 1.0), (1e-1, 0.0)]]
+    model = ExperimentModel(race)
+    monkeypatch.setattr(model, "sensitivity", lambda: pd.DataFrame(rows))
+    fig = sensitivity_figure(model)
+    assert fig.y_range.start == pytest.approx(LOG_FLOOR / 3) and fig.y_range.end == pytest.approx(30.0)
+    line = next(r for r in fig.renderers if type(r.glyph).__name__ == "Line")
+    assert list(line.data_source.data["median"]) == [1.0, fig.y_range.start]
