@@ -28,6 +28,7 @@ from app.axes import AxisControls, find, set_axes
 from app.batch import AXES, Batch
 from app.controls import Sidebar, inline_math
 from app.keys import Shortcuts
+from app.lanes import MAX_LANES  # one home: the palette's size
 from app.model import DEFAULT_RACE, RaceSession
 from app.presets import presets
 from app.sharing import CUSTOM
@@ -49,7 +50,6 @@ COUNTER_S = 0.25
 RACE_EVERY = 3
 """Pumps between updates of the race's picture while it runs (~8 Hz; the page's costliest repaint:
 heatmap, contours, every path; the curves carry the pace). Paused, it is updated at every pump."""
-MAX_LANES = 8
 __all__ = ["CUSTOM", "DEFAULT_RACE", "MAX_LANES", "Explorer"]
 
 
@@ -405,9 +405,8 @@ class Explorer(pn.viewable.Viewer):
                 elif waiting.records or waiting.marks:
                     v.consume(waiting)
             self._refresh(self._pumps % REFRESH_EVERY)
-            # the counter also by the clock, not only in its refresh turn: a reset or a paused race's
-            # step at once; a running race's every COUNTER_S (throttled under load, a turn in 8
-            # pumps took ~4 s: the counter looked frozen)
+            # the counter also by the clock: a reset or a paused race's step at once, a running race's
+            # every COUNTER_S (its refresh turn alone took ~4 s under load: the counter looked frozen)
             now = time.monotonic()
             if batch.reset or (batch.records and (not running or now - self._counted_at >= COUNTER_S)):
                 self._counted_at = now
@@ -416,8 +415,9 @@ class Explorer(pn.viewable.Viewer):
 
     def _reset_shown(self) -> None:
         """A reset shown in its click's message, not a pump later (the worker takes it between steps)."""
-        with contextlib.suppress(TimeoutError, AttributeError):  # AttributeError: none pending
-            self.session._pending_reset.result(timeout=0.1)
+        if (pending := self.session._pending_reset) is not None:  # at most 0.1 s of the click's turn
+            with contextlib.suppress(TimeoutError):
+                pending.result(timeout=0.1)
         self.pump()
 
     def _connected(self) -> bool:
