@@ -11,13 +11,15 @@ import logging
 import os
 from typing import Any
 
-from app.sockets import sticky_processes
+from app.sockets import keep_closing_pages_attached, sticky_processes
 
 # the app's own lines in the server's log beside Bokeh's (warm-up, each page built and by which process)
 logging.getLogger("app").setLevel(logging.INFO)
 # --num-procs N: a client's connections (a page's GET and its websocket) reach one process, which
 # builds the page once (app/sockets.py); before Bokeh binds its socket and forks, which is after this
 sticky_processes()
+# a page closed right after a click: its last messages reach its session (Bokeh's keep-alive detached it)
+keep_closing_pages_attached()
 
 
 def on_server_loaded(server_context: Any) -> None:

@@ -1,5 +1,6 @@
 """The server's sockets: a page's requests reach the process that built it, and a page that closes
-in the middle of a message leaves no traceback.
+in the middle of a message leaves no traceback (:func:`quiet_closed_sockets`,
+:func:`keep_closing_pages_attached`).
 
 Several server processes (``panel serve --num-procs``, ``./dev serve``): Bokeh binds one listening
 socket and forks, and every process accepts from it. A page is two connections, its GET (the server
@@ -135,4 +136,36 @@ def quiet_closed_sockets() -> None:
     loop._optiscope_quiet = True  # type: ignore[attr-defined]
 
 
-__all__ = ["by_address", "listeners", "processes", "quiet_closed_sockets", "sticky_processes"]
+def keep_closing_pages_attached() -> None:
+    """Let a closing page's last messages reach its session (Bokeh's keep-alive detached it first).
+
+    Bokeh pings every page every 37 s; a ping to a page whose socket is already closed (the browser
+    went away) makes Bokeh drop the connection's session at once (``client_lost``, Bokeh #13655, a
+    guard for connections never cleaned up). But the page's last messages (a click, a range change)
+    may still wait, read before the close, in Tornado's buffer behind a busy server: each then met
+    a detached session and Bokeh logged "error handling message" with an ``AssertionError``
+    traceback, then another one from the socket's own close (measured: 4 in 30 pages closed right
+    after a Reset, ``tests/browser/test_app_browser.py``'s closing test failing 1 run in 4). Here
+    a failed ping leaves a connection whose socket has not closed yet alone (its close, which
+    Tornado always calls once the buffered messages are read, ends it as on every page); one
+    whose close already ran keeps Bokeh's guard."""
+    from bokeh.server.tornado import BokehTornado
+    from tornado.websocket import WebSocketClosedError
+
+    if getattr(BokehTornado, "_optiscope_keep_alive", False):
+        return
+
+    def keep_alive(self: BokehTornado) -> None:
+        for connection in list(self._clients):
+            try:
+                connection.send_ping()
+            except WebSocketClosedError:
+                if getattr(connection._socket, "_on_close_called", True):
+                    self.client_lost(connection)
+
+    BokehTornado._keep_alive = keep_alive  # type: ignore[method-assign]
+    BokehTornado._optiscope_keep_alive = True  # type: ignore[attr-defined]
+
+
+__all__ = ["by_address", "keep_closing_pages_attached", "listeners", "processes", "quiet_closed_sockets",
+           "sticky_processes"]
