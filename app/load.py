@@ -5,9 +5,9 @@ and every new page's document share one core's worth of GIL. Two server-wide bud
 and nowhere else, shrink each session's share as sessions join, so that all of them keep stepping
 and answering instead of a few running at full speed while the rest stall:
 
-- steps: :data:`BUDGET`, a :class:`engine.worker.StepBudget` of :func:`step_cores` CPU seconds per
-  second shared equally by the races running now (each race steps at the lower of its asked rate
-  and its share over the CPU cost of its steps);
+- steps: :data:`BUDGET`, a :class:`engine.worker.StepBudget` of :data:`STEP_CORES` CPU seconds per
+  second shared equally by the races running now in all the server's processes (each race steps at
+  the lower of its asked rate and its share over the CPU cost of its steps);
 - messages: the pumps of all sessions together run at most :data:`PUMPS_PER_SECOND` times per
   second; with more sessions, each page's pump skips calls (:func:`pump_every`).
 
@@ -36,14 +36,16 @@ from typing import Any
 from tornado.ioloop import IOLoop
 
 from app.explorer import PUMP_MS
+from app.sockets import publish_running, running_elsewhere
 from engine.worker import THREAD_PREFIX, StepBudget
 
 log = logging.getLogger(__name__)
 
 STEP_CORES = float(os.environ.get("OPTISCOPE_STEP_CORES", "0.8"))
 """CPU seconds per second all races together may spend stepping (the rest: pumps, new pages), over
-all the server's processes (:func:`step_cores`: each process's share). Measured (benchmarks/load.py,
-20 sessions, 2 cores, one process): 0.6 core gave 8.5-9.8 steps/s each, 0.8 gave 9.7-11."""
+all the server's processes (:class:`ServerBudget`: each process's share follows its races).
+Measured (benchmarks/load.py, 20 sessions, 2 cores, one process): 0.6 core gave 8.5-9.8 steps/s
+each, 0.8 gave 9.7-11."""
 PUMPS_PER_SECOND = float(os.environ.get("OPTISCOPE_PUMPS_PER_SECOND", "60"))
 """Pumps (Bokeh messages) per second over all sessions: 2 pages at 25 Hz, 20 pages at ~2.8 Hz."""
 PUMP_HZ = 1000.0 / PUMP_MS
@@ -56,9 +58,12 @@ once a second, and a stopped worker ends within a second, whatever the builds.""
 
 
 class ServerBudget(StepBudget):
-    """:class:`engine.worker.StepBudget` that gives way to page builds: a run worker asking for its
-    rate (after each step) while a page is being built waits until no page is, or
-    :data:`BUILD_WAIT_S`. Only run workers' threads wait (a page reading a rate never does)."""
+    """:class:`engine.worker.StepBudget` over all the server's processes, that gives way to page
+    builds. With ``--num-procs``, ``cores`` is shared by the races of every process
+    (:func:`app.sockets.running_elsewhere`): each process had taken half of it, so a class behind
+    one address (all on one process) stepped at half the rate while the other process idled. A run
+    worker asking for its rate (after each step) while a page is being built waits until no page
+    is, or :data:`BUILD_WAIT_S`. Only run workers' threads wait (a page reading a rate never does)."""
 
     def __init__(self, cores: float, floor: float = 1.0) -> None:
         super().__init__(cores, floor)
@@ -85,22 +90,21 @@ class ServerBudget(StepBudget):
     def building(self) -> bool:
         return not self._no_build.is_set()
 
+    def running(self, worker: object, on: bool) -> None:
+        with self._build_lock:  # the count published is the count after this change, in order
+            super().running(worker, on)
+            publish_running(self.n_running)
+
+    def share(self) -> float:
+        return self.cores / max(1, self.n_running + running_elsewhere())
+
     def cap(self, step_seconds: float) -> float:
         if threading.current_thread().name.startswith(THREAD_PREFIX):
             self._no_build.wait(BUILD_WAIT_S)
         return super().cap(step_seconds)
 
 
-def step_cores() -> float:
-    """This process's share of :data:`STEP_CORES`: with ``--num-procs 2`` each process had taken
-    0.8 core for its races, 1.6 of the machine's 2 cores, and a page opened while 20 raced loaded in
-    8.7-12.1 s; at 0.4 each in 4.8 s, every race still >= 17 steps/s (benchmarks/load.py, N = 20)."""
-    from app.sockets import processes
-
-    return STEP_CORES / processes()
-
-
-BUDGET = ServerBudget(step_cores())
+BUDGET = ServerBudget(STEP_CORES)
 _live: set[int] = set()
 _lock = threading.Lock()
 _tidy_call: Any = None

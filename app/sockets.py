@@ -55,6 +55,32 @@ def listeners(family: int, address: str, port: int, n: int) -> list[socket.socke
 
 _bound: list[socket.socket] = []  # the sockets Bokeh bound (before it forks)
 _processes = 1
+_running: Any = None  # with --num-procs: the races running in each process, in memory all of them share
+
+
+def _index() -> int | None:
+    """This process's index among the forked ones (None where it was not forked)."""
+    from tornado.process import task_id
+
+    return task_id()
+
+
+def publish_running(n: int) -> None:
+    """Tell the server's other processes that ``n`` races run in this one (:func:`running_elsewhere`)."""
+    i = _index()
+    if _running is not None and i is not None:
+        _running[i] = n
+
+
+def running_elsewhere() -> int:
+    """Races running in the server's other processes now (0 with one process). The processes are
+    picked by client address (:func:`sticky_processes`), so a class behind one address (a school's
+    NAT) lands on one process while the other idles: the step budget is shared over all races of the
+    server, not halved per process (``app/load.py``)."""
+    i = _index()
+    if _running is None or i is None:
+        return 0
+    return sum(n for j, n in enumerate(_running) if j != i)
 
 
 def processes() -> int:
@@ -81,9 +107,13 @@ def sticky_processes() -> None:
         return socks, port
 
     def start_(self: TCPServer, num_processes: int | None = 1, max_restarts: int | None = None) -> None:
-        global _processes
+        global _processes, _running
         n = num_processes if num_processes and num_processes > 0 else process.cpu_count()
         _processes = max(1, n)  # inherited by the processes forked below
+        if n > 1:  # shared memory made before the fork: every process writes its slot, reads the others'
+            from multiprocessing.sharedctypes import RawArray
+
+            _running = RawArray("i", n)
         if n > 1 and _bound:
             where = [(s.family, s.getsockname()[0], s.getsockname()[1]) for s in _bound]
             try:  # the group must form before any process listens: try it here, on a spare port
@@ -167,5 +197,5 @@ def keep_closing_pages_attached() -> None:
     BokehTornado._optiscope_keep_alive = True  # type: ignore[attr-defined]
 
 
-__all__ = ["by_address", "keep_closing_pages_attached", "listeners", "processes", "quiet_closed_sockets",
-           "sticky_processes"]
+__all__ = ["by_address", "keep_closing_pages_attached", "listeners", "processes", "publish_running",
+           "quiet_closed_sockets", "running_elsewhere", "sticky_processes"]

@@ -226,11 +226,34 @@ def test_the_warm_up_race_steps_probes_and_is_drawn_then_paused() -> None:
 
 
 def test_the_races_of_all_server_processes_share_one_step_budget(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``STEP_CORES`` is what all races together may take: each of ``--num-procs`` processes takes its
-    share (each had taken all of it: 1.6 of 2 cores with two processes)."""
+    """``STEP_CORES`` is what all races together may take, over the ``--num-procs`` processes: each
+    race gets an equal share of it wherever it runs. Each process had taken all of it (1.6 of 2
+    cores with two), then half of it whatever its races (a class behind one address, all on one
+    process, stepped at half the rate while the other process idled)."""
+    from multiprocessing.sharedctypes import RawArray
+
     from app import sockets
 
-    monkeypatch.setattr(sockets, "_processes", 2)
-    assert load.step_cores() == pytest.approx(load.STEP_CORES / 2)
-    monkeypatch.setattr(sockets, "_processes", 1)
-    assert load.step_cores() == pytest.approx(load.STEP_CORES)
+    counts = RawArray("i", 2)  # what the processes share (made before the fork)
+    monkeypatch.setattr(sockets, "_running", counts)
+    here = {"index": 0}
+    monkeypatch.setattr(sockets, "_index", lambda: here["index"])
+    first, second = load.ServerBudget(load.STEP_CORES), load.ServerBudget(load.STEP_CORES)
+    workers = [object() for _ in range(8)]
+    for w in workers[:6]:  # the whole class in the first process
+        first.running(w, True)
+    assert list(counts) == [6, 0]
+    assert first.share() == pytest.approx(load.STEP_CORES / 6)  # all of it: nothing runs elsewhere
+    here["index"] = 1
+    for w in workers[6:]:
+        second.running(w, True)
+    assert list(counts) == [6, 2] and second.share() == pytest.approx(load.STEP_CORES / 8)
+    here["index"] = 0
+    assert first.share() == pytest.approx(load.STEP_CORES / 8)
+    for w in workers[:6]:
+        first.running(w, False)
+    here["index"] = 1
+    assert list(counts) == [0, 2] and second.share() == pytest.approx(load.STEP_CORES / 2)
+    # one process (not forked): its own races only
+    monkeypatch.setattr(sockets, "_running", None)
+    assert second.share() == pytest.approx(load.STEP_CORES / 2)
