@@ -177,8 +177,9 @@ def keep_closing_pages_attached() -> None:
     traceback, then another one from the socket's own close (measured: 4 in 30 pages closed right
     after a Reset, ``tests/browser/test_app_browser.py``'s closing test failing 1 run in 4). Here
     a failed ping leaves a connection whose socket has not closed yet alone (its close, which
-    Tornado always calls once the buffered messages are read, ends it as on every page); one
-    whose close already ran keeps Bokeh's guard."""
+    Tornado calls once the buffered messages are read, ends it as on every page); one whose close
+    already ran, or whose ping failed at the keep-alive before too (a message stuck for over 37 s),
+    keeps Bokeh's guard."""
     from bokeh.server.tornado import BokehTornado
     from tornado.websocket import WebSocketClosedError
 
@@ -190,7 +191,9 @@ def keep_closing_pages_attached() -> None:
             try:
                 connection.send_ping()
             except WebSocketClosedError:
-                if getattr(connection._socket, "_on_close_called", True):
+                failed = getattr(connection, "_optiscope_failed_pings", 0) + 1
+                connection._optiscope_failed_pings = failed
+                if failed > 1 or getattr(connection._socket, "_on_close_called", True):
                     self.client_lost(connection)
 
     BokehTornado._keep_alive = keep_alive  # type: ignore[method-assign]

@@ -62,3 +62,17 @@ def test_a_failed_ping_leaves_a_closing_page_attached_until_its_socket_closes(ke
     closing._on_close_called = True
     keep_alive(server)  # type: ignore[operator]
     assert server._clients == set() and session.subscribers == set()
+
+
+def test_a_closing_page_stuck_past_two_pings_is_dropped(keep_alive: object) -> None:
+    """A closed socket whose close never comes (a message handler stuck): Bokeh's guard after the
+    second failed ping (~74 s), so its session does not stay forever."""
+    session = _Session()
+    server = SimpleNamespace(_clients=set())
+    server.client_lost = lambda c: BokehTornado.client_lost(server, c)
+    c = ServerConnection(None, _ClosedSocket(close_ran=False), None, session)  # type: ignore[arg-type]
+    server._clients.add(c)
+    keep_alive(server)  # type: ignore[operator]
+    assert c in server._clients and c.session is session
+    keep_alive(server)  # type: ignore[operator]
+    assert server._clients == set() and session.subscribers == set()
