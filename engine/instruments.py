@@ -148,6 +148,16 @@ class ProbeConfig:
     # app's default took 30% / 15% here (43.6% in the issue, measured in the app).
 
     @classmethod
+    def sharpness(cls, every: int = 50, **changes: Any) -> ProbeConfig:
+        """The cheapest: lambda_max (top-1, error bound 1e-3 relative, float32 products) and the
+        stability threshold it is compared with (for Adam-type lanes the preconditioned sharpness),
+        nothing else: no directional sharpness of the update (``directional=False``: one product a
+        probe fewer, and a warm probe whose extrapolated vector already meets tol stops after one
+        product), no estimate cosine, no gradient noise. Overhead: see :meth:`economy`."""
+        return cls(**{"every": every, "top_k": 1, "tol": 1e-3, "dtype": "float32", "directional": False,
+                      **changes})
+
+    @classmethod
     def economy(cls, every: int = 50, **changes: Any) -> ProbeConfig:
         """Sharpness only: lambda_max (top-1, error bound 1e-3 relative: invisible on a plot), the
         update's directional sharpness and the stability threshold, every ``every`` steps, with
@@ -277,6 +287,12 @@ class Probe:
                                  and np.isnan(a) and np.isnan(b)):
                 return False
         return True
+
+    @property
+    def measures_directional(self) -> bool:
+        """Whether the probe was asked for the update's directional sharpness
+        (``ProbeConfig.directional``; a lane that did not move has nan there and still says True)."""
+        return "directional" not in self.notes
 
     @property
     def sharpness(self) -> float:
