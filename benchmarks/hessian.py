@@ -24,9 +24,11 @@ interleaved rounds and printed as ratios measured side by side.
     runs step side by side as in (d) for ``--steps-every1`` / ``--steps`` steps. The Hessian of
     the digits MLP changes fast in the first few hundred steps (its top eigenvalues cross there:
     a warm probe then needs 4-20 products) and slowly after, where a warm probe needs 1-2.
-(e) Presets on the edge-of-stability preset of the app (two lanes, lr 0.2 and 0.1): the share of
-    compute in probes (``Run.probe_overhead``) after 100 and 1,000 steps for economy (the app's
-    default), economy with float64 products, business and full.
+(e) Presets on the edge-of-stability run (two lanes, lr 0.2 and 0.1, every 50 steps): the share of
+    compute in probes (``Run.probe_overhead``) after 100 and 1,000 steps and the products per probe
+    (warm ones: after the first) for sharpness, economy (the app's default), economy with float64
+    products, business and full; and sharpness vs economy on the app's preset as shipped (lr 0.4
+    and 0.3, every 10 steps).
 (g) Gradient-noise instruments (``engine.noise``) on the same runs: (1) each preset of (e) with and
     without its noise fields (per-sample gradient variance and SNR, g-SNR, norm test; the
     estimate cosine), and the economy preset plus each one alone; (2) a minibatch race (digits_mlp,
@@ -510,26 +512,38 @@ def cockpit_overhead(args: argparse.Namespace) -> None:
 
 
 def section_presets(args: argparse.Namespace) -> dict[str, tuple[float, float]]:
-    print("(e) probe share on the app's edge-of-stability preset (digits_mlp_mse, GD lr 0.2 and 0.1, "
-          "float64)")
+    """(e): each preset's probe share (``Run.probe_overhead``) after 100 steps and after the run, and
+    its products per probe (exact counts), rounds interleaved (medians of ``--repeats - 1``)."""
     problem = get_network("digits_mlp_mse", batch_size=None)
-    lanes = (LaneConfig("sgd", {"lr": 0.2}), LaneConfig("sgd", {"lr": 0.1}))
-    cases = {"economy (app default)": NETWORK_PROBES,
-             "economy, float64 products": dataclasses.replace(NETWORK_PROBES, dtype=None),
-             "business": ProbeConfig.business(), "full": ProbeConfig.full()}
-    out = {}
-    for label, probes in cases.items():
-        shares: dict[int, list[float]] = {100: [], args.steps: []}  # (after the run's length, not 1,000)
-        for _ in range(max(1, args.repeats - 1)):
+    slow = (LaneConfig("sgd", {"lr": 0.2}), LaneConfig("sgd", {"lr": 0.1}))
+    shipped = (LaneConfig("sgd", {"lr": 0.4}), LaneConfig("sgd", {"lr": 0.3}))  # app/presets.toml's
+    runs = {"sharpness (every 50)": (slow, ProbeConfig.sharpness()),
+            "economy (app default)": (slow, NETWORK_PROBES),
+            "economy, float64 products": (slow, dataclasses.replace(NETWORK_PROBES, dtype=None)),
+            "business": (slow, ProbeConfig.business()), "full": (slow, ProbeConfig.full()),
+            "EoS as shipped, sharpness": (shipped, ProbeConfig.sharpness(every=10)),
+            "EoS as shipped, economy": (shipped, dataclasses.replace(NETWORK_PROBES, every=10))}
+    shares: dict[str, dict[int, list[float]]] = {k: {100: [], args.steps: []} for k in runs}
+    hvps: dict[str, list[int]] = {k: [] for k in runs}
+    for _ in range(max(1, args.repeats - 1)):
+        for label, (lanes, probes) in runs.items():
             run = Run(problem, RunConfig(lanes=lanes, device="cpu", probes=probes))
             for i in range(args.steps):
-                run.step()
-                if i + 1 in shares:
-                    shares[i + 1].append(run.probe_overhead)
-        s100 = median(shares[100]) if shares[100] else math.nan
-        s1000 = median(shares[args.steps]) if shares[args.steps] else math.nan
-        out[label] = (s100, s1000)
-        print(f"  {label:26s}: {s100:5.1%} of compute after 100 steps, {s1000:5.1%} after {args.steps}")
+                for r in run.step():
+                    if r.curvature is not None and r.step > 0:  # warm probes (the first is cold)
+                        hvps[label].append(r.curvature.hvps)
+                if i + 1 in shares[label]:  # (after the run's length, not 1,000)
+                    shares[label][i + 1].append(run.probe_overhead)
+    print("(e) probe share on the edge-of-stability run (digits_mlp_mse, full-batch GD, two lanes, "
+          "float64 run): lr 0.2 and 0.1 every 50 steps (the app's network default), and the app's "
+          "preset as shipped (lr 0.4 and 0.3, every 10)")
+    out = {}
+    for label in runs:
+        s100 = median(shares[label][100]) if shares[label][100] else math.nan
+        send = median(shares[label][args.steps]) if shares[label][args.steps] else math.nan
+        out[label] = (s100, send)
+        print(f"  {label:27s}: {s100:5.1%} of compute after 100 steps, {send:5.1%} after {args.steps} "
+              f"({1 / (1 - send):.2f}x a plain run); {np.mean(hvps[label]):.2f} products a warm probe")
     return out
 
 
