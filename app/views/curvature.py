@@ -22,10 +22,10 @@ from engine.records import Record
 
 TITLE = "sharpness (solid) vs stability threshold (dashed); dotted: along the update"
 TITLE_OFF = "sharpness (solid) vs stability threshold (dashed); along the update: not measured"
-NOT_MEASURED = ("<p><b>Not measured: the directional sharpness along the update</b> (u⊤Hu/|u|², the "
-                "dotted curve). These probes measure λmax (with its residual) and each lane's stability "
-                "threshold only: the “sharpness” preset, one Hessian-vector product a probe cheaper. The "
-                "economy preset adds it.</p>")
+NOT_MEASURED = ("<p><b>Not measured: the directional sharpness along the update</b> (u⊤Hu/|u|², drawn "
+                "dotted when measured). These probes measure λmax (with its residual) and each lane's "
+                "stability threshold only: the “sharpness” preset, the cheapest; the economy preset adds "
+                "it (one Hessian-vector product a probe).</p>")
 
 
 class CurvatureView(View):
