@@ -27,8 +27,9 @@ interleaved rounds and printed as ratios measured side by side.
 (e) Presets on the edge-of-stability run (two lanes, lr 0.2 and 0.1, every 50 steps): the share of
     compute in probes (``Run.probe_overhead``) after 100 and 1,000 steps and the products per probe
     (warm ones: after the first) for sharpness, economy (the app's default), economy with float64
-    products, business and full; and sharpness vs economy on the app's preset as shipped (lr 0.4
-    and 0.3, every 10 steps).
+    products, business and full; sharpness vs economy on the app's preset as shipped (lr 0.4
+    and 0.3, every 10 steps); and the sharpness and economy presets as shipped (float32 products)
+    every 1 / 16 steps on (d)'s run against a plain run stepped alongside (process time).
 (g) Gradient-noise instruments (``engine.noise``) on the same runs: (1) each preset of (e) with and
     without its noise fields (per-sample gradient variance and SNR, g-SNR, norm test; the
     estimate cosine), and the economy preset plus each one alone; (2) a minibatch race (digits_mlp,
@@ -68,7 +69,9 @@ slq_vs_best_peer=<fastest peer's time / ours> probe_every1_sharpness_only=<x pla
 probe_every16_sharpness_only=<...> probe_every1_sharpness_only_cpu=<...>
 probe_every16_sharpness_only_cpu=<...>`` and (h)'s ``probe_late_every1_cpu=<economy, x plain>
 probe_late_every1_sharpness_only_cpu=<...> probe_late_every16_cpu=<...>
-probe_late_every16_sharpness_only_cpu=<...>``.
+probe_late_every16_sharpness_only_cpu=<...>`` and (e)'s ``probe_preset_every1_economy_cpu=<x plain>
+probe_preset_every1_sharpness_cpu=<...> probe_preset_every16_economy_cpu=<...>
+probe_preset_every16_sharpness_cpu=<...>``.
 
     python benchmarks/hessian.py [--repeats 3] [--quick]
 """
@@ -547,6 +550,35 @@ def section_presets(args: argparse.Namespace) -> dict[str, tuple[float, float]]:
     return out
 
 
+def section_presets_often(args: argparse.Namespace) -> dict[str, float]:
+    """(e), second part: the sharpness and economy presets as shipped (float32 products on a
+    float64 run) every 1 and 16 steps against a plain run stepped alongside (process time), on (d)'s
+    run from step 0 (digits_mlp, GD lr 0.1, full batch, one lane)."""
+    print("(e) the sharpness and economy presets as shipped (float32 products) every 1 / 16 steps vs a "
+          "plain run (digits_mlp, GD lr 0.1, full batch, one lane, float64 run, process time)")
+    problem = get_network("digits_mlp", batch_size=None)
+    headline = {}
+    for every, steps, chunk in ((1, args.steps_every1, 10), (16, args.steps, 50)):
+        cases = {"plain": None, "economy": ProbeConfig.economy(every=every),
+                 "sharpness": ProbeConfig.sharpness(every=every)}
+        cpu: dict[str, list[float]] = {c: [] for c in cases}
+        hvps: dict[str, list[int]] = {c: [] for c in cases}
+        for _ in range(args.repeats):
+            lane = (LaneConfig("sgd", {"lr": 0.1}),)
+            runs = {c: Run(problem, RunConfig(lanes=lane, device="cpu", probes=p)) for c, p in cases.items()}
+            _, used, products = _interleaved(runs, steps, chunk)
+            for c in cases:
+                cpu[c].append(used[c])
+                hvps[c] += products[c][1:]  # each round's runs start cold
+        plain = median(cpu["plain"])
+        for c in ("economy", "sharpness"):
+            headline[f"preset_every{every}_{c}_cpu"] = median(cpu[c]) / plain
+        print(f"  every {every} ({steps} steps): " + ", ".join(
+            f"{c} {median(cpu[c]) / plain:.2f}x ({np.mean(hvps[c]):.2f} products a warm probe)"
+            for c in ("economy", "sharpness")) + f"; plain {plain / steps * 1e3:.2f} ms/step")
+    return headline
+
+
 NOISE_FIELDS = ("noise", "estimate_cosine")
 
 
@@ -726,6 +758,7 @@ def main() -> None:
         late = section_late(args)
     if "e" in args.only:
         section_presets(args)
+        late.update(section_presets_often(args))
     if "g" in args.only:
         section_noise(args)
     if "f" in args.only:
