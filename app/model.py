@@ -63,9 +63,9 @@ DEFAULT_RACE: tuple[tuple[str, dict[str, Any]], ...] = tuple(
 RUN_PARAMS = ("problem", "problem_options", "expression", "start_x", "start_y", "n_starts", "seed",
               "batch_size")
 PROBE_PARAMS = ("probe_schedule", "probe_every", "probe_top_k", "probe_density", "probe_trace")
-PROBE_PRESETS = ("default", "economy", "business", "full")
-"""The probe presets the page offers: the problem kind's own default, or Cockpit's three
-(:meth:`engine.instruments.ProbeConfig.economy` / ``business`` / ``full``)."""
+PROBE_PRESETS = ("default", "sharpness", "economy", "business", "full")
+"""The probe presets the page offers: the problem kind's own default, the cheapest (λmax and its
+threshold only) or Cockpit's three (:meth:`engine.instruments.ProbeConfig.sharpness` / ``economy`` / ...)."""
 
 
 def make_problem(p: RunParams) -> Problem:

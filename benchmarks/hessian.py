@@ -24,9 +24,12 @@ interleaved rounds and printed as ratios measured side by side.
     runs step side by side as in (d) for ``--steps-every1`` / ``--steps`` steps. The Hessian of
     the digits MLP changes fast in the first few hundred steps (its top eigenvalues cross there:
     a warm probe then needs 4-20 products) and slowly after, where a warm probe needs 1-2.
-(e) Presets on the edge-of-stability preset of the app (two lanes, lr 0.2 and 0.1): the share of
-    compute in probes (``Run.probe_overhead``) after 100 and 1,000 steps for economy (the app's
-    default), economy with float64 products, business and full.
+(e) Presets on the edge-of-stability run (two lanes, lr 0.2 and 0.1, every 50 steps): the share of
+    compute in probes (``Run.probe_overhead``) after 100 and 1,000 steps and the products per probe
+    (warm ones: after the first) for sharpness, economy (the app's default), economy with float64
+    products, business and full; sharpness vs economy on the app's preset as shipped (lr 0.4
+    and 0.3, every 10 steps); and the sharpness and economy presets as shipped (float32 products)
+    every 1 / 16 steps on (d)'s run against a plain run stepped alongside (process time).
 (g) Gradient-noise instruments (``engine.noise``) on the same runs: (1) each preset of (e) with and
     without its noise fields (per-sample gradient variance and SNR, g-SNR, norm test; the
     estimate cosine), and the economy preset plus each one alone; (2) a minibatch race (digits_mlp,
@@ -66,7 +69,9 @@ slq_vs_best_peer=<fastest peer's time / ours> probe_every1_sharpness_only=<x pla
 probe_every16_sharpness_only=<...> probe_every1_sharpness_only_cpu=<...>
 probe_every16_sharpness_only_cpu=<...>`` and (h)'s ``probe_late_every1_cpu=<economy, x plain>
 probe_late_every1_sharpness_only_cpu=<...> probe_late_every16_cpu=<...>
-probe_late_every16_sharpness_only_cpu=<...>``.
+probe_late_every16_sharpness_only_cpu=<...>`` and (e)'s ``probe_preset_every1_economy_cpu=<x plain>
+probe_preset_every1_sharpness_cpu=<...> probe_preset_every16_economy_cpu=<...>
+probe_preset_every16_sharpness_cpu=<...>``.
 
     python benchmarks/hessian.py [--repeats 3] [--quick]
 """
@@ -510,27 +515,68 @@ def cockpit_overhead(args: argparse.Namespace) -> None:
 
 
 def section_presets(args: argparse.Namespace) -> dict[str, tuple[float, float]]:
-    print("(e) probe share on the app's edge-of-stability preset (digits_mlp_mse, GD lr 0.2 and 0.1, "
-          "float64)")
+    """(e): each preset's probe share (``Run.probe_overhead``) after 100 steps and after the run, and
+    its products per probe (exact counts), rounds interleaved (medians of ``--repeats - 1``)."""
     problem = get_network("digits_mlp_mse", batch_size=None)
-    lanes = (LaneConfig("sgd", {"lr": 0.2}), LaneConfig("sgd", {"lr": 0.1}))
-    cases = {"economy (app default)": NETWORK_PROBES,
-             "economy, float64 products": dataclasses.replace(NETWORK_PROBES, dtype=None),
-             "business": ProbeConfig.business(), "full": ProbeConfig.full()}
-    out = {}
-    for label, probes in cases.items():
-        shares: dict[int, list[float]] = {100: [], args.steps: []}  # (after the run's length, not 1,000)
-        for _ in range(max(1, args.repeats - 1)):
+    slow = (LaneConfig("sgd", {"lr": 0.2}), LaneConfig("sgd", {"lr": 0.1}))
+    shipped = (LaneConfig("sgd", {"lr": 0.4}), LaneConfig("sgd", {"lr": 0.3}))  # app/presets.toml's
+    runs = {"sharpness (every 50)": (slow, ProbeConfig.sharpness()),
+            "economy (app default)": (slow, NETWORK_PROBES),
+            "economy, float64 products": (slow, dataclasses.replace(NETWORK_PROBES, dtype=None)),
+            "business": (slow, ProbeConfig.business()), "full": (slow, ProbeConfig.full()),
+            "EoS as shipped, sharpness": (shipped, ProbeConfig.sharpness(every=10)),
+            "EoS as shipped, economy": (shipped, dataclasses.replace(NETWORK_PROBES, every=10))}
+    shares: dict[str, dict[int, list[float]]] = {k: {100: [], args.steps: []} for k in runs}
+    hvps: dict[str, list[int]] = {k: [] for k in runs}
+    for _ in range(max(1, args.repeats - 1)):
+        for label, (lanes, probes) in runs.items():
             run = Run(problem, RunConfig(lanes=lanes, device="cpu", probes=probes))
             for i in range(args.steps):
-                run.step()
-                if i + 1 in shares:
-                    shares[i + 1].append(run.probe_overhead)
-        s100 = median(shares[100]) if shares[100] else math.nan
-        s1000 = median(shares[args.steps]) if shares[args.steps] else math.nan
-        out[label] = (s100, s1000)
-        print(f"  {label:26s}: {s100:5.1%} of compute after 100 steps, {s1000:5.1%} after {args.steps}")
+                for r in run.step():
+                    if r.curvature is not None and r.step > 0:  # warm probes (the first is cold)
+                        hvps[label].append(r.curvature.hvps)
+                if i + 1 in shares[label]:  # (after the run's length, not 1,000)
+                    shares[label][i + 1].append(run.probe_overhead)
+    print("(e) probe share on the edge-of-stability run (digits_mlp_mse, full-batch GD, two lanes, "
+          "float64 run): lr 0.2 and 0.1 every 50 steps (the app's network default), and the app's "
+          "preset as shipped (lr 0.4 and 0.3, every 10)")
+    out = {}
+    for label in runs:
+        s100 = median(shares[label][100]) if shares[label][100] else math.nan
+        send = median(shares[label][args.steps]) if shares[label][args.steps] else math.nan
+        out[label] = (s100, send)
+        print(f"  {label:27s}: {s100:5.1%} of compute after 100 steps, {send:5.1%} after {args.steps} "
+              f"({1 / (1 - send):.2f}x a plain run); {np.mean(hvps[label]):.2f} products a warm probe")
     return out
+
+
+def section_presets_often(args: argparse.Namespace) -> dict[str, float]:
+    """(e), second part: the sharpness and economy presets as shipped (float32 products on a
+    float64 run) every 1 and 16 steps against a plain run stepped alongside (process time), on (d)'s
+    run from step 0 (digits_mlp, GD lr 0.1, full batch, one lane)."""
+    print("(e) the sharpness and economy presets as shipped (float32 products) every 1 / 16 steps vs a "
+          "plain run (digits_mlp, GD lr 0.1, full batch, one lane, float64 run, process time)")
+    problem = get_network("digits_mlp", batch_size=None)
+    headline = {}
+    for every, steps, chunk in ((1, args.steps_every1, 10), (16, args.steps, 50)):
+        cases = {"plain": None, "economy": ProbeConfig.economy(every=every),
+                 "sharpness": ProbeConfig.sharpness(every=every)}
+        cpu: dict[str, list[float]] = {c: [] for c in cases}
+        hvps: dict[str, list[int]] = {c: [] for c in cases}
+        for _ in range(args.repeats):
+            lane = (LaneConfig("sgd", {"lr": 0.1}),)
+            runs = {c: Run(problem, RunConfig(lanes=lane, device="cpu", probes=p)) for c, p in cases.items()}
+            _, used, products = _interleaved(runs, steps, chunk)
+            for c in cases:
+                cpu[c].append(used[c])
+                hvps[c] += products[c][1:]  # each round's runs start cold
+        plain = median(cpu["plain"])
+        for c in ("economy", "sharpness"):
+            headline[f"preset_every{every}_{c}_cpu"] = median(cpu[c]) / plain
+        print(f"  every {every} ({steps} steps): " + ", ".join(
+            f"{c} {median(cpu[c]) / plain:.2f}x ({np.mean(hvps[c]):.2f} products a warm probe)"
+            for c in ("economy", "sharpness")) + f"; plain {plain / steps * 1e3:.2f} ms/step")
+    return headline
 
 
 NOISE_FIELDS = ("noise", "estimate_cosine")
@@ -712,6 +758,7 @@ def main() -> None:
         late = section_late(args)
     if "e" in args.only:
         section_presets(args)
+        late.update(section_presets_often(args))
     if "g" in args.only:
         section_noise(args)
     if "f" in args.only:

@@ -26,8 +26,8 @@ Probes draw their random vectors from their own generator, so a run's trajectory
 with or without instruments, and they count their HVPs, per-sample and extra gradients and time:
 the run reports the fraction of its compute spent in probes (``Run.probe_overhead``). A probe
 starts from the previous probe's Ritz vectors (warm), computes in the run's dtype unless
-``ProbeConfig.dtype`` says otherwise, and comes as cheap (:meth:`ProbeConfig.economy`), richer
-(``business``) or complete (``full``).
+``ProbeConfig.dtype`` says otherwise, and comes as sharpness only (:meth:`ProbeConfig.sharpness`),
+cheap (``economy``), richer (``business``) or complete (``full``).
 """
 
 from __future__ import annotations
@@ -87,8 +87,9 @@ class ProbeConfig:
     of benchmarks/hessian.py, 3.60 -> 2.59 products a warm probe every step without it). ``False``:
     sharpness only, ``directional`` is nan and ``notes["directional"]`` says why.
 
-    Three presets trade detail for cost, like Cockpit's (Schneider, Dangel & Hennig 2021)
-    economy / business / full: :meth:`economy`, :meth:`business`, :meth:`full`.
+    Presets trade detail for cost: :meth:`sharpness` (lambda_max and its threshold alone, the
+    cheapest) and three like Cockpit's (Schneider, Dangel & Hennig 2021) economy / business / full:
+    :meth:`economy`, :meth:`business`, :meth:`full`.
     """
 
     schedule: str = "every"
@@ -141,28 +142,49 @@ class ProbeConfig:
         """The dtype products run in: ``dtype`` if set, else the run's."""
         return PROBE_DTYPES[self.dtype] if self.dtype is not None else run_dtype
 
-    # Overheads below: the app's edge-of-stability preset (digits MLP, MSE, full-batch gradient
-    # descent at lr 0.2 and 0.1, float64 run, one CPU thread, every=50), the share of the run's
-    # compute spent in probes after 100 / 1,000 steps (``Run.probe_overhead``; the first probes,
-    # cold, cost most), from benchmarks/hessian.py sections (e) and (g). Before the presets the
-    # app's default took 30% / 15% here (43.6% in the issue, measured in the app).
+    # Overheads below: the share of a run's compute spent in probes (``Run.probe_overhead``) after
+    # 100 / 1,000 steps (the first probe, cold, costs most) on the edge-of-stability run of
+    # benchmarks/hessian.py section (e): digits MLP, MSE, full-batch gradient descent, two lanes at
+    # lr 0.2 and 0.1, float64 run, one CPU thread, every=50; ranges over four runs of (e) (one on
+    # main 7334700, the same code) and one of (g), medians of 1-2 rounds each, on a shared 2-core
+    # machine at load 2.6-5.2 (2026-12-05). Products a warm probe: exact counts, load-free. Before
+    # the presets the app's default took 30% / 15% here (43.6% in the issue, measured in the app).
+    # The app's edge-of-stability preset as shipped (lr 0.4 and 0.3, every=10) probes far more:
+    # sharpness 35-36% / 35-36% of its compute (9.56 products a warm probe), economy 37-41% /
+    # 39-42% (10.11 products).
+
+    @classmethod
+    def sharpness(cls, every: int = 50, **changes: Any) -> ProbeConfig:
+        """The cheapest: lambda_max (top-1, error bound 1e-3 relative, float32 products) and the
+        stability threshold it is compared with (for Adam-type lanes the preconditioned sharpness),
+        nothing else: no directional sharpness of the update (``directional=False``: one product a
+        probe fewer, and a warm probe whose extrapolated vector already meets tol stops after one
+        product), no estimate cosine, no gradient noise. Overhead: 13-14% / 7.6-8.5% (7.89
+        products a warm probe; economy 8.89 in the same runs). Probing often (section (e)'s second
+        part: one digits_mlp lane, GD lr 0.1, from step 0, process time against a plain run
+        stepped alongside, three runs at load 4.4-6.9): every step 3.41-3.50x a plain run, every 16
+        steps 1.19-1.22x (2.58 / 3.11 products a warm probe; economy 4.19-4.26x and 1.23-1.25x,
+        3.60 / 3.92 products)."""
+        return cls(**{"every": every, "top_k": 1, "tol": 1e-3, "dtype": "float32", "directional": False,
+                      **changes})
 
     @classmethod
     def economy(cls, every: int = 50, **changes: Any) -> ProbeConfig:
-        """Sharpness only: lambda_max (top-1, error bound 1e-3 relative: invisible on a plot), the
-        update's directional sharpness and the stability threshold, every ``every`` steps, with
-        float32 products (~1e-6 relative), and the estimate cosine (free on a full batch, where the
-        probe's own gradient is the full one; one full-set gradient per probe on a minibatch: 8% ->
-        9% of a digits-MLP race of SGD and MeZO at batch 64). Overhead: 16% / 12% (24% / 19% with
-        float64 products). The app's default for networks."""
+        """Sharpness, its threshold and the update's directional sharpness: lambda_max (top-1, error
+        bound 1e-3 relative: invisible on a plot) every ``every`` steps, with float32 products
+        (~1e-6 relative), and the estimate cosine (free on a full batch, where the probe's own
+        gradient is the full one; one full-set gradient per probe on a minibatch: 9.1% -> 10.1% of a
+        digits-MLP race of SGD and ZO-SGD q=4 at batch 64 after 1,000 steps). Overhead: 12-17% /
+        9.0-11.3% (8.89 products a warm probe; 21-27% / 17-18% with float64 products). The app's
+        default for networks."""
         return cls(**{"every": every, "top_k": 1, "tol": 1e-3, "dtype": "float32", "estimate_cosine": True,
                       **changes})
 
     @classmethod
     def business(cls, every: int = 50, **changes: Any) -> ProbeConfig:
         """Economy plus the top-3 eigenvalues at tol 1e-4, a Hutchinson trace (10 probes) and the
-        gradient noise from 256 per-sample gradients, float32 products. Overhead: 32% / 30% (25%
-        after 1,000 steps without the noise)."""
+        gradient noise from 256 per-sample gradients, float32 products. Overhead: 33-37% / 29-30%
+        (28.4 products a warm probe; 29% / 23% without the noise, one run)."""
         return cls(**{"every": every, "top_k": 3, "trace": True, "trace_probes": 10, "tol": 1e-4,
                       "dtype": "float32", "estimate_cosine": True, "noise": True, "noise_samples": 256,
                       **changes})
@@ -170,8 +192,9 @@ class ProbeConfig:
     @classmethod
     def full(cls, every: int = 50, **changes: Any) -> ProbeConfig:
         """Business plus the top-5 at tol 1e-6, a spectral density (SLQ, 5 probes x 30 steps) and
-        the gradient noise from 1,024 samples, products in the run's dtype. Overhead: 80% / 79%
-        (75% without the noise; the density's 150 products dominate: use a longer ``every``)."""
+        the gradient noise from 1,024 samples, products in the run's dtype. Overhead: 77-83% /
+        80-81% (190 products a warm probe; 77% / 78% without the noise, one run; the density's 150
+        products dominate: use a longer ``every``)."""
         return cls(**{"every": every, "top_k": 5, "trace": True, "trace_probes": 10, "density": True,
                       "density_probes": 5, "density_steps": 30, "tol": 1e-6, "dtype": None,
                       "estimate_cosine": True, "noise": True, "noise_samples": 1024, **changes})
@@ -179,8 +202,11 @@ class ProbeConfig:
 
 NETWORK_PROBES = ProbeConfig.economy()
 """The app's default for networks (:meth:`ProbeConfig.economy`): a sharpness point every 50
-steps to plot accuracy. Build the app's variants with ``dataclasses.replace(NETWORK_PROBES, ...)``
-so that its ``tol``, ``dtype`` and ``estimate_cosine`` carry over."""
+steps to plot accuracy. Economy rather than :meth:`ProbeConfig.sharpness`: at every=50 the
+update's directional sharpness (the curvature view's dotted curve) and the estimate cosine cost one
+product a probe, 0.5-3 points of compute (9.0-11.3% against 7.6-8.5% after 1,000 steps, see the
+figures above). Build the app's variants with ``dataclasses.replace(NETWORK_PROBES, ...)`` so that
+its ``tol``, ``dtype`` and ``estimate_cosine`` carry over."""
 LANDSCAPE_PROBES = ProbeConfig(every=5, estimate_cosine=True)
 """The app's default for 2-D landscapes, where a probe is a 2x2 eigenproblem (and the estimate
 cosine shows a zeroth-order lane's direction error)."""
@@ -277,6 +303,12 @@ class Probe:
                                  and np.isnan(a) and np.isnan(b)):
                 return False
         return True
+
+    @property
+    def measures_directional(self) -> bool:
+        """Whether the probe was asked for the update's directional sharpness
+        (``ProbeConfig.directional``; a lane that did not move has nan there and still says True)."""
+        return "directional" not in self.notes
 
     @property
     def sharpness(self) -> float:

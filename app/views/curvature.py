@@ -1,7 +1,8 @@
 """Curvature: each lane's sharpness against its stability threshold (solid vs dashed: 2/η, (2+2μ)/η,
 38/η, ...; the threshold moves when the learning rate does), the directional sharpness of its
-actual update (dotted), the latest top eigenvalues with their Lanczos residuals, and the spectral
-density when density probes are on (shown only once there is one)."""
+actual update (dotted; sharpness-only probes skip it, and the title and a caption say so), the latest
+top eigenvalues with their Lanczos residuals, and the spectral density when density probes are on
+(shown only once there is one)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,13 @@ from app.views.base import View, html_escape
 from engine.curvature import density_on_grid
 from engine.records import Record
 
+TITLE = "sharpness (solid) vs stability threshold (dashed); dotted: along the update"
+TITLE_OFF = "sharpness (solid) vs stability threshold (dashed); along the update: not measured"
+NOT_MEASURED = ("<p><b>Not measured: the directional sharpness along the update</b> (u⊤Hu/|u|², drawn "
+                "dotted when measured). These probes measure λmax (with its residual) and each lane's "
+                "stability threshold only: the “sharpness” preset, the cheapest; the economy preset adds "
+                "it (one Hessian-vector product a probe).</p>")
+
 
 class CurvatureView(View):
     title = "curvature"
@@ -26,8 +34,7 @@ class CurvatureView(View):
     def __init__(self, session: Any, notify: Any) -> None:
         super().__init__(session, notify)
         self.slots = Slots(("sharpness", "threshold", "lambda_max", "directional"))
-        fig = make_figure("sharpness (solid) vs stability threshold (dashed); dotted: along the update", 230,
-                          log_y=True, y_label="λmax (Adam-type: of P⁻¹H)")
+        fig = make_figure(TITLE, 230, log_y=True, y_label="λmax (Adam-type: of P⁻¹H)")
         self.slots.line(fig, "step", "sharpness", line_width=2)
         self.slots.line(fig, "step", "threshold", line_width=1.5, line_dash="dashed")
         self.slots.line(fig, "step", "directional", line_width=1, line_dash="dotted")
@@ -91,15 +98,23 @@ class CurvatureView(View):
             top = ", ".join(f"{v:.5g}" for v in p.top_k)
             exact = "—" if p.exact is None else ", ".join(f"{v:.5g}" for v in p.exact[::-1][: len(p.top_k)])
             ratio = f"{p.sharpness:.4g} / " + (f"{p.threshold.value:.4g}" if p.threshold else "—")
+            along = ("not measured" if not p.measures_directional
+                     else f"{p.directional:.4g}" if np.isfinite(p.directional) else "—")
             rows.append(f"<tr><td>{html_escape(labels.get(lane_id, rec.optimizer))}</td><td>{p.step}</td>"
-                        f"<td>{top}</td><td>{exact}</td><td>{p.lambda_max_residual:.1e}</td><td>{ratio}</td></tr>")
+                        f"<td>{top}</td><td>{exact}</td><td>{p.lambda_max_residual:.1e}</td><td>{ratio}</td>"
+                        f"<td>{along}</td></tr>")
+        off = bool(self.latest) and not any(r.curvature.measures_directional for r in self.latest.values())
+        title = TITLE_OFF if off else TITLE
+        if self.sharpness_fig.title.text != title:
+            self.sharpness_fig.title.text = title
         if rows:
             run = self.session.worker.run
             text = ("<table><tr><th>optimizer</th><th>step</th><th>top eigenvalues (Lanczos)</th>"
-                    "<th>exact</th><th>residual</th><th>sharpness / threshold</th></tr>" + "".join(rows)
+                    "<th>exact</th><th>residual</th><th>sharpness / threshold</th>"
+                    "<th>along the update</th></tr>" + "".join(rows)
                     + f"</table><p>Probes: {run.probe_overhead:.1%} of the run's compute time (measured). "
                     "Residuals are ‖Hy − θy‖ of each Ritz pair; thresholds are for each lane's current "
-                    "hyperparameters.</p>")
+                    "hyperparameters.</p>" + (NOT_MEASURED if off else ""))
         else:
             text = ("<p><i>No curvature probe yet: they run on the schedule set under “Curvature probes”."
                     "</i></p>")

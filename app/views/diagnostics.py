@@ -1,7 +1,8 @@
 """Per-optimizer diagnostics and the gradient-noise probe: what each optimizer reports about its own
 step (declared on its spec: Sophia's clipped fraction, a trust ratio, FRUGAL's state density, ...),
 the run's clipped fraction when a lane clips, and the noise fields of the newest probe (gradient SNR,
-noise scale, the norm test, the cosine between the lane's estimate and the true gradient)."""
+noise scale, the norm test, the cosine between the lane's estimate and the true gradient), and what
+sharpness-only probes leave unmeasured."""
 
 from __future__ import annotations
 
@@ -132,6 +133,14 @@ class DiagnosticsView(View):
         if not names:
             notes.insert(0, "No lane reports diagnostics: Sophia, LAMB-type and FRUGAL lanes do, and any "
                             "lane that clips (its card's gradient clipping).")
+        newest = [r.curvature for r in self.probes.values()]
+        if newest and not any(p.measures_directional for p in newest):
+            skipped = ["the directional sharpness along the update"]
+            if all(p.estimate_cosine is None for p in newest):
+                skipped.append("the estimate cosine")
+            notes.append("Probes: sharpness only (the “sharpness” preset: λmax and each lane's stability "
+                         f"threshold, in the curvature tab). Not measured: {' or '.join(skipped)} (the "
+                         "economy preset adds them).")
         if not noise:
             notes.append("Gradient noise: choose the business or full probe preset (per-sample gradients "
                          "of the step's minibatch; its cost is in the curvature tab's overhead).")

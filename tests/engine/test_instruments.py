@@ -280,6 +280,33 @@ def test_sharpness_only_probes_skip_the_directional_product_and_keep_their_bound
         ProbeConfig(directional=1)
 
 
+def test_the_sharpness_preset_measures_lambda_max_and_the_threshold_only() -> None:
+    """The app's cheapest preset (float32 products, tol 1e-3): each SGD probe's lambda_max within its
+    residual of the dense Hessian's top eigenvalue (and never above it, up to float32 rounding), the
+    threshold 2/lr; nothing else: no directional sharpness (nan, and the probe says it was not asked
+    for), no estimate cosine, no noise. An Adam lane still gets its preconditioned sharpness."""
+    problem = get_network("moons_mlp", batch_size=None)
+    preset = ProbeConfig.sharpness(every=1)
+    assert (preset.top_k, preset.tol, preset.dtype, preset.directional) == (1, 1e-3, "float32", False)
+    assert not (preset.estimate_cosine or preset.noise or preset.trace or preset.density)
+    run = run_with(problem, ("sgd", {"lr": 0.5}), ("adam", {"lr": 0.01}), probes=preset)
+    for _ in range(8):
+        x = torch.as_tensor(run.positions(0)[0], dtype=torch.float64)
+        sgd, adam = run.step()
+        exact = torch.linalg.eigvalsh(dense_hessian(lambda z: problem.loss(z[None])[0], x))[-1].item()
+        p = sgd.curvature
+        slack = 1e-5 * exact  # float32 products' own error
+        assert p.dtype == "float32" and p.lambda_max <= exact + slack
+        assert abs(p.lambda_max - exact) <= min(1e-3 * exact, p.lambda_max_residual) + slack
+        assert p.sharpness == p.lambda_max and p.threshold.value == pytest.approx(2 / 0.5)
+        for q in (p, adam.curvature):
+            assert np.isnan(q.directional) and not q.measures_directional
+            assert q.estimate_cosine is None and q.noise_scale is None and q.trace is None
+    assert adam.curvature.threshold.quantity == "preconditioned" and np.isfinite(adam.curvature.sharpness)
+    economy = run_with(problem, ("sgd", {"lr": 0.5}), probes=ProbeConfig.economy(every=1)).run(1)[0].curvature
+    assert economy.measures_directional and np.isfinite(economy.directional)
+
+
 def test_a_budget_of_products_stops_probes_early_and_says_so() -> None:
     """max_hvps caps each probe's products; the Ritz value is a Rayleigh quotient (never above the
     dense lambda_max), its residual is reported, and a probe stopped short says so in its notes."""
