@@ -78,7 +78,7 @@ class ExperimentModel(param.Parameterized):
             start = None
         lanes = tuple(lane.config() for lane in s.lanes)
         options = dict(s.problem_options)
-        if s.is_network and s.batch_size is not None:  # as app.model.make_problem: 0 is the full batch
+        if s.is_network and s.batch_size is not None:  # as RunParams.make_problem: 0 is the full batch
             options["batch_size"] = s.batch_size or None
         return s.problem, options, RunConfig(lanes=lanes, start=start, n_starts=s.n_starts, seed=s.seed)
 

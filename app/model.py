@@ -51,9 +51,6 @@ from landscapes import (
     NetworkProblem,
     available_landscapes,
     available_networks,
-    get_landscape,
-    get_network,
-    parse_expression,
 )
 from landscapes.defaults import problem_defaults, retune
 
@@ -66,18 +63,6 @@ PROBE_PARAMS = ("probe_schedule", "probe_every", "probe_top_k", "probe_density",
 PROBE_PRESETS = ("default", "sharpness", "economy", "business", "full")
 """The probe presets the page offers: the problem kind's own default, the cheapest (λmax and its
 threshold only) or Cockpit's three (:meth:`engine.instruments.ProbeConfig.sharpness` / ``economy`` / ...)."""
-
-
-def make_problem(p: RunParams) -> Problem:
-    """The problem a race's settings name (raises with a message in the page's terms)."""
-    if p.problem == CUSTOM:
-        return parse_expression(p.expression)
-    options = p.option_dict
-    if p.problem in available_networks():
-        if p.batch_size is not None:
-            options["batch_size"] = p.batch_size or None  # 0: full batch
-        return get_network(p.problem, **options)
-    return get_landscape(p.problem, **options)
 
 
 class RaceSession(Mirror, param.Parameterized):
@@ -145,10 +130,16 @@ class RaceSession(Mirror, param.Parameterized):
                          expression=self.expression, start=start, n_starts=self.n_starts, seed=self.seed,
                          batch_size=self.batch_size)
 
-    def _preset_probes(self, network: bool) -> ProbeConfig:
-        if self.probe_preset == "default":
+    def _preset_probes(self, network: bool, name: str | None = None) -> ProbeConfig:
+        if (name or self.probe_preset) == "default":
             return NETWORK_PROBES if network else LANDSCAPE_PROBES
-        return getattr(ProbeConfig, self.probe_preset)()
+        return getattr(ProbeConfig, name or self.probe_preset)()
+
+    def _preset_name(self, probes: ProbeConfig, network: bool) -> str:
+        """The preset a race's probes are (a link's, a preset's), as the page shows it; the page's if none."""
+        names = (self.probe_preset, *PROBE_PRESETS)  # the page's first: "economy" stays, not "default"
+        known = {name: self._preset_probes(network, name) for name in names}
+        return probes.preset(known) or self.probe_preset
 
     def _probe_config(self, network: bool) -> ProbeConfig:
         """The probes the widgets describe, on the running (or preset) config: ``replace`` keeps what
@@ -169,7 +160,7 @@ class RaceSession(Mirror, param.Parameterized):
             spec = replace(spec, probes=self._probe_config(network).to_dict())
         try:
             spec = check_race(spec, source)
-            problem = make_problem(spec.params)
+            problem = spec.params.make_problem()
             run = Run(problem, spec.config())
             if spec.paused:
                 run.schedule([LoggedEvent(spec.ticks, Pause())])
@@ -213,7 +204,8 @@ class RaceSession(Mirror, param.Parameterized):
                        n_starts=spec.params.n_starts, seed=spec.params.seed,
                        batch_size=spec.params.batch_size, probe_schedule=probes.schedule,
                        probe_every=probes.every, probe_top_k=probes.top_k, probe_density=probes.density,
-                       probe_trace=probes.trace, message="")
+                       probe_trace=probes.trace, message="",
+                       probe_preset=self._preset_name(probes, spec.params.is_network))
         if spec.speed is not None:
             updates["speed"] = spec.speed
         if spec.x_axis is not None:
@@ -274,6 +266,8 @@ class RaceSession(Mirror, param.Parameterized):
     @param.depends("probe_preset", watch=True)
     def _on_probe_preset(self) -> None:
         """A preset replaces the whole probe config (its widgets show its values)."""
+        if self._quiet_probes:  # a loaded race's own preset shown
+            return
         config = replace(self._preset_probes(self.is_network), seed=self.seed)
         self._quiet_probes = True
         try:
@@ -445,4 +439,4 @@ def _message(exc: Exception, source: str) -> str:
     return f"{source} cannot be opened: {text}"
 
 
-__all__ = ["DEFAULT_RACE", "Batch", "Mark", "RaceSession", "available", "make_problem"]
+__all__ = ["DEFAULT_RACE", "Batch", "Mark", "RaceSession", "available"]

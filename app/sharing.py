@@ -22,10 +22,11 @@ from typing import Any
 from engine.events import LoggedEvent, Pause, Resume
 from engine.instruments import ProbeConfig
 from engine.limits import DEFAULT_LIMITS, check_run
+from engine.problem import Problem
 from engine.registry import HyperparameterError, get_spec
 from engine.run import LaneConfig, RunConfig
 from engine.untrusted import check_event_log, decode_upload
-from landscapes import available_landscapes, available_networks
+from landscapes import available_landscapes, available_networks, get_landscape, get_network, parse_expression
 
 CUSTOM = "custom: type f(x, y)"
 X_AXES = ("step", "gradients", "function values", "HVPs", "JVPs", "rankings", "oracle calls",
@@ -58,6 +59,17 @@ class RunParams:
     @property
     def is_network(self) -> bool:
         return self.problem in available_networks()
+
+    def make_problem(self) -> Problem:
+        """The problem these settings name (raises with a message in the page's terms)."""
+        if self.problem == CUSTOM:
+            return parse_expression(self.expression)
+        options = self.option_dict
+        if self.is_network:
+            if self.batch_size is not None:
+                options["batch_size"] = self.batch_size or None  # 0: full batch
+            return get_network(self.problem, **options)
+        return get_landscape(self.problem, **options)
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -152,6 +152,19 @@ class ProbeConfig:
     # The app's edge-of-stability preset as shipped (lr 0.4 and 0.3, every=10) probes far more:
     # sharpness 35-36% / 35-36% of its compute (9.56 products a warm probe), economy 37-41% /
     # 39-42% (10.11 products).
+
+    PRESETS = ("sharpness", "economy", "business", "full")
+    """The presets below, cheapest first."""
+    SHOWN = ("every", "schedule", "top_k", "density", "trace", "seed")
+    """The fields a person changes on top of a preset (the app's probe widgets)."""
+
+    def preset(self, candidates: Mapping[str, ProbeConfig] | None = None) -> str | None:
+        """The name of the preset this config is, up to the :data:`SHOWN` fields: the first of
+        ``candidates`` (default: :data:`PRESETS`) that matches, None if none does."""
+        if candidates is None:
+            candidates = {name: getattr(ProbeConfig, name)() for name in self.PRESETS}
+        mine = {f: getattr(self, f) for f in self.SHOWN}
+        return next((name for name, c in candidates.items() if replace(c, **mine) == self), None)
 
     @classmethod
     def sharpness(cls, every: int = 50, **changes: Any) -> ProbeConfig:

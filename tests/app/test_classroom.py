@@ -229,11 +229,10 @@ def test_an_export_can_be_cancelled(ex: Explorer) -> None:
 
 def _run_preset(name: str, steps: int) -> tuple[dict[int, list], object]:
     """The preset's race, stepped synchronously (what the page shows, without the page)."""
-    from app.model import make_problem
     from engine.run import Run
 
     spec = presets()[name].spec()
-    problem = make_problem(spec.params)
+    problem = spec.params.make_problem()
     run = Run(problem, spec.config())
     by_lane: dict[int, list] = {}
     for r in run.run(steps):

@@ -169,6 +169,22 @@ def test_a_links_probes_survive_a_widget_change(sgd) -> None:
     assert probes_sent(sgd)[-1] == ProbeConfig.full(every=9, top_k=2, seed=sgd.seed).to_dict()
 
 
+def test_the_page_shows_the_probe_preset_of_the_race_it_opened(sgd) -> None:
+    """A link's (or a classroom preset's) probes are named by the page's preset selector, and
+    showing the name changes nothing: the link's interval and fields reach the run as they were (the
+    selector's own watcher, which sends a preset's defaults, stays quiet); probes that are no preset
+    leave the selector as it was."""
+    from engine.instruments import ProbeConfig
+    for name, probes in [("sharpness", ProbeConfig.sharpness(every=10, seed=sgd.seed)),
+                         ("business", ProbeConfig.business(every=9, top_k=4, seed=sgd.seed))]:
+        assert sgd.load(replace_probes(sgd.spec(), probes), "the link")
+        assert sgd.probe_preset == name and sgd.probe_every == probes.every
+        assert sgd.worker.call(lambda run: run.probes).result(timeout=10) == probes
+    assert sgd.load(replace_probes(sgd.spec(), ProbeConfig.sharpness(tol=1e-5)), "the link")
+    assert sgd.probe_preset == "business"  # tol 1e-5 is no preset's: the page's choice stays
+    assert sgd.worker.call(lambda run: run.probes.tol).result(timeout=10) == 1e-5
+
+
 def replace_probes(spec, probes):
     from dataclasses import replace
     return replace(spec, probes=probes.to_dict())

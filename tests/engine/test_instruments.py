@@ -398,3 +398,17 @@ def test_warm_probes_keep_where_they_started_for_the_next_one() -> None:
         previous = warm["top"]
         exact = torch.linalg.eigvalsh(dense_hessian(lambda z: problem.loss(z[None])[0], x))[-1].item()
         assert abs(r.curvature.lambda_max - exact) <= r.curvature.lambda_max_residual + 1e-12 * exact
+
+
+def test_a_probe_config_names_its_preset_up_to_the_fields_a_person_changes() -> None:
+    """``ProbeConfig.preset``: each preset, with any interval, schedule, top-k, density, trace and
+    seed on top, is named; a config that differs in a field no widget shows (tol, dtype, noise,
+    directional) is no preset."""
+    for name in ProbeConfig.PRESETS:
+        made = getattr(ProbeConfig, name)(every=7, schedule="log", top_k=2, trace=True, seed=3)
+        assert made.preset() == name
+        assert dataclasses.replace(made, density=not made.density).preset() == name
+    assert ProbeConfig.economy(directional=False).preset() is None
+    assert ProbeConfig.economy(tol=1e-5).preset() is None
+    assert ProbeConfig.business(dtype=None).preset() is None
+    assert ProbeConfig.sharpness(every=3).preset({"mine": ProbeConfig.sharpness()}) == "mine"
