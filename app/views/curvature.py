@@ -20,8 +20,8 @@ from app.views.base import View, html_escape
 from engine.curvature import density_on_grid
 from engine.records import Record
 
-TITLE = "sharpness (solid) vs stability threshold (dashed); dotted: along the update"
-TITLE_OFF = "sharpness (solid) vs stability threshold (dashed); along the update: not measured"
+TITLE = "sharpness (solid), threshold (dashed), along the update (dotted)"  # <= 70 characters: fits 1280 px
+TITLE_OFF = "sharpness (solid), threshold (dashed); along the update: not measured"
 NOT_MEASURED = ("<p><b>Not measured: the directional sharpness along the update</b> (u⊤Hu/|u|², drawn "
                 "dotted when measured). These probes measure λmax (with its residual) and each lane's "
                 "stability threshold only: the “sharpness” preset, the cheapest; the economy preset adds "
