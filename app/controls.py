@@ -9,6 +9,7 @@ from typing import Any
 
 import panel as pn
 
+from app import idle
 from app.cards import LaneCard, optimizer_groups, widget_specs
 from app.lanes import MAX_LANES, Lane
 from app.model import RaceSession
@@ -16,7 +17,7 @@ from app.presets import presets
 from app.sharing import CUSTOM
 from landscapes import available_landscapes, available_networks
 
-__all__ = ["LaneCard", "Sidebar", "inline_math", "widget_specs"]
+__all__ = ["LaneCard", "Sidebar", "inline_math", "update_rules", "widget_specs"]
 
 
 def inline_math(tex: str) -> str:
@@ -24,6 +25,15 @@ def inline_math(tex: str) -> str:
     text passes through HTML, where ``_{i<q}`` opens a ``<q>`` tag and KaTeX gets half a formula."""
     return "$" + tex.replace("<", r"\lt ").replace(">", r"\gt ") + "$"
 
+
+
+def update_rules(lanes: list[Lane]) -> list[pn.Row]:
+    """The presenter view's update rule of each lane, one line per equation (the rules separate them
+    with ",\\;"): on one line Adam's three ran past a 1024-px projector's edge in big type."""
+    return [pn.Row(pn.pane.Markdown(f"**{lane.label}**", width=200, styles={"color": lane.color}),
+                   pn.Column(*[pn.pane.LaTeX(inline_math(eq.strip()), margin=(2, 10))
+                               for eq in lane.spec.update_rule.split(r",\;")], sizing_mode="stretch_width"),
+                   sizing_mode="stretch_width") for lane in lanes]
 
 class Sidebar:
     """The controls column, on a race session."""
@@ -57,6 +67,14 @@ class Sidebar:
         self.cards: dict[int, LaneCard] = {}
         """The card of each lane now (by lane id)."""
         self._slots: list[LaneCard] = []  # every card on the page, in its order (hidden ones too)
+        # a served page's first screen has its lanes' cards; the spare ones follow when the server is
+        # idle (app/idle.py); a lane added before then gets a card made in its click
+        doc = pn.state.curdoc
+        served = idle.served(doc) and not pn.state.loaded
+        self._idle = (lambda work: idle.later(doc, work)) if served else None
+        self._spares_made = self._idle is None
+        if self._idle is not None:
+            self._idle(self._make_spares)
         self.lanes = pn.Column(sizing_mode="stretch_width", margin=0)
         self.presenter = w.Checkbox(label="presenter view (big type, update rules, one step per click)")
         network = s.param.problem.rx().rx.pipe(lambda v: v in available_networks())
@@ -88,6 +106,16 @@ class Sidebar:
                                    visible=s.param.problem.rx() == CUSTOM),
             w.FloatSlider.from_param(s.param.speed, label="speed (steps/s)", step=1),
             self.add_select, self.lanes, settings, probes, sizing_mode="stretch_width")
+
+    def fit_sliders(self) -> None:
+        """A lane card reused for a new race (a preset, a link) keeps its sliders, whose log grids were
+        made around the old values: one whose value is off its grid would show its first option
+        (lr "1e-06" for 0.019) -- such a card's widgets are built again around the values now."""
+        for card in self.cards.values():
+            values = card.lane.values()
+            if any(values.get(w.name, w.value) not in w.values
+                   for w in card.body.select(pn.widgets.DiscreteSlider)):
+                card._build(force=True)
 
     def _add(self, event: Any) -> None:
         if event.new != "choose…":
@@ -127,12 +155,23 @@ class Sidebar:
     def _lay_out(self, lanes: list[Lane], held: dict[Lane, LaneCard], collapsed: bool) -> list[LaneCard]:
         """Every card placed again: the lanes' in order, then hidden ones up to :data:`MAX_LANES`."""
         free = [c for c in self._slots if c.lane not in set(lanes)]
-        fresh = [LaneCard(self.session, None, collapsed, self._later) for _ in range(MAX_LANES - len(free))]
+        total = MAX_LANES if self._spares_made else len(lanes)
+        fresh = [self._card(collapsed) for _ in range(max(total, len(lanes)) - len(self._slots))]
         plan = [held.get(lane) or (free or fresh).pop(0) for lane in lanes]
         spare = free + fresh
-        self._slots = plan + spare[:max(MAX_LANES - len(lanes), 0)]
+        self._slots = plan + spare[:max(total - len(lanes), 0)]
         self.lanes.objects = [c.card for c in self._slots]
         return plan
+
+    def _card(self, collapsed: bool) -> LaneCard:
+        return LaneCard(self.session, None, collapsed, self._later, self._idle)
+
+    def _make_spares(self) -> None:
+        """The hidden cards up to :data:`MAX_LANES` (idle work after a served page has loaded)."""
+        self._spares_made = True
+        if len(self._slots) < MAX_LANES:
+            self._slots += [self._card(True) for _ in range(MAX_LANES - len(self._slots))]
+            self.lanes.objects = [c.card for c in self._slots]
 
     def _later(self, build: Callable[[], None]) -> None:
         """``build`` at the served page's next tick (the click's effect first); now off a loaded page."""
