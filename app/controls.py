@@ -78,7 +78,7 @@ class Sidebar:
         self.lanes = pn.Column(sizing_mode="stretch_width", margin=0)
         self.presenter = w.Checkbox(label="presenter view (big type, update rules, one step per click)")
         network = s.param.problem.rx().rx.pipe(lambda v: v in available_networks())
-        settings = pn.Card(
+        settings = self._closed_card(
             pn.Row(w.FloatInput.from_param(s.param.start_x, label="start x", width=110),
                    w.FloatInput.from_param(s.param.start_y, label="start y",
                                            width=110), visible=network.rx.not_()),
@@ -87,10 +87,10 @@ class Sidebar:
             w.IntInput.from_param(s.param.batch_size, label="batch size (0: full batch)", visible=network),
             w.RadioButtonGroup.from_param(s.param.on_switch, label="on switch"),
             self.presenter,
-            title="Race settings", collapsed=True, sizing_mode="stretch_width", margin=(3, 0))
+            title="Race settings", sizing_mode="stretch_width", margin=(3, 0))
         probe_now = w.Button(label="Probe now", color="primary", width=100)
         probe_now.on_click(lambda _: s.probe_now())
-        probes = pn.Card(
+        probes = self._closed_card(
             pn.pane.Markdown("preset (Cockpit's: more detail costs more run time)", margin=(0, 5)),
             w.RadioButtonGroup.from_param(s.param.probe_preset, label="preset"),
             w.RadioButtonGroup.from_param(s.param.probe_schedule, label="schedule"),
@@ -98,7 +98,7 @@ class Sidebar:
             w.IntSlider.from_param(s.param.probe_top_k, label="top-k eigenvalues"),
             pn.Row(w.Checkbox.from_param(s.param.probe_density, label="density"),
                    w.Checkbox.from_param(s.param.probe_trace, label="trace")),
-            probe_now, title="Curvature probes", collapsed=True, sizing_mode="stretch_width", margin=(3, 0))
+            probe_now, title="Curvature probes", sizing_mode="stretch_width", margin=(3, 0))
         self.buttons = pn.Row(self.run_button, self.pause_button, self.step_button, self.reset_button)
         self.panel = pn.Column(
             self.buttons, self.counter, self.error, self.preset_select, self.problem_select,
@@ -106,6 +106,20 @@ class Sidebar:
                                    visible=s.param.problem.rx() == CUSTOM),
             w.FloatSlider.from_param(s.param.speed, label="speed (steps/s)", step=1),
             self.add_select, self.lanes, settings, probes, sizing_mode="stretch_width")
+
+    def _closed_card(self, *objects: Any, **kw: Any) -> pn.Card:
+        """A collapsed card; on a served page its widgets enter the page when it is first opened or
+        when the server is idle (a first build holds what the first screen shows)."""
+        if self._idle is None:
+            return pn.Card(*objects, collapsed=True, **kw)
+        card = pn.Card(collapsed=True, **kw)
+
+        def fill() -> None:
+            if not card.objects:
+                card.objects = list(objects)
+        card.param.watch(lambda e: e.new or fill(), "collapsed")
+        self._idle(fill)
+        return card
 
     def fit_sliders(self) -> None:
         """A lane card reused for a new race (a preset, a link) keeps its sliders, whose log grids were

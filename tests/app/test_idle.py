@@ -101,3 +101,18 @@ def test_off_a_served_page_everything_is_built_at_once() -> None:
         assert next(v for v in ex.views if isinstance(v, GradView)).built
     finally:
         ex.close()
+
+
+@pytest.mark.timeout(120)
+def test_the_closed_settings_cards_get_their_widgets_when_opened_or_idle() -> None:
+    with served(["sgd"]) as (doc, ex):
+        pn.state._on_load(doc)
+        cards = {c.title: c for c in ex.sidebar.panel if isinstance(c, pn.Card)}
+        settings, probes = cards["Race settings"], cards["Curvature probes"]
+        assert not settings.objects and not probes.objects
+        settings.collapsed = False  # opened before the idle work
+        widget(settings, "seed").value = 7
+        assert ex.session.seed == 7
+        idle.drain()
+        assert widget(probes, "every n steps").value == ex.session.probe_every
+        assert widget(settings, "seed").value == 7  # opened before: kept, not built twice
