@@ -17,6 +17,10 @@ from app.presets import presets
 from app.sharing import CUSTOM
 from landscapes import available_landscapes, available_networks
 
+FIRST_SCREEN_CARDS = 1
+"""Open lane cards whose widgets a served page's first build makes: at 1280 x 720 the second card
+starts below the sidebar's fold; the others get theirs when the server is idle (app/idle.py)."""
+
 __all__ = ["LaneCard", "Sidebar", "inline_math", "update_rules", "widget_specs"]
 
 
@@ -73,6 +77,7 @@ class Sidebar:
         served = idle.served(doc) and not pn.state.loaded
         self._idle = (lambda work: idle.later(doc, work)) if served else None
         self._spares_made = self._idle is None
+        self._opened_now = 0  # open cards whose widgets the first build made
         if self._idle is not None:
             self._idle(self._make_spares)
         self.lanes = pn.Column(sizing_mode="stretch_width", margin=0)
@@ -191,6 +196,11 @@ class Sidebar:
         """``build`` at the served page's next tick (the click's effect first); now off a loaded page."""
         doc = pn.state.curdoc
         if doc is None or doc.session_context is None or not pn.state.loaded:
+            first = self._idle is not None and doc is not None and doc.session_context is not None
+            if first and self._opened_now >= FIRST_SCREEN_CARDS:
+                self._idle(build)  # a served page's first build: below its first screen, when idle
+                return
+            self._opened_now += first
             build()
             return
 

@@ -116,3 +116,15 @@ def test_the_closed_settings_cards_get_their_widgets_when_opened_or_idle() -> No
         idle.drain()
         assert widget(probes, "every n steps").value == ex.session.probe_every
         assert widget(settings, "seed").value == 7  # opened before: kept, not built twice
+
+
+@pytest.mark.timeout(120)
+def test_open_cards_below_the_first_screen_get_their_widgets_when_idle() -> None:
+    with served(["sgd", "adam", "rmsprop"]) as (doc, ex):  # three lanes: their cards open
+        cards = [ex.sidebar.cards[lane.id] for lane in ex.session.lanes]
+        assert not any(c.card.collapsed for c in cards)
+        assert [bool(c.body.objects) for c in cards] == [True, False, False]
+        pn.state._on_load(doc)
+        idle.drain()
+        for card, lane in zip(cards, ex.session.lanes, strict=True):
+            assert widget(card.card, "lr").value == pytest.approx(lane.hyperparameters.lr)
