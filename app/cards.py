@@ -315,8 +315,9 @@ class LaneCard:
         self.card.title = event.new
 
     def _new_optimizer(self, _: Any) -> None:
-        if not self.card.collapsed:
-            self._build(force=True)
+        if not self.card.collapsed:  # the switch and the race show it first; its widgets a tick later
+            lane = self.lane  # (the old widgets stay that tick: hidden and shown again, two layouts)
+            self._later(lambda: self.lane is lane and not self.card.collapsed and self._build(force=True))
         else:
             self.body.objects = []
         if self.switch.value != self.lane.optimizer:

@@ -27,10 +27,13 @@ GAP_S = 0.02
 """Seconds between two pieces of idle work (a page's GET or a click gets in between)."""
 BUSY_S = 0.25
 """Seconds before looking again while pages are being built or pulled."""
+QUIET_S = 1.0
+"""Seconds a piece waits after it was queued: what a click queues (a closed card's widgets for a lane
+it added) runs after the click's effect and the pumps that show it, not between them."""
 WAIT_MAX_S = 15.0
 """A page waiting longer than this for its browser (never pulled) stops holding the others' extras."""
 
-_queue: deque[tuple[Any, Callable[[], None]]] = deque()
+_queue: deque[tuple[Any, Callable[[], None], float]] = deque()  # (doc, work, not before)
 _waiting: dict[int, float] = {}  # id(page) -> when its build began (time.monotonic)
 _scheduled = False
 
@@ -69,8 +72,8 @@ def later(doc: Any, work: Callable[[], None]) -> None:
     if not served(doc):
         work()
         return
-    _queue.append((doc, work))
-    _kick(GAP_S)
+    _queue.append((doc, work, time.monotonic() + QUIET_S))
+    _kick(QUIET_S)
 
 
 def pending() -> int:
@@ -96,7 +99,10 @@ def _run() -> None:
     if busy():
         _kick(BUSY_S)
         return
-    doc, work = _queue.popleft()
+    if (wait := _queue[0][2] - time.monotonic()) > 0:
+        _kick(wait)
+        return
+    doc, work, _ = _queue.popleft()
     if not served(doc):  # its session ended
         _kick(0)
         return
@@ -126,7 +132,7 @@ def drain() -> int:
 
     done = 0
     while _queue:
-        doc, work = _queue.popleft()
+        doc, work, _ = _queue.popleft()
         with set_curdoc(doc), pn.io.hold(doc, freeze=True):
             work()
         done += 1

@@ -128,3 +128,20 @@ def test_open_cards_below_the_first_screen_get_their_widgets_when_idle() -> None
         idle.drain()
         for card, lane in zip(cards, ex.session.lanes, strict=True):
             assert widget(card.card, "lr").value == pytest.approx(lane.hyperparameters.lr)
+
+
+@pytest.mark.timeout(120)
+def test_a_switch_shows_its_optimizer_first_and_its_widgets_on_the_next_tick() -> None:
+    with served(["sgd"]) as (doc, ex):
+        pn.state._on_load(doc)
+        lane = ex.session.lanes[0]
+        card = ex.sidebar.cards[lane.id]
+        ticks: list = []
+        doc.add_next_tick_callback = ticks.append  # the server's next tick, run below
+        with set_curdoc(doc):
+            widget(card.card, "switch this lane to").value = "lion"
+        assert lane.optimizer == "lion" and card.card.title == "Lion" and len(ticks) == 1
+        assert card.body.objects[0].object is not lane.hyperparameters  # SGD's, for one tick
+        with set_curdoc(doc):
+            ticks.pop()()
+        assert card.body.objects[0].object is lane.hyperparameters and card.body.visible
