@@ -43,6 +43,13 @@ def served(doc: Any) -> bool:
     return doc is not None and getattr(doc, "session_context", None) is not None
 
 
+def connected(doc: Any) -> bool:
+    """Whether a served page is still there: a page closed before its idle work came is left alone
+    (its messages would be written to a closed socket; its session ends soon)."""
+    session = getattr(getattr(doc, "session_context", None), "_session", None)
+    return served(doc) and getattr(session, "connection_count", 1) > 0
+
+
 def arrive(page: object) -> bool:
     """A served page's first build starts (call at its start): idle work waits until it has loaded
     (:func:`loaded`). Whether it is one (elsewhere nothing is recorded)."""
@@ -103,13 +110,16 @@ def _run() -> None:
         _kick(wait)
         return
     doc, work, _ = _queue.popleft()
-    if not served(doc):  # its session ended
+    if not connected(doc):  # its page closed
         _kick(0)
         return
 
     def tick() -> None:
         import panel as pn
 
+        if not connected(doc):
+            _kick(0)
+            return
         try:
             with pn.io.hold(doc, freeze=True):
                 work()
