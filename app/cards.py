@@ -225,12 +225,10 @@ class LaneCard:
     has. A card put in or taken out made Bokeh walk the whole document (50-250 ms) in the click."""
 
     def __init__(self, session: RaceSession, lane: Lane | None, collapsed: bool,
-                 later: Callable[[Callable[[], None]], None] | None = None,
-                 idle: Callable[[Callable[[], None]], None] | None = None) -> None:
+                 later: Callable[[Callable[[], None]], None] | None = None) -> None:
         self.session = session
         self.lane: Lane | None = None
         self._later = later or (lambda f: f())
-        self._idle = idle  # a served page's: a closed card's widgets are built when the server is idle
         self._watchers: list[Any] = []
         self._binding = False
         # a hidden card gets the optimizers when it first shows a lane (a page's spare cards cost less)
@@ -269,8 +267,9 @@ class LaneCard:
             self.body.visible = False
         if not collapsed:
             self._later(lambda: self.lane is lane and not self.card.collapsed and self._build(force=True))
-        elif self._idle is not None:  # opened later, it shows them at once (built on open if not yet)
-            self._idle(lambda: self.lane is lane and self._build())
+        # a closed card's widgets are built when it is opened: built while idle (app/idle.py), eight
+        # closed cards' ~200 models made every later add, remove and preset slower (0.24 -> 0.56 s for
+        # a remove, benchmarks/controls.py) for an open 0.73 -> 0.50 s
 
     def hide(self) -> None:
         """No lane here any more (its lane left): out of sight, its widgets kept until it shows another."""

@@ -183,7 +183,7 @@ class Sidebar:
         return plan
 
     def _card(self, collapsed: bool) -> LaneCard:
-        return LaneCard(self.session, None, collapsed, self._later, self._idle)
+        return LaneCard(self.session, None, collapsed, self._later)
 
     def _make_spares(self) -> None:
         """The hidden cards up to :data:`MAX_LANES` (idle work after a served page has loaded)."""

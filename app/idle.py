@@ -2,10 +2,11 @@
 
 Twenty pages opened at once are built one after another by one interpreter, and each waits for the
 builds before it: a page's first build should hold only what its first screen shows. What the first
-screen does not show (the spare lane cards a lane added later takes, the bodies of closed cards) is
-queued here with :func:`later` and built after the page has loaded, one piece a tick, and only while
-no page of this process is being built or waiting for its document to be pulled (:func:`arrive`,
-:func:`loaded`): a class's pages all load before any of them gets its extras.
+screen does not show (the spare lane cards a lane added later takes, open lane cards below the fold,
+closed settings cards, closed streaming tabs) is queued here with :func:`later` and built after the
+page has loaded, one piece a tick, and only while no page of this process is being built or waiting
+for its document to be pulled (:func:`arrive`, :func:`loaded`): a class's pages all load before any
+of them gets its extras.
 
 A piece must also be buildable on demand: a click that needs it before its turn builds it then (the
 callers' own business: each piece checks whether it is still to be done when its turn comes).
