@@ -1,0 +1,323 @@
+"""The sidebar's lane cards: one lane's optimizer switch, hyperparameters (``pn.Param``: its widgets
+are generated from the optimizer's spec) and wrappers (lr schedule, clipping, batch size).
+
+A log-scale hyperparameter gets a slider over a log-spaced grid (1, 1.5, 2, 3, 5, 7 per decade)
+that shows the value itself, a choice a drop-down of its options; sliders report on release
+(``value_throttled``), so a drag sends one event, not fifty.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import panel as pn
+import param
+
+from app.lanes import OWN_BATCH, SCHEDULED, Lane
+from app.model import RaceSession
+from engine.registry import available, get_spec
+from engine.schedules import Schedule
+
+_MANTISSAS = (1, 1.5, 2, 3, 5, 7)
+_OPEN_END = 1e-6  # keeps a slider off an excluded end of its range, e.g. beta < 1
+
+
+def log_grid(lo: float, hi: float, value: float) -> list[float]:
+    """1, 1.5, 2, 3, 5, 7 x 10^k inside [lo, hi], plus ``value`` itself (a default off the grid)."""
+    grid = {value}
+    for k in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1):
+        grid.update(float(f"{m}e{k}") for m in _MANTISSAS)
+    return sorted(v for v in grid if lo <= v <= hi)
+
+
+def _span(hp: Any) -> tuple[float, float]:
+    lo = hp.low if hp.low is not None else -10.0
+    hi = hp.high if hp.high is not None else 10.0
+    if not hp.include_low:
+        lo += _OPEN_END * max(1.0, abs(lo))
+    if not hp.include_high:
+        hi -= _OPEN_END * max(1.0, abs(hi))
+    return lo, hi
+
+
+class LogGridSlider(pn.widgets.DiscreteSlider):
+    """A ``DiscreteSlider`` whose label ("lr: 0.003") the page alone writes.
+
+    Panel's writes it twice: in the page (a link from the slider's position) and from the server on
+    each value it processes. Under load the server's write for an older key press or drag position
+    can reach the page after a newer one: the page then shows the old value while the run has the
+    new one, and nothing corrects it (the server believes the page shows its newest label). Here
+    the server keeps the label's text for itself (a page built later gets it) without sending it:
+    the page's link rewrites the label whenever the slider moves, by the user or by the server."""
+
+    def _update_value(self, event: param.parameterized.Event) -> None:
+        with param.parameterized.discard_events(self._text):
+            super()._update_value(event)
+
+
+def widget_specs(lane: Lane) -> dict[str, dict[str, Any]]:
+    """``pn.Param`` widget settings for a lane's hyperparameters (types and grids from the spec)."""
+    out: dict[str, dict[str, Any]] = {}
+    for hp in lane.spec.hyperparameters:
+        value = getattr(lane.hyperparameters, hp.name)
+        if hp.kind == "bool":
+            out[hp.name] = {"type": pn.widgets.Checkbox}
+            continue
+        if hp.kind == "choice":
+            out[hp.name] = {"type": pn.widgets.Select}
+            continue
+        lo, hi = _span(hp)
+        if hp.kind == "int":
+            out[hp.name] = {"type": pn.widgets.IntSlider, "start": int(lo), "end": int(hi), "throttled": True}
+        elif hp.log:
+            grid = log_grid(lo, hi, float(value))
+            out[hp.name] = {"type": LogGridSlider, "options": {f"{v:.3g}": v for v in grid},
+                            "throttled": True}
+        else:  # up to 4 decimals: beta2 = 0.999 must not read "1"
+            out[hp.name] = {"type": pn.widgets.FloatSlider, "start": lo, "end": hi, "step": (hi - lo) / 1000,
+                            "format": "0.[0000]", "throttled": True}
+    return out
+
+
+def schedule_horizon(s: Schedule) -> int:
+    """Steps a card's little curve spans: the schedule's shape with some of its tail."""
+    if s.kind in ("cosine", "linear"):
+        body = int(s.steps * 1.25)
+    elif s.kind == "step":
+        body = 4 * s.every
+    elif s.kind == "exponential":
+        body = int(min(math.log(0.01) / math.log(s.gamma), 100_000)) if s.gamma < 1 else 100
+    elif s.kind == "refined":
+        body = len(s.values)
+    else:
+        body = max(100, s.warmup)
+    return max(s.warmup + body, 2)
+
+
+def schedule_svg(s: Schedule | None, base: float, step: int | None, color: str,
+                 width: int = 210, height: int = 56) -> str:
+    """A small drawing of the lr the schedule gives, from ``base`` down to 0, with a dot at ``step``."""
+    s = s or Schedule()
+    horizon = schedule_horizon(s)
+    ts = [round(i * (horizon - 1) / 99) for i in range(100)]
+    left, top, w, h = 34, 4, width - 40, height - 18
+    pts = " ".join(f"{left + w * t / (horizon - 1):.1f},{top + h * (1 - s.factor(t)):.1f}" for t in ts)
+    dot = ""
+    if step is not None:
+        t = min(step, horizon - 1)
+        dot = (f'<circle cx="{left + w * t / (horizon - 1):.1f}" cy="{top + h * (1 - s.factor(step)):.1f}" '
+               f'r="3.5" fill="{color}" stroke="black" stroke-width="0.8"/>')
+    label = "font-size:9px;fill:#555;font-family:sans-serif"
+    why = ("lr = base x the schedule's factor at the lane's own step, counted from the lane's start: "
+           "a schedule picked at step 400 takes its value at step 400 at once")
+    return (f'<svg width="{width}" height="{height}" class="lr-schedule"><title>{why}</title>'
+            f'<line x1="{left}" y1="{top + h}" x2="{left + w}" y2="{top + h}" stroke="#bbb"/>'
+            f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + h}" stroke="#bbb"/>'
+            f'<text x="{left - 3}" y="{top + 7}" text-anchor="end" style="{label}">{base:.2g}</text>'
+            f'<text x="{left - 3}" y="{top + h}" text-anchor="end" style="{label}">0</text>'
+            f'<text x="{left + w}" y="{height - 2}" text-anchor="end" style="{label}">'
+            f'step {horizon - 1}</text>'
+            f'<text x="{left}" y="{height - 2}" style="{label}">0</text>'
+            f'<polyline points="{pts}" fill="none" stroke="{color}" stroke-width="1.8"/>{dot}</svg>')
+
+
+_SCHEDULE_FIELDS = {"constant": (), "step": ("gamma", "every"), "exponential": ("gamma",),
+                    "cosine": ("steps", "final"), "linear": ("steps", "final"), "refined": ()}
+_CLIP_FIELDS = {"none": (), "norm": ("threshold",), "value": ("threshold",), "coordinate": ("fraction",)}
+_BATCH_FIELDS = {OWN_BATCH: (), "constant": ("size",), "schedule": ("size", "growth", "batch_every"),
+                 "norm_test": ("size", "theta")}
+
+
+class WrapperControls:
+    """A lane's lr schedule (with its curve and the live lr), clipping and, on networks, batch size:
+    widgets on ``lane.wrap``, only the fields the chosen kind uses shown."""
+
+    def __init__(self, lane: Lane, network: bool) -> None:
+        self.lane = lane
+        w, p = pn.widgets, lane.wrap.param
+        small = {"width": 95, "margin": (2, 5)}
+        self.fields: dict[str, pn.widgets.Widget] = {
+            "warmup": w.IntInput.from_param(p.warmup, **small),
+            "steps": w.IntInput.from_param(p.steps, **small),
+            "gamma": w.FloatInput.from_param(p.gamma, step=0.05, **small),
+            "every": w.IntInput.from_param(p.every, **small),
+            "final": w.FloatInput.from_param(p.final, step=0.05, **small),
+            "threshold": w.FloatInput.from_param(p.threshold, **small),
+            "fraction": w.FloatInput.from_param(p.fraction, step=0.05, **small),
+            "size": w.IntInput.from_param(p.size, **small),
+            "growth": w.FloatInput.from_param(p.growth, **small),
+            "batch_every": w.IntInput.from_param(p.batch_every, **small),
+            "theta": w.FloatInput.from_param(p.theta, **small),
+        }
+        f = self.fields
+        self.curve = pn.pane.HTML("", margin=(0, 5), css_classes=["lr-curve"])
+        self.live = pn.pane.HTML("", margin=(0, 5), styles={"font-size": "0.8em", "color": "#333"},
+                                 css_classes=["lr-live"])
+        schedule = pn.Column(w.Select.from_param(p.schedule, margin=(2, 5)),
+                             pn.Row(f["warmup"], f["steps"], f["every"]), pn.Row(f["gamma"], f["final"]),
+                             self.curve, self.live, margin=0, sizing_mode="stretch_width")
+        clip = pn.Column(w.Select.from_param(p.clip, margin=(2, 5)), pn.Row(f["threshold"], f["fraction"]),
+                         margin=0)
+        parts: list[Any] = [schedule, clip]
+        if network:
+            parts.append(pn.Column(w.Select.from_param(p.batch, margin=(2, 5)),
+                                   pn.Row(f["size"], f["growth"]), pn.Row(f["batch_every"], f["theta"]),
+                                   margin=0))
+        self.panel = pn.Column(*parts, margin=0, sizing_mode="stretch_width")
+        self._step: int | None = None
+        lane.wrap.param.watch(lambda *_: self.show(), [n for n in lane.wrap.param if n != "name"])
+        self.show()
+
+    def show(self) -> None:
+        wrap = self.lane.wrap
+        shown = set(_SCHEDULE_FIELDS.get(wrap.schedule, ())) | set(_CLIP_FIELDS[wrap.clip]) | \
+            set(_BATCH_FIELDS[wrap.batch])
+        shown.add("warmup")
+        has_lr = SCHEDULED in self.lane.values()
+        for name, widget in self.fields.items():
+            widget.visible = name in shown and (has_lr or name not in ("warmup", "steps", "gamma", "every",
+                                                                         "final"))
+        self.curve.visible = self.live.visible = has_lr
+        if has_lr:
+            self._draw()
+
+    def _draw(self) -> None:
+        try:
+            schedule = self.lane.wrap.lr_schedule()
+        except ValueError:
+            return
+        base = float(self.lane.values()[SCHEDULED])
+        svg = schedule_svg(schedule, base, self._step, self.lane.color)
+        if svg != self.curve.object:
+            self.curve.object = svg
+
+    def refresh(self, record: Any) -> None:
+        """The lane's newest record: move the dot, write the live lr."""
+        if record is None or SCHEDULED not in record.hyperparameters:
+            return
+        self._step = int(record.step)
+        live = float(record.hyperparameters[SCHEDULED])
+        text = f"lr now <b>{live:.4g}</b> at step {record.step}"
+        if text != self.live.object:
+            self.live.object = text
+            self._draw()
+
+
+def optimizer_groups() -> dict[str, list[str]]:
+    """Every registered optimizer, grouped by family (first-order, zeroth-order, ...)."""
+    groups: dict[str, list[str]] = {}
+    for name in available():
+        groups.setdefault(get_spec(name).family, []).append(name)
+    return groups
+
+
+_HIDDEN = ["card", "lane-off"]  # a Card's visible=False did not hide it on the served page: a rule does
+
+
+class LaneCard:
+    """One lane in the sidebar: a card in its colour with its hyperparameters (``pn.Param``), the
+    optimizer it runs (switch it here) and a remove button.
+
+    A card is a place that shows a lane (:meth:`bind`) or nothing (:meth:`hide`); the sidebar has
+    :data:`MAX_LANES` from the start: adding or removing a lane changes properties of models the page
+    has. A card put in or taken out made Bokeh walk the whole document (50-250 ms) in the click."""
+
+    def __init__(self, session: RaceSession, lane: Lane | None, collapsed: bool,
+                 later: Callable[[Callable[[], None]], None] | None = None) -> None:
+        self.session = session
+        self.lane: Lane | None = None
+        self._later = later or (lambda f: f())
+        self._watchers: list[Any] = []
+        self._binding = False
+        # a hidden card gets the optimizers when it first shows a lane (a page's spare cards cost less)
+        self.switch = pn.widgets.Select(label="switch this lane to", options=[], width=165)
+        self.switch._debounce = 0  # a pick is one change: no 50 ms wait for more (Panel's, for typing)
+        self.switch.param.watch(self._switch, "value")
+        self.remove = pn.widgets.Button(label="✕ remove", width=75, margin=(22, 0, 5, 5))
+        self.remove.on_click(lambda _: self.lane is not None and session.remove_lane(self.lane))
+        # a collapsed card builds its widgets when first opened (8 lanes of sliders cost the page ~1 s)
+        self.body = pn.Column(sizing_mode="stretch_width", margin=0)
+        self.wrappers: WrapperControls | None = None
+        self.card = pn.Card(self.body, pn.Row(self.switch, self.remove), title="", collapsed=collapsed,
+                            header_color="white", sizing_mode="stretch_width", margin=(3, 0), visible=False,
+                            css_classes=_HIDDEN, stylesheets=[":host(.lane-off) {display: none !important;}"])
+        self.card.param.watch(self._opened, "collapsed")
+        if lane is not None:
+            self.bind(lane, collapsed)
+
+    def bind(self, lane: Lane, collapsed: bool) -> None:
+        """Show ``lane`` here (a card of no lane, or of one that left). The widgets of an open card
+        follow on the next tick: the card and the race show the change first."""
+        self._unwatch()
+        self.lane, self.wrappers = lane, None
+        self._watchers = [lane.param.watch(self._relabel, "label"),
+                          lane.param.watch(self._new_optimizer, "hyperparameters")]
+        self._binding = True
+        try:
+            if not self.switch.groups:
+                self.switch.groups = optimizer_groups()
+            self.switch.value = lane.optimizer
+            self.card.param.update(title=lane.label, header_background=lane.color, collapsed=collapsed,
+                                   visible=True, css_classes=["card"])
+        finally:
+            self._binding = False
+        if self.body.objects:  # another lane's widgets: never shown for this one
+            self.body.visible = False
+        if not collapsed:
+            self._later(lambda: self.lane is lane and not self.card.collapsed and self._build(force=True))
+        # a closed card's widgets are built when it is opened: built while idle (app/idle.py), eight
+        # closed cards' ~200 models made every later add, remove and preset slower (0.24 -> 0.56 s for
+        # a remove, benchmarks/controls.py) for an open 0.73 -> 0.50 s
+
+    def hide(self) -> None:
+        """No lane here any more (its lane left): out of sight, its widgets kept until it shows another."""
+        self._unwatch()
+        self.lane = None
+        self.card.param.update(visible=False, title="", css_classes=_HIDDEN)
+
+    def _unwatch(self) -> None:
+        if self.lane is not None:
+            for watcher in self._watchers:
+                self.lane.param.unwatch(watcher)
+        self._watchers = []
+
+    def _opened(self, event: Any) -> None:
+        if not event.new and not self._binding and self.lane is not None:
+            self._build()
+
+    def _build(self, force: bool = False) -> None:
+        if self.body.objects and self.body.visible and not force:
+            return
+        if self.wrappers is None:  # one per lane shown: its widgets are bound to the lane's wrappers
+            self.wrappers = WrapperControls(self.lane, self.session.is_network)
+        else:
+            self.wrappers.show()
+        self.body.objects = [pn.Param(self.lane.hyperparameters, widgets=widget_specs(self.lane),
+                                      show_name=False,
+                                      sizing_mode="stretch_width", margin=0), self.wrappers.panel]
+        self.body.visible = True
+
+    def refresh(self) -> None:
+        if self.wrappers is not None and not self.card.collapsed and self.body.visible:
+            self.wrappers.refresh(self.session.latest.get(self.lane.id))
+
+    def _switch(self, event: Any) -> None:
+        lane = self.lane
+        if lane is None or self._binding or event.new == lane.optimizer:
+            return
+        if not self.session.switch_optimizer(lane, event.new):
+            self.switch.value = lane.optimizer  # refused (message shown): show what runs
+
+    def _relabel(self, event: Any) -> None:
+        self.card.title = event.new
+
+    def _new_optimizer(self, _: Any) -> None:
+        if not self.card.collapsed:  # the switch and the race show it first; its widgets a tick later
+            lane = self.lane  # (the old widgets stay that tick: hidden and shown again, two layouts)
+            self._later(lambda: self.lane is lane and not self.card.collapsed and self._build(force=True))
+        else:
+            self.body.objects = []
+        if self.switch.value != self.lane.optimizer:
+            self.switch.value = self.lane.optimizer
