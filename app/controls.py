@@ -1,27 +1,30 @@
-"""The sidebar: run buttons, presets, the problem, the lanes (one card each: :mod:`app.cards`) and
-the race settings.
+"""The sidebar: run buttons, presets, the problem, the lanes (each rendered from its ``param``
+object by ``pn.Param``: its widgets are generated from the optimizer's spec) and the race settings.
+
+A log-scale hyperparameter gets a slider over a log-spaced grid (1, 1.5, 2, 3, 5, 7 per decade)
+that shows the value itself, a choice a drop-down of its options; sliders report on release
+(``value_throttled``), so a drag sends one event, not fifty.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
 import panel as pn
+import param
 
-from app import idle
-from app.cards import LaneCard, optimizer_groups, widget_specs
-from app.lanes import MAX_LANES, Lane
+from app.lanes import MAX_LANES, OWN_BATCH, SCHEDULED, Lane
 from app.model import RaceSession
 from app.presets import presets
 from app.sharing import CUSTOM
+from engine.registry import available, get_spec
+from engine.schedules import Schedule
 from landscapes import available_landscapes, available_networks
 
-FIRST_SCREEN_CARDS = 1
-"""Open lane cards whose widgets a served page's first build makes: at 1280 x 720 the second card
-starts below the sidebar's fold; the others get theirs when the server is idle (app/idle.py)."""
-
-__all__ = ["LaneCard", "Sidebar", "inline_math", "update_rules", "widget_specs"]
+_MANTISSAS = (1, 1.5, 2, 3, 5, 7)
+_OPEN_END = 1e-6  # keeps a slider off an excluded end of its range, e.g. beta < 1
 
 
 def inline_math(tex: str) -> str:
@@ -30,14 +33,300 @@ def inline_math(tex: str) -> str:
     return "$" + tex.replace("<", r"\lt ").replace(">", r"\gt ") + "$"
 
 
+def log_grid(lo: float, hi: float, value: float) -> list[float]:
+    """1, 1.5, 2, 3, 5, 7 x 10^k inside [lo, hi], plus ``value`` itself (a default off the grid)."""
+    grid = {value}
+    for k in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1):
+        grid.update(float(f"{m}e{k}") for m in _MANTISSAS)
+    return sorted(v for v in grid if lo <= v <= hi)
 
-def update_rules(lanes: list[Lane]) -> list[pn.Row]:
-    """The presenter view's update rule of each lane, one line per equation (the rules separate them
-    with ",\\;"): on one line Adam's three ran past a 1024-px projector's edge in big type."""
-    return [pn.Row(pn.pane.Markdown(f"**{lane.label}**", width=200, styles={"color": lane.color}),
-                   pn.Column(*[pn.pane.LaTeX(inline_math(eq.strip()), margin=(2, 10))
-                               for eq in lane.spec.update_rule.split(r",\;")], sizing_mode="stretch_width"),
-                   sizing_mode="stretch_width") for lane in lanes]
+
+def _span(hp: Any) -> tuple[float, float]:
+    lo = hp.low if hp.low is not None else -10.0
+    hi = hp.high if hp.high is not None else 10.0
+    if not hp.include_low:
+        lo += _OPEN_END * max(1.0, abs(lo))
+    if not hp.include_high:
+        hi -= _OPEN_END * max(1.0, abs(hi))
+    return lo, hi
+
+
+class LogGridSlider(pn.widgets.DiscreteSlider):
+    """A ``DiscreteSlider`` whose label ("lr: 0.003") the page alone writes.
+
+    Panel's writes it twice: in the page (a link from the slider's position) and from the server on
+    each value it processes. Under load the server's write for an older key press or drag position
+    can reach the page after a newer one: the page then shows the old value while the run has the
+    new one, and nothing corrects it (the server believes the page shows its newest label). Here
+    the server keeps the label's text for itself (a page built later gets it) without sending it:
+    the page's link rewrites the label whenever the slider moves, by the user or by the server."""
+
+    def _update_value(self, event: param.parameterized.Event) -> None:
+        with param.parameterized.discard_events(self._text):
+            super()._update_value(event)
+
+
+def widget_specs(lane: Lane) -> dict[str, dict[str, Any]]:
+    """``pn.Param`` widget settings for a lane's hyperparameters (types and grids from the spec)."""
+    out: dict[str, dict[str, Any]] = {}
+    for hp in lane.spec.hyperparameters:
+        value = getattr(lane.hyperparameters, hp.name)
+        if hp.kind == "bool":
+            out[hp.name] = {"type": pn.widgets.Checkbox}
+            continue
+        if hp.kind == "choice":
+            out[hp.name] = {"type": pn.widgets.Select}
+            continue
+        lo, hi = _span(hp)
+        if hp.kind == "int":
+            out[hp.name] = {"type": pn.widgets.IntSlider, "start": int(lo), "end": int(hi), "throttled": True}
+        elif hp.log:
+            grid = log_grid(lo, hi, float(value))
+            out[hp.name] = {"type": LogGridSlider, "options": {f"{v:.3g}": v for v in grid},
+                            "throttled": True}
+        else:  # up to 4 decimals: beta2 = 0.999 must not read "1"
+            out[hp.name] = {"type": pn.widgets.FloatSlider, "start": lo, "end": hi, "step": (hi - lo) / 1000,
+                            "format": "0.[0000]", "throttled": True}
+    return out
+
+
+def schedule_horizon(s: Schedule) -> int:
+    """Steps a card's little curve spans: the schedule's shape with some of its tail."""
+    if s.kind in ("cosine", "linear"):
+        body = int(s.steps * 1.25)
+    elif s.kind == "step":
+        body = 4 * s.every
+    elif s.kind == "exponential":
+        body = int(min(math.log(0.01) / math.log(s.gamma), 100_000)) if s.gamma < 1 else 100
+    elif s.kind == "refined":
+        body = len(s.values)
+    else:
+        body = max(100, s.warmup)
+    return max(s.warmup + body, 2)
+
+
+def schedule_svg(s: Schedule | None, base: float, step: int | None, color: str,
+                 width: int = 210, height: int = 56) -> str:
+    """A small drawing of the lr the schedule gives, from ``base`` down to 0, with a dot at ``step``."""
+    s = s or Schedule()
+    horizon = schedule_horizon(s)
+    ts = [round(i * (horizon - 1) / 99) for i in range(100)]
+    left, top, w, h = 34, 4, width - 40, height - 18
+    pts = " ".join(f"{left + w * t / (horizon - 1):.1f},{top + h * (1 - s.factor(t)):.1f}" for t in ts)
+    dot = ""
+    if step is not None:
+        t = min(step, horizon - 1)
+        dot = (f'<circle cx="{left + w * t / (horizon - 1):.1f}" cy="{top + h * (1 - s.factor(step)):.1f}" '
+               f'r="3.5" fill="{color}" stroke="black" stroke-width="0.8"/>')
+    label = "font-size:9px;fill:#555;font-family:sans-serif"
+    why = ("lr = base x the schedule's factor at the lane's own step, counted from the lane's start: "
+           "a schedule picked at step 400 takes its value at step 400 at once")
+    return (f'<svg width="{width}" height="{height}" class="lr-schedule"><title>{why}</title>'
+            f'<line x1="{left}" y1="{top + h}" x2="{left + w}" y2="{top + h}" stroke="#bbb"/>'
+            f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + h}" stroke="#bbb"/>'
+            f'<text x="{left - 3}" y="{top + 7}" text-anchor="end" style="{label}">{base:.2g}</text>'
+            f'<text x="{left - 3}" y="{top + h}" text-anchor="end" style="{label}">0</text>'
+            f'<text x="{left + w}" y="{height - 2}" text-anchor="end" style="{label}">'
+            f'step {horizon - 1}</text>'
+            f'<text x="{left}" y="{height - 2}" style="{label}">0</text>'
+            f'<polyline points="{pts}" fill="none" stroke="{color}" stroke-width="1.8"/>{dot}</svg>')
+
+
+_SCHEDULE_FIELDS = {"constant": (), "step": ("gamma", "every"), "exponential": ("gamma",),
+                    "cosine": ("steps", "final"), "linear": ("steps", "final"), "refined": ()}
+_CLIP_FIELDS = {"none": (), "norm": ("threshold",), "value": ("threshold",), "coordinate": ("fraction",)}
+_BATCH_FIELDS = {OWN_BATCH: (), "constant": ("size",), "schedule": ("size", "growth", "batch_every"),
+                 "norm_test": ("size", "theta")}
+
+
+class WrapperControls:
+    """A lane's lr schedule (with its curve and the live lr), clipping and, on networks, batch size:
+    widgets on ``lane.wrap``, only the fields the chosen kind uses shown."""
+
+    def __init__(self, lane: Lane, network: bool) -> None:
+        self.lane = lane
+        w, p = pn.widgets, lane.wrap.param
+        small = {"width": 95, "margin": (2, 5)}
+        self.fields: dict[str, pn.widgets.Widget] = {
+            "warmup": w.IntInput.from_param(p.warmup, **small),
+            "steps": w.IntInput.from_param(p.steps, **small),
+            "gamma": w.FloatInput.from_param(p.gamma, step=0.05, **small),
+            "every": w.IntInput.from_param(p.every, **small),
+            "final": w.FloatInput.from_param(p.final, step=0.05, **small),
+            "threshold": w.FloatInput.from_param(p.threshold, **small),
+            "fraction": w.FloatInput.from_param(p.fraction, step=0.05, **small),
+            "size": w.IntInput.from_param(p.size, **small),
+            "growth": w.FloatInput.from_param(p.growth, **small),
+            "batch_every": w.IntInput.from_param(p.batch_every, **small),
+            "theta": w.FloatInput.from_param(p.theta, **small),
+        }
+        f = self.fields
+        self.curve = pn.pane.HTML("", margin=(0, 5), css_classes=["lr-curve"])
+        self.live = pn.pane.HTML("", margin=(0, 5), styles={"font-size": "0.8em", "color": "#333"},
+                                 css_classes=["lr-live"])
+        schedule = pn.Column(w.Select.from_param(p.schedule, margin=(2, 5)),
+                             pn.Row(f["warmup"], f["steps"], f["every"]), pn.Row(f["gamma"], f["final"]),
+                             self.curve, self.live, margin=0, sizing_mode="stretch_width")
+        clip = pn.Column(w.Select.from_param(p.clip, margin=(2, 5)), pn.Row(f["threshold"], f["fraction"]),
+                         margin=0)
+        parts: list[Any] = [schedule, clip]
+        if network:
+            parts.append(pn.Column(w.Select.from_param(p.batch, margin=(2, 5)),
+                                   pn.Row(f["size"], f["growth"]), pn.Row(f["batch_every"], f["theta"]),
+                                   margin=0))
+        self.panel = pn.Column(*parts, margin=0, sizing_mode="stretch_width")
+        self._step: int | None = None
+        lane.wrap.param.watch(lambda *_: self.show(), [n for n in lane.wrap.param if n != "name"])
+        self.show()
+
+    def show(self) -> None:
+        wrap = self.lane.wrap
+        shown = set(_SCHEDULE_FIELDS.get(wrap.schedule, ())) | set(_CLIP_FIELDS[wrap.clip]) | \
+            set(_BATCH_FIELDS[wrap.batch])
+        shown.add("warmup")
+        has_lr = SCHEDULED in self.lane.values()
+        for name, widget in self.fields.items():
+            widget.visible = name in shown and (has_lr or name not in ("warmup", "steps", "gamma", "every",
+                                                                         "final"))
+        self.curve.visible = self.live.visible = has_lr
+        if has_lr:
+            self._draw()
+
+    def _draw(self) -> None:
+        try:
+            schedule = self.lane.wrap.lr_schedule()
+        except ValueError:
+            return
+        base = float(self.lane.values()[SCHEDULED])
+        svg = schedule_svg(schedule, base, self._step, self.lane.color)
+        if svg != self.curve.object:
+            self.curve.object = svg
+
+    def refresh(self, record: Any) -> None:
+        """The lane's newest record: move the dot, write the live lr."""
+        if record is None or SCHEDULED not in record.hyperparameters:
+            return
+        self._step = int(record.step)
+        live = float(record.hyperparameters[SCHEDULED])
+        text = f"lr now <b>{live:.4g}</b> at step {record.step}"
+        if text != self.live.object:
+            self.live.object = text
+            self._draw()
+
+
+def optimizer_groups() -> dict[str, list[str]]:
+    """Every registered optimizer, grouped by family (first-order, zeroth-order, ...)."""
+    groups: dict[str, list[str]] = {}
+    for name in available():
+        groups.setdefault(get_spec(name).family, []).append(name)
+    return groups
+
+
+_HIDDEN = ["card", "lane-off"]  # a Card's visible=False did not hide it on the served page: a rule does
+
+
+class LaneCard:
+    """One lane in the sidebar: a card in its colour with its hyperparameters (``pn.Param``), the
+    optimizer it runs (switch it here) and a remove button.
+
+    A card is a place that shows a lane (:meth:`bind`) or nothing (:meth:`hide`); the sidebar has
+    :data:`MAX_LANES` from the start: adding or removing a lane changes properties of models the page
+    has. A card put in or taken out made Bokeh walk the whole document (50-250 ms) in the click."""
+
+    def __init__(self, session: RaceSession, lane: Lane | None, collapsed: bool,
+                 later: Callable[[Callable[[], None]], None] | None = None) -> None:
+        self.session = session
+        self.lane: Lane | None = None
+        self._later = later or (lambda f: f())
+        self._watchers: list[Any] = []
+        self._binding = False
+        # a hidden card gets the optimizers when it first shows a lane (a page's spare cards cost less)
+        self.switch = pn.widgets.Select(label="switch this lane to", options=[], width=165)
+        self.switch._debounce = 0  # a pick is one change: no 50 ms wait for more (Panel's, for typing)
+        self.switch.param.watch(self._switch, "value")
+        self.remove = pn.widgets.Button(label="✕ remove", width=75, margin=(22, 0, 5, 5))
+        self.remove.on_click(lambda _: self.lane is not None and session.remove_lane(self.lane))
+        # a collapsed card builds its widgets when first opened (8 lanes of sliders cost the page ~1 s)
+        self.body = pn.Column(sizing_mode="stretch_width", margin=0)
+        self.wrappers: WrapperControls | None = None
+        self.card = pn.Card(self.body, pn.Row(self.switch, self.remove), title="", collapsed=collapsed,
+                            header_color="white", sizing_mode="stretch_width", margin=(3, 0), visible=False,
+                            css_classes=_HIDDEN, stylesheets=[":host(.lane-off) {display: none !important;}"])
+        self.card.param.watch(self._opened, "collapsed")
+        if lane is not None:
+            self.bind(lane, collapsed)
+
+    def bind(self, lane: Lane, collapsed: bool) -> None:
+        """Show ``lane`` here (a card of no lane, or of one that left). The widgets of an open card
+        follow on the next tick: the card and the race show the change first."""
+        self._unwatch()
+        self.lane, self.wrappers = lane, None
+        self._watchers = [lane.param.watch(self._relabel, "label"),
+                          lane.param.watch(self._new_optimizer, "hyperparameters")]
+        self._binding = True
+        try:
+            if not self.switch.groups:
+                self.switch.groups = optimizer_groups()
+            self.switch.value = lane.optimizer
+            self.card.param.update(title=lane.label, header_background=lane.color, collapsed=collapsed,
+                                   visible=True, css_classes=["card"])
+        finally:
+            self._binding = False
+        if self.body.objects:  # another lane's widgets: never shown for this one
+            self.body.visible = False
+        if not collapsed:
+            self._later(lambda: self.lane is lane and not self.card.collapsed and self._build(force=True))
+
+    def hide(self) -> None:
+        """No lane here any more (its lane left): out of sight, its widgets kept until it shows another."""
+        self._unwatch()
+        self.lane = None
+        self.card.param.update(visible=False, title="", css_classes=_HIDDEN)
+
+    def _unwatch(self) -> None:
+        if self.lane is not None:
+            for watcher in self._watchers:
+                self.lane.param.unwatch(watcher)
+        self._watchers = []
+
+    def _opened(self, event: Any) -> None:
+        if not event.new and not self._binding and self.lane is not None:
+            self._build()
+
+    def _build(self, force: bool = False) -> None:
+        if self.body.objects and self.body.visible and not force:
+            return
+        if self.wrappers is None:  # one per lane shown: its widgets are bound to the lane's wrappers
+            self.wrappers = WrapperControls(self.lane, self.session.is_network)
+        else:
+            self.wrappers.show()
+        self.body.objects = [pn.Param(self.lane.hyperparameters, widgets=widget_specs(self.lane),
+                                      show_name=False,
+                                      sizing_mode="stretch_width", margin=0), self.wrappers.panel]
+        self.body.visible = True
+
+    def refresh(self) -> None:
+        if self.wrappers is not None and not self.card.collapsed and self.body.visible:
+            self.wrappers.refresh(self.session.latest.get(self.lane.id))
+
+    def _switch(self, event: Any) -> None:
+        lane = self.lane
+        if lane is None or self._binding or event.new == lane.optimizer:
+            return
+        if not self.session.switch_optimizer(lane, event.new):
+            self.switch.value = lane.optimizer  # refused (message shown): show what runs
+
+    def _relabel(self, event: Any) -> None:
+        self.card.title = event.new
+
+    def _new_optimizer(self, _: Any) -> None:
+        if not self.card.collapsed:
+            self._build(force=True)
+        else:
+            self.body.objects = []
+        if self.switch.value != self.lane.optimizer:
+            self.switch.value = self.lane.optimizer
+
 
 class Sidebar:
     """The controls column, on a race session."""
@@ -71,19 +360,10 @@ class Sidebar:
         self.cards: dict[int, LaneCard] = {}
         """The card of each lane now (by lane id)."""
         self._slots: list[LaneCard] = []  # every card on the page, in its order (hidden ones too)
-        # a served page's first screen has its lanes' cards; the spare ones follow when the server is
-        # idle (app/idle.py); a lane added before then gets a card made in its click
-        doc = pn.state.curdoc
-        served = idle.served(doc) and not pn.state.loaded
-        self._idle = (lambda work: idle.later(doc, work)) if served else None
-        self._spares_made = self._idle is None
-        self._opened_now = 0  # open cards whose widgets the first build made
-        if self._idle is not None:
-            self._idle(self._make_spares)
         self.lanes = pn.Column(sizing_mode="stretch_width", margin=0)
         self.presenter = w.Checkbox(label="presenter view (big type, update rules, one step per click)")
         network = s.param.problem.rx().rx.pipe(lambda v: v in available_networks())
-        settings = self._closed_card(
+        settings = pn.Card(
             pn.Row(w.FloatInput.from_param(s.param.start_x, label="start x", width=110),
                    w.FloatInput.from_param(s.param.start_y, label="start y",
                                            width=110), visible=network.rx.not_()),
@@ -92,10 +372,10 @@ class Sidebar:
             w.IntInput.from_param(s.param.batch_size, label="batch size (0: full batch)", visible=network),
             w.RadioButtonGroup.from_param(s.param.on_switch, label="on switch"),
             self.presenter,
-            title="Race settings", sizing_mode="stretch_width", margin=(3, 0))
+            title="Race settings", collapsed=True, sizing_mode="stretch_width", margin=(3, 0))
         probe_now = w.Button(label="Probe now", color="primary", width=100)
         probe_now.on_click(lambda _: s.probe_now())
-        probes = self._closed_card(
+        probes = pn.Card(
             pn.pane.Markdown("preset (Cockpit's: more detail costs more run time)", margin=(0, 5)),
             w.RadioButtonGroup.from_param(s.param.probe_preset, label="preset"),
             w.RadioButtonGroup.from_param(s.param.probe_schedule, label="schedule"),
@@ -103,7 +383,7 @@ class Sidebar:
             w.IntSlider.from_param(s.param.probe_top_k, label="top-k eigenvalues"),
             pn.Row(w.Checkbox.from_param(s.param.probe_density, label="density"),
                    w.Checkbox.from_param(s.param.probe_trace, label="trace")),
-            probe_now, title="Curvature probes", sizing_mode="stretch_width", margin=(3, 0))
+            probe_now, title="Curvature probes", collapsed=True, sizing_mode="stretch_width", margin=(3, 0))
         self.buttons = pn.Row(self.run_button, self.pause_button, self.step_button, self.reset_button)
         self.panel = pn.Column(
             self.buttons, self.counter, self.error, self.preset_select, self.problem_select,
@@ -111,30 +391,6 @@ class Sidebar:
                                    visible=s.param.problem.rx() == CUSTOM),
             w.FloatSlider.from_param(s.param.speed, label="speed (steps/s)", step=1),
             self.add_select, self.lanes, settings, probes, sizing_mode="stretch_width")
-
-    def _closed_card(self, *objects: Any, **kw: Any) -> pn.Card:
-        """A collapsed card; on a served page its widgets enter the page when it is first opened or
-        when the server is idle (a first build holds what the first screen shows)."""
-        if self._idle is None:
-            return pn.Card(*objects, collapsed=True, **kw)
-        card = pn.Card(collapsed=True, **kw)
-
-        def fill() -> None:
-            if not card.objects:
-                card.objects = list(objects)
-        card.param.watch(lambda e: e.new or fill(), "collapsed")
-        self._idle(fill)
-        return card
-
-    def fit_sliders(self) -> None:
-        """A lane card reused for a new race (a preset, a link) keeps its sliders, whose log grids were
-        made around the old values: one whose value is off its grid would show its first option
-        (lr "1e-06" for 0.019) -- such a card's widgets are built again around the values now."""
-        for card in self.cards.values():
-            values = card.lane.values()
-            if any(values.get(w.name, w.value) not in w.values
-                   for w in card.body.select(pn.widgets.DiscreteSlider)):
-                card._build(force=True)
 
     def _add(self, event: Any) -> None:
         if event.new != "choose…":
@@ -174,33 +430,17 @@ class Sidebar:
     def _lay_out(self, lanes: list[Lane], held: dict[Lane, LaneCard], collapsed: bool) -> list[LaneCard]:
         """Every card placed again: the lanes' in order, then hidden ones up to :data:`MAX_LANES`."""
         free = [c for c in self._slots if c.lane not in set(lanes)]
-        total = MAX_LANES if self._spares_made else len(lanes)
-        fresh = [self._card(collapsed) for _ in range(max(total, len(lanes)) - len(self._slots))]
+        fresh = [LaneCard(self.session, None, collapsed, self._later) for _ in range(MAX_LANES - len(free))]
         plan = [held.get(lane) or (free or fresh).pop(0) for lane in lanes]
         spare = free + fresh
-        self._slots = plan + spare[:max(total - len(lanes), 0)]
+        self._slots = plan + spare[:max(MAX_LANES - len(lanes), 0)]
         self.lanes.objects = [c.card for c in self._slots]
         return plan
-
-    def _card(self, collapsed: bool) -> LaneCard:
-        return LaneCard(self.session, None, collapsed, self._later)
-
-    def _make_spares(self) -> None:
-        """The hidden cards up to :data:`MAX_LANES` (idle work after a served page has loaded)."""
-        self._spares_made = True
-        if len(self._slots) < MAX_LANES:
-            self._slots += [self._card(True) for _ in range(MAX_LANES - len(self._slots))]
-            self.lanes.objects = [c.card for c in self._slots]
 
     def _later(self, build: Callable[[], None]) -> None:
         """``build`` at the served page's next tick (the click's effect first); now off a loaded page."""
         doc = pn.state.curdoc
         if doc is None or doc.session_context is None or not pn.state.loaded:
-            first = self._idle is not None and doc is not None and doc.session_context is not None
-            if first and self._opened_now >= FIRST_SCREEN_CARDS:
-                self._idle(build)  # a served page's first build: below its first screen, when idle
-                return
-            self._opened_now += first
             build()
             return
 

@@ -23,11 +23,11 @@ import param
 from bokeh.models import LogScale
 from panel.pane.markup import HTMLBasePane
 
-from app import idle, sharing
+from app import sharing
 from app.axes import AxisControls, find, set_axes
 from app.batch import AXES, Batch
-from app.controls import Sidebar, inline_math, update_rules
-from app.keys import Shortcuts, act
+from app.controls import Sidebar, inline_math
+from app.keys import Shortcuts
 from app.lanes import MAX_LANES  # one home: the palette's size
 from app.model import DEFAULT_RACE, RaceSession
 from app.presets import presets
@@ -65,7 +65,6 @@ class Explorer(pn.viewable.Viewer):
         if "landscape" in params:  # the name notebooks and links have always used
             params["problem"] = params.pop("landscape")
         super().__init__(**own)
-        self._first = idle.arrive(self)  # a served page's first build: idle work waits until it has loaded
         self.session = s = RaceSession(lanes=lanes, optimizers=optimizers, **params)
         # built when first shown (app.views.deferred): the curves and the status meter always are
         self.views: list[View] = [cls(s, self.show_error) if cls.area in ("curves", "status")
@@ -111,7 +110,6 @@ class Explorer(pn.viewable.Viewer):
         s.param.watch(lambda e: self._set_x(), "x_axis")
         s.param.watch(lambda e: self._update_counter(), "running")
         self._new_run()
-        self._first = False
         if autostart:  # a served page steps once it has loaded (start_streaming); elsewhere at once
             doc = pn.state.curdoc
             if doc is None or doc.session_context is None or pn.state.loaded:
@@ -163,11 +161,7 @@ class Explorer(pn.viewable.Viewer):
             s = self.session
             for v in self.views:  # a view that streams the race is built when it applies: it misses nothing
                 if not v.built and (v.area == "race" or streams(v)) and applies(v):
-                    if v.area == "instrument" and self._first:  # a served page's closed tab: when idle
-                        self._later[id(v)] = Batch()  # its records wait for it (pump)
-                        idle.later(pn.state.curdoc, lambda v=v: self._catch_up(v))
-                    else:
-                        build(v)
+                    build(v)
             for v in live(self.views):
                 v.set_problem()
             self._show_lanes()
@@ -187,10 +181,20 @@ class Explorer(pn.viewable.Viewer):
             self.description.object = getattr(p, "description", "")
             self._show_rules()
             self._update_counter()
-            self.sidebar.fit_sliders()
+            self._fit_sliders()
             for fig, log in self._preset_axes:  # a preset's axes were for its own race
                 set_axes(fig, log=log, auto=True)
             self._preset_axes = []
+
+    def _fit_sliders(self) -> None:
+        """A lane card reused for a new race (a preset, a link) keeps its sliders, whose log grids were
+        made around the old values: one whose value is off its grid would show its first option
+        (lr "1e-06" for 0.019) -- such a card's widgets are built again around the values now."""
+        for card in self.sidebar.cards.values():
+            values = card.lane.values()
+            if any(values.get(w.name, w.value) not in w.values
+                   for w in card.body.select(pn.widgets.DiscreteSlider)):
+                card._build(force=True)
 
     def _tab(self) -> View | None:
         """The instrument whose tab is open."""
@@ -206,13 +210,6 @@ class Explorer(pn.viewable.Viewer):
             if view is not None and waiting:
                 view.consume(waiting)
             self._refresh()
-
-    def _catch_up(self, view: View) -> None:
-        """Build a deferred streaming view and send it what the race streamed since (idle work)."""
-        if not self._closed and not view.built:
-            self._build(view)
-            if (waiting := self._later.pop(id(view), None)) is not None:
-                view.consume(waiting)
 
     def _build(self, view: View | None) -> None:
         """Build a shell (:func:`app.views.build`) and bring it to where the page is: its run, lanes,
@@ -259,8 +256,12 @@ class Explorer(pn.viewable.Viewer):
             self.sidebar.counter.object = text
 
     def on_key(self, key: str) -> None:
-        """A keyboard shortcut (:func:`app.keys.act`): "space" runs or pauses, "right" takes one step."""
-        act(self.session, key)
+        """A keyboard shortcut (:mod:`app.keys`): "space" runs or pauses, "right" takes one step."""
+        s = self.session
+        if key == "space":
+            s.pause() if s.running else s.play()
+        elif key == "right":
+            s.step()
 
     # -- presets and links -------------------------------------------------------------------------
     def apply_preset(self, name: str) -> bool:
@@ -336,7 +337,14 @@ class Explorer(pn.viewable.Viewer):
     def _show_rules(self) -> None:
         self.rules.visible = self.presenter
         if self.presenter:
-            self.rules.objects = update_rules(self.session.lanes)
+            # one line per equation (the rules separate them with ",\;"): on one line Adam's three
+            # ran past a 1024-px projector's edge in big type
+            self.rules.objects = [
+                pn.Row(pn.pane.Markdown(f"**{lane.label}**", width=200, styles={"color": lane.color}),
+                       pn.Column(*[pn.pane.LaTeX(inline_math(eq.strip()), margin=(2, 10))
+                                   for eq in lane.spec.update_rule.split(r",\;")],
+                                 sizing_mode="stretch_width"),
+                       sizing_mode="stretch_width") for lane in self.session.lanes]
 
     # -- streaming ---------------------------------------------------------------------------------
     def start_streaming(self) -> None:
@@ -353,7 +361,6 @@ class Explorer(pn.viewable.Viewer):
         pn.state.onload(self._begin_streaming)
 
     def _begin_streaming(self) -> None:
-        idle.loaded(self)
         if self._callback is not None or self._closed:
             return
         # background: a periodic callback otherwise marks the page busy at every call (the spinner)
@@ -397,9 +404,6 @@ class Explorer(pn.viewable.Viewer):
                     self._later[id(v)] = waiting
                 elif waiting.records or waiting.marks:
                     v.consume(waiting)
-            for v in self.views:  # a tab left for idle time keeps its records until built: it misses none
-                if not getattr(v, "built", True) and id(v) in self._later:
-                    merge(self._later[id(v)], batch)
             self._refresh(self._pumps % REFRESH_EVERY)
             # the counter also by the clock: a reset or a paused race's step at once, a running race's
             # every COUNTER_S (its refresh turn alone took ~4 s under load: the counter looked frozen)
@@ -438,7 +442,6 @@ class Explorer(pn.viewable.Viewer):
     def close(self) -> None:
         """Stop the pump, the worker and every slow action (the page closed). Touches no document."""
         self._closed = True
-        idle.loaded(self)
         if self._callback is not None:
             self._callback.stop()
             self._callback = None

@@ -12,7 +12,7 @@ check walks the event's composed path, since Panel's widgets live in shadow root
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import param
 from panel.reactive import ReactiveHTML
@@ -60,12 +60,3 @@ class Shortcuts(ReactiveHTML):
         key = event.new.partition(":")[0]
         if key in KEYS:
             self._on_key(key)
-
-
-def act(session: Any, key: str) -> None:
-    """A shortcut on a race session (:class:`app.model.RaceSession`): "space" runs or pauses it,
-    "right" takes one step."""
-    if key == "space":
-        session.pause() if session.running else session.play()
-    elif key == "right":
-        session.step()

@@ -12,8 +12,8 @@ DOM or Bokeh models, checked at every animation frame, i.e. when the page could 
 - step: Step (paused) -> the counter shows a later step;
 - slider: the Adam card's lr slider, one key press -> a new change marker on the loss curve;
 - switch: the Adam card's "switch this lane to" -> Lion (then back) -> the legend says so;
-- open: a closed lane card's header (Adagrad's) -> its lr slider is shown (its widgets are built
-  when first opened, or before, while the server is idle);
+- open: a closed lane card's header (Adagrad's) -> its widgets are on the page (built when first
+  opened);
 - remove / add: Adagrad's "✕ remove" (its card open, its widgets in) -> gone from the legend; "add
   an optimizer" -> back;
 - reset: Reset -> the counter shows an earlier step;
@@ -81,6 +81,12 @@ _LEGEND = """() => {
   }
   return "";
 }"""
+_SCHEDULES = """() => {  // lr schedule selects on the page: one per lane card whose widgets are built
+  let n = 0;
+  for (const m of Bokeh.documents[0]._all_models.values()) if (m.title === "lr schedule") n++;
+  return n;
+}"""
+_MORE_SCHEDULES = "(n) => (" + _SCHEDULES + ")() > n"
 _IN_LEGEND = "(label) => (" + _LEGEND + ")().includes(label)"
 _NOT_IN_LEGEND = "(label) => !(" + _LEGEND + ")().includes(label)"
 _TITLE = """(title) => {  // the preset's claim (an Alert pane: its model's HTML)
@@ -173,13 +179,6 @@ class Page:
             self.notes.append((f"{took:.2f} s", breakdown(self.page.evaluate(_TAKE_TRACE_JS))))
         return took
 
-    def timed_until(self, act: Callable[[], Any], wait: Callable[[], Any]) -> float:
-        """Seconds from ``act`` to ``wait()`` returning (a Playwright wait: an element shown)."""
-        t0 = time.perf_counter()
-        act()
-        wait()
-        return time.perf_counter() - t0
-
     def wait(self, cond: str, arg: Any = None) -> None:
         self.waiting = f"{cond[:60]}... ({arg!r})"
         self.page.wait_for_function(cond, arg=arg, polling=100, timeout=TIMEOUT_S * 1000)
@@ -235,10 +234,9 @@ def one_round(browser: Any, base: str, speed: float, settle: float,
         time.sleep(1.0)
         card = p.page.locator(".card").filter(has=p.page.get_by_text("Adagrad", exact=True)).filter(
             has_text="switch this lane to").first
-        # its widgets shown (a page may have built them before the click, while idle: app/idle.py)
-        handle = card.locator(".noUi-handle").first
-        took["open"].append(p.timed_until(p.clicker(card.locator(".card-header")),
-                                          lambda: handle.wait_for(state="visible", timeout=TIMEOUT_S * 1000)))
+        n = p.page.evaluate(_SCHEDULES)
+        took["open"].append(p.timed(p.clicker(card.locator(".card-header")), _MORE_SCHEDULES, n))
+        card.locator(".noUi-handle").first.wait_for(state="visible", timeout=TIMEOUT_S * 1000)
         time.sleep(1.0)  # the card's widgets are in: the remove button stays where it is
         remove = p.clicker(card.get_by_role("button", name="✕ remove"))
         took["remove"].append(p.timed(remove, _NOT_IN_LEGEND, "Adagrad"))
