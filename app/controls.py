@@ -377,7 +377,7 @@ class Sidebar:
         probe_now.on_click(lambda _: s.probe_now())
         probes = pn.Card(
             pn.pane.Markdown("preset (Cockpit's: more detail costs more run time)", margin=(0, 5)),
-            w.RadioButtonGroup.from_param(s.param.probe_preset, label="preset"),
+            w.Select.from_param(s.param.probe_preset, name="preset", width=150),  # 5 buttons overflow 330 px
             w.RadioButtonGroup.from_param(s.param.probe_schedule, label="schedule"),
             w.IntInput.from_param(s.param.probe_every, label="every n steps", width=120),
             w.IntSlider.from_param(s.param.probe_top_k, label="top-k eigenvalues"),

@@ -13,9 +13,9 @@ active instrument in a tab under the curve, everything else in the sidebar's car
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
+from concurrent.futures import wait as wait_for
 from typing import Any
 
 import panel as pn
@@ -416,8 +416,7 @@ class Explorer(pn.viewable.Viewer):
     def _reset_shown(self) -> None:
         """A reset shown in its click's message, not a pump later (the worker takes it between steps)."""
         if (pending := self.session._pending_reset) is not None:  # at most 0.1 s of the click's turn
-            with contextlib.suppress(TimeoutError):
-                pending.result(timeout=0.1)
+            wait_for([pending], timeout=0.1)  # not taken in time: the pump shows it; cancelled: page closed
         self.pump()
 
     def _connected(self) -> bool:

@@ -43,6 +43,9 @@ class Mirror:
         lanes as the run reaches them (called by the page's periodic pump)."""
         batch = Batch(origin=self.origin)
         worker = self.worker
+        if self._pending_reset is not None and self._pending_reset.cancelled():
+            self._pending_reset = None  # its worker stopped (the page closed) before taking it
+            return batch
         if self._pending_reset is not None:
             if not self._pending_reset.done():
                 return batch  # the records wait in the worker until the reset has a tick

@@ -187,7 +187,7 @@ class ConnectivityView(View):
         applied = self.session._applied
         options = {k: v for k, v in dict(applied.options).items() if k != "width"}
         if applied.batch_size is not None:
-            options["batch_size"] = applied.batch_size or None  # 0: full batch (as app.model.make_problem)
+            options["batch_size"] = applied.batch_size or None  # 0: full batch (as RunParams.make_problem)
         return ConnectivityStudy(
             problem=applied.problem,
             options=options,

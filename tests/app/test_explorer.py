@@ -747,3 +747,17 @@ def test_reset_shows_step_zero_in_its_own_click(explorer: Explorer) -> None:
     assert all(len(src.data["step"]) == 0 for src in explorer.view(LossView).slots.sources)
     steps(explorer, 1)
     assert "step 1" in explorer.sidebar.counter.object
+
+
+def test_reset_clicked_as_the_page_closes_raises_nothing(explorer: Explorer) -> None:
+    """A Reset whose page is closing: the worker stops and cancels the reset it had not taken; the
+    click's wait for it and the pump end quietly (a CancelledError traceback reached the server's
+    log in 5 of 30 pages closed right after a Reset)."""
+    from concurrent.futures import Future
+
+    steps(explorer, 2)
+    cancelled: Future = Future()
+    cancelled.cancel()
+    explorer.session._pending_reset = cancelled
+    explorer._reset_shown()  # raised CancelledError
+    assert "step 2" in explorer.sidebar.counter.object and explorer.session._pending_reset is None
