@@ -224,7 +224,8 @@ def _execute(
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
     try:
-        for fut in as_completed(list(futures)):
+        arriving = as_completed(list(futures))
+        for fut in arriving:
             task = futures[fut]
             if fut.status == "cancelled" or (cancel is not None and cancel.is_set()):
                 cancelled = True
@@ -235,6 +236,9 @@ def _execute(
                 errors[task.key] = f"{type(exc).__name__}: {exc}"
                 continue
             if fut.status != "finished":
+                # Finished, then its worker died before we fetched the rows: the scheduler reruns it
+                # ("lost" or "pending" now). Wait for it again; skipping it lost 48 of 160 rows.
+                arriving.add(fut)
                 continue
             res: TaskResult = fut.result()
             if res.key in rows_by_task:  # never add a task's rows twice

@@ -40,6 +40,13 @@ def client():
     cluster.close()
 
 
+def both_workers(client):
+    """The client once both workers are up: a test before may have killed one (its nanny restarts it
+    within seconds), and the plan splits tasks by the workers there are."""
+    client.wait_for_workers(2, timeout=60)
+    return client
+
+
 def spec_of(**kw: object) -> ExperimentSpec:
     """4 tasks (2 optimizers x 2 seeds) of 5 configurations x 8 starts x 200 steps."""
     base = {
@@ -102,6 +109,7 @@ def test_an_experiment_on_a_local_cluster_has_one_row_per_trial_equal_to_the_tas
 
 
 def test_a_worker_killed_mid_experiment_loses_no_row_and_doubles_none(client) -> None:
+    both_workers(client)
     spec = spec_of()
     killed: dict[str, object] = {}
 
@@ -140,7 +148,43 @@ def test_a_worker_killed_mid_experiment_loses_no_row_and_doubles_none(client) ->
     )
 
 
+def test_a_finished_task_whose_worker_dies_before_its_rows_are_fetched_is_rerun_not_skipped(client) -> None:
+    """The loss CI saw: a task finished, its worker died before the rows were fetched (the
+    scheduler reruns it: "lost", then "pending"). Here the worker holding a finished task's result is
+    killed while the first result is being handled, so that task reaches the loop no longer finished."""
+    both_workers(client)
+    spec = spec_of()
+    killed: list[str] = []
+
+    def kill_the_holder_of_another_finished_task(res) -> None:
+        if killed:
+            return
+        for _ in range(500):  # the other tasks finish within seconds
+            held = {
+                k: ws
+                for k, ws in client.who_has().items()
+                if "task-" in str(k) and res.key not in str(k) and ws
+            }
+            if held:
+                key, workers = next(iter(held.items()))
+                killed.append(str(key))
+                try:
+                    client.run(os._exit, 1, workers=list(workers))
+                except Exception:  # the worker dies before it can answer
+                    pass
+                return
+            threading.Event().wait(0.02)
+
+    result = run_experiment(
+        spec, client=client, catalogs=CATALOGS, on_result=kill_the_holder_of_another_finished_task
+    )
+    assert killed, "no finished task's worker was killed"
+    got = keys(result.frame)
+    assert len(got) == len(set(got)) == len(expected(spec)) and result.complete
+
+
 def test_cancel_keeps_what_finished_and_resume_runs_only_the_rest(client) -> None:
+    both_workers(client)
     spec = spec_of()
     cancel = threading.Event()
     partial = run_experiment(
