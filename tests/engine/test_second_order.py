@@ -518,7 +518,10 @@ def test_grn_gns_search_follows_algorithm_1_and_reports_it(hessian: str) -> None
     want = rule_gns(values, rp, 0, log)
     np.testing.assert_allclose(np.stack(got), np.stack(want), rtol=0, atol=1e-9)
     assert [(d["search_tries"], d["gamma"]) for d in diagnostics] == [(float(n), g) for n, g, _ in log]
-    np.testing.assert_allclose([d["damping"] for d in diagnostics], [lam for *_, lam in log], rtol=1e-9)
+    # lambda = ||g|| / gamma: at the minimum (last step, lambda ~3e-11) the gradient norm carries the
+    # position's last-bit rounding, which differs by reduction order (threads): ~2e-19 seen, atol 1e-18
+    np.testing.assert_allclose([d["damping"] for d in diagnostics], [lam for *_, lam in log], rtol=1e-9,
+                               atol=1e-18)
     assert max(n for n, *_ in log) > 1  # some steps were rejected and retried
     # f(x), then per try f(x + Delta) and the gradient there (gradient_at counts its value too)
     counts = [(c.counts.function_values, c.counts.gradients) for c in closures]
