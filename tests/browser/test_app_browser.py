@@ -1,6 +1,6 @@
 """The served app in headless Chromium: what a user sees and does, end to end.
 
-A module-scoped ``panel serve app`` subprocess on a free loopback port, driven by Debian's
+A session-scoped ``panel serve app`` subprocess on a free loopback port, driven by Debian's
 chromium through Playwright (never ``playwright install``). The server is another process, so
 every check reads the page: the step counter (``.step-counter``) and the Bokeh document's models
 through ``window.Bokeh``. Screenshots of key moments go to ``$OPTISCOPE_ARTIFACTS`` (default
@@ -131,9 +131,10 @@ class Server:
         return tids
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def server() -> Iterator[Server]:
-    """``panel serve app`` on a free loopback port, until the module's tests are done."""
+    """``panel serve app`` on a free loopback port, shared by the browser test files (each test opens
+    its own pages; a start costs ~10-20 s on two loaded cores) until the test run ends."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     port = _free_port()
     log_path = ARTIFACTS / "panel-serve.log"
@@ -172,8 +173,8 @@ def server() -> Iterator[Server]:
                 proc.wait(10)
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
+@pytest.fixture(scope="module")  # not longer: other tests between two files may run an asyncio loop,
+def browser() -> Iterator[object]:  # inside which Playwright's sync API refuses to work
     if not os.access(CHROMIUM, os.X_OK):
         pytest.fail(f"{CHROMIUM} is missing: the browser tests drive Debian's chromium "
                     "(sudo apt-get install chromium; ./dev test installs it when run as root)")
