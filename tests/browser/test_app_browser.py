@@ -279,9 +279,17 @@ def restart(s: Session) -> None:
     starts one: a page's rendering cost grows with the points it holds, and on a 2-core machine
     a long-lived page falls behind the stream (see the module docstring)."""
     s.slow_down()
-    before = s.step()
+    # paused across the reset, so a fresh race shows as step 0 (a falling count is a race of its own
+    # on a loaded machine: the fresh race may pass the old count before the first look)
+    running = "paused" not in s.counter()
+    if running:
+        s.click("Pause")
+        wait_until(lambda: "paused" in s.counter(), REACT, "paused", s.counter)
     s.click("Reset")
-    wait_until(lambda: s.step() < before, REACT, "the reset", s.counter)
+    wait_until(lambda: s.step() == 0, REACT, "the reset", s.counter)
+    if running:
+        s.click("▶ Run")
+        wait_until(lambda: "running" in s.counter(), REACT, "running again", s.counter)
 
 
 def frozen(s: Session) -> tuple[int, int]:
