@@ -16,3 +16,18 @@ DEVICES = ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
 def device(request: pytest.FixtureRequest) -> str:
     """Each device the machine has: tests that take it run on the CPU and, with a GPU, again on it."""
     return request.param
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """``--dist loadscope`` (each test file whole on one xdist process), with the browser files as ONE
+    unit: two of them at once on 2 cores delayed page loads past the test server's 6 s session
+    lifetime (pages re-created without their stylesheets: CDN requests that fail offline)."""
+    if config.getoption("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class BrowserFilesTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "tests/browser" if nodeid.startswith("tests/browser/") else super()._split_scope(nodeid)
+
+    return BrowserFilesTogether(config, log)

@@ -4,7 +4,7 @@ A session-scoped ``panel serve app`` subprocess on a free loopback port, driven 
 chromium through Playwright (never ``playwright install``). The server is another process, so
 every check reads the page: the step counter (``.step-counter``) and the Bokeh document's models
 through ``window.Bokeh``. Screenshots of key moments go to ``$OPTISCOPE_ARTIFACTS`` (default
-``artifacts/``); the server's log is ``panel-serve.log`` there.
+``artifacts/``); the server's log is ``panel-serve-gw0.log`` there (``gw1``: the other xdist process).
 
 Load: on a 2-core CI machine shared with the server, its workers and other tests, a click can take
 a while to land. After the first test has watched the default race, the tests slow each page's race
@@ -137,7 +137,8 @@ def server() -> Iterator[Server]:
     its own pages; a start costs ~10-20 s on two loaded cores) until the test run ends."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     port = _free_port()
-    log_path = ARTIFACTS / "panel-serve.log"
+    worker = os.environ.get("PYTEST_XDIST_WORKER")  # one server per xdist process, two may run at once
+    log_path = ARTIFACTS / (f"panel-serve-{worker}.log" if worker else "panel-serve.log")
     cmd = [sys.executable, "-m", "panel", "serve", "app", "--port", str(port), "--address", "127.0.0.1",
            f"--allow-websocket-origin=127.0.0.1:{port}",
            # A closed page's session, and with it its run worker, goes within ~7 s instead of ~32 s
@@ -150,18 +151,18 @@ def server() -> Iterator[Server]:
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         try:
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + 120
             while True:
                 if proc.poll() is not None:
                     pytest.fail(f"panel serve exited with {proc.returncode}:\n{log_path.read_text()}")
-                try:
-                    with urllib.request.urlopen(url, timeout=5) as resp:
+                try:  # each GET builds a page: wait for it (2-6 s on loaded cores), don't pile up more
+                    with urllib.request.urlopen(url, timeout=60) as resp:
                         if resp.status == 200:
                             break
                 except OSError:
                     pass
                 if time.monotonic() > deadline:
-                    pytest.fail(f"no HTTP 200 from {url} within 60 s:\n{log_path.read_text()}")
+                    pytest.fail(f"no HTTP 200 from {url} within 120 s:\n{log_path.read_text()}")
                 time.sleep(0.25)
             yield Server(url, proc.pid, log_path)
         finally:

@@ -58,18 +58,18 @@ def server() -> Iterator[Server]:
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + 120
             while True:
                 if proc.poll() is not None:
                     pytest.fail(f"panel serve exited with {proc.returncode}:\n{log_path.read_text()}")
                 try:
-                    with urllib.request.urlopen(url, timeout=5) as resp:
+                    with urllib.request.urlopen(url, timeout=60) as resp:  # a GET builds a page
                         if resp.status == 200:
                             break
                 except OSError:
                     pass
                 if time.monotonic() > deadline:
-                    pytest.fail(f"no HTTP 200 from {url} within 60 s:\n{log_path.read_text()}")
+                    pytest.fail(f"no HTTP 200 from {url} within 120 s:\n{log_path.read_text()}")
                 time.sleep(0.25)
             yield Server(url, proc.pid, log_path)
         finally:
