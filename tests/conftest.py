@@ -18,6 +18,7 @@ def device(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: harmless where xdist is absent
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
     """``--dist loadscope`` (each test file whole on one xdist process), with the browser files as ONE
     unit: two of them at once on 2 cores delayed page loads past the test server's 6 s session
