@@ -40,11 +40,18 @@ def client():
     cluster.close()
 
 
-def both_workers(client):
-    """The client once both workers are up: a test before may have killed one (its nanny restarts it
-    within seconds), and the plan splits tasks by the workers there are."""
+def both_workers(client) -> None:
+    """Wait for both workers: a test before may have killed one (its nanny restarts it within
+    seconds), and the plan splits tasks by the workers there are."""
     client.wait_for_workers(2, timeout=60)
-    return client
+
+
+def kill(client, workers: list[str]) -> None:
+    """End these worker processes at once, as a crash would (their nannies restart them)."""
+    try:
+        client.run(os._exit, 1, workers=workers)
+    except Exception:  # the worker dies before it can answer
+        pass
 
 
 def spec_of(**kw: object) -> ExperimentSpec:
@@ -124,10 +131,7 @@ def test_a_worker_killed_mid_experiment_loses_no_row_and_doubles_none(client) ->
             threading.Event().wait(0.02)
         addr, ks = next(iter(busy.items()))
         killed.update(addr=addr, task=next(str(k) for k in ks if "task-" in str(k)))
-        try:
-            client.run(os._exit, 1, workers=[addr])
-        except Exception:  # the worker dies before it can answer
-            pass
+        kill(client, [addr])
 
     result = run_experiment(spec, client=client, catalogs=CATALOGS, on_result=kill_a_busy_worker)
     assert killed, "no worker was killed"
@@ -168,10 +172,7 @@ def test_a_finished_task_whose_worker_dies_before_its_rows_are_fetched_is_rerun_
             if held:
                 key, workers = next(iter(held.items()))
                 killed.append(str(key))
-                try:
-                    client.run(os._exit, 1, workers=list(workers))
-                except Exception:  # the worker dies before it can answer
-                    pass
+                kill(client, list(workers))
                 return
             threading.Event().wait(0.02)
 
