@@ -340,6 +340,32 @@ def test_warm_started_lanczos_along_a_training_run_matches_dense_spectra() -> No
     assert warm_hvps < cold_hvps  # the point of starting warm
 
 
+def test_warm_vectors_of_top_values_are_one_free_power_step() -> None:
+    """``warm_vectors`` of a top value is ``H y / theta`` (y its Ritz vector) to rounding, though no
+    product was spent on it (the residual comes from the Krylov decomposition); with
+    ``which="both"`` the Ritz vectors stay as they are. On the next point of a training run it
+    starts closer: a smaller residual after the start's one product than the Ritz vector gives."""
+    f, points, hessians = small_mlp_trajectory(n_points=2)
+    H = hessians[0]
+    for k in (1, 3):
+        res = lanczos(HVP(f, points[0]), k, tol=1e-3, generator=gen(3), ritz_vectors=True)
+        want = (H @ res.top_vectors.T).T / torch.from_numpy(res.top.copy())[:, None]
+        assert res.warm_vectors.shape == (k, points[0].numel()) and res.hvps == res.iterations
+        np.testing.assert_allclose(res.warm_vectors.numpy(), want.numpy(), atol=1e-12)
+    both = lanczos(HVP(f, points[0]), 2, which="both", tol=1e-3, generator=gen(3), ritz_vectors=True)
+    np.testing.assert_array_equal(both.warm_vectors.numpy(),
+                                  torch.cat([both.top_vectors, both.bottom_vectors]).numpy())
+    first = lanczos(HVP(f, points[0]), 1, tol=1e-3, generator=gen(3), ritz_vectors=True)
+    H1 = hessians[1]
+
+    def start_residual(v: torch.Tensor) -> float:
+        v = v / torch.linalg.vector_norm(v)
+        hv = H1 @ v
+        return float(torch.linalg.vector_norm(hv - (v @ hv) * v))
+
+    assert start_residual(first.warm_vectors[0]) < start_residual(first.top_vectors[0])
+
+
 def test_reported_error_bounds_are_never_below_the_true_error_of_cold_starts() -> None:
     """Random starts at loose and tight tolerances, against dense spectra whose top eigenvalues are
     0.1-2% apart (a network's are): each bound must hold. A Krylov space of a few vectors holds a
