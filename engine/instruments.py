@@ -172,12 +172,15 @@ class ProbeConfig:
         stability threshold it is compared with (for Adam-type lanes the preconditioned sharpness),
         nothing else: no directional sharpness of the update (``directional=False``: one product a
         probe fewer, and a warm probe whose extrapolated vector already meets tol stops after one
-        product), no estimate cosine, no gradient noise. Overhead: 13-14% / 7.6-8.5% (7.89
-        products a warm probe; economy 8.89 in the same runs). Probing often (section (e)'s second
+        product), no estimate cosine, no gradient noise. Overhead: 13.8% after 1,000 steps (7.76
+        products a warm probe; economy 8.76 in the same runs). Probing often (section (e)'s second
         part: one digits_mlp lane, GD lr 0.1, from step 0, process time against a plain run
-        stepped alongside, three runs at load 4.4-6.9): every step 3.41-3.50x a plain run, every 16
-        steps 1.19-1.22x (2.58 / 3.11 products a warm probe; economy 4.19-4.26x and 1.23-1.25x,
-        3.60 / 3.92 products)."""
+        stepped alongside, a quiet machine): every step 3.57-3.65x a plain run, every 16 steps
+        1.27-1.30x (2.07 / 2.71 products a warm probe; 4.08-4.09x and 1.30-1.32x, 2.58 / 3.11
+        products, before warm vectors took a free power step, :func:`engine.curvature._power_step`;
+        economy 4.64-4.86x and 1.36-1.39x). The first ~40 steps cost most: there the top eigenvalues
+        lie within 1% and their eigenvectors turn ~10 degrees a step (4-22 products a probe); past
+        them a warm probe is mostly one product."""
         return cls(**{"every": every, "top_k": 1, "tol": 1e-3, "dtype": "float32", "directional": False,
                       **changes})
 
@@ -188,7 +191,7 @@ class ProbeConfig:
         (~1e-6 relative), and the estimate cosine (free on a full batch, where the probe's own
         gradient is the full one; one full-set gradient per probe on a minibatch: 9.1% -> 10.1% of a
         digits-MLP race of SGD and ZO-SGD q=4 at batch 64 after 1,000 steps). Overhead: 12-17% /
-        9.0-11.3% (8.89 products a warm probe; 21-27% / 17-18% with float64 products). The app's
+        9.0-11.3% (8.76 products a warm probe; 21-27% / 17-18% with float64 products). The app's
         default for networks."""
         return cls(**{"every": every, "top_k": 1, "tol": 1e-3, "dtype": "float32", "estimate_cosine": True,
                       **changes})
