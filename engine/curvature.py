@@ -526,7 +526,8 @@ def _krylov(op: HVP, k: int, which: Which, raw: torch.Tensor, need: int, ritz_ve
         UR, SR, VhR = R.new_ones(1, 1), torch.linalg.vector_norm(R, dim=1), R / torch.linalg.vector_norm(R)
     else:
         UR, SR, VhR = _wide_svd(R)
-    anorm = float(np.abs(np.linalg.eigvalsh(T[:p, :p])).max()) + float(SR[0])  # ||T|| + ||R||
+    top_t = abs(float(T[0, 0])) if p == 1 else float(np.abs(np.linalg.eigvalsh(T[:p, :p])).max())
+    anorm = top_t + float(SR[0])  # ||T|| + ||R||
     tiny = 10.0 * eps * max(anorm, 1e-300)  # a residual below this is rounding: the subspace is invariant
     r = int((SR > tiny).sum())  # R = C^T F, F orthonormal rows spanning R's rows above tiny
     F, C = VhR[:r], (UR[:, :r] * SR[:r]).T.cpu().double().numpy()
@@ -605,7 +606,7 @@ def _krylov(op: HVP, k: int, which: Which, raw: torch.Tensor, need: int, ritz_ve
     if ritz_vectors or verify:
         S_all = torch.from_numpy(Sm).to(V)
         top_vectors = S_all[:, torch.from_numpy(top)].T @ V[:m]
-        bottom_vectors = S_all[:, torch.from_numpy(bottom)].T @ V[:m]
+        bottom_vectors = S_all[:, torch.from_numpy(bottom)].T @ V[:m] if bottom.size else V[:0]
         if verify:
             verified_top = _true_residuals(op, top_vectors, theta[top])
             verified_bottom = _true_residuals(op, bottom_vectors, theta[bottom])
