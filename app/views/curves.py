@@ -51,6 +51,7 @@ class CurveView(View):
         self._bounds: dict[int, tuple[float, float]] = {}  # lane -> y extent of its running segment
         self._kept: dict[int, tuple[float, float]] = {}  # lane -> extent of segments it left while running
         self._stopped: dict[int, str] = {}  # lane -> the optimizer whose segment stopped (diverged)
+        self._floored: set[int] = set()  # lanes with a value under FLOOR, drawn at it (said in the title)
         self._sent: tuple[float, float] | None = None  # the y-axis ends last sent to the page
         self._base_title = self.title
         self.panel = pn.pane.Bokeh(self.figure, sizing_mode="stretch_width")
@@ -69,6 +70,7 @@ class CurveView(View):
         self._bounds = {k: v for k, v in self._bounds.items() if k in ids}
         self._kept = {k: v for k, v in self._kept.items() if k in ids}
         self._stopped = {k: v for k, v in self._stopped.items() if k in ids}
+        self._floored &= ids
 
     def set_x(self, column: str, label: str) -> None:
         self.slots.set_x(column)
@@ -106,6 +108,8 @@ class CurveView(View):
                 self._bounds.pop(lane_id, None)
                 continue
             self._stopped.pop(lane_id, None)
+            if log and x <= FLOOR:  # below what a log axis shows: drawn at the floor, and said so
+                self._floored.add(lane_id)
             if np.isfinite(x) and (x > 0 or not log):
                 self._bounds[lane_id] = _union(self._bounds.get(lane_id), (x, x))
 
@@ -146,6 +150,9 @@ class CurveView(View):
                 self.figure.y_range = Range1d(*extent)
             self._sent = extent
         note = f" · {', '.join(off)} stopped or diverged: axis fits the rest" if off and live else ""
+        floored = [lane.label for lane in self.session.lanes if lane.id in self._floored]
+        if floored:  # a flat line at 1e-16 is not a method stalling there
+            note += f" · {', '.join(floored)} below {FLOOR:.0e}: drawn at it"
         title = self._base_title + note
         if self.figure.title.text != title:
             self.figure.title.text = title
@@ -157,6 +164,7 @@ class CurveView(View):
         self._bounds.clear()
         self._kept.clear()
         self._stopped.clear()
+        self._floored.clear()
         self._sent = None
 
     def present(self, big: bool) -> None:

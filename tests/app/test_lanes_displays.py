@@ -73,3 +73,23 @@ def test_a_lanes_own_batch_size_reaches_the_run_and_the_loss_title() -> None:
         assert ex.session.latest[lane.id].batch_size == 16
     finally:
         ex.close()
+
+
+def test_a_value_below_the_log_axis_floor_is_drawn_at_it_and_said() -> None:
+    """SGD at lr 1 on the round bowl (Hessian I) lands on the minimum in one step: f - f* = 0, which
+    a log axis cannot show. It is drawn at the floor and the title says so, naming only that lane (a
+    flat line at 1e-16 read alone says the method stalled there)."""
+    ex = Explorer(landscape="quadratic", problem_options={"kappa": 1.0},
+                  lanes=[("sgd", {"lr": 1.0}), ("adam", {"lr": 0.1})], speed=500)
+    try:
+        s = ex.session
+        steps(ex, 3)
+        ex._refresh()
+        loss = view(ex, LossView)
+        sgd = np.asarray(loss.slots.sources[loss.slots.slot_of(s.lanes[0].id)].data["loss"], dtype=float)
+        assert sgd[0] > 1 and (sgd[1:] == 1e-16).all()  # exactly 0 after the first step
+        assert float(s.latest[s.lanes[0].id].loss[0]) == 0.0
+        title = loss.figure.title.text
+        assert title.endswith(" · SGD below 1e-16: drawn at it") and "Adam" not in title
+    finally:
+        ex.close()
