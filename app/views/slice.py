@@ -45,18 +45,22 @@ class SliceView(View):
                                                                                "@off{0.0%}")]))
         sl.add_layout(ColorBar(color_mapper=self.mapper, width=10, title="log10 loss"), "right")
         self.figure = sl
+        # two rows that fit the instrument column (~460 px at 1280): in one row of 680 px the button
+        # was past the window's edge
         self.plane = pn.widgets.Select(label="plane", options=list(PLANES), width=200)
-        self.lane = pn.widgets.Select(label="trajectory of", options={}, width=150)
+        self.lane = pn.widgets.Select(label="trajectory of", options={}, width=180)
         self.grid = pn.widgets.IntSlider(label="grid points per axis", start=11, end=61, step=2, value=31,
-                                         width=170)
-        self.button = pn.widgets.Button(label="Compute slice", color="primary", width=120, margin=(22, 5,
+                                         width=200)
+        self.button = pn.widgets.Button(label="Compute slice", color="primary", width=130, margin=(22, 5,
                                                                                                    5, 5))
         self.button.on_click(lambda _: self.request(self.plane.value, self.lane.value, self.grid.value))
         self.jobs = JobStrip()
         self.caption = pn.pane.Markdown("Pick a lane and a plane, then compute a slice.",
                                         sizing_mode="stretch_width", styles={"font-size": "0.85em"})
-        self.picture = pn.pane.Bokeh(sl, sizing_mode="stretch_width", visible=False)
-        self.panel = pn.Column(pn.Row(self.plane, self.lane, self.grid, self.button), self.jobs.panel,
+        # in a Column: a Bokeh pane's own visible=False never reached its figure (an empty frame showed)
+        self.picture = pn.Column(pn.pane.Bokeh(sl, sizing_mode="stretch_width"), sizing_mode="stretch_width",
+                                 visible=False)
+        self.panel = pn.Column(pn.Row(self.plane, self.lane), pn.Row(self.grid, self.button), self.jobs.panel,
                                self.picture, self.caption, sizing_mode="stretch_width")
 
     def applies(self) -> bool:

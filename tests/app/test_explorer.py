@@ -16,7 +16,15 @@ import param
 import pytest
 import torch
 from bokeh.document import Document
-from bokeh.models import CustomJSTicker, CustomJSTickFormatter, LabelSet, Legend, LinearScale, LogScale
+from bokeh.models import (
+    CustomJSTicker,
+    CustomJSTickFormatter,
+    LabelSet,
+    LayoutDOM,
+    Legend,
+    LinearScale,
+    LogScale,
+)
 from panel.io.state import set_curdoc
 
 import app.explorer as explorer_module
@@ -284,7 +292,11 @@ def test_a_network_shows_its_curves_and_a_slice_computed_off_the_loop() -> None:
         src = ex.view(NetworkView).slots.sources[0].data
         assert np.isfinite(src["test_accuracy"]).all() and np.isfinite(src["train_loss"]).all()
         slices = ex.view(SliceView)
-        assert not slices.picture.visible  # no empty frame before there is a slice
+        assert not slices.picture.visible  # no empty frame before there is a slice ...
+        root = slices.panel.get_root()  # ... on the page either: the model holding the figure is hidden
+        holder = next(m for m in root.select({"type": LayoutDOM})
+                      if slices.figure in getattr(m, "children", ()))
+        assert not holder.visible or not slices.figure.visible
         job = slices.request("PCA of the trajectory", ex.session.lanes[0].id, 11, wait=True)
         assert not job.error, job.error
         slices.refresh()

@@ -45,12 +45,14 @@ def test_every_instrument_tab_is_on_screen(browser: object, server: Server, size
 _OVERFLOW_JS = """() => {
   const kinds = ['bk-Figure', 'bk-Title', 'bk-Row', 'bk-panel-models-layout-Column',
                  'bk-panel-models-markup-HTML', 'bk-panel-models-markup-Markdown'];
+  const widgets = /^bk-(Select|Slider|Button|Toggle|Spinner|TextInput|NumericInput|MultiChoice|FileInput)$/;
   const out = [];
   const walk = (root) => {
     for (const e of root.querySelectorAll('*')) {
       if (e.shadowRoot) walk(e.shadowRoot);
       const cls = typeof e.className === 'string' ? e.className : '';
-      if (!kinds.some((k) => cls.split(' ').includes(k))) continue;
+      // the layouts and panes above, and every Bokeh widget (bk-Select, bk-Slider, bk-Button, ...)
+      if (!cls.split(' ').some((c) => kinds.includes(c) || widgets.test(c))) continue;
       const r = e.getBoundingClientRect();
       if (r.width > 0 && r.right > window.innerWidth + 1)
         out.push(`${cls} ${Math.round(r.left)}-${Math.round(r.right)}`);
@@ -65,10 +67,10 @@ NETWORK = "?problem=digits_mlp&lanes=%5B%5B%22sgd%22%2C%7B%7D%5D%5D"  # all elev
 
 
 def test_no_instrument_tab_is_wider_than_the_window(browser: object, server: Server) -> None:
-    """Each of the eleven tabs of a network race at 1280x720: no figure, title, row or text runs past
-    the window's right edge (the memory tab's row of a 300-px button and its job strip made the whole
-    tab 530 px wide in a 460-px column, the share tab's row of buttons 600 px: bars, axis, notes cut
-    off)."""
+    """Each of the eleven tabs of a network race at 1280x720: no figure, title, row, text or widget runs
+    past the window's right edge (the memory tab's row of a 300-px button and its job strip made the
+    whole tab 530 px wide in a 460-px column, the share tab's row of buttons 600 px: bars, axis, notes
+    cut off; the slice tab's row of four widgets, 680 px, put its Compute button out of sight)."""
     s = Session(browser, server.url + NETWORK)
     try:
         wait_until(lambda: any(t["title"] == "share" for t in s.page.evaluate(_TABS_JS)), REACT, "the tabs")
