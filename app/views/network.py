@@ -113,6 +113,9 @@ class LearnedView(View):
         self.lane_select.param.watch(lambda _: self._ask(), "value")
         self.fig = make_figure("what it learned", 250, tools="save", x_label="")
         self.fig.grid.visible = False
+        # a unit of x as long as a unit of y on screen, whatever the column's width: square digit
+        # pixels and an undistorted plane (the ranges then fit the data themselves: DataRange1d)
+        self.fig.match_aspect = True
         self.mapper = LinearColorMapper(palette=RdBu11, low=0.0, high=1.0)  # blue (0) .. red (1)
         self.image = ColumnDataSource(empty(("image", "x", "y", "dw", "dh")))
         self.fig.image("image", x="x", y="y", dw="dw", dh="dh", source=self.image, color_mapper=self.mapper)
@@ -122,8 +125,12 @@ class LearnedView(View):
         self.labels = ColumnDataSource(empty(("x", "y", "text", "color")))
         self.fig.text("x", "y", text="text", source=self.labels, text_color="color", text_font_style="bold",
                       text_align="center", text_baseline="bottom", text_font_size="13px")
+        # what the picture shows, in HTML under it: it wraps in a narrow column (a two-line title was
+        # cut at 1024 px)
+        self.caption = pn.pane.HTML("", sizing_mode="stretch_width", margin=(0, 10),
+                                    styles={"font-size": "0.85em"})
         self.panel = pn.Column(self.lane_select, pn.pane.Bokeh(self.fig, sizing_mode="stretch_width"),
-                               sizing_mode="stretch_width")
+                               self.caption, sizing_mode="stretch_width")
         self._future: Any = None
         self._ticks = 0
 
@@ -185,11 +192,12 @@ class LearnedView(View):
             self.points.data = dict(x=X[:, 0].tolist(), y=X[:, 1].tolist(),
                                     color=["#b2182b" if c else "#2166ac" for c in y])
             self.labels.data = empty(("x", "y", "text", "color"))
-            self.fig.x_range.update(start=x0, end=x1)
-            self.fig.y_range.update(start=y0, end=y1)
-            # two lines: as one, the title ran ~570 px past a 460-px column beside the race
-            self.fig.title.text = (f"{label} at step {step}: P(class 1) over the plane (red 1, blue 0);\n"
-                                   "dots: training points by their class")
+            self.fig.xaxis.visible = self.fig.yaxis.visible = True
+            if self.fig.height != 250:
+                self.fig.height = 250
+            self.fig.title.text = f"{label}, step {step}: P(class 1)"
+            self.caption.object = ("P(class 1) over the plane of the inputs (red 1, blue 0); dots: the "
+                                   "training points, coloured by their class.")
             return
         images, predicted, truth = data
         n = len(images)
@@ -203,10 +211,12 @@ class LearnedView(View):
                                 y=[-10.0 * (i // cols) + 8.1 for i in range(n)],
                                 text=[str(int(k)) for k in predicted],
                                 color=["#1a7f37" if r else "#d62728" for r in right])
-        self.fig.x_range.update(start=-1, end=9.0 * cols)
-        self.fig.y_range.update(start=-10.0 * (n // cols - 1) - 1, end=10.5)
-        self.fig.title.text = (f"{label} at step {step}: the first {n} test digits,\nthe label it "
-                               f"predicts (green right, red wrong): {int(right.sum())}/{n} right")
+        self.fig.xaxis.visible = self.fig.yaxis.visible = False  # pixel grid coordinates: no meaning
+        if self.fig.height != 170:  # two rows of digits, square pixels: no empty band above and below
+            self.fig.height = 170
+        self.fig.title.text = f"{label}, step {step}: {int(right.sum())}/{n} right"
+        self.caption.object = (f"The first {n} test digits, each under the label the network predicts "
+                               "(green right, red wrong).")
 
 
 def learned(problem: Any, theta: torch.Tensor, kind: str) -> tuple:
