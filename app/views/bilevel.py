@@ -200,16 +200,16 @@ class BilevelView(View):
         super().__init__(session, notify)
         first = model.PROBLEMS[0]
         self.problem = pn.widgets.Select(label="bilevel problem", options=list(model.PROBLEMS), value=first,
-                                         width=140)
+                                         width=160)
         self.methods = pn.widgets.CheckBoxGroup(label="methods", options={short(m): m for m in model.METHODS},
                                                 value=list(model.METHODS), inline=True)
-        self.steps = pn.widgets.IntInput(label="steps", value=model.STEPS.get(first, 200), width=90)
-        self.sigma = pn.widgets.FloatInput(label="penalty σ", value=0.1, width=90)
+        self.steps = pn.widgets.IntInput(label="steps", value=model.STEPS.get(first, 200), width=80)
+        self.sigma = pn.widgets.FloatInput(label="penalty σ", value=0.1, width=80)
         self.run_button = pn.widgets.Button(label="Run methods", color="primary", width=110,
                                             margin=(22, 5, 5, 5))
         self.sweep_steps = pn.widgets.IntInput(label="sweep steps", value=model.SWEEP_STEPS, width=90)
         self.sweep_button = pn.widgets.Button(label="Bias vs σ", width=90, margin=(22, 5, 5, 5))
-        self.sso_problem = pn.widgets.Select(label="SSO problem", options=list(model.SSO_PROBLEMS), width=140)
+        self.sso_problem = pn.widgets.Select(label="SSO problem", options=list(model.SSO_PROBLEMS), width=160)
         self.sso_inner = pn.widgets.IntInput(label="inner steps m", value=10, width=90)
         self.sso_eta = pn.widgets.FloatInput(label="η", value=model.SSO_ETA[self.sso_problem.value], width=70)
         self.sso_steps = pn.widgets.IntInput(label="SSO steps", value=60, width=80)
@@ -232,12 +232,13 @@ class BilevelView(View):
         self.panel = pn.Column(
             pn.pane.HTML("<b>Bilevel</b>: min<sub>x</sub> f(x, y*(x)), y*(x) = argmin<sub>y</sub> g(x, y)",
                          styles=head, margin=(0, 5)),
-            pn.Row(self.problem, self.steps, self.sigma), self.methods,
-            pn.Row(self.run_button, self.sweep_steps, self.sweep_button),
+            # rows of <= 300 px: they fit the instrument column at 1024 px (a row of 350 put σ past the edge)
+            pn.Row(self.problem, self.steps), self.methods, pn.Row(self.sigma, self.run_button),
+            pn.Row(self.sweep_steps, self.sweep_button),
             self.jobs.panel, self.message, self.figures, self.sweep_row,
             pn.pane.HTML("<b>SSO</b> (target-space surrogate) beside SGD, full batch", styles=head,
                          margin=(10, 5, 0, 5)),
-            pn.Row(self.sso_problem, self.sso_inner, self.sso_eta), pn.Row(self.sso_steps, self.sso_button),
+            pn.Row(self.sso_problem, self.sso_inner), pn.Row(self.sso_eta, self.sso_steps, self.sso_button),
             self.sso_row, sizing_mode="stretch_width")
 
     # -- actions ------------------------------------------------------------------------------------

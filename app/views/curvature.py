@@ -1,6 +1,6 @@
 """Curvature: each lane's sharpness against its stability threshold (solid vs dashed: 2/η, (2+2μ)/η,
 38/η, ...; the threshold moves when the learning rate does), the directional sharpness of its
-actual update (dotted; sharpness-only probes skip it, and the title and a caption say so), the latest
+actual update (dotted; sharpness-only probes skip it, and the key above and a caption say so), the latest
 top eigenvalues with their Lanczos residuals, and the spectral density when density probes are on
 (shown only once there is one)."""
 
@@ -20,8 +20,11 @@ from app.views.base import View, html_escape
 from engine.curvature import density_on_grid
 from engine.records import Record
 
-TITLE = "sharpness (solid), threshold (dashed), along the update (dotted)"  # <= 70 characters: fits 1280 px
-TITLE_OFF = "sharpness (solid), threshold (dashed); along the update: not measured"
+TITLE = "sharpness (solid), threshold (dashed)"
+"""The canvas title (it goes with a saved PNG): <= 40 characters, which fit the instrument column at
+1024 px; what the dotted line is goes in :data:`KEY` above the figure, in HTML, which wraps."""
+KEY = "dotted: the sharpness along the update, u⊤Hu/|u|²"
+KEY_OFF = "along the update: not measured (see below)"
 NOT_MEASURED = ("<p><b>Not measured: the directional sharpness along the update</b> (u⊤Hu/|u|², drawn "
                 "dotted when measured). These probes measure λmax (with its residual) and each lane's "
                 "stability threshold only: the “sharpness” preset, the cheapest; the economy preset adds "
@@ -55,8 +58,11 @@ class CurvatureView(View):
                                      sizing_mode="stretch_width")
         self.summary = pn.pane.HTML("", sizing_mode="stretch_width", styles={"font-size": "0.85em"})
         self.latest: dict[int, Record] = {}  # lane -> its newest probed record
-        self.panel = pn.Column(pn.Row(pn.pane.Bokeh(fig, sizing_mode="stretch_width"), self.density_box,
-                                      sizing_mode="stretch_width"), self.summary, sizing_mode="stretch_width")
+        self.key = pn.pane.HTML(KEY, sizing_mode="stretch_width", margin=(0, 10),
+                                styles={"font-size": "0.85em"})
+        self.panel = pn.Column(self.key, pn.Row(pn.pane.Bokeh(fig, sizing_mode="stretch_width"),
+                                                self.density_box, sizing_mode="stretch_width"),
+                               self.summary, sizing_mode="stretch_width")
 
     def show_lanes(self, lanes: Sequence[Lane]) -> None:
         self.slots.show(lanes)
@@ -104,17 +110,18 @@ class CurvatureView(View):
                         f"<td>{top}</td><td>{exact}</td><td>{p.lambda_max_residual:.1e}</td><td>{ratio}</td>"
                         f"<td>{along}</td></tr>")
         off = bool(self.latest) and not any(r.curvature.measures_directional for r in self.latest.values())
-        title = TITLE_OFF if off else TITLE
-        if self.sharpness_fig.title.text != title:
-            self.sharpness_fig.title.text = title
+        key = KEY_OFF if off else KEY
+        if self.key.object != key:
+            self.key.object = key
         if rows:
             run = self.session.worker.run
-            text = ("<table><tr><th>optimizer</th><th>step</th><th>top eigenvalues (Lanczos)</th>"
-                    "<th>exact</th><th>residual</th><th>sharpness / threshold</th>"
-                    "<th>along the update</th></tr>" + "".join(rows)
-                    + f"</table><p>Probes: {run.probe_overhead:.1%} of the run's compute time (measured). "
-                    "Residuals are ‖Hy − θy‖ of each Ritz pair; thresholds are for each lane's current "
-                    "hyperparameters.</p>" + (NOT_MEASURED if off else ""))
+            # in a box that scrolls sideways where the column is narrower than the table (1024 px)
+            text = ("<table style='display: block; max-width: 100%; overflow-x: auto'><tr><th>optimizer</th><th>step</th>"
+                    "<th>top eigenvalues (Lanczos)</th><th>exact</th><th>residual</th>"
+                    "<th>sharpness / threshold</th><th>along the update</th></tr>" + "".join(rows)
+                    + f"</table><p>Probes: {run.probe_overhead:.1%} of the run's compute time "
+                    "(measured). Residuals are ‖Hy − θy‖ of each Ritz pair; thresholds are for each "
+                    "lane's current hyperparameters.</p>" + (NOT_MEASURED if off else ""))
         else:
             text = ("<p><i>No curvature probe yet: they run on the schedule set under “Curvature probes”."
                     "</i></p>")

@@ -62,7 +62,7 @@ class MemoryView(View):
         super().__init__(session, notify)
         self.source = ColumnDataSource({"lane": [], **{c: [] for c in COLUMNS}, "total": []})
         self.peaks = ColumnDataSource(dict(lane=[], peak=[], kind=[]))
-        fig = make_figure("one step's memory per trajectory (bars: accounted)", 200,
+        fig = make_figure("one step's memory (accounted)", 200,
                           y_range=FactorRange(), tools="save", x_label="")
         bars = fig.hbar_stack(list(COLUMNS), y="lane", height=0.6, source=self.source, color=list(COLORS))
         fig.scatter("peak", "lane", source=self.peaks, marker="diamond", size=16, fill_color="black",

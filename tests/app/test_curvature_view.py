@@ -11,7 +11,7 @@ import numpy as np
 from app.explorer import Explorer
 from app.model import PROBE_PRESETS
 from app.views import CurvatureView
-from app.views.curvature import NOT_MEASURED, TITLE, TITLE_OFF
+from app.views.curvature import KEY, KEY_OFF, NOT_MEASURED
 from app.views.diagnostics import DiagnosticsView
 from engine.events import SetProbes
 from engine.instruments import ProbeConfig
@@ -30,7 +30,7 @@ def test_the_sharpness_preset_says_what_it_does_not_measure() -> None:
         diag.refresh()
         src = view.slots.sources[0].data
         assert all(math.isfinite(d) for d in src["directional"])
-        assert view.sharpness_fig.title.text == TITLE and NOT_MEASURED not in view.summary.object
+        assert view.key.object == KEY and NOT_MEASURED not in view.summary.object
         assert "not measured" not in view.summary.object and "Not measured" not in diag.table.object
 
         assert "sharpness" in PROBE_PRESETS
@@ -46,7 +46,7 @@ def test_the_sharpness_preset_says_what_it_does_not_measure() -> None:
         n = len(src["step"])
         assert n == 4 and np.isnan(src["directional"][-2:]).all()
         np.testing.assert_allclose(src["sharpness"], 10.0, rtol=1e-6)  # float32 products
-        assert view.sharpness_fig.title.text == TITLE_OFF
+        assert view.key.object == KEY_OFF
         assert NOT_MEASURED in view.summary.object and "<td>not measured</td>" in view.summary.object
         assert "Not measured: the directional sharpness along the update or the estimate cosine" \
             in diag.table.object
