@@ -115,9 +115,10 @@ class CurvatureView(View):
             self.key.object = key
         if rows:
             run = self.session.worker.run
-            # in a box that scrolls sideways where the column is narrower than the table (1024 px)
-            text = ("<table style='display: block; max-width: 100%; overflow-x: auto'><tr><th>optimizer</th><th>step</th>"
-                    "<th>top eigenvalues (Lanczos)</th><th>exact</th><th>residual</th>"
+            # a table that scrolls sideways where the column is narrower than it (1024 px): never cut
+            text = ("<table style='display: block; max-width: 100%; overflow-x: auto'>"
+                    "<tr><th>optimizer</th><th>step</th><th>top eigenvalues (Lanczos)</th><th>exact</th>"
+                    "<th>residual</th>"
                     "<th>sharpness / threshold</th><th>along the update</th></tr>" + "".join(rows)
                     + f"</table><p>Probes: {run.probe_overhead:.1%} of the run's compute time "
                     "(measured). Residuals are ‖Hy − θy‖ of each Ritz pair; thresholds are for each "
