@@ -172,15 +172,16 @@ class ProbeConfig:
         stability threshold it is compared with (for Adam-type lanes the preconditioned sharpness),
         nothing else: no directional sharpness of the update (``directional=False``: one product a
         probe fewer, and a warm probe whose extrapolated vector already meets tol stops after one
-        product), no estimate cosine, no gradient noise. Overhead: 13.8% after 1,000 steps (7.76
-        products a warm probe; economy 8.76 in the same runs). Probing often (section (e)'s second
-        part: one digits_mlp lane, GD lr 0.1, from step 0, process time against a plain run
-        stepped alongside, a quiet machine): every step 3.57-3.65x a plain run, every 16 steps
-        1.27-1.30x (2.07 / 2.71 products a warm probe; 4.08-4.09x and 1.30-1.32x, 2.58 / 3.11
-        products, before warm vectors took a free power step, :func:`engine.curvature._power_step`;
-        economy 4.64-4.86x and 1.36-1.39x). The first ~40 steps cost most: there the top eigenvalues
-        lie within 1% and their eigenvectors turn ~10 degrees a step (4-22 products a probe); past
-        them a warm probe is mostly one product."""
+        product), no estimate cosine, no gradient noise. Overhead every 50 steps (section (e)'s
+        edge-of-stability run): 21.4% / 13.8% of the run after 100 / 1,000 steps (7.76 products a
+        warm probe; economy 8.76 in the same runs).
+        Probing often (section (e)'s second part: one digits_mlp lane, GD lr 0.1, from step 0,
+        process time against a plain run stepped alongside, a quiet machine): every step
+        3.57-3.65x a plain run, every 16 steps 1.27-1.30x (2.07 / 2.71 products a warm probe;
+        4.08-4.09x and 1.30-1.32x, 2.58 / 3.11 products, before warm vectors took a free power
+        step, :func:`engine.curvature._power_step`; economy 4.64-4.86x and 1.36-1.39x). The first
+        ~40 steps cost most: there the top eigenvalues lie within 1% and their eigenvectors turn
+        ~10 degrees a step (4-22 products a probe); past them a warm probe is mostly one product."""
         return cls(**{"every": every, "top_k": 1, "tol": 1e-3, "dtype": "float32", "directional": False,
                       **changes})
 

@@ -179,10 +179,13 @@ def test_what_a_network_learned_shows_in_its_tab(browser: object, server: Server
           return false;
         }"""
         wait_until(lambda: s.page.evaluate(has_image), REACT, "the decision boundary")
-        titled = """() => Array.from(Bokeh.documents[0]._all_models.values()).some(
-          m => m.type === "Title" && typeof m.text === "string"
-               && m.text.includes("P(class 1) over the plane"))"""
-        wait_until(lambda: s.page.evaluate(titled), REACT, "the picture's title")
+        titled = """() => {
+          const models = Array.from(Bokeh.documents[0]._all_models.values());
+          return models.some(m => m.type === "Title" && typeof m.text === "string"
+                                  && /^Adam, step \\d+: P\\(class 1\\)$/.test(m.text))
+              && models.some(m => typeof m.text === "string" && m.text.includes("over the plane of"));
+        }"""  # the short title, and the caption under the picture
+        wait_until(lambda: s.page.evaluate(titled), REACT, "the picture's title and caption")
         time.sleep(3)
         (ARTIFACTS / "presets").mkdir(parents=True, exist_ok=True)
         s.page.screenshot(path=str(ARTIFACTS / "presets" / "moons_learned.png"))
