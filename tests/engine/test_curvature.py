@@ -347,16 +347,15 @@ def test_warm_vectors_of_top_values_are_one_free_power_step() -> None:
     starts closer: a smaller residual after the start's one product than the Ritz vector gives."""
     f, points, hessians = small_mlp_trajectory(n_points=2)
     H = hessians[0]
-    for k in (1, 3):
-        res = lanczos(HVP(f, points[0]), k, tol=1e-3, generator=gen(3), ritz_vectors=True)
+    runs = {k: lanczos(HVP(f, points[0]), k, tol=1e-3, generator=gen(3), ritz_vectors=True) for k in (1, 3)}
+    for k, res in runs.items():
         want = (H @ res.top_vectors.T).T / torch.from_numpy(res.top.copy())[:, None]
         assert res.warm_vectors.shape == (k, points[0].numel()) and res.hvps == res.iterations
         np.testing.assert_allclose(res.warm_vectors.numpy(), want.numpy(), atol=1e-12)
     both = lanczos(HVP(f, points[0]), 2, which="both", tol=1e-3, generator=gen(3), ritz_vectors=True)
     np.testing.assert_array_equal(both.warm_vectors.numpy(),
                                   torch.cat([both.top_vectors, both.bottom_vectors]).numpy())
-    first = lanczos(HVP(f, points[0]), 1, tol=1e-3, generator=gen(3), ritz_vectors=True)
-    H1 = hessians[1]
+    first, H1 = runs[1], hessians[1]
 
     def start_residual(v: torch.Tensor) -> float:
         v = v / torch.linalg.vector_norm(v)
