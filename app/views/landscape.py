@@ -42,6 +42,7 @@ TRAIL = 40
 """Segments per start drawn bright at the head of a path (the rest of the path fades)."""
 BASIN = 0.02
 """Trajectories whose ends are closer than this fraction of the view's diagonal share a basin."""
+CLICK_HINT = ": click the picture, or drag ⊕, to race from there"
 
 
 def basins(points: np.ndarray, radius: float) -> list[tuple[np.ndarray, int]]:
@@ -144,8 +145,12 @@ class LandscapeView(View):
                                     sizing_mode="stretch_width")
         self.undo = pn.widgets.Button(label="undo last rank", width=130, visible=False)
         self.undo.on_click(lambda _: self._undo())
+        # what the marks mean and how to move the start, under the picture in HTML (it wraps): in the
+        # canvas title it ran past the figure's edge at 1024 px
+        self.hint = pn.pane.HTML("", margin=(0, 10), styles={"font-size": "0.85em"}, visible=False)
         self.panel = pn.Column(pn.Row(self.prompt, self.undo, sizing_mode="stretch_width"),
-                               pn.pane.Bokeh(fig, sizing_mode="stretch_width"), sizing_mode="stretch_width")
+                               pn.pane.Bokeh(fig, sizing_mode="stretch_width"), self.hint,
+                               sizing_mode="stretch_width")
 
     def applies(self) -> bool:
         return self.session.is_drawn
@@ -183,17 +188,20 @@ class LandscapeView(View):
         self.figure.y_range.update(start=b.low[1], end=b.high[1])
         self.min_move = 0.002 * float(np.hypot(b.high[0] - b.low[0], b.high[1] - b.low[1]))
         title = getattr(p, "title", p.name)
-        click = " (click or drag to move)" if p.dim == 2 else ""
         keys = {"star": "☆ global minimum", "triangle": "△ local minimum"}  # those on the picture
         shown = [text for marker, text in keys.items() if marker in self.minima.data["marker"]]
-        self._title = (title, *shown, "⊕ start", click)
+        self._title = (title, *shown, "⊕ start")
+        self._click = CLICK_HINT if p.dim == 2 else ""
         self._show_title()
 
     def _show_title(self) -> None:
-        """The problem, then what the marks mean: one line; at a projector's font one line each and
-        no click hint (one line ran past the figure's right edge at 1024 px)."""
-        *parts, click = getattr(self, "_title", ("", ""))
-        self.figure.title.text = "\n".join(parts) if self.presenting else " · ".join(parts) + click
+        """The problem as the title; what the marks mean (and, in 2-D, how to move the start) in a
+        line under the picture, which wraps. At a projector's font the title holds the problem and
+        each mark's meaning, one line each (in one line they ran past the figure's edge at 1024 px)."""
+        title, *marks = getattr(self, "_title", ("",))
+        self.figure.title.text = "\n".join([title, *marks]) if self.presenting else title
+        self.hint.object = " · ".join(marks) + getattr(self, "_click", "")
+        self.hint.visible = bool(marks) and not self.presenting
 
     def show_lanes(self, lanes: Sequence[Lane]) -> None:
         self.paths.show(lanes)  # a lane that left takes its path with it

@@ -187,7 +187,8 @@ def test_presenter_view_steps_one_at_a_time_and_draws_each_update(ex: Explorer) 
     assert (arrows["x1"][0], arrows["y1"][0]) == tuple(ex.session.latest[ex.session.lanes[0].id].position[0])
     ex.presenter = False
     assert not ex.rules.visible and view.updates.data["x0"] == []
-    assert view.figure.title.text == " · ".join(lines) + " (click or drag to move)"
+    assert view.figure.title.text == lines[0]  # the marks' meaning and the click hint: under the picture
+    assert view.hint.visible and view.hint.object.startswith(" · ".join(lines[1:]) + ": click the picture")
 
 
 def test_the_export_runs_off_the_loop_with_progress_and_holds_every_record(ex: Explorer) -> None:
