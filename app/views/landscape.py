@@ -42,7 +42,7 @@ TRAIL = 40
 """Segments per start drawn bright at the head of a path (the rest of the path fades)."""
 BASIN = 0.02
 """Trajectories whose ends are closer than this fraction of the view's diagonal share a basin."""
-CLICK_HINT = ": click the picture, or drag ⊕, to race from there"
+CLICK_HINT = "click the picture, or drag ⊕, to race from there"
 
 
 def basins(points: np.ndarray, radius: float) -> list[tuple[np.ndarray, int]]:
@@ -139,6 +139,8 @@ class LandscapeView(View):
         self._drawn: dict[int, np.ndarray] = {}  # lane -> [M, 2] last position streamed
         self.points_drawn = 0
         self.presenting = False
+        self._title: tuple[str, ...] = ("",)  # the problem, then what each mark on the picture means
+        self._click = ""  # how to move the start (2-D problems)
         self._before: dict[int, Any] = {}  # presenter: each lane's previous record
         self._shown: tuple = ()  # the problem the picture shows (a new start keeps it)
         self.prompt = pn.pane.Alert("", alert_type="warning", visible=False, margin=(0, 0),
@@ -198,9 +200,9 @@ class LandscapeView(View):
         """The problem as the title; what the marks mean (and, in 2-D, how to move the start) in a
         line under the picture, which wraps. At a projector's font the title holds the problem and
         each mark's meaning, one line each (in one line they ran past the figure's edge at 1024 px)."""
-        title, *marks = getattr(self, "_title", ("",))
+        title, *marks = self._title
         self.figure.title.text = "\n".join([title, *marks]) if self.presenting else title
-        self.hint.object = " · ".join(marks) + getattr(self, "_click", "")
+        self.hint.object = ": ".join(part for part in (" · ".join(marks), self._click) if part)
         self.hint.visible = bool(marks) and not self.presenting
 
     def show_lanes(self, lanes: Sequence[Lane]) -> None:

@@ -106,12 +106,14 @@ class LearnedView(View):
 
     title = "learned"
     EVERY = 3  # refreshes (~3 Hz) between two pictures
+    PLANE_HEIGHT = 250
+    DIGITS_HEIGHT = 170  # two rows of digits with square pixels: no empty band above and below
 
     def __init__(self, session: Any, notify: Any) -> None:
         super().__init__(session, notify)
         self.lane_select = pn.widgets.Select(label="lane", options={}, width=180, margin=(0, 10))
         self.lane_select.param.watch(lambda _: self._ask(), "value")
-        self.fig = make_figure("what it learned", 250, tools="save", x_label="")
+        self.fig = make_figure("what it learned", self.PLANE_HEIGHT, tools="save", x_label="")
         self.fig.grid.visible = False
         # a unit of x as long as a unit of y on screen, whatever the column's width: square digit
         # pixels and an undistorted plane (the ranges then fit the data themselves: DataRange1d)
@@ -193,8 +195,7 @@ class LearnedView(View):
                                     color=["#b2182b" if c else "#2166ac" for c in y])
             self.labels.data = empty(("x", "y", "text", "color"))
             self.fig.xaxis.visible = self.fig.yaxis.visible = True
-            if self.fig.height != 250:
-                self.fig.height = 250
+            self.fig.height = self.PLANE_HEIGHT
             self.fig.title.text = f"{label}, step {step}: P(class 1)"
             self.caption.object = ("P(class 1) over the plane of the inputs (red 1, blue 0); dots: the "
                                    "training points, coloured by their class.")
@@ -212,8 +213,7 @@ class LearnedView(View):
                                 text=[str(int(k)) for k in predicted],
                                 color=["#1a7f37" if r else "#d62728" for r in right])
         self.fig.xaxis.visible = self.fig.yaxis.visible = False  # pixel grid coordinates: no meaning
-        if self.fig.height != 170:  # two rows of digits, square pixels: no empty band above and below
-            self.fig.height = 170
+        self.fig.height = self.DIGITS_HEIGHT
         self.fig.title.text = f"{label}, step {step}: {int(right.sum())}/{n} right"
         self.caption.object = (f"The first {n} test digits, each under the label the network predicts "
                                "(green right, red wrong).")
