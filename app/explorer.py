@@ -3,7 +3,7 @@
 ``Explorer`` is a ``pn.viewable.Viewer`` on a :class:`app.model.RaceSession` (the model, which
 never imports Panel): the served app (``app/main.py``) and the notebooks embed the very same
 object. The sidebar (:mod:`app.controls`) changes the session; the panels (:data:`app.views.VIEWS`)
-show it. A worker thread computes; a periodic pump (25 Hz, a background callback: it never turns
+show it. A worker thread computes; a periodic pump (30 Hz, a background callback: it never turns
 the page's busy indicator on) drains its records into the views as one message. Closing the page
 stops the pump, the worker and every slow action.
 
@@ -38,17 +38,19 @@ from app.views import VIEWS, View, applies, build, deferred, live, on_page, repa
 
 log = logging.getLogger(__name__)
 
-PUMP_MS = 40
-"""25 Hz at most, for >= 20 screen updates a second of an 8-lane race: a pump is one message, painted
-at the next animation frame. ``benchmarks/stream.py`` measures what reaches the screen (fewer on a
-loaded machine: the pump, the worker and Bokeh's serialization share the server's GIL)."""
-REFRESH_EVERY = 8
-"""Pumps between two refreshes of each thing not streamed (a table, a text, a range): ~3 Hz, each pump
+PUMP_MS = 33
+"""30 Hz at most, for >= 20 screen updates a second of an 8-lane race: a pump is one message, painted
+at the next animation frame. ``benchmarks/stream.py`` measures what reaches the screen (fewer: the
+pump, the worker and Bokeh's serialization share the server's GIL): on a quiet 2-core machine 19.3
+Hz with a 40-ms pump, 20.9-21.7 Hz with this one (step to screen 55 ms either way). A class does
+not get more messages: :data:`app.load.PUMPS_PER_SECOND` bounds them over all pages."""
+REFRESH_EVERY = 10
+"""Pumps between two refreshes of each thing not streamed (a table, a text, a range): 3 Hz, each pump
 one of them in turn (a pump that did them all took ~3x a plain one and made the next ones late)."""
 COUNTER_S = 0.25
 """Seconds between two updates of a running race's step counter (it moves with the curves, ~4 Hz)."""
-RACE_EVERY = 3
-"""Pumps between updates of the race's picture while it runs (~8 Hz; the page's costliest repaint:
+RACE_EVERY = 4
+"""Pumps between updates of the race's picture while it runs (7.5 Hz; the page's costliest repaint:
 heatmap, contours, every path; the curves carry the pace). Paused, it is updated at every pump."""
 __all__ = ["CUSTOM", "DEFAULT_RACE", "MAX_LANES", "Explorer"]
 

@@ -47,7 +47,7 @@ all the server's processes (:class:`ServerBudget`: each process's share follows 
 Measured (benchmarks/load.py, 20 sessions, 2 cores, one process): 0.6 core gave 8.5-9.8 steps/s
 each, 0.8 gave 9.7-11."""
 PUMPS_PER_SECOND = float(os.environ.get("OPTISCOPE_PUMPS_PER_SECOND", "60"))
-"""Pumps (Bokeh messages) per second over all sessions: 2 pages at 25 Hz, 20 pages at ~2.8 Hz."""
+"""Pumps (Bokeh messages) per second over all sessions: 2 pages at 30 Hz, 20 pages at 3 Hz."""
 PUMP_HZ = 1000.0 / PUMP_MS
 """The pump's own cadence (:data:`app.explorer.PUMP_MS`)."""
 TIDY_AFTER_S = 2.0

@@ -49,8 +49,8 @@ from engine.run import LaneConfig, Run, RunConfig
 from landscapes import get_landscape, get_network
 
 APP_RECORD_EVERY = 3
-"""Steps per record on the app's schedule: it steps at 60 steps/s by default and draws at 20 Hz
-(``PUMP_MS = 50``), so it shows one record in three."""
+"""Steps per record on the app's schedule: it steps at 60 steps/s by default and a page shows ~20
+updates a second (benchmarks/stream.py), so a screen sees one record in three."""
 
 Stepper = Callable[[int], None]
 """Takes ``k`` steps of one contestant (state persists between calls)."""

@@ -567,7 +567,7 @@ def test_closing_pages_leaves_no_tracebacks_in_the_server_log(browser: object, s
     new = server.log.read_text()[len(before):]
     assert "error handling message" not in new and "Traceback" not in new, new[-3000:]
     # a message in flight when a page vanishes is reported in one line by Panel (nothing else is lost):
-    # at 25 pumps a second (PUMP_MS) a few can be in flight while the server learns of the close; the
+    # at 30 pumps a second (PUMP_MS) a few can be in flight while the server learns of the close; the
     # flood this guards against was hundreds of lines and tracebacks
     assert new.count("Failed sending message") <= 3 * 6, new[-3000:]
 
