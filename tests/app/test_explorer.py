@@ -527,6 +527,40 @@ def test_a_path_fades_behind_its_bright_trail() -> None:
         ex.close()
 
 
+def test_a_bouncing_lane_draws_each_pixel_of_its_path_once() -> None:
+    """RMSprop at its default lr bounces about Rosenbrock's minimum, a visible move at every step: the
+    faint path keeps one segment per pair of cells (``min_move``, about a pixel) however often the
+    lane crosses it, and every segment the lane took (its trail) lies on a drawn one."""
+    ex = Explorer(landscape="rosenbrock", optimizers=["rmsprop"], speed=1000)
+    try:
+        view, s = ex.view(LandscapeView), ex.session
+        slot = s.lanes[0].slot
+        offered, taken = [], set()
+        unseen = view._unseen
+
+        def cells(data: dict, i: int) -> tuple[int, ...]:
+            a, b, c, d = (int(np.floor(data[k][i] / view.min_move)) for k in ("x0", "y0", "x1", "y1"))
+            return (a, b, c, d) if (a, b) <= (c, d) else (c, d, a, b)
+
+        def counted(lane_id: int, seg: dict) -> dict:
+            offered.append(len(seg["x0"]))
+            taken.update(cells(seg, i) for i in range(len(seg["x0"])))
+            return unseen(lane_id, seg)
+
+        view._unseen = counted
+        s.play()
+        pump_until(ex, lambda: sum(offered) >= 3000, timeout=120)
+        s.pause()
+        ex.pump()
+        path = view.paths.sources[slot].data
+        drawn = [cells(path, i) for i in range(len(path["x0"]))]
+        assert len(drawn) == len(set(drawn))  # no pair of cells twice
+        assert taken == set(drawn)  # every segment the lane took is on the picture
+        assert len(drawn) < sum(offered) / 5  # it bounced: most steps crossed drawn pixels
+    finally:
+        ex.close()
+
+
 def test_a_preset_shows_its_own_learning_rates_on_the_sliders() -> None:
     """A card reused for a preset's lane shows the preset's lr (0.019), not its slider's first
     option (before: "1e-06", the old grid lacked 0.019)."""
