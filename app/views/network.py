@@ -49,7 +49,8 @@ class NetworkView(View):
             return
         p = self.session.problem_obj
         mode = getattr(p, "metrics_mode", "eval")
-        self.loss_fig.title.text = f"full-set loss: train (solid), test (dashed), {mode} mode"
+        # the metrics' mode as the axis label: in the title it ran past the column of a 1024-px page
+        self.loss_fig.yaxis.axis_label = f"loss ({mode} mode)"
         sensing = getattr(p, "accuracy", None) is None
         self.acc_fig.title.text = ("recovery error ‖WWᵀ − X*‖ / ‖X*‖" if sensing
                                    else "accuracy: test (solid), train (dashed)")
