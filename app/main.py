@@ -17,7 +17,7 @@ RunWorker.budget = load.BUDGET  # the races of all pages share this process's CP
 # The template's design from the first render on: without it, a pane is rendered without the design's
 # stylesheets and its first update sends them (a 10 kB message, and a walk over the whole document) --
 # once per pane that changes (the counter, the rate meter, each lane card's live lr) as the page starts.
-pn.extension("katex", "filedropper", notifications=True, design="bootstrap")
+pn.extension("katex", "filedropper", notifications=True, design="native")
 
 doc = pn.state.curdoc
 t0 = time.perf_counter()

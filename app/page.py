@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 import panel as pn
 
@@ -30,10 +30,19 @@ WARM_STEPS = 20
 """Steps the warm-up race takes (the default race probes its curvature every 5: four probes)."""
 
 
-def template(explorer: Explorer) -> pn.template.BootstrapTemplate:
-    """The page around an explorer. Bootstrap: its design loads nothing from the network (Fast and
-    Material fetch Google Fonts)."""
-    return pn.template.BootstrapTemplate(
+class Page(pn.template.VanillaTemplate):
+    """Panel's plain template and design (``Native``), without the Lato font it would fetch from Google
+    Fonts: a page loads nothing from elsewhere (a classroom may be offline; Fast and Material fetch
+    fonts too). Not Bootstrap: with its design the page's style recalculations took 22-24% of its main
+    thread while a race streams (5% with this one), and an 8-lane race reached 19.2 screen updates a
+    second against 21.2 (benchmarks/stream.py --served-app, one minute each)."""
+
+    _resources: ClassVar[dict[str, dict]] = {"css": {}, "js": {}, "js_modules": {}, "tarball": {}}
+
+
+def template(explorer: Explorer) -> Page:
+    """The page around an explorer."""
+    return Page(
         title="Optiscope — optimizers racing, live",
         sidebar=[explorer.controls],
         main=[explorer.main],

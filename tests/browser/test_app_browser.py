@@ -199,6 +199,8 @@ class Session:
         self.page.on("console", lambda m: m.type == "error" and self.errors.append(f"console: {m.text}"))
         self.page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
         self.page.on("requestfailed", lambda r: self.errors.append(f"requestfailed: {r.url} ({r.failure})"))
+        self.requests: list[str] = []  # every URL the page asked for
+        self.page.on("request", lambda r: self.requests.append(r.url))
         self.page.goto(url)
         self.page.locator(".step-counter p").wait_for(timeout=45_000)
         self.page.wait_for_function("() => window.Bokeh && Bokeh.documents.length > 0",
@@ -340,6 +342,9 @@ def test_page_loads_streams_and_fits_a_laptop_screen(page: Session) -> None:
     assert page.page.evaluate("() => Bokeh.require('core/dom').InlineStyleSheet.prototype"
                               "._optiscope_unchanged_skipped === true")
     assert page.unexpected_errors() == []
+    # nothing from elsewhere (a classroom may be offline): Panel's plain template asked Google Fonts
+    origin = re.match(r"https?://[^/]+/", page.page.url).group(0)
+    assert [u for u in page.requests if not u.startswith((origin, "data:", "blob:"))] == []
     page.slow_down()
 
 
