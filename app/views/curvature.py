@@ -166,4 +166,6 @@ class CurvatureView(View):
 
     def present(self, big: bool) -> None:
         scale_fonts(self.sharpness_fig, big)
+        # in one line of presenter type it ran past a 1024-px window (to 1,148 px): one line a curve
+        self.sharpness_fig.title.text = TITLE.replace(", ", ",\n") if big else TITLE
 

@@ -66,18 +66,31 @@ _OVERFLOW_JS = """() => {
 NETWORK = "?problem=digits_mlp&lanes=%5B%5B%22sgd%22%2C%7B%7D%5D%5D"  # all eleven tabs
 
 
-@pytest.mark.parametrize("size", [(1280, 720), (1024, 768)])
+_PRESENTER_JS = """() => {
+  for (const m of Bokeh.documents[0]._all_models.values())
+    if (m.type === "Checkbox" && String(m.label).startsWith("presenter view")) {
+      m.active = true;
+      return true;
+    }
+  return false;
+}"""
+
+
+@pytest.mark.parametrize(("size", "presenting"),
+                         [((1280, 720), False), ((1024, 768), False), ((1024, 768), True)])
 def test_no_instrument_tab_is_wider_than_the_window(browser: object, server: Server,
-                                                    size: tuple[int, int]) -> None:
+                                                    size: tuple[int, int], presenting: bool) -> None:
     """Each of the eleven tabs of a network race at a laptop's and a projector's size: no figure,
     title, row, text or widget runs past the window's right edge (the memory tab's row of a 300-px
     button and its job strip made the whole tab 530 px wide in a 460-px column, the share tab's row of
     buttons 600 px: bars, axis, notes cut off; the slice tab's row of four widgets, 680 px, put its
     Compute button out of sight; at 1024 px the curvature and memory titles and the bilevel tab's
-    penalty σ ran past the edge)."""
+    penalty σ ran past the edge; in the presenter view's type, the curvature title to 1,148 px)."""
     s = Session(browser, server.url + NETWORK, size=size)
     try:
         wait_until(lambda: any(t["title"] == "share" for t in s.page.evaluate(_TABS_JS)), REACT, "the tabs")
+        if presenting:
+            assert s.page.evaluate(_PRESENTER_JS), "no presenter checkbox on the page"
         wide = {}
         for tab in [t["title"] for t in s.page.evaluate(_TABS_JS)]:
             s.tab(tab)
