@@ -39,11 +39,9 @@ from app.views import VIEWS, View, applies, build, deferred, live, on_page, repa
 log = logging.getLogger(__name__)
 
 PUMP_MS = 33
-"""30 Hz at most, for >= 20 screen updates a second of an 8-lane race: a pump is one message, painted
-at the next animation frame. ``benchmarks/stream.py`` measures what reaches the screen (fewer: the
-pump, the worker and Bokeh's serialization share the server's GIL): on a quiet 2-core machine 19.3
-Hz with a 40-ms pump, 20.9-21.7 Hz with this one (step to screen 55 ms either way). A class does
-not get more messages: :data:`app.load.PUMPS_PER_SECOND` bounds them over all pages."""
+"""30 Hz at most, for >= 20 screen updates a second of an 8-lane race (a pump is one message, painted
+at the next animation frame; ``benchmarks/stream.py``: 20.9-21.7 Hz, 19.3 with 40 ms). A class gets no
+more messages: :data:`app.load.PUMPS_PER_SECOND` bounds them over all pages."""
 REFRESH_EVERY = 10
 """Pumps between two refreshes of each thing not streamed (a table, a text, a range): 3 Hz, each pump
 one of them in turn (a pump that did them all took ~3x a plain one and made the next ones late)."""
