@@ -15,12 +15,12 @@ from typing import Any
 import panel as pn
 import param
 
-from app.lanes import MAX_LANES, OWN_BATCH, SCHEDULED, Lane
+from app.lanes import MAX_LANES, Lane
 from app.model import RaceSession
 from app.presets import presets
 from app.sharing import CUSTOM
+from app.wrapper_controls import WrapperControls
 from engine.registry import available, get_spec
-from engine.schedules import Schedule
 from landscapes import available_landscapes, available_networks
 
 _MANTISSAS = (1, 1.5, 2, 3, 5, 7)
@@ -88,130 +88,6 @@ def widget_specs(lane: Lane) -> dict[str, dict[str, Any]]:
             out[hp.name] = {"type": pn.widgets.FloatSlider, "start": lo, "end": hi, "step": (hi - lo) / 1000,
                             "format": "0.[0000]", "throttled": True}
     return out
-
-
-def schedule_horizon(s: Schedule) -> int:
-    """Steps a card's little curve spans: the schedule's shape with some of its tail."""
-    if s.kind in ("cosine", "linear"):
-        body = int(s.steps * 1.25)
-    elif s.kind == "step":
-        body = 4 * s.every
-    elif s.kind == "exponential":
-        body = int(min(math.log(0.01) / math.log(s.gamma), 100_000)) if s.gamma < 1 else 100
-    elif s.kind == "refined":
-        body = len(s.values)
-    else:
-        body = max(100, s.warmup)
-    return max(s.warmup + body, 2)
-
-
-def schedule_svg(s: Schedule | None, base: float, step: int | None, color: str,
-                 width: int = 210, height: int = 56) -> str:
-    """A small drawing of the lr the schedule gives, from ``base`` down to 0, with a dot at ``step``."""
-    s = s or Schedule()
-    horizon = schedule_horizon(s)
-    ts = [round(i * (horizon - 1) / 99) for i in range(100)]
-    left, top, w, h = 34, 4, width - 40, height - 18
-    pts = " ".join(f"{left + w * t / (horizon - 1):.1f},{top + h * (1 - s.factor(t)):.1f}" for t in ts)
-    dot = ""
-    if step is not None:
-        t = min(step, horizon - 1)
-        dot = (f'<circle cx="{left + w * t / (horizon - 1):.1f}" cy="{top + h * (1 - s.factor(step)):.1f}" '
-               f'r="3.5" fill="{color}" stroke="black" stroke-width="0.8"/>')
-    label = "font-size:9px;fill:#555;font-family:sans-serif"
-    why = ("lr = base x the schedule's factor at the lane's own step, counted from the lane's start: "
-           "a schedule picked at step 400 takes its value at step 400 at once")
-    return (f'<svg width="{width}" height="{height}" class="lr-schedule"><title>{why}</title>'
-            f'<line x1="{left}" y1="{top + h}" x2="{left + w}" y2="{top + h}" stroke="#bbb"/>'
-            f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + h}" stroke="#bbb"/>'
-            f'<text x="{left - 3}" y="{top + 7}" text-anchor="end" style="{label}">{base:.2g}</text>'
-            f'<text x="{left - 3}" y="{top + h}" text-anchor="end" style="{label}">0</text>'
-            f'<text x="{left + w}" y="{height - 2}" text-anchor="end" style="{label}">'
-            f'step {horizon - 1}</text>'
-            f'<text x="{left}" y="{height - 2}" style="{label}">0</text>'
-            f'<polyline points="{pts}" fill="none" stroke="{color}" stroke-width="1.8"/>{dot}</svg>')
-
-
-_SCHEDULE_FIELDS = {"constant": (), "step": ("gamma", "every"), "exponential": ("gamma",),
-                    "cosine": ("steps", "final"), "linear": ("steps", "final"), "refined": ()}
-_CLIP_FIELDS = {"none": (), "norm": ("threshold",), "value": ("threshold",), "coordinate": ("fraction",)}
-_BATCH_FIELDS = {OWN_BATCH: (), "constant": ("size",), "schedule": ("size", "growth", "batch_every"),
-                 "norm_test": ("size", "theta")}
-
-
-class WrapperControls:
-    """A lane's lr schedule (with its curve and the live lr), clipping and, on networks, batch size:
-    widgets on ``lane.wrap``, only the fields the chosen kind uses shown."""
-
-    def __init__(self, lane: Lane, network: bool) -> None:
-        self.lane = lane
-        w, p = pn.widgets, lane.wrap.param
-        small = {"width": 95, "margin": (2, 5)}
-        self.fields: dict[str, pn.widgets.Widget] = {
-            "warmup": w.IntInput.from_param(p.warmup, **small),
-            "steps": w.IntInput.from_param(p.steps, **small),
-            "gamma": w.FloatInput.from_param(p.gamma, step=0.05, **small),
-            "every": w.IntInput.from_param(p.every, **small),
-            "final": w.FloatInput.from_param(p.final, step=0.05, **small),
-            "threshold": w.FloatInput.from_param(p.threshold, **small),
-            "fraction": w.FloatInput.from_param(p.fraction, step=0.05, **small),
-            "size": w.IntInput.from_param(p.size, **small),
-            "growth": w.FloatInput.from_param(p.growth, **small),
-            "batch_every": w.IntInput.from_param(p.batch_every, **small),
-            "theta": w.FloatInput.from_param(p.theta, **small),
-        }
-        f = self.fields
-        self.curve = pn.pane.HTML("", margin=(0, 5), css_classes=["lr-curve"])
-        self.live = pn.pane.HTML("", margin=(0, 5), styles={"font-size": "0.8em", "color": "#333"},
-                                 css_classes=["lr-live"])
-        schedule = pn.Column(w.Select.from_param(p.schedule, margin=(2, 5)),
-                             pn.Row(f["warmup"], f["steps"], f["every"]), pn.Row(f["gamma"], f["final"]),
-                             self.curve, self.live, margin=0, sizing_mode="stretch_width")
-        clip = pn.Column(w.Select.from_param(p.clip, margin=(2, 5)), pn.Row(f["threshold"], f["fraction"]),
-                         margin=0)
-        parts: list[Any] = [schedule, clip]
-        if network:
-            parts.append(pn.Column(w.Select.from_param(p.batch, margin=(2, 5)),
-                                   pn.Row(f["size"], f["growth"]), pn.Row(f["batch_every"], f["theta"]),
-                                   margin=0))
-        self.panel = pn.Column(*parts, margin=0, sizing_mode="stretch_width")
-        self._step: int | None = None
-        lane.wrap.param.watch(lambda *_: self.show(), [n for n in lane.wrap.param if n != "name"])
-        self.show()
-
-    def show(self) -> None:
-        wrap = self.lane.wrap
-        shown = set(_SCHEDULE_FIELDS.get(wrap.schedule, ())) | set(_CLIP_FIELDS[wrap.clip]) | \
-            set(_BATCH_FIELDS[wrap.batch])
-        shown.add("warmup")
-        has_lr = SCHEDULED in self.lane.values()
-        for name, widget in self.fields.items():
-            widget.visible = name in shown and (has_lr or name not in ("warmup", "steps", "gamma", "every",
-                                                                         "final"))
-        self.curve.visible = self.live.visible = has_lr
-        if has_lr:
-            self._draw()
-
-    def _draw(self) -> None:
-        try:
-            schedule = self.lane.wrap.lr_schedule()
-        except ValueError:
-            return
-        base = float(self.lane.values()[SCHEDULED])
-        svg = schedule_svg(schedule, base, self._step, self.lane.color)
-        if svg != self.curve.object:
-            self.curve.object = svg
-
-    def refresh(self, record: Any) -> None:
-        """The lane's newest record: move the dot, write the live lr."""
-        if record is None or SCHEDULED not in record.hyperparameters:
-            return
-        self._step = int(record.step)
-        live = float(record.hyperparameters[SCHEDULED])
-        text = f"lr now <b>{live:.4g}</b> at step {record.step}"
-        if text != self.live.object:
-            self.live.object = text
-            self._draw()
 
 
 def optimizer_groups() -> dict[str, list[str]]:
@@ -301,8 +177,8 @@ class LaneCard:
         else:
             self.wrappers.show()
         self.body.objects = [pn.Param(self.lane.hyperparameters, widgets=widget_specs(self.lane),
-                                      show_name=False,
-                                      sizing_mode="stretch_width", margin=0), self.wrappers.panel]
+                                      show_name=False, sizing_mode="stretch_width", margin=0),
+                             self.wrappers.panel]
         self.body.visible = True
 
     def refresh(self) -> None:
