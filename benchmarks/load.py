@@ -25,6 +25,9 @@ Then every websocket closes, and the server's Python threads and RSS (its childr
 ``--num-procs``) are sampled each second until they are back within 10 % of idle or ``--drain``
 seconds pass. Idle = after one warm-up session has opened and closed (the code is imported).
 
+The server runs as ``./dev serve`` runs it: its options (:data:`SERVE_OPTIONS`) and Python's objects
+in glibc's heap (``PYTHONMALLOC=malloc``, unless the environment names an allocator).
+
 Loopback only; bounded: at most ``MAX_SESSIONS`` sessions, each step waits at most its timeout, the
 whole run at most ``--limit`` seconds. Figures on a 2-core machine shared with other work are
 pessimistic: compare runs side by side.
@@ -227,7 +230,9 @@ class Server:
         if num_procs > 1:
             cmd += ["--num-procs", str(num_procs)]
         cmd += extra
-        env = {**os.environ, "PYTHONPATH": str(root)}  # PYTHONMALLOC=malloc here: see ./dev serve
+        # Python's allocator as ./dev serve picks it (glibc's malloc) unless the caller's environment
+        # names one: PYTHONMALLOC=pymalloc python benchmarks/load.py measures the other
+        env = {"PYTHONMALLOC": "malloc", **os.environ, "PYTHONPATH": str(root)}
         self.log = open(log, "w")  # closed in stop()
         self.proc = subprocess.Popen(cmd, cwd=root, stdout=self.log, stderr=subprocess.STDOUT, env=env)
 
