@@ -58,9 +58,9 @@ def schedule_svg(s: Schedule | None, base: float, step: int | None, color: str,
 _SCHEDULE_FIELDS = {"constant": (), "step": ("gamma", "every"), "exponential": ("gamma",),
                     "cosine": ("steps", "final"), "linear": ("steps", "final"), "refined": ()}
 _CLIP_FIELDS = {"none": (), "norm": ("threshold",), "value": ("threshold",), "coordinate": ("fraction",)}
-_ARROW_STEP = {"gamma": 0.05, "final": 0.05, "fraction": 0.05}  # what an arrow key adds (default 0.1)
 _BATCH_FIELDS = {OWN_BATCH: (), "constant": ("size",), "schedule": ("size", "growth", "batch_every"),
                  "norm_test": ("size", "theta")}
+_ARROW_STEP = {"gamma": 0.05, "final": 0.05, "fraction": 0.05}  # what an arrow key adds (default 0.1)
 
 
 class WrapperControls:
@@ -105,8 +105,8 @@ class WrapperControls:
     @property
     def shown(self) -> set[str]:
         """The fields on the page."""
-        return {n for row, names in self._rows for n in names if row.visible and n in self.fields
-                and any(o is self.fields[n] for o in row.objects)}
+        on_page = [o for row, _ in self._rows if row.visible for o in row.objects]
+        return {name for name, field in self.fields.items() if any(o is field for o in on_page)}
 
     def show(self) -> None:
         wrap = self.lane.wrap
