@@ -51,6 +51,9 @@ def make_figure(title: str, height: int, *, log_y: bool = False, x_label: str = 
                  toolbar_location="above", y_axis_type="log" if log_y else "auto", **kw)
     fig.xaxis.axis_label = x_label
     fig.yaxis.axis_label = y_label
+    for auto in (fig.x_range, fig.y_range):  # the page fits them to the streamed data; the server
+        if isinstance(auto, DataRange1d):  # reads none of their ends: not sent back (~15 a second)
+            auto.syncable = False
     fig.toolbar.logo = None
     if log_y:
         quiet_log_ticks(fig)
