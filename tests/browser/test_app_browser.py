@@ -351,11 +351,17 @@ def test_page_loads_streams_and_fits_a_laptop_screen(page: Session) -> None:
 _SENT_JS = """() => {
   // every text frame the page's websocket sends from now on (Bokeh's patches are JSON)
   window.__sent = [];
-  const send = WebSocket.prototype.send;
+  const send = window.__send = WebSocket.prototype.send;
   WebSocket.prototype.send = function (data) {
     if (typeof data === "string") window.__sent.push(data);
     return send.call(this, data);
   };
+}"""
+_UNSENT_JS = """() => {  // the page's own send again (the page is shared by the tests after this one)
+  const sent = window.__sent;
+  WebSocket.prototype.send = window.__send;
+  delete window.__sent;
+  return sent;
 }"""
 
 
@@ -368,7 +374,7 @@ def test_a_streaming_page_keeps_its_automatic_axes_to_itself(page: Session) -> N
     first = page.step()
     time.sleep(3.0)
     assert page.step() > first  # it streamed meanwhile: the x-axes grew
-    sent = page.page.evaluate("() => window.__sent")
+    sent = page.page.evaluate(_UNSENT_JS)
     axes = [m for m in sent if re.search(r'"attr":"(start|end)"', m)]
     assert axes == [], f"{len(axes)} axis ends sent to the server in 3 s, e.g. {axes[0][:200]}"
     assert page.unexpected_errors() == []
