@@ -51,7 +51,8 @@ text is made on demand). A step without a record copies nothing when the lane's 
 torch's own (which raises, if at all, before it writes: ``_Lane.atomic``) and no row is frozen.
 Adam-type lanes use torch's fused kernel (``RunConfig.fused``). A problem that takes its
 parameters as they are (``loss_parts``: a network) is evaluated on the leaves directly, not on a
-flattened copy. ``benchmarks/race.py`` measures all this against the least a plain program costs.
+flattened copy, and a lane of one start on its leaves in their own shapes (``loss_row``).
+``benchmarks/race.py`` measures all this against the least a plain program costs.
 """
 
 from __future__ import annotations
@@ -386,6 +387,7 @@ class _Lane:
             type(opt).__module__.startswith("torch.optim.") for opt in optimizers)
         """Its optimizers are torch's own, which check what they are given before they write: one
         that raises leaves the leaves as they were, so a step needs no copy of where it began."""
+        self._twins: list[torch.Tensor] | None = None
         self.dense_grads = any(g.get("fused") for opt in optimizers for g in opt.param_groups)
         """Its gradients must be laid out as its (contiguous) leaves: torch's fused CPU Adam reads
         a gradient with other strides wrongly (torch 2.13: wrong steps, no error), and gradients
@@ -505,6 +507,20 @@ class _Lane:
         if self.separable:
             return self.rows[0]
         return [torch.stack(p) for p in zip(*self.rows, strict=True)]
+
+    def twins(self) -> list[torch.Tensor] | None:
+        """One start's leaves again in their own shapes, sharing storage (and version counters) with
+        the ``[1, *shape]`` ones the optimizer holds (None: several starts, or one leaf): a problem
+        with ``loss_row`` (a network) is differentiated on these, whose backward pass has no view
+        per parameter (a digits-MLP minibatch gradient costs ~20% less, benchmarks/race.py).
+        Made again if an optimizer gave a leaf new storage (``p.data = ...``)."""
+        if not self.separable or self.n_rows != 1 or len(self.params) < 2:
+            return None
+        twins = self._twins
+        if twins is None or any(t.data_ptr() != p.data_ptr()
+                                for t, p in zip(twins, self.params, strict=True)):
+            self._twins = [p.detach()[0].requires_grad_(True) for p in self.params]
+        return self._twins
 
     def flat_grads(self, grads: Sequence[torch.Tensor]) -> torch.Tensor:
         """Gradients of this lane's leaves (in ``self.params`` order) as ``[M, P]``."""
@@ -838,6 +854,7 @@ class Run:
         # (the step changes them in place): clones of the parts, which cost 3-9% less per step and
         # per product than the flattened rows (benchmarks/hessian.py, section b)
         by_parts = getattr(self.problem, "loss_parts", None)
+        by_row = getattr(self.problem, "loss_row", None)
         for (_, need), group in groups.items():
             t = time.perf_counter()
             batch, size, _ = batches[group[0].id]
@@ -853,9 +870,15 @@ class Run:
                     parts = [p.clone() for p in parts]
                 loss = lambda parts=parts, batch=batch: by_parts(parts, batch)  # noqa: E731
             grads: list[torch.Tensor] | None = None
+            twins = group[0].twins() if by_row is not None and len(group) == 1 and not reuse else None
             if need == 2:
                 with torch.no_grad():
                     losses = loss()
+            elif twins is not None:  # one start: its leaves in their own shapes (see _Lane.twins)
+                value = by_row(twins, batch)
+                grads = [torch.zeros_like(p) if g is None else g.unsqueeze(0) for p, g in zip(
+                    group[0].params, torch.autograd.grad(value, twins, allow_unused=True), strict=True)]
+                losses = value.detach().reshape(1)
             else:
                 losses = loss()
                 leaves = group[0].params if len(group) == 1 else [p for lane in group for p in lane.params]

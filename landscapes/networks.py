@@ -255,13 +255,10 @@ class NetworkProblem:
         flattened, without flattening them into ``[B, P]`` and splitting them again (copies and
         backward steps that cost more than a small network's own forward pass)."""
         X, y = self._data(batch)
-        names, shapes = self.param_names, self.param_shapes
+        shapes = self.param_shapes
 
         def one(*ps: torch.Tensor) -> torch.Tensor:
-            out = self.criterion(self._call(dict(zip(names, ps, strict=True)), X), y)
-            if self.l2:  # the penalty of the flat vector, summed in the same order as in ``loss``
-                out = out + self.penalty(torch.cat([p.reshape(-1) for p in ps]))
-            return out
+            return self._row_loss(ps, X, y)
 
         was = self._with_mode(self.mode)
         try:
@@ -275,6 +272,24 @@ class NetworkProblem:
             return torch.stack([one(*(p[i] for p in parts)) for i in range(parts[0].shape[0])])
         finally:
             self._restore(was)
+
+    def loss_row(self, parts: Sequence[torch.Tensor], batch: Any = None) -> torch.Tensor:
+        """:meth:`loss` of one parameter row given as one tensor per parameter in its own shape
+        (``param_shapes``), a scalar: what a run with one start differentiates, on leaves of those
+        shapes (a leading row dimension adds a view per parameter to the backward pass, ~25% of a
+        digits-MLP minibatch gradient, benchmarks/race.py)."""
+        X, y = self._data(batch)
+        was = self._with_mode(self.mode)
+        try:
+            return self._row_loss(parts, X, y)
+        finally:
+            self._restore(was)
+
+    def _row_loss(self, parts: Sequence[torch.Tensor], X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        out = self.criterion(self._call(dict(zip(self.param_names, parts, strict=True)), X), y)
+        if self.l2:  # the penalty of the flat vector, summed in the same order as in ``loss``
+            out = out + self.penalty(torch.cat([p.reshape(-1) for p in parts]))
+        return out
 
     def _sample_loss(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """One sample's loss (the criterion on a batch of one) plus the penalty."""

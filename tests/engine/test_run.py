@@ -847,20 +847,45 @@ def test_a_lane_of_another_kind_is_never_fused() -> None:
         unregister("my-adam")
 
 
-@pytest.mark.parametrize("n_starts", [1, 3])
-def test_a_network_runs_on_its_parameters_as_they_are_exactly_as_on_the_flat_vector(n_starts: int) -> None:
-    """``loss_parts`` (the leaves as one tensor per parameter) gives the very records the flat view
-    ``loss([B, P])`` gives: losses, gradients, steps, metrics, for separable and per-row lanes."""
+class Rebinding(torch.optim.Optimizer):
+    """Gradient descent that gives each leaf new storage at every step (``p.data = ...``), as a
+    person's own optimizer may."""
+
+    def __init__(self, params, lr: float = 0.1) -> None:
+        super().__init__(params, {"lr": lr})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.data = p.data - group["lr"] * p.grad
+
+
+@pytest.mark.parametrize("lanes, n_starts", [
+    ((("adam", {"lr": 0.01}), ("adamp", {"lr": 0.01}), ("sgd", {"lr": 0.1})), 1),
+    ((("adam", {"lr": 0.01}), ("adamp", {"lr": 0.01}), ("sgd", {"lr": 0.1})), 3),
+    ((("adam", {"lr": 0.01}),), 1),  # one lane, one start: its leaves in their own shapes (_Lane.twins)
+    ((("rebinding", {"lr": 0.1}),), 1),  # ...which follow a leaf given new storage
+])
+def test_a_network_runs_on_its_parameters_as_they_are_exactly_as_on_the_flat_vector(
+        lanes: tuple[tuple[str, dict], ...], n_starts: int) -> None:
+    """``loss_parts`` (the leaves as one tensor per parameter) and ``loss_row`` (one start's leaves
+    in their own shapes) give the very records the flat view ``loss([B, P])`` gives: losses,
+    gradients, steps, metrics, for separable and per-row lanes."""
     def problem(flat: bool):
         p = get_network("digits_mlp", width=8, n_train=200, batch_size=32, l2=1e-3)
         if flat:
-            p.loss_parts = None  # the run then flattens the leaves, as it always did
+            p.loss_parts = p.loss_row = None  # the run then flattens the leaves, as it always did
         return p
 
-    cfg = config(("adam", {"lr": 0.01}), ("adamp", {"lr": 0.01}), ("sgd", {"lr": 0.1}), n_starts=n_starts,
-                 seed=3, metrics_every=4)
-    by_parts, flat = Run(problem(False), cfg).run(9), Run(problem(True), cfg).run(9)
-    assert len(by_parts) == len(flat) == 27 and any(r.metrics for r in flat)
+    register_optimizer(Rebinding, name="rebinding", row_separable=True)
+    try:
+        cfg = config(*lanes, n_starts=n_starts, seed=3, metrics_every=4)
+        by_parts, flat = Run(problem(False), cfg).run(9), Run(problem(True), cfg).run(9)
+    finally:
+        unregister("rebinding")
+    assert len(by_parts) == len(flat) == 9 * len(lanes) and any(r.metrics for r in flat)
+    assert len({float(r.loss[0]) for r in flat}) > 5  # the runs move
     assert all(a.same_values(b) for a, b in zip(by_parts, flat, strict=True))
 
 
