@@ -276,8 +276,8 @@ class NetworkProblem:
     def loss_row(self, parts: Sequence[torch.Tensor], batch: Any = None) -> torch.Tensor:
         """:meth:`loss` of one parameter row given as one tensor per parameter in its own shape
         (``param_shapes``), a scalar: what a run with one start differentiates, on leaves of those
-        shapes (a leading row dimension adds a view per parameter to the backward pass, ~25% of a
-        digits-MLP minibatch gradient, benchmarks/race.py)."""
+        shapes (a leading row dimension adds a view per parameter to the backward pass: ~20% of a
+        digits-MLP minibatch gradient; the run against a plain loop in benchmarks/race.py)."""
         X, y = self._data(batch)
         was = self._with_mode(self.mode)
         try:
