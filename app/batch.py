@@ -45,6 +45,15 @@ class Mark:
     label: str
     lane: int | None = None  # the app's lane id, or None for the whole race
     at: Mapping[str, float] | None = None  # its place on every x-axis (set when drained)
+    change: tuple[str, str, str, str] | None = None
+    """A value's change: ``(value, prefix, before, after)``, e.g. ``("lr", "Adam: lr", "0.001",
+    "0.1")``, the label being "prefix before → after": changes of one value in quick succession are
+    drawn as one marker (:class:`app.figures.Marks`)."""
+
+    @classmethod
+    def of_change(cls, tick: int, value: str, prefix: str, before: str, after: str,
+                  lane: int | None) -> Mark:
+        return cls(tick, f"{prefix} {before} → {after}", lane, change=(value, prefix, before, after))
 
 
 @dataclass

@@ -11,6 +11,7 @@ going or switching change data and visibility, never the renderers.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -236,35 +237,68 @@ class Slots:
         return [r for slot, rs in enumerate(self.renderers) if self.lane[slot] is not None for r in rs]
 
 
+MERGE_TICKS = 90
+"""Changes of one value closer than this (1.5 s at the default 60 steps/s: a few presses of an arrow
+key on a slider) are drawn as one marker at the first ("Adam: lr 0.001 → … → 0.01"): their texts
+would be written over each other, a pixel or two apart."""
+
+
 class Marks:
     """Change markers on a curve figure: a dashed vertical line and its text ("SGD: lr 0.001 →
-    0.01"), written along the line at the top of the plot, so it is read without hovering."""
+    0.01"), written up along the line from the bottom of the plot, so it is read without hovering.
+    Successive changes of one value within :data:`MERGE_TICKS` ticks share one marker."""
 
     def __init__(self, fig: figure) -> None:
+        self._last: Mark | None = None  # the newest marker drawn (its first value, the latest after)
+        self._last_tick = 0  # the tick of the newest change it holds
         self.source = ColumnDataSource(empty((*X_COLUMNS, "label")))
         self.fig = fig
         self.span = fig.vspan(x="step", source=self.source, line_color="#555", line_dash="dashed",
                               line_alpha=0.7)
+        # read upwards from just above the x-axis (screen y counts from the frame's bottom): aligned
+        # right, the text ran down out of the frame and only its last character showed
         self.labels = LabelSet(x="step", y=4, y_units="screen", text="label", source=self.source,
                                angle=np.pi / 2, text_font_size="10px", text_color="#333",
-                               x_offset=-3, text_align="right", background_fill_color="white",
+                               x_offset=-3, text_align="left", background_fill_color="white",
                                background_fill_alpha=0.6)
         fig.add_layout(self.labels)
         fig.add_tools(HoverTool(renderers=[self.span], tooltips=[("", "@label")]))
 
     def add(self, marks: Sequence[Mark]) -> None:
-        if not marks:
-            return
-        data = {c: [m.at[c] for m in marks] for c in X_COLUMNS}
-        self.source.stream(dict(data, label=[m.label for m in marks]))
+        rows: list[Mark] = []
+        for m in marks:
+            last = rows[-1] if rows else self._last
+            if last is not None and _continues(last, m, self._last_tick):
+                value, prefix, first, _ = last.change
+                merged = replace(last, label=f"{prefix} {first} → … → {m.change[3]}",
+                                 change=(value, prefix, first, m.change[3]))
+                if rows:
+                    rows[-1] = merged
+                else:  # already drawn: its text changes
+                    self.source.patch({"label": [(len(self.source.data["label"]) - 1, merged.label)]})
+                    self._last = merged
+            else:
+                rows.append(m)
+            self._last_tick = m.tick
+        if rows:
+            data = {c: [m.at[c] for m in rows] for c in X_COLUMNS}
+            self.source.stream(dict(data, label=[m.label for m in rows]))
+            self._last = rows[-1]
 
     def set_x(self, x: str) -> None:
         self.span.glyph.x = x
         self.labels.x = x
 
     def clear(self) -> None:
+        self._last = None
         if self.source.data["label"]:
             self.source.data = empty((*X_COLUMNS, "label"))
+
+
+def _continues(last: Mark, mark: Mark, last_tick: int) -> bool:
+    """Whether ``mark`` changes the value ``last`` changed, on the same lane, soon after."""
+    return (mark.change is not None and last.change is not None and mark.lane == last.lane
+            and mark.change[:2] == last.change[:2] and 0 <= mark.tick - last_tick <= MERGE_TICKS)
 
 
 def live_range(fig: figure, renderers: list[GlyphRenderer]) -> None:

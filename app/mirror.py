@@ -116,8 +116,8 @@ class Mirror:
             if isinstance(ev, SetHyperparameter) and lane is not None:
                 before = getattr(lane.hyperparameters, ev.name)
                 lane.mirror(ev.name, ev.value)
-                text = f"{lane.label}: {ev.name} {show(before)} → {show(ev.value)}"
-                self._marks.append(Mark(e.tick, text, lane.id))
+                self._marks.append(Mark.of_change(e.tick, ev.name, f"{lane.label}: {ev.name}", show(before),
+                                                  show(ev.value), lane.id))
             elif isinstance(ev, SwitchOptimizer) and lane is not None:
                 old = lane.label
                 lane.switch(ev.optimizer, ev.hyperparameters)
@@ -146,8 +146,8 @@ class Mirror:
                     cfg = _wrapped(lane, cfg.schedules, cfg.clip, ev.batch_size)
                 lane.mirror_wrap(cfg)
                 after = _change(ev, cfg)[1]
-                self._marks.append(Mark(e.tick, f"{lane.label}: {describe(what, before)} → "
-                                                f"{describe(what, after)}", lane.id))
+                self._marks.append(Mark.of_change(e.tick, what, f"{lane.label}:", describe(what, before),
+                                                  describe(what, after), lane.id))
             elif isinstance(ev, RemoveLane) and lane is not None:
                 lanes.remove(lane)
                 self._marks.append(Mark(e.tick, f"− {lane.label}"))

@@ -393,7 +393,8 @@ class RaceSession(Mirror, param.Parameterized):
     def _on_lane_change(self, lane: Lane, name: str, old: Any, value: Any) -> None:
         """A lane's hyperparameter changed (its widget): the engine gets it as an event."""
         self.worker.submit(SetHyperparameter(lane.engine_id, name, value))
-        self.mark(f"{lane.label}: {name} {_show(old)} → {_show(value)}", lane)
+        self._marks.append(Mark.of_change(self._tick(), name, f"{lane.label}: {name}", _show(old),
+                                          _show(value), lane.id))
 
     def _on_lane_wrap(self, lane: Lane, what: str, old: Any, new: Any) -> None:
         """A lane's lr schedule, clipping or batch size changed (its card): one engine event."""
@@ -402,15 +403,18 @@ class RaceSession(Mirror, param.Parameterized):
                  "clip": lambda: SetClip(lane.engine_id, plain),
                  "batch": lambda: SetBatchSize(lane.engine_id, plain)}[what]()
         self.worker.submit(event)
-        self.mark(f"{lane.label}: {describe(what, old)} → {describe(what, new)}", lane)
+        self._marks.append(Mark.of_change(self._tick(), what, f"{lane.label}:", describe(what, old),
+                                          describe(what, new), lane.id))
 
     def _set_lanes(self, lanes: list[Lane]) -> None:
         relabel(lanes)
         self.lanes = lanes
 
     def mark(self, label: str, lane: Lane | None = None) -> None:
-        tick = self.worker.tick if self.worker is not None else 0
-        self._marks.append(Mark(tick, label, None if lane is None else lane.id))
+        self._marks.append(Mark(self._tick(), label, None if lane is None else lane.id))
+
+    def _tick(self) -> int:
+        return self.worker.tick if self.worker is not None else 0
 
     def lane(self, lane_id: int) -> Lane | None:
         return next((ln for ln in self.lanes if ln.id == lane_id), None)

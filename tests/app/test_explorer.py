@@ -25,11 +25,14 @@ from bokeh.models import (
     LinearScale,
     LogScale,
 )
+from bokeh.plotting import figure
 from panel.io.state import set_curdoc
 
 import app.explorer as explorer_module
 from app import sharing
+from app.batch import AXES, Mark
 from app.explorer import CUSTOM, REFRESH_EVERY, Explorer
+from app.figures import MERGE_TICKS, Marks
 from app.lanes import PALETTE
 from app.views import (
     CurvatureView,
@@ -807,3 +810,56 @@ def test_reset_clicked_as_the_page_closes_raises_nothing(explorer: Explorer) -> 
     explorer.session._pending_reset = cancelled
     explorer._reset_shown()  # raised CancelledError
     assert "step 2" in explorer.sidebar.counter.object and explorer.session._pending_reset is None
+
+
+def _placed(mark: Mark) -> Mark:
+    """``mark`` as the views get it: placed on every x-axis (at its tick)."""
+    return replace(mark, at=dict.fromkeys(AXES.values(), float(mark.tick)))
+
+
+def _change(tick: int, lane: int, value: str, prefix: str, before: str, after: str) -> Mark:
+    return _placed(Mark.of_change(tick, value, prefix, before, after, lane))
+
+
+def test_quick_changes_of_one_value_share_one_marker_and_nothing_else_does() -> None:
+    """A few presses of an arrow key on a slider land a few ticks apart: their texts would be
+    written over each other. Changes of one value of one lane within MERGE_TICKS of the last are
+    one marker at the first, from its first value to the latest; anything else is its own."""
+    marks = Marks(figure())
+    lr = lambda t, a, b, lane=1: _change(t, lane, "lr", f"L{lane}: lr", a, b)  # noqa: E731
+    marks.add([lr(10, "0.001", "0.002"), lr(20, "0.002", "0.005")])  # in one drain
+    marks.add([lr(30, "0.005", "0.01")])  # a later drain: the drawn marker's text changes
+    assert marks.source.data["label"] == ["L1: lr 0.001 → … → 0.01"] and marks.source.data["step"] == [10]
+    marks.add([lr(31, "0.002", "0.003", lane=2),  # another lane
+               _change(32, 1, "momentum", "L1: momentum", "0.9", "0.5"),  # another value
+               _change(33, 1, "schedule", "L1:", "constant lr", "lr cosine"),
+               lr(34, "0.01", "0.02")])  # after others: its own marker again
+    marks.add([lr(34 + MERGE_TICKS + 1, "0.02", "0.05")])  # too late to join
+    marks.add([_placed(Mark(200, "reset"))])
+    marks.add([_placed(Mark(201, "reset"))])  # not a value's change: never merged
+    assert marks.source.data["label"] == [
+        "L1: lr 0.001 → … → 0.01", "L2: lr 0.002 → 0.003", "L1: momentum 0.9 → 0.5",
+        "L1: constant lr → lr cosine", "L1: lr 0.01 → 0.02", "L1: lr 0.02 → 0.05", "reset", "reset"]
+    marks.clear()
+    marks.add([lr(300, "0.05", "0.1")])
+    assert marks.source.data["label"] == ["L1: lr 0.05 → 0.1"]
+    # the text reads upwards from its anchor just above the x-axis (screen y counts from the frame's
+    # bottom): aligned right it ran down out of the frame and only its last character showed
+    t = marks.labels
+    assert t.y_units == "screen" and 0 <= t.y <= 10 and t.angle == pytest.approx(np.pi / 2)
+    assert t.text_align == "left"
+
+
+def test_arrow_keys_on_a_slider_leave_one_marker(explorer: Explorer) -> None:
+    steps(explorer, 1)
+    adam = explorer.session.lanes[1]
+    lr = widget(explorer.sidebar.cards[adam.id].card, "lr")
+    options = list(lr.options.values()) if isinstance(lr.options, dict) else list(lr.options)
+    values = [v for v in options if float(v) > 0.001][:3]
+    for v in values:  # each press: one event, a step apart
+        with param.edit_constant(lr):
+            lr.param.update(value=v, value_throttled=v)
+        steps(explorer, 1)
+    assert explorer.session.latest[adam.id].hyperparameters["lr"] == values[-1]
+    labels = explorer.view(LossView).marks.source.data["label"]
+    assert labels == [f"Adam: lr 0.001 → … → {values[-1]:g}"], labels
