@@ -36,8 +36,10 @@ from app.batch import AXES, Mark
 from app.lanes import MAX_LANES, PALETTE
 
 TOOLS = "pan,wheel_zoom,box_zoom,reset,save"
-FONTS = {False: ("12px", "10px", "11px"), True: ("22px", "17px", "17px")}
-"""(title, ticks, labels) font sizes: normal and presenter (legible from the back of a room)."""
+FONTS = {False: ("12px", "10px", "11px", "10px"), True: ("22px", "17px", "17px", "14px")}
+"""(title, ticks, labels, change markers) font sizes: normal and presenter (legible from the back of
+a room; a marker's text, written up along its line, must fit the presenter's shorter plots: "SGD: lr
+0.001 → 0.007" at 14 px is ~160 px)."""
 X_COLUMNS = tuple(AXES.values())
 FLOOR = 1e-16
 """Log axes cannot show 0: a value below this (a method that reached the minimum exactly) is drawn at
@@ -147,8 +149,11 @@ def set_log_y(fig: figure, log: bool) -> None:
 
 
 def scale_fonts(fig: figure, big: bool) -> None:
-    title, ticks, labels = FONTS[big]
+    title, ticks, labels, marks = FONTS[big]
     fig.title.text_font_size = title
+    for annotation in fig.center:  # change markers' text (:class:`Marks`)
+        if isinstance(annotation, LabelSet):
+            annotation.text_font_size = marks
     for axis in (*fig.xaxis, *fig.yaxis):
         axis.major_label_text_font_size = ticks
         axis.axis_label_text_font_size = labels
@@ -239,7 +244,8 @@ class Slots:
 
 MERGE_TICKS = 90
 """Changes of one value closer than this (1.5 s at the default 60 steps/s: a few presses of an arrow
-key on a slider) are drawn as one marker at the first ("Adam: lr 0.001 → … → 0.01"): their texts
+key on a slider) are drawn as one marker at the first, from the first value to the last ("Adam: lr
+0.001 → 0.01"; the run's log keeps each): their texts
 would be written over each other, a pixel or two apart."""
 
 
@@ -258,7 +264,7 @@ class Marks:
         # read upwards from just above the x-axis (screen y counts from the frame's bottom): aligned
         # right, the text ran down out of the frame and only its last character showed
         self.labels = LabelSet(x="step", y=4, y_units="screen", text="label", source=self.source,
-                               angle=np.pi / 2, text_font_size="10px", text_color="#333",
+                               angle=np.pi / 2, text_font_size=FONTS[False][3], text_color="#333",
                                x_offset=-3, text_align="left", background_fill_color="white",
                                background_fill_alpha=0.6)
         fig.add_layout(self.labels)
@@ -270,7 +276,7 @@ class Marks:
             last = rows[-1] if rows else self._last
             if last is not None and _continues(last, m, self._last_tick):
                 value, prefix, first, _ = last.change
-                merged = replace(last, label=f"{prefix} {first} → … → {m.change[3]}",
+                merged = replace(last, label=f"{prefix} {first} → {m.change[3]}",
                                  change=(value, prefix, first, m.change[3]))
                 if rows:
                     rows[-1] = merged
