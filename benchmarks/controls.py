@@ -10,7 +10,8 @@ DOM or Bokeh models, checked at every animation frame, i.e. when the page could 
 
 - run / pause: the ▶ Run / Pause button -> the step counter says "running" / "paused";
 - step: Step (paused) -> the counter shows a later step;
-- slider: the Adam card's lr slider, one key press -> a new change marker on the loss curve;
+- slider: the Adam card's lr slider, one key press -> a new change marker on the loss curve, or
+  new text on the last one (changes of one value within 90 ticks share a marker);
 - switch: the Adam card's "switch this lane to" -> Lion (then back) -> the legend says so;
 - open: a closed lane card's header (Adagrad's) -> its widgets are on the page (built when first
   opened);
@@ -66,13 +67,14 @@ _STEP = f"(() => {{ const m = /step (\\d+)/.exec({_COUNTER}); return m ? +m[1] :
 _SAYS = f"(text) => ({_COUNTER}).includes(text)"
 _AFTER = f"(n) => {_STEP} > n"
 _BEFORE = f"(n) => {_STEP} >= 0 && {_STEP} < n"
-_MARKS = """() => {
-  let n = 0;
+_MARKS = """() => {  // the change markers' texts (of the curve with most of them), as one string
+  let out = [];
   for (const m of Bokeh.documents[0]._all_models.values())
-    if (m.data != null && "label" in m.data && "wall_time" in m.data) n = Math.max(n, m.data.label.length);
-  return n;
+    if (m.data != null && "label" in m.data && "wall_time" in m.data && m.data.label.length >= out.length)
+      out = Array.from(m.data.label);
+  return out.join("\\n");
 }"""
-_MORE_MARKS = "(n) => (" + _MARKS + ")() > n"
+_NEW_MARKS = "(before) => (" + _MARKS + ")() !== before"
 _LEGEND = """() => {
   for (const m of Bokeh.documents[0]._all_models.values()) {
     const t = m.text;
@@ -222,8 +224,8 @@ def one_round(browser: Any, base: str, speed: float, settle: float,
         handle.scroll_into_view_if_needed()
         handle.focus()
         for key in ("ArrowRight", "ArrowLeft", "ArrowRight"):
-            n = p.page.evaluate(_MARKS)
-            took["slider"].append(p.timed(lambda key=key: p.page.keyboard.press(key), _MORE_MARKS, n))
+            before = p.page.evaluate(_MARKS)
+            took["slider"].append(p.timed(lambda key=key: p.page.keyboard.press(key), _NEW_MARKS, before))
             time.sleep(0.5)
         select = card.locator("select:has(option[value='lion'])").first
         took["switch"].append(p.timed(lambda: select.select_option("lion"), _IN_LEGEND, "Lion"))
