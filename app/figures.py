@@ -245,8 +245,8 @@ class Slots:
 MERGE_TICKS = 90
 """Changes of one value closer than this (1.5 s at the default 60 steps/s: a few presses of an arrow
 key on a slider) are drawn as one marker at the first, from the first value to the last ("Adam: lr
-0.001 → 0.01"; the run's log keeps each): their texts
-would be written over each other, a pixel or two apart."""
+0.001 → 0.01"; the run's log keeps each): their texts would be written over each other, a pixel or
+two apart."""
 
 
 class Marks:
